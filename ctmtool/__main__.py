@@ -1,0 +1,3 @@
+from ctmtool.cli.app import main
+
+main()

@@ -1,0 +1,40 @@
+"""The `ctmtool` command: a thin Typer layer; each subcommand lives in its own module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from ctmtool import __version__
+from ctmtool.cli import distill, fid, likelihood, presets, sample, teacher, translate
+
+app = typer.Typer(
+    name="ctmtool",
+    help="Consistency Trajectory Models: train a teacher, distill a CTM, sample, score and translate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ctmtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Consistency Trajectory Models (Kim et al., ICLR 2024) and Generalized CTMs from one command line.
+
+    Results go to stdout (JSON with --json); progress and logs go to stderr. Exit code 0 means success.
+    """
+
+
+for module in (presets, teacher, distill, sample, likelihood, fid, translate):
+    module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,145 @@
+"""Output conventions shared by every subcommand.
+
+- stdout carries results only: a JSON object with `--json`, else a readable table;
+- stderr carries progress: rich bars on a terminal, plain timestamped lines otherwise;
+- a `UserError` becomes one line `error: ...` and exit code 2; success is exit code 0;
+- outputs are never overwritten without `--force`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ctmtool.errors import UserError
+
+# Options shared by several subcommands (typer reads these Annotated aliases).
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a preset field, e.g. --set teacher.batch=64 (repeatable).")]
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `ctmtool presets`) or a .toml path.")]
+
+
+class Reporter:
+    """Progress and results for one command invocation; nothing global."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False):
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.err = Console(stderr=True, highlight=False)
+        self.tty = self.err.is_terminal
+
+    def log(self, msg: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            self.err.print(msg)
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def warn(self, msg: str) -> None:
+        if self.tty:
+            self.err.print(f"[yellow]warning:[/yellow] {msg}")
+        else:
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def progress(self, total: float, description: str, unit: str = "") -> Iterator[Callable[..., None]]:
+        """Yield `advance(n=1, status="")`. Rich bar on a terminal; a plain line every ~10% otherwise."""
+        if self.quiet:
+            yield lambda n=1, status="": None
+            return
+        if self.tty:
+            cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
+            with Progress(*cols, console=self.err, transient=False) as bar:
+                task = bar.add_task(description, total=total, status="")
+                yield lambda n=1, status="": bar.update(task, advance=n, status=status)
+            return
+        state = {"done": 0.0, "next": 0.0, "t0": time.time()}
+
+        def advance(n: float = 1, status: str = "") -> None:
+            state["done"] += n
+            if state["done"] >= state["next"] or state["done"] >= total:
+                pct = 100.0 * state["done"] / total if total else 100.0
+                el = time.time() - state["t0"]
+                self.log(f"{description}: {state['done']:g}/{total:g}{(' ' + unit) if unit else ''} ({pct:.0f}%, {el:.0f}s) {status}".rstrip())
+                state["next"] = state["done"] + max(total / 10, 1e-9)
+
+        yield advance
+
+    def result(self, data: dict[str, Any], title: str = "result") -> None:
+        """The command's result: JSON on stdout with --json, else a two-column table."""
+        if self.json_mode:
+            print(json.dumps(data, default=_jsonable), flush=True)
+            return
+        table = Table(title=title, show_header=False)
+        table.add_column("key", style="bold")
+        table.add_column("value")
+        for k, v in data.items():
+            if isinstance(v, float):
+                v = f"{v:.6g}"
+            elif isinstance(v, list | dict):
+                v = json.dumps(v, default=_jsonable)
+                v = v if len(v) < 200 else v[:197] + "..."
+            table.add_row(str(k), str(v))
+        Console(highlight=False).print(table)
+
+
+def _jsonable(o: Any):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn UserError into `error: ...` on stderr and exit code 2; Ctrl-C into exit code 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def check_output(path: str | Path, force: bool) -> Path:
+    """Refuse to overwrite an existing output unless --force."""
+    p = Path(path)
+    if p.exists() and not force:
+        raise UserError(f"output {p} already exists; pass --force to overwrite it or choose another path")
+    return p
+
+
+def select_device(name: str = "auto"):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but no CUDA GPU is available; use --device cpu")
+    return dev

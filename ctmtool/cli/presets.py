@@ -1,0 +1,37 @@
+"""`ctmtool presets`: list the presets, or show one fully resolved."""
+
+from __future__ import annotations
+
+import typer
+
+from ctmtool.cli.common import JsonOpt, Reporter, SetOpt, handle_errors
+from ctmtool.config import list_presets, load_preset, preset_dir, preset_to_toml
+
+
+@handle_errors
+def presets_cmd(
+    name: str | None = typer.Argument(None, help="Show this preset fully resolved (name or .toml path)."),
+    overrides: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the presets in presets/ (or $CTMTOOL_PRESETS), or show one with every default filled in."""
+    rep = Reporter(json_out)
+    if name is None:
+        rows = {}
+        for n in list_presets():
+            p = load_preset(n)
+            rows[n] = p.description
+        if json_out:
+            rep.result({"presets": rows, "dir": str(preset_dir())})
+        else:
+            rep.result(rows, title=f"presets in {preset_dir()}")
+        return
+    p = load_preset(name, overrides or [])
+    if json_out:
+        rep.result(p.model_dump(mode="json"))
+    else:
+        print(preset_to_toml(p), end="")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("presets")(presets_cmd)

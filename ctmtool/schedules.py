@@ -1,0 +1,63 @@
+"""Noise-level grids and the (t, u, s) index sampling of CTM training."""
+
+from __future__ import annotations
+
+import torch
+
+
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                  device=None, dtype=torch.float64) -> torch.Tensor:
+    """Karras et al. (2022) Eq. 5: n levels from sigma_max down to sigma_min (n >= 2)."""
+    if n < 2:
+        raise ValueError(f"a Karras grid needs at least 2 points, got {n}")
+    i = torch.arange(n, device=device, dtype=torch.float64)
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return ((a + i / (n - 1) * (b - a)) ** rho).to(dtype)
+
+
+def ctm_default_schedule(nfe: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                         device=None) -> torch.Tensor:
+    """The CTM reference sampling schedule for `nfe` jumps: the Karras grid with nfe + 1 points."""
+    if nfe < 1:
+        raise ValueError(f"nfe must be at least 1, got {nfe}")
+    if nfe == 1:
+        return torch.tensor([sigma_max, sigma_min], dtype=torch.float64, device=device)
+    return karras_sigmas(nfe + 1, sigma_min, sigma_max, rho, device=device)
+
+
+def check_schedule(sigmas: torch.Tensor | list[float]) -> torch.Tensor:
+    """Validate a user schedule: at least two levels, positive, strictly decreasing."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    if s.ndim != 1 or s.numel() < 2:
+        raise ValueError("a schedule needs at least two noise levels, e.g. 80,0.002")
+    if (s <= 0).any():
+        raise ValueError(f"noise levels must be positive, got {s.tolist()}")
+    if not (s[1:] < s[:-1]).all():
+        raise ValueError(f"noise levels must strictly decrease, got {s.tolist()}")
+    return s
+
+
+def step_count_probs(max_steps: int) -> torch.Tensor:
+    """P(k) proportional to k over k = 1..K: the number of teacher steps in one CTM target."""
+    k = torch.arange(1, max_steps + 1, dtype=torch.float64)
+    return k / k.sum()
+
+
+def sample_ctm_indices(batch: int, grid: int, max_steps: int, generator: torch.Generator | None = None,
+                       k: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Draw grid indices t < u <= s for a CTM batch (index 0 is sigma_max, grid - 1 is sigma_min).
+
+    k (the teacher steps from t to u) is one number for the whole batch, drawn with P(k) ~ k, so the
+    teacher runs k batched steps; t is uniform over 0..grid-1-k, u = t + k, s uniform over u..grid-1.
+    Returns (t_idx, u_idx, s_idx, k).
+    """
+    if k is None:
+        k = int(torch.multinomial(step_count_probs(max_steps), 1, generator=generator).item()) + 1
+    if not 1 <= k <= grid - 1:
+        raise ValueError(f"k = {k} teacher steps does not fit a grid of {grid} points")
+    t_idx = torch.randint(0, grid - k, (batch,), generator=generator)
+    u_idx = t_idx + k
+    span = (grid - u_idx).to(torch.float64)  # choices for s: u..grid-1
+    s_idx = u_idx + (torch.rand(batch, generator=generator, dtype=torch.float64) * span).floor().long()
+    s_idx = torch.minimum(s_idx, torch.full_like(s_idx, grid - 1))
+    return t_idx.to(device), u_idx.to(device), s_idx.to(device), k
