@@ -81,3 +81,49 @@ class GaussianMixture(nn.Module):
         return (self.denoise(x, sigma) - x) / _bcast(sigma, x) ** 2
 
     forward = denoise
+
+
+class ExactTrajectory(nn.Module):
+    """The PF-ODE jump G(x, t, s) of a denoiser by a fine Heun solve: the reference a CTM is distilled
+    towards. With the exact mixture denoiser it is the true trajectory map, up to the solver's error."""
+
+    kind = "trajectory"
+
+    def __init__(self,
+        denoiser: nn.Module,            # anything with denoise(x, sigma, labels)
+        steps: int = 256,               # Heun steps per jump (per sample, Karras-spaced between t and s)
+        rho: float = 7.0,               # spacing of the levels inside a jump
+    ):
+        super().__init__()
+        self.denoiser, self.steps, self.rho = denoiser, steps, rho
+        self.sigma_min, self.sigma_max = denoiser.sigma_min, denoiser.sigma_max
+
+    def levels(self, t, s, x: torch.Tensor) -> torch.Tensor:
+        """(steps + 1, B) levels from each sample's t to its s."""
+        t = _bcast(t, x).reshape(-1).double()
+        s = _bcast(s, x).reshape(-1).double()
+        i = torch.linspace(0, 1, self.steps + 1, dtype=torch.float64, device=x.device)[:, None]
+        a, b = t ** (1 / self.rho), s ** (1 / self.rho)
+        return (a + i * (b - a)) ** self.rho
+
+    def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
+        from ctmtool.solvers import heun
+
+        return heun(self.denoiser, x, self.levels(t, s, x), labels).to(x.dtype)
+
+    def g(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
+        """The g with G = (s/t) x + (1 - s/t) g; at s = t the denoiser itself."""
+        tt, ss = _bcast(t, x), _bcast(s, x)
+        same = (ss >= tt).reshape(-1)
+        out = self.denoiser.denoise(x, t, labels).to(x.dtype)
+        if bool((~same).any()):
+            jumped = self.jump(x, t, s, labels)
+            ratio = ss / tt
+            g = (jumped - ratio * x) / (1 - ratio).clamp_min(1e-12)
+            out = torch.where(same.reshape(-1, *([1] * (x.ndim - 1))), out, g)
+        return out
+
+    def denoise(self, x: torch.Tensor, sigma, labels=None) -> torch.Tensor:
+        return self.denoiser.denoise(x, sigma, labels)
+
+    forward = jump

@@ -129,6 +129,7 @@ class TrainConfig(Strict):
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
     weight_decay: float = Field(0.0, ge=0)  # decoupled weight decay
     lr_rampup_kimg: float = Field(0.0, ge=0)  # linear warm-up of the learning rate
+    lr_decay: Literal["none", "cosine"] = "none"  # cosine decay to 0 over the run (by images or minutes)
     grad_clip: float | None = Field(None, gt=0)  # clip the global gradient norm (None: off)
     ema: float = Field(0.999, ge=0, lt=1)  # EMA rate per optimiser step of the sampling network
     kimg: float = Field(100.0, gt=0)  # duration in thousands of training images

@@ -69,9 +69,11 @@ class VPPrecond(EDMPrecond):
     """Song et al. 2021 VP (Karras et al. 2022, Table 1): c_skip 1, c_out -sigma, c_noise (M-1) t(sigma)."""
 
     def __init__(self, net: nn.Module, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
-                 epsilon_t: float = 1e-5, sigma_data: float = 0.5):
-        super().__init__(net, sigma_data=sigma_data, sigma_min=self._sigma(epsilon_t, beta_d, beta_min),
-                         sigma_max=self._sigma(1.0, beta_d, beta_min))
+                 epsilon_t: float = 1e-5, sigma_data: float = 0.5, sigma_min: float | None = None,
+                 sigma_max: float | None = None):
+        # the sampling range defaults to the VP process's own; EDM's generate.py clamps it to [0.002, 80]
+        super().__init__(net, sigma_data=sigma_data, sigma_min=sigma_min or self._sigma(epsilon_t, beta_d, beta_min),
+                         sigma_max=sigma_max or self._sigma(1.0, beta_d, beta_min))
         self.beta_d, self.beta_min, self.M = beta_d, beta_min, M
 
     @staticmethod
@@ -125,19 +127,27 @@ class TrajectoryModel(nn.Module):
 
 
 class CTMPrecond(TrajectoryModel):
-    """Kim et al. 2024, Sec. 4: EDM coefficients driven by t, c_noise = ln(level)/4 for both t and s."""
+    """Kim et al. 2024, Sec. 4: EDM coefficients driven by t, c_noise = ln(level)/4 for both t and s.
+
+    With scheme "vp" or "ve" the coefficients are those of the teacher's preconditioning instead, so a
+    student initialised from an imported VP/VE teacher starts as exactly the teacher's denoiser at s = t."""
+
+    SCHEMES = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond}
 
     def __init__(self,
         net: nn.Module,                 # raw network F(x, noise_t, noise_s, labels=None)
         sigma_data: float = 0.5,        # expected data standard deviation
         sigma_min: float = 0.002,       # lowest noise level (the end of every trajectory)
         sigma_max: float = 80.0,        # highest noise level (where sampling starts)
+        scheme: str = "edm",            # coefficient scheme: edm, or the teacher's vp / ve
     ):
         super().__init__(net)
-        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
+        self.sigma_data, self.sigma_min, self.sigma_max, self.scheme = sigma_data, sigma_min, sigma_max, scheme
+        if scheme == "vp":
+            self.beta_d, self.beta_min, self.M = 19.9, 0.1, 1000
 
     def coefficients(self, t: torch.Tensor):
-        return EDMPrecond.coefficients(self, t)  # type: ignore[arg-type]
+        return self.SCHEMES[self.scheme].coefficients(self, t)  # type: ignore[arg-type]
 
 
 class GCTMPrecond(TrajectoryModel):

@@ -1,0 +1,43 @@
+"""`ctmtool distill`: train a Consistency Trajectory Model from a teacher (or without one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ctmtool.cli.common import DeviceOpt, ForceOpt, JsonOpt, PresetOpt, Reporter, SetOpt, handle_errors, select_device
+from ctmtool.cli.teacher import training_overrides
+
+
+@handle_errors
+def distill_cmd(
+    preset: PresetOpt = "toy",
+    teacher: str | None = typer.Option(None, "--teacher", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
+                                       "toy uses the exact mixture denoiser by default."),
+    data: str | None = typer.Option(None, "--data", help="Data path; overrides data.path."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go [default: runs/<preset>/ctm]."),
+    kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
+    minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir "
+                                "(also how the GAN phase starts from a CTM+DSM run: --resume --set gan.enabled=true)."),
+    overrides: SetOpt = None,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Distill a CTM G(x_t, t, s) (Kim et al. 2024): CTM + DSM losses, optional GAN phase; checkpoints in --run-dir."""
+    from ctmtool.config import load_preset
+    from ctmtool.train.run import distill
+
+    rep = Reporter(json_out)
+    p = load_preset(preset, training_overrides("distill", kimg, minutes, overrides))
+    run_dir = run_dir or Path("runs") / p.name / "ctm"
+    res = distill(p, run_dir, rep, select_device(device), teacher=teacher, data_path=data, resume=resume, force=force)
+    rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
+                "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
+                "stopped_by": res.stopped_by, **res.last}, title="distill")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill")(distill_cmd)

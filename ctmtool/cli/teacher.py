@@ -1,0 +1,88 @@
+"""`ctmtool teacher`: train an EDM teacher, or `ctmtool teacher import` an NVIDIA EDM pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ctmtool.cli.common import DeviceOpt, ForceOpt, JsonOpt, PresetOpt, Reporter, SetOpt, check_output, handle_errors, select_device
+from ctmtool.errors import UserError
+
+app = typer.Typer(help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
+                  invoke_without_command=True, no_args_is_help=False)
+
+
+def training_overrides(section: str, kimg: float | None, minutes: float | None, overrides: list[str] | None) -> list[str]:
+    """--kimg / --minutes as preset overrides (a given --kimg alone lifts the preset's time limit)."""
+    out = list(overrides or [])
+    if kimg is not None:
+        if kimg <= 0:
+            raise UserError(f"--kimg must be positive, got {kimg}")
+        out.append(f"{section}.kimg={kimg}")
+        if minutes is None:
+            out.append(f"{section}.minutes=1e9")
+    if minutes is not None:
+        if minutes <= 0:
+            raise UserError(f"--minutes must be positive, got {minutes}")
+        out.append(f"{section}.minutes={minutes}")
+        if kimg is None:
+            out.append(f"{section}.kimg=1e9")
+    return out
+
+
+@app.callback()
+@handle_errors
+def teacher_cmd(
+    ctx: typer.Context,
+    preset: PresetOpt = "toy",
+    data: str | None = typer.Option(None, "--data", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go [default: runs/<preset>/teacher]."),
+    kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
+    minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir."),
+    overrides: SetOpt = None,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a denoiser with the EDM loss (Karras et al. 2022); leaves checkpoints and a sample grid in --run-dir."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ctmtool.config import load_preset
+    from ctmtool.train.run import train_teacher
+
+    rep = Reporter(json_out)
+    p = load_preset(preset, training_overrides("teacher", kimg, minutes, overrides))
+    run_dir = run_dir or Path("runs") / p.name / "teacher"
+    res = train_teacher(p, run_dir, rep, select_device(device), data_path=data, resume=resume, force=force)
+    rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
+                "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
+                "stopped_by": res.stopped_by, **res.last}, title="teacher")
+
+
+@app.command("import")
+@handle_errors
+def import_cmd(
+    pickle_path: Path = typer.Argument(..., help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output checkpoint [default: <name>.safetensors beside it]."),
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert a published EDM pickle into a ctmtool checkpoint, without running any code stored in it.
+
+    Download from https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/ (e.g. edm-cifar10-32x32-uncond-vp.pkl).
+    """
+    from ctmtool.edm_import import import_edm_pickle
+
+    rep = Reporter(json_out)
+    out = check_output(out or pickle_path.with_suffix(".safetensors"), force)
+    ckpt = import_edm_pickle(pickle_path, out)
+    n = sum(t.numel() for t in ckpt.state("ema").values())
+    rep.result({"checkpoint": str(out), "kind": ckpt.kind, "precond": ckpt.preset.diffusion.precond,
+                "data_shape": list(ckpt.data_shape), "label_dim": ckpt.preset.net.label_dim, "parameters": n},
+               title="imported")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="teacher")

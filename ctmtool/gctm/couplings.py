@@ -1,0 +1,333 @@
+"""Couplings q(x0, x1) between the target (data) side x0 and the source side x1 (GCTM, Sec. 3.3 and Alg. 1).
+
+A GCTM moves along x_t = (1 - t) x0 + t x1; the coupling decides which source goes with which target.
+Every coupling offers `pair(x0, labels, generator) -> (x0, x1)` for a training batch and
+`moments(sample) -> {var0, var1, cov01}`, the per-dimension second moments that `GCTMPrecond` takes.
+Source noise (`source_noise`, GCTM's X1_eps_std: 0.05 for Edges->Shoes) is added to x1 after pairing.
+
+Specs for `make_coupling` (GCTMConfig.coupling):
+
+    independent            x1 ~ N(0, I), independent of x0: plain generation (GCTM's unconditional CIFAR-10)
+    ot                     x1 ~ N(0, I), paired with x0 by minibatch Sinkhorn OT (reg = sinkhorn_reg)
+    paired[:left|right]    the batch holds side-by-side [A|B] images; the named half is the source
+                           (default left: pix2pix's A, e.g. the edges of edges2shoes), the other the target
+    corrupt:<degradation>  x1 = degrade(x0), e.g. corrupt:sr4, corrupt:blur:2.0, corrupt:inpaint:0.25:noise
+                           (grammar in ctmtool.gctm.degrade)
+    toy:<name>             2-D: x1 drawn independently from another toy distribution (moons, checkerboard,
+                           swissroll, gmm, gaussian)
+    toy-ot:<name>          the same, paired with x0 by minibatch OT
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ctmtool.data.base import Dataset
+from ctmtool.data.images import IMAGE_EXTS, decode_images
+from ctmtool.data.toy import toy_points
+from ctmtool.gctm.degrade import Degradation, SpecError, make_degradation, randn
+from ctmtool.gctm.sinkhorn import ot_pairing
+
+TOY_SOURCES = ("gaussian", "moons", "checkerboard", "swissroll", "gmm")
+
+
+def batch_moments(x0: torch.Tensor, x1: torch.Tensor) -> dict[str, float]:
+    """Per-dimension Var x0, Var x1 and Cov(x0, x1), each averaged over dimensions (unbiased estimates)."""
+    a, b = x0.detach().flatten(1).double(), x1.detach().flatten(1).double()
+    if a.shape != b.shape or a.shape[0] < 2:
+        raise ValueError(f"moments need two matching batches of at least 2 items, got {tuple(a.shape)}, {tuple(b.shape)}")
+    a, b = a - a.mean(0), b - b.mean(0)
+    n = a.shape[0] - 1
+    return {"var0": float(a.square().sum(0).mean() / n), "var1": float(b.square().sum(0).mean() / n),
+            "cov01": float((a * b).sum(0).mean() / n)}
+
+
+class Coupling:
+    """Base: subclasses implement `_pair`; `pair` adds the source noise, `moments` estimates second moments."""
+
+    def __init__(self, source_noise: float = 0.0):
+        if source_noise < 0:
+            raise ValueError(f"source_noise must be non-negative, got {source_noise}")
+        self.source_noise = source_noise
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+    def _pair(self, x0: torch.Tensor, labels, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def pair(self, x0: torch.Tensor, labels: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target x0, source x1) for a batch drawn from the data (GCTM Alg. 1)."""
+        x0, x1 = self._pair(x0, labels, generator)
+        if self.source_noise > 0:
+            x1 = x1 + self.source_noise * randn(x1.shape, generator, x1.device, x1.dtype)
+        return x0, x1
+
+    @torch.no_grad()
+    def moments(self, sample: torch.Tensor | Dataset, labels: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, n: int = 2048, batch: int = 256) -> dict[str, float]:
+        """{var0, var1, cov01} for GCTMPrecond, from `n` items of a Dataset or from a given batch of data.
+
+        Pairs are made `batch` items at a time, as in training: minibatch OT depends on the batch size.
+        """
+        if isinstance(sample, Dataset):
+            idx = torch.randperm(len(sample), generator=generator)[:n] if generator is not None \
+                else torch.randperm(len(sample))[:n]
+            sample, labels = sample.get(idx)
+        a, b = [], []
+        for i in range(0, sample.shape[0], batch):
+            y = None if labels is None else labels[i:i + batch]
+            x0, x1 = self.pair(sample[i:i + batch], y, generator)
+            a.append(x0)
+            b.append(x1)
+        return batch_moments(torch.cat(a), torch.cat(b))
+
+
+class IndependentCoupling(Coupling):
+    """x1 = scale * n, n ~ N(0, I) independent of x0: GCTM's unconditional generation (scale 1)."""
+
+    def __init__(self,
+        scale: float = 1.0,             # standard deviation of the Gaussian source
+        source_noise: float = 0.0,      # extra Gaussian noise on x1 (adds scale^2 to Var x1)
+    ):
+        super().__init__(source_noise)
+        self.scale = scale
+
+    def _pair(self, x0, labels, generator):
+        return x0, self.scale * randn(x0.shape, generator, x0.device, x0.dtype)
+
+
+class OTCoupling(IndependentCoupling):
+    """Gaussian x1 paired with x0 by minibatch entropic OT (GCTM Sec. 3.3, reg 0.01; OT-CFM)."""
+
+    def __init__(self,
+        reg: float = 0.01,              # entropic regularisation, relative to the mean cost
+        iters: int = 500,               # most Sinkhorn passes
+        scale: float = 1.0,             # standard deviation of the Gaussian source
+        source_noise: float = 0.0,      # extra Gaussian noise on x1 after pairing
+    ):
+        super().__init__(scale, source_noise)
+        self.reg, self.iters = reg, iters
+
+    def _pair(self, x0, labels, generator):
+        x0, x1 = super()._pair(x0, labels, generator)
+        return x0, ot_pairing(x0, x1, self.reg, generator, self.iters)
+
+
+class CorruptCoupling(Coupling):
+    """Restoration pairs: x1 = degrade(x0) (+ source noise), GCTM's supervised image restoration (Sec. 5.3)."""
+
+    def __init__(self,
+        degradation: str | Callable,    # a degrade.make_degradation spec or a callable (x, generator) -> x1
+        source_noise: float = 0.0,      # Gaussian noise std added to the degraded image
+    ):
+        super().__init__(source_noise)
+        self.degradation = make_degradation(degradation) if isinstance(degradation, str) else degradation
+
+    def _pair(self, x0, labels, generator):
+        with torch.no_grad():
+            return x0, self.degradation(x0, generator=generator)
+
+
+def split_side_by_side(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left, right) halves of side-by-side pix2pix images (..., H, 2W): left is A, right is B."""
+    w = images.shape[-1]
+    if w % 2:
+        raise ValueError(f"side-by-side images need an even width, got {w}")
+    return images[..., : w // 2], images[..., w // 2:]
+
+
+class PairedCoupling(Coupling):
+    """Supervised pairs stored side by side (pix2pix layout): one half is the source, the other the target.
+
+    The GCTM reference takes the left half (A) as the source x1 and the right half (B) as the target x0:
+    edges -> shoes for edges2shoes, night -> day for night2day. Facades stores the photo on the left and
+    the label map on the right, so labels -> photo needs source_side='right'.
+    """
+
+    def __init__(self,
+        source_side: str = "left",      # which half holds the source x1
+        source_noise: float = 0.0,      # Gaussian noise std added to the source half
+    ):
+        super().__init__(source_noise)
+        if source_side not in ("left", "right"):
+            raise ValueError(f"source_side must be 'left' or 'right', got {source_side!r}")
+        self.source_side = source_side
+
+    def _pair(self, x0, labels, generator):
+        left, right = split_side_by_side(x0)
+        return (right, left) if self.source_side == "left" else (left, right)
+
+
+class DistributionCoupling(Coupling):
+    """2-D translation: x1 from another distribution, independent or paired by minibatch OT."""
+
+    def __init__(self,
+        source_sampler: Callable[[int, torch.Generator | None], torch.Tensor],  # (n, generator) -> (n, D)
+        ot: bool = False,               # pair by minibatch Sinkhorn OT instead of independently
+        reg: float = 0.01,              # entropic regularisation for ot
+        iters: int = 500,               # most Sinkhorn passes
+        source_noise: float = 0.0,      # Gaussian noise std added to x1 after pairing
+        name: str = "custom",           # what the sampler draws, for messages
+    ):
+        super().__init__(source_noise)
+        self.name = name
+        self._sampler, self.ot, self.reg, self.iters = source_sampler, ot, reg, iters
+
+    def _pair(self, x0, labels, generator):
+        x1 = self._sampler(x0.shape[0], generator).to(device=x0.device, dtype=x0.dtype).reshape(x0.shape)
+        return x0, ot_pairing(x0, x1, self.reg, generator, self.iters) if self.ot else x1
+
+
+def pool_sampler(pool: torch.Tensor) -> Callable[[int, torch.Generator | None], torch.Tensor]:
+    """A sampler drawing rows of `pool` uniformly with replacement."""
+    def sample(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        idx = torch.randint(0, pool.shape[0], (n,), generator=generator,
+                            device=generator.device if generator is not None else "cpu")
+        return pool[idx.to(pool.device)]
+    return sample
+
+
+def toy_sampler(name: str, n: int = 20000, seed: int = 1, gmm=None) -> Callable:
+    """A sampler over a fixed pool of `n` points of a 2-D toy distribution ('gaussian' draws fresh N(0, I))."""
+    if name == "gaussian":
+        return lambda k, generator=None: randn((k, 2), generator, "cpu")
+    if name not in TOY_SOURCES:
+        raise SpecError(f"unknown toy source {name!r}; choose one of {', '.join(TOY_SOURCES)}")
+    return pool_sampler(toy_points(name, n, seed, gmm).values)
+
+
+# --------------------------------------------------------------------------------------------------
+# Paired image folders
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 NCHW images resized to size x size: antialiased bilinear (as torchvision's Resize), rounded."""
+    if images.shape[-2:] == (size, size):
+        return images
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _side_by_side(a: torch.Tensor, b: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Concatenate uint8 halves along the width, resizing each apart (no blur across the seam)."""
+    if size:
+        a, b = resize_uint8(a, size), resize_uint8(b, size)
+    if a.shape[1] != b.shape[1]:  # a grey half next to a colour one: replicate the grey channel
+        c = max(a.shape[1], b.shape[1])
+        a, b = a.expand(-1, c, -1, -1), b.expand(-1, c, -1, -1)
+    if a.shape[-2:] != b.shape[-2:]:
+        raise SpecError(f"paired halves differ in size ({tuple(a.shape[-2:])} vs {tuple(b.shape[-2:])}); "
+                        "pass size= to resize both")
+    return torch.cat([a, b], dim=-1).contiguous()
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursive, hidden entries skipped), sorted by relative path."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _decode(files: list[Path], size: int | None, split: bool, chunk: int = 2048) -> torch.Tensor:
+    """Decode `files` a chunk at a time, resizing as it goes, so full-size images never all sit in memory.
+
+    split=True: each file is a side-by-side pair, resized half by half; else each file is resized whole.
+    """
+    parts = []
+    for i in range(0, len(files), chunk):
+        v = torch.from_numpy(decode_images([(str(f), str(f), None) for f in files[i:i + chunk]]))
+        if split:
+            if v.shape[-1] != 2 * v.shape[-2]:
+                raise SpecError(f"{files[i]}: {v.shape[-1]}x{v.shape[-2]} images are not side-by-side pairs "
+                                "(width twice the height); use A/ and B/ sub-folders for separate files")
+            parts.append(_side_by_side(*split_side_by_side(v), size))
+        else:
+            parts.append(resize_uint8(v, size) if size else v)
+    c = max(p.shape[1] for p in parts)
+    return torch.cat([p.expand(-1, c, -1, -1) for p in parts])
+
+
+def load_paired(path: str | Path, size: int | None = None) -> Dataset:
+    """A Dataset of side-by-side [A|B] uint8 images for PairedCoupling, from a folder in either layout:
+
+    - A/ and B/ sub-folders of images, matched by file name (without extension), or
+    - pix2pix side-by-side files, e.g. edges2shoes/train (49,825 files of 256 x 512).
+    `size` resizes each half to size x size while decoding (GCTM trains edges2shoes at 64: 1.2 GB).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise SpecError(f"paired data {root} is not a folder; give A/ and B/ sub-folders or side-by-side images")
+    if (root / "A").is_dir() and (root / "B").is_dir():
+        b_files = {p.stem: p for p in _image_files(root / "B")}
+        a_files = [p for p in _image_files(root / "A") if p.stem in b_files]
+        if not a_files:
+            raise SpecError(f"{root}: no image in A/ has a partner of the same name in B/")
+        values = _side_by_side(_decode(a_files, size, False), _decode([b_files[p.stem] for p in a_files], size, False),
+                               None)
+        return Dataset(values, name=f"paired:{root}", items=[str(p) for p in a_files])
+    files = _image_files(root)
+    if not files:
+        raise SpecError(f"{root}: no images ({', '.join(IMAGE_EXTS)}) and no A/ and B/ sub-folders")
+    return Dataset(_decode(files, size, True), name=f"paired:{root}", items=[str(p) for p in files])
+
+
+# --------------------------------------------------------------------------------------------------
+# Spec parser
+
+COUPLINGS = ("independent", "ot", "paired[:left|right]", "corrupt:<degradation>", "toy:<name>", "toy-ot:<name>")
+
+
+def make_coupling(spec: str,
+    source_noise: float = 0.0,          # GCTMConfig.source_noise
+    sinkhorn_reg: float = 0.01,         # GCTMConfig.sinkhorn_reg (ot, toy-ot)
+    sinkhorn_iters: int = 500,          # most Sinkhorn passes (ot, toy-ot)
+    gmm=None,                           # GMMConfig for a toy:gmm source
+) -> Coupling:
+    """Parse a coupling spec (module docstring) into a Coupling; unknown specs raise SpecError."""
+    kind, _, arg = spec.strip().partition(":")
+    valid = "valid couplings: " + ", ".join(COUPLINGS)
+    if kind in ("independent", "ot") and arg:
+        raise SpecError(f"coupling {spec!r}: {kind!r} takes no argument; {valid}")
+    if kind == "independent":
+        return IndependentCoupling(source_noise=source_noise)
+    if kind == "ot":
+        return OTCoupling(sinkhorn_reg, sinkhorn_iters, source_noise=source_noise)
+    if kind == "paired":
+        side = arg or "left"
+        if side not in ("left", "right"):
+            raise SpecError(f"coupling {spec!r}: the source side must be 'left' or 'right'; {valid}")
+        return PairedCoupling(side, source_noise)
+    if kind == "corrupt":
+        if not arg:
+            raise SpecError(f"coupling {spec!r} names no degradation, e.g. corrupt:sr4; {valid}")
+        return CorruptCoupling(make_degradation(arg), source_noise)
+    if kind in ("toy", "toy-ot"):
+        if not arg:
+            raise SpecError(f"coupling {spec!r} names no toy source ({', '.join(TOY_SOURCES)}); {valid}")
+        return DistributionCoupling(toy_sampler(arg, gmm=gmm), ot=kind == "toy-ot", reg=sinkhorn_reg,
+                                    iters=sinkhorn_iters, source_noise=source_noise, name=arg)
+    raise SpecError(f"unknown coupling {spec!r}; {valid}")
+
+
+def coupling_from_config(cfg, gmm=None) -> Coupling:
+    """The Coupling a preset's [gctm] section (GCTMConfig) describes."""
+    return make_coupling(cfg.coupling, cfg.source_noise, cfg.sinkhorn_reg, gmm=gmm)
+
+
+def item_shape(spec: str, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of one x0 (and x1) for a coupling spec, given the stored item shape (paired: half the width)."""
+    if spec.strip().partition(":")[0] == "paired":
+        *lead, w = data_shape
+        return (*lead, w // 2)
+    return tuple(data_shape)
+
+
+__all__ = ["Coupling", "IndependentCoupling", "OTCoupling", "CorruptCoupling", "PairedCoupling",
+           "DistributionCoupling", "Degradation", "batch_moments", "split_side_by_side", "load_paired",
+           "make_coupling", "coupling_from_config", "toy_sampler", "pool_sampler", "item_shape"]

@@ -1,0 +1,97 @@
+"""The CTM objective (Kim et al. 2024, Sec. 4): the trajectory-consistency term and the DSM term on g(x, t, t).
+
+Estimate  x_est = G_tgt(G_theta(x_t, t, s), s, sigma_min)                       (gradient to theta)
+Target    x_tgt = G_tgt(G_sg(theta)(Solver(x_t, t -> u), u, s), s, sigma_min)   (no gradient)
+Both are compared at sigma_min with a distance d, Eq. 9; the target network `target` is the EMA of the
+online network, the solver runs k Heun steps of a teacher (or of the model's own EMA denoiser).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+
+from ctmtool import solvers
+from ctmtool.losses.edm import edm_weight
+from ctmtool.schedules import sample_ctm_indices
+
+
+@contextmanager
+def fixed_dropout(seed: int, device: torch.device):
+    """Run the block with the global RNG reseeded to `seed` and restore it after: two blocks with the same
+    seed draw the same dropout masks (matched masks between estimate and target, as in the CTM code)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+class CTMLoss:
+    """d(x_est, x_tgt) per sample for one batch of (t, u, s) drawn on the Karras grid (Eq. 9)."""
+
+    def __init__(self,
+        grid: torch.Tensor,             # Karras levels, decreasing from sigma_max to sigma_min
+        max_steps: int,                 # K: most solver steps from t to u, P(k) ~ k
+        distance: Callable,             # d(x, y) -> (B,)
+        solver: str = "heun",           # heun | euler
+    ):
+        self.grid, self.max_steps, self.distance = grid.double().cpu(), max_steps, distance
+        self.solver = solvers.SOLVERS[solver]
+        self.sigma_min = float(grid[-1])
+
+    def __call__(self, online, target, teacher, x0: torch.Tensor, labels=None,
+                 generator: torch.Generator | None = None, index_generator: torch.Generator | None = None,
+                 dropout_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (per-sample loss, x_est); x_est carries the gradient (the GAN term reuses it)."""
+        dev = x0.device
+        n = self.grid.numel()
+        t_i, u_i, s_i, k = sample_ctm_indices(x0.shape[0], n, self.max_steps, generator=index_generator)
+        t, u, s = (self.grid[i].to(dev, torch.float32) for i in (t_i, u_i, s_i))
+        noise = torch.randn(x0.shape, device=dev, generator=generator)
+        x_t = x0 + t.reshape(-1, *([1] * (x0.ndim - 1))) * noise
+        smin = torch.full_like(t, self.sigma_min)
+
+        with fixed_dropout(dropout_seed, dev):
+            x_s = online.jump(x_t, t, s, labels)
+        with fixed_dropout(dropout_seed + 1, dev):
+            x_est = target.jump(x_s, s, smin, labels)
+
+        with torch.no_grad():
+            path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample levels
+            x_u = self.solver(teacher, x_t, path.to(dev), labels).to(x_t.dtype)
+            with fixed_dropout(dropout_seed, dev):
+                x_s_tgt = online.jump(x_u, u, s, labels)
+            with fixed_dropout(dropout_seed + 1, dev):
+                x_tgt = target.jump(x_s_tgt, s, smin, labels)
+        return self.distance(x_est.float(), x_tgt.float()), x_est
+
+
+class DSMLoss:
+    """lambda(sigma) ||g(x0 + sigma n, sigma, sigma) - x0||^2 (Kim et al. 2024, Eq. 10), per-sample mean.
+
+    Half the batch (1 - high_fraction) draws ln sigma ~ N(p_mean, p_std^2) as in EDM; the rest draws sigma
+    uniformly from the upper half of the Karras grid, so the denoiser stays accurate at high noise too."""
+
+    def __init__(self,
+        grid: torch.Tensor,             # Karras levels, decreasing
+        p_mean: float = -1.2,           # log-normal mean of ln(sigma)
+        p_std: float = 1.2,             # log-normal std of ln(sigma)
+        sigma_data: float = 0.5,        # sets the EDM weighting
+        high_fraction: float = 0.5,     # share of the batch drawn from the grid's high-noise half
+    ):
+        self.grid, self.p_mean, self.p_std, self.sigma_data, self.high_fraction = grid.float(), p_mean, p_std, sigma_data, high_fraction
+
+    def __call__(self, model, x0: torch.Tensor, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        b, dev = x0.shape[0], x0.device
+        sigma = (torch.randn(b, device=dev, generator=generator) * self.p_std + self.p_mean).exp()
+        n_high = int(round(b * self.high_fraction))
+        if n_high:
+            half = max(1, self.grid.numel() // 2)
+            idx = torch.randint(0, half, (n_high,), device=dev, generator=generator)
+            sigma = torch.cat([sigma[: b - n_high], self.grid.to(dev)[idx]])
+        noise = torch.randn(x0.shape, device=dev, generator=generator)
+        sig = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+        d = model.denoise(x0 + sig * noise, sigma, labels)
+        return (edm_weight(sig, self.sigma_data) * (d - x0) ** 2).reshape(b, -1).mean(1)

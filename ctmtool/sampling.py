@@ -1,0 +1,136 @@
+"""Sampling: CTM gamma-sampling, teacher ODE sampling, per-image noise streams and batched generation.
+
+Every sampler has the signature `sampler(model, x, sigmas, noise, labels=None, **options) -> x`,
+where `noise()` returns the next standard-normal draw shaped like x (see `ImageNoise`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+
+from ctmtool import solvers
+from ctmtool.errors import UserError
+from ctmtool.schedules import check_schedule, ctm_default_schedule, karras_sigmas
+
+
+@torch.no_grad()
+def gamma_sample(model, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tensor] | None = None,
+                 labels=None, gamma: float = 0.0) -> torch.Tensor:
+    """Kim et al. 2024, Alg. 1 (gamma-sampling): jump to s = sqrt(1-gamma^2)(sigma_{i+1} - sigma_min) + sigma_min, re-noise to sigma_{i+1}."""
+    if not 0.0 <= gamma <= 1.0:
+        raise UserError(f"gamma must be in [0, 1], got {gamma}")
+    sig = [float(s) for s in sigmas]
+    smin, n = sig[-1], len(sig) - 1
+    for i in range(n):
+        s = math.sqrt(1 - gamma**2) * (sig[i + 1] - smin) + smin
+        x = model.jump(x, sig[i], s, labels)
+        if i < n - 1 and gamma > 0:
+            if noise is None:
+                raise ValueError("gamma > 0 with more than one step needs a noise source")
+            x = x + math.sqrt(max(sig[i + 1] ** 2 - s**2, 0.0)) * noise()
+    return x
+
+
+def teacher_sample(model, x: torch.Tensor, sigmas, noise=None, labels=None, solver: str = "heun") -> torch.Tensor:
+    """Deterministic PF-ODE sampling of a denoiser (Karras et al. 2022, Alg. 1) through `solvers`."""
+    return solvers.SOLVERS[solver](model, x, torch.as_tensor(sigmas, dtype=torch.float64), labels)
+
+
+class ImageNoise:
+    """One normal stream per image, seeded by the image's own seed: images do not depend on the batch
+    they are drawn in, the batch size or the device (draws are made on the CPU, then moved)."""
+
+    def __init__(self,
+        seeds: list[int] | torch.Tensor,   # one seed per image in the batch
+        shape: tuple[int, ...],            # shape of one item
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.shape, self.device, self.dtype = tuple(shape), device, dtype
+
+    def __call__(self) -> torch.Tensor:
+        z = torch.stack([torch.randn(self.shape, generator=g) for g in self.gens])
+        return z.to(device=self.device, dtype=self.dtype)
+
+    def integers(self, high: int) -> torch.Tensor:
+        """One integer in [0, high) per image (e.g. a class label), from the same streams."""
+        return torch.stack([torch.randint(high, (), generator=g) for g in self.gens]).to(self.device)
+
+
+def default_schedule(model, nfe: int) -> torch.Tensor:
+    """The reference gamma-sampling schedule (Karras grid with nfe + 1 points, sigma_max to sigma_min);
+    for GCTM the grid is mapped to interpolation time by t = sigma / (1 + sigma), from t = 1 to t = 0."""
+    if nfe < 1:
+        raise UserError(f"--nfe must be at least 1, got {nfe}")
+    if getattr(model, "kind", None) == "gctm":
+        sig = ctm_default_schedule(nfe)
+        t = sig / (1 + sig)
+        t[0], t[-1] = 1.0, 0.0
+        return t
+    net = model.net
+    return ctm_default_schedule(nfe, net.sigma_min, net.sigma_max)
+
+
+def teacher_schedule(model, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """EDM's sampling grid: `steps` Karras levels from sigma_max to sigma_min, then 0."""
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    net = model.net
+    if steps == 1:
+        return torch.tensor([net.sigma_max, 0.0], dtype=torch.float64)
+    return torch.cat([karras_sigmas(steps, net.sigma_min, net.sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
+
+
+def resolve_schedule(model, solver: str, nfe: int, steps: int, sigmas: list[float] | None) -> torch.Tensor:
+    if sigmas is not None:
+        try:
+            s = check_schedule(sigmas)
+        except ValueError as err:
+            raise UserError(f"--sigmas: {err}") from None
+        return s
+    return default_schedule(model, nfe) if solver == "gamma" else teacher_schedule(model, steps)
+
+
+def check_solver(model, solver: str) -> None:
+    if solver == "gamma" and not model.is_trajectory:
+        raise UserError(f"{model.path or 'this model'} is a {model.kind} (a denoiser), not a CTM: gamma-sampling needs "
+                        "a distilled model; use --solver heun or euler, or distill one with `ctmtool distill`")
+    if solver not in ("gamma", "heun", "euler"):
+        raise UserError(f"unknown solver {solver!r}; use gamma, heun or euler")
+
+
+@torch.no_grad()
+def generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
+             solver: str = "gamma", nfe: int = 1, gamma: float = 0.0, steps: int = 18,
+             sigmas: list[float] | None = None, class_label: int | None = None,
+             progress: Callable[[int], None] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Yield (x, labels) batches of `n` samples; image i uses seed `seed + i` whatever the batching.
+
+    x is float in the data range (images in [-1, 1], clamped); labels are None for unconditional models,
+    else `class_label` or a per-image random class.
+    """
+    check_solver(model, solver)
+    sched = resolve_schedule(model, solver, nfe, steps, sigmas)
+    net = model.net
+    start = float(sched[0])
+    for lo in range(0, n, batch):
+        seeds = list(range(seed + lo, seed + min(n, lo + batch)))
+        noise = ImageNoise(seeds, model.data_shape, device)
+        x = start * noise()
+        labels = None
+        if model.label_dim:
+            labels = (torch.full((len(seeds),), class_label, device=device) if class_label is not None
+                      else noise.integers(model.label_dim))
+        if solver == "gamma":
+            x = gamma_sample(net, x, sched, noise, labels, gamma=gamma)
+        else:
+            x = teacher_sample(net, x, sched, labels=labels, solver=solver)
+        if model.is_image:
+            x = x.clamp(-1, 1)
+        if progress is not None:
+            progress(len(seeds))
+        yield x, labels

@@ -1,0 +1,275 @@
+"""Training objectives plugged into `loop.fit`: the EDM teacher and the CTM student (with optional GAN).
+
+Each objective owns its networks, optimisers, EMAs and random generators, and knows how to write all of
+them into a checkpoint and read them back (exact resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ctmtool.checkpoint import Checkpoint, load_state
+from ctmtool.config import Preset, TrainConfig
+from ctmtool.losses.ctm import CTMLoss, DSMLoss
+from ctmtool.losses.edm import EDMLoss
+from ctmtool.models import S_LAYER_PREFIXES, build_precond, student_from_teacher
+from ctmtool.schedules import karras_sigmas
+from ctmtool.train.optim import (
+    ema_update,
+    make_optimizer,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    set_lr,
+    warmup_rate,
+)
+
+
+def autocast(device: torch.device, cfg: TrainConfig):
+    """bf16 autocast on CUDA when asked; the CPU always runs fp32."""
+    if device.type == "cuda" and cfg.precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def last_layer(model: nn.Module) -> torch.Tensor:
+    """The network's output layer weight (for the adaptive loss weights), ignoring the student-only s-layers."""
+    params = [(n, p) for n, p in model.named_parameters()
+              if p.ndim >= 2 and not any(s in n for s in S_LAYER_PREFIXES)]
+    return params[-1][1]
+
+
+def frozen_copy(net: nn.Module) -> nn.Module:
+    return copy.deepcopy(net).eval().requires_grad_(False)
+
+
+def maybe_compile(model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    """Compile the raw network in place (state-dict names unchanged) on CUDA when cfg.compile."""
+    if cfg.compile and device.type == "cuda":
+        model.net.compile()
+
+
+class _Base:
+    kind = ""
+
+    def __init__(self, preset: Preset, cfg: TrainConfig, data_shape: tuple[int, ...], device: torch.device):
+        self.preset, self.cfg, self.data_shape, self.device = preset, cfg, tuple(data_shape), device
+        self.gen = torch.Generator(device).manual_seed(cfg.seed + 1)  # noise draws
+        self.cpu_gen = torch.Generator().manual_seed(cfg.seed + 2)  # index draws, dropout seeds
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.steps = 0  # optimiser steps taken (drives the EMA warm-up)
+        self.progress = 0.0  # done fraction of the run, set by the loop (drives lr decay)
+
+    def _step_optimizer(self, name: str, params, kimg: float, lr: float | None = None) -> None:
+        opt = self.optimizers[name]
+        set_lr(opt, lr or self.cfg.lr, kimg, self.cfg.lr_rampup_kimg, self.cfg.lr_decay, self.progress)
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        opt.step()
+        if name == "net":
+            self.steps += 1
+
+    def _groups(self) -> tuple[dict, dict]:
+        groups, meta = {}, {}
+        for name, opt in self.optimizers.items():
+            tensors, info = optimizer_to_tensors(opt)
+            groups[f"optim_{name}"] = tensors
+            meta[f"optim_{name}"] = info
+        groups["rng"] = {"noise": self.gen.get_state(), "index": self.cpu_gen.get_state(), "torch": torch.get_rng_state()}
+        return groups, meta
+
+    def _restore_common(self, ckpt: Checkpoint) -> None:
+        for name, opt in self.optimizers.items():
+            optimizer_from_tensors(opt, ckpt.state(f"optim_{name}"), ckpt.meta[f"optim_{name}"])
+        self.steps = int(ckpt.meta.get("step", 0))
+        rng = ckpt.state("rng")
+        self.gen.set_state(rng["noise"])
+        self.cpu_gen.set_state(rng["index"])
+        torch.set_rng_state(rng["torch"])
+
+
+class TeacherObjective(_Base):
+    """EDM training of a denoiser (Karras et al. 2022, Sec. 5): EDM loss, Adam, EMA."""
+
+    kind = "teacher"
+
+    def __init__(self, preset: Preset, data_shape: tuple[int, ...], device: torch.device):
+        super().__init__(preset, preset.teacher, data_shape, device)
+        torch.manual_seed(self.cfg.seed)
+        self.net = build_precond("teacher", preset, data_shape).to(device).train()
+        self.ema = frozen_copy(self.net)
+        maybe_compile(self.net, self.cfg, device)
+        d = preset.diffusion
+        self.loss = EDMLoss(d.p_mean, d.p_std, d.sigma_data)
+        self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
+
+    def step(self, batches, kimg: float) -> dict:
+        opt = self.optimizers["net"]
+        opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for x, y in batches:
+            with autocast(self.device, self.cfg):
+                loss = self.loss(self.net, x, y, self.gen).mean()
+            (loss / len(batches)).backward()
+            total += loss.detach() / len(batches)
+        if not bool(torch.isfinite(total)):
+            opt.zero_grad(set_to_none=True)
+            return {"finite": False}
+        self._step_optimizer("net", self.net.parameters(), kimg)
+        ema_update(self.ema, self.net, warmup_rate(self.cfg.ema, self.steps))
+        return {"loss": total}
+
+    def sampling_model(self) -> nn.Module:
+        return self.ema
+
+    def checkpoint(self, meta: dict) -> Checkpoint:
+        groups, extra = self._groups()
+        groups.update(net=self.net.state_dict(), ema=self.ema.state_dict())
+        return Checkpoint("teacher", self.preset, self.data_shape, groups, {**meta, **extra, "ema_rate": self.cfg.ema})
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")
+        load_state(self.ema, ckpt.state("ema"), f"{ckpt.path} [ema]")
+        self._restore_common(ckpt)
+
+
+def ema_group(rate: float) -> str:
+    return f"ema_{rate:g}"
+
+
+class CTMObjective(_Base):
+    """CTM distillation (Kim et al. 2024, Eq. 11): L_CTM + lambda_DSM L_DSM (+ lambda_GAN L_GAN)."""
+
+    kind = "ctm"
+
+    def __init__(self,
+        preset: Preset,                 # the resolved preset (distill, ctm, gan sections)
+        data_shape: tuple[int, ...],    # (C, H, W) or (D,)
+        device: torch.device,
+        teacher: nn.Module | None,      # a denoiser solving t -> u; None when ctm.teacher = "self"
+        init_state: dict | None = None, # teacher weights to initialise the student by name
+        distance: nn.Module | None = None,  # d(x, y) -> (B,); built from preset.ctm when None
+        discriminator: nn.Module | None = None,  # GAN discriminator when preset.gan.enabled
+    ):
+        super().__init__(preset, preset.distill, data_shape, device)
+        from ctmtool.losses.distances import make_distance
+
+        c, d = preset.ctm, preset.diffusion
+        torch.manual_seed(self.cfg.seed)
+        net = student_from_teacher(init_state, preset, data_shape) if init_state is not None else \
+            build_precond("ctm", preset, data_shape)
+        self.net = net.to(device).train()
+        self.target = frozen_copy(self.net)
+        self.emas = {rate: frozen_copy(self.net) for rate in c.eval_emas}
+        maybe_compile(self.net, self.cfg, device)
+        self.teacher = self.target if c.teacher == "self" else teacher
+        if self.teacher is None:
+            raise ValueError("a teacher denoiser is needed unless ctm.teacher = 'self'")
+        dim = 1
+        for s in data_shape:
+            dim *= s
+        self.distance = (distance or make_distance(c, dim)).to(device)
+        grid = karras_sigmas(c.grid, d.sigma_min, d.sigma_max, d.rho)
+        self.ctm_loss = CTMLoss(grid, c.max_steps, self.distance, c.solver)
+        self.dsm_loss = DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction)
+        self.last = last_layer(self.net)
+        self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
+        self.disc = discriminator.to(device) if discriminator is not None else None
+        if self.disc is not None:
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, device, lr=preset.gan.lr)
+
+    def _weight(self, setting, main: torch.Tensor, other: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        from ctmtool.losses.gan import adaptive_weight
+
+        if setting == "adaptive":
+            return adaptive_weight(main, other, self.last, lo, hi)
+        return torch.as_tensor(float(setting), device=main.device)
+
+    def _gan_active(self, kimg: float) -> bool:
+        return self.disc is not None and self.preset.gan.enabled and kimg >= self.preset.gan.start_kimg
+
+    def step(self, batches, kimg: float) -> dict:
+        from ctmtool.augment import diff_augment
+        from ctmtool.losses.gan import d_hinge_loss, g_hinge_loss
+
+        c, g = self.preset.ctm, self.preset.gan
+        gan = self._gan_active(kimg)
+        opt = self.optimizers["net"]
+        opt.zero_grad(set_to_none=True)
+        logs = {k: torch.zeros((), device=self.device) for k in ("loss", "ctm", "dsm", "w_dsm")}
+        fakes = []
+        n = len(batches)
+        for x, y in batches:
+            seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
+            with autocast(self.device, self.cfg):
+                l_ctm, x_est = self.ctm_loss(self.net, self.target, self.teacher, x, y, self.gen, self.cpu_gen, seed)
+                l_ctm = l_ctm.mean()
+                l_dsm = self.dsm_loss(self.net, x, y, self.gen).mean()
+                w_dsm = self._weight(c.dsm_weight, l_ctm, l_dsm, 0.0, 1e4)
+                loss = l_ctm + w_dsm * l_dsm
+                if gan:
+                    l_gan = g_hinge_loss(self.disc(diff_augment(x_est, g.augment, self.gen)))
+                    w_gan = self._weight(g.weight, l_ctm, l_gan, 0.01, 10.0)
+                    loss = loss + w_gan * l_gan
+                    logs["gan"] = logs.get("gan", 0) + l_gan.detach() / n
+                    fakes.append((x, x_est.detach()))
+            (loss / n).backward()
+            for k, v in (("loss", loss), ("ctm", l_ctm), ("dsm", l_dsm), ("w_dsm", w_dsm)):
+                logs[k] += v.detach() / n
+        if not bool(torch.isfinite(logs["loss"])):
+            opt.zero_grad(set_to_none=True)
+            return {"finite": False}
+        self._step_optimizer("net", self.net.parameters(), kimg)
+        ema_update(self.target, self.net, c.target_ema)
+        for rate, ema in self.emas.items():
+            ema_update(ema, self.net, warmup_rate(rate, self.steps))
+        if gan:
+            d_opt = self.optimizers["disc"]
+            d_opt.zero_grad(set_to_none=True)
+            for real, fake in fakes:
+                with autocast(self.device, self.cfg):
+                    l_d = d_hinge_loss(self.disc(diff_augment(real, g.augment, self.gen)),
+                                       self.disc(diff_augment(fake, g.augment, self.gen)))
+                (l_d / n).backward()
+                logs["disc"] = logs.get("disc", 0) + l_d.detach() / n
+            self._step_optimizer("disc", self.disc.parameters(), kimg, lr=g.lr)
+        return logs
+
+    def sampling_model(self) -> nn.Module:
+        return self.emas[self.preset.ctm.eval_emas[0]] if self.emas else self.target
+
+    def checkpoint(self, meta: dict) -> Checkpoint:
+        groups, extra = self._groups()
+        c = self.preset.ctm
+        groups.update(net=self.net.state_dict(), target=self.target.state_dict())
+        for i, (rate, ema) in enumerate(self.emas.items()):
+            groups["ema" if i == 0 else ema_group(rate)] = ema.state_dict()
+        if not self.emas:
+            groups["ema"] = self.target.state_dict()
+        if self.disc is not None:
+            groups["disc"] = self.disc.state_dict()
+        info = {"target_ema": c.target_ema, "eval_emas": {("ema" if i == 0 else ema_group(r)): r
+                                                          for i, r in enumerate(c.eval_emas)}}
+        return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info})
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")
+        load_state(self.target, ckpt.state("target"), f"{ckpt.path} [target]")
+        for i, (rate, ema) in enumerate(self.emas.items()):
+            load_state(ema, ckpt.state("ema" if i == 0 else ema_group(rate)), f"{ckpt.path} [ema {rate}]")
+        if self.disc is not None and "disc" in ckpt.groups:
+            load_state(self.disc, ckpt.state("disc"), f"{ckpt.path} [disc]")
+        elif self.disc is not None:
+            self.optimizers.pop("disc")  # phase 2 starting from a CTM+DSM checkpoint: fresh discriminator
+            self._restore_common(ckpt)
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, self.device, lr=self.preset.gan.lr)
+            return
+        self._restore_common(ckpt)
+
+
+def describe(obj) -> str:
+    return json.dumps({"kind": obj.kind, "params": sum(p.numel() for p in obj.net.parameters())})
