@@ -104,6 +104,19 @@ def _dedup(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _declares_ctmtool(path: Path) -> bool:
+    """Whether the file starts with a whole safetensors header that names ctmtool (so any failure is damage)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                return False
+            head = json.loads(f.read(n))
+        return head.get("__metadata__", {}).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_header(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
@@ -112,6 +125,8 @@ def read_header(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
+        if _declares_ctmtool(path):
+            raise UserError(f"{path} is a truncated or damaged ctmtool checkpoint ({err}); use an earlier checkpoint") from None
         raise UserError(f"{path} is not a ctmtool checkpoint: not a readable safetensors file ({err})") from None
     if header.get("format") != FORMAT:
         raise UserError(f"{path} is a safetensors file but not a ctmtool checkpoint (no 'format: ctmtool' header); "

@@ -7,6 +7,8 @@ allowed. `load_preset(name_or_path, overrides)` returns a fully resolved, valida
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import os
 import tomllib
@@ -212,12 +214,19 @@ class FIDConfig(Strict):
 class GCTMConfig(Strict):
     """Generalised CTM between two distributions (GCTM paper; ctm-notes Sec. 6)."""
 
-    coupling: str = "independent"  # independent | ot | paired | corrupt:<op>
+    coupling: str = "independent"  # independent | ot | paired[:left|right] | corrupt:<op> | toy:<name> | toy-ot:<name>
     source_noise: float = Field(0.0, ge=0)  # std of Gaussian noise added to the source x1
-    grid: int = Field(18, ge=2)  # Karras sigmas mapped to t = sigma / (1 + sigma)
+    grid: int = Field(18, ge=2)  # Karras sigmas (diffusion.sigma_min/max/rho) mapped to t = sigma / (1 + sigma)
     max_steps: int = Field(17, ge=1)  # most solver steps from t to u
     sinkhorn_reg: float = Field(0.01, gt=0)  # entropic regularisation for ot coupling
+    sinkhorn_iters: int = Field(500, ge=1)  # Sinkhorn iterations per minibatch
+    sinkhorn_normalize: Literal["spread", "mean", "none"] = "spread"  # cost normalisation before Sinkhorn
     paired_path: str | None = None  # folder of A/B images or side-by-side files for paired coupling
+    paired_size: int | None = Field(None, ge=1)  # resize each half of a pair on load (64 for pix2pix)
+    var0: float | None = Field(None, gt=0)  # override the estimated Var x0 (per dimension)
+    var1: float | None = Field(None, gt=0)  # override the estimated Var x1
+    cov01: float | None = None  # override the estimated Cov(x0, x1)
+    dsm_times: Literal["lognormal", "uniform", "beta_3_1"] = "lognormal"  # how DSM training times are drawn
 
 
 class Preset(Strict):
@@ -279,13 +288,29 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def _section_fields(loc: tuple) -> list[str]:
+    """Field names of the model at `loc` inside a Preset (for 'allowed keys' in messages)."""
+    model: Any = Preset
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
 def format_validation_error(err: ValidationError, origin: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `ctmtool presets NAME` shows the valid keys)"
+            allowed = _section_fields(e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+            msg = (f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; allowed here: {', '.join(allowed)}")
         value = e.get("input")
         shown = "" if e["type"] == "missing" or isinstance(value, dict) else f" = {value!r}"
         parts.append(f"{loc}{shown}: {msg}")
@@ -347,7 +372,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(v)  # a JSON string is a valid TOML basic string (escapes included)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
     raise TypeError(type(v))

@@ -91,7 +91,10 @@ def model_from_checkpoint(ckpt: Checkpoint, which: str = "ema", device: str | to
 
 
 def load_model(path: str | Path, which: str = "ema", device: str | torch.device = "cpu") -> Model:
-    """Load a ctmtool checkpoint as a ready-to-use model (eval mode, no gradients)."""
+    """Load a ctmtool checkpoint (or the newest one in a run directory) as a ready-to-use model."""
+    path = Path(path)
+    if path.is_dir():
+        path = newest_checkpoint(path)
     ckpt = load_checkpoint(path, groups=[which])
     return model_from_checkpoint(ckpt, which, device)
 

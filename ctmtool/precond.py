@@ -111,7 +111,7 @@ class TrajectoryModel(nn.Module):
         """g(x_t, t, s) = c_skip(t) x_t + c_out(t) F(c_in(t) x_t, c_noise(t), c_noise(s)); g(x,t,t) is a denoiser."""
         c_skip, c_out, c_in, _ = self.coefficients(_bcast(t, x))
         noise_t = self.coefficients(_flat(t, x))[3]
-        noise_s = self.coefficients(_flat(s, x))[3]
+        noise_s = self.coefficients(_flat(s, x).clamp_min(1e-12))[3]  # s = 0 would give ln 0
         f = self.net((c_in * x).to(x.dtype), noise_t, noise_s, labels=labels)
         return c_skip * x + c_out * f.float()
 

@@ -12,7 +12,9 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
         raise ValueError(f"a Karras grid needs at least 2 points, got {n}")
     i = torch.arange(n, device=device, dtype=torch.float64)
     a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return ((a + i / (n - 1) * (b - a)) ** rho).to(dtype)
+    s = (a + i / (n - 1) * (b - a)) ** rho
+    s[0], s[-1] = sigma_max, sigma_min  # exact endpoints (no rounding from the 1/rho powers)
+    return s.to(dtype)
 
 
 def ctm_default_schedule(nfe: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,

@@ -8,7 +8,13 @@ import pytest
 import torch
 from scipy import stats
 
-from ctmtool.schedules import check_schedule, ctm_default_schedule, karras_sigmas, sample_ctm_indices, step_count_probs
+from ctmtool.schedules import (
+    check_schedule,
+    ctm_default_schedule,
+    karras_sigmas,
+    sample_ctm_indices,
+    step_count_probs,
+)
 
 
 def _karras(i: int, n: int, smin=0.002, smax=80.0, rho=7.0) -> float:
@@ -36,8 +42,6 @@ def test_karras_other_range():
     assert u.tolist() == pytest.approx([5.0, 4.0, 3.0, 2.0, 1.0], rel=1e-14)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: karras_sigmas(n)[-1] is 0.002000000000000003, not sigma_min exactly "
-                   "(pin the endpoints: s[0] = sigma_max, s[-1] = sigma_min)")
 @pytest.mark.parametrize("n", [3, 18])
 def test_karras_endpoints_exact(n):
     s = karras_sigmas(n)

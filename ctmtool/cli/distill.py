@@ -16,7 +16,7 @@ def distill_cmd(
     teacher: str | None = typer.Option(None, "--teacher", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
                                        "toy uses the exact mixture denoiser by default."),
     data: str | None = typer.Option(None, "--data", help="Data path; overrides data.path."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go [default: runs/<preset>/ctm]."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/ctm)."),
     kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
     minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir "

@@ -10,10 +10,10 @@ import typer
 from ctmtool.cli.common import DeviceOpt, ForceOpt, JsonOpt, Reporter, check_output, handle_errors, select_device
 from ctmtool.errors import UserError
 
-app = typer.Typer(help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
+app = typer.Typer(rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
                   invoke_without_command=True, no_args_is_help=False)
 
-CkptOpt = typer.Option(None, "--ckpt", help="Checkpoint [default: the newest *.safetensors in --run-dir, else under runs/].")
+CkptOpt = typer.Option(None, "--ckpt", help="Checkpoint (default: the newest *.safetensors in --run-dir, else under runs/).")
 
 
 def parse_floats(text: str | None, what: str) -> list[float] | None:
@@ -46,6 +46,21 @@ def resolve_model(ckpt: Path | None, run_dir: Path, analytic: bool, preset: str 
     return load_model(ckpt, which=ema, device=device)
 
 
+def check_out_kind(out: str, is_image: bool, force: bool) -> None:
+    """Refuse an output the samples cannot be written to, before any sampling is done."""
+    if out == "-":
+        return
+    path = Path(out)
+    if path.suffix in (".npz", ".png"):
+        check_output(path, force)
+    elif path.suffix:
+        raise UserError(f"--out {out}: use a .npz file, a .png file, a folder, or - for stdout")
+    elif not is_image:
+        raise UserError("a folder of PNGs is for images; write 2-D samples to .npz, .png (scatter plot) or -")
+    elif path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise UserError(f"output folder {path} exists and is not empty; pass --force to write into it or choose another folder")
+
+
 def write_output(x, labels, out: str, is_image: bool, force: bool) -> dict:
     from ctmtool.visual import save_npz, save_png_folder, save_samples_png
 
@@ -66,12 +81,6 @@ def write_output(x, labels, out: str, is_image: bool, force: bool) -> dict:
     if path.suffix == ".png":
         check_output(path, force)
         return {"out": str(save_samples_png(x, path, is_image)), "format": "png"}
-    if path.suffix:
-        raise UserError(f"--out {out}: use a .npz file, a .png file, a folder, or - for stdout")
-    if not is_image:
-        raise UserError("a folder of PNGs is for images; write 2-D samples to .npz, .png (scatter plot) or -")
-    if path.exists() and any(path.iterdir()) and not force:
-        raise UserError(f"output folder {path} is not empty; pass --force to write into it or choose another folder")
     files = save_png_folder(x, path)
     return {"out": str(path), "format": "folder", "files": len(files)}
 
@@ -85,12 +94,12 @@ def sample_cmd(
     nfe: int = typer.Option(1, "--nfe", help="CTM network evaluations (gamma-sampling jumps)."),
     gamma: float = typer.Option(0.0, "--gamma", help="0 deterministic jumps ... 1 CM-style multistep (Kim et al. 2024, Sec. 5)."),
     sigmas: str | None = typer.Option(None, "--sigmas", help="Explicit decreasing schedule, e.g. 80,2.515,0.002 (overrides --nfe/--steps)."),
-    solver: str | None = typer.Option(None, "--solver", help="gamma (CTM) | heun | euler (teacher) [default: gamma for a CTM, heun otherwise]."),
+    solver: str | None = typer.Option(None, "--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise)."),
     steps: int = typer.Option(18, "--steps", help="Grid points for heun/euler (18 -> 35 NFE with Heun)."),
     n: int = typer.Option(64, "--n", help="Number of samples."),
     batch: int = typer.Option(256, "--batch", help="Samples per forward pass (does not change the samples)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i."),
-    class_label: int | None = typer.Option(None, "--class", help="Class index for a conditional model [default: random per image]."),
+    class_label: int | None = typer.Option(None, "--class", help="Class index for a conditional model (default: random per image)."),
     ema: str = typer.Option("ema", "--ema", help="Which weights of the checkpoint: ema, net, target, or ema_<rate>."),
     analytic: bool = typer.Option(False, "--analytic", help="Sample the exact Gaussian-mixture teacher of --preset."),
     preset: str | None = typer.Option(None, "--preset", "-p", help="With --analytic: the Gaussian-mixture preset."),
@@ -112,11 +121,16 @@ def sample_cmd(
     rep = Reporter(json_out)
     if n < 1 or batch < 1:
         raise UserError("--n and --batch must be at least 1")
+    if not 0.0 <= gamma <= 1.0:
+        raise UserError(f"--gamma must be in [0, 1], got {gamma}")
     if out != "-" and Path(out).suffix in (".npz", ".png"):
         check_output(out, force)
     dev = select_device(device)
     model = resolve_model(ckpt, run_dir, analytic, preset, ema, dev, rep)
     solver = solver or ("gamma" if model.is_trajectory else "heun")
+    if solver != "gamma" and gamma != 0.0:
+        raise UserError(f"--gamma applies to gamma-sampling of a CTM; the {solver} solver is deterministic (drop --gamma)")
+    check_out_kind(out, model.is_image, force)
     sched = parse_floats(sigmas, "--sigmas")
     if model.label_dim and class_label is not None and not 0 <= class_label < model.label_dim:
         raise UserError(f"--class {class_label} is outside 0..{model.label_dim - 1}")

@@ -9,7 +9,7 @@ import typer
 from ctmtool.cli.common import DeviceOpt, ForceOpt, JsonOpt, PresetOpt, Reporter, SetOpt, check_output, handle_errors, select_device
 from ctmtool.errors import UserError
 
-app = typer.Typer(help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
+app = typer.Typer(rich_markup_mode=None, help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
                   invoke_without_command=True, no_args_is_help=False)
 
 
@@ -37,7 +37,7 @@ def teacher_cmd(
     ctx: typer.Context,
     preset: PresetOpt = "toy",
     data: str | None = typer.Option(None, "--data", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go [default: runs/<preset>/teacher]."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/teacher)."),
     kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
     minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir."),
@@ -65,7 +65,7 @@ def teacher_cmd(
 @handle_errors
 def import_cmd(
     pickle_path: Path = typer.Argument(..., help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output checkpoint [default: <name>.safetensors beside it]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it)."),
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

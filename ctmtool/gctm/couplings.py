@@ -1,4 +1,4 @@
-"""Couplings q(x0, x1) between the target (data) side x0 and the source side x1 (GCTM, Sec. 3.3 and Alg. 1).
+"""Couplings q(x0, x1) between the target (data) side x0 and the source side x1 (GCTM, Kim et al. 2024b, Alg. 1).
 
 A GCTM moves along x_t = (1 - t) x0 + t x1; the coupling decides which source goes with which target.
 Every coupling offers `pair(x0, labels, generator) -> (x0, x1)` for a training batch and
@@ -71,15 +71,17 @@ class Coupling:
 
     @torch.no_grad()
     def moments(self, sample: torch.Tensor | Dataset, labels: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, n: int = 2048, batch: int = 256) -> dict[str, float]:
-        """{var0, var1, cov01} for GCTMPrecond, from `n` items of a Dataset or from a given batch of data.
+                generator: torch.Generator | None = None, n: int = 2048, batch: int = 256,
+                device=None) -> dict[str, float]:
+        """{var0, var1, cov01} for GCTMPrecond, from `n` random items of a Dataset or from a given data batch.
 
-        Pairs are made `batch` items at a time, as in training: minibatch OT depends on the batch size.
+        Pairs are made `batch` items at a time, as in training: minibatch OT depends on the batch size
+        (on CIFAR-like data, cov01 is 0.10 with batches of 128 and 0.13 with one batch of 1024).
         """
         if isinstance(sample, Dataset):
-            idx = torch.randperm(len(sample), generator=generator)[:n] if generator is not None \
-                else torch.randperm(len(sample))[:n]
-            sample, labels = sample.get(idx)
+            where = generator.device if generator is not None else "cpu"
+            idx = torch.randperm(len(sample), generator=generator, device=where)[:n].cpu()
+            sample, labels = sample.get(idx, device)
         a, b = [], []
         for i in range(0, sample.shape[0], batch):
             y = None if labels is None else labels[i:i + batch]
@@ -94,7 +96,7 @@ class IndependentCoupling(Coupling):
 
     def __init__(self,
         scale: float = 1.0,             # standard deviation of the Gaussian source
-        source_noise: float = 0.0,      # extra Gaussian noise on x1 (adds scale^2 to Var x1)
+        source_noise: float = 0.0,      # extra Gaussian noise std on x1 (adds source_noise^2 to Var x1)
     ):
         super().__init__(source_noise)
         self.scale = scale
@@ -104,10 +106,10 @@ class IndependentCoupling(Coupling):
 
 
 class OTCoupling(IndependentCoupling):
-    """Gaussian x1 paired with x0 by minibatch entropic OT (GCTM Sec. 3.3, reg 0.01; OT-CFM)."""
+    """Gaussian x1 paired with x0 by minibatch entropic OT (GCTM Alg. 1 and 3, reg 0.01; OT-CFM)."""
 
     def __init__(self,
-        reg: float = 0.01,              # entropic regularisation, relative to the mean cost
+        reg: float = 0.01,              # entropic regularisation, relative to the cost spread (sinkhorn.py)
         iters: int = 500,               # most Sinkhorn passes
         scale: float = 1.0,             # standard deviation of the Gaussian source
         source_noise: float = 0.0,      # extra Gaussian noise on x1 after pairing
@@ -121,7 +123,7 @@ class OTCoupling(IndependentCoupling):
 
 
 class CorruptCoupling(Coupling):
-    """Restoration pairs: x1 = degrade(x0) (+ source noise), GCTM's supervised image restoration (Sec. 5.3)."""
+    """Restoration pairs: x1 = degrade(x0) (+ source noise), GCTM's supervised image restoration."""
 
     def __init__(self,
         degradation: str | Callable,    # a degrade.make_degradation spec or a callable (x, generator) -> x1

@@ -1,4 +1,4 @@
-"""Degradations y = H(x) that make the source side x1 of a restoration coupling (GCTM, Sec. 5.3).
+"""Degradations y = H(x) that make the source side x1 of a restoration coupling (GCTM; I2SB's operators).
 
 Every function takes float NCHW images in [-1, 1] and returns a batch of the same shape, so the source
 and target of a GCTM live in the same space (the GCTM reference, after I2SB, feeds the network the

@@ -180,6 +180,7 @@ def save_stats(stats: Stats, path: str | os.PathLike, keep_features: bool = True
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; statistics are meant to be shared
 
     try:
         atomic_write(path, write)

@@ -43,7 +43,7 @@ def test_plan_concentrates_on_the_exact_assignment(seed, normalize):
     g = gen(seed)
     x0, x1 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
     perm = exact_assignment(x0, x1)
-    plan = sinkhorn_plan(x0, x1, reg=1e-3, iters=5000, tol=1e-7, normalize=normalize)
+    plan = sinkhorn_plan(x0, x1, reg=1e-4, iters=5000, tol=1e-7, normalize=normalize)
     assert plan.shape == (6, 6)
     assert torch.equal(plan.argmax(1), perm)
     assert plan[torch.arange(6), perm].sum() > 0.99  # nearly all the mass on the optimal permutation

@@ -1,0 +1,248 @@
+"""The GCTM objective (Kim et al. 2024b, "Generalized Consistency Trajectory Models", Sec. 3 and Alg. 1).
+
+Along the flow-matching interpolation x_t = (1 - t) x0 + t x1 (x0 target/data side, x1 source side):
+
+Estimate  x_est = G_theta(x_t, t, s)                                   (gradient to theta)
+Target    x_tgt = G_sg(theta)(Heun_ema(x_t, t -> u), u, s)              (no gradient)
+CTM term  d(x_est / w, x_tgt / w),  w = c_out(t) (1 - s/t)              (compared at time s)
+DSM term  ||g_theta(x_t, t, t) - x0||^2 / c_out(t)^2                     (g(x, t, t) estimates E[x0 | x_t])
+
+There is no teacher: the Heun solver integrates dx/dt = (x - g_ema(x, t, t)) / t with the model's own EMA
+("target") network. Facts checked against the reference (1202kbs/GCTM, train_gctm.py, distances.py):
+- the CTM term compares at time s (its `compare_zero` flag, off in every published config, would add an
+  outer jump G_ema(., s, 0); `compare_zero=True` here does the same);
+- its pseudo-Huber is called with weight w = c_out(t)(1 - s/t) and computes (sqrt(|d|^2 + (c w)^2) - c w) / w,
+  which equals the plain pseudo-Huber of the rescaled difference d / w (what `weighted_distance` does);
+  its l2 is |d|^2 / w^2; both sum over dimensions, as does its DSM l2 with weight c_out(t);
+- the two terms are added with a constant weight (lmda_CTM on the CTM term there; `ctm.dsm_weight` on the
+  DSM term here, so lmda_CTM = 10 reads dsm_weight = 0.1); "adaptive" (CTM's balancing) is also accepted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ctmtool import solvers
+from ctmtool.checkpoint import Checkpoint, load_state
+from ctmtool.config import Preset
+from ctmtool.losses.ctm import fixed_dropout
+from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
+from ctmtool.models import build_precond
+from ctmtool.schedules import karras_sigmas, sample_ctm_indices
+from ctmtool.train.objectives import _Base, autocast, ema_group, frozen_copy, last_layer, maybe_compile
+from ctmtool.train.optim import ema_update, make_optimizer, warmup_rate
+
+
+def gctm_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """GCTM time grid: n Karras sigmas mapped by t = sigma / (1 + sigma), decreasing, with t_0 = 1 and t_{n-1} = 0.
+
+    The ends are set exactly (not 80/81 and 0.002/1.002), as the reference's EDM_N2I discretisation does
+    (its ascending grid sets ts[0] = 0 and ts[-1] = 1): trajectories start at the source x1 and end at x0.
+    """
+    t = karras_sigmas(n, sigma_min, sigma_max, rho)
+    t = t / (1 + t)
+    t[0], t[-1] = 1.0, 0.0
+    return t
+
+
+def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t x1 (GCTM Eq. 8, the conditional flow-matching path), t of shape (B,)."""
+    tc = _col(t.to(x0.dtype), x0)
+    return (1 - tc) * x0 + tc * x1
+
+
+def weighted_distance(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, distance: nn.Module) -> torch.Tensor:
+    """The CTM distance with GCTM's weight w = c_out(t)(1 - s/t), per sample (reference distances.py).
+
+    Pseudo-Huber: ph(d / w) with the same c (= the reference's c scaled by w, divided by w); squared L2:
+    sum |d|^2 / w^2; any other distance (LPIPS, features): d(x, y) / w.
+    """
+    wc = _col(w, x)
+    if isinstance(distance, PseudoHuber):
+        return pseudo_huber(x / wc, y / wc, distance.c)
+    if isinstance(distance, SquaredL2):
+        return ((x - y) / wc).flatten(1).square().sum(1)
+    return distance(x, y) / w
+
+
+class GCTMLoss:
+    """GCTM's two terms on one batch of pairs (x0, x1): the CTM term at time s and the DSM term (Alg. 1)."""
+
+    def __init__(self,
+        grid: torch.Tensor,             # GCTM times, decreasing from 1 to 0 (`gctm_grid`)
+        max_steps: int,                 # K: most Heun steps from t to u, P(k) ~ k
+        distance: nn.Module,            # d(x, y) -> (B,); PseudoHuber / SquaredL2 get GCTM's weighting exactly
+        solver: str = "heun",           # heun | euler, on the EMA denoiser
+        dsm_times: str = "lognormal",   # lognormal | uniform | beta_3_1: how DSM times are drawn
+        p_mean: float = -1.2,           # lognormal: mean of ln sigma, t = sigma / (1 + sigma)
+        p_std: float = 1.2,             # lognormal: std of ln sigma
+        sigma_min: float = 0.002,       # sigma range of the Karras grid (lognormal clamp, uniform draws)
+        sigma_max: float = 80.0,
+        rho: float = 7.0,               # Karras curvature for dsm_times = uniform
+        grid_fraction: float = 0.25,    # share of DSM times drawn from the training grid (t = 1 included)
+        compare_zero: bool = False,     # compare at time 0 through the EMA net instead of at s
+    ):
+        if dsm_times not in ("lognormal", "uniform", "beta_3_1"):
+            raise ValueError(f"unknown dsm_times {dsm_times!r}; use lognormal, uniform or beta_3_1")
+        self.grid, self.max_steps, self.distance = grid.double().cpu(), max_steps, distance
+        self.solver = solvers.SOLVERS[solver]
+        self.dsm_times, self.p_mean, self.p_std = dsm_times, p_mean, p_std
+        self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+        self.grid_fraction, self.compare_zero = grid_fraction, compare_zero
+
+    def ctm(self, online, target, x0: torch.Tensor, x1: torch.Tensor, labels=None,
+            index_generator: torch.Generator | None = None, dropout_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample CTM term, x_est) for indices t < u <= s drawn as in CTM (`sample_ctm_indices`)."""
+        dev = x0.device
+        t_i, u_i, s_i, k = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator)
+        t, u, s = (self.grid[i].to(dev, torch.float32) for i in (t_i, u_i, s_i))
+        x_t = interpolate(x0, x1, t)
+        zero = torch.zeros_like(s)
+
+        with fixed_dropout(dropout_seed, dev):
+            x_est = online.jump(x_t, t, s, labels)
+        if self.compare_zero:
+            x_est = target.jump(x_est, s, zero, labels)
+        with torch.no_grad():
+            path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample times
+            x_u = self.solver(target, x_t, path.to(dev), labels).to(x_t.dtype)
+            with fixed_dropout(dropout_seed, dev):
+                x_tgt = online.jump(x_u, u, s, labels)
+            if self.compare_zero:
+                x_tgt = target.jump(x_tgt, s, zero, labels)
+            w = online.coefficients(t)[1] * (1 - s / t)
+        return weighted_distance(x_est.float(), x_tgt.float(), w, self.distance), x_est
+
+    def sample_dsm_times(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """n DSM times in (0, 1]: `grid_fraction` of them from the grid (t = 0 excluded), the rest by `dsm_times`."""
+        where = generator.device if generator is not None else device
+        r = torch.rand(n, generator=generator, device=where, dtype=torch.float64)
+        if self.dsm_times == "beta_3_1":  # density 3 t^2: the reference's edges2shoes choice
+            t = r.pow(1 / 3).clamp(1e-4, 1.0)
+        else:
+            if self.dsm_times == "lognormal":  # EDM's log-normal sigma, the reference's CIFAR-10 choice
+                z = torch.randn(n, generator=generator, device=where, dtype=torch.float64)
+                sigma = (self.p_mean + self.p_std * z).exp().clamp(self.sigma_min, self.sigma_max)
+            else:  # uniform over Karras grid positions: the reference's default over its 1024-point grid
+                a, b = self.sigma_max ** (1 / self.rho), self.sigma_min ** (1 / self.rho)
+                sigma = (a + r * (b - a)) ** self.rho
+            t = sigma / (1 + sigma)
+        n_grid = int(round(n * self.grid_fraction))
+        if n_grid:
+            idx = torch.randint(0, self.grid.numel() - 1, (n_grid,), generator=generator, device=where)
+            t = torch.cat([t[: n - n_grid], self.grid.to(where)[idx]])
+        return t.to(device=device, dtype=torch.float32)
+
+    def dsm(self, online, x0: torch.Tensor, x1: torch.Tensor, labels=None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample ||g(x_t, t, t) - x0||^2 / c_out(t)^2, summed over dimensions (GCTM's DSM term)."""
+        t = self.sample_dsm_times(x0.shape[0], generator, x0.device)
+        x_t = interpolate(x0, x1, t)
+        g = online.g(x_t, t, t, labels)
+        c_out = _col(online.coefficients(t)[1], x0)
+        return ((g.float() - x0) / c_out).flatten(1).square().sum(1)
+
+
+class GCTMObjective(_Base):
+    """GCTM training (Kim et al. 2024b, Alg. 1): L_CTM + lambda_DSM L_DSM on pairs from a coupling, Adam, EMA."""
+
+    kind = "gctm"
+
+    def __init__(self,
+        preset: Preset,                 # resolved preset with a [gctm] section; distill = optimiser and duration
+        data_shape: tuple[int, ...],    # shape of one x0 (and x1): (C, H, W) or (D,)
+        device: torch.device,
+        coupling,                       # ctmtool.gctm.couplings.Coupling: pair(x, labels, generator) -> (x0, x1)
+        moments: dict,                  # {var0, var1, cov01} for GCTMPrecond, stored in every checkpoint
+        flip_pairs: bool = False,       # random horizontal flips applied to x0 and x1 together (paired data)
+        compare_zero: bool = False,     # see GCTMLoss
+    ):
+        super().__init__(preset, preset.distill, data_shape, device)
+        if preset.gctm is None:
+            raise ValueError(f"preset {preset.name!r} has no [gctm] section")
+        c, g, d = preset.ctm, preset.gctm, preset.diffusion
+        self.coupling, self.flip_pairs = coupling, flip_pairs
+        self.moments = {k: float(moments[k]) for k in ("var0", "var1", "cov01")}
+        torch.manual_seed(self.cfg.seed)
+        self.net = build_precond("gctm", preset, data_shape, {"moments": self.moments}).to(device).train()
+        self.target = frozen_copy(self.net)
+        self.emas = {rate: frozen_copy(self.net) for rate in c.eval_emas}
+        maybe_compile(self.net, self.cfg, device)
+        dim = math.prod(data_shape)
+        distance = make_distance(c, dim)  # pseudo-Huber c defaults to 0.00054 sqrt(D), as the reference
+        self.grid = gctm_grid(g.grid, d.sigma_min, d.sigma_max, d.rho)
+        self.loss = GCTMLoss(self.grid, g.max_steps, distance.to(device), c.solver, g.dsm_times, d.p_mean, d.p_std,
+                             d.sigma_min, d.sigma_max, d.rho, compare_zero=compare_zero)
+        self.last = last_layer(self.net)
+        self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
+
+    def _pairs(self, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, x1 = self.coupling.pair(x, y, self.gen)
+        if self.flip_pairs and x0.ndim == 4:
+            flip = (torch.rand(x0.shape[0], generator=self.cpu_gen) < 0.5).to(x0.device)[:, None, None, None]
+            x0, x1 = torch.where(flip, x0.flip(-1), x0), torch.where(flip, x1.flip(-1), x1)
+        return x0, x1
+
+    def _dsm_weight(self, l_ctm: torch.Tensor, l_dsm: torch.Tensor) -> torch.Tensor:
+        setting = self.preset.ctm.dsm_weight
+        if setting == "adaptive":
+            from ctmtool.losses.gan import adaptive_weight
+
+            return adaptive_weight(l_ctm, l_dsm, self.last, 0.0, 1e4)
+        return torch.as_tensor(float(setting), device=l_ctm.device)
+
+    def step(self, batches, kimg: float) -> dict:
+        opt = self.optimizers["net"]
+        opt.zero_grad(set_to_none=True)
+        logs = {k: torch.zeros((), device=self.device) for k in ("loss", "ctm", "dsm", "w_dsm")}
+        n = len(batches)
+        for x, y in batches:
+            x0, x1 = self._pairs(x, y)
+            seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
+            with autocast(self.device, self.cfg):
+                l_ctm = self.loss.ctm(self.net, self.target, x0, x1, y, self.cpu_gen, seed)[0].mean()
+                l_dsm = self.loss.dsm(self.net, x0, x1, y, self.gen).mean()
+                w_dsm = self._dsm_weight(l_ctm, l_dsm)
+                loss = l_ctm + w_dsm * l_dsm
+            (loss / n).backward()
+            for k, v in (("loss", loss), ("ctm", l_ctm), ("dsm", l_dsm), ("w_dsm", w_dsm)):
+                logs[k] += v.detach() / n
+        if not bool(torch.isfinite(logs["loss"])):
+            opt.zero_grad(set_to_none=True)
+            return {"finite": False}
+        self._step_optimizer("net", self.net.parameters(), kimg)
+        # the solver's EMA starts from a fresh network (no teacher), so it warms up like the evaluation EMAs
+        ema_update(self.target, self.net, warmup_rate(self.preset.ctm.target_ema, self.steps))
+        for rate, ema in self.emas.items():
+            ema_update(ema, self.net, warmup_rate(rate, self.steps))
+        return logs
+
+    def sampling_model(self) -> nn.Module:
+        return self.emas[self.preset.ctm.eval_emas[0]] if self.emas else self.target
+
+    def checkpoint(self, meta: dict) -> Checkpoint:
+        groups, extra = self._groups()
+        c = self.preset.ctm
+        groups.update(net=self.net.state_dict(), target=self.target.state_dict())
+        for i, (rate, ema) in enumerate(self.emas.items()):
+            groups["ema" if i == 0 else ema_group(rate)] = ema.state_dict()
+        if not self.emas:
+            groups["ema"] = self.target.state_dict()
+        info = {"target_ema": c.target_ema, "moments": dict(self.moments), "coupling": self.preset.gctm.coupling,
+                "grid": [round(float(t), 8) for t in self.grid],
+                "eval_emas": {("ema" if i == 0 else ema_group(r)): r for i, r in enumerate(c.eval_emas)}}
+        return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info})
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")
+        load_state(self.target, ckpt.state("target"), f"{ckpt.path} [target]")
+        for i, (rate, ema) in enumerate(self.emas.items()):
+            load_state(ema, ckpt.state("ema" if i == 0 else ema_group(rate)), f"{ckpt.path} [ema {rate}]")
+        self._restore_common(ckpt)

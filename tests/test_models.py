@@ -1,0 +1,192 @@
+"""Building models from presets, rebuilding them from checkpoints, and the student-from-teacher start."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from ctmtool.analytic import GaussianMixture
+from ctmtool.checkpoint import Checkpoint, save_checkpoint
+from ctmtool.config import load_preset
+from ctmtool.errors import UserError
+from ctmtool.models import (
+    analytic_model,
+    build_precond,
+    load_model,
+    model_from_checkpoint,
+    newest_checkpoint,
+    student_from_teacher,
+)
+from ctmtool.precond import CTMPrecond, EDMPrecond, GCTMPrecond, VEPrecond, VPPrecond
+
+UNET = ["net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
+        "net.unet.attn_resolutions=[]", "data.source=digits"]
+DIGITS_SHAPE = (1, 8, 8)
+TEACHERS = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond}
+
+
+def _unet_preset(precond="edm"):
+    return load_preset("digits", [*UNET, f"diffusion.precond={precond}"])
+
+
+def _perturb(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Move every parameter off its initial value, so that outputs depend on all of them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def _x(shape, n=3, seed=1):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("precond", ["edm", "vp", "ve"])
+def test_build_precond_kinds_mlp(toy_preset, precond):
+    from ctmtool.config import override_preset
+
+    p = override_preset(toy_preset, [f"diffusion.precond={precond}"])
+    t = build_precond("teacher", p, (2,))
+    assert type(t) is TEACHERS[precond]
+    assert (t.sigma_min, t.sigma_max) == (0.002, 80.0)
+    c = build_precond("ctm", p, (2,))
+    assert isinstance(c, CTMPrecond) and c.scheme == precond
+    g = build_precond("gctm", p, (2,))
+    assert isinstance(g, GCTMPrecond) and (g.var0, g.var1, g.cov01) == (0.25, 1.0, 0.0)
+    x = _x((2,))
+    assert t.denoise(x, 1.0).shape == (3, 2)
+    assert c.jump(x, 80.0, 0.002).shape == (3, 2)
+    assert g.jump(x, 1.0, 0.0).shape == (3, 2)
+    # the CTM net takes an s input, the teacher's does not
+    names_t = set(t.state_dict())
+    names_c = set(c.state_dict())
+    assert names_t < names_c
+    assert all("map_s" in k for k in names_c - names_t)
+
+
+def test_build_precond_gctm_moments(toy_preset):
+    g = build_precond("gctm", toy_preset, (2,), meta={"moments": {"var0": 0.1, "var1": 0.7, "cov01": 0.05}})
+    assert (g.var0, g.var1, g.cov01) == (0.1, 0.7, 0.05)
+    with pytest.raises(ValueError):
+        build_precond("student", toy_preset, (2,))
+
+
+@pytest.mark.parametrize("kind", ["teacher", "ctm", "gctm"])
+def test_build_precond_unet(kind):
+    p = _unet_preset()
+    m = build_precond(kind, p, DIGITS_SHAPE).eval()
+    x = _x(DIGITS_SHAPE)
+    out = m.denoise(x, torch.tensor([0.1, 1.0, 10.0]) if kind != "gctm" else torch.tensor([0.1, 0.5, 0.9]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    if kind != "teacher":
+        assert m.jump(x, 0.9, 0.2).shape == x.shape
+
+
+def test_unet_needs_square_images():
+    with pytest.raises(ValueError, match="square"):
+        build_precond("teacher", _unet_preset(), (2,))
+
+
+@pytest.mark.parametrize("kind", ["teacher", "ctm", "gctm"])
+@pytest.mark.parametrize("net", ["mlp", "unet"])
+def test_model_from_checkpoint_round_trip(tmp_path, toy_preset, kind, net):
+    preset, shape = (toy_preset, (2,)) if net == "mlp" else (_unet_preset(), DIGITS_SHAPE)
+    meta = {"moments": {"var0": 0.2, "var1": 0.9, "cov01": 0.1}} if kind == "gctm" else {"kimg": 1.0}
+    src = _perturb(build_precond(kind, preset, shape, meta)).eval()
+    other = _perturb(build_precond(kind, preset, shape, meta), seed=5).eval()
+    ck = Checkpoint(kind, preset, shape, groups={"ema": src.state_dict(), "net": other.state_dict()}, meta=meta)
+    path = save_checkpoint(tmp_path / f"{kind}.safetensors", ck)
+    m = load_model(path)
+    assert m.kind == kind and m.data_shape == shape and m.path == path and m.meta == meta
+    assert m.is_trajectory == (kind != "teacher") and m.is_image == (net == "unet")
+    assert not m.net.training and not any(p.requires_grad for p in m.net.parameters())
+    x = _x(shape)
+    lv = 0.5 if kind == "gctm" else 2.0
+    with torch.no_grad():
+        assert torch.equal(m.net.denoise(x, lv), src.denoise(x, lv))
+        if kind != "teacher":
+            assert torch.equal(m.net.jump(x, lv, lv / 4), src.jump(x, lv, lv / 4))
+    if kind == "gctm":
+        assert (m.net.var0, m.net.var1, m.net.cov01) == (0.2, 0.9, 0.1)
+    # the other weights of the same checkpoint
+    m2 = load_model(path, which="net")
+    with torch.no_grad():
+        assert torch.equal(m2.net.denoise(x, lv), other.denoise(x, lv))
+    with pytest.raises(UserError, match="ema_0.9999"):
+        load_model(path, which="ema_0.9999")
+
+
+def test_checkpoint_for_another_network_is_refused(tmp_path, toy_preset):
+    from ctmtool.checkpoint import load_checkpoint
+
+    src = build_precond("teacher", toy_preset, (2,))
+    ck = Checkpoint("teacher", toy_preset, (2,), groups={"ema": src.state_dict()})
+    path = save_checkpoint(tmp_path / "t.safetensors", ck)
+    loaded = load_checkpoint(path)
+    from ctmtool.config import override_preset
+
+    loaded.preset = override_preset(toy_preset, ["net.mlp.hidden=64"])  # a preset that does not fit the weights
+    with pytest.raises(UserError, match="does not fit"):
+        model_from_checkpoint(loaded)
+
+
+@pytest.mark.parametrize("precond", ["edm", "vp", "ve"])
+def test_student_from_teacher_is_the_teacher_at_init(precond):
+    """Kim et al. 2024: the student starts from the teacher's weights; with the s-layers at zero,
+    g(x, t, t) equals the teacher's denoiser exactly."""
+    p = _unet_preset(precond)
+    teacher = _perturb(build_precond("teacher", p, DIGITS_SHAPE)).eval()
+    student = student_from_teacher(teacher.state_dict(), p, DIGITS_SHAPE).eval()
+    assert isinstance(student, CTMPrecond) and student.scheme == precond
+    x = _x(DIGITS_SHAPE, n=4) * 3
+    with torch.no_grad():
+        for t in (0.002, 0.1, 2.5, 80.0):
+            assert torch.equal(student.g(x, t, t), teacher.denoise(x, t)), t
+            assert torch.equal(student.denoise(x, t), teacher.denoise(x, t))
+        tt = torch.tensor([0.01, 0.5, 5.0, 60.0])
+        assert torch.equal(student.g(x, tt, tt), teacher.denoise(x, tt))
+    # every teacher tensor was copied; only s-layers are new
+    st, te = student.state_dict(), teacher.state_dict()
+    assert all(torch.equal(st[k], v) for k, v in te.items())
+    assert set(st) - set(te) and all(("map_s" in k or "affine_s" in k) for k in set(st) - set(te))
+
+
+def test_student_from_teacher_mlp_copies_weights(toy_preset):
+    teacher = _perturb(build_precond("teacher", toy_preset, (2,)))
+    student = student_from_teacher(teacher.state_dict(), toy_preset, (2,))
+    st = student.state_dict()
+    assert all(torch.equal(st[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_student_from_wrong_teacher_is_refused(toy_preset):
+    teacher = build_precond("teacher", toy_preset, (2,))
+    other = load_preset("toy", ["net.mlp.depth=2"])
+    with pytest.raises(UserError, match="does not fit"):
+        student_from_teacher(teacher.state_dict(), other, (2,), source="teacher.safetensors")
+
+
+def test_analytic_model(toy_preset):
+    m = analytic_model(toy_preset)
+    assert m.kind == "analytic" and isinstance(m.net, GaussianMixture)
+    assert m.data_shape == (2,) and not m.is_trajectory and not m.is_image
+    assert (m.sigma_min, m.sigma_max) == (0.002, 80.0) and m.label_dim == 0
+    with pytest.raises(UserError, match="data.toy = 'gmm'"):
+        analytic_model(load_preset("digits"))
+
+
+def test_newest_checkpoint(tmp_path, toy_preset):
+    with pytest.raises(UserError, match="--ckpt"):
+        newest_checkpoint(tmp_path)
+    with pytest.raises(UserError):
+        newest_checkpoint(tmp_path / "missing")
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    b.write_bytes(b"1")
+    a.write_bytes(b"2")
+    now = time.time()
+    os.utime(b, (now, now))
+    os.utime(a, (now - 100, now - 100))
+    assert newest_checkpoint(tmp_path) == b
