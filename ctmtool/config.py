@@ -76,6 +76,7 @@ class MLPConfig(Strict):
     hidden: int = Field(256, ge=8)  # width of each hidden layer
     depth: int = Field(4, ge=1)  # number of hidden layers
     emb: int = Field(64, ge=4)  # noise-embedding width
+    noise_scale: float = Field(100.0, gt=0)  # noise labels (ln(sigma)/4) are multiplied by this before the sinusoids
 
 
 class UNetConfig(Strict):

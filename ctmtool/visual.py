@@ -92,3 +92,52 @@ def save_png_folder(x: torch.Tensor, folder: str | Path, start: int = 0) -> list
         save_png(img, p)
         out.append(p)
     return out
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
+               size: tuple[int, int] = (640, 420)) -> np.ndarray:
+    """A small line chart (one line per series) as an RGB array: enough to see a trend without matplotlib."""
+    w, h = size
+    left, right, top, bottom = 70, 150, 30, 45
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts if math.isfinite(y)]
+    if not xs or not ys:
+        return np.asarray(img)
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y1 = y0 + 1
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (w - left - right), top + (y1 - y) / (y1 - y0) * (h - top - bottom))
+
+    d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
+    for x in sorted(set(xs)):
+        p = px(x, y0)
+        d.line([p, (p[0], p[1] + 4)], fill=(0, 0, 0))
+        d.text((p[0] - 4, p[1] + 6), f"{x:g}", fill=(0, 0, 0))
+    for i in range(5):
+        y = y0 + (y1 - y0) * i / 4
+        p = px(x0, y)
+        d.line([(p[0] - 4, p[1]), p], fill=(0, 0, 0))
+        d.text((4, p[1] - 5), f"{y:.3g}", fill=(0, 0, 0))
+    d.text((left, 8), title, fill=(0, 0, 0))
+    d.text(((w - right + left) / 2 - 20, h - 18), xlabel, fill=(0, 0, 0))
+    d.text((4, top - 22), ylabel, fill=(0, 0, 0))
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    for i, (name, pts) in enumerate(series.items()):
+        c = colors[i % len(colors)]
+        pts = sorted((x, y) for x, y in pts if math.isfinite(y))
+        if len(pts) > 1:
+            d.line([px(x, y) for x, y in pts], fill=c, width=2)
+        for x, y in pts:
+            q = px(x, y)
+            d.ellipse([q[0] - 3, q[1] - 3, q[0] + 3, q[1] + 3], fill=c)
+        d.text((w - right + 10, top + 16 * i), name, fill=c)
+    return np.asarray(img)

@@ -190,6 +190,9 @@ def _fid(samples: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, 
             ref_stats = compute_stats(dataset_batches(ds, batch), extractor, device, kid_flag, advance, str(p))
     else:
         ref_stats = reference_stats(ref, extractor, device, cache)
+    if kid_flag and ref_stats.feats is None:
+        raise UserError(f"--kid needs raw reference features but {ref} holds only mean and covariance; recompute it "
+                        "with `ctmtool fid stats` (without --no-features) or leave out --kid")
     t1 = time.perf_counter()
     stats = _samples_stats(samples, model, extractor, rep, n=n, seed=seed, batch=batch, device=device,
                            keep_features=kid_flag, sampling=sampling)

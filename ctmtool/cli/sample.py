@@ -160,3 +160,71 @@ def sample_cmd(
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="sample")
+
+
+@app.command("sweep")
+@handle_errors
+def sweep_cmd(
+    ckpt: Path | None = CkptOpt,
+    run_dir: Path = typer.Option(Path("."), "--run-dir", help="Where to look for the newest checkpoint when --ckpt is omitted."),
+    nfes: str = typer.Option("1,2,3,4,6,8", "--nfe", help="Comma-separated NFE values."),
+    gammas: str = typer.Option("0,0.5,1", "--gamma", help="Comma-separated gamma values."),
+    metric: str | None = typer.Option(None, "--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd (default: logp for toy GMM data, else fd-pixels)."),
+    features: str | None = typer.Option(None, "--features", help="With --metric fd: inception or a TorchScript feature network."),
+    ref: str | None = typer.Option(None, "--ref", help="Reference images/stats for fd metrics (default: the preset's data)."),
+    n: int = typer.Option(4096, "--n", help="Samples per setting."),
+    batch: int = typer.Option(1024, "--batch", help="Samples per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="First per-image seed (the same seeds for every setting)."),
+    ema: str = typer.Option("ema", "--ema", help="Which weights of the checkpoint."),
+    out: Path = typer.Option(Path("sweep.json"), "--out", "-o", help="Table as JSON; a plot is written beside it (.png)."),
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?)."""
+    import json
+
+    from ctmtool.checkpoint import atomic_write
+    from ctmtool.quality import make_scorer
+    from ctmtool.sweep import nfe_sweep
+    from ctmtool.visual import line_chart, save_png
+
+    rep = Reporter(json_out)
+    check_output(out, force)
+    plot = out.with_suffix(".png")
+    check_output(plot, force)
+    dev = select_device(device)
+    model = resolve_model(ckpt, run_dir, False, None, ema, dev, rep)
+    p = model.preset
+    gmm = p.data.source == "toy" and p.data.toy == "gmm"
+    metric = metric or ("logp" if gmm else "fd-pixels")
+    reference = None
+    if metric == "fd-pixels":
+        from ctmtool.data import load_dataset, load_images
+
+        reference = load_images(ref) if ref else load_dataset(p.data)
+    name, score, base = make_scorer(metric, p, reference, features, ref, dev)
+    nfe_list = [int(v) for v in parse_floats(nfes, "--nfe")]
+    gamma_list = parse_floats(gammas, "--gamma")
+    if any(v < 1 for v in nfe_list) or any(not 0 <= g <= 1 for g in gamma_list):
+        raise UserError("--nfe values must be >= 1 and --gamma values in [0, 1]")
+    rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log)
+    result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
+              "plot": str(plot)}
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    series: dict[str, list] = {}
+    for r in rows:
+        key = f"gamma {r['gamma']:g}" if r["gamma"] is not None else r["solver"]
+        series.setdefault(key, []).append((r["nfe"], r["score"]))
+    if model.is_trajectory:  # NFE 1 is the same for every gamma: show it on every line
+        first = next((r for r in rows if r["nfe"] == min(nfe_list)), None)
+        for key in series:
+            if first and all(x != first["nfe"] for x, _ in series[key]):
+                series[key].insert(0, (first["nfe"], first["score"]))
+    save_png(line_chart(series, f"{Path(str(model.path)).name}: {name}", "NFE", "score"), plot)
+    if json_out:
+        rep.result({**result, "out": str(out)})
+    else:
+        for r in rows:
+            print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma {'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
+        print(f"wrote {out} and {plot}")

@@ -218,8 +218,9 @@ class GCTMObjective(_Base):
             opt.zero_grad(set_to_none=True)
             return {"finite": False}
         self._step_optimizer("net", self.net.parameters(), kimg)
-        # the solver's EMA starts from a fresh network (no teacher), so it warms up like the evaluation EMAs
-        ema_update(self.target, self.net, warmup_rate(self.preset.ctm.target_ema, self.steps))
+        # no warm-up for the solver's EMA (as the reference): a target that follows the online net closely
+        # feeds the net its own errors and diverges within tens of steps (measured on toy-translate)
+        ema_update(self.target, self.net, self.preset.ctm.target_ema)
         for rate, ema in self.emas.items():
             ema_update(ema, self.net, warmup_rate(rate, self.steps))
         return logs

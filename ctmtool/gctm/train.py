@@ -68,10 +68,12 @@ def estimate_moments(preset: Preset, coupling: Coupling, data: Dataset, device: 
 
 
 def eval_pairs(preset: Preset, coupling: Coupling, data: Dataset, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed set of (x0, x1) pairs for snapshots (the same every call)."""
+    """A fixed set of (x0, x1) pairs for snapshots (the same every call), paired a training batch at a time."""
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
     x, y = data.get(idx, device)
-    return coupling.pair(x, y, torch.Generator(device).manual_seed(0))
+    gen, micro = torch.Generator(device).manual_seed(0), preset.distill.micro_batch or preset.distill.batch
+    pairs = [coupling.pair(x[i:i + micro], None if y is None else y[i:i + micro], gen) for i in range(0, n, micro)]
+    return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
 def side_by_side(columns: list[torch.Tensor], is_image: bool, reference: torch.Tensor | None = None,

@@ -13,7 +13,8 @@ def build_net(cfg: NetConfig, data_shape: tuple[int, ...], use_s: bool) -> nn.Mo
     """The raw network F for data items of `data_shape`; `use_s` adds the CTM second noise input."""
     if cfg.kind == "mlp":
         m = cfg.mlp
-        return MLP(math.prod(data_shape), m.hidden, m.depth, m.emb, use_s=use_s, label_dim=cfg.label_dim)
+        return MLP(math.prod(data_shape), m.hidden, m.depth, m.emb, use_s=use_s, label_dim=cfg.label_dim,
+                   noise_scale=m.noise_scale)
     if cfg.kind == "unet":
         from ctmtool.nets.songunet import SongUNet
 

@@ -18,9 +18,10 @@ class MLP(nn.Module):
         emb: int = 64,                  # noise-embedding width
         use_s: bool = False,            # second noise input (CTM student)
         label_dim: int = 0,             # classes for a conditional model (0: none)
+        noise_scale: float = 100.0,     # noise labels (ln(sigma)/4, about -2..1) are scaled before the sinusoids
     ):
         super().__init__()
-        self.dim, self.use_s, self.label_dim = dim, use_s, label_dim
+        self.dim, self.use_s, self.label_dim, self.noise_scale = dim, use_s, label_dim, noise_scale
         self.map_noise = PositionalEmbedding(emb)
         self.map_layer = nn.Sequential(nn.Linear(emb, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.map_s = nn.Sequential(nn.Linear(emb, hidden), nn.SiLU(), nn.Linear(hidden, hidden)) if use_s else None
@@ -36,9 +37,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_t: torch.Tensor, noise_s: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.map_layer(self.map_noise(noise_t))
+        emb = self.map_layer(self.map_noise(noise_t * self.noise_scale))
         if self.map_s is not None and noise_s is not None:
-            emb = emb + self.map_s(self.map_noise(noise_s))
+            emb = emb + self.map_s(self.map_noise(noise_s * self.noise_scale))
         if self.map_label is not None and labels is not None:
             emb = emb + self.map_label(nn.functional.one_hot(labels, self.label_dim).to(emb.dtype))
         h = self.inp(x.reshape(x.shape[0], -1))

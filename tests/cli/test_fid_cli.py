@@ -167,3 +167,13 @@ def test_cache_dir_option_is_where_inception_is_expected(env):
 def test_usage_errors(env, args, message):
     r = _run(*args)
     assert r.exit_code == 2 and message in r.stderr, r.stderr
+
+
+def test_kid_against_moments_only_statistics_is_refused_early(env):
+    net = _tiny_net(env / "tiny.pt")
+    real, stats = _npz(env / "real.npz", 20, size=12), env / "m.npz"
+    assert _run("stats", str(real), "-o", str(stats), "--features", str(net), "--no-features").exit_code == 0
+    r = _run(str(real), "--ref", str(stats), "--features", str(net), "--kid")
+    assert r.exit_code == 2 and "--kid needs raw reference features" in r.stderr
+    ok = _run(str(real), "--ref", str(stats), "--features", str(net), "--json")
+    assert ok.exit_code == 0 and abs(json.loads(ok.stdout)["fid"]) < 1e-6  # same images: zero distance
