@@ -55,6 +55,12 @@ def _check_out(out: str, is_image: bool, force: bool) -> Path:
     return p
 
 
+def _check_count(out: Path, is_image: bool, n: int) -> None:
+    if is_image and out.suffix in IMAGE_OUT and n != 1:
+        raise UserError(f"--out {out} is one image but there are {n} items; give a folder or an .npz "
+                        "(and --grid FILE.png for a before/after picture)")
+
+
 def _write(x, inputs, out: Path, is_image: bool, names: list[str] | None) -> dict:
     import numpy as np
 
@@ -76,9 +82,7 @@ def _write(x, inputs, out: Path, is_image: bool, names: list[str] | None) -> dic
         if not is_image:
             save_png(scatter_image(x), out)
             return {"out": str(out), "format": "png (scatter)"}
-        if len(x) != 1:
-            raise UserError(f"--out {out} is one image but there are {len(x)} outputs; give a folder or an .npz "
-                            "(and --grid FILE.png for a before/after picture)")
+        _check_count(out, is_image, len(x))
         save_png(to_uint8_images(x)[0].permute(1, 2, 0).numpy(), out)
         return {"out": str(out), "format": "png"}
     if names is None:
@@ -193,7 +197,7 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
                seed: int, batch: int, ema: str, device: str, force: bool) -> None:
     import torch
 
-    from ctmtool.gctm.translate import translate
+    from ctmtool.gctm.translate import has_gaussian_source, translate
     from ctmtool.models import load_model
     from ctmtool.sampling import ImageNoise
 
@@ -203,9 +207,13 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
         raise UserError(f"{ckpt} is a {model.kind} checkpoint; `ctmtool translate` needs a GCTM (train one with "
                         "`ctmtool distill --preset toy-translate` or another GCTM preset); a CTM can edit images "
                         "with `ctmtool translate edit`")
+    if gamma > 0 and nfe > 1 and not has_gaussian_source(model):
+        raise UserError(f"--gamma > 0 re-noises with Gaussian noise, which only fits a Gaussian source; this GCTM's "
+                        f"coupling is {model.preset.gctm.coupling!r}: use --gamma 0")
     out_path = _check_out(out, model.is_image, force)
     grid_path = check_output(grid, force) if grid else None
     x, names, other = _load(src, model, rep, split_pairs=True)
+    _check_count(out_path, model.is_image, len(x))
     clean = x
     if degrade:
         x = _degrade(x, model, seed)
@@ -256,6 +264,7 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
     out_path = _check_out(out, model.is_image, force)
     grid_path = check_output(grid, force) if grid else None
     x, names, _ = _load(image, model, rep)
+    _check_count(out_path, model.is_image, len(x))
     painted, m = None, None
     if strokes is not None:
         if not model.is_image:

@@ -148,7 +148,8 @@ def train_gctm(preset: Preset, run_dir: str | Path, rep, device: torch.device, d
     obj = GCTMObjective(preset, shape, device, coupling, moments, flip_pairs=paired and preset.data.xflip)
     rep.log(f"gctm: {sum(p.numel() for p in obj.net.parameters()) / 1e6:.2f}M parameters, grid of "
             f"{preset.gctm.grid} times, device {device}")
-    pairs = eval_pairs(preset, coupling, data, 64 if len(shape) == 3 else 4096, device)
+    micro = preset.distill.micro_batch or preset.distill.batch
+    pairs = eval_pairs(preset, coupling, data, 64 if len(shape) == 3 else min(4096, 8 * micro), device)
     snap = _snapshotter(obj, preset, shape, pairs, run_dir)
     evaluate = None
     if preset.data.source == "toy" and preset.data.toy == "gmm" and not paired:
