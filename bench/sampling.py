@@ -87,7 +87,6 @@ def main() -> None:
                     sec = time_fn(lambda: teacher_sample(teacher, x * 80, sched), dev, max(1, a.repeats // 3))  # noqa: B023
                 rows.append({"preset": name, "mode": mode, "what": f"teacher heun {2 * a.teacher_steps - 1} nfe",
                              "batch": a.batch, "images_per_s": a.batch / sec, "peak_gib": float("nan"), "params_m": params / 1e6})
-            del ctm
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {dev_name}, torch {torch.__version__}")
     print(f"{'preset':14s} {'mode':9s} {'what':22s} {'batch':>6s} {'images/s':>10s} {'peak GiB':>9s}")

@@ -44,7 +44,7 @@ def heun(model, x: torch.Tensor, sigmas: torch.Tensor, labels=None) -> torch.Ten
         d = (x - model.denoise(x, t, labels)) / _col(t, x)
         x_next = x + _col(nxt - t, x) * d
         last = nxt > 0
-        if bool(last.any()):
+        if bool((sigmas[i + 1] > 0).any()):  # checked on the schedule's own (CPU) tensor: no GPU sync
             safe = torch.where(last, nxt, torch.ones_like(nxt))
             d2 = (x_next - model.denoise(x_next, safe, labels)) / _col(safe, x)
             x_next = torch.where(_col(last, x), x + _col(nxt - t, x) * 0.5 * (d + d2), x_next)

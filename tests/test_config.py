@@ -4,9 +4,9 @@ and a resolved preset survives its own TOML rendering."""
 from __future__ import annotations
 
 import math
+import tomllib
 
 import pytest
-import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

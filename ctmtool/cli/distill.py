@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from ctmtool.cli.common import DeviceOpt, ForceOpt, JsonOpt, PresetOpt, Reporter, SetOpt, handle_errors, select_device
+from ctmtool.cli.common import (
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    PresetOpt,
+    Reporter,
+    SetOpt,
+    handle_errors,
+    select_device,
+)
 from ctmtool.cli.teacher import training_overrides
 
 
@@ -21,6 +30,7 @@ def distill_cmd(
     minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir "
                                 "(also how the GAN phase starts from a CTM+DSM run: --resume --set gan.enabled=true)."),
+    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue --run-dir if it holds checkpoints, else start a new run (for job schedulers that restart a job)."),
     overrides: SetOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -33,7 +43,7 @@ def distill_cmd(
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("distill", kimg, minutes, overrides))
     run_dir = run_dir or Path("runs") / p.name / "ctm"
-    res = distill(p, run_dir, rep, select_device(device), teacher=teacher, data_path=data, resume=resume, force=force)
+    res = distill(p, run_dir, rep, select_device(device), teacher=teacher, data_path=data, resume="auto" if auto_resume else resume, force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
                 "stopped_by": res.stopped_by, **res.last}, title="distill")

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from ctmtool.cli.common import DeviceOpt, ForceOpt, JsonOpt, Reporter, check_output, handle_errors, select_device
+from ctmtool.cli.common import (
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    Reporter,
+    check_output,
+    handle_errors,
+    select_device,
+)
 from ctmtool.errors import UserError
 
 app = typer.Typer(rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from ctmtool.cli.common import DeviceOpt, ForceOpt, JsonOpt, PresetOpt, Reporter, SetOpt, check_output, handle_errors, select_device
+from ctmtool.cli.common import (
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    PresetOpt,
+    Reporter,
+    SetOpt,
+    check_output,
+    handle_errors,
+    select_device,
+)
 from ctmtool.errors import UserError
 
 app = typer.Typer(rich_markup_mode=None, help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
@@ -41,6 +51,7 @@ def teacher_cmd(
     kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
     minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir."),
+    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue --run-dir if it holds checkpoints, else start a new run (for job schedulers that restart a job)."),
     overrides: SetOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -55,7 +66,7 @@ def teacher_cmd(
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("teacher", kimg, minutes, overrides))
     run_dir = run_dir or Path("runs") / p.name / "teacher"
-    res = train_teacher(p, run_dir, rep, select_device(device), data_path=data, resume=resume, force=force)
+    res = train_teacher(p, run_dir, rep, select_device(device), data_path=data, resume="auto" if auto_resume else resume, force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
                 "stopped_by": res.stopped_by, **res.last}, title="teacher")

@@ -162,7 +162,7 @@ def _degrade(x, model, seed: int):
 
 
 def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
-    from ctmtool.gctm.train import side_by_side
+    from ctmtool.gctm.translate import side_by_side
     from ctmtool.visual import save_png
 
     cols = [c[:limit] for c in columns] if model.is_image else columns

@@ -43,7 +43,7 @@ def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = Fals
     if cfg.source == "toy":
         ds = toy_points(cfg.toy, cfg.n, cfg.seed, cfg.gmm)
     elif cfg.source == "digits":
-        ds = load_digits()
+        ds = load_digits(cfg.split)
     elif cfg.source == "cifar10":
         ds = load_cifar10(path, cfg.split, download, progress)
     else:

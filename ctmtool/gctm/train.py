@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ctmtool.checkpoint import load_checkpoint
@@ -24,11 +23,11 @@ from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
 from ctmtool.gctm.couplings import Coupling, coupling_from_config, item_shape, load_paired
 from ctmtool.gctm.objective import GCTMObjective
-from ctmtool.gctm.translate import translate
+from ctmtool.gctm.translate import side_by_side, translate
 from ctmtool.models import Model
 from ctmtool.train.loop import FitResult, fit
 from ctmtool.train.run import _check_labels, prepare_run_dir
-from ctmtool.visual import make_grid, save_png, scatter_image
+from ctmtool.visual import save_png
 
 MOMENT_ITEMS = 2048  # data items paired to estimate Var x0, Var x1, Cov(x0, x1)
 
@@ -74,24 +73,6 @@ def eval_pairs(preset: Preset, coupling: Coupling, data: Dataset, n: int, device
     gen, micro = torch.Generator(device).manual_seed(0), preset.distill.micro_batch or preset.distill.batch
     pairs = [coupling.pair(x[i:i + micro], None if y is None else y[i:i + micro], gen) for i in range(0, n, micro)]
     return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
-
-
-def side_by_side(columns: list[torch.Tensor], is_image: bool, reference: torch.Tensor | None = None,
-                 per_row: int | None = None) -> np.ndarray:
-    """One picture of items next to their translations: images as [col 1 | col 2 | ...] per item, in rows of
-    `per_row` items; 2-D points as one scatter panel per column on a common scale (reference in grey)."""
-    if is_image:
-        from ctmtool.data.base import to_uint8_images
-
-        n, k = columns[0].shape[0], len(columns)
-        per_row = per_row or max(1, round((n / k) ** 0.5))
-        stack = torch.stack([to_uint8_images(c.cpu()) for c in columns], 1).flatten(0, 1)  # item-major
-        return make_grid(stack, nrow=per_row * k)
-    pts = torch.cat([c.detach().float().cpu() for c in columns])
-    lim = float(max(1.0, pts.abs().quantile(0.995).item() * 1.1))
-    panels = [scatter_image(c, size=384, extent=lim, reference=reference if i == len(columns) - 1 else None)
-              for i, c in enumerate(columns)]
-    return np.concatenate(panels, axis=1)
 
 
 def _snapshotter(obj: GCTMObjective, preset: Preset, shape, pairs, run_dir: Path):

@@ -19,12 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
+from ctmtool.data.base import to_uint8_images
 from ctmtool.errors import UserError
 from ctmtool.gctm.objective import gctm_grid
 from ctmtool.sampling import gamma_sample
 from ctmtool.schedules import karras_sigmas
+from ctmtool.visual import make_grid, scatter_image
 
 Noise = Callable[[], torch.Tensor]
 GAUSSIAN_SOURCES = ("independent", "ot")  # couplings whose source x1 is N(0, I) noise
@@ -203,3 +206,19 @@ def stroke_edit(model, image: torch.Tensor, strokes_image: torch.Tensor, mask: t
     m = stroke_mask(image, strokes_image) if mask is None else mask.to(image)
     out = sdedit(model, composite(image, strokes_image, m), t0, noise, generator, labels, nfe, gamma)
     return m * out + (1 - m) * image if keep_unmasked else out
+
+
+def side_by_side(columns: list[torch.Tensor], is_image: bool, reference: torch.Tensor | None = None,
+                 per_row: int | None = None) -> np.ndarray:
+    """One picture of items next to their translations: images as [col 1 | col 2 | ...] per item, in rows of
+    `per_row` items; 2-D points as one scatter panel per column on a common scale (reference in grey)."""
+    if is_image:
+        n, k = columns[0].shape[0], len(columns)
+        per_row = per_row or max(1, round((n / k) ** 0.5))
+        stack = torch.stack([to_uint8_images(c.cpu()) for c in columns], 1).flatten(0, 1)  # item-major
+        return make_grid(stack, nrow=per_row * k)
+    pts = torch.cat([c.detach().float().cpu() for c in columns])
+    lim = float(max(1.0, pts.abs().quantile(0.995).item() * 1.1))
+    panels = [scatter_image(c, size=384, extent=lim, reference=reference if i == len(columns) - 1 else None)
+              for i, c in enumerate(columns)]
+    return np.concatenate(panels, axis=1)

@@ -60,7 +60,7 @@ class CTMLoss:
 
         with torch.no_grad():
             path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample levels
-            x_u = self.solver(teacher, x_t, path.to(dev), labels).to(x_t.dtype)
+            x_u = self.solver(teacher, x_t, path, labels).to(x_t.dtype)  # levels stay on the CPU
             with fixed_dropout(dropout_seed, dev):
                 x_s_tgt = online.jump(x_u, u, s, labels)
             with fixed_dropout(dropout_seed + 1, dev):

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ctmtool.checkpoint import Checkpoint, save_checkpoint
 from ctmtool.config import TrainConfig
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
+from ctmtool.train import distributed as ddp
 
 CKPT_GLOB = "ckpt-*.safetensors"
 
@@ -121,6 +123,8 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
     run_dir.mkdir(parents=True, exist_ok=True)
     micro = cfg.micro_batch or cfg.batch
     accum = cfg.batch // micro
+    ddp.check_batch(micro)
+    main = ddp.is_main()
     data = data.to(device) if device.type == "cuda" else data
     order = torch.Generator().manual_seed(cfg.seed)
     step, kimg_done, bad_in_row, skipped = 0, 0.0, 0, 0
@@ -140,6 +144,8 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
         return x, y
 
     def save(tag_step: int) -> Path:
+        if not main:  # rank 0 writes; the others only name the file
+            return run_dir / checkpoint_name(tag_step)
         meta = {"step": tag_step, "kimg": kimg_done, "batch": cfg.batch, "skipped_steps": skipped}
         ckpt = objective.checkpoint(meta)
         ckpt.groups.setdefault("rng", {})["order"] = order.get_state()
@@ -159,16 +165,17 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
     stopped_by = "kimg"
     last_saved: Path | None = None
     last_saved_step = -1
-    with RunLock(run_dir), StopFlag() as stop, rep.progress(cfg.kimg, "train", unit="kimg") as advance:
+    with RunLock(run_dir) if main else nullcontext(), StopFlag() as stop, rep.progress(cfg.kimg, "train", unit="kimg") as advance:
         advance(kimg_done)
         while kimg_done < cfg.kimg:
-            if cfg.minutes is not None and (time.time() - t0) / 60 >= cfg.minutes:
+            signalled, minutes = ddp.max_over_ranks([float(bool(stop.signal)), (time.time() - t0) / 60], device)
+            if cfg.minutes is not None and minutes >= cfg.minutes:
                 stopped_by = "minutes"
                 break
-            if stop.signal:
-                stopped_by = f"signal {stop.signal}"
+            if signalled:
+                stopped_by = f"signal {stop.signal or 'on another rank'}"
                 break
-            elapsed_frac = (time.time() - t0) / 60 / cfg.minutes if cfg.minutes else 0.0
+            elapsed_frac = minutes / cfg.minutes if cfg.minutes else 0.0
             objective.progress = max(kimg_done / cfg.kimg, elapsed_frac)
             batches = [batch_iter() for _ in range(accum)]
             out = objective.step(batches, kimg_done)
@@ -197,13 +204,14 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
                 logs, n_logged = {}, 0
             if crossed(cfg.ckpt_every_kimg, before, kimg_done):
                 last_saved, last_saved_step = save(step), step
-            if snapshot is not None and crossed(cfg.snapshot_every_kimg, before, kimg_done):
+            if main and snapshot is not None and crossed(cfg.snapshot_every_kimg, before, kimg_done):
                 snapshot(step)
-            if evaluate is not None and crossed(cfg.eval_every_kimg, before, kimg_done):
+            if main and evaluate is not None and crossed(cfg.eval_every_kimg, before, kimg_done):
                 res = evaluate()
                 rep.log(f"eval at {kimg_done:.1f} kimg: " + "  ".join(f"{k} {v:.5g}" for k, v in res.items()))
         if last_saved_step != step or last_saved is None:
             last_saved = save(step)
+    ddp.barrier()
     seconds = time.time() - t0 + seconds_before
     ips = (kimg_done - start_kimg) * 1000 / max(seconds, 1e-9)
     if stopped_by.startswith("signal"):

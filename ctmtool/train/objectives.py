@@ -15,10 +15,12 @@ from torch import nn
 
 from ctmtool.checkpoint import Checkpoint, load_state
 from ctmtool.config import Preset, TrainConfig
+from ctmtool.errors import UserError
 from ctmtool.losses.ctm import CTMLoss, DSMLoss
 from ctmtool.losses.edm import EDMLoss
 from ctmtool.models import S_LAYER_PREFIXES, build_precond, student_from_teacher
 from ctmtool.schedules import karras_sigmas
+from ctmtool.train.distributed import Shard, all_reduce_grads, all_reduce_sum, global_adaptive_weight
 from ctmtool.train.optim import (
     ema_update,
     make_optimizer,
@@ -63,6 +65,7 @@ class _Base:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.steps = 0  # optimiser steps taken (drives the EMA warm-up)
         self.progress = 0.0  # done fraction of the run, set by the loop (drives lr decay)
+        self.shard = Shard()  # this rank's rows of each micro-batch (everything when single-process)
 
     def _step_optimizer(self, name: str, params, kimg: float, lr: float | None = None) -> None:
         opt = self.optimizers[name]
@@ -113,9 +116,11 @@ class TeacherObjective(_Base):
         total = torch.zeros((), device=self.device)
         for x, y in batches:
             with autocast(self.device, self.cfg):
-                loss = self.loss(self.net, x, y, self.gen).mean()
+                loss = self.shard.mean(self.loss(self.shard.wrap(self.net, len(x)), x, y, self.gen))
             (loss / len(batches)).backward()
             total += loss.detach() / len(batches)
+        all_reduce_sum(total)
+        all_reduce_grads(self.net.parameters())
         if not bool(torch.isfinite(total)):
             opt.zero_grad(set_to_none=True)
             return {"finite": False}
@@ -180,11 +185,15 @@ class CTMObjective(_Base):
         self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
         self.disc = discriminator.to(device) if discriminator is not None else None
         if self.disc is not None:
+            if self.shard.active():
+                raise UserError("the GAN phase (gan.enabled) is not supported with torchrun yet; run it in one process")
             self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, device, lr=preset.gan.lr)
 
     def _weight(self, setting, main: torch.Tensor, other: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         from ctmtool.losses.gan import adaptive_weight
 
+        if setting == "adaptive" and self.shard.active():
+            return global_adaptive_weight(main, other, self.last, lo, hi)
         if setting == "adaptive":
             return adaptive_weight(main, other, self.last, lo, hi)
         return torch.as_tensor(float(setting), device=main.device)
@@ -205,10 +214,11 @@ class CTMObjective(_Base):
         n = len(batches)
         for x, y in batches:
             seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
+            net, target, teacher = (self.shard.wrap(m, len(x)) for m in (self.net, self.target, self.teacher))
             with autocast(self.device, self.cfg):
-                l_ctm, x_est = self.ctm_loss(self.net, self.target, self.teacher, x, y, self.gen, self.cpu_gen, seed)
-                l_ctm = l_ctm.mean()
-                l_dsm = self.dsm_loss(self.net, x, y, self.gen).mean()
+                l_ctm, x_est = self.ctm_loss(net, target, teacher, x, y, self.gen, self.cpu_gen, seed)
+                l_ctm = self.shard.mean(l_ctm)
+                l_dsm = self.shard.mean(self.dsm_loss(net, x, y, self.gen))
                 w_dsm = self._weight(c.dsm_weight, l_ctm, l_dsm, 0.0, 1e4)
                 loss = l_ctm + w_dsm * l_dsm
                 if gan:
@@ -220,6 +230,9 @@ class CTMObjective(_Base):
             (loss / n).backward()
             for k, v in (("loss", loss), ("ctm", l_ctm), ("dsm", l_dsm), ("w_dsm", w_dsm)):
                 logs[k] += v.detach() / n
+        for k in ("loss", "ctm", "dsm"):  # rank parts -> global means (w_dsm is already global)
+            all_reduce_sum(logs[k])
+        all_reduce_grads(self.net.parameters())
         if not bool(torch.isfinite(logs["loss"])):
             opt.zero_grad(set_to_none=True)
             return {"finite": False}

@@ -13,15 +13,20 @@ from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
 from ctmtool.models import Model, analytic_model, load_model
 from ctmtool.sampling import generate
+from ctmtool.train import distributed as ddp
 from ctmtool.train.loop import CKPT_GLOB, FitResult, fit
 from ctmtool.train.objectives import CTMObjective, TeacherObjective
 from ctmtool.visual import save_samples_png
 
 
-def prepare_run_dir(run_dir: str | Path, resume: bool, force: bool) -> Path | None:
-    """Return the checkpoint to resume from (or None); refuse to train over an existing run without a flag."""
+def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool) -> Path | None:
+    """Return the checkpoint to resume from (or None); refuse to train over an existing run without a flag.
+
+    resume="auto" continues the run when the directory holds checkpoints and starts a new one otherwise."""
     run_dir = Path(run_dir)
     existing = sorted(run_dir.glob(CKPT_GLOB)) if run_dir.is_dir() else []
+    if resume == "auto":
+        return existing[-1] if existing else None
     if resume:
         if not existing:
             raise UserError(f"--resume: no checkpoint in {run_dir} to resume from; drop --resume to start a new run")
@@ -29,10 +34,23 @@ def prepare_run_dir(run_dir: str | Path, resume: bool, force: bool) -> Path | No
     if existing and not force:
         raise UserError(f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, "
                         "--force to start over, or choose another --run-dir")
-    if existing and force:
+    if existing and force and ddp.is_main():
         for f in existing:
-            f.unlink()
+            f.unlink(missing_ok=True)
+    ddp.barrier()
     return None
+
+
+def _rank_setup(device: torch.device, rep):
+    """Join torchrun's process group if there is one; rank 0 keeps the reporter, the others stay quiet."""
+    from ctmtool.cli.common import Reporter
+
+    device = ddp.setup(device)
+    if not ddp.is_main():
+        rep = Reporter(quiet=True)
+    elif ddp.is_distributed():
+        rep.log(f"distributed: {ddp.world_size()} ranks, backend {torch.distributed.get_backend()}")
+    return device, rep
 
 
 def _snapshotter(objective, kind: str, preset: Preset, data_shape, run_dir: Path, n: int = 64):
@@ -69,9 +87,10 @@ def _evaluator(preset: Preset, objective, kind: str):
 
 
 def train_teacher(preset: Preset, run_dir: str | Path, rep, device: torch.device, data: Dataset | None = None,
-                  data_path: str | None = None, resume: bool = False, force: bool = False) -> FitResult:
+                  data_path: str | None = None, resume: bool | str = False, force: bool = False) -> FitResult:
     """Train an EDM denoiser on the preset's data; checkpoints and sample grids go to `run_dir`."""
     run_dir = Path(run_dir)
+    device, rep = _rank_setup(device, rep)
     resume_path = prepare_run_dir(run_dir, resume, force)
     data = data if data is not None else load_dataset(preset.data, path=data_path)
     _check_labels(preset, data)
@@ -82,7 +101,8 @@ def train_teacher(preset: Preset, run_dir: str | Path, rep, device: torch.device
     snap = _snapshotter(obj, "teacher", preset, data.shape, run_dir)
     result = fit(obj, data, preset.teacher, run_dir, rep, device=device, xflip=preset.data.xflip, resume=resume_ckpt,
                  snapshot=snap, evaluate=_evaluator(preset, obj, "teacher"))
-    result.last["samples_png"] = str(snap(result.steps))
+    if ddp.is_main():
+        result.last["samples_png"] = str(snap(result.steps))
     return result
 
 
@@ -107,10 +127,11 @@ def resolve_teacher(preset: Preset, teacher: str | None, device: torch.device) -
 
 
 def distill(preset: Preset, run_dir: str | Path, rep, device: torch.device, teacher: str | None = None,
-            data: Dataset | None = None, data_path: str | None = None, resume: bool = False,
+            data: Dataset | None = None, data_path: str | None = None, resume: bool | str = False,
             force: bool = False) -> FitResult:
     """CTM distillation (Kim et al. 2024): student initialised from the teacher, trained with CTM + DSM (+ GAN)."""
     run_dir = Path(run_dir)
+    device, rep = _rank_setup(device, rep)
     resume_path = prepare_run_dir(run_dir, resume, force)
     preset, teacher_model = resolve_teacher(preset, teacher, device)
     data = data if data is not None else load_dataset(preset.data, path=data_path)
@@ -130,7 +151,8 @@ def distill(preset: Preset, run_dir: str | Path, rep, device: torch.device, teac
     snap = _snapshotter(obj, "ctm", preset, data.shape, run_dir)
     result = fit(obj, data, preset.distill, run_dir, rep, device=device, xflip=preset.data.xflip, resume=resume_ckpt,
                  snapshot=snap, evaluate=_evaluator(preset, obj, "ctm"))
-    result.last["samples_png"] = str(snap(result.steps))
+    if ddp.is_main():
+        result.last["samples_png"] = str(snap(result.steps))
     return result
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ctmtool.config import DataConfig, load_preset
-from ctmtool.data import load_dataset, toy_points
+from ctmtool.data import load_dataset, load_digits, toy_points
 from ctmtool.errors import UserError
 
 
@@ -26,7 +26,10 @@ def test_toy_preset():
 
 def test_digits_and_shape_checks():
     ds = load_dataset(DataConfig(source="digits", resolution=8, channels=1))
-    assert ds.values.shape == (1797, 1, 8, 8)
+    assert ds.values.shape == (1437, 1, 8, 8)  # the train split: indices not divisible by 5
+    test = load_dataset(DataConfig(source="digits", split="test"))
+    assert test.values.shape == (360, 1, 8, 8)
+    assert torch.equal(torch.cat([ds.values, test.values]).sort(0).values, load_digits().values.sort(0).values)
     with pytest.raises(UserError, match=r"digits .* has 8x8 images but data.resolution = 32; .*data.resolution = 8"):
         load_dataset(DataConfig(source="digits", resolution=32))
     with pytest.raises(UserError, match="has 1-channel images but data.channels = 3; .*data.channels = 1"):
