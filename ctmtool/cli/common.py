@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +45,8 @@ class Reporter:
 
     def __init__(self, json_mode: bool = False, quiet: bool = False):
         self.json_mode = json_mode
-        self.quiet = quiet
+        self.rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
+        self.quiet = quiet or self.rank != 0
         self.err = Console(stderr=True, highlight=False)
         self.tty = self.err.is_terminal
 
@@ -89,6 +91,8 @@ class Reporter:
 
     def result(self, data: dict[str, Any], title: str = "result") -> None:
         """The command's result: JSON on stdout with --json, else a two-column table."""
+        if self.rank != 0:
+            return
         if self.json_mode:
             print(json.dumps(data, default=_jsonable), flush=True)
             return

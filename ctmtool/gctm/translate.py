@@ -8,6 +8,7 @@
   (x_t = (1 - t) x + t n). `strength_to_level` maps one strength in (0, 1] to either: sigma = t / (1 - t)
   gives x / (1 - t) = x + sigma n, the same signal-to-noise ratio.
 - `stroke_edit`: SDEdit's stroke-based editing: paint strokes over the image, then `sdedit` the composite.
+- `side_by_side`: a before/after picture (image rows, or scatter panels for 2-D points).
 
 Every function takes a `ctmtool.models.Model` and float tensors in the data range (images in [-1, 1]);
 randomness comes from a `noise()` callable (e.g. `ctmtool.sampling.ImageNoise`, one stream per item) or a
