@@ -37,12 +37,13 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_t: torch.Tensor, noise_s: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.map_layer(self.map_noise(noise_t * self.noise_scale))
+        dtype = self.inp.weight.dtype
+        emb = self.map_layer(self.map_noise(noise_t * self.noise_scale).to(dtype))
         if self.map_s is not None and noise_s is not None:
-            emb = emb + self.map_s(self.map_noise(noise_s * self.noise_scale))
+            emb = emb + self.map_s(self.map_noise(noise_s * self.noise_scale).to(dtype))
         if self.map_label is not None and labels is not None:
             emb = emb + self.map_label(nn.functional.one_hot(labels, self.label_dim).to(emb.dtype))
-        h = self.inp(x.reshape(x.shape[0], -1))
+        h = self.inp(x.reshape(x.shape[0], -1).to(dtype))
         for block, affine in zip(self.blocks, self.affines, strict=True):
             h = h + block(h + affine(nn.functional.silu(emb)))
         return self.out(h).reshape(x.shape)
