@@ -42,7 +42,7 @@ def distill_cmd(
 
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("distill", kimg, minutes, overrides))
-    run_dir = run_dir or Path("runs") / p.name / "ctm"
+    run_dir = run_dir or Path("runs") / p.name / ("gctm" if p.gctm is not None else "ctm")
     res = distill(p, run_dir, rep, select_device(device), teacher=teacher, data_path=data, resume="auto" if auto_resume else resume, force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),

@@ -32,6 +32,7 @@ from ctmtool.losses.ctm import fixed_dropout
 from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
 from ctmtool.models import build_precond
 from ctmtool.schedules import karras_sigmas, sample_ctm_indices
+from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
 from ctmtool.train.objectives import _Base, autocast, ema_group, frozen_copy, last_layer, maybe_compile
 from ctmtool.train.optim import ema_update, make_optimizer, warmup_rate
 
@@ -145,7 +146,7 @@ class GCTMLoss:
         """Per-sample ||g(x_t, t, t) - x0||^2 / c_out(t)^2, summed over dimensions (GCTM's DSM term)."""
         t = self.sample_dsm_times(x0.shape[0], generator, x0.device)
         x_t = interpolate(x0, x1, t)
-        g = online.g(x_t, t, t, labels)
+        g = online.denoise(x_t, t, labels)  # g(x_t, t, t)
         c_out = _col(online.coefficients(t)[1], x0)
         return ((g.float() - x0) / c_out).flatten(1).square().sum(1)
 
@@ -192,6 +193,8 @@ class GCTMObjective(_Base):
 
     def _dsm_weight(self, l_ctm: torch.Tensor, l_dsm: torch.Tensor) -> torch.Tensor:
         setting = self.preset.ctm.dsm_weight
+        if setting == "adaptive" and self.shard.active():
+            return global_adaptive_weight(l_ctm, l_dsm, self.last, 0.0, 1e4)
         if setting == "adaptive":
             from ctmtool.losses.gan import adaptive_weight
 
@@ -206,14 +209,19 @@ class GCTMObjective(_Base):
         for x, y in batches:
             x0, x1 = self._pairs(x, y)
             seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
+            # under torchrun every rank draws the same batch and computes its own rows (Shard)
+            net, target = (self.shard.wrap(m, len(x0)) for m in (self.net, self.target))
             with autocast(self.device, self.cfg):
-                l_ctm = self.loss.ctm(self.net, self.target, x0, x1, y, self.cpu_gen, seed)[0].mean()
-                l_dsm = self.loss.dsm(self.net, x0, x1, y, self.gen).mean()
+                l_ctm = self.shard.mean(self.loss.ctm(net, target, x0, x1, y, self.cpu_gen, seed)[0])
+                l_dsm = self.shard.mean(self.loss.dsm(net, x0, x1, y, self.gen))
                 w_dsm = self._dsm_weight(l_ctm, l_dsm)
                 loss = l_ctm + w_dsm * l_dsm
             (loss / n).backward()
             for k, v in (("loss", loss), ("ctm", l_ctm), ("dsm", l_dsm), ("w_dsm", w_dsm)):
                 logs[k] += v.detach() / n
+        for k in ("loss", "ctm", "dsm"):  # rank parts -> global means (w_dsm is already global)
+            all_reduce_sum(logs[k])
+        all_reduce_grads(self.net.parameters())
         if not bool(torch.isfinite(logs["loss"])):
             opt.zero_grad(set_to_none=True)
             return {"finite": False}

@@ -26,8 +26,9 @@ from ctmtool.gctm.couplings import Coupling, coupling_from_config, item_shape, l
 from ctmtool.gctm.objective import GCTMObjective
 from ctmtool.gctm.translate import side_by_side, translate
 from ctmtool.models import Model
+from ctmtool.train import distributed as ddp
 from ctmtool.train.loop import FitResult, fit
-from ctmtool.train.run import _check_labels, prepare_run_dir
+from ctmtool.train.run import _check_labels, _rank_setup, prepare_run_dir
 from ctmtool.visual import save_png
 
 MOMENT_ITEMS = 2048  # data items paired to estimate Var x0, Var x1, Cov(x0, x1)
@@ -103,15 +104,19 @@ def _gmm_evaluator(obj: GCTMObjective, preset: Preset, shape, pairs):
 
 
 def train_gctm(preset: Preset, run_dir: str | Path, rep, device: torch.device, data_path: str | None = None,
-               resume: bool = False, force: bool = False, data: Dataset | None = None,
+               resume: bool | str = False, force: bool = False, data: Dataset | None = None,
                teacher: str | None = None) -> FitResult:
     """Train a GCTM (Kim et al. 2024b, Alg. 1) on preset.gctm's coupling with preset.distill's optimiser and
-    duration; checkpoints (kind 'gctm', moments in meta) and translation snapshots go to `run_dir`."""
+    duration; checkpoints (kind 'gctm', moments in meta) and translation snapshots go to `run_dir`.
+
+    resume: True continues the newest checkpoint, "auto" does so when there is one; under torchrun every
+    rank trains on its rows of each batch (as `ctmtool.train.run.distill`)."""
     if preset.gctm is None:
         raise UserError(f"preset {preset.name!r} has no [gctm] section; GCTM training needs one (see presets/toy-translate.toml)")
     if teacher is not None:
         raise UserError("GCTM training has no teacher (the model's own EMA velocity is integrated); drop --teacher")
     run_dir = Path(run_dir)
+    device, rep = _rank_setup(device, rep)
     resume_path = prepare_run_dir(run_dir, resume, force)
     data = data if data is not None else load_gctm_data(preset, data_path)
     _check_labels(preset, data)
@@ -138,7 +143,8 @@ def train_gctm(preset: Preset, run_dir: str | Path, rep, device: torch.device, d
         evaluate = _gmm_evaluator(obj, preset, shape, pairs)
     result = fit(obj, data, preset.distill, run_dir, rep, device=device, xflip=preset.data.xflip and not paired,
                  resume=resume_ckpt, snapshot=snap, evaluate=evaluate)
-    result.last["samples_png"] = str(snap(result.steps))
+    if ddp.is_main():
+        result.last["samples_png"] = str(snap(result.steps))
     return result
 
 

@@ -130,6 +130,11 @@ def distill(preset: Preset, run_dir: str | Path, rep, device: torch.device, teac
             data: Dataset | None = None, data_path: str | None = None, resume: bool | str = False,
             force: bool = False) -> FitResult:
     """CTM distillation (Kim et al. 2024): student initialised from the teacher, trained with CTM + DSM (+ GAN)."""
+    if preset.gctm is not None:  # GCTM: no teacher; pairs come from preset.gctm.coupling
+        from ctmtool.gctm.train import train_gctm
+
+        return train_gctm(preset, run_dir, rep, device, data_path=data_path, resume=resume, force=force, data=data,
+                          teacher=teacher)
     run_dir = Path(run_dir)
     device, rep = _rank_setup(device, rep)
     resume_path = prepare_run_dir(run_dir, resume, force)

@@ -23,7 +23,7 @@ ENV = {"COLUMNS": "200"}
 ANALYTIC = ["sample", "--analytic", "--preset", "toy", "--solver", "heun", "--steps", "4", "--n", "16", "--device", "cpu"]
 
 COMMANDS = {
-    (): ["presets", "teacher", "distill", "sample", "likelihood", "fid"],
+    (): ["presets", "teacher", "distill", "sample", "likelihood", "fid", "translate"],
     ("presets",): ["--set", "--json"],
     ("teacher",): ["--preset", "--data", "--run-dir", "--kimg", "--minutes", "--resume", "--set", "--device",
                    "--force", "--json", "import"],
@@ -34,6 +34,8 @@ COMMANDS = {
                   "--seed", "--class", "--ema", "--analytic", "--preset", "--out", "--device", "--force", "--json"],
     ("likelihood",): ["--ckpt", "--analytic", "--preset", "--json"],
     ("fid",): ["--json"],
+    ("translate",): ["--ckpt", "--out", "--nfe", "--gamma", "--degrade", "--json"],
+    ("sample", "sweep"): ["--ckpt", "--nfe", "--gamma", "--metric", "--out", "--json"],
 }
 
 

@@ -185,3 +185,56 @@ def test_non_finite_loss_is_reported_not_applied():
     out = obj.step([(torch.full((8, 2), float("nan")), None)], 0.0)
     assert out == {"finite": False}
     assert all(torch.equal(a, b) for a, b in zip(before, obj.net.parameters(), strict=True))
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+
+DDP_RUN = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512", "distill.batch=16",
+           "distill.kimg=0.048", "gctm.grid=6", "gctm.max_steps=3", 'gctm.coupling="toy:moons"']
+
+
+def _fit_gctm(run_dir):
+    from ctmtool.cli.common import Reporter
+    from ctmtool.data import load_dataset
+    from ctmtool.gctm.train import make_coupling_for
+    from ctmtool.train.loop import fit
+
+    preset = load_preset("toy-translate", DDP_RUN)
+    data = load_dataset(preset.data)
+    obj = GCTMObjective(preset, data.shape, torch.device("cpu"), make_coupling_for(preset),
+                        {"var0": 0.25, "var1": 0.25, "cov01": 0.0})
+    res = fit(obj, data, preset.distill, run_dir, Reporter(quiet=True), device=torch.device("cpu"))
+    return obj, res
+
+
+def _ddp_worker(r: int, world: int, port: int, out: str):
+    import os
+
+    from ctmtool.train import distributed as ddp
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(r),
+                      LOCAL_RANK=str(r), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    ddp.setup(torch.device("cpu"))
+    obj, res = _fit_gctm(os.path.join(out, "run"))
+    if r == 0:
+        torch.save({"net": obj.net.state_dict(), "steps": res.steps}, os.path.join(out, "rank0.pt"))
+    ddp.teardown()
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    import socket
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("needs gloo")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=True)
+    got = torch.load(tmp_path / "ddp" / "rank0.pt")
+    obj, res = _fit_gctm(tmp_path / "one")
+    assert got["steps"] == res.steps == 3
+    for (name, p), q in zip(got["net"].items(), obj.net.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
