@@ -125,7 +125,11 @@ def generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.devic
         if model.label_dim:
             labels = (torch.full((len(seeds),), class_label, device=device) if class_label is not None
                       else noise.integers(model.label_dim))
-        if solver == "gamma":
+        if solver == "gamma" and model.kind == "gctm":  # re-noising follows the interpolation x_t = (1-t) x0 + t n
+            from ctmtool.gctm.translate import gctm_gamma_sample
+
+            x = gctm_gamma_sample(net, x, sched, noise, labels, gamma=gamma)
+        elif solver == "gamma":
             x = gamma_sample(net, x, sched, noise, labels, gamma=gamma)
         else:
             x = teacher_sample(net, x, sched, labels=labels, solver=solver)

@@ -26,14 +26,14 @@ import torch
 from torch import nn
 
 from ctmtool import solvers
-from ctmtool.checkpoint import Checkpoint, load_state
+from ctmtool.checkpoint import Checkpoint
 from ctmtool.config import Preset
 from ctmtool.losses.ctm import fixed_dropout
 from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
 from ctmtool.models import build_precond
 from ctmtool.schedules import karras_sigmas, sample_ctm_indices
 from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
-from ctmtool.train.objectives import _Base, autocast, ema_group, frozen_copy, last_layer, maybe_compile
+from ctmtool.train.objectives import _TrajectoryBase, autocast, frozen_copy, last_layer, maybe_compile
 from ctmtool.train.optim import ema_update, make_optimizer, warmup_rate
 
 
@@ -151,7 +151,7 @@ class GCTMLoss:
         return ((g.float() - x0) / c_out).flatten(1).square().sum(1)
 
 
-class GCTMObjective(_Base):
+class GCTMObjective(_TrajectoryBase):
     """GCTM training (Kim et al. 2024b, Alg. 1): L_CTM + lambda_DSM L_DSM on pairs from a coupling, Adam, EMA."""
 
     kind = "gctm"
@@ -233,25 +233,14 @@ class GCTMObjective(_Base):
             ema_update(ema, self.net, warmup_rate(rate, self.steps))
         return logs
 
-    def sampling_model(self) -> nn.Module:
-        return self.emas[self.preset.ctm.eval_emas[0]] if self.emas else self.target
-
     def checkpoint(self, meta: dict) -> Checkpoint:
         groups, extra = self._groups()
-        c = self.preset.ctm
-        groups.update(net=self.net.state_dict(), target=self.target.state_dict())
-        for i, (rate, ema) in enumerate(self.emas.items()):
-            groups["ema" if i == 0 else ema_group(rate)] = ema.state_dict()
-        if not self.emas:
-            groups["ema"] = self.target.state_dict()
-        info = {"target_ema": c.target_ema, "moments": dict(self.moments), "coupling": self.preset.gctm.coupling,
-                "grid": [round(float(t), 8) for t in self.grid],
-                "eval_emas": {("ema" if i == 0 else ema_group(r)): r for i, r in enumerate(c.eval_emas)}}
+        traj, info = self._trajectory_groups()
+        groups.update(traj)
+        info.update(moments=dict(self.moments), coupling=self.preset.gctm.coupling,
+                    grid=[round(float(t), 8) for t in self.grid])
         return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info})
 
     def restore(self, ckpt: Checkpoint) -> None:
-        load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")
-        load_state(self.target, ckpt.state("target"), f"{ckpt.path} [target]")
-        for i, (rate, ema) in enumerate(self.emas.items()):
-            load_state(ema, ckpt.state("ema" if i == 0 else ema_group(rate)), f"{ckpt.path} [ema {rate}]")
+        self._restore_trajectory(ckpt)
         self._restore_common(ckpt)

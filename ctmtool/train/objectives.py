@@ -7,7 +7,6 @@ them into a checkpoint and read them back (exact resume).
 from __future__ import annotations
 
 import copy
-import json
 from contextlib import nullcontext
 
 import torch
@@ -146,7 +145,36 @@ def ema_group(rate: float) -> str:
     return f"ema_{rate:g}"
 
 
-class CTMObjective(_Base):
+class _TrajectoryBase(_Base):
+    """Shared by CTM and GCTM: the online net, the solver's target EMA and the evaluation EMAs in checkpoints."""
+
+    net: nn.Module
+    target: nn.Module
+    emas: dict
+
+    def sampling_model(self) -> nn.Module:
+        return self.emas[self.preset.ctm.eval_emas[0]] if self.emas else self.target
+
+    def _trajectory_groups(self) -> tuple[dict, dict]:
+        """(tensor groups, meta): net, target, `ema` (the first evaluation rate) and `ema_<rate>` for the others."""
+        c = self.preset.ctm
+        groups = {"net": self.net.state_dict(), "target": self.target.state_dict()}
+        for i, (rate, ema) in enumerate(self.emas.items()):
+            groups["ema" if i == 0 else ema_group(rate)] = ema.state_dict()
+        if not self.emas:
+            groups["ema"] = self.target.state_dict()
+        info = {"target_ema": c.target_ema,
+                "eval_emas": {("ema" if i == 0 else ema_group(r)): r for i, r in enumerate(c.eval_emas)}}
+        return groups, info
+
+    def _restore_trajectory(self, ckpt: Checkpoint) -> None:
+        load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")
+        load_state(self.target, ckpt.state("target"), f"{ckpt.path} [target]")
+        for i, (rate, ema) in enumerate(self.emas.items()):
+            load_state(ema, ckpt.state("ema" if i == 0 else ema_group(rate)), f"{ckpt.path} [ema {rate}]")
+
+
+class CTMObjective(_TrajectoryBase):
     """CTM distillation (Kim et al. 2024, Eq. 11): L_CTM + lambda_DSM L_DSM (+ lambda_GAN L_GAN)."""
 
     kind = "ctm"
@@ -252,28 +280,16 @@ class CTMObjective(_Base):
             self._step_optimizer("disc", self.disc.parameters(), kimg, lr=g.lr)
         return logs
 
-    def sampling_model(self) -> nn.Module:
-        return self.emas[self.preset.ctm.eval_emas[0]] if self.emas else self.target
-
     def checkpoint(self, meta: dict) -> Checkpoint:
         groups, extra = self._groups()
-        c = self.preset.ctm
-        groups.update(net=self.net.state_dict(), target=self.target.state_dict())
-        for i, (rate, ema) in enumerate(self.emas.items()):
-            groups["ema" if i == 0 else ema_group(rate)] = ema.state_dict()
-        if not self.emas:
-            groups["ema"] = self.target.state_dict()
+        traj, info = self._trajectory_groups()
+        groups.update(traj)
         if self.disc is not None:
             groups["disc"] = self.disc.state_dict()
-        info = {"target_ema": c.target_ema, "eval_emas": {("ema" if i == 0 else ema_group(r)): r
-                                                          for i, r in enumerate(c.eval_emas)}}
         return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info})
 
     def restore(self, ckpt: Checkpoint) -> None:
-        load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")
-        load_state(self.target, ckpt.state("target"), f"{ckpt.path} [target]")
-        for i, (rate, ema) in enumerate(self.emas.items()):
-            load_state(ema, ckpt.state("ema" if i == 0 else ema_group(rate)), f"{ckpt.path} [ema {rate}]")
+        self._restore_trajectory(ckpt)
         if self.disc is not None and "disc" in ckpt.groups:
             load_state(self.disc, ckpt.state("disc"), f"{ckpt.path} [disc]")
         elif self.disc is not None:
@@ -283,6 +299,3 @@ class CTMObjective(_Base):
             return
         self._restore_common(ckpt)
 
-
-def describe(obj) -> str:
-    return json.dumps({"kind": obj.kind, "params": sum(p.numel() for p in obj.net.parameters())})

@@ -1,0 +1,40 @@
+"""The GAN phase of CTM distillation: discriminator and generator alternate, and phase 2 resumes a CTM+DSM run."""
+
+import torch
+
+from ctmtool.checkpoint import load_checkpoint
+from ctmtool.cli.common import Reporter
+from ctmtool.config import load_preset
+from ctmtool.data import load_dataset
+from ctmtool.models import build_precond
+from ctmtool.nets.discriminator import Discriminator
+from ctmtool.train.loop import fit
+from ctmtool.train.objectives import CTMObjective
+
+TINY_UNET = ["net.unet.model_channels=8", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
+             "net.unet.attn_resolutions=[]", "distill.batch=8", "ctm.grid=4", "ctm.max_steps=2",
+             "ctm.eval_emas=[0.9]", "distill.ckpt_every_kimg=1000", "distill.log_every_kimg=1000"]
+
+
+def _objective(preset, data, teacher):
+    disc = Discriminator(1, 8, channels=8) if preset.gan.enabled else None
+    return CTMObjective(preset, data.shape, torch.device("cpu"), teacher, teacher.state_dict(), discriminator=disc)
+
+
+def test_gan_phase_updates_both_networks_and_resumes_from_a_ctm_run(tmp_path):
+    phase1 = load_preset("digits", TINY_UNET + ["distill.kimg=0.016"])
+    data = load_dataset(phase1.data)
+    teacher = build_precond("teacher", phase1, data.shape).eval().requires_grad_(False)
+    obj1 = _objective(phase1, data, teacher)
+    res1 = fit(obj1, data, phase1.distill, tmp_path, Reporter(quiet=True), device=torch.device("cpu"))
+    assert "disc" not in load_checkpoint(res1.checkpoint).groups
+
+    phase2 = load_preset("digits", TINY_UNET + ["distill.kimg=0.032", "gan.enabled=true"])
+    obj2 = _objective(phase2, data, teacher)
+    d_before = [p.clone() for p in obj2.disc.parameters()]
+    res2 = fit(obj2, data, phase2.distill, tmp_path, Reporter(quiet=True), device=torch.device("cpu"),
+               resume=load_checkpoint(res1.checkpoint))
+    assert res2.steps == 4 and {"gan", "disc"} <= set(res2.last)
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, obj2.disc.parameters(), strict=True))
+    ckpt = load_checkpoint(res2.checkpoint)
+    assert "disc" in ckpt.groups and "optim_disc" in ckpt.groups
