@@ -104,7 +104,7 @@ def sample_cmd(
     sigmas: str | None = typer.Option(None, "--sigmas", help="Explicit decreasing schedule, e.g. 80,2.515,0.002 (overrides --nfe/--steps)."),
     solver: str | None = typer.Option(None, "--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise)."),
     steps: int = typer.Option(18, "--steps", help="Grid points for heun/euler (18 -> 35 NFE with Heun)."),
-    n: int = typer.Option(64, "--n", help="Number of samples."),
+    n: int = typer.Option(64, "--n", "--num-samples", help="Number of samples (--num-samples under torchrun, whose own parser takes --n)."),
     batch: int = typer.Option(256, "--batch", help="Samples per forward pass (does not change the samples)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i."),
     class_label: int | None = typer.Option(None, "--class", help="Class index for a conditional model (default: random per image)."),
@@ -133,7 +133,11 @@ def sample_cmd(
         raise UserError(f"--gamma must be in [0, 1], got {gamma}")
     if out != "-" and Path(out).suffix in (".npz", ".png"):
         check_output(out, force)
+    from ctmtool.train import distributed as ddp
+
     dev = select_device(device)
+    if ddp.env_world_size() > 1:  # under torchrun: each rank draws its own index range, rank 0 writes
+        dev = ddp.setup(dev)
     model = resolve_model(ckpt, run_dir, analytic, preset, ema, dev, rep)
     solver = solver or ("gamma" if model.is_trajectory else "heun")
     if solver != "gamma" and gamma != 0.0:
@@ -144,15 +148,23 @@ def sample_cmd(
         raise UserError(f"--class {class_label} is outside 0..{model.label_dim - 1}")
     schedule = resolve_schedule(model, solver, nfe, steps, sched) if solver in ("gamma", "heun", "euler") else None
     t0 = time.time()
-    xs, ys = [], []
-    with rep.progress(n, "sample", unit="samples") as advance:
-        for x, y in generate(model, n, seed=seed, batch=batch, device=dev, solver=solver, nfe=nfe, gamma=gamma,
-                             steps=steps, sigmas=sched, class_label=class_label, progress=advance):
-            xs.append(x.cpu())
-            ys.append(None if y is None else y.cpu())
+    options = dict(solver=solver, nfe=nfe, gamma=gamma, steps=steps, sigmas=sched, class_label=class_label)
+    if ddp.is_distributed():
+        gathered = ddp.distributed_generate(model, n, seed, batch, dev, **options)
+        if not ddp.is_main():
+            ddp.teardown()
+            return
+        x, labels = gathered.cpu(), None  # labels are not gathered across ranks
+        ddp.teardown()
+    else:
+        xs, ys = [], []
+        with rep.progress(n, "sample", unit="samples") as advance:
+            for x, y in generate(model, n, seed=seed, batch=batch, device=dev, progress=advance, **options):
+                xs.append(x.cpu())
+                ys.append(None if y is None else y.cpu())
+        x = torch.cat(xs)
+        labels = None if ys[0] is None else torch.cat(ys)
     seconds = time.time() - t0
-    x = torch.cat(xs)
-    labels = None if ys[0] is None else torch.cat(ys)
     info = write_output(x, labels, out, model.is_image, force)
     steps_taken = len(schedule) - 1
     nfe_used = steps_taken if solver == "gamma" else solver_nfe(solver, steps_taken, float(schedule[-1]) == 0.0)
