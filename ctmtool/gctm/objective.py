@@ -32,9 +32,9 @@ from ctmtool.losses.ctm import fixed_dropout
 from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
 from ctmtool.models import build_precond
 from ctmtool.schedules import karras_sigmas, sample_ctm_indices
-from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
+from ctmtool.train.distributed import global_adaptive_weight
 from ctmtool.train.objectives import _TrajectoryBase, autocast, frozen_copy, last_layer, maybe_compile
-from ctmtool.train.optim import ema_update, make_optimizer, warmup_rate
+from ctmtool.train.optim import make_optimizer
 
 
 def gctm_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
@@ -219,18 +219,8 @@ class GCTMObjective(_TrajectoryBase):
             (loss / n).backward()
             for k, v in (("loss", loss), ("ctm", l_ctm), ("dsm", l_dsm), ("w_dsm", w_dsm)):
                 logs[k] += v.detach() / n
-        for k in ("loss", "ctm", "dsm"):  # rank parts -> global means (w_dsm is already global)
-            all_reduce_sum(logs[k])
-        all_reduce_grads(self.net.parameters())
-        if not bool(torch.isfinite(logs["loss"])):
-            opt.zero_grad(set_to_none=True)
+        if not self._apply_step(logs, kimg):
             return {"finite": False}
-        self._step_optimizer("net", self.net.parameters(), kimg)
-        # no warm-up for the solver's EMA (as the reference): a target that follows the online net closely
-        # feeds the net its own errors and diverges within tens of steps (measured on toy-translate)
-        ema_update(self.target, self.net, self.preset.ctm.target_ema)
-        for rate, ema in self.emas.items():
-            ema_update(ema, self.net, warmup_rate(rate, self.steps))
         return logs
 
     def checkpoint(self, meta: dict) -> Checkpoint:

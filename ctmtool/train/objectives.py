@@ -167,6 +167,23 @@ class _TrajectoryBase(_Base):
                 "eval_emas": {("ema" if i == 0 else ema_group(r)): r for i, r in enumerate(c.eval_emas)}}
         return groups, info
 
+    def _apply_step(self, logs: dict, kimg: float) -> bool:
+        """Global means of the logs and summed gradients over ranks, the non-finite check, the optimiser step
+        and the EMAs; False (and no update) when the loss is not finite."""
+        for k in ("loss", "ctm", "dsm"):  # rank parts -> global means (w_dsm is already global)
+            all_reduce_sum(logs[k])
+        all_reduce_grads(self.net.parameters())
+        if not bool(torch.isfinite(logs["loss"])):
+            self.optimizers["net"].zero_grad(set_to_none=True)
+            return False
+        self._step_optimizer("net", self.net.parameters(), kimg)
+        # the solver's target EMA has no warm-up: a target that follows the online net closely from the start
+        # feeds the net its own errors (GCTM diverged within tens of steps on toy-translate)
+        ema_update(self.target, self.net, self.preset.ctm.target_ema)
+        for rate, ema in self.emas.items():
+            ema_update(ema, self.net, warmup_rate(rate, self.steps))
+        return True
+
     def _restore_trajectory(self, ckpt: Checkpoint) -> None:
         load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")
         load_state(self.target, ckpt.state("target"), f"{ckpt.path} [target]")
@@ -258,16 +275,8 @@ class CTMObjective(_TrajectoryBase):
             (loss / n).backward()
             for k, v in (("loss", loss), ("ctm", l_ctm), ("dsm", l_dsm), ("w_dsm", w_dsm)):
                 logs[k] += v.detach() / n
-        for k in ("loss", "ctm", "dsm"):  # rank parts -> global means (w_dsm is already global)
-            all_reduce_sum(logs[k])
-        all_reduce_grads(self.net.parameters())
-        if not bool(torch.isfinite(logs["loss"])):
-            opt.zero_grad(set_to_none=True)
+        if not self._apply_step(logs, kimg):
             return {"finite": False}
-        self._step_optimizer("net", self.net.parameters(), kimg)
-        ema_update(self.target, self.net, c.target_ema)
-        for rate, ema in self.emas.items():
-            ema_update(ema, self.net, warmup_rate(rate, self.steps))
         if gan:
             d_opt = self.optimizers["disc"]
             d_opt.zero_grad(set_to_none=True)
