@@ -28,14 +28,6 @@ NCSNPP = dict(DDPMPP, embedding_type="fourier", channel_mult_noise=2, encoder_ty
               resample_filter=[1, 3, 3, 1])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------------------------------
 # Writing pickles in EDM's layout with stand-in `torch_utils.persistence` and `dnnlib.util` modules
 

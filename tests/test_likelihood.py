@@ -29,14 +29,6 @@ from ctmtool.models import Model, analytic_model, build_precond
 TIGHT = ODEOptions(rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def toy():
     """The toy preset's exact mixture, 200 held-out points (float64) and their exact log p_{sigma_min}."""

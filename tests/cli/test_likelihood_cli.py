@@ -21,14 +21,6 @@ from ctmtool.models import analytic_model, build_precond
 KEYS = {"bits_per_dim", "nll_nats", "nll_per_dim", "n", "ci95", "method", "seconds_per_item", "bound", "dim"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
     """The subcommand on its own app (the same registration as `ctmtool.cli.app`)."""

@@ -17,15 +17,6 @@ NCSNPP = dict(DDPMPP, embedding_type="fourier", channel_mult_noise=2, encoder_ty
               decoder_type="skip", resample_filter=[1, 3, 3, 1])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run far faster on one thread, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net(seed: int = 0, **kw) -> SongUNet:
     torch.manual_seed(seed)
     return SongUNet(16, 3, 3, **{**DDPMPP, **kw}).eval()
