@@ -28,7 +28,7 @@ from torch import nn
 from ctmtool import solvers
 from ctmtool.checkpoint import Checkpoint
 from ctmtool.config import Preset
-from ctmtool.losses.ctm import fixed_dropout
+from ctmtool.losses.ctm import fixed_dropout, has_dropout
 from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
 from ctmtool.models import build_precond
 from ctmtool.schedules import karras_sigmas, sample_ctm_indices
@@ -99,7 +99,7 @@ class GCTMLoss:
         self.grid_fraction, self.compare_zero = grid_fraction, compare_zero
 
     def ctm(self, online, target, x0: torch.Tensor, x1: torch.Tensor, labels=None,
-            index_generator: torch.Generator | None = None, dropout_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            index_generator: torch.Generator | None = None, dropout_seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample CTM term, x_est) for indices t < u <= s drawn as in CTM (`sample_ctm_indices`)."""
         dev = x0.device
         t_i, u_i, s_i, k = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator)
@@ -182,6 +182,7 @@ class GCTMObjective(_TrajectoryBase):
         self.loss = GCTMLoss(self.grid, g.max_steps, distance.to(device), c.solver, g.dsm_times, d.p_mean, d.p_std,
                              d.sigma_min, d.sigma_max, d.rho, compare_zero=compare_zero)
         self.last = last_layer(self.net)
+        self.match_dropout = has_dropout(self.net)  # fork the RNG for matched masks only when there are masks
         self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
 
     def _pairs(self, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +213,7 @@ class GCTMObjective(_TrajectoryBase):
             # under torchrun every rank draws the same batch and computes its own rows (Shard)
             net, target = (self.shard.wrap(m, len(x0)) for m in (self.net, self.target))
             with autocast(self.device, self.cfg):
-                l_ctm = self.shard.mean(self.loss.ctm(net, target, x0, x1, y, self.cpu_gen, seed)[0])
+                l_ctm = self.shard.mean(self.loss.ctm(net, target, x0, x1, y, self.cpu_gen, seed if self.match_dropout else None)[0])
                 l_dsm = self.shard.mean(self.loss.dsm(net, x0, x1, y, self.gen))
                 w_dsm = self._dsm_weight(l_ctm, l_dsm)
                 loss = l_ctm + w_dsm * l_dsm

@@ -18,10 +18,19 @@ from ctmtool.losses.edm import edm_weight
 from ctmtool.schedules import sample_ctm_indices
 
 
+def has_dropout(net: torch.nn.Module) -> bool:
+    """Whether any dropout layer of `net` can draw a mask (p > 0); without one, mask matching is skipped."""
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in net.modules())
+
+
 @contextmanager
-def fixed_dropout(seed: int, device: torch.device):
+def fixed_dropout(seed: int | None, device: torch.device):
     """Run the block with the global RNG reseeded to `seed` and restore it after: two blocks with the same
-    seed draw the same dropout masks (matched masks between estimate and target, as in the CTM code)."""
+    seed draw the same dropout masks (matched masks between estimate and target, as in the CTM code).
+    `seed=None` (a network without dropout) runs the block as is: forking the RNG costs time."""
+    if seed is None:
+        yield
+        return
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
         torch.manual_seed(seed)
@@ -43,7 +52,7 @@ class CTMLoss:
 
     def __call__(self, online, target, teacher, x0: torch.Tensor, labels=None,
                  generator: torch.Generator | None = None, index_generator: torch.Generator | None = None,
-                 dropout_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                 dropout_seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (per-sample loss, x_est); x_est carries the gradient (the GAN term reuses it)."""
         dev = x0.device
         n = self.grid.numel()
@@ -53,9 +62,10 @@ class CTMLoss:
         x_t = x0 + t.reshape(-1, *([1] * (x0.ndim - 1))) * noise
         smin = torch.full_like(t, self.sigma_min)
 
+        seed2 = None if dropout_seed is None else dropout_seed + 1
         with fixed_dropout(dropout_seed, dev):
             x_s = online.jump(x_t, t, s, labels)
-        with fixed_dropout(dropout_seed + 1, dev):
+        with fixed_dropout(seed2, dev):
             x_est = target.jump(x_s, s, smin, labels)
 
         with torch.no_grad():
@@ -63,7 +73,7 @@ class CTMLoss:
             x_u = self.solver(teacher, x_t, path, labels).to(x_t.dtype)  # levels stay on the CPU
             with fixed_dropout(dropout_seed, dev):
                 x_s_tgt = online.jump(x_u, u, s, labels)
-            with fixed_dropout(dropout_seed + 1, dev):
+            with fixed_dropout(seed2, dev):
                 x_tgt = target.jump(x_s_tgt, s, smin, labels)
         return self.distance(x_est.float(), x_tgt.float()), x_est
 

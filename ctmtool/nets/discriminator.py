@@ -175,3 +175,25 @@ class Discriminator(nn.Module):
                 f = F.avg_pool2d(f, 2)
             logits.append(head(f))
         return logits
+
+
+class VectorDiscriminator(nn.Module):
+    """Discriminator for vector data (the 2-D toys, flattened small items): a spectrally normalised LeakyReLU
+    MLP trained from scratch, one logit per item. The GAN term then works on any data, not only images."""
+
+    def __init__(self,
+        dim: int,                       # flattened item size D
+        hidden: int = 256,              # hidden width
+        depth: int = 3,                 # hidden layers
+        spectral_norm: bool = True,     # spectral normalisation of every layer (Miyato et al. 2018)
+    ):
+        super().__init__()
+        norm = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        widths = [dim] + [hidden] * depth
+        layers: list[nn.Module] = []
+        for a, b in zip(widths, widths[1:], strict=False):
+            layers += [norm(nn.Linear(a, b)), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers, norm(nn.Linear(widths[-1], 1)))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.net(x.reshape(x.shape[0], -1))]

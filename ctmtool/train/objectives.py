@@ -15,7 +15,7 @@ from torch import nn
 from ctmtool.checkpoint import Checkpoint, load_state
 from ctmtool.config import Preset, TrainConfig
 from ctmtool.errors import UserError
-from ctmtool.losses.ctm import CTMLoss, DSMLoss
+from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
 from ctmtool.losses.edm import EDMLoss
 from ctmtool.models import S_LAYER_PREFIXES, build_precond, student_from_teacher
 from ctmtool.schedules import karras_sigmas
@@ -227,6 +227,7 @@ class CTMObjective(_TrajectoryBase):
         self.ctm_loss = CTMLoss(grid, c.max_steps, self.distance, c.solver)
         self.dsm_loss = DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction)
         self.last = last_layer(self.net)
+        self.match_dropout = has_dropout(self.net)  # fork the RNG for matched masks only when there are masks
         self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
         self.disc = discriminator.to(device) if discriminator is not None else None
         if self.disc is not None:
@@ -243,11 +244,16 @@ class CTMObjective(_TrajectoryBase):
             return adaptive_weight(main, other, self.last, lo, hi)
         return torch.as_tensor(float(setting), device=main.device)
 
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """DiffAugment for image batches (both D inputs and the G term); vector data goes in unchanged."""
+        from ctmtool.augment import diff_augment
+
+        return diff_augment(x, self.preset.gan.augment, self.gen) if x.ndim == 4 else x
+
     def _gan_active(self, kimg: float) -> bool:
         return self.disc is not None and self.preset.gan.enabled and kimg >= self.preset.gan.start_kimg
 
     def step(self, batches, kimg: float) -> dict:
-        from ctmtool.augment import diff_augment
         from ctmtool.losses.gan import d_hinge_loss, g_hinge_loss
 
         c, g = self.preset.ctm, self.preset.gan
@@ -261,13 +267,14 @@ class CTMObjective(_TrajectoryBase):
             seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
             net, target, teacher = (self.shard.wrap(m, len(x)) for m in (self.net, self.target, self.teacher))
             with autocast(self.device, self.cfg):
-                l_ctm, x_est = self.ctm_loss(net, target, teacher, x, y, self.gen, self.cpu_gen, seed)
+                l_ctm, x_est = self.ctm_loss(net, target, teacher, x, y, self.gen, self.cpu_gen,
+                                             seed if self.match_dropout else None)
                 l_ctm = self.shard.mean(l_ctm)
                 l_dsm = self.shard.mean(self.dsm_loss(net, x, y, self.gen))
                 w_dsm = self._weight(c.dsm_weight, l_ctm, l_dsm, 0.0, 1e4)
                 loss = l_ctm + w_dsm * l_dsm
                 if gan:
-                    l_gan = g_hinge_loss(self.disc(diff_augment(x_est, g.augment, self.gen)))
+                    l_gan = g_hinge_loss(self.disc(self._augment(x_est)))
                     w_gan = self._weight(g.weight, l_ctm, l_gan, 0.01, 10.0)
                     loss = loss + w_gan * l_gan
                     logs["gan"] = logs.get("gan", 0) + l_gan.detach() / n
@@ -282,8 +289,7 @@ class CTMObjective(_TrajectoryBase):
             d_opt.zero_grad(set_to_none=True)
             for real, fake in fakes:
                 with autocast(self.device, self.cfg):
-                    l_d = d_hinge_loss(self.disc(diff_augment(real, g.augment, self.gen)),
-                                       self.disc(diff_augment(fake, g.augment, self.gen)))
+                    l_d = d_hinge_loss(self.disc(self._augment(real)), self.disc(self._augment(fake)))
                 (l_d / n).backward()
                 logs["disc"] = logs.get("disc", 0) + l_d.detach() / n
             self._step_optimizer("disc", self.disc.parameters(), kimg, lr=g.lr)

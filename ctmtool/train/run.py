@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -162,10 +163,13 @@ def distill(preset: Preset, run_dir: str | Path, rep, device: torch.device, teac
 
 
 def _discriminator(preset: Preset, data: Dataset):
-    from ctmtool.nets.discriminator import Discriminator, load_backbone
+    from ctmtool.nets.discriminator import Discriminator, VectorDiscriminator, load_backbone
 
     if not data.is_image:
-        raise UserError("the GAN term needs image data; set gan.enabled = false for 2-D data")
+        if preset.gan.backbone:
+            raise UserError("gan.backbone is an image feature network; vector data trains its discriminator from "
+                            "scratch: remove gan.backbone")
+        return VectorDiscriminator(math.prod(data.shape), hidden=preset.gan.channels * 4)
     backbone = load_backbone(preset.gan.backbone) if preset.gan.backbone else None
     c, h, _ = data.shape
     return Discriminator(c, h, backbone=backbone, channels=preset.gan.channels)

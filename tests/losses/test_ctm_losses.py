@@ -4,7 +4,7 @@ import torch
 
 from ctmtool.analytic import GaussianMixture
 from ctmtool.config import load_preset
-from ctmtool.losses.ctm import CTMLoss, DSMLoss, fixed_dropout
+from ctmtool.losses.ctm import CTMLoss, DSMLoss, fixed_dropout, has_dropout
 from ctmtool.losses.distances import squared_l2
 from ctmtool.losses.edm import EDMLoss, edm_weight
 from ctmtool.models import build_precond
@@ -94,3 +94,13 @@ def test_fixed_dropout_gives_matched_masks():
     with fixed_dropout(6, torch.device("cpu")):
         c = drop(x)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_has_dropout_and_unseeded_block_leaves_the_rng_alone():
+    assert has_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))
+    assert not has_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0)))
+    torch.manual_seed(3)
+    with fixed_dropout(None, torch.device("cpu")):
+        a = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(a, torch.rand(4))  # no reseeding: the block drew from the caller's stream

@@ -136,3 +136,15 @@ def test_load_backbone_errors(tmp_path):
     torch.save({"w": torch.zeros(1)}, bad)  # a state dict, not TorchScript
     with pytest.raises(UserError, match=r"cannot load discriminator backbone .*bad\.pt as TorchScript"):
         load_backbone(bad)
+
+
+def test_vector_discriminator_gives_one_logit_per_item_and_passes_gradients():
+    from ctmtool.nets.discriminator import VectorDiscriminator
+
+    d = VectorDiscriminator(2, hidden=16, depth=2)
+    x = torch.randn(5, 2, requires_grad=True)
+    (logits,) = d(x)
+    assert logits.shape == (5, 1)
+    logits.sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+    assert all(p.grad is not None for p in d.parameters() if p.requires_grad)

@@ -38,3 +38,15 @@ def test_gan_phase_updates_both_networks_and_resumes_from_a_ctm_run(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(d_before, obj2.disc.parameters(), strict=True))
     ckpt = load_checkpoint(res2.checkpoint)
     assert "disc" in ckpt.groups and "optim_disc" in ckpt.groups
+
+
+def test_gan_term_on_vector_data_trains_a_vector_discriminator(tmp_path):
+    from ctmtool.train.run import distill
+
+    preset = load_preset("toy", ["data.n=256", "net.mlp.hidden=16", "net.mlp.depth=1", "distill.batch=32",
+                                 "distill.kimg=0.128", "ctm.grid=6", "ctm.max_steps=3", "ctm.eval_emas=[0.9]",
+                                 "distill.ckpt_every_kimg=1000", "distill.log_every_kimg=1000", "gan.enabled=true"])
+    res = distill(preset, tmp_path / "run", Reporter(quiet=True), torch.device("cpu"))
+    assert res.steps == 4 and {"gan", "disc"} <= set(res.last)
+    ckpt = load_checkpoint(res.checkpoint)
+    assert "disc" in ckpt.groups and any(k.startswith("net.") for k in ckpt.groups["disc"])
