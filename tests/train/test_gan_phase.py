@@ -11,7 +11,7 @@ from ctmtool.nets.discriminator import Discriminator
 from ctmtool.train.loop import fit
 from ctmtool.train.objectives import CTMObjective
 
-TINY_UNET = ["net.unet.model_channels=8", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
+TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
              "net.unet.attn_resolutions=[]", "distill.batch=8", "ctm.grid=4", "ctm.max_steps=2",
              "ctm.eval_emas=[0.9]", "distill.ckpt_every_kimg=1000", "distill.log_every_kimg=1000"]
 
