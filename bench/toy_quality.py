@@ -1,6 +1,7 @@
 """Toy (Gaussian-mixture) acceptance figures: mean log-density gaps to true samples, with standard errors.
 
     python bench/toy_quality.py --analytic                      # exact denoiser + Heun at 18, 40, 100 steps
+    python bench/toy_quality.py --gaussian                      # the same for single Gaussians, in closed form
     python bench/toy_quality.py --teacher runs/toy/teacher      # a trained teacher, Heun 18 steps (35 NFE)
     python bench/toy_quality.py --ctm runs/toy/ctm --nfe 1,2,4  # a CTM: gamma-sampling, trajectory error
 
@@ -19,7 +20,8 @@ import math
 
 import torch
 
-from ctmtool.analytic import ExactTrajectory
+from ctmtool import solvers
+from ctmtool.analytic import ExactTrajectory, GaussianMixture
 from ctmtool.config import load_preset
 from ctmtool.metrics.trajectory import trajectory_error
 from ctmtool.models import analytic_model, load_model
@@ -40,10 +42,24 @@ def gap(model, gmm, base: float, n: int, repeats: int, **kw) -> dict:
             "samples": len(lp)}
 
 
+def single_gaussian_gap(std: float, steps: int) -> float:
+    """Mean log p gap of EDM Heun samples (exact denoiser, `steps` Karras levels 80 -> 0.002, then 0) for 2-D
+    N(0, std^2 I) data. That flow is linear, x_0 = x_T * std / sqrt(std^2 + 80^2), and so is every Heun step,
+    so the solver returns r times the exact x_0: samples with r^2 times the data's variance, whose mean
+    log-density is lower by exactly r^2 - 1 nats."""
+    gm = GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), torch.ones(1), std)
+    x = torch.full((1, 2), math.sqrt(std**2 + 80.0**2), dtype=torch.float64)
+    sigmas = torch.cat([karras_sigmas(steps), torch.zeros(1, dtype=torch.float64)])
+    r = float(solvers.heun(gm, x, sigmas)[0, 0]) / std
+    return -(r * r - 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="toy")
     ap.add_argument("--analytic", action="store_true", help="the exact denoiser with Heun at 18, 40 and 100 steps")
+    ap.add_argument("--gaussian", action="store_true",
+                    help="Heun's gap on single 2-D Gaussians of std 0.02..1 (closed form, no sampling)")
     ap.add_argument("--teacher", help="teacher checkpoint or run directory (Heun 18 steps)")
     ap.add_argument("--ctm", help="CTM checkpoint or run directory")
     ap.add_argument("--nfe", default="1,2,4", help="CTM NFEs (gamma 0)")
@@ -60,6 +76,9 @@ def main() -> None:
     out: dict = {"true_samples_logp": round(base, 4)}
     if a.analytic:
         out["analytic_heun"] = {st: gap(am, gmm, base, a.n, a.repeats, solver="heun", steps=st) for st in (18, 40, 100)}
+    if a.gaussian:
+        out["single_gaussian_heun"] = {f"std {c}": {st: round(single_gaussian_gap(c, st), 4) for st in (18, 40, 100)}
+                                       for c in (0.02, 0.05, 0.1, 0.3, 1.0)}
     if a.teacher:
         out["teacher_heun18"] = gap(load_model(a.teacher), gmm, base, a.n, a.repeats, solver="heun", steps=18)
     if a.ctm:
