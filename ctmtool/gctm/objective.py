@@ -28,7 +28,7 @@ from torch import nn
 from ctmtool import solvers
 from ctmtool.checkpoint import Checkpoint
 from ctmtool.config import Preset
-from ctmtool.losses.ctm import fixed_dropout, has_dropout
+from ctmtool.losses.ctm import fixed_dropout
 from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
 from ctmtool.models import build_precond
 from ctmtool.schedules import karras_sigmas, sample_ctm_indices
@@ -182,7 +182,6 @@ class GCTMObjective(_TrajectoryBase):
         self.loss = GCTMLoss(self.grid, g.max_steps, distance.to(device), c.solver, g.dsm_times, d.p_mean, d.p_std,
                              d.sigma_min, d.sigma_max, d.rho, compare_zero=compare_zero)
         self.last = last_layer(self.net)
-        self.match_dropout = has_dropout(self.net)  # fork the RNG for matched masks only when there are masks
         self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
 
     def _pairs(self, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,11 +208,11 @@ class GCTMObjective(_TrajectoryBase):
         n = len(batches)
         for x, y in batches:
             x0, x1 = self._pairs(x, y)
-            seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
+            seed = self._dropout_seed()
             # under torchrun every rank draws the same batch and computes its own rows (Shard)
             net, target = (self.shard.wrap(m, len(x0)) for m in (self.net, self.target))
             with autocast(self.device, self.cfg):
-                l_ctm = self.shard.mean(self.loss.ctm(net, target, x0, x1, y, self.cpu_gen, seed if self.match_dropout else None)[0])
+                l_ctm = self.shard.mean(self.loss.ctm(net, target, x0, x1, y, self.cpu_gen, seed)[0])
                 l_dsm = self.shard.mean(self.loss.dsm(net, x0, x1, y, self.gen))
                 w_dsm = self._dsm_weight(l_ctm, l_dsm)
                 loss = l_ctm + w_dsm * l_dsm

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -155,6 +156,16 @@ class _TrajectoryBase(_Base):
     def sampling_model(self) -> nn.Module:
         return self.emas[self.preset.ctm.eval_emas[0]] if self.emas else self.target
 
+    @cached_property
+    def _has_dropout(self) -> bool:
+        return has_dropout(self.net)
+
+    def _dropout_seed(self) -> int | None:
+        """The seed shared by estimate and target passes for matched dropout masks; None when the net has no
+        dropout (forking the RNG then only costs time). Drawn either way, so the index stream is the same."""
+        seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
+        return seed if self._has_dropout else None
+
     def _trajectory_groups(self) -> tuple[dict, dict]:
         """(tensor groups, meta): net, target, `ema` (the first evaluation rate) and `ema_<rate>` for the others."""
         c = self.preset.ctm
@@ -227,7 +238,6 @@ class CTMObjective(_TrajectoryBase):
         self.ctm_loss = CTMLoss(grid, c.max_steps, self.distance, c.solver)
         self.dsm_loss = DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction)
         self.last = last_layer(self.net)
-        self.match_dropout = has_dropout(self.net)  # fork the RNG for matched masks only when there are masks
         self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
         self.disc = discriminator.to(device) if discriminator is not None else None
         if self.disc is not None:
@@ -264,11 +274,10 @@ class CTMObjective(_TrajectoryBase):
         fakes = []
         n = len(batches)
         for x, y in batches:
-            seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
+            seed = self._dropout_seed()
             net, target, teacher = (self.shard.wrap(m, len(x)) for m in (self.net, self.target, self.teacher))
             with autocast(self.device, self.cfg):
-                l_ctm, x_est = self.ctm_loss(net, target, teacher, x, y, self.gen, self.cpu_gen,
-                                             seed if self.match_dropout else None)
+                l_ctm, x_est = self.ctm_loss(net, target, teacher, x, y, self.gen, self.cpu_gen, seed)
                 l_ctm = self.shard.mean(l_ctm)
                 l_dsm = self.shard.mean(self.dsm_loss(net, x, y, self.gen))
                 w_dsm = self._weight(c.dsm_weight, l_ctm, l_dsm, 0.0, 1e4)
