@@ -20,9 +20,8 @@ import torch
 from ctmtool.config import DataConfig
 from ctmtool.data import load_dataset
 from ctmtool.data.base import to_uint8_images
-from ctmtool.metrics.frechet import frechet_distance
 from ctmtool.models import load_model
-from ctmtool.quality import pixel_stats
+from ctmtool.quality import pixel_fd_to
 from ctmtool.sampling import generate
 from ctmtool.visual import save_samples_png
 
@@ -37,15 +36,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    train = load_dataset(DataConfig(source="digits", split="train"))
+    to_train = pixel_fd_to(load_dataset(DataConfig(source="digits", split="train")).values)
     test = load_dataset(DataConfig(source="digits", split="test"))
-    mu_r, cov_r = pixel_stats(train.values)
-
-    def fd(images_u8: torch.Tensor) -> int:
-        mu, cov = pixel_stats(images_u8)
-        return round(float(frechet_distance(mu, cov, mu_r, cov_r)))
-
-    out: dict = {"heldout_real_n360": fd(test.values)}
+    out: dict = {"heldout_real_n360": round(to_train(test.values))}
     runs = []
     if a.teacher:
         runs += [("teacher_heun18", a.teacher, dict(solver="heun", steps=18)),
@@ -56,7 +49,7 @@ def main() -> None:
         model = load_model(path)
         x = torch.cat([b for b, _ in generate(model, 2000, seed=1000, batch=500, **kw)])
         u8 = to_uint8_images(x)
-        out[name] = {"n360": fd(u8[:360]), "n2000": fd(u8)}
+        out[name] = {"n360": round(to_train(u8[:360])), "n2000": round(to_train(u8))}
         if a.grids:
             Path(a.grids).mkdir(parents=True, exist_ok=True)
             save_samples_png(x[:100], Path(a.grids) / f"digits-{name}.png", True)

@@ -25,12 +25,9 @@ from ctmtool.analytic import ExactTrajectory, GaussianMixture
 from ctmtool.config import load_preset
 from ctmtool.metrics.trajectory import trajectory_error
 from ctmtool.models import analytic_model, load_model
+from ctmtool.quality import make_scorer
 from ctmtool.sampling import generate
 from ctmtool.schedules import karras_sigmas
-
-
-def true_logp(gmm, n: int = 1_000_000) -> float:
-    return float(gmm.log_prob(gmm.sample(n, torch.Generator().manual_seed(0))).mean())
 
 
 def gap(model, gmm, base: float, n: int, repeats: int, **kw) -> dict:
@@ -72,7 +69,7 @@ def main() -> None:
     preset = load_preset(a.preset)
     am = analytic_model(preset)
     gmm = am.net
-    base = true_logp(gmm)
+    base = make_scorer("logp", preset)[2]["true_samples_logp"]
     out: dict = {"true_samples_logp": round(base, 4)}
     if a.analytic:
         out["analytic_heun"] = {st: gap(am, gmm, base, a.n, a.repeats, solver="heun", steps=st) for st in (18, 40, 100)}

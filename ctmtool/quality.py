@@ -23,6 +23,17 @@ def pixel_stats(images_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+def pixel_fd_to(reference_uint8: torch.Tensor) -> Callable[[torch.Tensor], float]:
+    """fd(images_uint8) -> Frechet distance in pixel space to the fixed reference images."""
+    mu_r, s_r = pixel_stats(reference_uint8)
+
+    def fd(images_uint8: torch.Tensor) -> float:
+        mu, s = pixel_stats(images_uint8)
+        return float(frechet_distance(mu, s, mu_r, s_r))
+
+    return fd
+
+
 def make_scorer(metric: str, preset=None, reference: Dataset | None = None, features: str | None = None,
                 ref: str | None = None, device: torch.device | str = "cpu") -> tuple[str, Callable[[torch.Tensor], float], dict]:
     """(name, score(x) -> float, baseline info). Lower is better for fd metrics, higher for logp."""
@@ -36,13 +47,9 @@ def make_scorer(metric: str, preset=None, reference: Dataset | None = None, feat
     if metric == "fd-pixels":
         if reference is None or not reference.is_image:
             raise UserError("fd-pixels needs a reference image data set (--ref or the preset's data)")
-        mu_r, s_r = pixel_stats(reference.values)
-
-        def fd_pixels(x: torch.Tensor) -> float:
-            mu, s = pixel_stats(to_uint8_images(x.cpu()))
-            return float(frechet_distance(mu, s, mu_r, s_r))
-
-        return "Frechet distance in pixel space (lower is better)", fd_pixels, {"n_ref": len(reference)}
+        fd_u8 = pixel_fd_to(reference.values)
+        return ("Frechet distance in pixel space (lower is better)", lambda x: fd_u8(to_uint8_images(x.cpu())),
+                {"n_ref": len(reference)})
     if metric == "fd":
         from ctmtool.metrics.features import make_extractor
         from ctmtool.metrics.fid import compute_stats, fid_from_stats, reference_stats
