@@ -4,7 +4,7 @@
     python bench/train.py --presets cifar10-fast --kinds teacher,ctm --device cpu --batch 4 --steps 2 \
         --warmup 1 --set ctm.max_steps=2                                                            # CPU smoke
 
-Each step is the real `TeacherObjective.step` / `CTMObjective.step` of ctmtool.train.objectives (forward,
+Each step is the real `TeacherObjective.step` / `TrajectoryObjective.step` of ctmtool.train.objectives (forward,
 backward, optimiser, EMA updates) on one batch of random images of the preset's shape; networks are randomly
 initialised (speed does not depend on the weights). Precision comes from the preset (bf16 autocast on CUDA;
 the CPU always runs fp32). torch.compile follows the preset's `compile` flag unless --compile on/off says
@@ -37,7 +37,9 @@ import ctmtool.losses.ctm as ctm_losses
 from ctmtool import solvers
 from ctmtool.config import load_preset
 from ctmtool.models import build_precond
-from ctmtool.train.objectives import CTMObjective, TeacherObjective, autocast
+from ctmtool.device import autocast
+from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.trajectory import ctm_objective
 
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
 
@@ -116,14 +118,14 @@ def bench_one(name: str, kind: str, a, dev: torch.device) -> dict:
         heun_step_flops = 0
     else:
         teacher = build_precond("teacher", p, shape).to(dev).eval().requires_grad_(False)
-        obj = CTMObjective(p, shape, dev, teacher)
+        obj = ctm_objective(p, shape, dev, teacher)
         if a.compile_aux and dev.type == "cuda":
             teacher.net.compile()
             obj.target.net.compile()
         nets = [obj.net, obj.target, teacher]
         # B: one batched Heun step of the teacher (2 denoiser calls; the CTM grid never reaches sigma = 0).
         levels = torch.tensor([2.0, 1.0], dtype=torch.float64)
-        with eager(teacher), autocast(dev, cfg):
+        with eager(teacher), autocast(dev, cfg.precision):
             heun_step_flops = sum(count(lambda x=x: solvers.heun(teacher, x * 2.0, levels)) for x, _ in batches)
 
     # One step under FlopCounterMode, eager, with its k recorded.

@@ -13,13 +13,14 @@ import math
 import torch
 from torch import nn
 
-from ctmtool.precond import _bcast
+from ctmtool.precond import NoisePath, _bcast
 
 
 class GaussianMixture(nn.Module):
     """A mixture of diagonal Gaussians over flattened data of any shape; usable wherever a denoiser is."""
 
     kind = "denoiser"
+    has_density = True  # the exact density, and the exact score
 
     def __init__(self,
         means: torch.Tensor,            # (K, *shape) component means
@@ -83,7 +84,7 @@ class GaussianMixture(nn.Module):
     forward = denoise
 
 
-class ExactTrajectory(nn.Module):
+class ExactTrajectory(NoisePath, nn.Module):
     """The PF-ODE jump G(x, t, s) of a denoiser by a fine Heun solve: the reference a CTM is distilled
     towards. With the exact mixture denoiser it is the true trajectory map, up to the solver's error."""
 

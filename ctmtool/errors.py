@@ -1,7 +1,21 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit code."""
+"""The one exception type the CLI turns into a one-line message and a non-zero exit code.
+
+The library words its errors in its own terms: a parameter is named in backticks (`nfe`, `run_dir`), which a
+Python caller reads as the keyword argument; the CLI renders the same message with the option's flag
+(`as_flags`: `nfe` -> --nfe, `run_dir` -> --run-dir).
+"""
+
+import re
+
+_PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
 class UserError(Exception):
     """A problem with the user's input: the message names it and says how to fix it."""
 
     exit_code = 2
+
+
+def as_flags(message: str) -> str:
+    """A library message as the command line says it: `name` becomes --name (underscores as hyphens)."""
+    return _PARAM.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)

@@ -40,7 +40,6 @@ FIXED_METHODS = ("rk4", "midpoint", "heun3", "euler")
 DIVERGENCES = ("exact", "hutchinson")
 PROBE_DISTS = ("rademacher", "gaussian")
 DRAW_AVERAGES = ("logmeanexp", "mean")
-QUANT_LEVELS = 256  # 8-bit data
 DEQUANT_SCALE = 128.0  # x = (v + u) / 128 - 1 maps [0, 256) onto [-1, 1)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -87,9 +86,9 @@ class ODEOptions:
 
 def model_denoiser(model) -> Denoiser:
     """The denoiser D(x, sigma, labels) of a loaded `Model`: a teacher's D, a CTM's g(x, t, t) (Kim et al. 2024, Eq. 7)."""
-    if model.kind == "gctm":
-        raise UserError("a GCTM translates between two distributions and defines no data density; "
-                        "give a teacher or CTM checkpoint (or --analytic) for likelihoods")
+    if not getattr(model.net, "has_density", True):
+        raise UserError(f"a {model.kind.upper()} transports one distribution to another and defines no data density; "
+                        "give a teacher or CTM checkpoint (or the analytic model) for likelihoods")
     return model.net.denoise
 
 

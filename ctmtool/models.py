@@ -7,6 +7,7 @@ A `Model` is a preconditioned network ready to use: `.net` is an `EDMPrecond`/`V
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ctmtool.analytic import GaussianMixture
 from ctmtool.checkpoint import Checkpoint, load_checkpoint, load_state
 from ctmtool.config import Preset
 from ctmtool.errors import UserError
+from ctmtool.gctm.couplings import GAUSSIAN_SOURCES, coupling_kind
 from ctmtool.nets import build_net
 from ctmtool.precond import CTMPrecond, EDMPrecond, GCTMPrecond, VEPrecond, VPPrecond
 
@@ -65,11 +67,14 @@ def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: 
         return EDMPrecond(net, d.sigma_data, d.sigma_min, d.sigma_max)
     if kind == "ctm":
         return CTMPrecond(build_net(preset.net, data_shape, use_s=True), d.sigma_data, d.sigma_min, d.sigma_max,
-                          scheme=d.precond)
+                          scheme=d.precond, rho=d.rho)
     if kind == "gctm":
-        m = (meta or {}).get("moments", {})
+        m, g = (meta or {}).get("moments", {}), preset.gctm
+        gaussian = g is None or coupling_kind(g.coupling) in GAUSSIAN_SOURCES
         return GCTMPrecond(build_net(preset.net, data_shape, use_s=True), var0=m.get("var0", d.sigma_data**2),
-                           var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0))
+                           var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0),
+                           grid_sigmas=(d.sigma_min, d.sigma_max, d.rho), gaussian_source=gaussian,
+                           source_std=math.sqrt(1.0 + (g.source_noise if g else 0.0) ** 2))
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -112,5 +117,5 @@ def newest_checkpoint(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     files = sorted(run_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime) if run_dir.is_dir() else []
     if not files:
-        raise UserError(f"no checkpoint (*.safetensors) in {run_dir}; pass --ckpt or --run-dir with a finished run")
+        raise UserError(f"no checkpoint (*.safetensors) in {run_dir}; pass `ckpt` or a `run_dir` with a finished run")
     return files[-1]

@@ -11,6 +11,12 @@ One class per scheme, as in EDM (Karras et al. 2022, Table 1):
 
 Every model offers `denoise(x, sigma, labels)`: E[x0 | x] at noise level sigma; trajectory models also
 offer `g(x, t, s, labels)` and `jump(x, t, s, labels)`. Noise levels are tensors of shape (B,) or scalars.
+
+The trajectory interface is where CTM and GCTM differ, and the only place: each trajectory model knows
+its default schedule for n jumps (`default_schedule`), how a point at level s is moved back up to level
+t between jumps (`renoise`), how data is taken to level t (`perturb`), where its source starts
+(`prior`), whether that source is Gaussian (`gaussian_source`: it can generate and edit), and whether it
+defines a data density (`has_density`). Samplers, editing and likelihood call these, never `kind`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import math
 
 import torch
 from torch import nn
+
+from ctmtool.errors import UserError
+from ctmtool.schedules import ctm_default_schedule, gctm_times, karras_sigmas
 
 
 def _bcast(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -38,6 +47,7 @@ class EDMPrecond(nn.Module):
     """Karras et al. 2022, Table 1 (EDM): D = c_skip x + c_out F(c_in x, ln(sigma)/4)."""
 
     kind = "denoiser"
+    has_density = True  # a denoiser gives the score, hence the PF-ODE likelihood
 
     def __init__(self,
         net: nn.Module,                 # raw network F(x, noise_label, s_label=None, labels=None)
@@ -95,16 +105,84 @@ class VEPrecond(EDMPrecond):
         return torch.ones_like(sigma), sigma, torch.ones_like(sigma), (0.5 * sigma).log()
 
 
+class NoisePath:
+    """The trajectory interface of the Gaussian-noise path x_t = x0 + t n (EDM's VE form), levels in
+    [sigma_min, sigma_max]: CTM students and the exact Gaussian-mixture trajectories share it."""
+
+    sigma_min: float
+    sigma_max: float
+    rho: float = 7.0
+    has_density = True
+    gaussian_source = True
+
+    def default_schedule(self, nfe: int) -> torch.Tensor:
+        """Kim et al. 2024, Sec. 5: the Karras grid with nfe + 1 points, sigma_max to sigma_min."""
+        return ctm_default_schedule(nfe, self.sigma_min, self.sigma_max, self.rho)
+
+    def renoise(self, x, s, t, z):
+        """Kim et al. 2024, Alg. 1: x + sqrt(t^2 - s^2) z."""
+        return x + math.sqrt(max(t**2 - s**2, 0.0)) * z
+
+    def perturb(self, x0, t, z):
+        """x0 + t z (the variance-exploding process of EDM)."""
+        return x0 + t * z
+
+    def strength_level(self, strength: float) -> float:
+        """sigma = strength / (1 - strength), capped at sigma_max (reached at strength 1): x / (1 - t) = x + sigma n."""
+        sigma = self.sigma_max if strength >= 1 else strength / (1 - strength)
+        return float(min(max(sigma, self.sigma_min * 1.0001), self.sigma_max))
+
+    def edit_schedule(self, level: float, nfe: int) -> torch.Tensor:
+        if nfe == 1:
+            return torch.tensor([level, self.sigma_min], dtype=torch.float64)
+        return karras_sigmas(nfe + 1, self.sigma_min, level, self.rho)
+
+    def check_level(self, level: float) -> None:
+        if not self.sigma_min < level <= self.sigma_max:
+            raise UserError(f"noise level {level:g} is outside this CTM's range ({self.sigma_min:g}, {self.sigma_max:g}]")
+
+
 class TrajectoryModel(nn.Module):
     """Shared CTM/GCTM machinery: g(x,t,s) from coefficients of t, and the jump G (Kim et al. 2024, Eq. 7)."""
 
     kind = "trajectory"
+    has_density = True  # g(x, t, t) is a denoiser of the Gaussian-noise process
+    gaussian_source = True  # trajectories start from Gaussian noise: the model can generate and edit
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def coefficients(self, t: torch.Tensor):  # -> c_skip, c_out, c_in, c_noise
+        raise NotImplementedError
+
+    # the trajectory interface (what a sampler or an editor needs to know) ----------------------------------
+    def default_schedule(self, nfe: int) -> torch.Tensor:
+        """The levels of `nfe` jumps from the start of the trajectory to its end (float64, decreasing)."""
+        raise NotImplementedError
+
+    def renoise(self, x: torch.Tensor, s: float, t: float, z: torch.Tensor) -> torch.Tensor:
+        """Move x from level s up to level t >= s with fresh noise z (between gamma-sampling jumps)."""
+        raise NotImplementedError
+
+    def perturb(self, x0: torch.Tensor, t: float, z: torch.Tensor) -> torch.Tensor:
+        """x_t for data x0 and noise z: the forward process at level t (SDEdit's starting point)."""
+        raise NotImplementedError
+
+    def prior(self, z: torch.Tensor) -> torch.Tensor:
+        """A draw at the start of the trajectory from standard-normal z (where generation begins)."""
+        return self.perturb(torch.zeros_like(z), float(self.default_schedule(1)[0]), z)
+
+    def strength_level(self, strength: float) -> float:
+        """An editing strength in (0, 1] as this model's level (the same signal-to-noise ratio for every model)."""
+        raise NotImplementedError
+
+    def edit_schedule(self, level: float, nfe: int) -> torch.Tensor:
+        """Levels of `nfe` jumps from `level` to the end of the trajectory."""
+        raise NotImplementedError
+
+    def check_level(self, level: float) -> None:
+        """Refuse an editing level this model cannot start from (UserError)."""
         raise NotImplementedError
 
     def g(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
@@ -126,7 +204,7 @@ class TrajectoryModel(nn.Module):
     forward = jump
 
 
-class CTMPrecond(TrajectoryModel):
+class CTMPrecond(NoisePath, TrajectoryModel):
     """Kim et al. 2024, Sec. 4: EDM coefficients driven by t, c_noise = ln(level)/4 for both t and s.
 
     With scheme "vp" or "ve" the coefficients are those of the teacher's preconditioning instead, so a
@@ -140,9 +218,11 @@ class CTMPrecond(TrajectoryModel):
         sigma_min: float = 0.002,       # lowest noise level (the end of every trajectory)
         sigma_max: float = 80.0,        # highest noise level (where sampling starts)
         scheme: str = "edm",            # coefficient scheme: edm, or the teacher's vp / ve
+        rho: float = 7.0,               # Karras curvature of the default sampling schedules
     ):
         super().__init__(net)
         self.sigma_data, self.sigma_min, self.sigma_max, self.scheme = sigma_data, sigma_min, sigma_max, scheme
+        self.rho = rho
         if scheme == "vp":
             self.beta_d, self.beta_min, self.M = 19.9, 0.1, 1000
 
@@ -153,16 +233,22 @@ class CTMPrecond(TrajectoryModel):
 class GCTMPrecond(TrajectoryModel):
     """Kim et al. 2024b (GCTM), Sec. 3.2: x_t = (1-t) x0 + t x1; coefficients from Var x0, Var x1, Cov(x0, x1)."""
 
+    has_density = False  # it transports one distribution to another: no data density
+
     def __init__(self,
         net: nn.Module,                 # raw network F(x, noise_t, noise_s, labels=None)
         var0: float = 0.25,             # per-dimension variance of the target (data) side x0
         var1: float = 1.0,              # per-dimension variance of the source side x1
         cov01: float = 0.0,             # per-dimension covariance of x0 and x1 under the coupling
         t_min: float = 1e-4,            # levels are clamped to [t_min, 1 - t_min] for the labels
+        grid_sigmas: tuple[float, float, float] = (0.002, 80.0, 7.0),  # (sigma_min, sigma_max, rho) of the time grid
+        gaussian_source: bool = True,   # the source x1 is Gaussian noise (independent / ot couplings)
+        source_std: float = 1.0,        # per-dimension std of a Gaussian source (sqrt(1 + source_noise^2))
     ):
         super().__init__(net)
         self.var0, self.var1, self.cov01, self.t_min = var0, var1, cov01, t_min
         self.sigma_min, self.sigma_max = 0.0, 1.0
+        self.grid_sigmas, self.gaussian_source, self.source_std = tuple(grid_sigmas), gaussian_source, source_std
 
     def coefficients(self, t: torch.Tensor):
         tc = t.clamp(self.t_min, 1 - self.t_min)
@@ -172,6 +258,42 @@ class GCTMPrecond(TrajectoryModel):
         c_out = (self.var0 - cov0t**2 / var_t).clamp_min(1e-12).sqrt()
         c_in = 1 / var_t.sqrt()
         return c_skip, c_out, c_in, (tc / (1 - tc)).log() / 4
+
+    def default_schedule(self, nfe: int) -> torch.Tensor:
+        """The training time grid with nfe + 1 points (`schedules.gctm_times`), 1 -> 0."""
+        if nfe < 1:
+            raise ValueError(f"nfe must be at least 1, got {nfe}")
+        return gctm_times(nfe + 1, *self.grid_sigmas)
+
+    def renoise(self, x, s, t, z):
+        """Along x_t = (1-t) x0 + t n: x <- a x + sqrt(t^2 - (a s)^2) std z with a = (1-t)/(1-s)."""
+        a = (1 - t) / (1 - s)
+        return a * x + math.sqrt(max(t**2 - (a * s) ** 2, 0.0)) * self.source_std * z
+
+    def perturb(self, x0, t, z):
+        """(1 - t) x0 + t std z (GCTM Eq. 8 with a Gaussian source)."""
+        return (1 - t) * x0 + t * self.source_std * z
+
+    def strength_level(self, strength: float) -> float:
+        return float(strength)
+
+    def edit_schedule(self, level: float, nfe: int) -> torch.Tensor:
+        """Karras spacing in sigma = t / (1 - t) below `level`, mapped back to time; the grid itself at level 1."""
+        if level >= 1.0:
+            return self.default_schedule(nfe)
+        smin, _, rho = self.grid_sigmas
+        top = level / (1 - level)
+        t = karras_sigmas(nfe + 1, min(smin, top / 2), top, rho)
+        t = t / (1 + t)
+        t[0], t[-1] = level, 0.0
+        return t
+
+    def check_level(self, level: float) -> None:
+        if not self.gaussian_source:
+            raise UserError("this GCTM maps its source distribution to the data, not noise to data, so SDEdit cannot "
+                            "re-noise an image for it; use a CTM or a GCTM trained with coupling 'independent' or 'ot'")
+        if not 0.0 < level <= 1.0:
+            raise UserError(f"GCTM time {level:g} is outside (0, 1]")
 
     def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
         # at t = 0 there is nothing left to transport

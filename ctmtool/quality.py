@@ -46,7 +46,7 @@ def make_scorer(metric: str, preset=None, reference: Dataset | None = None, feat
         return "mean log p (nats, higher is better)", lambda x: float(gmm.log_prob(x.cpu()).mean()), base
     if metric == "fd-pixels":
         if reference is None or not reference.is_image:
-            raise UserError("fd-pixels needs a reference image data set (--ref or the preset's data)")
+            raise UserError("fd-pixels needs a reference image data set (`ref` or the preset's data)")
         fd_u8 = pixel_fd_to(reference.values)
         return ("Frechet distance in pixel space (lower is better)", lambda x: fd_u8(to_uint8_images(x.cpu())),
                 {"n_ref": len(reference)})
@@ -55,7 +55,7 @@ def make_scorer(metric: str, preset=None, reference: Dataset | None = None, feat
         from ctmtool.metrics.fid import compute_stats, fid_from_stats, reference_stats
 
         if features is None or ref is None:
-            raise UserError("metric fd needs --features (e.g. fd_a.pt or inception) and --ref (reference images or stats)")
+            raise UserError("metric fd needs `features` (e.g. fd_a.pt or inception) and `ref` (reference images or stats)")
         extractor = make_extractor(features, device)
         ref_stats = reference_stats(ref, extractor, device)
 

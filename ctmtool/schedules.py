@@ -27,6 +27,18 @@ def ctm_default_schedule(nfe: int, sigma_min: float = 0.002, sigma_max: float = 
     return karras_sigmas(nfe + 1, sigma_min, sigma_max, rho, device=device)
 
 
+def gctm_times(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """GCTM time grid: n Karras sigmas mapped by t = sigma / (1 + sigma), decreasing, with t_0 = 1 and t_{n-1} = 0.
+
+    The ends are set exactly (not 80/81 and 0.002/1.002), as the reference's EDM_N2I discretisation does
+    (its ascending grid sets ts[0] = 0 and ts[-1] = 1): trajectories start at the source x1 and end at x0.
+    """
+    t = karras_sigmas(n, sigma_min, sigma_max, rho)
+    t = t / (1 + t)
+    t[0], t[-1] = 1.0, 0.0
+    return t
+
+
 def check_schedule(sigmas: torch.Tensor | list[float]) -> torch.Tensor:
     """Validate a user schedule: at least two levels, positive, strictly decreasing."""
     s = torch.as_tensor(sigmas, dtype=torch.float64)

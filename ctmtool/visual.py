@@ -141,3 +141,19 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel:
             d.ellipse([q[0] - 3, q[1] - 3, q[0] + 3, q[1] + 3], fill=c)
         d.text((w - right + 10, top + 16 * i), name, fill=c)
     return np.asarray(img)
+
+
+def side_by_side(columns: list[torch.Tensor], is_image: bool, reference: torch.Tensor | None = None,
+                 per_row: int | None = None) -> np.ndarray:
+    """One picture of items next to their translations: images as [col 1 | col 2 | ...] per item, in rows of
+    `per_row` items; 2-D points as one scatter panel per column on a common scale (reference in grey)."""
+    if is_image:
+        n, k = columns[0].shape[0], len(columns)
+        per_row = per_row or max(1, round((n / k) ** 0.5))
+        stack = torch.stack([to_uint8_images(c.cpu()) for c in columns], 1).flatten(0, 1)  # item-major
+        return make_grid(stack, nrow=per_row * k)
+    pts = torch.cat([c.detach().float().cpu() for c in columns])
+    lim = float(max(1.0, pts.abs().quantile(0.995).item() * 1.1))
+    panels = [scatter_image(c, size=384, extent=lim, reference=reference if i == len(columns) - 1 else None)
+              for i, c in enumerate(columns)]
+    return np.concatenate(panels, axis=1)

@@ -179,7 +179,7 @@ def test_analytic_model(toy_preset):
 
 
 def test_newest_checkpoint(tmp_path, toy_preset):
-    with pytest.raises(UserError, match="--ckpt"):
+    with pytest.raises(UserError, match="`ckpt`"):
         newest_checkpoint(tmp_path)
     with pytest.raises(UserError):
         newest_checkpoint(tmp_path / "missing")

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from ctmtool.analytic import ExactTrajectory, GaussianMixture
-from ctmtool.errors import UserError
-from ctmtool.models import Model, analytic_model
+from ctmtool.errors import UserError, as_flags
+from ctmtool.config import override_preset
+from ctmtool.models import Model, analytic_model, build_precond
+from ctmtool.precond import NoisePath
 from ctmtool.sampling import (
     ImageNoise,
     default_schedule,
@@ -23,8 +25,8 @@ from ctmtool.schedules import karras_sigmas
 SIG = [80.0, 17.53, 2.515, 0.17, 0.002]  # NFE 4 (ctm-notes sec. 4)
 
 
-class Recorder:
-    """A fake trajectory model: records (t, s, x) of every jump and returns zeros."""
+class Recorder(NoisePath):
+    """A fake trajectory model on the noise path: records (t, s, x) of every jump and returns zeros."""
 
     kind = "trajectory"
 
@@ -237,10 +239,19 @@ def test_schedules_for_models(toy_preset):
     assert len(t) == 19 and t[-1].item() == 0.0 and t[0].item() == pytest.approx(80.0)
     assert teacher_schedule(analytic_model(toy_preset), 1).tolist() == [80.0, 0.0]
     assert resolve_schedule(ctm, "gamma", 1, 18, [80.0, 1.0, 0.002]).tolist() == [80.0, 1.0, 0.002]
-    gctm = Model("gctm", ctm.net, toy_preset, (2,))
+    gctm = Model("gctm", build_precond("gctm", toy_preset, (2,)), toy_preset, (2,))
     g = default_schedule(gctm, 2)
     assert g[0].item() == 1.0 and g[-1].item() == 0.0
     assert g[1].item() == pytest.approx(2.515 / 3.515, rel=1e-3)  # t = sigma / (1 + sigma)
+
+
+def test_gctm_schedule_follows_the_presets_sigma_range(toy_preset):
+    """The GCTM's default schedule is its training grid: a preset with another sigma range moves the middle
+    time (a fixed 0.002..80 grid would start NFE > 1 sampling from times the model never saw)."""
+    p = override_preset(toy_preset, ["diffusion.sigma_max=20.0", "diffusion.sigma_min=0.01"])
+    g = default_schedule(Model("gctm", build_precond("gctm", p, (2,)), p, (2,)), 2)
+    mid = karras_sigmas(3, 0.01, 20.0)[1].item()
+    assert g.tolist() == pytest.approx([1.0, mid / (1 + mid), 0.0])
 
 
 def test_generate_refusals(toy_preset):
@@ -251,10 +262,10 @@ def test_generate_refusals(toy_preset):
         _all(generate(ctm, 2, solver="gamma", nfe=2, gamma=-1.0))
     with pytest.raises(UserError, match="nfe"):
         _all(generate(ctm, 2, solver="gamma", nfe=0))
-    with pytest.raises(UserError, match="--steps"):
+    with pytest.raises(UserError, match="`steps`"):
         _all(generate(analytic_model(toy_preset), 2, solver="heun", steps=0))
     for bad in ([0.002, 80.0], [80.0, 80.0, 0.002], [80.0], [80.0, -1.0]):
-        with pytest.raises(UserError, match="--sigmas"):
+        with pytest.raises(UserError, match="`sigmas`"):
             _all(generate(ctm, 2, solver="gamma", sigmas=bad))
     with pytest.raises(UserError, match="unknown solver"):
         _all(generate(ctm, 2, solver="rk4"))
@@ -264,4 +275,4 @@ def test_gamma_sampling_a_teacher_is_refused(toy_preset):
     with pytest.raises(UserError) as info:
         _all(generate(analytic_model(toy_preset), 2, solver="gamma"))
     msg = str(info.value)
-    assert "--solver heun" in msg and "distill" in msg
+    assert "`solver` heun" in msg and "distill" in msg and "--solver heun" in as_flags(msg)

@@ -34,9 +34,10 @@ def test_anything_else_is_refused_with_a_value_error(values):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(levels, min_size=1, max_size=6))
 def test_cli_schedules_that_do_not_decrease_are_user_errors(values):
-    model = type("M", (), {"kind": "ctm", "net": type("N", (), {"sigma_min": 0.002, "sigma_max": 80.0})()})()
+    net = type("N", (), {"sigma_min": 0.002, "sigma_max": 80.0, "gaussian_source": True, "has_density": True})()
+    model = type("M", (), {"kind": "ctm", "is_trajectory": True, "net": net})()
     s = list(values) + [values[-1]]  # a repeated level never decreases
-    with pytest.raises(UserError, match="--sigmas"):
+    with pytest.raises(UserError, match="`sigmas`"):
         resolve_schedule(model, "gamma", 1, 18, s)
 
 

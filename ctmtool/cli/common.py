@@ -30,7 +30,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ctmtool.errors import UserError
+from ctmtool.device import select_device  # noqa: F401  (re-exported for the commands)
+from ctmtool.errors import UserError, as_flags
 
 # Options shared by several subcommands (typer reads these Annotated aliases).
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
@@ -125,7 +126,7 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print(f"error: {as_flags(str(err))}", file=sys.stderr, flush=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr, flush=True)
@@ -140,17 +141,3 @@ def check_output(path: str | Path, force: bool) -> Path:
     if p.exists() and not force:
         raise UserError(f"output {p} already exists; pass --force to overwrite it or choose another path")
     return p
-
-
-def select_device(name: str = "auto"):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but no CUDA GPU is available; use --device cpu")
-    return dev

@@ -38,12 +38,13 @@ def distill_cmd(
 ) -> None:
     """Distill a CTM G(x_t, t, s) (Kim et al. 2024): CTM + DSM losses, optional GAN phase; checkpoints in --run-dir."""
     from ctmtool.config import load_preset
-    from ctmtool.train.run import distill
+    from ctmtool.train.run import train
 
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("distill", kimg, minutes, overrides))
     run_dir = run_dir or Path("runs") / p.name / ("gctm" if p.gctm is not None else "ctm")
-    res = distill(p, run_dir, rep, select_device(device), teacher=teacher, data_path=data, resume="auto" if auto_resume else resume, force=force)
+    res = train(p, "distill", run_dir, select_device(device), rep, teacher=teacher, data_path=data,
+                resume="auto" if auto_resume else resume, force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
                 "stopped_by": res.stopped_by, **res.last}, title="distill")

@@ -133,6 +133,7 @@ def sample_cmd(
         raise UserError(f"--gamma must be in [0, 1], got {gamma}")
     if out != "-" and Path(out).suffix in (".npz", ".png"):
         check_output(out, force)
+    from ctmtool.sampling import distributed_generate
     from ctmtool.train import distributed as ddp
 
     dev = select_device(device)
@@ -150,7 +151,7 @@ def sample_cmd(
     t0 = time.time()
     options = dict(solver=solver, nfe=nfe, gamma=gamma, steps=steps, sigmas=sched, class_label=class_label)
     if ddp.is_distributed():
-        gathered = ddp.distributed_generate(model, n, seed, batch, dev, **options)
+        gathered = distributed_generate(model, n, seed, batch, dev, **options)
         if not ddp.is_main():
             ddp.teardown()
             return

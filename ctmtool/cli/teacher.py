@@ -61,12 +61,13 @@ def teacher_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from ctmtool.config import load_preset
-    from ctmtool.train.run import train_teacher
+    from ctmtool.train.run import train
 
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("teacher", kimg, minutes, overrides))
     run_dir = run_dir or Path("runs") / p.name / "teacher"
-    res = train_teacher(p, run_dir, rep, select_device(device), data_path=data, resume="auto" if auto_resume else resume, force=force)
+    res = train(p, "teacher", run_dir, select_device(device), rep, data_path=data,
+                resume="auto" if auto_resume else resume, force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
                 "stopped_by": res.stopped_by, **res.last}, title="teacher")

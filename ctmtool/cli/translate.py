@@ -116,7 +116,7 @@ def _load(path: str, model, rep: Reporter, split_pairs: bool = False):
     """(x, names, other half) from INPUT: images fitted to the model, or 2-D points; side-by-side pairs of a
     paired GCTM are split into the source half (translated) and the target half (shown in --grid)."""
     from ctmtool.data.images import load_images
-    from ctmtool.gctm.translate import coupling_kind
+    from ctmtool.gctm.couplings import coupling_kind
 
     p = Path(path)
     if not p.exists():
@@ -135,7 +135,7 @@ def _load(path: str, model, rep: Reporter, split_pairs: bool = False):
         raise UserError(f"{p} holds points of shape {ds.shape} but the model translates {tuple(model.data_shape)} images")
     v, other = ds.values, None
     c, h, w = model.data_shape
-    kind = coupling_kind(model)
+    kind = coupling_kind(model.preset.gctm.coupling) if model.kind == "gctm" else ""
     if split_pairs and kind == "paired" and v.shape[-1] == 2 * v.shape[-2] and h == w:
         from ctmtool.gctm.couplings import split_side_by_side
 
@@ -151,10 +151,10 @@ def _degrade(x, model, seed: int):
     """The checkpoint's own degradation (coupling corrupt:<op>) of clean inputs; item i uses seed + i."""
     import torch
 
+    from ctmtool.gctm.couplings import coupling_kind
     from ctmtool.gctm.degrade import make_degradation
-    from ctmtool.gctm.translate import coupling_kind
 
-    if coupling_kind(model) != "corrupt":
+    if coupling_kind(model.preset.gctm.coupling) != "corrupt":
         raise UserError(f"--degrade applies the model's degradation, but this GCTM's coupling is "
                         f"{model.preset.gctm.coupling!r}, not corrupt:<op>; drop --degrade")
     deg = make_degradation(model.preset.gctm.coupling.strip().partition(":")[2])
@@ -162,8 +162,7 @@ def _degrade(x, model, seed: int):
 
 
 def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
-    from ctmtool.gctm.translate import side_by_side
-    from ctmtool.visual import save_png
+    from ctmtool.visual import save_png, side_by_side
 
     cols = [c[:limit] for c in columns] if model.is_image else columns
     save_png(side_by_side(cols, model.is_image, reference=reference), path)
@@ -197,7 +196,7 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
                seed: int, batch: int, ema: str, device: str, force: bool) -> None:
     import torch
 
-    from ctmtool.gctm.translate import has_gaussian_source, translate
+    from ctmtool.gctm.translate import translate
     from ctmtool.models import load_model
     from ctmtool.sampling import ImageNoise
 
@@ -207,7 +206,7 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
         raise UserError(f"{ckpt} is a {model.kind} checkpoint; `ctmtool translate` needs a GCTM (train one with "
                         "`ctmtool distill --preset toy-translate` or another GCTM preset); a CTM can edit images "
                         "with `ctmtool translate edit`")
-    if gamma > 0 and nfe > 1 and not has_gaussian_source(model):
+    if gamma > 0 and nfe > 1 and not model.net.gaussian_source:
         raise UserError(f"--gamma > 0 re-noises with Gaussian noise, which only fits a Gaussian source; this GCTM's "
                         f"coupling is {model.preset.gctm.coupling!r}: use --gamma 0")
     out_path = _check_out(out, model.is_image, force)
@@ -249,7 +248,7 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
           device: str, force: bool) -> None:
     import torch
 
-    from ctmtool.gctm.translate import _check_editable, composite, sdedit, strength_to_level, stroke_edit
+    from ctmtool.editing import check_editable, composite, sdedit, strength_to_level, stroke_edit
     from ctmtool.models import load_model
     from ctmtool.sampling import ImageNoise
 
@@ -259,8 +258,9 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
         raise UserError("--keep-unmasked goes with --strokes")
     dev = select_device(device)
     model = load_model(ckpt, which=ema, device=dev)
-    level = strength_to_level(model, strength) if model.kind in ("ctm", "gctm") else strength
-    _check_editable(model, level)
+    check_editable(model)
+    level = strength_to_level(model, strength)
+    check_editable(model, level)
     out_path = _check_out(out, model.is_image, force)
     grid_path = check_output(grid, force) if grid else None
     x, names, _ = _load(image, model, rep)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ctmtool.config import DataConfig
-from ctmtool.data.base import Dataset, random_batches, to_uint8_images
+from ctmtool.data.base import Dataset, to_uint8_images
 from ctmtool.data.cifar10 import default_data_dir, load_cifar10
 from ctmtool.data.digits import load_digits
 from ctmtool.data.images import load_image_folder, load_image_zip, load_images, load_npz
@@ -14,7 +14,7 @@ from ctmtool.errors import UserError
 
 __all__ = [
     "Dataset", "check_shape", "default_data_dir", "load_cifar10", "load_dataset", "load_digits",
-    "load_image_folder", "load_image_zip", "load_images", "load_npz", "random_batches", "to_uint8_images",
+    "load_image_folder", "load_image_zip", "load_images", "load_npz", "to_uint8_images",
     "toy_points",
 ]
 

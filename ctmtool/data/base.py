@@ -6,7 +6,6 @@ vector) data is stored as float32 (N, D) and returned as is. Labels are optional
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -55,19 +54,3 @@ def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
     """Float NCHW in [-1, 1] -> uint8 NCHW (rounded, clamped)."""
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
-
-def random_batches(ds: Dataset, batch: int, generator: torch.Generator, device=None,
-                   xflip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Endless shuffled epochs of (x, labels); the order is a function of `generator` alone."""
-    n = len(ds)
-    if n == 0:
-        raise ValueError(f"{ds.name} is empty")
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch + 1 if n >= batch else 1, batch):
-            idx = perm[i:i + batch] if n >= batch else perm[torch.randint(0, n, (batch,), generator=generator)]
-            x, y = ds.get(idx, device)
-            if xflip and ds.is_image:
-                flip = torch.rand(len(idx), generator=generator) < 0.5
-                x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
-            yield x, y

@@ -113,13 +113,14 @@ class OTCoupling(IndependentCoupling):
         iters: int = 500,               # most Sinkhorn passes
         scale: float = 1.0,             # standard deviation of the Gaussian source
         source_noise: float = 0.0,      # extra Gaussian noise on x1 after pairing
+        normalize: str = "spread",      # cost normalisation before Sinkhorn (sinkhorn.NORMALIZE)
     ):
         super().__init__(scale, source_noise)
-        self.reg, self.iters = reg, iters
+        self.reg, self.iters, self.normalize = reg, iters, normalize
 
     def _pair(self, x0, labels, generator):
         x0, x1 = super()._pair(x0, labels, generator)
-        return x0, ot_pairing(x0, x1, self.reg, generator, self.iters)
+        return x0, ot_pairing(x0, x1, self.reg, generator, self.iters, normalize=self.normalize)
 
 
 class CorruptCoupling(Coupling):
@@ -177,14 +178,15 @@ class DistributionCoupling(Coupling):
         iters: int = 500,               # most Sinkhorn passes
         source_noise: float = 0.0,      # Gaussian noise std added to x1 after pairing
         name: str = "custom",           # what the sampler draws, for messages
+        normalize: str = "spread",      # cost normalisation before Sinkhorn (sinkhorn.NORMALIZE)
     ):
         super().__init__(source_noise)
         self.name = name
-        self._sampler, self.ot, self.reg, self.iters = source_sampler, ot, reg, iters
+        self._sampler, self.ot, self.reg, self.iters, self.normalize = source_sampler, ot, reg, iters, normalize
 
     def _pair(self, x0, labels, generator):
         x1 = self._sampler(x0.shape[0], generator).to(device=x0.device, dtype=x0.dtype).reshape(x0.shape)
-        return x0, ot_pairing(x0, x1, self.reg, generator, self.iters) if self.ot else x1
+        return x0, ot_pairing(x0, x1, self.reg, generator, self.iters, normalize=self.normalize) if self.ot else x1
 
 
 def pool_sampler(pool: torch.Tensor) -> Callable[[int, torch.Generator | None], torch.Tensor]:
@@ -290,6 +292,7 @@ def make_coupling(spec: str,
     sinkhorn_reg: float = 0.01,         # GCTMConfig.sinkhorn_reg (ot, toy-ot)
     sinkhorn_iters: int = 500,          # most Sinkhorn passes (ot, toy-ot)
     gmm=None,                           # GMMConfig for a toy:gmm source
+    sinkhorn_normalize: str = "spread", # GCTMConfig.sinkhorn_normalize (ot, toy-ot)
 ) -> Coupling:
     """Parse a coupling spec (module docstring) into a Coupling; unknown specs raise SpecError."""
     kind, _, arg = spec.strip().partition(":")
@@ -299,7 +302,7 @@ def make_coupling(spec: str,
     if kind == "independent":
         return IndependentCoupling(source_noise=source_noise)
     if kind == "ot":
-        return OTCoupling(sinkhorn_reg, sinkhorn_iters, source_noise=source_noise)
+        return OTCoupling(sinkhorn_reg, sinkhorn_iters, source_noise=source_noise, normalize=sinkhorn_normalize)
     if kind == "paired":
         side = arg or "left"
         if side not in ("left", "right"):
@@ -313,13 +316,23 @@ def make_coupling(spec: str,
         if not arg:
             raise SpecError(f"coupling {spec!r} names no toy source ({', '.join(TOY_SOURCES)}); {valid}")
         return DistributionCoupling(toy_sampler(arg, gmm=gmm), ot=kind == "toy-ot", reg=sinkhorn_reg,
-                                    iters=sinkhorn_iters, source_noise=source_noise, name=arg)
+                                    iters=sinkhorn_iters, source_noise=source_noise, name=arg,
+                                    normalize=sinkhorn_normalize)
     raise SpecError(f"unknown coupling {spec!r}; {valid}")
 
 
 def coupling_from_config(cfg, gmm=None) -> Coupling:
     """The Coupling a preset's [gctm] section (GCTMConfig) describes."""
-    return make_coupling(cfg.coupling, cfg.source_noise, cfg.sinkhorn_reg, gmm=gmm)
+    return make_coupling(cfg.coupling, cfg.source_noise, cfg.sinkhorn_reg, cfg.sinkhorn_iters, gmm=gmm,
+                         sinkhorn_normalize=cfg.sinkhorn_normalize)
+
+
+GAUSSIAN_SOURCES = ("independent", "ot")  # couplings whose source x1 is N(0, I) noise
+
+
+def coupling_kind(spec: str) -> str:
+    """The kind of a coupling spec: independent, ot, paired, corrupt, toy or toy-ot."""
+    return spec.strip().partition(":")[0]
 
 
 def item_shape(spec: str, data_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -26,27 +26,12 @@ import torch
 from torch import nn
 
 from ctmtool import solvers
-from ctmtool.checkpoint import Checkpoint
 from ctmtool.config import Preset
 from ctmtool.losses.ctm import fixed_dropout
 from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
 from ctmtool.models import build_precond
-from ctmtool.schedules import karras_sigmas, sample_ctm_indices
-from ctmtool.train.distributed import global_adaptive_weight
-from ctmtool.train.objectives import _TrajectoryBase, autocast, frozen_copy, last_layer, maybe_compile
-from ctmtool.train.optim import make_optimizer
-
-
-def gctm_grid(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    """GCTM time grid: n Karras sigmas mapped by t = sigma / (1 + sigma), decreasing, with t_0 = 1 and t_{n-1} = 0.
-
-    The ends are set exactly (not 80/81 and 0.002/1.002), as the reference's EDM_N2I discretisation does
-    (its ascending grid sets ts[0] = 0 and ts[-1] = 1): trajectories start at the source x1 and end at x0.
-    """
-    t = karras_sigmas(n, sigma_min, sigma_max, rho)
-    t = t / (1 + t)
-    t[0], t[-1] = 1.0, 0.0
-    return t
+from ctmtool.schedules import gctm_times, sample_ctm_indices
+from ctmtool.train.trajectory import TrajectoryObjective
 
 
 def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +62,7 @@ class GCTMLoss:
     """GCTM's two terms on one batch of pairs (x0, x1): the CTM term at time s and the DSM term (Alg. 1)."""
 
     def __init__(self,
-        grid: torch.Tensor,             # GCTM times, decreasing from 1 to 0 (`gctm_grid`)
+        grid: torch.Tensor,             # GCTM times, decreasing from 1 to 0 (`schedules.gctm_times`)
         max_steps: int,                 # K: most Heun steps from t to u, P(k) ~ k
         distance: nn.Module,            # d(x, y) -> (B,); PseudoHuber / SquaredL2 get GCTM's weighting exactly
         solver: str = "heun",           # heun | euler, on the EMA denoiser
@@ -151,86 +136,55 @@ class GCTMLoss:
         return ((g.float() - x0) / c_out).flatten(1).square().sum(1)
 
 
-class GCTMObjective(_TrajectoryBase):
-    """GCTM training (Kim et al. 2024b, Alg. 1): L_CTM + lambda_DSM L_DSM on pairs from a coupling, Adam, EMA."""
-
-    kind = "gctm"
+class GCTMTerms:
+    """GCTM's terms for `TrajectoryObjective` (Kim et al. 2024b, Alg. 1): pairs (x0, x1) from a coupling."""
 
     def __init__(self,
-        preset: Preset,                 # resolved preset with a [gctm] section; distill = optimiser and duration
-        data_shape: tuple[int, ...],    # shape of one x0 (and x1): (C, H, W) or (D,)
-        device: torch.device,
+        loss: GCTMLoss,                 # the CTM term at time s and the DSM term
         coupling,                       # ctmtool.gctm.couplings.Coupling: pair(x, labels, generator) -> (x0, x1)
-        moments: dict,                  # {var0, var1, cov01} for GCTMPrecond, stored in every checkpoint
+        moments: dict,                  # {var0, var1, cov01} of the coupling, stored in every checkpoint
         flip_pairs: bool = False,       # random horizontal flips applied to x0 and x1 together (paired data)
-        compare_zero: bool = False,     # see GCTMLoss
+        spec: str = "",                 # the coupling's spec, recorded in checkpoints
     ):
-        super().__init__(preset, preset.distill, data_shape, device)
-        if preset.gctm is None:
-            raise ValueError(f"preset {preset.name!r} has no [gctm] section")
-        c, g, d = preset.ctm, preset.gctm, preset.diffusion
-        self.coupling, self.flip_pairs = coupling, flip_pairs
+        self.loss, self.coupling, self.flip_pairs, self.spec = loss, coupling, flip_pairs, spec
         self.moments = {k: float(moments[k]) for k in ("var0", "var1", "cov01")}
-        torch.manual_seed(self.cfg.seed)
-        self.net = build_precond("gctm", preset, data_shape, {"moments": self.moments}).to(device).train()
-        self.target = frozen_copy(self.net)
-        self.emas = {rate: frozen_copy(self.net) for rate in c.eval_emas}
-        maybe_compile(self.net, self.cfg, device)
-        dim = math.prod(data_shape)
-        distance = make_distance(c, dim)  # pseudo-Huber c defaults to 0.00054 sqrt(D), as the reference
-        self.grid = gctm_grid(g.grid, d.sigma_min, d.sigma_max, d.rho)
-        self.loss = GCTMLoss(self.grid, g.max_steps, distance.to(device), c.solver, g.dsm_times, d.p_mean, d.p_std,
-                             d.sigma_min, d.sigma_max, d.rho, compare_zero=compare_zero)
-        self.last = last_layer(self.net)
-        self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
 
-    def _pairs(self, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
-        x0, x1 = self.coupling.pair(x, y, self.gen)
+    def pair(self, x, labels, gen, cpu_gen):
+        x0, x1 = self.coupling.pair(x, labels, gen)
         if self.flip_pairs and x0.ndim == 4:
-            flip = (torch.rand(x0.shape[0], generator=self.cpu_gen) < 0.5).to(x0.device)[:, None, None, None]
+            flip = (torch.rand(x0.shape[0], generator=cpu_gen) < 0.5).to(x0.device)[:, None, None, None]
             x0, x1 = torch.where(flip, x0.flip(-1), x0), torch.where(flip, x1.flip(-1), x1)
         return x0, x1
 
-    def _dsm_weight(self, l_ctm: torch.Tensor, l_dsm: torch.Tensor) -> torch.Tensor:
-        setting = self.preset.ctm.dsm_weight
-        if setting == "adaptive" and self.shard.active():
-            return global_adaptive_weight(l_ctm, l_dsm, self.last, 0.0, 1e4)
-        if setting == "adaptive":
-            from ctmtool.losses.gan import adaptive_weight
+    def ctm(self, online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed):
+        # no teacher: the Heun solver integrates the model's own EMA denoiser (`teacher` is the target here)
+        return self.loss.ctm(online, teacher, *pair, labels, cpu_gen, dropout_seed)
 
-            return adaptive_weight(l_ctm, l_dsm, self.last, 0.0, 1e4)
-        return torch.as_tensor(float(setting), device=l_ctm.device)
+    def dsm(self, online, pair, labels, gen):
+        return self.loss.dsm(online, *pair, labels, gen)
 
-    def step(self, batches, kimg: float) -> dict:
-        opt = self.optimizers["net"]
-        opt.zero_grad(set_to_none=True)
-        logs = {k: torch.zeros((), device=self.device) for k in ("loss", "ctm", "dsm", "w_dsm")}
-        n = len(batches)
-        for x, y in batches:
-            x0, x1 = self._pairs(x, y)
-            seed = self._dropout_seed()
-            # under torchrun every rank draws the same batch and computes its own rows (Shard)
-            net, target = (self.shard.wrap(m, len(x0)) for m in (self.net, self.target))
-            with autocast(self.device, self.cfg):
-                l_ctm = self.shard.mean(self.loss.ctm(net, target, x0, x1, y, self.cpu_gen, seed)[0])
-                l_dsm = self.shard.mean(self.loss.dsm(net, x0, x1, y, self.gen))
-                w_dsm = self._dsm_weight(l_ctm, l_dsm)
-                loss = l_ctm + w_dsm * l_dsm
-            (loss / n).backward()
-            for k, v in (("loss", loss), ("ctm", l_ctm), ("dsm", l_dsm), ("w_dsm", w_dsm)):
-                logs[k] += v.detach() / n
-        if not self._apply_step(logs, kimg):
-            return {"finite": False}
-        return logs
+    def meta(self) -> dict:
+        return {"moments": dict(self.moments), "coupling": self.spec,
+                "grid": [round(float(t), 8) for t in self.loss.grid]}
 
-    def checkpoint(self, meta: dict) -> Checkpoint:
-        groups, extra = self._groups()
-        traj, info = self._trajectory_groups()
-        groups.update(traj)
-        info.update(moments=dict(self.moments), coupling=self.preset.gctm.coupling,
-                    grid=[round(float(t), 8) for t in self.grid])
-        return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info})
 
-    def restore(self, ckpt: Checkpoint) -> None:
-        self._restore_trajectory(ckpt)
-        self._restore_common(ckpt)
+def gctm_objective(
+    preset: Preset,                     # resolved preset with a [gctm] section; distill = optimiser and duration
+    data_shape: tuple[int, ...],        # shape of one x0 (and x1): (C, H, W) or (D,)
+    device: torch.device,
+    coupling,                           # ctmtool.gctm.couplings.Coupling
+    moments: dict,                      # {var0, var1, cov01} for GCTMPrecond
+    flip_pairs: bool = False,           # see GCTMTerms
+    compare_zero: bool = False,         # see GCTMLoss
+) -> TrajectoryObjective:
+    """GCTM training (Kim et al. 2024b, Alg. 1): L_CTM + lambda_DSM L_DSM on pairs from a coupling."""
+    if preset.gctm is None:
+        raise ValueError(f"preset {preset.name!r} has no [gctm] section")
+    c, g, d = preset.ctm, preset.gctm, preset.diffusion
+    torch.manual_seed(preset.distill.seed)
+    net = build_precond("gctm", preset, data_shape, {"moments": moments})
+    distance = make_distance(c, math.prod(data_shape))  # pseudo-Huber c defaults to 0.00054 sqrt(D), as the reference
+    loss = GCTMLoss(gctm_times(g.grid, d.sigma_min, d.sigma_max, d.rho), g.max_steps, distance.to(device), c.solver,
+                    g.dsm_times, d.p_mean, d.p_std, d.sigma_min, d.sigma_max, d.rho, compare_zero=compare_zero)
+    terms = GCTMTerms(loss, coupling, moments, flip_pairs, spec=g.coupling)
+    return TrajectoryObjective(preset, data_shape, device, "gctm", net, terms)

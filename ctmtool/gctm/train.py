@@ -1,6 +1,6 @@
-"""A whole GCTM training run from Python: data, coupling, moments, `GCTMObjective`, the shared training loop.
+"""A GCTM training run: data, coupling, moments and `gctm_objective`, handed to the shared run and loop.
 
-`train_gctm(preset, run_dir, rep, device)` is what `ctmtool distill --preset <gctm preset>` runs. The
+`gctm_parts` is what `ctmtool.train.run.train(preset, "distill", ...)` builds for a preset with [gctm]. The
 coupling's second moments are estimated once, before the first step, from `MOMENT_ITEMS` data items paired
 as in training (or taken from preset.gctm.var0/var1/cov01 where set) and stored in every checkpoint's
 meta['moments'], so `build_precond('gctm', ...)` rebuilds exactly the same preconditioning.
@@ -17,34 +17,28 @@ from pathlib import Path
 
 import torch
 
-from ctmtool.checkpoint import load_checkpoint
+from ctmtool.checkpoint import Checkpoint
 from ctmtool.config import Preset
 from ctmtool.data import load_dataset, toy_points
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
-from ctmtool.gctm.couplings import Coupling, coupling_from_config, item_shape, load_paired
-from ctmtool.gctm.objective import GCTMObjective
-from ctmtool.gctm.translate import side_by_side, translate
-from ctmtool.models import Model
-from ctmtool.train import distributed as ddp
-from ctmtool.train.loop import FitResult, fit
-from ctmtool.train.run import _check_labels, _rank_setup, prepare_run_dir
-from ctmtool.visual import save_png
+from ctmtool.gctm.couplings import Coupling, coupling_from_config, coupling_kind, item_shape, load_paired
+from ctmtool.gctm.objective import gctm_objective
+from ctmtool.gctm.translate import translate
+from ctmtool.models import Model, analytic_model
+from ctmtool.train.setup import RunParts, check_labels
+from ctmtool.visual import save_png, side_by_side
 
 MOMENT_ITEMS = 2048  # data items paired to estimate Var x0, Var x1, Cov(x0, x1)
-
-
-def _coupling_kind(preset: Preset) -> str:
-    return preset.gctm.coupling.strip().partition(":")[0]
 
 
 def load_gctm_data(preset: Preset, data_path: str | None = None) -> Dataset:
     """The training items: side-by-side pairs for a paired coupling, else the target data of [data]."""
     g = preset.gctm
-    if _coupling_kind(preset) == "paired":
+    if coupling_kind(preset.gctm.coupling) == "paired":
         path = data_path or g.paired_path or preset.data.path
         if path is None:
-            raise UserError(f"preset {preset.name!r} trains on paired images: give the folder with --data PATH "
+            raise UserError(f"preset {preset.name!r} trains on paired images: give the folder as `data` (a path) "
                             "(A/ and B/ sub-folders, or side-by-side pix2pix files) or set gctm.paired_path")
         return load_paired(path, size=g.paired_size)
     return load_dataset(preset.data, path=data_path)
@@ -77,7 +71,7 @@ def eval_pairs(preset: Preset, coupling: Coupling, data: Dataset, n: int, device
     return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
-def _snapshotter(obj: GCTMObjective, preset: Preset, shape, pairs, run_dir: Path):
+def _snapshotter(obj, preset: Preset, shape, pairs, run_dir: Path):
     x0, x1 = pairs
 
     def snapshot(step: int) -> Path:
@@ -90,9 +84,7 @@ def _snapshotter(obj: GCTMObjective, preset: Preset, shape, pairs, run_dir: Path
     return snapshot
 
 
-def _gmm_evaluator(obj: GCTMObjective, preset: Preset, shape, pairs):
-    from ctmtool.models import analytic_model
-
+def _gmm_evaluator(obj, preset: Preset, shape, pairs):
     gmm = analytic_model(preset).net
     x1 = pairs[1]
 
@@ -103,49 +95,35 @@ def _gmm_evaluator(obj: GCTMObjective, preset: Preset, shape, pairs):
     return evaluate
 
 
-def train_gctm(preset: Preset, run_dir: str | Path, rep, device: torch.device, data_path: str | None = None,
-               resume: bool | str = False, force: bool = False, data: Dataset | None = None,
-               teacher: str | None = None) -> FitResult:
-    """Train a GCTM (Kim et al. 2024b, Alg. 1) on preset.gctm's coupling with preset.distill's optimiser and
-    duration; checkpoints (kind 'gctm', moments in meta) and translation snapshots go to `run_dir`.
-
-    resume: True continues the newest checkpoint, "auto" does so when there is one; under torchrun every
-    rank trains on its rows of each batch (as `ctmtool.train.run.distill`)."""
+def gctm_parts(preset: Preset, device: torch.device, rep, run_dir: Path, *, data: Dataset | None = None,
+               data_path: str | None = None, teacher: str | None = None, resume: Checkpoint | None = None) -> RunParts:
+    """A GCTM run (Kim et al. 2024b, Alg. 1) on preset.gctm's coupling with preset.distill's optimiser and
+    duration, for `ctmtool.train.run.train`: moments from the resumed checkpoint or estimated from the data."""
     if preset.gctm is None:
         raise UserError(f"preset {preset.name!r} has no [gctm] section; GCTM training needs one (see presets/toy-translate.toml)")
     if teacher is not None:
-        raise UserError("GCTM training has no teacher (the model's own EMA velocity is integrated); drop --teacher")
-    run_dir = Path(run_dir)
-    device, rep = _rank_setup(device, rep)
-    resume_path = prepare_run_dir(run_dir, resume, force)
+        raise UserError("GCTM training has no teacher (the model's own EMA velocity is integrated); drop `teacher`")
     data = data if data is not None else load_gctm_data(preset, data_path)
-    _check_labels(preset, data)
+    check_labels(preset, data)
     coupling = make_coupling_for(preset)
     shape = item_shape(preset.gctm.coupling, data.shape)
-    resume_ckpt = load_checkpoint(resume_path) if resume_path else None
-    if resume_ckpt is not None:
-        if resume_ckpt.kind != "gctm" or "moments" not in resume_ckpt.meta:
-            raise UserError(f"{resume_path} is not a GCTM checkpoint with stored moments; it cannot be resumed here")
-        moments = resume_ckpt.meta["moments"]
+    if resume is not None:
+        if resume.kind != "gctm" or "moments" not in resume.meta:
+            raise UserError(f"{resume.path} is not a GCTM checkpoint with stored moments; it cannot be resumed here")
+        moments = resume.meta["moments"]
     else:
         moments = estimate_moments(preset, coupling, data, device)
     rep.log(f"data: {data.name}, {len(data)} items; coupling {preset.gctm.coupling}; x0/x1 shape {shape}; moments "
             + ", ".join(f"{k} {moments[k]:.4g}" for k in ("var0", "var1", "cov01")))
-    paired = _coupling_kind(preset) == "paired"
-    obj = GCTMObjective(preset, shape, device, coupling, moments, flip_pairs=paired and preset.data.xflip)
-    rep.log(f"gctm: {sum(p.numel() for p in obj.net.parameters()) / 1e6:.2f}M parameters, grid of "
-            f"{preset.gctm.grid} times, device {device}")
+    paired = coupling_kind(preset.gctm.coupling) == "paired"
+    obj = gctm_objective(preset, shape, device, coupling, moments, flip_pairs=paired and preset.data.xflip)
     micro = preset.distill.micro_batch or preset.distill.batch
     pairs = eval_pairs(preset, coupling, data, 64 if len(shape) == 3 else min(4096, 8 * micro), device)
-    snap = _snapshotter(obj, preset, shape, pairs, run_dir)
-    evaluate = None
-    if preset.data.source == "toy" and preset.data.toy == "gmm" and not paired:
-        evaluate = _gmm_evaluator(obj, preset, shape, pairs)
-    result = fit(obj, data, preset.distill, run_dir, rep, device=device, xflip=preset.data.xflip and not paired,
-                 resume=resume_ckpt, snapshot=snap, evaluate=evaluate)
-    if ddp.is_main():
-        result.last["samples_png"] = str(snap(result.steps))
-    return result
+    gmm = preset.data.source == "toy" and preset.data.toy == "gmm" and not paired
+    return RunParts(obj, data, preset.distill, _snapshotter(obj, preset, shape, pairs, run_dir),
+                    _gmm_evaluator(obj, preset, shape, pairs) if gmm else None, preset.data.xflip and not paired,
+                    f"gctm: {sum(p.numel() for p in obj.net.parameters()) / 1e6:.2f}M parameters, grid of "
+                    f"{preset.gctm.grid} times, device {device}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,8 +186,6 @@ def translation_report(model: Model, n: int = 4096, seed: int = 12345, nfe: int 
            "displacement_random_pairs": float((target - x1).norm(dim=1).mean()),
            "displacement_exact_ot": matched_displacement(x1[:2048], target[:2048])}
     if preset.data.toy == "gmm":
-        from ctmtool.models import analytic_model
-
         gmm = analytic_model(preset).net
         rep.update(logp_out=float(gmm.log_prob(out).mean()), logp_target=float(gmm.log_prob(target).mean()),
                    logp_source=float(gmm.log_prob(x1).mean()))

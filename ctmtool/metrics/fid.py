@@ -85,7 +85,7 @@ def dataset_batches(ds: Dataset, batch: int, n: int | None = None, seed: int = 0
     if n is not None and n < len(ds):
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     elif n is not None and n > len(ds):
-        raise UserError(f"--n {n} asked for but {ds.name} has only {len(ds)} images; lower --n")
+        raise UserError(f"`n` = {n} asked for but {ds.name} has only {len(ds)} images; lower `n`")
     total = len(ds) if idx is None else len(idx)
     for lo in range(0, total, batch):
         yield ds.values[lo:lo + batch] if idx is None else ds.values[idx[lo:lo + batch]]

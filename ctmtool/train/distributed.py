@@ -165,14 +165,6 @@ def all_reduce_grads(params) -> None:
         g.copy_(v.view_as(g))
 
 
-def broadcast_module(module: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every rank."""
-    if not is_distributed():
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=0)
-
-
 def _global_grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     """||d(sum over ranks of loss)/d params||: local gradients summed over ranks before the norm."""
     grads = None
@@ -198,21 +190,11 @@ def max_over_ranks(values: list[float], device: torch.device | str = "cpu") -> l
     return t.tolist()
 
 
-def distributed_generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
-                         **options) -> torch.Tensor | None:
-    """Generate n samples over all ranks (rank r makes its index range, image i uses seed + i); rank 0 gets all, others None."""
-    from ctmtool.sampling import generate
-
-    lo, hi = rows(n)
-    parts = [x for x, _ in generate(model, hi - lo, seed=seed + lo, batch=batch, device=device, **options)]
-    mine = torch.cat(parts) if parts else torch.empty((0, *model.data_shape), device=device)
+def gather_rows(mine: torch.Tensor, n: int) -> torch.Tensor | None:
+    """Gather every rank's rows (sizes from `rows`) to rank 0 in rank order, via padded all_gather (NCCL and gloo);
+    without torchrun, `mine` itself."""
     if not is_distributed():
         return mine
-    return _gather_rows(mine, n)
-
-
-def _gather_rows(mine: torch.Tensor, n: int) -> torch.Tensor | None:
-    """Gather every rank's rows (sizes from `rows`) to rank 0 in rank order, via padded all_gather (NCCL and gloo)."""
     w = world_size()
     sizes = [rows(n, r, w)[1] - rows(n, r, w)[0] for r in range(w)]
     buf = mine.new_zeros((max(sizes), *mine.shape[1:]))

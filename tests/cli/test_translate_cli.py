@@ -37,12 +37,12 @@ def _error(r) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """toy-translate (moons -> 8 Gaussians, OT coupling), 3 optimiser steps of a tiny MLP through train_gctm."""
-    from ctmtool.gctm.train import train_gctm
+    """toy-translate (moons -> 8 Gaussians, OT coupling), 3 optimiser steps of a tiny MLP through train."""
+    from ctmtool.train.run import train
 
     root = tmp_path_factory.mktemp("gctm")
     preset = load_preset("toy-translate", TINY_RUN)
-    res = train_gctm(preset, root / "run", Reporter(quiet=True), torch.device("cpu"))
+    res = train(preset, "distill", root / "run", torch.device("cpu"), Reporter(quiet=True))
     points = root / "moons.npz"
     np.savez(points, samples=toy_points("moons", 300, 99).values.numpy())
     return res, points

@@ -11,7 +11,8 @@ from torch import nn
 from ctmtool.checkpoint import save_checkpoint
 from ctmtool.config import load_preset
 from ctmtool.gctm.couplings import IndependentCoupling
-from ctmtool.gctm.objective import GCTMLoss, GCTMObjective, gctm_grid, interpolate, weighted_distance
+from ctmtool.gctm.objective import GCTMLoss, gctm_objective, interpolate, weighted_distance
+from ctmtool.schedules import gctm_times as gctm_grid
 from ctmtool.losses.distances import PseudoHuber, SquaredL2
 from ctmtool.models import build_precond, load_model
 from ctmtool.precond import GCTMPrecond
@@ -155,7 +156,7 @@ def test_dsm_times_cover_the_grid_including_t_equal_one():
 def test_objective_step_and_moments_round_trip(tmp_path):
     p = tiny_preset(**{"gctm.coupling": '"toy:moons"'})
     moments = {"var0": 0.21, "var1": 0.34, "cov01": -0.05}
-    obj = GCTMObjective(p, (2,), torch.device("cpu"), IndependentCoupling(), moments)
+    obj = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(), moments)
     x = torch.randn(64, 2)
     before = [q.clone() for q in obj.net.parameters()]
     logs = obj.step([(x, None)], 0.0)
@@ -170,7 +171,7 @@ def test_objective_step_and_moments_round_trip(tmp_path):
     xt, t = torch.randn(8, 2), torch.full((8,), 0.7)
     with torch.no_grad():
         assert torch.allclose(model.net.jump(xt, t, t * 0), obj.sampling_model().jump(xt, t, t * 0), atol=1e-6)
-    obj2 = GCTMObjective(p, (2,), torch.device("cpu"), IndependentCoupling(), model.meta["moments"])
+    obj2 = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(), model.meta["moments"])
     from ctmtool.checkpoint import load_checkpoint
 
     obj2.restore(load_checkpoint(path))
@@ -180,7 +181,7 @@ def test_objective_step_and_moments_round_trip(tmp_path):
 
 def test_non_finite_loss_is_reported_not_applied():
     p = tiny_preset(**{"gctm.coupling": '"toy:moons"'})
-    obj = GCTMObjective(p, (2,), torch.device("cpu"), IndependentCoupling(), {"var0": 0.25, "var1": 1.0, "cov01": 0.0})
+    obj = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(), {"var0": 0.25, "var1": 1.0, "cov01": 0.0})
     before = [q.clone() for q in obj.net.parameters()]
     out = obj.step([(torch.full((8, 2), float("nan")), None)], 0.0)
     assert out == {"finite": False}
@@ -201,7 +202,7 @@ def _fit_gctm(run_dir):
 
     preset = load_preset("toy-translate", DDP_RUN)
     data = load_dataset(preset.data)
-    obj = GCTMObjective(preset, data.shape, torch.device("cpu"), make_coupling_for(preset),
+    obj = gctm_objective(preset, data.shape, torch.device("cpu"), make_coupling_for(preset),
                         {"var0": 0.25, "var1": 0.25, "cov01": 0.0})
     res = fit(obj, data, preset.distill, run_dir, Reporter(quiet=True), device=torch.device("cpu"))
     return obj, res

@@ -8,9 +8,11 @@ from torch import nn
 
 from ctmtool.config import load_preset
 from ctmtool.errors import UserError
+from ctmtool import editing as E
 from ctmtool.gctm import translate as T
 from ctmtool.models import Model, build_precond
-from ctmtool.sampling import ImageNoise
+from ctmtool.precond import GCTMPrecond
+from ctmtool.sampling import ImageNoise, gamma_sample
 
 SMALL = ["net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16"]
 IMG = (1, 8, 8)
@@ -87,7 +89,10 @@ def test_translate_refusals():
 
 
 class Recorder(nn.Module):
-    """A stand-in trajectory net: every jump returns zeros and records its input."""
+    """A stand-in GCTM (unit Gaussian source): every jump returns zeros and records its input."""
+
+    renoise = GCTMPrecond.renoise
+    source_std = 1.0
 
     def __init__(self):
         super().__init__()
@@ -102,30 +107,30 @@ def test_gamma_one_renoises_along_the_interpolation():
     """gamma = 1: jump to 0, then x_t' = (1 - t') x0_hat + t' z: the second jump sees std t'."""
     rec = Recorder()
     z = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0))
-    T.gctm_gamma_sample(rec, torch.randn(20000, 2), [1.0, 0.6, 0.0], noise=lambda: z, gamma=1.0)
+    gamma_sample(rec, torch.randn(20000, 2), [1.0, 0.6, 0.0], noise=lambda: z, gamma=1.0)
     (_, t0, s0), (x_second, t1, s1) = rec.inputs
     assert (t0, s0, t1, s1) == (1.0, 0.0, 0.6, 0.0)
     assert torch.allclose(x_second, 0.6 * z)
     rec2 = Recorder()
-    T.gctm_gamma_sample(rec2, torch.randn(4, 2), [1.0, 0.6, 0.0], gamma=0.0)
+    gamma_sample(rec2, torch.randn(4, 2), [1.0, 0.6, 0.0], gamma=0.0)
     assert [(t, s) for _, t, s in rec2.inputs] == [(1.0, 0.6), (0.6, 0.0)]
 
 
 def test_strength_maps_to_levels_of_equal_snr():
     g, c = gctm_model("independent", IMG), ctm_model()
-    assert T.strength_to_level(g, 0.3) == 0.3
-    assert T.strength_to_level(c, 0.5) == pytest.approx(1.0)
-    assert T.strength_to_level(c, 1.0) == c.sigma_max
+    assert E.strength_to_level(g, 0.3) == 0.3
+    assert E.strength_to_level(c, 0.5) == pytest.approx(1.0)
+    assert E.strength_to_level(c, 1.0) == c.sigma_max
     with pytest.raises(UserError):
-        T.strength_to_level(c, 0.0)
+        E.strength_to_level(c, 0.0)
 
 
 @pytest.mark.parametrize("kind", ["ctm", "gctm"])
 def test_edit_schedules_run_from_the_level_to_the_end(kind):
     m = ctm_model() if kind == "ctm" else gctm_model("independent", IMG)
-    level = T.strength_to_level(m, 0.4)
+    level = E.strength_to_level(m, 0.4)
     for nfe in (1, 3):
-        s = T.edit_schedule(m, level, nfe)
+        s = E.edit_schedule(m, level, nfe)
         assert len(s) == nfe + 1 and float(s[0]) == pytest.approx(level)
         assert float(s[-1]) == (m.sigma_min if kind == "ctm" else 0.0) and (s[1:] < s[:-1]).all()
 
@@ -135,27 +140,27 @@ def test_sdedit_keeps_more_of_the_image_at_lower_strength():
     x = torch.rand(4, *IMG, generator=torch.Generator().manual_seed(0)) * 2 - 1
     changes = []
     for strength in (0.01, 0.5, 0.9):
-        y = T.sdedit(m, x, T.strength_to_level(m, strength), noise=ImageNoise(range(4), IMG))
+        y = E.sdedit(m, x, E.strength_to_level(m, strength), noise=ImageNoise(range(4), IMG))
         assert y.shape == x.shape and y.abs().max() <= 1
         changes.append(float((y - x).abs().mean()))
     assert changes[0] < 0.05 and changes[0] < changes[1] < changes[2]
-    a = T.sdedit(m, x, 1.0, generator=torch.Generator().manual_seed(5))
-    b = T.sdedit(m, x, 1.0, generator=torch.Generator().manual_seed(5))
+    a = E.sdedit(m, x, 1.0, generator=torch.Generator().manual_seed(5))
+    b = E.sdedit(m, x, 1.0, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
 
 
 def test_sdedit_with_a_gaussian_source_gctm_and_refusals():
     m = gctm_model("independent", IMG)
     x = torch.rand(3, *IMG) * 2 - 1
-    y = T.sdedit(m, x, 0.5, noise=ImageNoise(range(3), IMG), nfe=2, gamma=0.3)
+    y = E.sdedit(m, x, 0.5, noise=ImageNoise(range(3), IMG), nfe=2, gamma=0.3)
     assert y.shape == x.shape and torch.isfinite(y).all()
     with pytest.raises(UserError, match="SDEdit"):
-        T.sdedit(gctm_model("corrupt:sr2", IMG), x, 0.5, noise=ImageNoise(range(3), IMG))
+        E.sdedit(gctm_model("corrupt:sr2", IMG), x, 0.5, noise=ImageNoise(range(3), IMG))
     with pytest.raises(UserError, match="range"):
-        T.sdedit(ctm_model(), x, 500.0, noise=ImageNoise(range(3), IMG))
+        E.sdedit(ctm_model(), x, 500.0, noise=ImageNoise(range(3), IMG))
     teacher = Model("teacher", nn.Identity(), m.preset, IMG)
     with pytest.raises(UserError, match="CTM or a GCTM"):
-        T.sdedit(teacher, x, 0.5)
+        E.sdedit(teacher, x, 0.5)
 
 
 def test_stroke_edit_composites_and_keeps_the_unmasked_part():
@@ -163,10 +168,10 @@ def test_stroke_edit_composites_and_keeps_the_unmasked_part():
     image = torch.zeros(2, *IMG)
     strokes = image.clone()
     strokes[:, :, 2:5, 2:5] = 0.8
-    mask = T.stroke_mask(image, strokes)
+    mask = E.stroke_mask(image, strokes)
     assert mask.shape == (2, 1, 8, 8) and int(mask.sum()) == 2 * 9
-    assert torch.equal(T.composite(image, strokes), strokes)
-    out = T.stroke_edit(m, image, strokes, None, 2.0, noise=ImageNoise(range(2), IMG), keep_unmasked=True)
+    assert torch.equal(E.composite(image, strokes), strokes)
+    out = E.stroke_edit(m, image, strokes, None, 2.0, noise=ImageNoise(range(2), IMG), keep_unmasked=True)
     assert torch.equal(out * (1 - mask), image * (1 - mask))
-    free = T.stroke_edit(m, image, strokes, None, 2.0, noise=ImageNoise(range(2), IMG))
+    free = E.stroke_edit(m, image, strokes, None, 2.0, noise=ImageNoise(range(2), IMG))
     assert not torch.equal(free * (1 - mask), image * (1 - mask))

@@ -18,7 +18,7 @@ from ctmtool.metrics.trajectory import trajectory_error
 from ctmtool.models import analytic_model
 from ctmtool.schedules import karras_sigmas
 from ctmtool.train.loop import fit
-from ctmtool.train.objectives import CTMObjective
+from ctmtool.train.trajectory import ctm_objective
 
 OVERRIDES = ["data.gmm.means=[[0.5, 0.5], [-0.5, -0.5]]", "data.gmm.weights=[1, 1]", "data.gmm.std=0.2",
              "net.mlp.hidden=64", "net.mlp.depth=2", "net.mlp.emb=32", "net.mlp.noise_scale=100", "data.n=4096",
@@ -40,7 +40,7 @@ def test_distilled_jumps_follow_the_exact_ode(tmp_path):
     p = load_preset("toy", OVERRIDES)
     data = load_dataset(p.data)
     gmm = analytic_model(p).net
-    obj = CTMObjective(p, data.shape, torch.device("cpu"), gmm)
+    obj = ctm_objective(p, data.shape, torch.device("cpu"), gmm)
     exact = ExactTrajectory(gmm, steps=64)
     x0 = gmm.sample(256, torch.Generator().manual_seed(9))  # held out: not the training draw
     grid = karras_sigmas(8)

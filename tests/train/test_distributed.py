@@ -11,9 +11,11 @@ from ctmtool.cli.common import Reporter
 from ctmtool.config import load_preset
 from ctmtool.data import load_dataset
 from ctmtool.models import Model, analytic_model
+from ctmtool.sampling import distributed_generate
 from ctmtool.train import distributed as ddp
 from ctmtool.train.loop import fit
-from ctmtool.train.objectives import CTMObjective, TeacherObjective
+from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.trajectory import ctm_objective
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
 TEACHER = TINY + ["teacher.batch=32", "teacher.micro_batch=16", "teacher.kimg=0.096", "teacher.lr_decay=none"]
@@ -32,14 +34,14 @@ def _train(kind: str, run_dir):
     else:
         preset = load_preset("toy", CTM)
         data = load_dataset(preset.data)
-        obj, cfg = CTMObjective(preset, data.shape, dev, analytic_model(preset).net), preset.distill
+        obj, cfg = ctm_objective(preset, data.shape, dev, analytic_model(preset).net), preset.distill
     res = fit(obj, data, cfg, run_dir, Reporter(quiet=True), device=dev)
     return obj, res
 
 
 def _sample(obj):
     model = Model("teacher", obj.ema, obj.preset, obj.data_shape)
-    return ddp.distributed_generate(model, 7, seed=3, batch=3, solver="heun", steps=4)
+    return distributed_generate(model, 7, seed=3, batch=3, solver="heun", steps=4)
 
 
 def _worker(r: int, world: int, port: int, out: str):

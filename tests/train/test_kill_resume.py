@@ -15,7 +15,8 @@ from ctmtool.checkpoint import load_checkpoint
 from ctmtool.cli.common import Reporter
 from ctmtool.config import load_preset
 from ctmtool.errors import UserError
-from ctmtool.train.run import prepare_run_dir, train_teacher
+from ctmtool.train.run import train
+from ctmtool.train.setup import prepare_run_dir
 
 SETS = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512", "teacher.batch=32",
         "teacher.ckpt_every_kimg=0.32", "teacher.keep_checkpoints=2", "teacher.log_every_kimg=100"]
@@ -59,7 +60,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 
 def test_full_disk_keeps_the_old_checkpoint_and_says_so_in_one_line(tmp_path, monkeypatch):
     preset = load_preset("toy", SETS + ["teacher.kimg=0.32"])
-    train_teacher(preset, tmp_path, Reporter(quiet=True), torch.device("cpu"))
+    train(preset, "teacher", tmp_path, torch.device("cpu"), Reporter(quiet=True))
     old = sorted(tmp_path.glob("ckpt-*.safetensors"))
     before = old[-1].read_bytes()
 
@@ -69,7 +70,7 @@ def test_full_disk_keeps_the_old_checkpoint_and_says_so_in_one_line(tmp_path, mo
     monkeypatch.setattr("ctmtool.checkpoint.save_file", no_space)
     longer = load_preset("toy", SETS + ["teacher.kimg=0.64"])
     with pytest.raises(UserError) as err:
-        train_teacher(longer, tmp_path, Reporter(quiet=True), torch.device("cpu"), resume=True)
+        train(longer, "teacher", tmp_path, torch.device("cpu"), Reporter(quiet=True), resume=True)
     assert "\n" not in str(err.value) and "No space left on device" in str(err.value)
     assert sorted(tmp_path.glob("ckpt-*.safetensors")) == old and old[-1].read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary file left behind

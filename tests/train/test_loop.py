@@ -10,7 +10,8 @@ from ctmtool.data import load_dataset
 from ctmtool.errors import UserError
 from ctmtool.models import analytic_model
 from ctmtool.train.loop import RunLock, fit
-from ctmtool.train.objectives import CTMObjective, TeacherObjective
+from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.trajectory import ctm_objective
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
 
@@ -83,7 +84,7 @@ def test_ctm_objective_trains_and_checkpoints_all_emas(tmp_path):
     preset = load_preset("toy", TINY + ["distill.batch=32", "distill.kimg=0.096", "ctm.eval_emas=[0.9, 0.99]",
                                          "ctm.grid=6", "ctm.max_steps=3"])
     data = load_dataset(preset.data)
-    obj = CTMObjective(preset, data.shape, torch.device("cpu"), analytic_model(preset).net)
+    obj = ctm_objective(preset, data.shape, torch.device("cpu"), analytic_model(preset).net)
     before = [p.clone() for p in obj.net.parameters()]
     res = fit(obj, data, preset.distill, tmp_path, Reporter(quiet=True), device=torch.device("cpu"))
     assert res.steps == 3 and {"ctm", "dsm", "w_dsm"} <= set(res.last)

@@ -1,0 +1,46 @@
+"""Devices and numeric precision, decided here and nowhere else.
+
+Policy (read by every command, every objective and the benchmarks):
+- device: `select_device("auto")` is CUDA when available, else the CPU; an explicit name is checked.
+- training: bf16 autocast on CUDA when the preset asks (`precision = "bf16"`, the default); the CPU always
+  runs float32 (bf16 there is slow and not what CI checks).
+- what stays float32 under autocast: the preconditioning (c_skip, c_out, c_in and the skip connection, in
+  `precond.py` the network output is cast back with `.float()`), the ODE solver state (`solvers.py`, levels
+  in float64), losses and their reductions, EMA and optimiser state (parameters are float32 masters).
+- matmuls outside autocast: full float32 ("highest": no TF32), so that GPU samples, likelihoods and FIDs
+  agree with the CPU to float32 round-off; `tf32=True` trades that for speed where a user asks.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ctmtool.errors import UserError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """cpu, cuda, cuda:N, or auto (CUDA when available); a CUDA device without a GPU is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but no CUDA GPU is available; use the cpu device")
+    return dev
+
+
+def configure_matmul(tf32: bool = False) -> None:
+    """Full float32 matmuls and convolutions (the default), or TF32 where speed matters more than exactness."""
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """bf16 autocast on CUDA when precision is 'bf16'; a no-op on the CPU and for 'fp32'."""
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()

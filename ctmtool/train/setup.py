@@ -1,0 +1,105 @@
+"""What every training run needs before and after the loop: the run directory, torchrun ranks, label checks,
+snapshots and evaluations. Used by `ctmtool.train.run` (teacher, CTM) and `ctmtool.gctm.train` (GCTM)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ctmtool.config import Preset, TrainConfig
+from ctmtool.data.base import Dataset
+from ctmtool.errors import UserError
+from ctmtool.models import Model, analytic_model
+from ctmtool.progress import Quiet
+from ctmtool.sampling import generate
+from ctmtool.train import distributed as ddp
+from ctmtool.train.loop import CKPT_GLOB
+from ctmtool.visual import save_samples_png
+
+
+@dataclass
+class RunParts:
+    """Everything `ctmtool.train.run.train` hands to the loop for one run."""
+
+    objective: object                   # TeacherObjective | TrajectoryObjective
+    data: Dataset                       # what the loop draws batches from
+    cfg: TrainConfig                    # duration, batch, optimiser
+    snapshot: Callable[[int], Path]     # writes a sample picture for a step
+    evaluate: Callable[[], dict] | None = None  # quality metric, when one exists for the data
+    xflip: bool = False                 # random horizontal flips of the loop's batches
+    describe: str = ""                  # one line for the log
+
+
+def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool) -> Path | None:
+    """Return the checkpoint to resume from (or None); refuse to train over an existing run without a flag.
+
+    resume="auto" continues the run when the directory holds checkpoints and starts a new one otherwise."""
+    run_dir = Path(run_dir)
+    existing = sorted(run_dir.glob(CKPT_GLOB)) if run_dir.is_dir() else []
+    if resume == "auto":
+        return existing[-1] if existing else None
+    if resume:
+        if not existing:
+            raise UserError(f"`resume`: no checkpoint in {run_dir} to resume from; start a new run without `resume`")
+        return existing[-1]
+    if existing and not force:
+        raise UserError(f"run directory {run_dir} already holds checkpoints; `resume` to continue it, "
+                        "`force` to start over, or choose another `run_dir`")
+    if existing and force and ddp.is_main():
+        for f in existing:
+            f.unlink(missing_ok=True)
+    ddp.barrier()
+    return None
+
+
+def rank_setup(device: torch.device, rep):
+    """Join torchrun's process group if there is one; rank 0 keeps the reporter, the others stay quiet."""
+    device = ddp.setup(device)
+    if not ddp.is_main():
+        rep = Quiet()
+    elif ddp.is_distributed():
+        rep.log(f"distributed: {ddp.world_size()} ranks, backend {torch.distributed.get_backend()}")
+    return device, rep
+
+
+def check_labels(preset: Preset, data: Dataset) -> None:
+    """A conditional preset needs labelled data with at most net.label_dim classes."""
+    if preset.net.label_dim and data.labels is None:
+        raise UserError(f"preset {preset.name!r} is class-conditional (net.label_dim = {preset.net.label_dim}) "
+                        f"but {data.name} has no labels; use class sub-folders or set net.label_dim = 0")
+    if preset.net.label_dim and data.num_classes > preset.net.label_dim:
+        raise UserError(f"{data.name} has {data.num_classes} classes but net.label_dim is {preset.net.label_dim}")
+
+
+def _one_step(objective, preset: Preset, data_shape, n: int, seed: int) -> torch.Tensor:
+    """n samples of the objective's sampling model: NFE 1 for trajectory models, Heun on 18 levels for a teacher."""
+    model = Model(objective.kind, objective.sampling_model(), preset, tuple(data_shape))
+    solver = "gamma" if model.is_trajectory else "heun"
+    dev = next(objective.sampling_model().parameters()).device
+    return torch.cat([x.cpu() for x, _ in generate(model, n, seed=seed, batch=n, device=dev, solver=solver,
+                                                   nfe=1, steps=18)])
+
+
+def sample_snapshotter(objective, preset: Preset, data_shape, run_dir: Path, n: int = 64):
+    """A picture of fixed-seed samples (64 images, or 4,096 points for vector data) per call."""
+    def snapshot(step: int) -> Path:
+        count = n if len(data_shape) == 3 else 4096
+        xs = _one_step(objective, preset, data_shape, count, seed=0)
+        return save_samples_png(xs, run_dir / f"samples-{step:08d}.png", len(data_shape) == 3)
+
+    return snapshot
+
+
+def gmm_evaluator(objective, preset: Preset, n: int = 4096):
+    """For Gaussian-mixture data: the mean log-density of generated points under the true mixture; else None."""
+    if not (preset.data.source == "toy" and preset.data.toy == "gmm"):
+        return None
+    gmm = analytic_model(preset).net
+
+    def evaluate() -> dict:
+        return {"logp_samples": float(gmm.log_prob(_one_step(objective, preset, gmm.shape, n, seed=12345)).mean())}
+
+    return evaluate

@@ -1,0 +1,233 @@
+"""The trajectory objective: one class trains CTM students and GCTMs (Kim et al. 2024, Eq. 11; 2024b, Alg. 1).
+
+    L = L_CTM + lambda_DSM L_DSM (+ lambda_GAN L_GAN)
+
+What differs between CTM and GCTM is the loss object it is given, with one interface:
+    pair(x, labels, gen, cpu_gen) -> tuple         the training pair; pair[0] is the data side x0
+    ctm(online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed) -> (per-sample loss, x_est)
+    dsm(online, pair, labels, gen) -> per-sample loss
+    meta() -> dict                                  what checkpoints must record to rebuild the model
+`CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.gctm.objective.GCTMTerms` (pairs from a
+coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
+weights, the optional GAN term, the EMAs and the checkpoint groups.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from ctmtool.checkpoint import Checkpoint, load_state
+from ctmtool.config import Preset
+from ctmtool.device import autocast
+from ctmtool.errors import UserError
+from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
+from ctmtool.losses.gan import adaptive_weight, d_hinge_loss, g_hinge_loss
+from ctmtool.models import build_precond, student_from_teacher
+from ctmtool.schedules import karras_sigmas
+from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
+from ctmtool.train.objectives import ObjectiveBase, frozen_copy, last_layer, maybe_compile
+from ctmtool.train.optim import ema_update, make_optimizer, warmup_rate
+
+
+def ema_group(rate: float) -> str:
+    return f"ema_{rate:g}"
+
+
+class CTMTerms:
+    """CTM distillation's two terms (Kim et al. 2024, Eq. 9-10): x_t = x0 + t n, a teacher solves t -> u."""
+
+    def __init__(self,
+        ctm_loss: CTMLoss,              # the trajectory-consistency term, compared at sigma_min
+        dsm_loss: DSMLoss,              # denoising score matching on g(x, t, t)
+    ):
+        self.ctm_loss, self.dsm_loss = ctm_loss, dsm_loss
+
+    def pair(self, x, labels, gen, cpu_gen):
+        return (x,)
+
+    def ctm(self, online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed):
+        return self.ctm_loss(online, target, teacher, pair[0], labels, gen, cpu_gen, dropout_seed)
+
+    def dsm(self, online, pair, labels, gen):
+        return self.dsm_loss(online, pair[0], labels, gen)
+
+    def meta(self) -> dict:
+        return {}
+
+
+class TrajectoryObjective(ObjectiveBase):
+    """L_CTM + lambda_DSM L_DSM (+ lambda_GAN L_GAN) for any trajectory model; see the module docstring."""
+
+    def __init__(self,
+        preset: Preset,                 # the resolved preset (distill, ctm, gan sections)
+        data_shape: tuple[int, ...],    # shape of one x0: (C, H, W) or (D,)
+        device: torch.device,
+        kind: str,                      # checkpoint kind: ctm | gctm
+        net: nn.Module,                 # the freshly built (or teacher-initialised) trajectory model
+        terms,                          # CTMTerms | GCTMTerms (module docstring)
+        teacher: nn.Module | None = None,  # denoiser solving t -> u; None: the model's own target EMA
+        discriminator: nn.Module | None = None,  # GAN discriminator when preset.gan.enabled
+    ):
+        super().__init__(preset, preset.distill, data_shape, device)
+        self.kind, self.terms = kind, terms
+        self.net = net.to(device).train()
+        self.target = frozen_copy(self.net)
+        self.emas = {rate: frozen_copy(self.net) for rate in preset.ctm.eval_emas}
+        maybe_compile(self.net, self.cfg, device)
+        self.teacher = teacher if teacher is not None else self.target
+        self.last = last_layer(self.net)
+        self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
+        self.disc = discriminator.to(device) if discriminator is not None else None
+        if self.disc is not None:
+            if self.shard.active():
+                raise UserError("the GAN phase (gan.enabled) is not supported with torchrun yet; run it in one process")
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, device, lr=preset.gan.lr)
+
+    def sampling_model(self) -> nn.Module:
+        return self.emas[self.preset.ctm.eval_emas[0]] if self.emas else self.target
+
+    @cached_property
+    def _has_dropout(self) -> bool:
+        return has_dropout(self.net)
+
+    def _dropout_seed(self) -> int | None:
+        """The seed shared by estimate and target passes for matched dropout masks; None when the net has no
+        dropout (forking the RNG then only costs time). Drawn either way, so the index stream is the same."""
+        seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
+        return seed if self._has_dropout else None
+
+    def _weight(self, setting, main: torch.Tensor, other: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        """lambda = ||grad_last main|| / ||grad_last other|| clamped to [lo, hi] (adaptive), or a constant."""
+        if setting == "adaptive" and self.shard.active():
+            return global_adaptive_weight(main, other, self.last, lo, hi)
+        if setting == "adaptive":
+            return adaptive_weight(main, other, self.last, lo, hi)
+        return torch.as_tensor(float(setting), device=main.device)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """DiffAugment for image batches (both D inputs and the G term); vector data goes in unchanged."""
+        from ctmtool.augment import diff_augment
+
+        return diff_augment(x, self.preset.gan.augment, self.gen) if x.ndim == 4 else x
+
+    def _gan_active(self, kimg: float) -> bool:
+        return self.disc is not None and self.preset.gan.enabled and kimg >= self.preset.gan.start_kimg
+
+    def step(self, batches, kimg: float) -> dict:
+        c, g = self.preset.ctm, self.preset.gan
+        gan = self._gan_active(kimg)
+        self.optimizers["net"].zero_grad(set_to_none=True)
+        logs = {k: torch.zeros((), device=self.device) for k in ("loss", "ctm", "dsm", "w_dsm")}
+        fakes, n = [], len(batches)
+        for x, y in batches:
+            pair = self.terms.pair(x, y, self.gen, self.cpu_gen)
+            seed = self._dropout_seed()
+            # under torchrun every rank draws the same batch and computes its own rows (Shard)
+            net, target, teacher = (self.shard.wrap(m, len(x)) for m in (self.net, self.target, self.teacher))
+            with autocast(self.device, self.cfg.precision):
+                l_ctm, x_est = self.terms.ctm(net, target, teacher, pair, y, self.gen, self.cpu_gen, seed)
+                l_ctm = self.shard.mean(l_ctm)
+                l_dsm = self.shard.mean(self.terms.dsm(net, pair, y, self.gen))
+                w_dsm = self._weight(c.dsm_weight, l_ctm, l_dsm, 0.0, 1e4)
+                loss = l_ctm + w_dsm * l_dsm
+                if gan:
+                    l_gan = g_hinge_loss(self.disc(self._augment(x_est)))
+                    loss = loss + self._weight(g.weight, l_ctm, l_gan, 0.01, 10.0) * l_gan
+                    logs["gan"] = logs.get("gan", 0) + l_gan.detach() / n
+                    fakes.append((pair[0], x_est.detach()))
+            (loss / n).backward()
+            for k, v in (("loss", loss), ("ctm", l_ctm), ("dsm", l_dsm), ("w_dsm", w_dsm)):
+                logs[k] += v.detach() / n
+        if not self._apply_step(logs, kimg):
+            return {"finite": False}
+        if gan:
+            self._discriminator_step(fakes, logs, kimg)
+        return logs
+
+    def _apply_step(self, logs: dict, kimg: float) -> bool:
+        """Global means of the logs and summed gradients over ranks, the non-finite check, the optimiser step
+        and the EMAs; False (and no update) when the loss is not finite."""
+        for k in ("loss", "ctm", "dsm"):  # rank parts -> global means (w_dsm is already global)
+            all_reduce_sum(logs[k])
+        all_reduce_grads(self.net.parameters())
+        if not bool(torch.isfinite(logs["loss"])):
+            self.optimizers["net"].zero_grad(set_to_none=True)
+            return False
+        self._step_optimizer("net", self.net.parameters(), kimg)
+        # the solver's target EMA has no warm-up: a target that follows the online net closely from the start
+        # feeds the net its own errors (GCTM diverged within tens of steps on toy-translate)
+        ema_update(self.target, self.net, self.preset.ctm.target_ema)
+        for rate, ema in self.emas.items():
+            ema_update(ema, self.net, warmup_rate(rate, self.steps))
+        return True
+
+    def _discriminator_step(self, fakes: list, logs: dict, kimg: float) -> None:
+        """Hinge loss on augmented reals and the generator's detached fakes (Kim et al. 2024, Eq. 12)."""
+        d_opt, n = self.optimizers["disc"], len(fakes)
+        d_opt.zero_grad(set_to_none=True)
+        for real, fake in fakes:
+            with autocast(self.device, self.cfg.precision):
+                l_d = d_hinge_loss(self.disc(self._augment(real)), self.disc(self._augment(fake)))
+            (l_d / n).backward()
+            logs["disc"] = logs.get("disc", 0) + l_d.detach() / n
+        self._step_optimizer("disc", self.disc.parameters(), kimg, lr=self.preset.gan.lr)
+
+    def checkpoint(self, meta: dict) -> Checkpoint:
+        """net, target, `ema` (the first evaluation rate), `ema_<rate>` for the others, disc, optimisers, RNG."""
+        groups, extra = self._groups()
+        c = self.preset.ctm
+        groups.update(net=self.net.state_dict(), target=self.target.state_dict())
+        for i, (rate, ema) in enumerate(self.emas.items()):
+            groups["ema" if i == 0 else ema_group(rate)] = ema.state_dict()
+        if not self.emas:
+            groups["ema"] = self.target.state_dict()
+        if self.disc is not None:
+            groups["disc"] = self.disc.state_dict()
+        info = {"target_ema": c.target_ema,
+                "eval_emas": {("ema" if i == 0 else ema_group(r)): r for i, r in enumerate(c.eval_emas)},
+                **self.terms.meta()}
+        return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info})
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")
+        load_state(self.target, ckpt.state("target"), f"{ckpt.path} [target]")
+        for i, (rate, ema) in enumerate(self.emas.items()):
+            load_state(ema, ckpt.state("ema" if i == 0 else ema_group(rate)), f"{ckpt.path} [ema {rate}]")
+        if self.disc is not None and "disc" in ckpt.groups:
+            load_state(self.disc, ckpt.state("disc"), f"{ckpt.path} [disc]")
+        elif self.disc is not None:
+            self.optimizers.pop("disc")  # phase 2 starting from a CTM+DSM checkpoint: fresh discriminator
+            self._restore_common(ckpt)
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, self.device, lr=self.preset.gan.lr)
+            return
+        self._restore_common(ckpt)
+
+
+def ctm_objective(
+    preset: Preset,                     # the resolved preset (distill, ctm, gan sections)
+    data_shape: tuple[int, ...],        # (C, H, W) or (D,)
+    device: torch.device,
+    teacher: nn.Module | None,          # a denoiser solving t -> u; None when ctm.teacher = "self"
+    init_state: dict | None = None,     # teacher weights to initialise the student by name
+    distance: nn.Module | None = None,  # d(x, y) -> (B,); built from preset.ctm when None
+    discriminator: nn.Module | None = None,  # GAN discriminator when preset.gan.enabled
+) -> TrajectoryObjective:
+    """CTM distillation (Kim et al. 2024, Eq. 11): the student initialised from the teacher's weights."""
+    from ctmtool.losses.distances import make_distance
+
+    c, d = preset.ctm, preset.diffusion
+    if teacher is None and c.teacher != "self":
+        raise ValueError("a teacher denoiser is needed unless ctm.teacher = 'self'")
+    torch.manual_seed(preset.distill.seed)
+    net = student_from_teacher(init_state, preset, data_shape) if init_state is not None else \
+        build_precond("ctm", preset, data_shape)
+    dim = 1
+    for s in data_shape:
+        dim *= s
+    grid = karras_sigmas(c.grid, d.sigma_min, d.sigma_max, d.rho)
+    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver),
+                     DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction))
+    return TrajectoryObjective(preset, data_shape, device, "ctm", net, terms, teacher, discriminator)
