@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ctmtool.analytic import ExactTrajectory, GaussianMixture
-from ctmtool.errors import UserError, as_flags
 from ctmtool.config import override_preset
+from ctmtool.errors import UserError, as_flags
 from ctmtool.models import Model, analytic_model, build_precond
 from ctmtool.precond import NoisePath
 from ctmtool.sampling import (

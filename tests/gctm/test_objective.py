@@ -12,10 +12,10 @@ from ctmtool.checkpoint import save_checkpoint
 from ctmtool.config import load_preset
 from ctmtool.gctm.couplings import IndependentCoupling
 from ctmtool.gctm.objective import GCTMLoss, gctm_objective, interpolate, weighted_distance
-from ctmtool.schedules import gctm_times as gctm_grid
 from ctmtool.losses.distances import PseudoHuber, SquaredL2
 from ctmtool.models import build_precond, load_model
 from ctmtool.precond import GCTMPrecond
+from ctmtool.schedules import gctm_times as gctm_grid
 from ctmtool.schedules import karras_sigmas
 
 

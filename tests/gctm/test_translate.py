@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from ctmtool import editing as E
 from ctmtool.config import load_preset
 from ctmtool.errors import UserError
-from ctmtool import editing as E
 from ctmtool.gctm import translate as T
 from ctmtool.models import Model, build_precond
 from ctmtool.precond import GCTMPrecond
