@@ -20,7 +20,7 @@ from ctmtool.errors import UserError
 from ctmtool.nets import build_net
 from ctmtool.precond import CTMPrecond, EDMPrecond, GCTMPrecond, VEPrecond, VPPrecond
 
-S_LAYER_PREFIXES = ("map_s", "affine_s")  # parameters that exist only in the s-enabled (student) network
+S_LAYER_PREFIXES = ("map_s", "affine_s", "time_embed_s", "emb_layers_s")  # parameters that exist only in the s-enabled (student) network
 
 
 @dataclass

@@ -115,6 +115,8 @@ def resolve_teacher(preset: Preset, teacher: str | None, device: torch.device) -
             return preset, analytic_model(preset)
         if mode == "self":
             return preset, None
+        if preset.ctm.teacher_hint:
+            raise UserError(f"preset {preset.name!r} distills from a network teacher: get {preset.ctm.teacher_hint}")
         raise UserError(f"preset {preset.name!r} distills from a network teacher: pass --teacher CKPT "
                         "(train one with `ctmtool teacher`, or import an EDM pickle with `ctmtool teacher import`), "
                         "or set ctm.teacher='self' to train without one")
