@@ -179,6 +179,27 @@ def check_openai(root: Path, gen: torch.Generator) -> float:
     return worst
 
 
+def check_paper_size(root: Path) -> None:
+    """Sony's `create_model` with script_util.py's ImageNet-64 defaults vs the `imagenet64` preset: names and shapes."""
+    from ctmtool.config import load_preset
+
+    unet, _ = import_cm(root, extra_stubs=True)
+    d = dict(attention_resolutions="32,16,8", num_channels=192, num_res_blocks=3, num_heads=4, num_head_channels=64,
+             num_heads_upsample=-1, channel_mult="", dropout=0.0, use_scale_shift_norm=True, resblock_updown=True)
+    ds = tuple(64 // int(r) for r in d["attention_resolutions"].split(","))
+    official = unet.UNetModel(image_size=64, in_channels=3, model_channels=d["num_channels"], out_channels=3,
+                              num_res_blocks=d["num_res_blocks"], attention_resolutions=ds, dropout=d["dropout"],
+                              channel_mult=(1, 2, 3, 4), num_classes=1000, num_heads=d["num_heads"],
+                              num_head_channels=d["num_head_channels"], use_scale_shift_norm=True,
+                              resblock_updown=True, training_mode="ctm", attention_type="legacy")
+    ours = build_precond("ctm", load_preset("imagenet64"), (3, 64, 64)).net
+    a = {k: tuple(v.shape) for k, v in official.state_dict().items()}
+    b = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    print("paper size: Sony UNetModel(ImageNet-64 defaults, ctm) vs the imagenet64 preset")
+    print(f"  tensors {len(a)} vs {len(b)}; same names and shapes: {a == b}; parameters "
+          f"{sum(p.numel() for p in official.parameters()) / 1e6:.2f} M vs {sum(p.numel() for p in ours.parameters()) / 1e6:.2f} M")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sony", type=Path, help="a checkout of github.com/sony/ctm")
@@ -189,6 +210,7 @@ def main() -> None:
     install_stubs()
     print(f"tiny ADM: {CFG}; torch {torch.__version__}, float32, CPU")
     worst = check_sony(args.sony, gen)
+    check_paper_size(args.sony)
     if args.openai is not None:
         worst = max(worst, check_openai(args.openai, gen))
     print(f"worst relative difference: {worst:.3e}")

@@ -149,9 +149,9 @@ class AttentionBlock(nn.Module):
         b, c, hh, ww = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, -1, hh * ww)
         shape = (b, 3, self.num_heads, -1, hh * ww) if self.qkv_order == "three" else (b, self.num_heads, 3, -1, hh * ww)
-        qkv = qkv.reshape(shape)
-        q, k, v = qkv.unbind(1) if self.qkv_order == "three" else qkv.unbind(2)  # each (b, heads, d, T)
-        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        qkv = qkv.reshape(shape).transpose(-1, -2).contiguous()  # fused kernels need the head dim contiguous
+        q, k, v = qkv.unbind(1) if self.qkv_order == "three" else qkv.unbind(2)  # each (b, heads, T, d)
+        a = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj_out(a.transpose(-1, -2).reshape(b, c, hh, ww))
 
 
