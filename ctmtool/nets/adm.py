@@ -229,6 +229,11 @@ class ADMUNet(nn.Module):
                 self.output_blocks.append(Step(layers))
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), _zero(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
 
+    def adaptive_weight_layer(self) -> torch.Tensor:
+        """The weight the adaptive DSM/GAN weights differentiate: the last ResBlock's output conv, as Sony's
+        ImageNet code (`output_blocks[15][0].out_layers[3]`, karras_diffusion.py), not the final `out` conv."""
+        return self.output_blocks[-1][0].out_layers[3].weight
+
     def _class_embedding(self, labels: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
         """label_emb(y) for integer labels; one-hot (or soft) label vectors are mixed through the same table."""
         if labels is None:  # as the SongUNet: an all-zero label vector, i.e. no class term

@@ -125,3 +125,12 @@ def test_s_branch_learns_from_zero_init():
 def test_bad_head_width_refused():
     with pytest.raises(ValueError, match="multiple of the head width"):
         AttentionBlock(48, head_channels=32)
+
+
+def test_adaptive_weight_layer_is_sonys():
+    """output_blocks[15][0].out_layers[3] at paper size (16 output blocks): the last block's ResBlock conv."""
+    from ctmtool.train.objectives import last_layer
+
+    student = build_precond("ctm", _preset(), (3, 16, 16))
+    assert last_layer(student) is student.net.output_blocks[-1][0].out_layers[3].weight
+    assert len(student.net.output_blocks) == 4  # 2 levels x (1 + 1) here; 4 x (3 + 1) = 16 at paper size
