@@ -111,6 +111,13 @@ class ADMConfig(Strict):
     resblock_updown: bool = True  # residual blocks for up/downsampling
     qkv_order: Literal["three", "heads"] = "three"  # qkv channel split: flash-attention checkpoints use "three"
 
+    @field_validator("head_channels")
+    @classmethod
+    def _head(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("head_channels must be a positive head width, or -1 to use num_heads")
+        return v
+
 
 class NetConfig(Strict):
     kind: Literal["mlp", "unet", "adm"] = "mlp"  # network family
