@@ -50,7 +50,7 @@ class GMMConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: Literal["toy", "digits", "folder", "cifar10", "npz"] = "toy"  # which data source
+    source: Literal["toy", "digits", "folder", "cifar10", "npz", "imagenet64"] = "toy"  # which data source
     toy: Literal["gmm", "moons", "checkerboard", "swissroll"] = "gmm"  # 2-D distribution for source=toy
     gmm: GMMConfig | None = None  # the mixture for toy="gmm"
     n: int = Field(20000, ge=1)  # points drawn for 2-D toy data
@@ -97,10 +97,33 @@ class UNetConfig(Strict):
     augment_dim: int = Field(0, ge=0)  # augmentation-label input width (9 in EDM's CIFAR-10 pickles)
 
 
+class ADMConfig(Strict):
+    """OpenAI's ADM U-Net (guided-diffusion / consistency-models) with Sony's CTM s-branch (nets/adm.py)."""
+
+    model_channels: int = Field(192, ge=8)  # base channel count
+    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)  # per resolution
+    num_res_blocks: int = Field(3, ge=1)  # residual blocks per resolution
+    attn_resolutions: list[int] = Field(default_factory=lambda: [32, 16, 8])  # resolutions with self-attention
+    head_channels: int = Field(64, ge=-1)  # width per attention head (-1: use num_heads)
+    num_heads: int = Field(4, ge=1)  # heads when head_channels = -1
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout probability inside the residual blocks
+    scale_shift: bool = True  # FiLM conditioning (use_scale_shift_norm)
+    resblock_updown: bool = True  # residual blocks for up/downsampling
+    qkv_order: Literal["three", "heads"] = "three"  # qkv channel split: flash-attention checkpoints use "three"
+
+    @field_validator("head_channels")
+    @classmethod
+    def _head(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("head_channels must be a positive head width, or -1 to use num_heads")
+        return v
+
+
 class NetConfig(Strict):
-    kind: Literal["mlp", "unet"] = "mlp"  # network family
+    kind: Literal["mlp", "unet", "adm"] = "mlp"  # network family
     mlp: MLPConfig = Field(default_factory=MLPConfig)
     unet: UNetConfig = Field(default_factory=UNetConfig)
+    adm: ADMConfig = Field(default_factory=ADMConfig)
     label_dim: int = Field(0, ge=0)  # number of classes for a conditional model (0 = unconditional)
 
 
@@ -167,6 +190,7 @@ class CTMConfig(Strict):
     eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
     solver: Literal["heun", "euler"] = "heun"  # teacher ODE steps
+    teacher_hint: str = ""  # which published teacher this preset expects and where to get it (shown if --teacher is missing)
 
     @field_validator("eval_emas")
     @classmethod

@@ -22,7 +22,7 @@ from ctmtool.gctm.couplings import GAUSSIAN_SOURCES, coupling_kind
 from ctmtool.nets import build_net
 from ctmtool.precond import CTMPrecond, EDMPrecond, GCTMPrecond, VEPrecond, VPPrecond
 
-S_LAYER_PREFIXES = ("map_s", "affine_s")  # parameters that exist only in the s-enabled (student) network
+S_LAYER_PREFIXES = ("map_s", "affine_s", "time_embed_s", "emb_layers_s")  # parameters that exist only in the s-enabled (student) network
 
 
 @dataclass

@@ -46,6 +46,10 @@ def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = Fals
         ds = load_digits(cfg.split)
     elif cfg.source == "cifar10":
         ds = load_cifar10(path, cfg.split, download, progress)
+    elif cfg.source == "imagenet64":  # streamed from disk (ctmtool.data.imagenet64)
+        from ctmtool.data.imagenet64 import load_imagenet64
+
+        ds = load_imagenet64(path)
     else:
         if path is None:
             what = "a folder or .zip of images" if cfg.source == "folder" else "an .npz file"

@@ -30,6 +30,19 @@ def build_net(cfg: NetConfig, data_shape: tuple[int, ...], use_s: bool) -> nn.Mo
             encoder_type=u.encoder_type, decoder_type=u.decoder_type, resample_filter=u.resample_filter,
             use_s=use_s,
         )
+    if cfg.kind == "adm":
+        from ctmtool.nets.adm import ADMUNet
+
+        if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+            raise ValueError(f"the ADM U-Net needs square images (C, H, H), got data of shape {data_shape}")
+        a = cfg.adm
+        return ADMUNet(
+            img_resolution=data_shape[1], in_channels=data_shape[0], out_channels=data_shape[0],
+            label_dim=cfg.label_dim, model_channels=a.model_channels, channel_mult=a.channel_mult,
+            num_res_blocks=a.num_res_blocks, attn_resolutions=a.attn_resolutions, dropout=a.dropout,
+            num_heads=a.num_heads, head_channels=a.head_channels, scale_shift=a.scale_shift,
+            resblock_updown=a.resblock_updown, qkv_order=a.qkv_order, use_s=use_s,
+        )
     raise ValueError(f"unknown network kind {cfg.kind!r}")
 
 

@@ -30,6 +30,8 @@ from ctmtool.train.optim import (
 
 def last_layer(model: nn.Module) -> torch.Tensor:
     """The network's output layer weight (for the adaptive loss weights), ignoring the student-only s-layers."""
+    if hasattr(getattr(model, "net", None), "adaptive_weight_layer"):  # the ADM names its own (Sony's choice)
+        return model.net.adaptive_weight_layer()
     params = [(n, p) for n, p in model.named_parameters()
               if p.ndim >= 2 and not any(s in n for s in S_LAYER_PREFIXES)]
     return params[-1][1]

@@ -92,6 +92,8 @@ def resolve_teacher(preset: Preset, teacher: str | None, device: torch.device, r
             return preset, analytic_model(preset)
         if mode == "self":
             return preset, None
+        if preset.ctm.teacher_hint:
+            raise UserError(f"preset {preset.name!r} distills from a network teacher: get {preset.ctm.teacher_hint}")
         raise UserError(f"preset {preset.name!r} distills from a network teacher: give a `teacher` checkpoint "
                         "(train one with `ctmtool teacher`, or import an EDM pickle with `ctmtool import`), "
                         "or set ctm.teacher='self' to train without one")
