@@ -1,11 +1,63 @@
-"""Shared test set-up: one CPU thread per test process, and the toy preset as a fixture."""
+"""Shared test set-up: one CPU thread per test process, tiny presets and one tiny-checkpoint factory.
+
+Fixtures (use these rather than building presets and checkpoints by hand in a test file):
+- `toy_preset`: presets/toy.toml, fully resolved (8-component 2-D Gaussian mixture).
+- `tiny_preset(name="toy", *overrides, net="mlp")`: a preset with a tiny network (`SMALL_MLP` or
+  `SMALL_UNET`) and any further `key=value` overrides.
+- `make_checkpoint(path, kind="ctm", shape=(2,), preset=None, ...)`: a freshly built model of that kind
+  saved as a ctmtool checkpoint; returns the path.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# a 1-layer MLP: fast, and still a real network with s-layers and a zero-initialised output layer
+SMALL_MLP = ("net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16")
+# a one-level 16-channel SongUNet without attention or dropout (images of any square size)
+SMALL_UNET = ("net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
+              "net.unet.attn_resolutions=[]", "net.unet.dropout=0.0")
+
+
+def tiny_preset(name: str = "toy", *overrides: str, net: str = "mlp"):
+    """Preset `name` with a tiny network (net "mlp" or "unet") and further `key=value` overrides."""
+    from ctmtool.config import load_preset
+
+    small = {"mlp": SMALL_MLP, "unet": SMALL_UNET}[net]
+    return load_preset(name, [*small, *overrides])
+
+
+def write_checkpoint(path: str | Path,
+    kind: str = "ctm",                  # teacher | ctm | gctm
+    shape: Sequence[int] = (2,),        # data shape: (D,) vectors, (C, H, W) images
+    preset=None,                        # a Preset; default tiny_preset("toy"), or "toy-translate" for a gctm
+    meta: dict | None = None,           # checkpoint meta (a GCTM's "moments")
+    scale: float | None = None,         # add scale * N(0, 1) to every parameter (None: keep the initialisation)
+    seed: int = 0,                      # initialisation and perturbation seed
+    group: str = "ema",                 # the weight group written
+) -> Path:
+    """A freshly built tiny `kind` model saved as a ctmtool checkpoint at `path` (parents created)."""
+    from ctmtool.checkpoint import Checkpoint, save_checkpoint
+    from ctmtool.models import build_precond
+
+    if preset is None:
+        preset = tiny_preset("toy-translate" if kind == "gctm" else "toy")
+    shape = tuple(shape)
+    with torch.random.fork_rng(devices=[]):  # the initialisation is seeded without touching the global stream
+        torch.manual_seed(seed)
+        net = build_precond(kind, preset, shape, meta)
+    if scale is not None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return save_checkpoint(Path(path), Checkpoint(kind, preset, shape, {group: net.state_dict()}, meta or {}))
 
 
 @pytest.fixture
@@ -14,3 +66,15 @@ def toy_preset():
     from ctmtool.config import load_preset
 
     return load_preset("toy")
+
+
+@pytest.fixture(name="tiny_preset", scope="session")
+def tiny_preset_fixture():
+    """`tiny_preset(name="toy", *overrides, net="mlp")`: a preset with a tiny MLP or U-Net."""
+    return tiny_preset
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """`write_checkpoint(path, kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)` -> path."""
+    return write_checkpoint
