@@ -4,8 +4,10 @@ Fixtures (use these rather than building presets and checkpoints by hand in a te
 - `toy_preset`: presets/toy.toml, fully resolved (8-component 2-D Gaussian mixture).
 - `tiny_preset(name="toy", *overrides, net="mlp")`: a preset with a tiny network (`SMALL_MLP` or
   `SMALL_UNET`) and any further `key=value` overrides.
-- `make_checkpoint(path, kind="ctm", shape=(2,), preset=None, ...)`: a freshly built model of that kind
-  saved as a ctmtool checkpoint; returns the path.
+- `make_model(kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)`: a freshly built tiny
+  model of that kind as a `ctmtool.models.Model` (eval mode, no gradients); `scale` perturbs every weight.
+- `make_checkpoint(path, kind, shape, preset, meta, scale, seed)`: the same model saved as a ctmtool
+  checkpoint; returns the path.
 """
 
 from __future__ import annotations
@@ -33,31 +35,46 @@ def tiny_preset(name: str = "toy", *overrides: str, net: str = "mlp"):
     return load_preset(name, [*small, *overrides])
 
 
-def write_checkpoint(path: str | Path,
+def build_model(
     kind: str = "ctm",                  # teacher | ctm | gctm
     shape: Sequence[int] = (2,),        # data shape: (D,) vectors, (C, H, W) images
     preset=None,                        # a Preset; default tiny_preset("toy"), or "toy-translate" for a gctm
     meta: dict | None = None,           # checkpoint meta (a GCTM's "moments")
     scale: float | None = None,         # add scale * N(0, 1) to every parameter (None: keep the initialisation)
     seed: int = 0,                      # initialisation and perturbation seed
-    group: str = "ema",                 # the weight group written
-) -> Path:
-    """A freshly built tiny `kind` model saved as a ctmtool checkpoint at `path` (parents created)."""
-    from ctmtool.checkpoint import Checkpoint, save_checkpoint
+):
+    """(preset, a freshly built tiny preconditioned network of `kind`); seeded, global RNG untouched."""
     from ctmtool.models import build_precond
 
     if preset is None:
         preset = tiny_preset("toy-translate" if kind == "gctm" else "toy")
-    shape = tuple(shape)
-    with torch.random.fork_rng(devices=[]):  # the initialisation is seeded without touching the global stream
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_precond(kind, preset, shape, meta)
-    if scale is not None:
+        net = build_precond(kind, preset, tuple(shape), meta)
+    if scale is not None:  # the output layer starts at zero: this makes F non-trivial
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return save_checkpoint(Path(path), Checkpoint(kind, preset, shape, {group: net.state_dict()}, meta or {}))
+    return preset, net
+
+
+def write_checkpoint(path: str | Path, kind: str = "ctm", shape: Sequence[int] = (2,), preset=None,
+                     meta: dict | None = None, scale: float | None = None, seed: int = 0, group: str = "ema") -> Path:
+    """`build_model(...)` saved as a ctmtool checkpoint at `path` (weights in `group`); returns the path."""
+    from ctmtool.checkpoint import Checkpoint, save_checkpoint
+
+    preset, net = build_model(kind, shape, preset, meta, scale, seed)
+    return save_checkpoint(Path(path), Checkpoint(kind, preset, tuple(shape), {group: net.state_dict()}, meta or {}))
+
+
+def load_tiny_model(kind: str = "ctm", shape: Sequence[int] = (2,), preset=None, meta: dict | None = None,
+                    scale: float | None = None, seed: int = 0):
+    """`build_model(...)` as an in-memory `ctmtool.models.Model` in eval mode without gradients."""
+    from ctmtool.models import Model
+
+    preset, net = build_model(kind, shape, preset, meta, scale, seed)
+    return Model(kind, net.eval().requires_grad_(False), preset, tuple(shape))
 
 
 @pytest.fixture
@@ -72,6 +89,12 @@ def toy_preset():
 def tiny_preset_fixture():
     """`tiny_preset(name="toy", *overrides, net="mlp")`: a preset with a tiny MLP or U-Net."""
     return tiny_preset
+
+
+@pytest.fixture(scope="session")
+def make_model():
+    """`load_tiny_model(kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)` -> Model."""
+    return load_tiny_model
 
 
 @pytest.fixture(scope="session")
