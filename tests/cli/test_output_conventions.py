@@ -207,7 +207,7 @@ def test_sample_gamma_out_of_range(ctm_ckpt, gamma):
 
 
 def test_sample_gamma_out_of_range_teacher():
-    _single_error_line(_run(*ANALYTIC, "--gamma", "2", "--out", "-"))
+    assert "--gamma must be in [0, 1]" in _single_error_line(_run(*ANALYTIC, "--gamma", "2", "--out", "-"))
 
 
 def test_sample_bad_schedules(ctm_ckpt):
