@@ -20,16 +20,19 @@ import torch
 from ctmtool.errors import UserError
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """cpu, cuda, cuda:N, or auto (CUDA when available); a CUDA device without a GPU is refused."""
+def select_device(name: str = "auto", tf32: bool = False) -> torch.device:
+    """cpu, cuda, cuda:N, or auto (CUDA when available); a CUDA device without a GPU is refused. Choosing the
+    device puts the precision policy in force (`configure_matmul`): that is the one place it is decided."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but no CUDA GPU is available; use the cpu device")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {name!r} asked for but no CUDA GPU is available; use cpu")
+    configure_matmul(tf32)
     return dev
 
 

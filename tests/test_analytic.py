@@ -203,9 +203,11 @@ def test_exact_trajectory_semigroup_mixture():
 def test_exact_trajectory_g_and_denoise():
     tr = _one_gaussian()
     x = MU + torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
-    # g(x, t, t) is the denoiser
-    assert torch.allclose(tr.g(x, 1.0, 1.0), tr.denoiser.denoise(x, 1.0))
-    assert torch.equal(tr.denoise(x, 0.7), tr.denoiser.denoise(x, 0.7))
+    # g(x, t, t) is the denoiser: E[x0 | x_t] = mu + v / (v + t^2) (x_t - mu) for one Gaussian N(mu, v I)
+    for t in (1.0, 0.7, 0.05):
+        post = MU + V / (V + t**2) * (x - MU)
+        torch.testing.assert_close(tr.g(x, t, t).double(), post.double(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tr.denoise(x, t).double(), post.double(), rtol=1e-5, atol=1e-5)
     # G = (s/t) x + (1 - s/t) g
     t, s = 1.0, 0.25
     assert torch.allclose((s / t) * x + (1 - s / t) * tr.g(x, t, s), _exact_flow(x, t, s), atol=1e-4)

@@ -22,14 +22,14 @@ from ctmtool.models import (
 )
 from ctmtool.precond import CTMPrecond, EDMPrecond, GCTMPrecond, VEPrecond, VPPrecond
 
-UNET = ["net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
-        "net.unet.attn_resolutions=[]", "data.source=digits"]
 DIGITS_SHAPE = (1, 8, 8)
 TEACHERS = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond}
 
 
-def _unet_preset(precond="edm"):
-    return load_preset("digits", [*UNET, f"diffusion.precond={precond}"])
+@pytest.fixture
+def unet_preset(tiny_preset):
+    """The digits preset with a tiny U-Net and a given teacher preconditioning."""
+    return lambda precond="edm": tiny_preset("digits", f"diffusion.precond={precond}", net="unet")
 
 
 def _perturb(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
@@ -76,8 +76,8 @@ def test_build_precond_gctm_moments(toy_preset):
 
 
 @pytest.mark.parametrize("kind", ["teacher", "ctm", "gctm"])
-def test_build_precond_unet(kind):
-    p = _unet_preset()
+def test_build_precond_unet(kind, unet_preset):
+    p = unet_preset()
     m = build_precond(kind, p, DIGITS_SHAPE).eval()
     x = _x(DIGITS_SHAPE)
     out = m.denoise(x, torch.tensor([0.1, 1.0, 10.0]) if kind != "gctm" else torch.tensor([0.1, 0.5, 0.9]))
@@ -86,15 +86,15 @@ def test_build_precond_unet(kind):
         assert m.jump(x, 0.9, 0.2).shape == x.shape
 
 
-def test_unet_needs_square_images():
+def test_unet_needs_square_images(unet_preset):
     with pytest.raises(ValueError, match="square"):
-        build_precond("teacher", _unet_preset(), (2,))
+        build_precond("teacher", unet_preset(), (2,))
 
 
 @pytest.mark.parametrize("kind", ["teacher", "ctm", "gctm"])
 @pytest.mark.parametrize("net", ["mlp", "unet"])
-def test_model_from_checkpoint_round_trip(tmp_path, toy_preset, kind, net):
-    preset, shape = (toy_preset, (2,)) if net == "mlp" else (_unet_preset(), DIGITS_SHAPE)
+def test_model_from_checkpoint_round_trip(tmp_path, toy_preset, kind, net, unet_preset):
+    preset, shape = (toy_preset, (2,)) if net == "mlp" else (unet_preset(), DIGITS_SHAPE)
     meta = {"moments": {"var0": 0.2, "var1": 0.9, "cov01": 0.1}} if kind == "gctm" else {"kimg": 1.0}
     src = _perturb(build_precond(kind, preset, shape, meta)).eval()
     other = _perturb(build_precond(kind, preset, shape, meta), seed=5).eval()
@@ -135,10 +135,10 @@ def test_checkpoint_for_another_network_is_refused(tmp_path, toy_preset):
 
 
 @pytest.mark.parametrize("precond", ["edm", "vp", "ve"])
-def test_student_from_teacher_is_the_teacher_at_init(precond):
+def test_student_from_teacher_is_the_teacher_at_init(precond, unet_preset):
     """Kim et al. 2024: the student starts from the teacher's weights; with the s-layers at zero,
     g(x, t, t) equals the teacher's denoiser exactly."""
-    p = _unet_preset(precond)
+    p = unet_preset(precond)
     teacher = _perturb(build_precond("teacher", p, DIGITS_SHAPE)).eval()
     student = student_from_teacher(teacher.state_dict(), p, DIGITS_SHAPE).eval()
     assert isinstance(student, CTMPrecond) and student.scheme == precond

@@ -11,7 +11,7 @@ from ctmtool.analytic import ExactTrajectory, GaussianMixture
 from ctmtool.config import override_preset
 from ctmtool.errors import UserError, as_flags
 from ctmtool.models import Model, analytic_model, build_precond
-from ctmtool.precond import NoisePath
+from ctmtool.precond import GCTMPrecond, NoisePath
 from ctmtool.sampling import (
     ImageNoise,
     default_schedule,
@@ -276,3 +276,31 @@ def test_gamma_sampling_a_teacher_is_refused(toy_preset):
         _all(generate(analytic_model(toy_preset), 2, solver="gamma"))
     msg = str(info.value)
     assert "`solver` heun" in msg and "distill" in msg and "--solver heun" in as_flags(msg)
+
+
+class GCTMRecorder(torch.nn.Module):
+    """A stand-in GCTM (unit Gaussian source): every jump returns zeros and records its input."""
+
+    renoise = GCTMPrecond.renoise
+    source_std = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def jump(self, x, t, s, labels=None):
+        self.inputs.append((x.clone(), t, s))
+        return torch.zeros_like(x)
+
+
+def test_gamma_one_renoises_along_the_interpolation():
+    """gamma = 1: jump to 0, then x_t' = (1 - t') x0_hat + t' z: the second jump sees std t'."""
+    rec = GCTMRecorder()
+    z = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0))
+    gamma_sample(rec, torch.randn(20000, 2), [1.0, 0.6, 0.0], noise=lambda: z, gamma=1.0)
+    (_, t0, s0), (x_second, t1, s1) = rec.inputs
+    assert (t0, s0, t1, s1) == (1.0, 0.0, 0.6, 0.0)
+    assert torch.allclose(x_second, 0.6 * z)
+    rec2 = GCTMRecorder()
+    gamma_sample(rec2, torch.randn(4, 2), [1.0, 0.6, 0.0], gamma=0.0)
+    assert [(t, s) for _, t, s in rec2.inputs] == [(1.0, 0.6), (0.6, 0.0)]

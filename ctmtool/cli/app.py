@@ -38,7 +38,4 @@ for module in (presets, teacher, distill, sample, likelihood, fid, translate):
 
 
 def main() -> None:
-    from ctmtool.device import configure_matmul
-
-    configure_matmul(tf32=False)  # the precision policy of ctmtool.device, set once per process
     app()

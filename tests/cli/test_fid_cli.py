@@ -115,20 +115,8 @@ def test_named_reference_in_the_cache(env):
     assert missing.exit_code == 2 and "otherref_tiny.npz" in missing.stderr
 
 
-def test_checkpoint_samples_are_generated_in_memory(env):
-    pytest.importorskip("ctmtool.nets.songunet")
-    from ctmtool.checkpoint import Checkpoint, save_checkpoint
-    from ctmtool.config import preset_from_dict
-    from ctmtool.models import build_precond
-
-    preset = preset_from_dict({"name": "tiny", "data": {"source": "npz"},
-                               "net": {"kind": "unet", "unet": {"model_channels": 16, "channel_mult": [1],
-                                                                "num_blocks": 1, "attn_resolutions": [],
-                                                                "dropout": 0.0}}})
-    torch.manual_seed(0)
-    net = build_precond("ctm", preset, (3, 16, 16))
-    ckpt = save_checkpoint(env / "tiny.safetensors",
-                           Checkpoint(kind="ctm", preset=preset, data_shape=(3, 16, 16), groups={"ema": net.state_dict()}))
+def test_checkpoint_samples_are_generated_in_memory(env, make_checkpoint, tiny_preset):
+    ckpt = make_checkpoint(env / "tiny.safetensors", "ctm", (3, 16, 16), tiny_preset("digits", net="unet"))
     ref, feats = _npz(env / "ref.npz", 24, size=16), _tiny_net(env / "f.pt")
     before = set(env.rglob("*"))
     r = _run(str(ckpt), "--ref", str(ref), "--features", str(feats), "--n", "6", "--batch", "4", "--seed", "5", "--json")

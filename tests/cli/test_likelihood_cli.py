@@ -13,10 +13,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from ctmtool.checkpoint import Checkpoint, save_checkpoint
 from ctmtool.cli.likelihood import register
-from ctmtool.config import load_preset, override_preset
-from ctmtool.models import analytic_model, build_precond
+from ctmtool.config import load_preset
+from ctmtool.models import analytic_model
 
 KEYS = {"bits_per_dim", "nll_nats", "nll_per_dim", "n", "ci95", "method", "seconds_per_item", "bound", "dim"}
 
@@ -43,13 +42,6 @@ def points(tmp_path):
     gmm = analytic_model(load_preset("toy")).net
     path = tmp_path / "points.npz"
     np.savez(path, samples=gmm.sample(12, torch.Generator().manual_seed(0)).numpy())
-    return path
-
-
-def _teacher(path, kind: str = "teacher", shape=(1, 8, 8)):
-    preset = override_preset(load_preset("toy"), ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=16"])
-    net = build_precond(kind, preset, shape)
-    save_checkpoint(path, Checkpoint(kind, preset, shape, groups={"ema": net.state_dict()}))
     return path
 
 
@@ -99,8 +91,8 @@ def test_elbo_is_labelled_a_bound_and_jsonl(app, points, tmp_path):
     assert len(rows) == 4 and all(row["stderr"] > 0 for row in rows)
 
 
-def test_images_from_a_checkpoint_with_hutchinson(app, images, tmp_path):
-    ckpt = _teacher(tmp_path / "teacher.safetensors")
+def test_images_from_a_checkpoint_with_hutchinson(app, images, tmp_path, make_checkpoint):
+    ckpt = make_checkpoint(tmp_path / "teacher.safetensors", "teacher", (1, 8, 8))
     res = _run(app, str(images), "--ckpt", str(ckpt), "--probes", "2", "--probe-dist", "gaussian", "--rtol", "1e-2", "--atol", "1e-2",
                "--dequant-draws", "2", "--json")
     assert res.exit_code == 0, res.output
@@ -111,10 +103,10 @@ def test_images_from_a_checkpoint_with_hutchinson(app, images, tmp_path):
     assert r["mean_item_stderr_nats"] > 0 and r["kind"] == "teacher"
 
 
-def test_newest_checkpoint_of_run_dir_is_announced(app, points, tmp_path):
+def test_newest_checkpoint_of_run_dir_is_announced(app, points, tmp_path, make_checkpoint):
     run = tmp_path / "run"
-    old = _teacher(run / "a.safetensors", shape=(2,))
-    new = _teacher(run / "b.safetensors", shape=(2,))
+    old = make_checkpoint(run / "a.safetensors", "teacher")
+    new = make_checkpoint(run / "b.safetensors", "teacher")
     os.utime(old, (time.time() - 100, time.time() - 100))
     res = _run(app, str(points), "--run-dir", str(run), "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--json")
     assert res.exit_code == 0, res.output
@@ -122,10 +114,10 @@ def test_newest_checkpoint_of_run_dir_is_announced(app, points, tmp_path):
     assert json.loads(res.stdout)["model"] == str(new)
 
 
-def test_bad_inputs_give_one_line_errors(app, points, images, tmp_path):
+def test_bad_inputs_give_one_line_errors(app, points, images, tmp_path, make_checkpoint):
     assert "missing DATA" in _one_error_line(_run(app, "--preset", "toy", "--analytic"))
     assert "does not exist" in _one_error_line(_run(app, str(tmp_path / "nope.npz"), "-p", "toy", "--analytic"))
-    gctm = _teacher(tmp_path / "gctm.safetensors", kind="gctm", shape=(2,))
+    gctm = make_checkpoint(tmp_path / "gctm.safetensors", "gctm")
     assert "GCTM" in _one_error_line(_run(app, str(points), "--ckpt", str(gctm)))
     for opt, val in (("--method", "exact"), ("--divergence", "trace"), ("--probe-dist", "uniform"),
                      ("--solver", "rk45"), ("--draw-average", "max"), ("--probes", "0"), ("--rtol", "-1")):

@@ -9,15 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from ctmtool import __version__
-from ctmtool.checkpoint import Checkpoint, save_checkpoint
 from ctmtool.cli.app import app
-from ctmtool.config import load_preset
-from ctmtool.models import build_precond
 
 ENV = {"COLUMNS": "200"}
 ANALYTIC = ["sample", "--analytic", "--preset", "toy", "--solver", "heun", "--steps", "4", "--n", "16", "--device", "cpu"]
@@ -179,17 +175,9 @@ def test_sample_analytic_needs_preset():
 
 
 @pytest.fixture(scope="module")
-def ctm_ckpt(tmp_path_factory):
-    """A small, untrained CTM on the toy preset."""
-    p = load_preset("toy", ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8"])
-    torch.manual_seed(0)
-    net = build_precond("ctm", p, (2,))
-    with torch.no_grad():
-        for prm in net.parameters():
-            prm.add_(0.1 * torch.randn_like(prm))
-    path = tmp_path_factory.mktemp("ctm") / "ctm.safetensors"
-    save_checkpoint(path, Checkpoint("ctm", p, (2,), groups={"ema": net.state_dict()}))
-    return path
+def ctm_ckpt(tmp_path_factory, make_checkpoint):
+    """A small, untrained CTM on the toy preset, with random weights."""
+    return make_checkpoint(tmp_path_factory.mktemp("ctm") / "ctm.safetensors", "ctm", scale=0.1)
 
 
 def test_sample_ctm_gamma(tmp_path, ctm_ckpt):
@@ -219,7 +207,7 @@ def test_sample_gamma_out_of_range(ctm_ckpt, gamma):
 
 
 def test_sample_gamma_out_of_range_teacher():
-    _single_error_line(_run(*ANALYTIC, "--gamma", "2", "--out", "-"))
+    assert "--gamma must be in [0, 1]" in _single_error_line(_run(*ANALYTIC, "--gamma", "2", "--out", "-"))
 
 
 def test_sample_bad_schedules(ctm_ckpt):

@@ -4,16 +4,11 @@ import json
 
 from typer.testing import CliRunner
 
-from ctmtool.checkpoint import Checkpoint, save_checkpoint
 from ctmtool.cli.app import app
-from ctmtool.config import load_preset
-from ctmtool.models import build_precond
 
 
-def test_sweep_writes_table_and_plot(tmp_path):
-    p = load_preset("toy", ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8"])
-    net = build_precond("ctm", p, (2,))
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", Checkpoint("ctm", p, (2,), {"ema": net.state_dict()}))
+def test_sweep_writes_table_and_plot(tmp_path, make_checkpoint):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", "ctm")
     out = tmp_path / "sweep.json"
     r = CliRunner().invoke(app, ["sample", "sweep", "--ckpt", str(ckpt), "--nfe", "1,2", "--gamma", "0,1",
                                  "--n", "64", "--out", str(out), "--device", "cpu", "--json"])

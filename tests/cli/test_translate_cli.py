@@ -8,19 +8,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 from typer.testing import CliRunner
 
-from ctmtool.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ctmtool.checkpoint import load_checkpoint
 from ctmtool.cli.app import app
 from ctmtool.cli.common import Reporter
-from ctmtool.config import load_preset
 from ctmtool.data import toy_points
-from ctmtool.models import build_precond
 
 ENV = {"COLUMNS": "200"}
-SMALL = ["net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16"]
-TINY_RUN = SMALL + ["gctm.grid=6", "gctm.max_steps=3", "distill.batch=64", "distill.kimg=0.192"]
+TINY_RUN = ("gctm.grid=6", "gctm.max_steps=3", "distill.batch=64", "distill.kimg=0.192")
 IMG = (1, 8, 8)
 
 
@@ -36,36 +32,37 @@ def _error(r) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_preset):
     """toy-translate (moons -> 8 Gaussians, OT coupling), 3 optimiser steps of a tiny MLP through train."""
     from ctmtool.train.run import train
 
     root = tmp_path_factory.mktemp("gctm")
-    preset = load_preset("toy-translate", TINY_RUN)
+    preset = tiny_preset("toy-translate", *TINY_RUN)
     res = train(preset, "distill", root / "run", torch.device("cpu"), Reporter(quiet=True))
     points = root / "moons.npz"
     np.savez(points, samples=toy_points("moons", 300, 99).values.numpy())
     return res, points
 
 
-def _save(tmp_path, kind: str, preset, shape, name: str, meta=None):
-    torch.manual_seed(0)
-    net = build_precond(kind, preset, shape, meta)
-    for p in net.parameters():
-        nn.init.normal_(p, std=0.1)
-    path = tmp_path / name
-    save_checkpoint(path, Checkpoint(kind, preset, shape, {"ema": net.state_dict()}, meta or {}))
-    return path
+@pytest.fixture
+def image_gctm(tmp_path, make_checkpoint, tiny_preset):
+    """An untrained GCTM on 1x8x8 images for a given coupling, with random weights."""
+    def build(coupling: str):
+        preset = tiny_preset("toy-translate", f'gctm.coupling="{coupling}"')
+        meta = {"moments": {"var0": 0.3, "var1": 0.3, "cov01": 0.2}}
+        return make_checkpoint(tmp_path / f"gctm-{coupling.replace(':', '_')}.safetensors", "gctm", IMG, preset,
+                               meta, scale=0.1)
+
+    return build
 
 
-def _image_gctm(tmp_path, coupling: str):
-    preset = load_preset("toy-translate", SMALL + [f'gctm.coupling="{coupling}"'])
-    meta = {"moments": {"var0": 0.3, "var1": 0.3, "cov01": 0.2}}
-    return _save(tmp_path, "gctm", preset, IMG, f"gctm-{coupling.replace(':', '_')}.safetensors", meta)
+@pytest.fixture
+def ctm_ckpt(tmp_path, make_checkpoint):
+    """An untrained CTM (images by default), with random weights."""
+    def build(shape=IMG):
+        return make_checkpoint(tmp_path / f"ctm{len(shape)}.safetensors", "ctm", shape, scale=0.1)
 
-
-def _ctm(tmp_path, shape=IMG):
-    return _save(tmp_path, "ctm", load_preset("toy", SMALL), shape, f"ctm{len(shape)}.safetensors")
+    return build
 
 
 def _images(folder, n=3, size=8, seed=0):
@@ -110,11 +107,11 @@ def test_translate_points_json_grid_and_determinism(trained, tmp_path):
     assert Image.open(tmp_path / "s.png").size[0] > 100
 
 
-def test_translate_errors(trained, tmp_path):
+def test_translate_errors(trained, tmp_path, ctm_ckpt):
     res, points = trained
     assert "does not exist" in _error(_run("translate", tmp_path / "nope.npz", "--ckpt", res.checkpoint,
                                            "--out", tmp_path / "o.npz"))
-    msg = _error(_run("translate", points, "--ckpt", _ctm(tmp_path, (2,)), "--out", tmp_path / "o.npz"))
+    msg = _error(_run("translate", points, "--ckpt", ctm_ckpt((2,)), "--out", tmp_path / "o.npz"))
     assert "GCTM" in msg and "translate edit" in msg
     (tmp_path / "taken.npz").write_bytes(b"x")
     assert "--force" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "taken.npz"))
@@ -129,8 +126,8 @@ def test_translate_errors(trained, tmp_path):
                                            "--strokes", points))
 
 
-def test_translate_images_with_degrade_named_outputs_and_grid(tmp_path):
-    ckpt = _image_gctm(tmp_path, "corrupt:sr2")
+def test_translate_images_with_degrade_named_outputs_and_grid(tmp_path, image_gctm):
+    ckpt = image_gctm("corrupt:sr2")
     src = _images(tmp_path / "in")
     r = _run("translate", src, "--ckpt", ckpt, "--out", tmp_path / "out", "--degrade", "--grid", tmp_path / "g.png",
              "--device", "cpu", "--json")
@@ -145,8 +142,8 @@ def test_translate_images_with_degrade_named_outputs_and_grid(tmp_path):
     assert "one image" in _error(_run("translate", src, "--ckpt", ckpt, "--out", tmp_path / "many.png"))
 
 
-def test_translate_splits_side_by_side_pairs(tmp_path):
-    ckpt = _image_gctm(tmp_path, "paired")
+def test_translate_splits_side_by_side_pairs(tmp_path, image_gctm):
+    ckpt = image_gctm("paired")
     src = _images(tmp_path / "pairs", n=2, size=8)
     for p in src.iterdir():  # make 8x16 side-by-side files
         a = np.asarray(Image.open(p))
@@ -157,8 +154,8 @@ def test_translate_splits_side_by_side_pairs(tmp_path):
     assert np.load(tmp_path / "o.npz")["samples"].shape == (2, 8, 8, 1)
 
 
-def test_edit_with_a_ctm_plain_and_with_strokes(tmp_path):
-    ckpt = _ctm(tmp_path)
+def test_edit_with_a_ctm_plain_and_with_strokes(tmp_path, ctm_ckpt):
+    ckpt = ctm_ckpt()
     src = _images(tmp_path / "in", n=2)
     r = _run("translate", "edit", src / "img0.png", "--ckpt", ckpt, "--strength", "0.3", "--out", tmp_path / "e.png",
              "--device", "cpu", "--json")
@@ -181,16 +178,16 @@ def test_edit_with_a_ctm_plain_and_with_strokes(tmp_path):
     assert np.array_equal(out[mask == 0], original[mask == 0])
 
 
-def test_edit_errors(trained, tmp_path):
+def test_edit_errors(trained, tmp_path, ctm_ckpt, image_gctm):
     res, points = trained
     src = _images(tmp_path / "in", n=1)
     assert "SDEdit" in _error(_run("translate", "edit", points, "--ckpt", res.checkpoint, "--out", tmp_path / "o.npz"))
     assert "needs IMAGE" in _error(_run("translate", "edit", "--ckpt", res.checkpoint, "--out", tmp_path / "o.npz"))
-    ctm = _ctm(tmp_path)
+    ctm = ctm_ckpt()
     assert "--strokes" in _error(_run("translate", "edit", src, "--ckpt", ctm, "--mask", src / "img0.png",
                                       "--out", tmp_path / "o.npz"))
     assert "strength" in _error(_run("translate", "edit", src, "--ckpt", ctm, "--strength", "1.5",
                                      "--out", tmp_path / "o.npz"))
-    r = _run("translate", "edit", src, "--ckpt", _image_gctm(tmp_path, "independent"), "--out", tmp_path / "g.npz",
+    r = _run("translate", "edit", src, "--ckpt", image_gctm("independent"), "--out", tmp_path / "g.npz",
              "--nfe", "2", "--gamma", "0.5", "--device", "cpu")
     assert r.exit_code == 0, r.stderr

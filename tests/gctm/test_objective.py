@@ -19,7 +19,7 @@ from ctmtool.schedules import gctm_times as gctm_grid
 from ctmtool.schedules import karras_sigmas
 
 
-def tiny_preset(**sets):
+def _gctm_preset(**sets):
     over = ["net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16", "gctm.grid=6", "gctm.max_steps=3",
             "distill.batch=64"] + [f"{k}={v}" for k, v in sets.items()]
     return load_preset("toy-translate", over)
@@ -72,7 +72,7 @@ class CallLog(nn.Module):
 
 def _random_gctm(seed=0, dim=2):
     torch.manual_seed(seed)
-    p = tiny_preset()
+    p = _gctm_preset()
     net = build_precond("gctm", p, (dim,), {"moments": {"var0": 0.25, "var1": 0.3, "cov01": 0.1}})
     for prm in net.parameters():  # the output layer starts at zero: make F non-trivial
         nn.init.normal_(prm, std=0.3)
@@ -154,7 +154,7 @@ def test_dsm_times_cover_the_grid_including_t_equal_one():
 
 
 def test_objective_step_and_moments_round_trip(tmp_path):
-    p = tiny_preset(**{"gctm.coupling": '"toy:moons"'})
+    p = _gctm_preset(**{"gctm.coupling": '"toy:moons"'})
     moments = {"var0": 0.21, "var1": 0.34, "cov01": -0.05}
     obj = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(), moments)
     x = torch.randn(64, 2)
@@ -180,7 +180,7 @@ def test_objective_step_and_moments_round_trip(tmp_path):
 
 
 def test_non_finite_loss_is_reported_not_applied():
-    p = tiny_preset(**{"gctm.coupling": '"toy:moons"'})
+    p = _gctm_preset(**{"gctm.coupling": '"toy:moons"'})
     obj = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(), {"var0": 0.25, "var1": 1.0, "cov01": 0.0})
     before = [q.clone() for q in obj.net.parameters()]
     out = obj.step([(torch.full((8, 2), float("nan")), None)], 0.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,26 +139,12 @@ def test_fid_from_data_subset_is_seeded(extractor):
         M.fid_from_data(ds, ref, extractor, n=61)
 
 
-def _tiny_ctm_model(tmp_path: Path):
-    """A freshly initialised tiny CTM U-Net on 3x16x16, saved and reloaded as a checkpoint."""
-    pytest.importorskip("ctmtool.nets.songunet")
-    from ctmtool.checkpoint import Checkpoint, save_checkpoint
-    from ctmtool.config import preset_from_dict
-    from ctmtool.models import build_precond, load_model
+def test_fid_from_model_is_batch_independent(extractor, tmp_path, make_checkpoint, tiny_preset):
+    """FID of a checkpoint's samples (a tiny CTM U-Net on 3x16x16) does not depend on the batch size."""
+    from ctmtool.models import load_model
 
-    preset = preset_from_dict({"name": "tiny", "data": {"source": "npz"},
-                               "net": {"kind": "unet", "unet": {"model_channels": 16, "channel_mult": [1],
-                                                                "num_blocks": 1, "attn_resolutions": [],
-                                                                "dropout": 0.0}}})
-    torch.manual_seed(0)
-    net = build_precond("ctm", preset, (3, 16, 16))
-    path = save_checkpoint(tmp_path / "tiny.safetensors",
-                           Checkpoint(kind="ctm", preset=preset, data_shape=(3, 16, 16), groups={"ema": net.state_dict()}))
-    return load_model(path)
-
-
-def test_fid_from_model_is_batch_independent(extractor, tmp_path):
-    model = _tiny_ctm_model(tmp_path)
+    model = load_model(make_checkpoint(tmp_path / "tiny.safetensors", "ctm", (3, 16, 16),
+                                       tiny_preset("digits", net="unet")))
     ref = M.compute_stats([_images(40, size=16)], extractor)
     a = M.fid_from_model(model, ref, extractor, n=6, seed=3, batch=4, device="cpu", nfe=1)
     b = M.fid_from_model(model, ref, extractor, n=6, seed=3, batch=6, device="cpu", nfe=1)

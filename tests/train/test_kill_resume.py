@@ -16,7 +16,6 @@ from ctmtool.cli.common import Reporter
 from ctmtool.config import load_preset
 from ctmtool.errors import UserError
 from ctmtool.train.run import train
-from ctmtool.train.setup import prepare_run_dir
 
 SETS = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512", "teacher.batch=32",
         "teacher.ckpt_every_kimg=0.32", "teacher.keep_checkpoints=2", "teacher.log_every_kimg=100"]
@@ -75,11 +74,3 @@ def test_full_disk_keeps_the_old_checkpoint_and_says_so_in_one_line(tmp_path, mo
     assert sorted(tmp_path.glob("ckpt-*.safetensors")) == old and old[-1].read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary file left behind
     assert load_checkpoint(old[-1]).meta["step"] == 10
-
-
-def test_resume_auto_starts_or_continues(tmp_path):
-    assert prepare_run_dir(tmp_path / "new", "auto", force=False) is None
-    (tmp_path / "old").mkdir()
-    for s in (2, 4):
-        (tmp_path / "old" / f"ckpt-{s:08d}.safetensors").write_bytes(b"")
-    assert prepare_run_dir(tmp_path / "old", "auto", force=False).name == "ckpt-00000004.safetensors"

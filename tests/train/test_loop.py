@@ -8,10 +8,8 @@ from ctmtool.cli.common import Reporter
 from ctmtool.config import load_preset
 from ctmtool.data import load_dataset
 from ctmtool.errors import UserError
-from ctmtool.models import analytic_model
 from ctmtool.train.loop import RunLock, fit
 from ctmtool.train.objectives import TeacherObjective
-from ctmtool.train.trajectory import ctm_objective
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
 
@@ -78,17 +76,3 @@ def test_run_directory_is_locked_against_a_second_writer(tmp_path):
                 pass
     with RunLock(tmp_path):  # released
         pass
-
-
-def test_ctm_objective_trains_and_checkpoints_all_emas(tmp_path):
-    preset = load_preset("toy", TINY + ["distill.batch=32", "distill.kimg=0.096", "ctm.eval_emas=[0.9, 0.99]",
-                                         "ctm.grid=6", "ctm.max_steps=3"])
-    data = load_dataset(preset.data)
-    obj = ctm_objective(preset, data.shape, torch.device("cpu"), analytic_model(preset).net)
-    before = [p.clone() for p in obj.net.parameters()]
-    res = fit(obj, data, preset.distill, tmp_path, Reporter(quiet=True), device=torch.device("cpu"))
-    assert res.steps == 3 and {"ctm", "dsm", "w_dsm"} <= set(res.last)
-    assert any(not torch.equal(a, b) for a, b in zip(before, obj.net.parameters(), strict=True))
-    ckpt = load_checkpoint(res.checkpoint)
-    assert {"net", "target", "ema", "ema_0.99", "optim_net", "rng"} <= set(ckpt.groups)
-    assert ckpt.kind == "ctm" and ckpt.meta["eval_emas"] == {"ema": 0.9, "ema_0.99": 0.99}
