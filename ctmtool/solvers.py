@@ -15,7 +15,8 @@ import torch
 def _level(sigmas: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
     """Level i for every sample, as a (B,) float32 tensor."""
     s = sigmas[i]
-    return (s.expand(x.shape[0]) if s.ndim == 0 else s).to(device=x.device, dtype=torch.float32)
+    # non_blocking: a CPU schedule's copy to the GPU does not synchronise the stream (safe from pageable memory)
+    return (s.expand(x.shape[0]) if s.ndim == 0 else s).to(device=x.device, dtype=torch.float32, non_blocking=True)
 
 
 def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
