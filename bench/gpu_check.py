@@ -36,9 +36,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # ctmtool from this checkout, however the script is started
 STAGES = ["env", "correctness", "noise", "sampling", "train", "fid_pipeline", "real_run"]
-BUDGET = {"env": 40, "correctness": 60, "noise": 40, "sampling": 170, "train": 130, "fid_pipeline": 90, "real_run": 10**6}
-MIN_S = {"env": 5, "correctness": 15, "noise": 10, "sampling": 40, "train": 40, "fid_pipeline": 30, "real_run": 60}
+BUDGET = {"env": 25, "correctness": 40, "noise": 25, "sampling": 180, "train": 100, "fid_pipeline": 75, "real_run": 10**6}
+MIN_S = {"env": 5, "correctness": 15, "noise": 10, "sampling": 40, "train": 40, "fid_pipeline": 30, "real_run": 45}
 TINY_BUDGET = {s: 60 for s in STAGES}
 TINY_MIN = {s: 3 for s in STAGES}
 TINY_NET = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
@@ -76,6 +77,8 @@ def orchestrate(a, argv: list[str]) -> dict:
     deadline = t0 + a.budget
     report = {"tiny": a.tiny, "budget_s": a.budget, "argv": argv, "inprocess": a.inprocess, "stages": {}}
     budgets, mins = (TINY_BUDGET, TINY_MIN) if a.tiny else (BUDGET, MIN_S)
+    if a.tiny and a.tiny_compile:  # CPU Inductor: minutes per compiled mode
+        budgets = {**budgets, "sampling": 900}
     only = a.only.split(",") if a.only else STAGES
     for st in STAGES:
         if st not in only:
@@ -209,6 +212,25 @@ def ctm_model(a, name: str, dev, kind: str = "ctm"):
             if p.ndim >= 2 and float(p.abs().max()) < 1e-3:  # zero/1e-5-initialised output and s-layers
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     return net.to(dev).eval().requires_grad_(False)
+
+
+def jump_sampler(jump, ctm, nfe: int, batch: int, dev, graphs: bool = False):
+    """Gamma-sampling with gamma = 0 (Kim et al. 2024, Alg. 1: s = sigma_{i+1}) through `jump(x, t, s)` with
+    per-sample level tensors, so one compiled graph serves every step and every NFE."""
+    import torch
+
+    from ctmtool.schedules import ctm_default_schedule
+
+    levels = [torch.full((batch,), float(v), device=dev) for v in ctm_default_schedule(nfe, ctm.sigma_min, ctm.sigma_max)]
+
+    def run(x):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        for i in range(nfe):
+            x = jump(x, levels[i], levels[i + 1])
+        return x
+
+    return run
 
 
 def sampler(ctm, nfe: int):
@@ -357,10 +379,22 @@ def stage_sampling(a, st: Stage) -> None:
     if a.tiny and not a.tiny_compile:
         st.row("compiled modes", "skipped", "(tiny: CPU Inductor compile is slow; --tiny-compile runs them)")
     else:
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            eager = {nfe: sampler(ctm_bf, nfe)(x).float() for nfe in (1, 2)}
         for mode in a.compile_modes.split(","):
             torch._dynamo.reset()
-            measure(f"compile {mode}", lambda nfe, mode=mode: torch.compile(sampler(ctm_bf, nfe), mode=mode, fullgraph=True),
+            jump = torch.compile(ctm_bf.jump, mode=mode, fullgraph=True)  # one graph: levels are tensors
+            graphs = mode == "reduce-overhead" and dev.type == "cuda"
+            measure(f"compile {mode}", lambda nfe, jump=jump, graphs=graphs: jump_sampler(jump, ctm_bf, nfe, batch, dev, graphs),
                     torch.bfloat16, need=60 if not a.tiny else 0)
+
+            def check(jump=jump, mode=mode, graphs=graphs):
+                for nfe in (1, 2):
+                    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+                        y = jump_sampler(jump, ctm_bf, nfe, batch, dev, graphs)(x).float()
+                    st.row(f"NFE-{nfe} compile {mode} vs eager bf16-cl, max |diff|", float((y - eager[nfe]).abs().max()))
+
+            st.attempt(f"compile {mode} check", check, 5)
     # the teacher's deterministic Heun sampler at 35 NFE (18 levels), eager bf16 channels-last
     from ctmtool.sampling import teacher_sample, teacher_schedule
 
@@ -391,17 +425,6 @@ def stage_train(a, st: Stage) -> None:
     batch = 2 if a.tiny else 256
     base = argparse.Namespace(set=TINY_NET if a.tiny else [], batch=batch, micro_batch=None, compile_aux=False,
                               warmup=1 if a.tiny else 3, steps=1 if a.tiny else 8, peak_tflops=peak)
-    for comp in ("off", "on"):
-        def go(comp=comp):
-            r = train_bench.bench_one(name, "ctm", argparse.Namespace(**vars(base), compile=comp), dev)
-            st.data.setdefault("ctm_step", []).append(r)
-            st.row(f"CTM step, compile {comp} (applies on CUDA), batch {batch}", r["images_per_s"],
-                   f"images/s; {100 * r['frac_peak']:.1f}% of {peak:g} TFLOP/s; {r['gflop_per_image']:.0f} GFLOP/image; "
-                   f"k mean {r['k_timed_mean']}; peak {r['peak_gib']:.2f} GiB")
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-
-        st.attempt(f"CTM step compile {comp}", go, 0 if comp == "off" else 60)
 
     def syncs():
         obj, batches = host_syncs.build("cifar10-fast", dev, 8 if a.tiny else 64, TINY_NET if a.tiny else [])
@@ -415,6 +438,18 @@ def stage_train(a, st: Stage) -> None:
         st.set(host_syncs=r)
 
     st.attempt("host syncs", syncs, 10)
+
+    for comp in ("off", "on"):
+        def go(comp=comp):
+            r = train_bench.bench_one(name, "ctm", argparse.Namespace(**vars(base), compile=comp), dev)
+            st.data.setdefault("ctm_step", []).append(r)
+            st.row(f"CTM step, compile {comp} (applies on CUDA), batch {batch}", r["images_per_s"],
+                   f"images/s; {100 * r['frac_peak']:.1f}% of {peak:g} TFLOP/s; {r['gflop_per_image']:.0f} GFLOP/image; "
+                   f"k mean {r['k_timed_mean']}; peak {r['peak_gib']:.2f} GiB")
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+        st.attempt(f"CTM step compile {comp}", go, 0 if comp == "off" else 60)
 
 
 def feature_net(a, dev):
@@ -456,9 +491,10 @@ def stage_fid_pipeline(a, st: Stage) -> None:
     ctm = ctm_model(a, "cifar10", dev)
     if dev.type == "cuda":
         ctm.net.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-    fn = sampler(ctm, 1)
-    if not a.tiny:
-        fn = torch.compile(fn, mode=a.compile_modes.split(",")[0], fullgraph=True)
+    batch = next(b for b in range(batch, 0, -1) if n % b == 0)  # equal batches: one compiled shape
+    jump = ctm.jump if a.tiny else torch.compile(ctm.jump, fullgraph=True)
+    fn = jump_sampler(jump, ctm, 1, batch, dev)
+    st.row("batch", batch)
 
     def run(n_run: int):
         moments, t_gen, t_feat = Moments(), 0.0, 0.0
@@ -481,7 +517,7 @@ def stage_fid_pipeline(a, st: Stage) -> None:
 
     def full():
         got, tg, tf = run(n)
-        how = "eager sampler (tiny)" if a.tiny else f"sampler compiled {a.compile_modes.split(',')[0]}, bf16-cl"
+        how = "eager sampler (tiny)" if a.tiny else "jump compiled (default mode), bf16-cl"
         st.row(f"{got} samples NFE-1 (philox noise, {how}) + features", tg + tf,
                f"s (generate {tg:.2f} s, features {tf:.2f} s; {got / (tg + tf):.0f} images/s)")
 
@@ -590,7 +626,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=2048, help="sampling batch")
     ap.add_argument("--teacher-batch", type=int, default=256, help="batch of the 35-NFE Heun measurement")
     ap.add_argument("--fid-n", type=int, default=50000)
-    ap.add_argument("--compile-modes", default="max-autotune-no-cudagraphs,reduce-overhead")
+    ap.add_argument("--compile-modes", default="reduce-overhead,max-autotune-no-cudagraphs",
+                    help="torch.compile modes of the sampling stage (reduce-overhead = CUDA graphs)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: by device name)")
     ap.add_argument("--only", default=None, help="comma-separated stages to run (default: all)")
     ap.add_argument("--inprocess", action=argparse.BooleanOptionalAction, default=None,

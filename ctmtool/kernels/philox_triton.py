@@ -28,7 +28,7 @@ def _box_muller(w0, w1):
     return r * tl.cos(theta), r * tl.sin(theta)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["draw", "tag"])  # draw = 1 would otherwise become a constexpr
 def _philox_kernel(seeds_ptr, out_ptr, numel, nblk, total, draw, tag,
                    BLOCK: tl.constexpr, BITS: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
