@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -51,7 +50,24 @@ PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 TFLOP/s 
 # Orchestrator
 
 
+def summary(report: dict) -> dict:
+    """Cross-stage figures: Philox noise time against the NFE-1 network time of the same batch size."""
+    out = {}
+    noise = report["stages"].get("noise", {}).get("noise")
+    ips = report["stages"].get("sampling", {}).get("images_per_s", {})
+    nfe1 = {k: v for k, v in ips.items() if k.endswith("nfe1")}
+    if noise and nfe1:
+        best = max(nfe1, key=nfe1.get)
+        net_s = noise["batch"] / nfe1[best]
+        ph = noise["seconds"]["PhiloxNoise (philox)"]
+        out["philox_noise_over_nfe1_time"] = {"ratio": ph / net_s, "noise_ms": 1000 * ph, "nfe1_batch_ms": 1000 * net_s,
+                                             "nfe1_mode": best, "target": "<= 0.1"}
+        out["imagenoise_over_nfe1_time"] = noise["seconds"]["ImageNoise (edm)"] / net_s
+    return out
+
+
 def write_report(out_dir: Path, report: dict) -> None:
+    report["summary"] = summary(report)
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     lines = [f"# gpu_check ({'tiny, CPU' if report['tiny'] else 'full'})", "",
              f"device: {report['stages'].get('env', {}).get('device_name', '?')}; budget {report['budget_s']} s; "
@@ -67,6 +83,11 @@ def write_report(out_dir: Path, report: dict) -> None:
             v = row["value"]
             v = f"{v:.4g}" if isinstance(v, float) else str(v)
             lines.append(f"{head} {row['what']} | {v} {row.get('unit', '')} |")
+    r = report["summary"].get("philox_noise_over_nfe1_time")
+    if r:
+        lines += ["", f"Philox noise for a batch: {r['noise_ms']:.2f} ms = {r['ratio']:.4f} of that batch's NFE-1 time "
+                  f"({r['nfe1_batch_ms']:.1f} ms, {r['nfe1_mode']}; target <= 0.1); ImageNoise: "
+                  f"{report['summary']['imagenoise_over_nfe1_time']:.3f} of it."]
     (out_dir / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
@@ -452,6 +473,15 @@ def stage_train(a, st: Stage) -> None:
         st.attempt(f"CTM step compile {comp}", go, 0 if comp == "off" else 60)
 
 
+def work_dir(a) -> Path:
+    """Scratch space outside --out (the device tool brings back only a few small files from $OUT)."""
+    import tempfile
+
+    d = Path(a.work or Path(tempfile.gettempdir()) / "ctmtool-gpu-check")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def feature_net(a, dev):
     """(extractor, description): fd_a.pt when given and present, else a random-weight TorchScript stand-in."""
     import torch
@@ -472,7 +502,7 @@ def feature_net(a, dev):
         def forward(self, x):
             return self.net(x.float() / 127.5 - 1)
 
-    path = Path(a.out) / ".standin_features.pt"
+    path = work_dir(a) / "standin_features.pt"
     torch.jit.script(Wrap()).save(str(path))
     return make_extractor(str(path), dev), "STAND-IN (random conv net; fd_a.pt not found)"
 
@@ -557,7 +587,10 @@ def stage_real_run(a, st: Stage) -> None:
     if not a.cifar or not Path(a.cifar).is_file():
         st.row("data", "skipped", f"(no CIFAR-10 JPEG tar at --cifar {a.cifar})")
         return
-    work = Path(a.out) / ".real_run"
+    import shutil
+
+    work = work_dir(a) / "real_run"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh data folder and run directories
     t0 = time.perf_counter()
     folder = cifar_folder(a, work / "train", 64 if a.tiny else None)
     data = load_images(folder)
@@ -619,6 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
     ap.add_argument("--budget", type=float, default=None, help="seconds for everything (default 480; tiny 50)")
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny network, a few images (CI)")
+    ap.add_argument("--work", default=None, help="scratch folder for data, checkpoints (default: $TMPDIR/ctmtool-gpu-check)")
     ap.add_argument("--tiny-compile", action="store_true", help="with --tiny: also run the (slow) CPU compile modes")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--features", default=None, help="fd_a.pt (TorchScript); missing: a stand-in, reported as such")
