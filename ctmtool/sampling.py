@@ -13,6 +13,7 @@ import torch
 
 from ctmtool import solvers
 from ctmtool.errors import UserError
+from ctmtool.noise import ImageNoise, make_noise  # noqa: F401  (ImageNoise: the EDM-equal stream)
 from ctmtool.schedules import check_schedule, karras_sigmas
 from ctmtool.train import distributed as ddp
 
@@ -39,28 +40,6 @@ def gamma_sample(model, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tenso
 def teacher_sample(model, x: torch.Tensor, sigmas, noise=None, labels=None, solver: str = "heun") -> torch.Tensor:
     """Deterministic PF-ODE sampling of a denoiser (Karras et al. 2022, Alg. 1) through `solvers`."""
     return solvers.SOLVERS[solver](model, x, torch.as_tensor(sigmas, dtype=torch.float64), labels)
-
-
-class ImageNoise:
-    """One normal stream per image, seeded by the image's own seed: images do not depend on the batch
-    they are drawn in, the batch size or the device (draws are made on the CPU, then moved)."""
-
-    def __init__(self,
-        seeds: list[int] | torch.Tensor,   # one seed per image in the batch
-        shape: tuple[int, ...],            # shape of one item
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ):
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.shape, self.device, self.dtype = tuple(shape), device, dtype
-
-    def __call__(self) -> torch.Tensor:
-        z = torch.stack([torch.randn(self.shape, generator=g) for g in self.gens])
-        return z.to(device=self.device, dtype=self.dtype)
-
-    def integers(self, high: int) -> torch.Tensor:
-        """One integer in [0, high) per image (e.g. a class label), from the same streams."""
-        return torch.stack([torch.randint(high, (), generator=g) for g in self.gens]).to(self.device)
 
 
 def default_schedule(model, nfe: int) -> torch.Tensor:
@@ -114,11 +93,12 @@ def check_solver(model, solver: str) -> None:
 def generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
              solver: str = "gamma", nfe: int = 1, gamma: float = 0.0, steps: int = 18,
              sigmas: list[float] | None = None, class_label: int | None = None,
-             progress: Callable[[int], None] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+             progress: Callable[[int], None] | None = None, noise: str = "edm") -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield (x, labels) batches of `n` samples; image i uses seed `seed + i` whatever the batching.
 
     x is float in the data range (images in [-1, 1], clamped); labels are None for unconditional models,
-    else `class_label` or a per-image random class.
+    else `class_label` or a per-image random class. `noise` picks the per-image stream (`ctmtool.noise`):
+    "edm" (the default: latents equal to EDM's generate.py) or "philox" (drawn on the device).
     """
     check_solver(model, solver)
     sched = resolve_schedule(model, solver, nfe, steps, sigmas)
@@ -126,14 +106,14 @@ def generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.devic
     start = float(sched[0])
     for lo in range(0, n, batch):
         seeds = list(range(seed + lo, seed + min(n, lo + batch)))
-        noise = ImageNoise(seeds, model.data_shape, device)
-        z = noise()
+        draws = make_noise(noise, seeds, model.data_shape, device)
+        z = draws()
         labels = None
         if model.label_dim:
             labels = (torch.full((len(seeds),), class_label, device=device) if class_label is not None
-                      else noise.integers(model.label_dim))
+                      else draws.integers(model.label_dim))
         if solver == "gamma":
-            x = gamma_sample(net, net.perturb(torch.zeros_like(z), start, z), sched, noise, labels, gamma=gamma)
+            x = gamma_sample(net, net.perturb(torch.zeros_like(z), start, z), sched, draws, labels, gamma=gamma)
         else:
             x = teacher_sample(net, start * z, sched, labels=labels, solver=solver)
         if model.is_image:

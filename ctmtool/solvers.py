@@ -15,7 +15,8 @@ import torch
 def _level(sigmas: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
     """Level i for every sample, as a (B,) float32 tensor."""
     s = sigmas[i]
-    return (s.expand(x.shape[0]) if s.ndim == 0 else s).to(device=x.device, dtype=torch.float32)
+    # non_blocking: a CPU schedule's copy to the GPU does not synchronise the stream (safe from pageable memory)
+    return (s.expand(x.shape[0]) if s.ndim == 0 else s).to(device=x.device, dtype=torch.float32, non_blocking=True)
 
 
 def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -41,15 +42,22 @@ def heun(model, x: torch.Tensor, sigmas: torch.Tensor, labels=None) -> torch.Ten
     x = x.float()
     for i in range(sigmas.shape[0] - 1):
         t, nxt = _level(sigmas, i, x), _level(sigmas, i + 1, x)
-        d = (x - model.denoise(x, t, labels)) / _col(t, x)
-        x_next = x + _col(nxt - t, x) * d
-        last = nxt > 0
-        if bool((sigmas[i + 1] > 0).any()):  # checked on the schedule's own (CPU) tensor: no GPU sync
-            safe = torch.where(last, nxt, torch.ones_like(nxt))
-            d2 = (x_next - model.denoise(x_next, safe, labels)) / _col(safe, x)
-            x_next = torch.where(_col(last, x), x + _col(nxt - t, x) * 0.5 * (d + d2), x_next)
-        x = x_next
+        # checked on the schedule's own (CPU) tensor: no GPU sync, and the step itself has no data-dependent branch
+        x = heun_step(model, x, t, nxt, labels, second=bool((sigmas[i + 1] > 0).any()))
     return x
+
+
+def heun_step(model, x: torch.Tensor, t: torch.Tensor, nxt: torch.Tensor, labels=None,
+              second: bool = True) -> torch.Tensor:
+    """One Heun step from levels t to nxt (B,); the correction is applied where nxt > 0 (only if `second`)."""
+    d = (x - model.denoise(x, t, labels)) / _col(t, x)
+    x_next = x + _col(nxt - t, x) * d
+    if second:
+        last = nxt > 0
+        safe = torch.where(last, nxt, torch.ones_like(nxt))
+        d2 = (x_next - model.denoise(x_next, safe, labels)) / _col(safe, x)
+        x_next = torch.where(_col(last, x), x + _col(nxt - t, x) * 0.5 * (d + d2), x_next)
+    return x_next
 
 
 SOLVERS = {"euler": euler, "heun": heun}

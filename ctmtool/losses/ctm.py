@@ -57,7 +57,8 @@ class CTMLoss:
         dev = x0.device
         n = self.grid.numel()
         t_i, u_i, s_i, k = sample_ctm_indices(x0.shape[0], n, self.max_steps, generator=index_generator)
-        t, u, s = (self.grid[i].to(dev, torch.float32) for i in (t_i, u_i, s_i))
+        # non_blocking: a host-to-device copy from pageable memory is staged at once, and skips the stream sync
+        t, u, s = (self.grid[i].to(dev, torch.float32, non_blocking=True) for i in (t_i, u_i, s_i))
         noise = torch.randn(x0.shape, device=dev, generator=generator)
         x_t = x0 + t.reshape(-1, *([1] * (x0.ndim - 1))) * noise
         smin = torch.full_like(t, self.sigma_min)
@@ -100,7 +101,7 @@ class DSMLoss:
         if n_high:
             half = max(1, self.grid.numel() // 2)
             idx = torch.randint(0, half, (n_high,), device=dev, generator=generator)
-            sigma = torch.cat([sigma[: b - n_high], self.grid.to(dev)[idx]])
+            sigma = torch.cat([sigma[: b - n_high], self.grid.to(dev, non_blocking=True)[idx]])
         noise = torch.randn(x0.shape, device=dev, generator=generator)
         sig = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
         d = model.denoise(x0 + sig * noise, sigma, labels)
