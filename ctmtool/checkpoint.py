@@ -189,7 +189,7 @@ def _parse_header(header: dict[str, str], path: Path) -> tuple[str, Preset, tupl
     if not isinstance(raw["preset"], dict):
         raise damaged(f"preset is {type(raw['preset']).__name__}, not an object")
     try:
-        preset = preset_from_dict(raw["preset"], f"stored in {path}")
+        preset = preset_from_dict(raw["preset"], "in its header")
     except UserError as err:
         raise damaged(str(err)) from None
     return kind, preset, tuple(shape), meta
@@ -200,8 +200,9 @@ def _check_finite(groups: dict[str, dict[str, torch.Tensor]], path: Path) -> Non
     bad = [f"{g}/{n}" for g, state in groups.items() for n, t in state.items()
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise UserError(f"{path} holds NaN or infinite values in {len(bad)} tensors (first: {bad[0]}); the run that "
-                        "wrote it diverged: use an earlier checkpoint")
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise UserError(f"{path} holds NaN or infinite values in {bad[0]}{more}; the run that wrote it diverged: "
+                        "use an earlier checkpoint")
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
