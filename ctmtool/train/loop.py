@@ -177,7 +177,8 @@ class _Lines:
     def heartbeat(self, at: _Position, ips: float, budget: _Budget, where: str = "") -> None:
         if self.every is None or self.clock() - self.said < self.every:
             return
-        left = f", {max(budget.limit - budget.total(), 0) / 60:.1f} of {budget.limit / 60:g} min left" if budget.limit else ""
+        limited = budget.limit is not None and budget.limit < 6e7  # minutes = 1e9 is how the CLI lifts a limit
+        left = f", {max(budget.limit - budget.total(), 0) / 60:.1f} of {budget.limit / 60:g} min left" if limited else ""
         self._say(f"kimg {at.kimg:8.1f} of {self.total_kimg:g}  step {at.step:7d}  {ips:.0f} img/s  "
                   f"{budget.total():.0f}s trained{left}" + (f"  ({where})" if where else ""))
 
