@@ -179,7 +179,8 @@ class _Lines:
             return
         limited = budget.limit is not None and budget.limit < 6e7  # minutes = 1e9 is how the CLI lifts a limit
         left = f", {max(budget.limit - budget.total(), 0) / 60:.1f} of {budget.limit / 60:g} min left" if limited else ""
-        self._say(f"kimg {at.kimg:8.1f} of {self.total_kimg:g}  step {at.step:7d}  {ips:.0f} img/s  "
+        of = f" of {self.total_kimg:g}" if self.total_kimg < 1e8 else ""  # kimg = 1e9: the CLI lifted the limit
+        self._say(f"kimg {at.kimg:8.1f}{of}  step {at.step:7d}  {ips:.0f} img/s  "
                   f"{budget.total():.0f}s trained{left}" + (f"  ({where})" if where else ""))
 
     def _say(self, msg: str) -> None:
@@ -338,6 +339,8 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
             if main and evaluate is not None and _crossed(cfg.eval_every_kimg, before, at.kimg):
                 res = evaluate()
                 rep.log(f"eval at {at.kimg:.1f} kimg: " + "  ".join(f"{k} {v:.5g}" for k, v in res.items()))
+        if lines.n:  # stopped by the clock or a signal between two log lines: log what was not yet
+            lines.flush(at, ips())
         if saver.step != at.step or saver.path is None:
             saver.save(at, budget.total())
     ddp.barrier()
