@@ -17,7 +17,7 @@ from ctmtool.models import Model, analytic_model
 from ctmtool.progress import Quiet
 from ctmtool.sampling import generate
 from ctmtool.train import distributed as ddp
-from ctmtool.train.rundir import CKPT_GLOB, RunLock
+from ctmtool.train.rundir import CKPT_GLOB, RunLock, make_run_dir
 from ctmtool.visual import save_samples_png
 
 
@@ -40,7 +40,9 @@ def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool) -> Pat
     resume="auto" continues the run when the directory holds checkpoints and starts a new one otherwise. A run
     directory that a live process holds is refused before anything in it is read or deleted."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
+    if resume is not True:  # a new run: an unusable folder is found before the data and networks are built
+        make_run_dir(run_dir)
+    elif run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"`run_dir` {run_dir} is a file, not a directory; choose another `run_dir`")
     with RunLock(run_dir) if run_dir.is_dir() and ddp.is_main() else nullcontext():
         existing = sorted(run_dir.glob(CKPT_GLOB)) if run_dir.is_dir() else []
