@@ -252,6 +252,15 @@ def _drawer(data: Dataset, micro: int, order: torch.Generator, xflip: bool, devi
     return draw
 
 
+def _abandon(objective, order: torch.Generator, rng: tuple) -> None:
+    """Undo a step stopped part-way: no update was made; its random draws and gradients are undone, so the state
+    is that after the last whole step (and a resume continues as if the step had never begun)."""
+    objective.set_rng_state(rng[0])
+    order.set_state(rng[1])
+    for opt in objective.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+
+
 def _restore(objective, order: torch.Generator, resume: Checkpoint, rep) -> _Position:
     at = _Position.of(resume)
     try:
@@ -307,11 +316,8 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
             rng = (objective.rng_state(), order.get_state()) if accum > 1 else None
             try:
                 out = objective.step(_MicroBatches(draw, accum, between), at.kimg)
-            except _Halt as halt:  # abandon the step: the state stays that after the last whole step
-                objective.set_rng_state(rng[0])
-                order.set_state(rng[1])
-                for opt in objective.optimizers.values():
-                    opt.zero_grad(set_to_none=True)
+            except _Halt as halt:
+                _abandon(objective, order, rng)
                 stopped_by = halt.reason
                 break
             if not out.pop("finite", True):
