@@ -144,17 +144,13 @@ def read_header(path: str | Path) -> dict[str, str]:
     return header
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", groups: list[str] | None = None) -> Checkpoint:
-    """Read a checkpoint; `groups` limits which tensor groups are loaded (all by default)."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", groups: list[str] | None = None,
+                    check_finite: bool = True) -> Checkpoint:
+    """Read a checkpoint; `groups` limits which tensor groups are loaded (all by default). A header that does not
+    parse or validate, and (with `check_finite`) a NaN or infinite value in a loaded tensor, are one-line errors."""
     path = Path(path)
     header = read_header(path)
-    try:
-        preset = preset_from_dict(json.loads(header["preset"]), f"stored in {path}")
-        data_shape = tuple(json.loads(header["data_shape"]))
-        meta = json.loads(header.get("meta", "{}"))
-        kind = header["kind"]
-    except (KeyError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} has a damaged ctmtool header ({err}); it cannot be used") from None
+    kind, preset, data_shape, meta = _parse_header(header, path)
     out: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
@@ -164,7 +160,49 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", groups
                     out.setdefault(group, {})[name] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"{path} is truncated or damaged ({err}); use an earlier checkpoint") from None
+    if check_finite:
+        _check_finite(out, path)
     return Checkpoint(kind=kind, preset=preset, data_shape=data_shape, groups=out, meta=meta, path=path)
+
+
+def _parse_header(header: dict[str, str], path: Path) -> tuple[str, Preset, tuple[int, ...], dict]:
+    """kind, preset, data_shape and meta from the string header, each checked (an edited header is refused)."""
+    def damaged(why: str) -> UserError:
+        return UserError(f"{path} has a damaged ctmtool header ({why}); it cannot be used: take an earlier "
+                         "checkpoint or one written by ctmtool")
+
+    try:
+        kind = header["kind"]
+        raw = {k: json.loads(header[k]) for k in ("preset", "data_shape")}
+        meta = json.loads(header.get("meta", "{}"))
+    except KeyError as err:
+        raise damaged(f"no {err.args[0]!r} entry") from None
+    except json.JSONDecodeError as err:
+        raise damaged(f"JSON that does not parse: {err}") from None
+    if kind not in KINDS:
+        raise damaged(f"kind {kind!r} is none of {', '.join(KINDS)}")
+    shape = raw["data_shape"]
+    if not (isinstance(shape, list) and shape and all(type(d) is int and d > 0 for d in shape)):
+        raise damaged(f"data_shape {shape!r} is not a list of positive integers")
+    if not isinstance(meta, dict):
+        raise damaged(f"meta is {type(meta).__name__}, not an object")
+    if not isinstance(raw["preset"], dict):
+        raise damaged(f"preset is {type(raw['preset']).__name__}, not an object")
+    try:
+        preset = preset_from_dict(raw["preset"], "in its header")
+    except UserError as err:
+        raise damaged(str(err)) from None
+    return kind, preset, tuple(shape), meta
+
+
+def _check_finite(groups: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
+    """Weights or optimiser state holding NaN or inf come from a run that diverged: nothing built on them works."""
+    bad = [f"{g}/{n}" for g, state in groups.items() for n, t in state.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise UserError(f"{path} holds NaN or infinite values in {bad[0]}{more}; the run that wrote it diverged: "
+                        "use an earlier checkpoint")
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",

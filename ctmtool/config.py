@@ -161,6 +161,7 @@ class TrainConfig(Strict):
     kimg: float = Field(100.0, gt=0)  # duration in thousands of training images
     minutes: float | None = Field(None, gt=0)  # wall-clock duration (stops at whichever comes first)
     ckpt_every_kimg: float = Field(50.0, gt=0)  # checkpoint period
+    ckpt_every_minutes: float | None = Field(5.0, gt=0)  # also checkpoint after this much training time (None: off)
     snapshot_every_kimg: float | None = Field(None, gt=0)  # sample-grid period (None: end only)
     eval_every_kimg: float | None = Field(None, gt=0)  # quality-metric period (None: off)
     keep_checkpoints: int = Field(3, ge=1)  # rotation: older periodic checkpoints are deleted

@@ -19,3 +19,13 @@ class UserError(Exception):
 def as_flags(message: str) -> str:
     """A library message as the command line says it: `name` becomes --name (underscores as hyphens)."""
     return _PARAM.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
+class Interrupted(UserError):
+    """Work stopped by a signal after saving what it had; exits 128 + the signal number (130 SIGINT, 143 SIGTERM)
+    so that a job scheduler sees the job did not finish."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -244,3 +244,61 @@ def test_truncated_checkpoint_is_called_truncated(tmp_path, toy_preset):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 16])
     _one_line_user_error(lambda: load_checkpoint(path), "truncated", path=path)
+
+
+def _edited(tmp_path, toy_preset, name, **header):
+    """A valid checkpoint whose string header entries are replaced by `header` (as a user editing the file would)."""
+    good = save_checkpoint(tmp_path / "good.safetensors", _ckpt(toy_preset))
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if header.get("preset", "").startswith("EDIT "):  # one field of the stored preset changed
+        section, rest = header["preset"][5:].split(".", 1)
+        key, value = rest.split("=")
+        raw = json.loads(meta["preset"])
+        raw[section][key] = value
+        header["preset"] = json.dumps(raw)
+    out = tmp_path / f"{name}.safetensors"
+    save_file(tensors, str(out), metadata={**meta, **header})
+    return out
+
+
+@pytest.mark.parametrize("name,header,words", [
+    ("preset_json", {"preset": '{"name": "toy", '}, ["damaged", "does not parse"]),
+    ("preset_invalid", {"preset": "EDIT net.kind=nope"}, ["damaged", "net.kind = 'nope'"]),
+    ("preset_not_object", {"preset": "[1, 2]"}, ["damaged", "preset is list"]),
+    ("kind", {"kind": "student"}, ["damaged", "'student'"]),
+    ("shape_json", {"data_shape": "[2,"}, ["damaged", "does not parse"]),
+    ("shape_value", {"data_shape": "[0]"}, ["damaged", "data_shape [0]"]),
+    ("shape_type", {"data_shape": '"2"'}, ["damaged", "data_shape"]),
+    ("meta", {"meta": "[1]"}, ["damaged", "meta is list"]),
+])
+def test_edited_header_is_one_line_error(tmp_path, toy_preset, name, header, words):
+    _one_line_user_error(lambda: load_checkpoint(_edited(tmp_path, toy_preset, name, **header)), *words)
+
+
+def test_missing_header_entry_is_one_line_error(tmp_path, toy_preset):
+    good = save_checkpoint(tmp_path / "good.safetensors", _ckpt(toy_preset))
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "data_shape"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "cut.safetensors"), metadata=meta)
+    _one_line_user_error(lambda: load_checkpoint(tmp_path / "cut.safetensors"), "damaged", "'data_shape'")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_tensors_are_refused(tmp_path, toy_preset, bad):
+    c = _ckpt(toy_preset)
+    c.groups["ema"]["layer.weight"][1, 2] = bad
+    path = save_checkpoint(tmp_path / "diverged.safetensors", c)
+    _one_line_user_error(lambda: load_checkpoint(path), "NaN or infinite", "earlier checkpoint")
+    for groups in (None, ["ema"]):
+        with pytest.raises(UserError) as err:
+            load_checkpoint(path, groups=groups)
+        assert "values in ema/layer.weight; the run" in str(err.value)  # names the tensor, and only that one
+    assert set(load_checkpoint(path, groups=["net"]).groups) == {"net"}  # the other groups are fine
+    assert torch.isnan(load_checkpoint(path, check_finite=False).groups["ema"]["layer.weight"]).any() == (bad != bad)

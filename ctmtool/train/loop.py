@@ -1,21 +1,28 @@
 """The training loop shared by teacher, CTM and GCTM training.
 
-The loop owns time: data order, duration (images or minutes), logging, periodic checkpoints in a
-rotation, sample grids, quality evaluation, resume and clean stops on SIGINT/SIGTERM. The objective
-owns the maths: it receives the micro-batches of one optimiser step and updates its networks.
+The loop owns time: data order, duration (images, or minutes of training time summed over every session of
+the run), logging (and a heartbeat line every 10 s), periodic checkpoints in a rotation (by images and by
+training time), sample grids, quality evaluation, resume and clean stops on SIGINT/SIGTERM. The objective owns
+the maths: it receives the micro-batches of one optimiser step and updates its networks.
+
+The learning-rate schedule's progress is computed once per step from what a checkpoint records (images seen and
+training seconds so far), so a resumed run, time-limited or not, continues the schedule where it stopped. A
+time limit or a signal is also checked between the micro-batches of an accumulated step: the step is then
+abandoned (no update, its random draws undone) so that the saved state is that after the last whole step.
 
 Objective interface:
     kind: str                                  checkpoint kind (teacher, ctm, gctm)
     step(batches, kimg) -> dict[str, Tensor]   one optimiser step; returns detached scalars to log
     checkpoint(meta) -> Checkpoint             every tensor needed to resume and to sample
     restore(ckpt)                              load all of it back
+    rng_state() -> dict; set_rng_state(dict)   the random streams a step draws from
+    optimizers: dict[str, Optimizer]           zeroed when a step is abandoned
     sampling_model() -> nn.Module              the network snapshots and evaluations sample from
 """
 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -30,8 +37,12 @@ from ctmtool.config import TrainConfig
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
 from ctmtool.train import distributed as ddp
+from ctmtool.train.rundir import CKPT_GLOB, RunLock, checkpoint_name, make_run_dir, remove_leftovers, rotate
 
-CKPT_GLOB = "ckpt-*.safetensors"
+__all__ = ["CKPT_GLOB", "FitResult", "RunLock", "StopFlag", "fit"]
+
+HEARTBEAT_S = 10.0  # longest silence on a stderr that is not a terminal
+
 
 
 @dataclass
@@ -41,50 +52,19 @@ class FitResult:
     steps: int  # optimiser steps
     seconds: float  # wall-clock training time (this session)
     images_per_second: float
-    stopped_by: str  # kimg | minutes | signal
+    stopped_by: str  # kimg | minutes | signal SIGINT | signal SIGTERM
     last: dict = field(default_factory=dict)  # last logged values
     skipped_steps: int = 0  # non-finite losses skipped
-
-
-class RunLock:
-    """An exclusive lock file in the run directory: a second writer is refused with a clear message."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
-
-    def __enter__(self):
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = self.path.read_text().strip() or "?"
-            if pid.isdigit() and not _alive(int(pid)):
-                self.path.unlink(missing_ok=True)
-                return self.__enter__()
-            raise UserError(f"run directory {self.path.parent} is in use by process {pid}; wait for it, "
-                            f"or delete {self.path} if that process is gone") from None
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return self
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    total_seconds: float = 0.0  # training time over every session of the run (resumes included)
+    signum: int = 0  # the signal that stopped the run, 0 when none did
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it between steps, saves and returns."""
+    """Set by SIGINT/SIGTERM; the loop checks it between steps and micro-batches, saves and returns."""
 
     def __init__(self):
-        self.signal: str | None = None
+        self.signal: str | None = None  # its name
+        self.signum = 0
         self._old = {}
 
     def __enter__(self):
@@ -96,46 +76,172 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
+        self.signal, self.signum = signal.Signals(signum).name, signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
 
-def checkpoint_name(step: int) -> str:
-    return f"ckpt-{step:08d}.safetensors"
+@dataclass
+class _Position:
+    """Where the run stands: what a checkpoint's meta records and a resume restores."""
+
+    step: int = 0  # optimiser steps taken
+    kimg: float = 0.0  # images seen, in thousands
+    skipped: int = 0  # steps skipped for non-finite losses
+    seconds: float = 0.0  # training seconds of the sessions before this one
+    progress: float = 0.0  # done fraction that set the last step's learning rate
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> _Position:
+        m = ckpt.meta
+        try:
+            return cls(int(m["step"]), float(m["kimg"]), int(m.get("skipped_steps", 0)),
+                       float(m.get("train_seconds", 0.0)), float(m.get("progress", 0.0)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"checkpoint {ckpt.path} has a damaged training position in its header ({err!r}); "
+                            "resume from an earlier checkpoint") from None
+
+    def meta(self, batch: int, seconds: float) -> dict:
+        return {"step": self.step, "kimg": self.kimg, "batch": batch, "skipped_steps": self.skipped,
+                "train_seconds": seconds, "progress": self.progress}
 
 
-def rotate(run_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` periodic checkpoints."""
-    files = sorted(run_dir.glob(CKPT_GLOB))
-    for f in files[:-keep]:
-        f.unlink(missing_ok=True)
+class _Budget:
+    """Training time over every session of a run: the earlier sessions' seconds plus this session's clock."""
+
+    def __init__(self, minutes: float | None, seconds_before: float, clock: Callable[[], float]):
+        self.limit = None if minutes is None else 60.0 * minutes
+        self.before, self.clock, self.t0 = seconds_before, clock, clock()
+
+    def session(self) -> float:
+        return self.clock() - self.t0
+
+    def total(self) -> float:
+        return self.before + self.session()
+
+    def fraction(self, total: float) -> float:
+        return total / self.limit if self.limit else 0.0
+
+    def spent(self, total: float) -> bool:
+        return self.limit is not None and total >= self.limit
 
 
-def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
-        device: torch.device, xflip: bool = False, resume: Checkpoint | None = None,
-        snapshot: Callable[[int], None] | None = None, evaluate: Callable[[], dict] | None = None,
-        max_bad_steps: int = 20) -> FitResult:
-    """Train `objective` on `data` until cfg.kimg thousand images or cfg.minutes, whichever comes first."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    micro = cfg.micro_batch or cfg.batch
-    accum = cfg.batch // micro
-    ddp.check_batch(micro)
-    main = ddp.is_main()
-    data = data.to(device) if device.type == "cuda" else data
-    order = torch.Generator().manual_seed(cfg.seed)
-    step, kimg_done, bad_in_row, skipped = 0, 0.0, 0, 0
-    if resume is not None:
-        objective.restore(resume)
-        step, kimg_done = int(resume.meta["step"]), float(resume.meta["kimg"])
-        order.set_state(resume.groups["rng"]["order"])
-        skipped = int(resume.meta.get("skipped_steps", 0))
-        rep.log(f"resumed from {resume.path} at {kimg_done:.1f} kimg (step {step})")
+class _Halt(Exception):
+    """Raised between two micro-batches to abandon the step: the time budget is spent or a signal came."""
 
-    def batch_iter():
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class _MicroBatches:
+    """The micro-batches of one optimiser step, drawn as the objective iterates; before each one but the first,
+    `between(i)` may raise `_Halt`, so a long accumulated step overruns a time limit by at most one micro-batch."""
+
+    def __init__(self, draw: Callable[[], tuple], n: int, between: Callable[[int], None]):
+        self.draw, self.n, self.between = draw, n, between
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for i in range(self.n):
+            if i:
+                self.between(i)
+            yield self.draw()
+
+
+class _Lines:
+    """Progress lines: means of the step logs every `log_every_kimg`, and a heartbeat whenever `every` seconds
+    passed without a line (None: no heartbeat; a terminal shows a live bar instead)."""
+
+    def __init__(self, rep, clock: Callable[[], float], total_kimg: float, every: float | None):
+        self.rep, self.clock, self.total_kimg, self.every = rep, clock, total_kimg, every
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.last: dict = {}
+        self.said = clock()
+
+    def add(self, out: dict) -> None:
+        for k, v in out.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach()
+        self.n += 1
+
+    def flush(self, at: _Position, ips: float) -> None:
+        self.last = {k: float(v) / self.n for k, v in self.sums.items()}
+        self._say(f"kimg {at.kimg:8.1f}  step {at.step:7d}  " + "  ".join(f"{k} {v:.4g}" for k, v in self.last.items())
+                  + f"  {ips:.0f} img/s")
+        self.sums, self.n = {}, 0
+
+    def heartbeat(self, at: _Position, ips: float, budget: _Budget, where: str = "") -> None:
+        if self.every is None or self.clock() - self.said < self.every:
+            return
+        limited = budget.limit is not None and budget.limit < 6e7  # minutes = 1e9 is how the CLI lifts a limit
+        left = f", {max(budget.limit - budget.total(), 0) / 60:.1f} of {budget.limit / 60:g} min left" if limited else ""
+        of = f" of {self.total_kimg:g}" if self.total_kimg < 1e8 else ""  # kimg = 1e9: the CLI lifted the limit
+        self._say(f"kimg {at.kimg:8.1f}{of}  step {at.step:7d}  {ips:.0f} img/s  "
+                  f"{budget.total():.0f}s trained{left}" + (f"  ({where})" if where else ""))
+
+    def _say(self, msg: str) -> None:
+        self.rep.log(msg)
+        self.said = self.clock()
+
+
+class _Saver:
+    """Periodic checkpoints (by images and by training time), written by rank 0 and rotated."""
+
+    def __init__(self, objective, order: torch.Generator, run_dir: Path, cfg: TrainConfig, budget: _Budget, main: bool):
+        self.objective, self.order, self.run_dir, self.cfg, self.budget, self.main = objective, order, run_dir, cfg, budget, main
+        self.path: Path | None = None  # the last checkpoint written
+        self.step = -1  # its step
+        self.at_seconds = budget.before  # its training time
+
+    def due(self, total: float) -> bool:
+        every = self.cfg.ckpt_every_minutes
+        return every is not None and total - self.at_seconds >= 60.0 * every
+
+    def save(self, at: _Position, total: float) -> Path:
+        """Write the state after `at.step` steps; reads the training state, never changes it."""
+        path = self.run_dir / checkpoint_name(at.step)
+        if self.main:  # rank 0 writes; the others only name the file
+            ckpt = self.objective.checkpoint(at.meta(self.cfg.batch, self.budget.total()))
+            ckpt.groups.setdefault("rng", {})["order"] = self.order.get_state()
+            save_checkpoint(path, ckpt)
+            rotate(self.run_dir, self.cfg.keep_checkpoints)
+        self.path, self.step, self.at_seconds = path, at.step, total
+        return path
+
+
+def check_finite_data(data: Dataset) -> None:
+    """Refuse training data holding NaN or infinite values (they would only turn every weight into NaN)."""
+    v = data.values
+    if not v.is_floating_point() or len(v) == 0:
+        return
+    bad = ~torch.isfinite(v.reshape(len(v), -1)).all(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        first = data.items[i] if data.items and i < len(data.items) else f"item {i}"
+        raise UserError(f"the training data is at fault: {data.name} holds NaN or infinite values in "
+                        f"{int(bad.sum())} of {len(v)} items (first: {first}); clean or remove them")
+
+
+def _crossed(period: float | None, before: float, after: float) -> bool:
+    return period is not None and math.floor(after / period) > math.floor(before / period)
+
+
+def _stop_reason(stop: StopFlag, budget: _Budget, device: torch.device) -> tuple[str | None, float]:
+    """Whether to stop now (the same answer on every rank), and the training seconds so far."""
+    signalled, total = ddp.max_over_ranks([float(bool(stop.signal)), budget.total()], device)
+    if budget.spent(total):
+        return "minutes", total
+    if signalled:
+        return f"signal {stop.signal or 'on another rank'}", total
+    return None, total
+
+
+def _drawer(data: Dataset, micro: int, order: torch.Generator, xflip: bool, device: torch.device):
+    def draw():
         idx = torch.randint(len(data), (micro,), generator=order)
         x, y = data.get(idx, device)
         if xflip and data.is_image:
@@ -143,77 +249,110 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x, y
 
-    def save(tag_step: int) -> Path:
-        if not main:  # rank 0 writes; the others only name the file
-            return run_dir / checkpoint_name(tag_step)
-        meta = {"step": tag_step, "kimg": kimg_done, "batch": cfg.batch, "skipped_steps": skipped}
-        ckpt = objective.checkpoint(meta)
-        ckpt.groups.setdefault("rng", {})["order"] = order.get_state()
-        path = save_checkpoint(run_dir / checkpoint_name(tag_step), ckpt)
-        rotate(run_dir, cfg.keep_checkpoints)
-        return path
+    return draw
 
-    def crossed(period: float | None, before: float, after: float) -> bool:
-        return period is not None and math.floor(after / period) > math.floor(before / period)
 
-    t0 = time.time()
-    seconds_before = 0.0
-    start_kimg = kimg_done
-    logs: dict[str, torch.Tensor] = {}
-    n_logged = 0
-    last: dict = {}
-    stopped_by = "kimg"
-    last_saved: Path | None = None
-    last_saved_step = -1
+def _abandon(objective, order: torch.Generator, rng: tuple) -> None:
+    """Undo a step stopped part-way: no update was made; its random draws and gradients are undone, so the state
+    is that after the last whole step (and a resume continues as if the step had never begun)."""
+    objective.set_rng_state(rng[0])
+    order.set_state(rng[1])
+    for opt in objective.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+
+
+def _restore(objective, order: torch.Generator, resume: Checkpoint, rep) -> _Position:
+    at = _Position.of(resume)
+    try:
+        objective.restore(resume)
+        order.set_state(resume.state("rng")["order"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"checkpoint {resume.path} cannot be resumed: its training state is damaged or was written "
+                        f"by another setup ({err!r}); resume from an earlier checkpoint or start a new run") from None
+    rep.log(f"resumed from {resume.path} at {at.kimg:.1f} kimg (step {at.step}, {at.seconds:.0f}s trained)")
+    return at
+
+
+def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
+        device: torch.device, xflip: bool = False, resume: Checkpoint | None = None,
+        snapshot: Callable[[int], None] | None = None, evaluate: Callable[[], dict] | None = None,
+        max_bad_steps: int = 20, clock: Callable[[], float] = time.monotonic) -> FitResult:
+    """Train `objective` on `data` until cfg.kimg thousand images or cfg.minutes of training time (summed over
+    the sessions of a resumed run), whichever comes first. `clock` (seconds) is the loop's only time source."""
+    run_dir = make_run_dir(Path(run_dir))
+    check_finite_data(data)
+    micro = cfg.micro_batch or cfg.batch
+    accum = cfg.batch // micro
+    ddp.check_batch(micro)
+    main = ddp.is_main()
+    data = data.to(device) if device.type == "cuda" else data
+    order = torch.Generator().manual_seed(cfg.seed)
+    at = _restore(objective, order, resume, rep) if resume is not None else _Position()
+    start_kimg, bad_in_row, stopped_by = at.kimg, 0, "kimg"
+    budget = _Budget(cfg.minutes, at.seconds, clock)
+    saver = _Saver(objective, order, run_dir, cfg, budget, main)
+    lines = _Lines(rep, clock, cfg.kimg, None if getattr(rep, "tty", False) else HEARTBEAT_S)
+    draw = _drawer(data, micro, order, xflip, device)
+
+    def ips() -> float:
+        return (at.kimg - start_kimg) * 1000 / max(budget.session(), 1e-9)
+
+    def between(i: int) -> None:
+        reason, _ = _stop_reason(stop, budget, device)
+        if reason:
+            raise _Halt(reason)
+        lines.heartbeat(at, ips(), budget, f"micro-batch {i + 1} of {accum}")
+
     with RunLock(run_dir) if main else nullcontext(), StopFlag() as stop, rep.progress(cfg.kimg, "train", unit="kimg") as advance:
-        advance(kimg_done)
-        while kimg_done < cfg.kimg:
-            signalled, minutes = ddp.max_over_ranks([float(bool(stop.signal)), (time.time() - t0) / 60], device)
-            if cfg.minutes is not None and minutes >= cfg.minutes:
-                stopped_by = "minutes"
+        if main:
+            remove_leftovers(run_dir)
+        advance(at.kimg)
+        while at.kimg < cfg.kimg:
+            reason, total = _stop_reason(stop, budget, device)
+            if reason:
+                stopped_by = reason
                 break
-            if signalled:
-                stopped_by = f"signal {stop.signal or 'on another rank'}"
+            progress = objective.progress = max(at.kimg / cfg.kimg, budget.fraction(total))
+            rng = (objective.rng_state(), order.get_state()) if accum > 1 else None
+            try:
+                out = objective.step(_MicroBatches(draw, accum, between), at.kimg)
+            except _Halt as halt:
+                _abandon(objective, order, rng)
+                stopped_by = halt.reason
                 break
-            elapsed_frac = minutes / cfg.minutes if cfg.minutes else 0.0
-            objective.progress = max(kimg_done / cfg.kimg, elapsed_frac)
-            batches = [batch_iter() for _ in range(accum)]
-            out = objective.step(batches, kimg_done)
             if not out.pop("finite", True):
-                skipped += 1
+                at.skipped += 1
                 bad_in_row += 1
                 if bad_in_row >= max_bad_steps:
-                    path = last_saved or "none yet"
-                    raise UserError(f"{bad_in_row} non-finite losses in a row at {kimg_done:.1f} kimg: training diverged; "
-                                    f"last good checkpoint: {path}; lower the learning rate or use precision='fp32'")
+                    raise UserError(f"{bad_in_row} non-finite losses in a row at {at.kimg:.1f} kimg: training diverged; "
+                                    f"last good checkpoint: {saver.path or 'none yet'}; lower the learning rate or use "
+                                    "precision='fp32'")
                 continue
-            bad_in_row = 0
-            before = kimg_done
-            step += 1
-            kimg_done += cfg.batch / 1000
-            for k, v in out.items():
-                logs[k] = logs.get(k, 0) + v.detach()
-            n_logged += 1
+            at.progress, bad_in_row = progress, 0
+            before = at.kimg
+            at.step += 1
+            at.kimg += cfg.batch / 1000
+            lines.add(out)
             advance(cfg.batch / 1000)
-            if crossed(cfg.log_every_kimg, before, kimg_done) or kimg_done >= cfg.kimg:
-                last = {k: float(v) / n_logged for k, v in logs.items()}
-                el = time.time() - t0
-                ips = (kimg_done - start_kimg) * 1000 / max(el, 1e-9)
-                rep.log(f"kimg {kimg_done:8.1f}  step {step:7d}  " + "  ".join(f"{k} {v:.4g}" for k, v in last.items())
-                        + f"  {ips:.0f} img/s")
-                logs, n_logged = {}, 0
-            if crossed(cfg.ckpt_every_kimg, before, kimg_done):
-                last_saved, last_saved_step = save(step), step
-            if main and snapshot is not None and crossed(cfg.snapshot_every_kimg, before, kimg_done):
-                snapshot(step)
-            if main and evaluate is not None and crossed(cfg.eval_every_kimg, before, kimg_done):
+            if _crossed(cfg.log_every_kimg, before, at.kimg) or at.kimg >= cfg.kimg:
+                lines.flush(at, ips())
+            else:
+                lines.heartbeat(at, ips(), budget)
+            if _crossed(cfg.ckpt_every_kimg, before, at.kimg) or saver.due(total):
+                saver.save(at, total)
+            if main and snapshot is not None and _crossed(cfg.snapshot_every_kimg, before, at.kimg):
+                snapshot(at.step)
+            if main and evaluate is not None and _crossed(cfg.eval_every_kimg, before, at.kimg):
                 res = evaluate()
-                rep.log(f"eval at {kimg_done:.1f} kimg: " + "  ".join(f"{k} {v:.5g}" for k, v in res.items()))
-        if last_saved_step != step or last_saved is None:
-            last_saved = save(step)
+                rep.log(f"eval at {at.kimg:.1f} kimg: " + "  ".join(f"{k} {v:.5g}" for k, v in res.items()))
+        if lines.n:  # stopped by the clock or a signal between two log lines: log what was not yet
+            lines.flush(at, ips())
+        if saver.step != at.step or saver.path is None:
+            saver.save(at, budget.total())
     ddp.barrier()
-    seconds = time.time() - t0 + seconds_before
-    ips = (kimg_done - start_kimg) * 1000 / max(seconds, 1e-9)
+    signum = 0
     if stopped_by.startswith("signal"):
-        rep.log(f"stopped by {stopped_by}; saved {last_saved}")
-    return FitResult(last_saved, kimg_done, step, seconds, ips, stopped_by, last, skipped)
+        signum = stop.signum or int(signal.SIGTERM)  # SIGTERM when another rank was the one signalled
+        rep.log(f"stopped by {stopped_by}; saved {saver.path}")
+    return FitResult(saver.path, at.kimg, at.step, budget.session(), ips(), stopped_by, lines.last, at.skipped,
+                     budget.total(), signum)

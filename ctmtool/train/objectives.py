@@ -76,17 +76,23 @@ class ObjectiveBase:
             tensors, info = optimizer_to_tensors(opt)
             groups[f"optim_{name}"] = tensors
             meta[f"optim_{name}"] = info
-        groups["rng"] = {"noise": self.gen.get_state(), "index": self.cpu_gen.get_state(), "torch": torch.get_rng_state()}
+        groups["rng"] = self.rng_state()
         return groups, meta
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """Every random stream a step draws from (the loop restores it when it abandons a step part-way)."""
+        return {"noise": self.gen.get_state(), "index": self.cpu_gen.get_state(), "torch": torch.get_rng_state()}
+
+    def set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
+        self.gen.set_state(rng["noise"])
+        self.cpu_gen.set_state(rng["index"])
+        torch.set_rng_state(rng["torch"])
 
     def _restore_common(self, ckpt: Checkpoint) -> None:
         for name, opt in self.optimizers.items():
             optimizer_from_tensors(opt, ckpt.state(f"optim_{name}"), ckpt.meta[f"optim_{name}"])
         self.steps = int(ckpt.meta.get("step", 0))
-        rng = ckpt.state("rng")
-        self.gen.set_state(rng["noise"])
-        self.cpu_gen.set_state(rng["index"])
-        torch.set_rng_state(rng["torch"])
+        self.set_rng_state(ckpt.state("rng"))
 
 
 class TeacherObjective(ObjectiveBase):

@@ -9,6 +9,7 @@ loop and the final snapshot are the same for all three.
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from ctmtool.checkpoint import Checkpoint, load_checkpoint
 from ctmtool.config import Preset
 from ctmtool.data import load_dataset
 from ctmtool.data.base import Dataset
-from ctmtool.errors import UserError
+from ctmtool.errors import Interrupted, UserError
 from ctmtool.models import Model, analytic_model, load_model
 from ctmtool.progress import Quiet
 from ctmtool.train import distributed as ddp
@@ -43,7 +44,8 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
     else CTM from `teacher`); checkpoints and sample pictures go to `run_dir`.
 
     resume: True continues the newest checkpoint, "auto" does so when there is one. Under torchrun every rank
-    computes its rows of each batch and rank 0 writes. `rep` reports progress (`ctmtool.progress`)."""
+    computes its rows of each batch and rank 0 writes. `rep` reports progress (`ctmtool.progress`). A run stopped
+    by SIGINT/SIGTERM saves, then raises `Interrupted` (exit code 128 + the signal number on the command line)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; use one of {ROLES}")
     if role == "teacher":
@@ -60,6 +62,10 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
     rep.log(parts.describe)
     result = fit(parts.objective, parts.data, parts.cfg, run_dir, rep, device=device, xflip=parts.xflip,
                  resume=resume_ckpt, snapshot=parts.snapshot, evaluate=parts.evaluate)
+    if result.signum:  # saved; a job scheduler must still see that the run did not finish
+        raise Interrupted(f"training stopped by {signal.Signals(result.signum).name} at {result.kimg:.3f} kimg "
+                          f"(step {result.steps}); saved {result.checkpoint}; continue it with `resume`", result.signum)
+    result.last["total_seconds"] = round(result.total_seconds, 1)  # over every session of the run
     if ddp.is_main():
         result.last["samples_png"] = str(parts.snapshot(result.steps))
     return result

@@ -4,6 +4,7 @@ snapshots and evaluations. Used by `ctmtool.train.run` (teacher, CTM) and `ctmto
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ctmtool.models import Model, analytic_model
 from ctmtool.progress import Quiet
 from ctmtool.sampling import generate
 from ctmtool.train import distributed as ddp
-from ctmtool.train.loop import CKPT_GLOB
+from ctmtool.train.rundir import CKPT_GLOB, RunLock, make_run_dir
 from ctmtool.visual import save_samples_png
 
 
@@ -36,21 +37,27 @@ class RunParts:
 def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool) -> Path | None:
     """Return the checkpoint to resume from (or None); refuse to train over an existing run without a flag.
 
-    resume="auto" continues the run when the directory holds checkpoints and starts a new one otherwise."""
+    resume="auto" continues the run when the directory holds checkpoints and starts a new one otherwise. A run
+    directory that a live process holds is refused before anything in it is read or deleted."""
     run_dir = Path(run_dir)
-    existing = sorted(run_dir.glob(CKPT_GLOB)) if run_dir.is_dir() else []
-    if resume == "auto":
-        return existing[-1] if existing else None
-    if resume:
-        if not existing:
-            raise UserError(f"`resume`: no checkpoint in {run_dir} to resume from; start a new run without `resume`")
-        return existing[-1]
-    if existing and not force:
-        raise UserError(f"run directory {run_dir} already holds checkpoints; `resume` to continue it, "
-                        "`force` to start over, or choose another `run_dir`")
-    if existing and force and ddp.is_main():
-        for f in existing:
-            f.unlink(missing_ok=True)
+    if resume is not True:  # a new run: an unusable folder is found before the data and networks are built
+        make_run_dir(run_dir)
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"`run_dir` {run_dir} is a file, not a directory; choose another `run_dir`")
+    with RunLock(run_dir) if run_dir.is_dir() and ddp.is_main() else nullcontext():
+        existing = sorted(run_dir.glob(CKPT_GLOB)) if run_dir.is_dir() else []
+        if resume == "auto":
+            return existing[-1] if existing else None
+        if resume:
+            if not existing:
+                raise UserError(f"`resume`: no checkpoint in {run_dir} to resume from; start a new run without `resume`")
+            return existing[-1]
+        if existing and not force:
+            raise UserError(f"run directory {run_dir} already holds checkpoints; `resume` to continue it, "
+                            "`force` to start over, or choose another `run_dir`")
+        if existing and force and ddp.is_main():
+            for f in existing:
+                f.unlink(missing_ok=True)
     ddp.barrier()
     return None
 
@@ -88,7 +95,12 @@ def sample_snapshotter(objective, preset: Preset, data_shape, run_dir: Path, n: 
     def snapshot(step: int) -> Path:
         count = n if len(data_shape) == 3 else 4096
         xs = _one_step(objective, preset, data_shape, count, seed=0)
-        return save_samples_png(xs, run_dir / f"samples-{step:08d}.png", len(data_shape) == 3)
+        path = run_dir / f"samples-{step:08d}.png"
+        try:
+            return save_samples_png(xs, path, len(data_shape) == 3)
+        except OSError as err:
+            raise UserError(f"could not write sample picture {path}: {err.strerror or err}; check free space and "
+                            "permissions") from None
 
     return snapshot
 
