@@ -39,6 +39,15 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outp
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a preset field, e.g. --set teacher.batch=64 (repeatable).")]
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `ctmtool presets`) or a .toml path.")]
+CkptOpt = Annotated[Path | None, typer.Option(
+    "--ckpt", help="Checkpoint file, or a run directory (its newest checkpoint). Default: the newest in --run-dir.")]
+RunDirOpt = Annotated[Path | None, typer.Option(
+    "--run-dir", help="Run directory whose newest checkpoint is used without --ckpt (default: runs/toy/ctm, where "
+                      "`ctmtool distill` writes with its default preset).")]
+EmaOpt = Annotated[str, typer.Option("--ema", help="Which weights of the checkpoint: ema, net, target, or ema_<rate>.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the first item; item i uses seed + i.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch", help="Items per forward pass (does not change the results).")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="An .npz, a .png, a folder (one PNG per item) or - (stdout).")]
 
 
 class Reporter:
@@ -118,26 +127,66 @@ def _jsonable(o: Any):
     return str(o)
 
 
+FLAG_NAMES = {"--class-label": "--class"}  # library parameter -> the option's name where they differ
+
+
+def flags(message: str) -> str:
+    """A library message in the command line's words (`nfe` -> --nfe, `class_label` -> --class)."""
+    message = as_flags(message)
+    for param, flag in FLAG_NAMES.items():
+        message = message.replace(param, flag)
+    return " ".join(message.split())  # one line
+
+
+def _fail(message: str, code: int):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn UserError into `error: ...` on stderr and exit code 2; Ctrl-C into exit code 130."""
+    """Turn UserError into `error: ...` on stderr and exit code 2; a system error (disk full, no permission,
+    out of memory) into one line and exit code 1; Ctrl-C into exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            print(f"error: {as_flags(str(err))}", file=sys.stderr, flush=True)
-            raise typer.Exit(err.exit_code) from None
+            raise _fail(flags(str(err)), err.exit_code) from None
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr, flush=True)
-            raise typer.Exit(130) from None
+            raise _fail("interrupted", 130) from None
+        except (MemoryError, torch_oom()) as err:
+            raise _fail(f"out of memory ({type(err).__name__}); lower --batch or --n", 1) from None
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk space", 1) from None
 
     return wrapper
 
 
+def torch_oom() -> type[BaseException]:
+    """torch.OutOfMemoryError when torch is loaded (it is not imported just to catch it)."""
+    torch = sys.modules.get("torch")
+    return getattr(torch, "OutOfMemoryError", MemoryError) if torch is not None else MemoryError
+
+
 def check_output(path: str | Path, force: bool) -> Path:
-    """Refuse to overwrite an existing output unless --force."""
+    """Refuse to overwrite an existing output unless --force, and an output in a place that cannot be written."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"output {p} is a folder; give a file name")
     if p.exists() and not force:
         raise UserError(f"output {p} already exists; pass --force to overwrite it or choose another path")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {p}: {parent} is not a writable folder; choose another path")
     return p
+
+
+def at_least(least: int, **values: int | None) -> None:
+    """Refuse counts below `least` (`--n 0`, `--batch 0`, ...): the one way commands check numeric options."""
+    for name, value in values.items():
+        if value is not None and value < least:
+            raise UserError(f"`{name}` must be at least {least} (got {value})")
