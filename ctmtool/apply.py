@@ -197,14 +197,23 @@ def translate_items(model, x: torch.Tensor, *, nfe: int = 1, gamma: float = 0.0,
     """GCTM translation of every row of x (GCTM paper, Sec. 4: one jump G(x1, 1, 0) when nfe = 1)."""
     from ctmtool.gctm.translate import translate
 
+    check_translatable(model, nfe, gamma)
+    return _batched(lambda xb, noise, lo, hi: translate(model, xb, nfe=nfe, gamma=gamma, noise=noise),
+                    x, model, seed, batch, device, progress)
+
+
+def check_translatable(model, nfe: int = 1, gamma: float = 0.0) -> None:
+    """Refuse a model that is not a GCTM, and Gaussian re-noising of a GCTM whose source is not Gaussian."""
+    if nfe < 1:
+        raise UserError(f"`nfe` must be at least 1, got {nfe}")
+    if not 0.0 <= gamma <= 1.0:
+        raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
     if model.kind != "gctm":
         raise UserError(f"{_what(model)} is a {model.kind} checkpoint; translation needs a GCTM (train one with "
-                        "`ctmtool distill --preset toy-translate` or another GCTM preset); a CTM can edit images instead")
+                        "`ctmtool distill --preset toy-translate` or another GCTM preset); a CTM can edit images (`ctmtool translate edit`, `editing.sdedit`)")
     if gamma > 0 and nfe > 1 and not model.net.gaussian_source:
         raise UserError(f"`gamma` > 0 re-noises with Gaussian noise, which only fits a Gaussian source; this GCTM's "
                         f"coupling is {model.preset.gctm.coupling!r}: use `gamma` 0")
-    return _batched(lambda xb, noise, lo, hi: translate(model, xb, nfe=nfe, gamma=gamma, noise=noise),
-                    x, model, seed, batch, device, progress)
 
 
 def edit_items(model, x: torch.Tensor, level: float, *, strokes: torch.Tensor | None = None,
