@@ -83,4 +83,4 @@ def open_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None
     path, how = find_checkpoint(ckpt, run_dir)
     model = load_model(path, which=which, device=device)
     check_model_finite(model)
-    return model, f"{path} ({how})" if how != "given" else str(path)
+    return model, f"checkpoint {path}" + (f" ({how})" if how != "given" else "")
