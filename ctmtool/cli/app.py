@@ -6,8 +6,10 @@ import typer
 
 from ctmtool import __version__
 from ctmtool.cli import distill, fid, likelihood, presets, sample, teacher, translate
+from ctmtool.cli.common import Group
 
 app = typer.Typer(
+    cls=Group,  # usage errors are one `error:` line too
     name="ctmtool",
     help="Consistency Trajectory Models: train a teacher, distill a CTM, sample, score and translate.",
     no_args_is_help=True,

@@ -2,7 +2,8 @@
 
 - stdout carries results only: a JSON object with `--json`, else a readable table;
 - stderr carries progress: rich bars on a terminal, plain timestamped lines otherwise;
-- a `UserError` becomes one line `error: ...` and exit code 2; success is exit code 0;
+- a `UserError` (and a usage error) becomes one line `error: ...` and exit code 2; a system error (disk
+  full, no permission, out of memory) one line and exit code 1; success is exit code 0;
 - outputs are never overwritten without `--force`.
 """
 
@@ -29,6 +30,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from typer.core import TyperCommand, TyperGroup
+from typer.core import _click as click  # typer 0.29 parses with its own copy of click
 
 from ctmtool.device import select_device  # noqa: F401  (re-exported for the commands)
 from ctmtool.errors import UserError, as_flags
@@ -190,3 +194,70 @@ def at_least(least: int, **values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < least:
             raise UserError(f"`{name}` must be at least {least} (got {value})")
+
+
+def _plain_usage(pieces: list[str]) -> list[str]:
+    """Usage pieces as click writes them: NAME for a required argument, [NAME] for an optional one."""
+    out = []
+    for piece in pieces:
+        if piece.startswith("{") and piece.endswith("}"):
+            piece = piece[1:-1]
+        while piece.startswith("[[") and piece.endswith("]]"):
+            piece = piece[1:-1]
+        out.append(piece)
+    return out
+
+
+class Command(TyperCommand):
+    """A subcommand with plain usage lines and, optionally, a second form `CMD WORD ...` with its own help
+    (`subform` = (word, usage arguments, help text, option names shown))."""
+
+    subform: tuple[str, str, str, tuple[str, ...]] | None = None
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return _plain_usage(super().collect_usage_pieces(ctx))
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if self.subform and args and args[0] == self.subform[0] and any(a in ctx.help_option_names for a in args):
+            click.echo(self.subform_help(ctx), color=ctx.color)
+            ctx.exit()
+        return super().parse_args(ctx, args)
+
+    def subform_help(self, ctx: click.Context) -> str:
+        word, usage, text, names = self.subform
+        f = ctx.make_formatter()
+        f.write_usage(f"{ctx.command_path} {word}", usage)
+        f.write_paragraph()
+        with f.indentation():
+            f.write_text(text)
+        records = [p.get_help_record(ctx) for p in self.get_params(ctx)
+                   if p.param_type_name == "option" and (set(p.opts) & set(names) or p.name == "help")]
+        with f.section("Options"):
+            f.write_dl([r for r in records if r])
+        return f.getvalue().rstrip("\n")
+
+
+def subform_command(word: str, usage: str, text: str, names: tuple[str, ...]) -> type[Command]:
+    """A `Command` class whose `CMD WORD --help` prints the help of that form."""
+    return type(f"{word.title()}Command", (Command,), {"subform": (word, usage, text, names)})
+
+
+class Group(TyperGroup):
+    """The root group: a usage error (unknown option, a value of the wrong type) is one `error:` line too."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
+            print(f"error: {' '.join(err.format_message().split())}{hint}", file=sys.stderr, flush=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            print("error: aborted", file=sys.stderr, flush=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ctmtool.cli.common import (
+    Command,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -51,4 +52,5 @@ def distill_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill")(distill_cmd)
+    app.command("distill", cls=Command,
+                short_help="Distill a CTM from a teacher (or train a GCTM for presets with [gctm]).")(distill_cmd)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ctmtool.cli.common import (
+    Command,
     CkptOpt,
     DeviceOpt,
     EmaOpt,
@@ -88,4 +89,4 @@ def likelihood_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("likelihood", short_help="Negative log-likelihood and bits/dim of data (PF-ODE or ELBO).")(likelihood_cmd)
+    app.command("likelihood", cls=Command, short_help="Negative log-likelihood and bits/dim of data (PF-ODE or ELBO).")(likelihood_cmd)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ctmtool.cli.common import (
+    Command,
     BatchOpt,
     CkptOpt,
     DeviceOpt,
@@ -119,7 +120,7 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="sample")
 
 
-@app.command("sweep")
+@app.command("sweep", cls=Command)
 @handle_errors
 def sweep_cmd(
     ckpt: CkptOpt = None,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ctmtool.cli.common import (
+    Command,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -20,6 +21,7 @@ from ctmtool.cli.common import (
 from ctmtool.errors import UserError
 
 app = typer.Typer(rich_markup_mode=None, help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
+                  short_help="Train an EDM teacher, or `teacher import` a published EDM checkpoint.",
                   invoke_without_command=True, no_args_is_help=False)
 
 
@@ -73,10 +75,10 @@ def teacher_cmd(
                 "stopped_by": res.stopped_by, **res.last}, title="teacher")
 
 
-@app.command("import")
+@app.command("import", cls=Command)
 @handle_errors
 def import_cmd(
-    pickle_path: Path = typer.Argument(..., help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl."),
+    pickle_path: Path = typer.Argument(..., metavar="PICKLE", help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it)."),
     force: ForceOpt = False,
     json_out: JsonOpt = False,

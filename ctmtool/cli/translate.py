@@ -29,6 +29,7 @@ from ctmtool.cli.common import (
     check_output,
     handle_errors,
     select_device,
+    subform_command,
 )
 from ctmtool.errors import UserError
 
@@ -141,7 +142,7 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
 def translate_cmd(
     source: str = typer.Argument(..., metavar="INPUT", help="Items to translate: folder, .zip, .npz, image file, "
                                  "or .npz of points; or `edit` followed by IMAGE."),
-    image: str | None = typer.Argument(None, metavar="[IMAGE]", help="`translate edit`: the image(s) to edit."),
+    image: str | None = typer.Argument(None, metavar="IMAGE", help="`translate edit`: the image(s) to edit."),
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint (.safetensors) or run directory (its newest checkpoint)."),
     out: str = typer.Option(..., "--out", "-o", help="A folder (one PNG per item), an .npz (key samples) or one .png."),
     nfe: int = typer.Option(1, "--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0))."),
@@ -187,5 +188,14 @@ def translate_cmd(
     _translate(rep, source, ckpt, out, nfe, gamma, degrade, grid, seed, batch, ema, device, force)
 
 
+EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: "
+             "noise the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is "
+             "the start (inside --mask), and --keep-unmasked pastes the original back outside it.")
+EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--nfe", "--gamma", "--grid",
+                "--seed", "--batch", "--ema", "--device", "--force", "--json")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("translate")(translate_cmd)
+    cls = subform_command("edit", "IMAGE --ckpt CKPT --out OUT [OPTIONS]", EDIT_HELP, EDIT_OPTIONS)
+    app.command("translate", cls=cls,
+                short_help="One-step GCTM translation of inputs; `translate edit` for SDEdit / stroke editing.")(translate_cmd)
