@@ -208,7 +208,7 @@ def check_translatable(model, nfe: int = 1, gamma: float = 0.0) -> None:
         raise UserError(f"`nfe` must be at least 1, got {nfe}")
     if not 0.0 <= gamma <= 1.0:
         raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
-    if model.kind != "gctm":
+    if not (model.is_trajectory and not model.net.has_density):  # a GCTM: transport between two distributions
         raise UserError(f"{_what(model)} is a {model.kind} checkpoint; translation needs a GCTM (train one with "
                         "`ctmtool distill --preset toy-translate` or another GCTM preset); a CTM can edit images (`ctmtool translate edit`, `editing.sdedit`)")
     if gamma > 0 and nfe > 1 and not model.net.gaussian_source:

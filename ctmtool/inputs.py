@@ -92,7 +92,7 @@ def load_inputs(path: str | Path, model, split_pairs: bool = False, log=None) ->
 def _paired(model) -> bool:
     from ctmtool.gctm.couplings import coupling_kind
 
-    return model.kind == "gctm" and coupling_kind(model.preset.gctm.coupling) == "paired"
+    return model.preset.gctm is not None and coupling_kind(model.preset.gctm.coupling) == "paired"
 
 
 def load_mask(path: str | Path, model, n: int, log=None) -> torch.Tensor:
@@ -127,8 +127,9 @@ def degrade(x: torch.Tensor, model, seed: int) -> torch.Tensor:
     from ctmtool.gctm.couplings import coupling_kind
     from ctmtool.gctm.degrade import make_degradation
 
-    if model.kind != "gctm" or coupling_kind(model.preset.gctm.coupling) != "corrupt":
-        coupling = model.preset.gctm.coupling if model.kind == "gctm" else model.kind
+    g = model.preset.gctm  # the coupling a GCTM was trained with ([gctm] section of its preset)
+    if g is None or coupling_kind(g.coupling) != "corrupt":
+        coupling = g.coupling if g is not None else model.kind
         raise UserError(f"`degrade` applies the model's degradation, but this model's coupling is {coupling!r}, "
                         "not corrupt:<op>; drop `degrade`")
     deg = make_degradation(model.preset.gctm.coupling.strip().partition(":")[2])

@@ -63,7 +63,7 @@ def load_data(path: str | Path, model):
     if not path.exists():
         raise UserError(f"{path} does not exist; give a folder, .zip or .npz of images, an image file, "
                         "or an .npz of float points")
-    ds = load_images(path)
+    ds = _npz_folder(path) or load_images(path)
     if len(ds) == 0:
         raise UserError(f"{ds.name} holds no items; give at least one")
     if tuple(ds.shape) != tuple(model.data_shape):
@@ -79,6 +79,25 @@ def load_data(path: str | Path, model):
     if not model.label_dim and ds.labels is not None:
         ds = Dataset(ds.values, None, 0, ds.name, ds.items)  # an unconditional model takes no labels
     return ds
+
+
+def _npz_folder(path: Path):
+    """A folder holding .npz files and no images (e.g. 2-D points): their items, concatenated in name order."""
+    from ctmtool.data.base import Dataset
+    from ctmtool.data.images import IMAGE_EXTS, load_npz
+
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    npz = [p for p in files if p.suffix.lower() == ".npz"]
+    if not npz or any(p.suffix.lower() in IMAGE_EXTS for p in files):
+        return None
+    parts = [load_npz(p) for p in npz]
+    if len({(d.shape, d.values.dtype) for d in parts}) > 1:
+        raise UserError(f"the .npz files in {path} hold items of different shapes or types; keep one kind per folder")
+    labels = None if any(d.labels is None for d in parts) else torch.cat([d.labels for d in parts])
+    items = [f"{p.name}:{i}" for p, d in zip(npz, parts, strict=True) for i in range(len(d))]
+    return Dataset(torch.cat([d.values for d in parts]), labels, max(d.num_classes for d in parts), str(path), items)
 
 
 def likelihood_of(model, ds, opts: NLLOptions, *, n: int | None = None, batch: int = 64, seed: int = 0,

@@ -17,7 +17,7 @@ from ctmtool.cli.common import (
     handle_errors,
     select_device,
 )
-from ctmtool.cli.teacher import training_overrides
+from ctmtool.cli.teacher import AutoResumeOpt, DownloadOpt, prepare, training_overrides
 
 
 @handle_errors
@@ -31,7 +31,8 @@ def distill_cmd(
     minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir "
                                 "(also how the GAN phase starts from a CTM+DSM run: --resume --set gan.enabled=true)."),
-    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue --run-dir if it holds checkpoints, else start a new run (for job schedulers that restart a job)."),
+    auto_resume: AutoResumeOpt = False,
+    download: DownloadOpt = False,
     overrides: SetOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -39,13 +40,15 @@ def distill_cmd(
 ) -> None:
     """Distill a CTM G(x_t, t, s) (Kim et al. 2024): CTM + DSM losses, optional GAN phase; checkpoints in --run-dir."""
     from ctmtool.config import load_preset
+    from ctmtool.runs import default_run_dir
     from ctmtool.train.run import train
 
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("distill", kimg, minutes, overrides))
-    run_dir = run_dir or Path("runs") / p.name / ("gctm" if p.gctm is not None else "ctm")
-    res = train(p, "distill", run_dir, select_device(device), rep, teacher=teacher, data_path=data,
-                resume="auto" if auto_resume else resume, force=force)
+    run_dir = run_dir or default_run_dir(p.name, "gctm" if p.gctm is not None else "ctm")
+    resume = prepare(p, run_dir, data, download, resume, auto_resume, rep)
+    res = train(p, "distill", run_dir, select_device(device), rep, teacher=teacher, data_path=data, resume=resume,
+                force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
                 "stopped_by": res.stopped_by, **res.last}, title="distill")
