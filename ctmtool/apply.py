@@ -237,7 +237,7 @@ def check_finite(x: torch.Tensor, what: str, fix: str) -> torch.Tensor:
     """Refuse NaN or infinite values, naming where they are."""
     if x.is_floating_point() and not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x.flatten(1) if x.ndim > 1 else x)).any(-1).sum()) if x.ndim > 1 else 1
-        raise UserError(f"{what} hold NaN or infinite values ({bad} items); {fix}")
+        raise UserError(f"{what} hold NaN or infinite values (items with them: {bad}); {fix}")
     return x
 
 

@@ -72,7 +72,7 @@ def load_data(path: str | Path, model):
                         f"{tuple(model.data_shape)}; give data of the model's shape")
     if ds.values.is_floating_point() and not torch.isfinite(ds.values).all():
         bad = int((~torch.isfinite(ds.values.flatten(1))).any(1).sum())
-        raise UserError(f"{ds.name} holds NaN or infinite values in {bad} items; remove or fix them")
+        raise UserError(f"{ds.name} holds NaN or infinite values (items with them: {bad}); remove or fix them")
     if model.label_dim and ds.labels is None:
         raise UserError(f"the model is class-conditional ({model.label_dim} classes) but {ds.name} has no labels; "
                         "put images in class sub-folders or save 'labels' in the .npz")

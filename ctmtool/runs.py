@@ -81,6 +81,9 @@ def open_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None
     if preset is not None:
         raise UserError("`preset` is only used with `analytic` (a checkpoint carries its own preset)")
     path, how = find_checkpoint(ckpt, run_dir)
-    model = load_model(path, which=which, device=device)
+    try:
+        model = load_model(path, which=which, device=device)
+    except (ValueError, TypeError, KeyError) as err:  # a header edited into something no network matches
+        raise UserError(f"{path} has an edited or damaged header ({err}); it cannot be used") from None
     check_model_finite(model)
     return model, f"checkpoint {path}" + (f" ({how})" if how != "given" else "")

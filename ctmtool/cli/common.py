@@ -257,7 +257,7 @@ class Group(TyperGroup):
             hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
             print(f"error: {' '.join(err.format_message().split())}{hint}", file=sys.stderr, flush=True)
             sys.exit(err.exit_code)
-        except click.Abort:
+        except typer.Abort:
             print("error: aborted", file=sys.stderr, flush=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)

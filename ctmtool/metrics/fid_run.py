@@ -35,8 +35,8 @@ def sampling_settings(model, **options) -> dict:
     if model is None:
         given = {k: v for k, v in options.items() if v is not None}
         if given:
-            raise UserError(f"{', '.join(f'`{k}`' for k in given)} set how a checkpoint is sampled, but SAMPLES are "
-                            "images; drop them")
+            raise UserError(f"{', '.join(f'`{k}`' for k in given)}: only for a checkpoint (how it is sampled), "
+                            "but SAMPLES are images; drop it")
         return {}
     from ctmtool.apply import sample_options
 
