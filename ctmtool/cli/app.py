@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from ctmtool import __version__
@@ -27,8 +29,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     """Consistency Trajectory Models (Kim et al., ICLR 2024) and Generalized CTMs from one command line.
 
     Results go to stdout (JSON with --json); progress and logs go to stderr. Exit code 0 means success.

@@ -30,7 +30,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
-
 from typer.core import TyperCommand, TyperGroup
 from typer.core import _click as click  # typer 0.29 parses with its own copy of click
 

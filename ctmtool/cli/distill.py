@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -23,14 +24,14 @@ from ctmtool.cli.teacher import AutoResumeOpt, DownloadOpt, prepare, training_ov
 @handle_errors
 def distill_cmd(
     preset: PresetOpt = "toy",
-    teacher: str | None = typer.Option(None, "--teacher", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
-                                       "toy uses the exact mixture denoiser by default."),
-    data: str | None = typer.Option(None, "--data", help="Data path; overrides data.path."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/ctm)."),
-    kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
-    minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir "
-                                "(also how the GAN phase starts from a CTM+DSM run: --resume --set gan.enabled=true)."),
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
+                                       "toy uses the exact mixture denoiser by default.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Data path; overrides data.path.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/ctm).")] = None,
+    kimg: Annotated[float | None, typer.Option("--kimg", help="Train for this many thousand images.")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Train for this many minutes.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --run-dir "
+                                "(also how the GAN phase starts from a CTM+DSM run: --resume --set gan.enabled=true).")] = False,
     auto_resume: AutoResumeOpt = False,
     download: DownloadOpt = False,
     overrides: SetOpt = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -75,45 +76,45 @@ def _model(target: str, ema: str, dev, rep: Reporter):
 
 @handle_errors
 def fid_cmd(
-    samples: str = typer.Argument(..., metavar="SAMPLES",
+    samples: Annotated[str, typer.Argument(metavar="SAMPLES",
                                   help="Images (folder, .zip, .npz, image file) or a checkpoint (.safetensors, "
-                                       "sampled in memory); or the word `stats` (see DATA)."),
-    data: str | None = typer.Argument(None, metavar="DATA",
+                                       "sampled in memory); or the word `stats` (see DATA).")],
+    data: Annotated[str | None, typer.Argument(metavar="DATA",
                                       help="With `fid stats`: the real images (or a checkpoint) to compute "
-                                           "reference statistics of."),
-    ref: str | None = typer.Option(None, "--ref", "-r",
+                                           "reference statistics of.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", "-r",
                                    help="Reference: a name (e.g. cifar10-train: statistics in the cache, made with "
                                         "`fid stats --name`), a statistics .npz, or a folder/zip/npz of real images. "
-                                        "Default for a checkpoint: its preset's fid.ref."),
-    features: str | None = typer.Option(None, "--features", "-f",
+                                        "Default for a checkpoint: its preset's fid.ref.")] = None,
+    features: Annotated[str | None, typer.Option("--features", "-f",
                                         help="Feature network: `inception` (clean-fid) or a TorchScript file "
                                              "(e.g. fd_a.pt), fed unresized. Default: inception, or the checkpoint "
-                                             "preset's fid.features."),
-    n: int | None = typer.Option(None, "--n", "-n",
+                                             "preset's fid.features.")] = None,
+    n: Annotated[int | None, typer.Option("--n", "-n",
                                  help="Number of images: samples generated from a checkpoint (default: preset fid.n), "
-                                      "or a seeded random subset of the images (default: all)."),
-    kid_flag: bool = typer.Option(False, "--kid", help="Also compute KID (needs raw reference features)."),
-    kid_subsets: int = typer.Option(100, "--kid-subsets", help="KID: number of random subsets."),
-    kid_subset_size: int = typer.Option(1000, "--kid-subset-size", help="KID: images per subset (at most n)."),
-    batch: int = typer.Option(256, "--batch", "-b", help="Images per generation and feature batch."),
+                                      "or a seeded random subset of the images (default: all).")] = None,
+    kid_flag: Annotated[bool, typer.Option("--kid", help="Also compute KID (needs raw reference features).")] = False,
+    kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID: number of random subsets.")] = 100,
+    kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", help="KID: images per subset (at most n).")] = 1000,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Images per generation and feature batch.")] = 256,
     device: DeviceOpt = "auto",
-    seed: int = typer.Option(0, "--seed", help="First per-image seed (checkpoints), or the subset seed (--n on images)."),
-    solver: str | None = typer.Option(None, "--solver", help=f"gamma (CTM), heun or euler (teachers). {PRESET}."),
-    nfe: int | None = typer.Option(None, "--nfe", help=f"CTM network evaluations per sample (gamma-sampling). {PRESET}."),
-    gamma: float | None = typer.Option(None, "--gamma", help=f"CTM gamma: 0 deterministic, 1 CM-like. {PRESET}."),
-    steps: int | None = typer.Option(None, "--steps", help=f"Grid points for heun/euler sampling. {PRESET}."),
-    class_label: int | None = typer.Option(None, "--class", help="Class label for conditional models (default: random)."),
+    seed: Annotated[int, typer.Option("--seed", help="First per-image seed (checkpoints), or the subset seed (--n on images).")] = 0,
+    solver: Annotated[str | None, typer.Option("--solver", help=f"gamma (CTM), heun or euler (teachers). {PRESET}.")] = None,
+    nfe: Annotated[int | None, typer.Option("--nfe", help=f"CTM network evaluations per sample (gamma-sampling). {PRESET}.")] = None,
+    gamma: Annotated[float | None, typer.Option("--gamma", help=f"CTM gamma: 0 deterministic, 1 CM-like. {PRESET}.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help=f"Grid points for heun/euler sampling. {PRESET}.")] = None,
+    class_label: Annotated[int | None, typer.Option("--class", help="Class label for conditional models (default: random).")] = None,
     ema: EmaOpt = "ema",
-    out: str | None = typer.Option(None, "--out", "-o", help="`fid stats`: the statistics file to write."),
-    name: str | None = typer.Option(None, "--name",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="`fid stats`: the statistics file to write.")] = None,
+    name: Annotated[str | None, typer.Option("--name",
                                     help="`fid stats`: save as the named reference NAME in the cache "
-                                         "(<cache>/stats/NAME_<features>.npz)."),
-    no_features: bool = typer.Option(False, "--no-features",
+                                         "(<cache>/stats/NAME_<features>.npz).")] = None,
+    no_features: Annotated[bool, typer.Option("--no-features",
                                      help="`fid stats`: store only mean and covariance (no raw features; KID then "
-                                          "impossible). Raw features are stored by default up to 50,000 images."),
-    cache: str | None = typer.Option(None, "--cache-dir",
+                                          "impossible). Raw features are stored by default up to 50,000 images.")] = False,
+    cache: Annotated[str | None, typer.Option("--cache-dir",
                                      help="Cache for Inception weights and named statistics "
-                                          "(default $CTMTOOL_CACHE or ~/.cache/ctmtool)."),
+                                          "(default $CTMTOOL_CACHE or ~/.cache/ctmtool).")] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ctmtool.cli.common import (
-    Command,
     CkptOpt,
+    Command,
     DeviceOpt,
     EmaOpt,
     ForceOpt,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from ctmtool.cli.common import Command, JsonOpt, Reporter, SetOpt, handle_errors
@@ -10,7 +12,7 @@ from ctmtool.config import list_presets, load_preset, preset_dir, preset_to_toml
 
 @handle_errors
 def presets_cmd(
-    name: str | None = typer.Argument(None, metavar="NAME", help="Show this preset fully resolved (name or .toml path)."),
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Show this preset fully resolved (name or .toml path).")] = None,
     overrides: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ctmtool.cli.common import (
-    Command,
     BatchOpt,
     CkptOpt,
+    Command,
     DeviceOpt,
     EmaOpt,
     ForceOpt,
@@ -63,18 +63,18 @@ def sample_cmd(
     ctx: typer.Context,
     ckpt: CkptOpt = None,
     run_dir: RunDirOpt = None,
-    nfe: int | None = typer.Option(None, "--nfe", help="CTM network evaluations (gamma-sampling jumps)" + PRESET_DEFAULT + "."),
-    gamma: float | None = typer.Option(None, "--gamma", help="0 deterministic jumps ... 1 CM-style multistep (Kim et al. 2024, Sec. 5)."),
-    sigmas: str | None = typer.Option(None, "--sigmas", help="Explicit decreasing schedule inside the model's range, e.g. 80,2.515,0.002 (instead of --nfe/--steps)."),
-    solver: str | None = typer.Option(None, "--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise)."),
-    steps: int | None = typer.Option(None, "--steps", help="Grid points for heun/euler (18 -> 35 NFE with Heun)."),
-    n: int | None = typer.Option(None, "--n", "--num-samples", help="Number of samples (--num-samples under torchrun, whose own parser takes --n)."),
+    nfe: Annotated[int | None, typer.Option("--nfe", help="CTM network evaluations (gamma-sampling jumps)" + PRESET_DEFAULT + ".")] = None,
+    gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 CM-style multistep (Kim et al. 2024, Sec. 5).")] = None,
+    sigmas: Annotated[str | None, typer.Option("--sigmas", help="Explicit decreasing schedule inside the model's range, e.g. 80,2.515,0.002 (instead of --nfe/--steps).")] = None,
+    solver: Annotated[str | None, typer.Option("--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Grid points for heun/euler (18 -> 35 NFE with Heun).")] = None,
+    n: Annotated[int | None, typer.Option("--n", "--num-samples", help="Number of samples (--num-samples under torchrun, whose own parser takes --n).")] = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
-    class_label: int | None = typer.Option(None, "--class", help="Class index for a conditional model (default: random per image)."),
+    class_label: Annotated[int | None, typer.Option("--class", help="Class index for a conditional model (default: random per image).")] = None,
     ema: EmaOpt = "ema",
-    analytic: bool = typer.Option(False, "--analytic", help="Sample the exact Gaussian-mixture teacher of --preset."),
-    preset: str | None = typer.Option(None, "--preset", "-p", help="With --analytic: the Gaussian-mixture preset."),
+    analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of --preset.")] = False,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="With --analytic: the Gaussian-mixture preset.")] = None,
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -125,16 +125,16 @@ def register(root: typer.Typer) -> None:
 def sweep_cmd(
     ckpt: CkptOpt = None,
     run_dir: RunDirOpt = None,
-    nfes: str = typer.Option("1,2,3,4,6,8", "--nfe", help="Comma-separated NFE values."),
-    gammas: str = typer.Option("0,0.5,1", "--gamma", help="Comma-separated gamma values."),
-    metric: str | None = typer.Option(None, "--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd (default: logp for toy GMM data, else fd-pixels)."),
-    features: str | None = typer.Option(None, "--features", help="With --metric fd: inception or a TorchScript feature network."),
-    ref: str | None = typer.Option(None, "--ref", help="Reference images/stats for fd metrics (default: the preset's data)."),
-    n: int = typer.Option(4096, "--n", help="Samples per setting."),
-    batch: int = typer.Option(1024, "--batch", help="Samples per forward pass."),
-    seed: int = typer.Option(0, "--seed", help="First per-image seed (the same seeds for every setting)."),
+    nfes: Annotated[str, typer.Option("--nfe", help="Comma-separated NFE values.")] = "1,2,3,4,6,8",
+    gammas: Annotated[str, typer.Option("--gamma", help="Comma-separated gamma values.")] = "0,0.5,1",
+    metric: Annotated[str | None, typer.Option("--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd (default: logp for toy GMM data, else fd-pixels).")] = None,
+    features: Annotated[str | None, typer.Option("--features", help="With --metric fd: inception or a TorchScript feature network.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="Reference images/stats for fd metrics (default: the preset's data).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples per setting.")] = 4096,
+    batch: Annotated[int, typer.Option("--batch", help="Samples per forward pass.")] = 1024,
+    seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
-    out: Path = typer.Option(Path("sweep.json"), "--out", "-o", help="Table as JSON; a plot is written beside it (.png)."),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -146,10 +146,9 @@ def sweep_cmd(
 
     from ctmtool.checkpoint import atomic_write
     from ctmtool.quality import make_scorer
+    from ctmtool.runs import open_model
     from ctmtool.sweep import nfe_sweep
     from ctmtool.visual import line_chart, save_png
-
-    from ctmtool.runs import open_model
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)

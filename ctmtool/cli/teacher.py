@@ -76,11 +76,11 @@ def prepare(p, run_dir: Path, data: str | None, download: bool, resume: bool, au
 def teacher_cmd(
     ctx: typer.Context,
     preset: PresetOpt = "toy",
-    data: str | None = typer.Option(None, "--data", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/teacher)."),
-    kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
-    minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir."),
+    data: Annotated[str | None, typer.Option("--data", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/teacher).")] = None,
+    kimg: Annotated[float | None, typer.Option("--kimg", help="Train for this many thousand images.")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Train for this many minutes.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --run-dir.")] = False,
     auto_resume: AutoResumeOpt = False,
     download: DownloadOpt = False,
     overrides: SetOpt = None,
@@ -108,8 +108,8 @@ def teacher_cmd(
 @app.command("import", cls=Command)
 @handle_errors
 def import_cmd(
-    pickle_path: Path = typer.Argument(..., metavar="PICKLE", help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it)."),
+    pickle_path: Annotated[Path, typer.Argument(metavar="PICKLE", help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it).")] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

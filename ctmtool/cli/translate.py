@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -140,26 +141,26 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
 
 @handle_errors
 def translate_cmd(
-    source: str = typer.Argument(..., metavar="INPUT", help="Items to translate: folder, .zip, .npz, image file, "
-                                 "or .npz of points; or `edit` followed by IMAGE."),
-    image: str | None = typer.Argument(None, metavar="IMAGE", help="`translate edit`: the image(s) to edit."),
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint (.safetensors) or run directory (its newest checkpoint)."),
-    out: str = typer.Option(..., "--out", "-o", help="A folder (one PNG per item), an .npz (key samples) or one .png."),
-    nfe: int = typer.Option(1, "--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0))."),
-    gamma: float = typer.Option(0.0, "--gamma", help="0 deterministic jumps ... 1 re-noise fully "
-                                "between jumps (Gaussian sources and editing only)."),
-    degrade: bool = typer.Option(False, "--degrade", help="Apply the model's own degradation (coupling corrupt:<op>) "
-                                 "to clean inputs first, to see before/after."),
-    grid: str | None = typer.Option(None, "--grid", help="Also write a side-by-side PNG: input | output "
-                                    "(clean | degraded | output with --degrade)."),
-    strength: float = typer.Option(0.5, "--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; for a "
-                                   "CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio)."),
-    strokes: str | None = typer.Option(None, "--strokes", help="edit: the image with painted strokes (SDEdit stroke editing)."),
-    mask: str | None = typer.Option(None, "--mask", help="edit: white where the strokes apply "
-                                    "[default: wherever STROKES differs from IMAGE]."),
-    keep_unmasked: bool = typer.Option(False, "--keep-unmasked", help="edit: paste the original back outside the mask."),
-    seed: int = typer.Option(0, "--seed", help="Item i uses seed + i (source noise, re-noising, random degradations)."),
-    batch: int = typer.Option(256, "--batch", help="Items per forward pass (does not change the results)."),
+    source: Annotated[str, typer.Argument(metavar="INPUT", help="Items to translate: folder, .zip, .npz, image file, "
+                                 "or .npz of points; or `edit` followed by IMAGE.")],
+    image: Annotated[str | None, typer.Argument(metavar="IMAGE", help="`translate edit`: the image(s) to edit.")] = None,
+    ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoint (.safetensors) or run directory (its newest checkpoint).")] = ...,
+    out: Annotated[str, typer.Option("--out", "-o", help="A folder (one PNG per item), an .npz (key samples) or one .png.")] = ...,
+    nfe: Annotated[int, typer.Option("--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0)).")] = 1,
+    gamma: Annotated[float, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully "
+                                "between jumps (Gaussian sources and editing only).")] = 0.0,
+    degrade: Annotated[bool, typer.Option("--degrade", help="Apply the model's own degradation (coupling corrupt:<op>) "
+                                 "to clean inputs first, to see before/after.")] = False,
+    grid: Annotated[str | None, typer.Option("--grid", help="Also write a side-by-side PNG: input | output "
+                                    "(clean | degraded | output with --degrade).")] = None,
+    strength: Annotated[float, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; for a "
+                                   "CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio).")] = 0.5,
+    strokes: Annotated[str | None, typer.Option("--strokes", help="edit: the image with painted strokes (SDEdit stroke editing).")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", help="edit: white where the strokes apply "
+                                    "[default: wherever STROKES differs from IMAGE].")] = None,
+    keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked", help="edit: paste the original back outside the mask.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Item i uses seed + i (source noise, re-noising, random degradations).")] = 0,
+    batch: Annotated[int, typer.Option("--batch", help="Items per forward pass (does not change the results).")] = 256,
     ema: EmaOpt = "ema",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
