@@ -86,6 +86,7 @@ def sample_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from ctmtool.apply import sample_options
     from ctmtool.outputs import check_out, write_items
     from ctmtool.runs import open_model
     from ctmtool.train import distributed as ddp
@@ -100,8 +101,6 @@ def sample_cmd(
     model, source = open_model(ckpt, run_dir, ema, dev, analytic=analytic, preset=preset)
     options = dict(solver=solver, nfe=nfe, gamma=gamma, steps=steps, sigmas=parse_floats(sigmas, "--sigmas"),
                    class_label=class_label)
-    from ctmtool.apply import sample_options
-
     sample_options(model, **options)  # refuse inapplicable options before checking the output
     check_out(out, model.is_image, force)
     rep.log(f"using {source}")
@@ -144,6 +143,7 @@ def sweep_cmd(
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used."""
     import json
 
+    from ctmtool.apply import check_memory
     from ctmtool.checkpoint import atomic_write
     from ctmtool.quality import make_scorer
     from ctmtool.runs import open_model
@@ -157,6 +157,7 @@ def sweep_cmd(
     check_output(plot, force)
     dev = select_device(device)
     model, source = open_model(ckpt, run_dir, ema, dev)
+    check_memory(n, model.data_shape)
     rep.log(f"using {source}")
     p = model.preset
     gmm = p.data.source == "toy" and p.data.toy == "gmm"
