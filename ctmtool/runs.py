@@ -23,10 +23,6 @@ def default_run_dir(preset: str = DEFAULT_PRESET, role: str = "ctm") -> Path:
     return RUNS / preset / role
 
 
-def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob(f"*{SUFFIX}"), key=lambda p: (p.stat().st_mtime, p.name)) if run_dir.is_dir() else []
-
-
 def _runs_with_checkpoints(limit: int = 4) -> str:
     found = sorted({p.parent for p in RUNS.glob(f"*/*/*{SUFFIX}")}) if RUNS.is_dir() else []
     if not found:
@@ -36,15 +32,18 @@ def _runs_with_checkpoints(limit: int = 4) -> str:
 
 
 def newest_in(run_dir: str | Path) -> Path:
-    """The most recently written checkpoint in one run directory (ties broken by name)."""
+    """The most recently written checkpoint in one run directory (`models.newest_checkpoint`), or an error that
+    lists the run directories that do hold checkpoints."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file, not a run directory; give `run_dir` a folder or `ckpt` the file")
-    files = _checkpoints(run_dir)
-    if not files:
+    from ctmtool.models import newest_checkpoint
+
+    try:
+        return newest_checkpoint(run_dir)
+    except UserError:
         raise UserError(f"no checkpoint (*{SUFFIX}) in {run_dir}; pass `ckpt` FILE or `run_dir` DIR of a "
-                        f"finished run{_runs_with_checkpoints()}")
-    return files[-1]
+                        f"finished run{_runs_with_checkpoints()}") from None
 
 
 def find_checkpoint(ckpt: str | Path | None = None, run_dir: str | Path | None = None) -> tuple[Path, str]:
