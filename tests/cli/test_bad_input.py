@@ -260,3 +260,21 @@ def test_cifar10_preset_reads_an_image_folder(tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(small / "a.png")
     with pytest.raises(UserError, match="data.resolution = 32"):
         load_dataset(load_preset("cifar10").data, path=str(small))
+
+
+def test_fetch_cifar10_from_a_local_url_is_atomic_and_checked(tmp_path):
+    import hashlib
+
+    from ctmtool.data.cifar10 import ARCHIVE, fetch_cifar10
+    from ctmtool.errors import UserError
+
+    src = tmp_path / "served.tar.gz"
+    src.write_bytes(os.urandom(3000))
+    md5 = hashlib.md5(src.read_bytes(), usedforsecurity=False).hexdigest()
+    seen = []
+    got = fetch_cifar10(tmp_path / "d", progress=seen.append, url=src.as_uri(), md5=md5)
+    assert got == tmp_path / "d" / ARCHIVE and got.read_bytes() == src.read_bytes() and sum(seen) == 3000
+    assert fetch_cifar10(tmp_path / "d", url="file:///nonexistent", md5="0" * 32) == got  # present: no download
+    with pytest.raises(UserError, match="md5"):
+        fetch_cifar10(tmp_path / "e", url=src.as_uri(), md5="0" * 32)
+    assert list((tmp_path / "e").iterdir()) == []  # no partial file left
