@@ -36,8 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import ctmtool.losses.ctm as ctm_losses
 from ctmtool import solvers
 from ctmtool.config import load_preset
-from ctmtool.models import build_precond
 from ctmtool.device import autocast
+from ctmtool.models import build_precond
 from ctmtool.train.objectives import TeacherObjective
 from ctmtool.train.trajectory import ctm_objective
 

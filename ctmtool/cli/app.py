@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from ctmtool import __version__
 from ctmtool.cli import distill, fid, likelihood, presets, sample, teacher, translate
+from ctmtool.cli.common import Group
 
 app = typer.Typer(
+    cls=Group,  # usage errors are one `error:` line too
     name="ctmtool",
     help="Consistency Trajectory Models: train a teacher, distill a CTM, sample, score and translate.",
     no_args_is_help=True,
@@ -25,8 +29,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     """Consistency Trajectory Models (Kim et al., ICLR 2024) and Generalized CTMs from one command line.
 
     Results go to stdout (JSON with --json); progress and logs go to stderr. Exit code 0 means success.

@@ -2,7 +2,8 @@
 
 - stdout carries results only: a JSON object with `--json`, else a readable table;
 - stderr carries progress: rich bars on a terminal, plain timestamped lines otherwise;
-- a `UserError` becomes one line `error: ...` and exit code 2; success is exit code 0;
+- a `UserError` (and a usage error) becomes one line `error: ...` and exit code 2; a system error (disk
+  full, no permission, out of memory) one line and exit code 1; success is exit code 0;
 - outputs are never overwritten without `--force`.
 """
 
@@ -29,6 +30,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
+from typer.core import _click as click  # typer 0.29 parses with its own copy of click
 
 from ctmtool.device import select_device  # noqa: F401  (re-exported for the commands)
 from ctmtool.errors import UserError, as_flags
@@ -39,6 +42,15 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outp
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a preset field, e.g. --set teacher.batch=64 (repeatable).")]
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `ctmtool presets`) or a .toml path.")]
+CkptOpt = Annotated[Path | None, typer.Option(
+    "--ckpt", help="Checkpoint file, or a run directory (its newest checkpoint). Default: the newest in --run-dir.")]
+RunDirOpt = Annotated[Path | None, typer.Option(
+    "--run-dir", help="Run directory whose newest checkpoint is used without --ckpt (default: runs/toy/ctm, where "
+                      "`ctmtool distill` writes with its default preset).")]
+EmaOpt = Annotated[str, typer.Option("--ema", help="Which weights of the checkpoint: ema, net, target, or ema_<rate>.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the first item; item i uses seed + i.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch", help="Items per forward pass (does not change the results).")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="An .npz, a .png, a folder (one PNG per item) or - (stdout).")]
 
 
 class Reporter:
@@ -118,26 +130,133 @@ def _jsonable(o: Any):
     return str(o)
 
 
+FLAG_NAMES = {"--class-label": "--class"}  # library parameter -> the option's name where they differ
+
+
+def flags(message: str) -> str:
+    """A library message in the command line's words (`nfe` -> --nfe, `class_label` -> --class)."""
+    message = as_flags(message)
+    for param, flag in FLAG_NAMES.items():
+        message = message.replace(param, flag)
+    return " ".join(message.split())  # one line
+
+
+def _fail(message: str, code: int):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn UserError into `error: ...` on stderr and exit code 2; Ctrl-C into exit code 130."""
+    """Turn UserError into `error: ...` on stderr and exit code 2; a system error (disk full, no permission,
+    out of memory) into one line and exit code 1; Ctrl-C into exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            print(f"error: {as_flags(str(err))}", file=sys.stderr, flush=True)
-            raise typer.Exit(err.exit_code) from None
+            raise _fail(flags(str(err)), err.exit_code) from None
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr, flush=True)
-            raise typer.Exit(130) from None
+            raise _fail("interrupted", 130) from None
+        except (MemoryError, torch_oom()) as err:
+            raise _fail(f"out of memory ({type(err).__name__}); lower --batch or --n", 1) from None
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk space", 1) from None
 
     return wrapper
 
 
+def torch_oom() -> type[BaseException]:
+    """torch.OutOfMemoryError when torch is loaded (it is not imported just to catch it)."""
+    torch = sys.modules.get("torch")
+    return getattr(torch, "OutOfMemoryError", MemoryError) if torch is not None else MemoryError
+
+
 def check_output(path: str | Path, force: bool) -> Path:
-    """Refuse to overwrite an existing output unless --force."""
+    """Refuse to overwrite an existing output unless --force, and an output in a place that cannot be written."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"output {p} is a folder; give a file name")
     if p.exists() and not force:
         raise UserError(f"output {p} already exists; pass --force to overwrite it or choose another path")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {p}: {parent} is not a writable folder; choose another path")
     return p
+
+
+def at_least(least: int, **values: int | None) -> None:
+    """Refuse counts below `least` (`--n 0`, `--batch 0`, ...): the one way commands check numeric options."""
+    for name, value in values.items():
+        if value is not None and value < least:
+            raise UserError(f"`{name}` must be at least {least} (got {value})")
+
+
+def _plain_usage(pieces: list[str]) -> list[str]:
+    """Usage pieces as click writes them: NAME for a required argument, [NAME] for an optional one."""
+    out = []
+    for piece in pieces:
+        if piece.startswith("{") and piece.endswith("}"):
+            piece = piece[1:-1]
+        while piece.startswith("[[") and piece.endswith("]]"):
+            piece = piece[1:-1]
+        out.append(piece)
+    return out
+
+
+class Command(TyperCommand):
+    """A subcommand with plain usage lines and, optionally, a second form `CMD WORD ...` with its own help
+    (`subform` = (word, usage arguments, help text, option names shown))."""
+
+    subform: tuple[str, str, str, tuple[str, ...]] | None = None
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return _plain_usage(super().collect_usage_pieces(ctx))
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if self.subform and args and args[0] == self.subform[0] and any(a in ctx.help_option_names for a in args):
+            click.echo(self.subform_help(ctx), color=ctx.color)
+            ctx.exit()
+        return super().parse_args(ctx, args)
+
+    def subform_help(self, ctx: click.Context) -> str:
+        word, usage, text, names = self.subform
+        f = ctx.make_formatter()
+        f.write_usage(f"{ctx.command_path} {word}", usage)
+        f.write_paragraph()
+        with f.indentation():
+            f.write_text(text)
+        records = [p.get_help_record(ctx) for p in self.get_params(ctx)
+                   if p.param_type_name == "option" and (set(p.opts) & set(names) or p.name == "help")]
+        with f.section("Options"):
+            f.write_dl([r for r in records if r])
+        return f.getvalue().rstrip("\n")
+
+
+def subform_command(word: str, usage: str, text: str, names: tuple[str, ...]) -> type[Command]:
+    """A `Command` class whose `CMD WORD --help` prints the help of that form."""
+    return type(f"{word.title()}Command", (Command,), {"subform": (word, usage, text, names)})
+
+
+class Group(TyperGroup):
+    """The root group: a usage error (unknown option, a value of the wrong type) is one `error:` line too."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
+            print(f"error: {' '.join(err.format_message().split())}{hint}", file=sys.stderr, flush=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr, flush=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ctmtool.cli.common import (
+    Command,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -16,21 +18,22 @@ from ctmtool.cli.common import (
     handle_errors,
     select_device,
 )
-from ctmtool.cli.teacher import training_overrides
+from ctmtool.cli.teacher import AutoResumeOpt, DownloadOpt, prepare, training_overrides
 
 
 @handle_errors
 def distill_cmd(
     preset: PresetOpt = "toy",
-    teacher: str | None = typer.Option(None, "--teacher", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
-                                       "toy uses the exact mixture denoiser by default."),
-    data: str | None = typer.Option(None, "--data", help="Data path; overrides data.path."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/ctm)."),
-    kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
-    minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir "
-                                "(also how the GAN phase starts from a CTM+DSM run: --resume --set gan.enabled=true)."),
-    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue --run-dir if it holds checkpoints, else start a new run (for job schedulers that restart a job)."),
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
+                                       "toy uses the exact mixture denoiser by default.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Data path; overrides data.path.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/ctm).")] = None,
+    kimg: Annotated[float | None, typer.Option("--kimg", help="Train for this many thousand images.")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Train for this many minutes.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --run-dir "
+                                "(also how the GAN phase starts from a CTM+DSM run: --resume --set gan.enabled=true).")] = False,
+    auto_resume: AutoResumeOpt = False,
+    download: DownloadOpt = False,
     overrides: SetOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -38,17 +41,20 @@ def distill_cmd(
 ) -> None:
     """Distill a CTM G(x_t, t, s) (Kim et al. 2024): CTM + DSM losses, optional GAN phase; checkpoints in --run-dir."""
     from ctmtool.config import load_preset
+    from ctmtool.runs import default_run_dir
     from ctmtool.train.run import train
 
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("distill", kimg, minutes, overrides))
-    run_dir = run_dir or Path("runs") / p.name / ("gctm" if p.gctm is not None else "ctm")
-    res = train(p, "distill", run_dir, select_device(device), rep, teacher=teacher, data_path=data,
-                resume="auto" if auto_resume else resume, force=force)
+    run_dir = run_dir or default_run_dir(p.name, "gctm" if p.gctm is not None else "ctm")
+    resume = prepare(p, run_dir, data, download, resume, auto_resume, rep)
+    res = train(p, "distill", run_dir, select_device(device), rep, teacher=teacher, data_path=data, resume=resume,
+                force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
                 "stopped_by": res.stopped_by, **res.last}, title="distill")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill")(distill_cmd)
+    app.command("distill", cls=Command,
+                short_help="Distill a CTM from a teacher (or train a GCTM for presets with [gctm]).")(distill_cmd)

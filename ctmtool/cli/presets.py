@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from ctmtool.cli.common import JsonOpt, Reporter, SetOpt, handle_errors
+from ctmtool.cli.common import Command, JsonOpt, Reporter, SetOpt, handle_errors
 from ctmtool.config import list_presets, load_preset, preset_dir, preset_to_toml
 
 
 @handle_errors
 def presets_cmd(
-    name: str | None = typer.Argument(None, help="Show this preset fully resolved (name or .toml path)."),
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Show this preset fully resolved (name or .toml path).")] = None,
     overrides: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -34,4 +36,5 @@ def presets_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("presets")(presets_cmd)
+    app.command("presets", cls=Command,
+                short_help="List the presets, or show one fully resolved (--set to try overrides).")(presets_cmd)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ctmtool.cli.common import (
+    Command,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -20,6 +22,7 @@ from ctmtool.cli.common import (
 from ctmtool.errors import UserError
 
 app = typer.Typer(rich_markup_mode=None, help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
+                  short_help="Train an EDM teacher, or `teacher import` a published EDM checkpoint.",
                   invoke_without_command=True, no_args_is_help=False)
 
 
@@ -41,17 +44,45 @@ def training_overrides(section: str, kimg: float | None, minutes: float | None, 
     return out
 
 
+DownloadOpt = Annotated[bool, typer.Option(
+    "--download", help="Fetch the CIFAR-10 archive into $CTMTOOL_DATA (or --data) when it is missing: a progress "
+                       "bar, an md5 check, an atomic write.")]
+AutoResumeOpt = Annotated[bool, typer.Option(
+    "--auto-resume", help="Continue --run-dir if it holds checkpoints, else start a new run (for job schedulers "
+                          "that restart a job).")]
+
+
+def prepare(p, run_dir: Path, data: str | None, download: bool, resume: bool, auto_resume: bool, rep: Reporter):
+    """Checks shared by `teacher` and `distill` before training starts; the data fetched with --download."""
+    if resume and auto_resume:
+        raise UserError("--resume and --auto-resume exclude each other: --resume requires checkpoints, "
+                        "--auto-resume uses them when present; give one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a folder; choose another --run-dir")
+    if download:
+        if p.data.source != "cifar10":
+            raise UserError(f"--download fetches the CIFAR-10 archive, but preset {p.name!r} reads data.source = "
+                            f"{p.data.source!r}; drop --download")
+        from ctmtool.data.cifar10 import ARCHIVE_BYTES, fetch_cifar10
+
+        with rep.progress(ARCHIVE_BYTES / 2**20, "download CIFAR-10", unit="MiB") as advance:
+            found = fetch_cifar10(data or p.data.path, progress=lambda b: advance(b / 2**20))
+        rep.log(f"CIFAR-10 archive: {found}")
+    return "auto" if auto_resume else resume
+
+
 @app.callback()
 @handle_errors
 def teacher_cmd(
     ctx: typer.Context,
     preset: PresetOpt = "toy",
-    data: str | None = typer.Option(None, "--data", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/teacher)."),
-    kimg: float | None = typer.Option(None, "--kimg", help="Train for this many thousand images."),
-    minutes: float | None = typer.Option(None, "--minutes", help="Train for this many minutes."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --run-dir."),
-    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue --run-dir if it holds checkpoints, else start a new run (for job schedulers that restart a job)."),
+    data: Annotated[str | None, typer.Option("--data", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/teacher).")] = None,
+    kimg: Annotated[float | None, typer.Option("--kimg", help="Train for this many thousand images.")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Train for this many minutes.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --run-dir.")] = False,
+    auto_resume: AutoResumeOpt = False,
+    download: DownloadOpt = False,
     overrides: SetOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -61,23 +92,24 @@ def teacher_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from ctmtool.config import load_preset
+    from ctmtool.runs import default_run_dir
     from ctmtool.train.run import train
 
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("teacher", kimg, minutes, overrides))
-    run_dir = run_dir or Path("runs") / p.name / "teacher"
-    res = train(p, "teacher", run_dir, select_device(device), rep, data_path=data,
-                resume="auto" if auto_resume else resume, force=force)
+    run_dir = run_dir or default_run_dir(p.name, "teacher")
+    resume = prepare(p, run_dir, data, download, resume, auto_resume, rep)
+    res = train(p, "teacher", run_dir, select_device(device), rep, data_path=data, resume=resume, force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
                 "stopped_by": res.stopped_by, **res.last}, title="teacher")
 
 
-@app.command("import")
+@app.command("import", cls=Command)
 @handle_errors
 def import_cmd(
-    pickle_path: Path = typer.Argument(..., help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it)."),
+    pickle_path: Annotated[Path, typer.Argument(metavar="PICKLE", help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it).")] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from ctmtool.config import DataConfig
 from ctmtool.data.base import Dataset, to_uint8_images
-from ctmtool.data.cifar10 import default_data_dir, load_cifar10
+from ctmtool.data.cifar10 import default_data_dir, is_cifar10, load_cifar10
 from ctmtool.data.digits import load_digits
 from ctmtool.data.images import load_image_folder, load_image_zip, load_images, load_npz
 from ctmtool.data.toy import toy_points
@@ -36,6 +37,12 @@ def check_shape(ds: Dataset, resolution: int | None, channels: int | None) -> Da
     return ds
 
 
+def _image_source(path: str) -> bool:
+    """A folder, .zip or .npz of images that is not the CIFAR-10 archive or its batch folder."""
+    p = Path(path).expanduser()
+    return (p.is_dir() or p.suffix.lower() in (".zip", ".npz")) and p.exists() and not is_cifar10(p)
+
+
 def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = False,
                  progress: Callable[[int], None] | None = None) -> Dataset:
     """The data set a [data] section describes; `path` overrides cfg.path, `download` allows fetching CIFAR-10."""
@@ -44,6 +51,9 @@ def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = Fals
         ds = toy_points(cfg.toy, cfg.n, cfg.seed, cfg.gmm)
     elif cfg.source == "digits":
         ds = load_digits(cfg.split)
+    elif cfg.source == "cifar10" and path is not None and _image_source(path):
+        # `--data FOLDER` with a CIFAR-10 preset: the images must have the network's size (32x32 RGB)
+        return check_shape(load_images(path, progress), cfg.resolution or 32, cfg.channels or 3)
     elif cfg.source == "cifar10":
         ds = load_cifar10(path, cfg.split, download, progress)
     elif cfg.source == "imagenet64":  # streamed from disk (ctmtool.data.imagenet64)

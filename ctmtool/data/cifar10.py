@@ -102,6 +102,25 @@ def download_file(url: str, dest: Path, md5: str, progress: Progress = None) -> 
     return dest
 
 
+ARCHIVE_BYTES = 170498071  # size of the official cifar-10-python.tar.gz (for a progress bar)
+
+
+def fetch_cifar10(path: str | os.PathLike | None = None, progress: Progress = None, url: str | None = None,
+                  md5: str | None = None) -> Path:
+    """The CIFAR-10 archive or batch folder at `path` (default data dir), downloaded first when missing:
+    streamed to a temporary file, checked against the md5, then renamed into place (`download_file`)."""
+    root = Path(path).expanduser() if path is not None else default_data_dir()
+    found = _find(root)
+    if found is not None:
+        return found
+    return download_file(url or CIFAR10_URL, _expected_archive(root), md5 or CIFAR10_MD5, progress)
+
+
+def is_cifar10(path: str | os.PathLike) -> bool:
+    """True when `path` is, or holds, the CIFAR-10 archive or its batch folder."""
+    return _find(Path(path).expanduser()) is not None
+
+
 def _find(path: Path) -> Path | None:
     """The batch folder or archive at or inside `path`, if there is one."""
     if path.is_file():
@@ -163,7 +182,7 @@ def load_cifar10(path: str | os.PathLike | None = None, split: str = "train", do
         expected = _expected_archive(root)
         if not download:
             raise UserError(f"the CIFAR-10 archive is missing: expected {expected}; download {url} (md5 {md5}) "
-                            "and save it there, or enable downloading (--download)")
+                            "and save it there, or let ctmtool fetch it (`download`)")
         src = download_file(url, expected, md5, progress)
     names = SPLITS[split]
     files = _read_files(src, names + [META])

@@ -63,7 +63,7 @@ def test_help(cmd):
 
 @pytest.mark.parametrize("cmd,phrase", [
     (("sample",), "heun otherwise"),
-    (("sample",), "newest *.safetensors"),
+    (("sample",), "default: runs/toy/ctm"),
     (("sample",), "random per image"),
     (("teacher",), "runs/<preset>/teacher"),
     (("distill",), "runs/<preset>/ctm"),
