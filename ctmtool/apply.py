@@ -23,7 +23,7 @@ Advance = Callable[[int], None] | None
 
 def sample_options(model, *, solver: str | None = None, nfe: int | None = None, gamma: float | None = None,
                    steps: int | None = None, sigmas: list[float] | None = None,
-                   class_label: int | None = None) -> dict:
+                   class_label: int | None = None, noise: str | None = None) -> dict:
     """The sampler settings for `model`: given values, else the preset's `[sample]`; inapplicable ones refused."""
     s = model.preset.sample
     if solver is None:
@@ -55,7 +55,8 @@ def sample_options(model, *, solver: str | None = None, nfe: int | None = None, 
         if not 0 <= class_label < model.label_dim:
             raise UserError(f"`class_label` {class_label} is outside 0..{model.label_dim - 1}")
     return {"solver": solver, "nfe": s.nfe if nfe is None else nfe, "gamma": gamma if solver == "gamma" else 0.0,
-            "steps": s.steps if steps is None else steps, "sigmas": sigmas, "class_label": class_label}
+            "steps": s.steps if steps is None else steps, "sigmas": sigmas, "class_label": class_label,
+            "noise": s.noise if noise is None else noise}
 
 
 def _what(model) -> str:

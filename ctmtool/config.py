@@ -229,6 +229,7 @@ class SampleConfig(Strict):
     batch: int = Field(256, ge=1)  # images per forward
     n: int = Field(64, ge=1)  # samples to draw
     seed: int = 0  # first per-image seed
+    noise: Literal["edm", "philox"] = "edm"  # per-image stream: EDM-equal latents, or Philox drawn on the device
 
 
 class FIDConfig(Strict):

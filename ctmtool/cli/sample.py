@@ -72,6 +72,7 @@ def sample_cmd(
     batch: BatchOpt = None,
     seed: SeedOpt = None,
     class_label: Annotated[int | None, typer.Option("--class", help="Class index for a conditional model (default: random per image).")] = None,
+    noise: Annotated[str | None, typer.Option("--noise", help="Per-image noise stream: edm (latents equal to EDM's generate.py) or philox (drawn on the device, fast on a GPU)" + PRESET_DEFAULT + ".")] = None,
     ema: EmaOpt = "ema",
     analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of --preset.")] = False,
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="With --analytic: the Gaussian-mixture preset.")] = None,
@@ -100,7 +101,7 @@ def sample_cmd(
         dev = ddp.setup(dev)
     model, source = open_model(ckpt, run_dir, ema, dev, analytic=analytic, preset=preset)
     options = dict(solver=solver, nfe=nfe, gamma=gamma, steps=steps, sigmas=parse_floats(sigmas, "--sigmas"),
-                   class_label=class_label)
+                   class_label=class_label, noise=noise)
     sample_options(model, **options)  # refuse inapplicable options before checking the output
     check_out(out, model.is_image, force)
     rep.log(f"using {source}")
