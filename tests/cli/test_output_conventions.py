@@ -206,8 +206,14 @@ def test_sample_gamma_out_of_range(ctm_ckpt, gamma):
     assert "gamma" in line and "[0, 1]" in line
 
 
-def test_sample_gamma_out_of_range_teacher():
-    assert "--gamma must be in [0, 1]" in _single_error_line(_run(*ANALYTIC, "--gamma", "2", "--out", "-"))
+def test_sample_gamma_for_a_teacher_is_refused_as_inapplicable():
+    """A teacher is solved by Heun: any --gamma (even an out-of-range one) is refused as not applying to it."""
+    assert "--gamma applies to gamma-sampling" in _single_error_line(_run(*ANALYTIC, "--gamma", "2", "--out", "-"))
+
+
+def test_sample_gamma_out_of_range_ctm(ctm_ckpt):
+    line = _single_error_line(_run("sample", "--ckpt", str(ctm_ckpt), "--gamma", "2", "--out", "-"))
+    assert "--gamma must be in [0, 1]" in line
 
 
 def test_sample_bad_schedules(ctm_ckpt):
