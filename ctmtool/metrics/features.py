@@ -162,7 +162,7 @@ def find_inception(cache: str | os.PathLike | None = None, download: bool | None
             return c
     where = " or ".join(str(c) for c in candidates)
     fix = (f"download it on a machine with internet access from {INCEPTION_URL} and copy it to {target} "
-           "(or set $CTMTOOL_CACHE / --cache-dir to its folder), or use --features FILE.pt with another "
+           "(or set $CTMTOOL_CACHE / `cache_dir` to its folder), or use `features` FILE.pt with another "
            "TorchScript feature network")
     if download is False or (download is None and offline()):
         raise UserError(f"Inception weights {INCEPTION_FILE} not found at {where}, and downloads are off "
@@ -224,7 +224,7 @@ def make_extractor(features: str, device: torch.device | str = "cpu", cache: str
     path = Path(features).expanduser()
     if not path.is_file():
         raise UserError(f"feature network {features!r} is neither 'inception' nor an existing file; give the path of a "
-                        "TorchScript feature network (e.g. fd_a.pt) with --features")
+                        "TorchScript feature network (e.g. fd_a.pt) as `features`")
     return FeatureExtractor(path, device)
 
 

@@ -115,7 +115,7 @@ def fid_from_stats(stats: Stats, ref: Stats, kid_score: bool = False, kid_subset
             which = "reference statistics" if ref.feats is None else "sample statistics"
             raise UserError(f"KID needs raw features but the {which} ({ref.source if ref.feats is None else stats.source}) "
                             "hold only mean and covariance; recompute them with `ctmtool fid stats` (which keeps "
-                            f"features up to {KEEP_FEATURES_MAX} images) or leave out --kid")
+                            f"features up to {KEEP_FEATURES_MAX} images) or do not ask for the KID")
         out["kid"], out["kid_std"] = kid(stats.feats, ref.feats, kid_subsets, kid_subset_size, seed)
     if stats.n < SMALL_N:
         out["note"] = (f"n = {stats.n} < {SMALL_N}: FID is biased upward at small n; compare values only at equal n "
@@ -164,7 +164,7 @@ def check_compatible(stats: Stats, ref: Stats) -> None:
         raise UserError(f"reference statistics {ref.source or ''} were computed with feature network {ref.features} "
                         f"(sha256 {ref.features_sha256[:12] or 'unknown'}, mode {ref.mode}, {ref.mu.shape[0]} dims) but the "
                         f"samples with {stats.features} (sha256 {stats.features_sha256[:12]}, mode {stats.mode}, "
-                        f"{stats.mu.shape[0]} dims); recompute the reference with `ctmtool fid stats` and the same --features")
+                        f"{stats.mu.shape[0]} dims); recompute the reference with `ctmtool fid stats` and the same `features`")
 
 
 def save_stats(stats: Stats, path: str | os.PathLike, keep_features: bool = True) -> Path:
@@ -267,4 +267,4 @@ def _named_stats(name: str, extractor: FeatureExtractor, cache: str | os.PathLik
     feat = "inception" if extractor.name == "inception" else str(extractor.path)
     raise UserError(f"no statistics for reference {name!r} with feature network {extractor.name}: expected {path}; "
                     f"compute them once with `ctmtool fid stats FOLDER_OF_REAL_IMAGES --name {name} --features {feat}`"
-                    " (or give --ref a folder/zip/npz of real images or a statistics file)")
+                    " (or give `ref` a folder/zip/npz of real images or a statistics file)")
