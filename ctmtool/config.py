@@ -167,6 +167,7 @@ class CTMConfig(Strict):
     eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
     solver: Literal["heun", "euler"] = "heun"  # teacher ODE steps
+    student_precond: Literal["edm", "teacher"] = "edm"  # student coefficients: EDM's (the paper), or the teacher's scheme
 
     @field_validator("eval_emas")
     @classmethod

@@ -65,7 +65,7 @@ def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: 
         return EDMPrecond(net, d.sigma_data, d.sigma_min, d.sigma_max)
     if kind == "ctm":
         return CTMPrecond(build_net(preset.net, data_shape, use_s=True), d.sigma_data, d.sigma_min, d.sigma_max,
-                          scheme=d.precond)
+                          scheme=d.precond if preset.ctm.student_precond == "teacher" else "edm")
     if kind == "gctm":
         m = (meta or {}).get("moments", {})
         return GCTMPrecond(build_net(preset.net, data_shape, use_s=True), var0=m.get("var0", d.sigma_data**2),

@@ -129,8 +129,9 @@ class TrajectoryModel(nn.Module):
 class CTMPrecond(TrajectoryModel):
     """Kim et al. 2024, Sec. 4: EDM coefficients driven by t, c_noise = ln(level)/4 for both t and s.
 
-    With scheme "vp" or "ve" the coefficients are those of the teacher's preconditioning instead, so a
-    student initialised from an imported VP/VE teacher starts as exactly the teacher's denoiser at s = t."""
+    The paper's student is always EDM (ctm-cifar10 copies a VP teacher's weights into an EDM-coefficient
+    student). Scheme "vp" / "ve" (`ctm.student_precond = "teacher"`) uses the teacher's coefficients
+    instead, so a student from an imported VP/VE teacher starts as exactly the teacher's denoiser at s = t."""
 
     SCHEMES = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond}
 
