@@ -69,7 +69,8 @@ def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: 
     if kind == "gctm":
         m = (meta or {}).get("moments", {})
         return GCTMPrecond(build_net(preset.net, data_shape, use_s=True), var0=m.get("var0", d.sigma_data**2),
-                           var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0))
+                           var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0),
+                           label_range=tuple(m["label_range"]) if "label_range" in m else None)
     raise ValueError(f"unknown model kind {kind!r}")
 
 

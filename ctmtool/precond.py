@@ -160,18 +160,24 @@ class GCTMPrecond(TrajectoryModel):
         var1: float = 1.0,              # per-dimension variance of the source side x1
         cov01: float = 0.0,             # per-dimension covariance of x0 and x1 under the coupling
         t_min: float = 1e-4,            # levels are clamped to [t_min, 1 - t_min] for the labels
+        label_range: tuple[float, float] | None = None,  # clamp t/(1-t) to [smin, smax] instead (official GCTM)
     ):
         super().__init__(net)
         self.var0, self.var1, self.cov01, self.t_min = var0, var1, cov01, t_min
+        self.label_range = label_range
         self.sigma_min, self.sigma_max = 0.0, 1.0
 
     def coefficients(self, t: torch.Tensor):
-        tc = t.clamp(self.t_min, 1 - self.t_min)
         var_t = (1 - t) ** 2 * self.var0 + t**2 * self.var1 + 2 * t * (1 - t) * self.cov01
         cov0t = (1 - t) * self.var0 + t * self.cov01
         c_skip = cov0t / var_t
         c_out = (self.var0 - cov0t**2 / var_t).clamp_min(1e-12).sqrt()
         c_in = 1 / var_t.sqrt()
+        if self.label_range is not None:  # 1202kbs/GCTM networks.py: t = 0 -> smin, t = 1 -> smax
+            lo, hi = self.label_range
+            ratio = torch.where(t >= 1, torch.full_like(t, hi), t / (1 - t).clamp_min(1e-30))
+            return c_skip, c_out, c_in, ratio.clamp(lo, hi).log() / 4
+        tc = t.clamp(self.t_min, 1 - self.t_min)
         return c_skip, c_out, c_in, (tc / (1 - tc)).log() / 4
 
     def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
