@@ -158,9 +158,9 @@ class CTMConfig(Strict):
 
     grid: int = Field(18, ge=2)  # N, Karras grid points for (t, u, s)
     max_steps: int = Field(17, ge=1)  # K, most teacher Heun steps from t to u
-    distance: Literal["pseudo_huber", "l2", "lpips", "feature"] = "pseudo_huber"  # d(x_est, x_tgt)
+    distance: Literal["pseudo_huber", "l2", "lpips", "lpips_piq", "feature"] = "pseudo_huber"  # d(x_est, x_tgt); lpips_piq is the paper's
     huber_c: float | None = Field(None, gt=0)  # pseudo-Huber c (None: 0.00054 * sqrt(D))
-    lpips_weights: str | None = None  # path to LPIPS weights (distance = lpips)
+    lpips_weights: str | None = None  # lpips: the weights file; lpips_piq: folder of its two files (None: torch hub cache)
     dsm_weight: float | Literal["adaptive"] = "adaptive"  # lambda_DSM: number or adaptive (clamped 0..1e4)
     dsm_high_noise_fraction: float = Field(0.5, ge=0, le=1)  # share of DSM sigmas from the grid's high end
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
