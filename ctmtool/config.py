@@ -95,6 +95,7 @@ class UNetConfig(Strict):
     resample_filter: list[int] = Field(default_factory=lambda: [1, 1])  # [1,1] DDPM++, [1,3,3,1] NCSN++
     label_dropout: float = Field(0.0, ge=0, lt=1)  # class-label dropout (classifier-free guidance)
     augment_dim: int = Field(0, ge=0)  # augmentation-label input width (9 in EDM's CIFAR-10 pickles)
+    s_label: bool = True  # conditional CTM: add the class embedding to the s-embedding too (ctm-cifar10 networks.py)
 
 
 class NetConfig(Strict):
@@ -163,10 +164,12 @@ class CTMConfig(Strict):
     lpips_weights: str | None = None  # lpips: the weights file; lpips_piq: folder of its two files (None: torch hub cache)
     dsm_weight: float | Literal["adaptive"] = "adaptive"  # lambda_DSM: number or adaptive (clamped 0..1e4)
     dsm_high_noise_fraction: float = Field(0.5, ge=0, le=1)  # share of DSM sigmas from the grid's high end
+    dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"  # DSM sigmas; halflognormal is the paper's
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
     eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
     solver: Literal["heun", "euler"] = "heun"  # teacher ODE steps
+    dropout: Literal["matched", "official"] = "matched"  # matched: online passes share masks, target without dropout; official: target in train mode, every pass its own masks
     student_precond: Literal["edm", "teacher"] = "edm"  # student coefficients: EDM's (the paper), or the teacher's scheme
 
     @field_validator("eval_emas")

@@ -164,7 +164,7 @@ class _TrajectoryBase(_Base):
         """The seed shared by estimate and target passes for matched dropout masks; None when the net has no
         dropout (forking the RNG then only costs time). Drawn either way, so the index stream is the same."""
         seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
-        return seed if self._has_dropout else None
+        return seed if self._has_dropout and self.preset.ctm.dropout == "matched" else None
 
     def _trajectory_groups(self) -> tuple[dict, dict]:
         """(tensor groups, meta): net, target, `ema` (the first evaluation rate) and `ema_<rate>` for the others."""
@@ -224,7 +224,7 @@ class CTMObjective(_TrajectoryBase):
         net = student_from_teacher(init_state, preset, data_shape) if init_state is not None else \
             build_precond("ctm", preset, data_shape)
         self.net = net.to(device).train()
-        self.target = frozen_copy(self.net)
+        self.target = frozen_copy(self.net).train(c.dropout == "official")  # official: the target keeps its dropout
         self.emas = {rate: frozen_copy(self.net) for rate in c.eval_emas}
         maybe_compile(self.net, self.cfg, device)
         self.teacher = self.target if c.teacher == "self" else teacher
@@ -236,7 +236,7 @@ class CTMObjective(_TrajectoryBase):
         self.distance = (distance or make_distance(c, dim)).to(device)
         grid = karras_sigmas(c.grid, d.sigma_min, d.sigma_max, d.rho)
         self.ctm_loss = CTMLoss(grid, c.max_steps, self.distance, c.solver)
-        self.dsm_loss = DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction)
+        self.dsm_loss = DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction, c.dsm_sampler, d.rho)
         self.last = last_layer(self.net)
         self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
         self.disc = discriminator.to(device) if discriminator is not None else None
