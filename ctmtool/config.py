@@ -197,6 +197,11 @@ class GANConfig(Strict):
         default_factory=lambda: ["color", "translation", "cutout"]
     )  # DiffAugment policies
     channels: int = Field(64, ge=8)  # width of the discriminator heads
+    discriminator: Literal["scratch", "projected"] = "scratch"  # projected: the paper's Projected GAN (timm DeiT + EfficientNet)
+    feature_weights: str | None = None  # projected: folder of <timm name>.safetensors (None: the Hugging Face cache)
+    betas: tuple[float, float] = (0.9, 0.999)  # discriminator Adam/RAdam betas (the paper: 0.5, 0.9)
+    cutout: float = Field(0.5, gt=0, le=1)  # DiffAugment cutout size as a fraction of the side (the paper: 0.2)
+    g_period: int = Field(1, ge=1)  # g_learning_period: 1 steps G and D every step; p > 1: G on steps k % p == 0, D otherwise
 
 
 class SampleConfig(Strict):

@@ -57,18 +57,9 @@ class CTMLoss:
                  dropout_seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (per-sample loss, x_est); x_est carries the gradient (the GAN term reuses it)."""
         dev = x0.device
-        n = self.grid.numel()
-        t_i, u_i, s_i, k = sample_ctm_indices(x0.shape[0], n, self.max_steps, generator=index_generator)
-        t, u, s = (self.grid[i].to(dev, torch.float32) for i in (t_i, u_i, s_i))
-        noise = torch.randn(x0.shape, device=dev, generator=generator)
-        x_t = x0 + t.reshape(-1, *([1] * (x0.ndim - 1))) * noise
-        smin = torch.full_like(t, self.sigma_min)
-
+        (t_i, u_i, s_i, k), (t, u, s), x_t, smin = self._draw(x0, generator, index_generator)
         seed2 = None if dropout_seed is None else dropout_seed + 1
-        with fixed_dropout(dropout_seed, dev):
-            x_s = online.jump(x_t, t, s, labels)
-        with fixed_dropout(seed2, dev):
-            x_est = target.jump(x_s, s, smin, labels)
+        x_est = self._estimate(online, target, x_t, t, s, smin, labels, dropout_seed)
 
         with torch.no_grad():
             path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample levels
@@ -78,6 +69,29 @@ class CTMLoss:
             with fixed_dropout(seed2, dev):
                 x_tgt = target.jump(x_s_tgt, s, smin, labels)
         return self.distance(x_est.float(), x_tgt.float()), x_est
+
+    def _draw(self, x0: torch.Tensor, generator, index_generator):
+        """Indices (t, u, s, k) on the grid, their levels, x_t = x0 + t n, and sigma_min per sample."""
+        dev = x0.device
+        idx = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator)
+        t, u, s = (self.grid[i].to(dev, torch.float32) for i in idx[:3])
+        noise = torch.randn(x0.shape, device=dev, generator=generator)
+        x_t = x0 + t.reshape(-1, *([1] * (x0.ndim - 1))) * noise
+        return idx, (t, u, s), x_t, torch.full_like(t, self.sigma_min)
+
+    def _estimate(self, online, target, x_t, t, s, smin, labels, dropout_seed):
+        seed2 = None if dropout_seed is None else dropout_seed + 1
+        with fixed_dropout(dropout_seed, x_t.device):
+            x_s = online.jump(x_t, t, s, labels)
+        with fixed_dropout(seed2, x_t.device):
+            return target.jump(x_s, s, smin, labels)
+
+    def estimate(self, online, target, x0: torch.Tensor, labels=None, generator: torch.Generator | None = None,
+                 index_generator: torch.Generator | None = None, dropout_seed: int | None = 0) -> torch.Tensor:
+        """x_est = G_target(G_online(x_t, t, s), s, sigma_min) alone, with the same draws as a loss call
+        (the official discriminator step uses this estimate as its fake; no teacher solve)."""
+        _, (t, _, s), x_t, smin = self._draw(x0, generator, index_generator)
+        return self._estimate(online, target, x_t, t, s, smin, labels, dropout_seed)
 
 
 class DSMLoss:

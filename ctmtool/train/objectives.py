@@ -17,6 +17,7 @@ from ctmtool.checkpoint import Checkpoint, load_state
 from ctmtool.config import Preset, TrainConfig
 from ctmtool.errors import UserError
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
+from ctmtool.losses.gan import Alternation
 from ctmtool.losses.edm import EDMLoss
 from ctmtool.models import S_LAYER_PREFIXES, build_precond, student_from_teacher
 from ctmtool.schedules import karras_sigmas
@@ -75,6 +76,8 @@ class _Base:
         opt.step()
         if name == "net":
             self.steps += 1
+        elif name == "disc":
+            self.d_steps = getattr(self, "d_steps", 0) + 1
 
     def _groups(self) -> tuple[dict, dict]:
         groups, meta = {}, {}
@@ -243,7 +246,9 @@ class CTMObjective(_TrajectoryBase):
         if self.disc is not None:
             if self.shard.active():
                 raise UserError("the GAN phase (gan.enabled) is not supported with torchrun yet; run it in one process")
-            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, device, lr=preset.gan.lr)
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self._d_cfg(), device, lr=preset.gan.lr)
+        self.alternation = Alternation(preset.gan.g_period)
+        self.d_steps = 0
 
     def _weight(self, setting, main: torch.Tensor, other: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         from ctmtool.losses.gan import adaptive_weight
@@ -258,7 +263,35 @@ class CTMObjective(_TrajectoryBase):
         """DiffAugment for image batches (both D inputs and the G term); vector data goes in unchanged."""
         from ctmtool.augment import diff_augment
 
-        return diff_augment(x, self.preset.gan.augment, self.gen) if x.ndim == 4 else x
+        return diff_augment(x, self.preset.gan.augment, self.gen, self.preset.gan.cutout) if x.ndim == 4 else x
+
+    def _d_cfg(self):
+        """The distill optimiser settings with the discriminator's betas (the paper: RAdam, betas 0.5, 0.9)."""
+        return self.cfg.model_copy(update={"betas": self.preset.gan.betas})
+
+    def _d_step(self, fakes: list, kimg: float, logs: dict) -> None:
+        """One discriminator update on (real, fake) pairs, each augmented with its own draws."""
+        from ctmtool.losses.gan import d_hinge_loss
+
+        self.optimizers["disc"].zero_grad(set_to_none=True)
+        for real, fake in fakes:
+            with autocast(self.device, self.cfg):
+                l_d = d_hinge_loss(self.disc(self._augment(real)), self.disc(self._augment(fake)))
+            (l_d / len(fakes)).backward()
+            logs["disc"] = logs.get("disc", 0) + l_d.detach() / len(fakes)
+        self._step_optimizer("disc", self.disc.parameters(), kimg, lr=self.preset.gan.lr)
+
+    def _d_only_step(self, batches, kimg: float) -> dict:
+        """A discriminator step of the alternation: fakes are the student's CTM estimates (no G update, no EMA)."""
+        fakes = []
+        with torch.no_grad():
+            for x, y in batches:
+                with autocast(self.device, self.cfg):
+                    x_est = self.ctm_loss.estimate(self.net, self.target, x, y, self.gen, self.cpu_gen, self._dropout_seed())
+                fakes.append((x, x_est.float()))
+        logs: dict = {}
+        self._d_step(fakes, kimg, logs)
+        return logs
 
     def _gan_active(self, kimg: float) -> bool:
         return self.disc is not None and self.preset.gan.enabled and kimg >= self.preset.gan.start_kimg
@@ -268,6 +301,9 @@ class CTMObjective(_TrajectoryBase):
 
         c, g = self.preset.ctm, self.preset.gan
         gan = self._gan_active(kimg)
+        turn = self.alternation.step_of(self.steps, self.d_steps)
+        if gan and not self.alternation.generator(turn):
+            return self._d_only_step(batches, kimg)
         opt = self.optimizers["net"]
         opt.zero_grad(set_to_none=True)
         logs = {k: torch.zeros((), device=self.device) for k in ("loss", "ctm", "dsm", "w_dsm")}
@@ -293,15 +329,8 @@ class CTMObjective(_TrajectoryBase):
                 logs[k] += v.detach() / n
         if not self._apply_step(logs, kimg):
             return {"finite": False}
-        if gan:
-            d_opt = self.optimizers["disc"]
-            d_opt.zero_grad(set_to_none=True)
-            for real, fake in fakes:
-                with autocast(self.device, self.cfg):
-                    l_d = d_hinge_loss(self.disc(self._augment(real)), self.disc(self._augment(fake)))
-                (l_d / n).backward()
-                logs["disc"] = logs.get("disc", 0) + l_d.detach() / n
-            self._step_optimizer("disc", self.disc.parameters(), kimg, lr=g.lr)
+        if gan and self.alternation.discriminator(turn):
+            self._d_step(fakes, kimg, logs)
         return logs
 
     def checkpoint(self, meta: dict) -> Checkpoint:
@@ -310,16 +339,17 @@ class CTMObjective(_TrajectoryBase):
         groups.update(traj)
         if self.disc is not None:
             groups["disc"] = self.disc.state_dict()
-        return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info})
+        return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info, "d_steps": self.d_steps})
 
     def restore(self, ckpt: Checkpoint) -> None:
         self._restore_trajectory(ckpt)
         if self.disc is not None and "disc" in ckpt.groups:
             load_state(self.disc, ckpt.state("disc"), f"{ckpt.path} [disc]")
+            self.d_steps = int(ckpt.meta.get("d_steps", 0))
         elif self.disc is not None:
             self.optimizers.pop("disc")  # phase 2 starting from a CTM+DSM checkpoint: fresh discriminator
             self._restore_common(ckpt)
-            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, self.device, lr=self.preset.gan.lr)
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self._d_cfg(), self.device, lr=self.preset.gan.lr)
             return
         self._restore_common(ckpt)
 
