@@ -22,8 +22,12 @@ def disc():
 
 def test_logits_per_feature_network_and_map_sizes(disc):
     seen = {}
-    hooks = [disc.features[n].register_forward_hook(lambda m, a, out, n=n: seen.setdefault(n, [o.shape[1:] for o in out]))
-             for n in disc.names]
+    def keep(name):
+        def hook(module, args, out):
+            seen[name] = [o.shape[1:] for o in out]
+        return hook
+
+    hooks = [disc.features[n].register_forward_hook(keep(n)) for n in disc.names]
     logits = disc(torch.rand(2, 3, 32, 32) * 2 - 1)
     for h in hooks:
         h.remove()
