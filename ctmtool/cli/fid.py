@@ -41,7 +41,7 @@ def _default_features(features: str | None, model) -> str:
     if model is None:
         return "inception"
     want = model.preset.fid.features
-    if want.lower() != "inception" and not Path(want).expanduser().is_file():
+    if want.lower() not in ("inception", "inception-legacy") and not Path(want).expanduser().is_file():
         raise UserError(f"the checkpoint's preset names feature network {want!r}, which is not a file here; "
                         "give its path with --features FILE.pt (or --features inception)")
     return want
@@ -90,7 +90,8 @@ def fid_cmd(
                                         "`fid stats --name`), a statistics .npz, or a folder/zip/npz of real images. "
                                         "Default for a checkpoint: its preset's fid.ref."),
     features: str | None = typer.Option(None, "--features", "-f",
-                                        help="Feature network: `inception` (clean-fid) or a TorchScript file "
+                                        help="Feature network: `inception` (clean-fid), `inception-legacy` (clean-fid's "
+                                             "legacy_tensorflow mode, as published FIDs; with EDM/ADM .npz references) or a TorchScript file "
                                              "(e.g. fd_a.pt), fed unresized. Default: inception, or the checkpoint "
                                              "preset's fid.features."),
     n: int | None = typer.Option(None, "--n", "-n", min=2,

@@ -221,6 +221,10 @@ def make_extractor(features: str, device: torch.device | str = "cpu", cache: str
     """`features` is "inception" or the path of a TorchScript feature network file."""
     if features.lower() == "inception":
         return InceptionFeatures(find_inception(cache, download, progress), device)
+    if features.lower() == "inception-legacy":  # clean-fid's legacy_tensorflow mode (published numbers)
+        from ctmtool.metrics.legacy import LegacyInceptionFeatures
+
+        return LegacyInceptionFeatures(find_inception(cache, download, progress), device)
     path = Path(features).expanduser()
     if not path.is_file():
         raise UserError(f"feature network {features!r} is neither 'inception' nor an existing file; give the path of a "

@@ -241,8 +241,12 @@ def reference_stats(ref: str, extractor: FeatureExtractor, device: torch.device 
                     cache: str | os.PathLike | None = None, batch: int = 256, keep_features: bool = False,
                     progress: Progress = None, log: Callable[[str], None] | None = None) -> Stats:
     """Statistics for `ref`: a statistics .npz, images (folder, zip, npz, image file) or a named reference."""
+    from ctmtool.metrics.legacy import foreign_reference_stats, is_foreign_reference, missing_reference_hint
+
     p = Path(ref).expanduser()
-    if p.is_file() and p.suffix.lower() == ".npz" and is_stats_file(p):
+    if p.is_file() and p.suffix.lower() == ".npz" and extractor.name == "inception" and is_foreign_reference(p):
+        stats = foreign_reference_stats(p, extractor, device, batch, progress)
+    elif p.is_file() and p.suffix.lower() == ".npz" and is_stats_file(p):
         stats = load_stats(p)
     elif p.exists():
         if log:
@@ -252,8 +256,8 @@ def reference_stats(ref: str, extractor: FeatureExtractor, device: torch.device 
     elif "/" not in ref and os.sep not in ref and not p.suffix:
         stats = _named_stats(ref, extractor, cache)
     else:
-        raise UserError(f"reference {ref} does not exist; give a statistics .npz, a folder/zip/npz of images or a "
-                        "named reference (see `ctmtool fid stats --name`)")
+        raise UserError(f"reference {ref} does not exist{missing_reference_hint(ref)}; give a statistics .npz, a "
+                        "folder/zip/npz of images or a named reference (see `ctmtool fid stats --name`)")
     check_compatible(Stats(stats.mu, stats.sigma, 0, extractor.name, extractor.sha256, extractor.mode), stats)
     return stats
 
