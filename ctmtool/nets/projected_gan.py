@@ -132,7 +132,7 @@ class ViTMaps(nn.Module):
         for i, blk in enumerate(m.blocks[: VIT_HOOKS[-1] + 1]):
             t = blk(t)
             if i in VIT_HOOKS:
-                maps.append(t[:, n_prefix:].transpose(1, 2).reshape(t.shape[0], -1, h, w))
+                maps.append(t[:, n_prefix:].transpose(1, 2).contiguous().reshape(t.shape[0], -1, h, w))
         return [post(f) for post, f in zip(self.post, maps, strict=True)]
 
 
