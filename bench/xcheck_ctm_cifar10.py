@@ -185,7 +185,7 @@ def _losses(tmp, args, *, off_cls, KarrasDenoiser, Sampler, res, kw, ctm_losses,
         tgt = diff.get_ctm_target(x_t_dt, t_dt, s, off, off, True, "model_sg")
         want = diff.get_CTM_loss(est, tgt, torch.ones(b), 0)
         idx = (torch.full((b,), t_i), torch.full((b,), u_i), torch.full((b,), s_i), k)
-        ctm_losses.sample_ctm_indices = lambda *a, **kw2: idx
+        ctm_losses.sample_ctm_indices = lambda *a, idx=idx, **kw2: idx
         got, _ = CTMLoss(grid, 17, my_lpips, "heun")(mine.net, mine.net, teacher, x0, None, gen, None, None)
         a, r = _rel(got, want)
         print(f"  CTM t={float(grid[t_i]):8.4f} u={float(grid[u_i]):8.4f} s={float(grid[s_i]):8.4f} k={k:2d}: "
@@ -203,7 +203,6 @@ def _losses(tmp, args, *, off_cls, KarrasDenoiser, Sampler, res, kw, ctm_losses,
 
 def _discriminator():
     import timm
-    from pg_modules import projector
     from pg_modules.discriminator import MultiScaleD
     from pg_modules.projector import F_RandomProj
 

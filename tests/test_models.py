@@ -48,7 +48,6 @@ def _x(shape, n=3, seed=1):
 
 @pytest.mark.parametrize("precond", ["edm", "vp", "ve"])
 def test_build_precond_kinds_mlp(toy_preset, precond):
-    from ctmtool.config import override_preset
 
     p = override_preset(toy_preset, [f"diffusion.precond={precond}"])
     t = build_precond("teacher", p, (2,))
@@ -130,7 +129,6 @@ def test_checkpoint_for_another_network_is_refused(tmp_path, toy_preset):
     ck = Checkpoint("teacher", toy_preset, (2,), groups={"ema": src.state_dict()})
     path = save_checkpoint(tmp_path / "t.safetensors", ck)
     loaded = load_checkpoint(path)
-    from ctmtool.config import override_preset
 
     loaded.preset = override_preset(toy_preset, ["net.mlp.hidden=64"])  # a preset that does not fit the weights
     with pytest.raises(UserError, match="does not fit"):

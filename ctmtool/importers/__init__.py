@@ -118,9 +118,8 @@ def detect(obj: Any, path: str | Path = "(object)") -> ModuleType:
 
 def import_file(path: str | Path, out: str | Path, **options) -> tuple[ImportResult, Path]:
     """Detect the format of `path`, convert it, and write the ctmtool checkpoint `out` atomically."""
-    from ctmtool.checkpoint import Checkpoint, save_checkpoint
+    from ctmtool.checkpoint import Checkpoint, load_state, save_checkpoint
     from ctmtool.models import build_precond
-    from ctmtool.checkpoint import load_state
 
     path = Path(path)
     obj = load_foreign(path)

@@ -79,7 +79,8 @@ class PaperLPIPS(nn.Module):
         resize: int = 224,              # side inputs below 256 pixels are resized to
     ):
         super().__init__()
-        from piq.perceptual import VGG16_LAYERS, ContentLoss, LPIPS as PiqLPIPS
+        from piq.perceptual import LPIPS as PiqLPIPS
+        from piq.perceptual import VGG16_LAYERS, ContentLoss
 
         if len(lin_weights) != 5:
             raise UserError(f"{LPIPS_FILE} must hold 5 linear weights (one per VGG16 layer), found {len(lin_weights)}")

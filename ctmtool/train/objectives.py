@@ -17,8 +17,8 @@ from ctmtool.checkpoint import Checkpoint, load_state
 from ctmtool.config import Preset, TrainConfig
 from ctmtool.errors import UserError
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
-from ctmtool.losses.gan import Alternation
 from ctmtool.losses.edm import EDMLoss
+from ctmtool.losses.gan import Alternation
 from ctmtool.models import S_LAYER_PREFIXES, build_precond, student_from_teacher
 from ctmtool.schedules import karras_sigmas
 from ctmtool.train.distributed import Shard, all_reduce_grads, all_reduce_sum, global_adaptive_weight
@@ -297,7 +297,7 @@ class CTMObjective(_TrajectoryBase):
         return self.disc is not None and self.preset.gan.enabled and kimg >= self.preset.gan.start_kimg
 
     def step(self, batches, kimg: float) -> dict:
-        from ctmtool.losses.gan import d_hinge_loss, g_hinge_loss
+        from ctmtool.losses.gan import g_hinge_loss
 
         c, g = self.preset.ctm, self.preset.gan
         gan = self._gan_active(kimg)

@@ -67,7 +67,7 @@ def _by_hand(x, y, vgg_file, lin_file, size):
                 out.append(z / (z.square().sum(1, keepdim=True).sqrt() + 1e-10))
         return out
 
-    return sum(((a - b).square() * wk).mean(dim=(2, 3)).sum(1) for a, b, wk in zip(feats(x), feats(y), w))
+    return sum(((a - b).square() * wk).mean(dim=(2, 3)).sum(1) for a, b, wk in zip(feats(x), feats(y), w, strict=True))
 
 
 def test_value_matches_the_formula_with_average_pooling(weights_dir):

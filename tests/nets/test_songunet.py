@@ -227,7 +227,7 @@ def test_class_label_joins_the_s_embedding():
         net = SongUNet(8, 3, 3, label_dim=4, model_channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[],
                        use_s=True, s_label=s_label).eval()
         seen = []
-        net.map_s_layer0.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+        net.map_s_layer0.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0].clone()))
         labels = torch.tensor([1, 3])
         net(torch.randn(2, 3, 8, 8), torch.tensor([0.3, -1.0]), torch.tensor([-0.5, -1.5]), labels=labels)
         want = net._embed(torch.tensor([-0.5, -1.5]))
