@@ -73,7 +73,7 @@ def random_cutout(x: torch.Tensor, generator: torch.Generator | None = None, rat
 
 
 def diff_augment(x: torch.Tensor, policies: str | Sequence[str],
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, cutout_ratio: float = 0.5) -> torch.Tensor:
     """DiffAugment of a (B, C, H, W) batch: the policies in order ("color", "translation", "cutout"; a list or "a,b")."""
     names = [p for p in policies.split(",") if p] if isinstance(policies, str) else list(policies)
     for name in names:
@@ -82,7 +82,7 @@ def diff_augment(x: torch.Tensor, policies: str | Sequence[str],
         elif name == "translation":
             x = random_translation(x, generator)
         elif name == "cutout":
-            x = random_cutout(x, generator)
+            x = random_cutout(x, generator, ratio=cutout_ratio)
         else:
             raise ValueError(f"unknown DiffAugment policy {name!r}; known: {', '.join(POLICIES)}")
     return x

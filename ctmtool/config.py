@@ -95,6 +95,7 @@ class UNetConfig(Strict):
     resample_filter: list[int] = Field(default_factory=lambda: [1, 1])  # [1,1] DDPM++, [1,3,3,1] NCSN++
     label_dropout: float = Field(0.0, ge=0, lt=1)  # class-label dropout (classifier-free guidance)
     augment_dim: int = Field(0, ge=0)  # augmentation-label input width (9 in EDM's CIFAR-10 pickles)
+    s_label: bool = True  # conditional CTM: add the class embedding to the s-embedding too (ctm-cifar10 networks.py)
 
 
 class ADMConfig(Strict):
@@ -182,16 +183,19 @@ class CTMConfig(Strict):
 
     grid: int = Field(18, ge=2)  # N, Karras grid points for (t, u, s)
     max_steps: int = Field(17, ge=1)  # K, most teacher Heun steps from t to u
-    distance: Literal["pseudo_huber", "l2", "lpips", "feature"] = "pseudo_huber"  # d(x_est, x_tgt)
+    distance: Literal["pseudo_huber", "l2", "lpips", "lpips_piq", "feature"] = "pseudo_huber"  # d(x_est, x_tgt); lpips_piq is the paper's
     huber_c: float | None = Field(None, gt=0)  # pseudo-Huber c (None: 0.00054 * sqrt(D))
-    lpips_weights: str | None = None  # path to LPIPS weights (distance = lpips)
+    lpips_weights: str | None = None  # lpips: the weights file; lpips_piq: folder of its two files (None: torch hub cache)
     dsm_weight: float | Literal["adaptive"] = "adaptive"  # lambda_DSM: number or adaptive (clamped 0..1e4)
     dsm_high_noise_fraction: float = Field(0.5, ge=0, le=1)  # share of DSM sigmas from the grid's high end
+    dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"  # DSM sigmas; halflognormal is the paper's
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
     eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
     solver: Literal["heun", "euler"] = "heun"  # teacher ODE steps
     teacher_hint: str = ""  # which published teacher this preset expects and where to get it (shown if --teacher is missing)
+    dropout: Literal["matched", "official"] = "matched"  # matched: online passes share masks, target without dropout; official: target in train mode, every pass its own masks
+    student_precond: Literal["edm", "teacher"] = "edm"  # student coefficients: EDM's (the paper), or the teacher's scheme
 
     @field_validator("eval_emas")
     @classmethod
@@ -218,6 +222,11 @@ class GANConfig(Strict):
         default_factory=lambda: ["color", "translation", "cutout"]
     )  # DiffAugment policies
     channels: int = Field(64, ge=8)  # width of the discriminator heads
+    discriminator: Literal["scratch", "projected"] = "scratch"  # projected: the paper's Projected GAN (timm DeiT + EfficientNet)
+    feature_weights: str | None = None  # projected: folder of <timm name>.safetensors (None: the Hugging Face cache)
+    betas: tuple[float, float] = (0.9, 0.999)  # discriminator Adam/RAdam betas (the paper: 0.5, 0.9)
+    cutout: float = Field(0.5, gt=0, le=1)  # DiffAugment cutout size as a fraction of the side (the paper: 0.2)
+    g_period: int = Field(1, ge=1)  # g_learning_period: 1 steps G and D every step; p > 1: G on steps k % p == 0, D otherwise
 
 
 class SampleConfig(Strict):

@@ -381,7 +381,18 @@ def import_edm_pickle(path: str | Path, out_path: str | Path | None = None,
     say = progress or (lambda msg: None)
     path = Path(path)
     say(f"reading {path.name} (no code in it is run)")
-    data = read_edm_pickle(path)
+    ckpt = checkpoint_from_edm(read_edm_pickle(path), path, say, base)
+    if out_path is not None:
+        say(f"writing {out_path}")
+        ckpt.path = save_checkpoint(out_path, ckpt)
+    return ckpt
+
+
+def checkpoint_from_edm(data: dict, path: str | Path, say: Callable[[str], None] | None = None,
+                        base: Preset | None = None) -> Checkpoint:
+    """The teacher checkpoint (unsaved) of an already safely unpickled EDM pickle `data` read from `path`."""
+    say = say or (lambda msg: None)
+    path = Path(path)
     ema = data["ema"]
     if not isinstance(ema, PersistentObj):
         raise UserError(f"{path}: 'ema' is {ema!r}, not an EDM network object")
@@ -438,11 +449,7 @@ def import_edm_pickle(path: str | Path, out_path: str | Path | None = None,
             "use_fp16": bool(_attr(ema, pkw, "use_fp16", False))}
     if vp is not None:
         meta["vp"] = vp
-    ckpt = Checkpoint(kind="teacher", preset=preset, data_shape=data_shape, groups={"ema": state}, meta=meta)
-    if out_path is not None:
-        say(f"writing {out_path}")
-        ckpt.path = save_checkpoint(out_path, ckpt)
-    return ckpt
+    return Checkpoint(kind="teacher", preset=preset, data_shape=data_shape, groups={"ema": state}, meta=meta)
 
 
 def _settings(path: Path, ema: PersistentObj, pkw: dict, mkw: dict):
@@ -485,4 +492,4 @@ def _default_base(data_shape: tuple[int, ...]) -> Preset:
     return Preset(data={"source": "folder", "resolution": data_shape[1], "channels": data_shape[0]})
 
 
-__all__ = ["EDM_URL", "SafeUnpickler", "collect_state", "import_edm_pickle", "read_edm_pickle", "safe_load"]
+__all__ = ["EDM_URL", "SafeUnpickler", "checkpoint_from_edm", "collect_state", "import_edm_pickle", "read_edm_pickle", "safe_load"]

@@ -67,14 +67,15 @@ def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: 
         return EDMPrecond(net, d.sigma_data, d.sigma_min, d.sigma_max)
     if kind == "ctm":
         return CTMPrecond(build_net(preset.net, data_shape, use_s=True), d.sigma_data, d.sigma_min, d.sigma_max,
-                          scheme=d.precond, rho=d.rho)
+                          scheme=d.precond if preset.ctm.student_precond == "teacher" else "edm", rho=d.rho)
     if kind == "gctm":
         m, g = (meta or {}).get("moments", {}), preset.gctm
         gaussian = g is None or coupling_kind(g.coupling) in GAUSSIAN_SOURCES
         return GCTMPrecond(build_net(preset.net, data_shape, use_s=True), var0=m.get("var0", d.sigma_data**2),
                            var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0),
                            grid_sigmas=(d.sigma_min, d.sigma_max, d.rho), gaussian_source=gaussian,
-                           source_std=math.sqrt(1.0 + (g.source_noise if g else 0.0) ** 2))
+                           source_std=math.sqrt(1.0 + (g.source_noise if g else 0.0) ** 2),
+                           label_range=tuple(m["label_range"]) if "label_range" in m else None)
     raise ValueError(f"unknown model kind {kind!r}")
 
 

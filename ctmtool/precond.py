@@ -207,8 +207,9 @@ class TrajectoryModel(nn.Module):
 class CTMPrecond(NoisePath, TrajectoryModel):
     """Kim et al. 2024, Sec. 4: EDM coefficients driven by t, c_noise = ln(level)/4 for both t and s.
 
-    With scheme "vp" or "ve" the coefficients are those of the teacher's preconditioning instead, so a
-    student initialised from an imported VP/VE teacher starts as exactly the teacher's denoiser at s = t."""
+    The paper's student is always EDM (ctm-cifar10 copies a VP teacher's weights into an EDM-coefficient
+    student). Scheme "vp" / "ve" (`ctm.student_precond = "teacher"`) uses the teacher's coefficients
+    instead, so a student from an imported VP/VE teacher starts as exactly the teacher's denoiser at s = t."""
 
     SCHEMES = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond}
 
@@ -244,19 +245,25 @@ class GCTMPrecond(TrajectoryModel):
         grid_sigmas: tuple[float, float, float] = (0.002, 80.0, 7.0),  # (sigma_min, sigma_max, rho) of the time grid
         gaussian_source: bool = True,   # the source x1 is Gaussian noise (independent / ot couplings)
         source_std: float = 1.0,        # per-dimension std of a Gaussian source (sqrt(1 + source_noise^2))
+        label_range: tuple[float, float] | None = None,  # clamp t/(1-t) to [smin, smax] instead (official GCTM)
     ):
         super().__init__(net)
         self.var0, self.var1, self.cov01, self.t_min = var0, var1, cov01, t_min
+        self.label_range = label_range
         self.sigma_min, self.sigma_max = 0.0, 1.0
         self.grid_sigmas, self.gaussian_source, self.source_std = tuple(grid_sigmas), gaussian_source, source_std
 
     def coefficients(self, t: torch.Tensor):
-        tc = t.clamp(self.t_min, 1 - self.t_min)
         var_t = (1 - t) ** 2 * self.var0 + t**2 * self.var1 + 2 * t * (1 - t) * self.cov01
         cov0t = (1 - t) * self.var0 + t * self.cov01
         c_skip = cov0t / var_t
         c_out = (self.var0 - cov0t**2 / var_t).clamp_min(1e-12).sqrt()
         c_in = 1 / var_t.sqrt()
+        if self.label_range is not None:  # 1202kbs/GCTM networks.py: t = 0 -> smin, t = 1 -> smax
+            lo, hi = self.label_range
+            ratio = torch.where(t >= 1, torch.full_like(t, hi), t / (1 - t).clamp_min(1e-30))
+            return c_skip, c_out, c_in, ratio.clamp(lo, hi).log() / 4
+        tc = t.clamp(self.t_min, 1 - self.t_min)
         return c_skip, c_out, c_in, (tc / (1 - tc)).log() / 4
 
     def default_schedule(self, nfe: int) -> torch.Tensor:

@@ -316,3 +316,17 @@ def test_preset_override_property(batch, lr, gamma, flip, mult):
     assert (p.teacher.batch, p.distill.lr, p.sample.gamma, p.data.xflip, p.net.unet.channel_mult) == \
         (batch, lr, gamma, flip, mult)
     assert preset_from_dict(tomllib.loads(preset_to_toml(p))) == p
+
+
+def test_cifar10_presets_hold_the_papers_recipe():
+    """ctm-cifar10's commands and defaults (script_util.py, commands/*GAN*): phase 1 and phase 2."""
+    p1, p2 = load_preset("cifar10"), load_preset("cifar10-gan")
+    for p in (p1, p2):
+        c, g = p.ctm, p.gan
+        assert (c.grid, c.max_steps, c.distance, c.dsm_sampler, c.dropout, c.student_precond) == \
+            (18, 17, "lpips_piq", "halflognormal", "official", "edm")
+        assert (p.distill.optimizer, p.distill.lr, tuple(p.distill.betas)) == ("radam", 4e-4, (0.9, 0.999))
+        assert (g.discriminator, g.lr, tuple(g.betas), g.cutout, g.g_period) == ("projected", 2e-3, (0.5, 0.9), 0.2, 2)
+        assert g.augment == ["color", "translation", "cutout"] and g.weight == "adaptive"
+    assert (p1.distill.batch, p1.ctm.target_ema, p1.gan.enabled) == (256, 0.999, False)
+    assert (p2.distill.batch, p2.ctm.target_ema, p2.gan.enabled, p2.gan.start_kimg) == (528, 0.9999, True, 0.0)

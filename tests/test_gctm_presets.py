@@ -70,3 +70,12 @@ def test_cifar_restoration_presets_use_the_fast_network_and_a_folder(name):
     fast = load_preset("cifar10-fast").net.unet
     assert p.net.unet.model_channels == fast.model_channels and p.net.unet.channel_mult == fast.channel_mult
     assert p.data.source == "folder" and p.data.resolution == 32 and p.gctm.coupling.startswith("corrupt:")
+
+
+def test_pix2pix_presets_train_at_the_papers_64_pixels():
+    """GCTM's pix2pix runs resize to 64 (--size 64); edges2shoes draws DSM times from beta_3_1."""
+    from ctmtool.config import load_preset
+
+    for name in ("edges2shoes", "facades", "night2day"):
+        assert load_preset(name).gctm.paired_size == 64, name
+    assert load_preset("edges2shoes").gctm.dsm_times == "beta_3_1"

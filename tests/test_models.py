@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -10,7 +11,7 @@ import torch
 
 from ctmtool.analytic import GaussianMixture
 from ctmtool.checkpoint import Checkpoint, save_checkpoint
-from ctmtool.config import load_preset
+from ctmtool.config import load_preset, override_preset
 from ctmtool.errors import UserError
 from ctmtool.models import (
     analytic_model,
@@ -47,14 +48,15 @@ def _x(shape, n=3, seed=1):
 
 @pytest.mark.parametrize("precond", ["edm", "vp", "ve"])
 def test_build_precond_kinds_mlp(toy_preset, precond):
-    from ctmtool.config import override_preset
 
     p = override_preset(toy_preset, [f"diffusion.precond={precond}"])
     t = build_precond("teacher", p, (2,))
     assert type(t) is TEACHERS[precond]
     assert (t.sigma_min, t.sigma_max) == (0.002, 80.0)
     c = build_precond("ctm", p, (2,))
-    assert isinstance(c, CTMPrecond) and c.scheme == precond
+    assert isinstance(c, CTMPrecond) and c.scheme == "edm"  # the paper's student is EDM whatever the teacher
+    c_teacher = build_precond("ctm", override_preset(p, ["ctm.student_precond=teacher"]), (2,))
+    assert c_teacher.scheme == precond
     g = build_precond("gctm", p, (2,))
     assert isinstance(g, GCTMPrecond) and (g.var0, g.var1, g.cov01) == (0.25, 1.0, 0.0)
     x = _x((2,))
@@ -127,7 +129,6 @@ def test_checkpoint_for_another_network_is_refused(tmp_path, toy_preset):
     ck = Checkpoint("teacher", toy_preset, (2,), groups={"ema": src.state_dict()})
     path = save_checkpoint(tmp_path / "t.safetensors", ck)
     loaded = load_checkpoint(path)
-    from ctmtool.config import override_preset
 
     loaded.preset = override_preset(toy_preset, ["net.mlp.hidden=64"])  # a preset that does not fit the weights
     with pytest.raises(UserError, match="does not fit"):
@@ -135,10 +136,10 @@ def test_checkpoint_for_another_network_is_refused(tmp_path, toy_preset):
 
 
 @pytest.mark.parametrize("precond", ["edm", "vp", "ve"])
-def test_student_from_teacher_is_the_teacher_at_init(precond, unet_preset):
-    """Kim et al. 2024: the student starts from the teacher's weights; with the s-layers at zero,
-    g(x, t, t) equals the teacher's denoiser exactly."""
-    p = unet_preset(precond)
+def test_student_from_teacher_is_the_teacher_at_init(precond, tiny_preset):
+    """With ctm.student_precond = "teacher" (and always for an EDM teacher) the student starts as the
+    teacher: the teacher's weights, s-layers at zero, so g(x, t, t) equals the teacher's denoiser exactly."""
+    p = tiny_preset("digits", f"diffusion.precond={precond}", "ctm.student_precond=teacher", net="unet")
     teacher = _perturb(build_precond("teacher", p, DIGITS_SHAPE)).eval()
     student = student_from_teacher(teacher.state_dict(), p, DIGITS_SHAPE).eval()
     assert isinstance(student, CTMPrecond) and student.scheme == precond
@@ -190,3 +191,38 @@ def test_newest_checkpoint(tmp_path, toy_preset):
     os.utime(b, (now, now))
     os.utime(a, (now - 100, now - 100))
     assert newest_checkpoint(tmp_path) == b
+
+
+@pytest.mark.parametrize("precond", ["edm", "vp", "ve"])
+def test_default_student_has_edm_coefficients_at_the_ends(precond, unet_preset):
+    """ctm-cifar10 karras_diffusion.py 62-90 / networks.py 870-875: whatever the teacher, the student uses
+    c_in = 1/sqrt(t^2+sd^2), c_skip = sd^2/(t^2+sd^2), c_out = t sd/sqrt(t^2+sd^2), c_noise = ln(t)/4."""
+    student = build_precond("ctm", unet_preset(precond), DIGITS_SHAPE)
+    sd = 0.5
+    for t in (80.0, 0.002):
+        c_skip, c_out, c_in, c_noise = student.coefficients(torch.tensor([t], dtype=torch.float64))
+        assert float(c_skip) == pytest.approx(sd**2 / (t**2 + sd**2), rel=1e-12)
+        assert float(c_out) == pytest.approx(t * sd / math.sqrt(t**2 + sd**2), rel=1e-12)
+        assert float(c_in) == pytest.approx(1 / math.sqrt(t**2 + sd**2), rel=1e-12)
+        assert float(c_noise) == pytest.approx(math.log(t) / 4, rel=1e-12)
+    # at t = 80: c_out ~ 0.49998 (not a VP teacher's -80), c_skip ~ 3.9e-5
+    c_skip, c_out, _, _ = student.coefficients(torch.tensor([80.0], dtype=torch.float64))
+    assert 0.4999 < float(c_out) < 0.5 and float(c_skip) < 4e-5
+
+
+def test_edm_student_of_a_vp_teacher_feeds_ln_t_over_4_for_t_and_s(unet_preset):
+    """The network sees c_in(t) x, ln(t)/4 and ln(s)/4 (ctm-cifar10 networks.py 870-875), not VP's 999 t_vp."""
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def forward(self, x, noise_t, noise_s=None, labels=None):
+            seen.update(x=x.clone(), t=noise_t.clone(), s=noise_s.clone())
+            return torch.zeros_like(x)
+
+    student = build_precond("ctm", unet_preset("vp"), DIGITS_SHAPE)
+    student.net = Probe()
+    x = _x(DIGITS_SHAPE, n=2)
+    student.g(x, torch.tensor([80.0, 1.0]), torch.tensor([0.002, 0.5]))
+    assert torch.allclose(seen["t"], torch.tensor([math.log(80.0) / 4, 0.0]))
+    assert torch.allclose(seen["s"], torch.tensor([math.log(0.002) / 4, math.log(0.5) / 4]))
+    assert torch.allclose(seen["x"][0], x[0] / math.sqrt(80.0**2 + 0.25))

@@ -87,8 +87,9 @@ def fid_cmd(
                                         "`fid stats --name`), a statistics .npz, or a folder/zip/npz of real images. "
                                         "Default for a checkpoint: its preset's fid.ref.")] = None,
     features: Annotated[str | None, typer.Option("--features", "-f",
-                                        help="Feature network: `inception` (clean-fid) or a TorchScript file "
-                                             "(e.g. fd_a.pt), fed unresized. Default: inception, or the checkpoint "
+                                        help="Feature network: `inception` (clean-fid), `inception-legacy` (clean-fid's "
+                                             "legacy_tensorflow mode, as published FIDs; with EDM/ADM .npz "
+                                             "references) or a TorchScript file (e.g. fd_a.pt), fed unresized. Default: inception, or the checkpoint "
                                              "preset's fid.features.")] = None,
     n: Annotated[int | None, typer.Option("--n", "-n",
                                  help="Number of images: samples generated from a checkpoint (default: preset fid.n), "

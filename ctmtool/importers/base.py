@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -21,22 +19,6 @@ class ImportResult:
     meta: dict = field(default_factory=dict)  # provenance, recorded in the checkpoint header
 
 
-def load_torch_file(path: str | Path) -> object:
-    """`torch.load(path, weights_only=True, map_location='cpu')`: tensors and containers only, no code run."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; give the path of the downloaded checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
-        raise UserError(f"refusing to load {path}: it is not a plain tensor file and loading it would need code "
-                        f"from the file ({first[:200]})") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise UserError(f"cannot read {path} as a torch checkpoint ({str(err).splitlines()[0][:200]}); "
-                        "check the download") from None
-
-
 def tensor_state(obj: object) -> dict[str, torch.Tensor] | None:
     """`obj` as a flat {name: tensor} dict (a leading 'module.' stripped), or None if it is not one."""
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
@@ -51,3 +33,13 @@ def tensor_state(obj: object) -> dict[str, torch.Tensor] | None:
 def clean(t: torch.Tensor) -> torch.Tensor:
     """A float32, CPU, contiguous copy that shares no storage with the loaded file."""
     return t.detach().to(device="cpu", dtype=torch.float32).clone().contiguous()
+
+
+def clean_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor on the CPU in its own contiguous storage (published files hold views into shared cuda storage)."""
+    out = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise UserError(f"entry {k!r} of the checkpoint is {type(v).__name__}, not a tensor")
+        out[k] = v.detach().to("cpu").clone().contiguous()
+    return out

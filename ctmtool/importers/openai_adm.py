@@ -12,6 +12,8 @@ Weights do not record the image resolution or the attention head width: `resolut
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ctmtool.config import Preset, list_presets, load_preset, preset_from_dict
@@ -82,7 +84,7 @@ def adm_preset(name: str, description: str, adm: dict, label_dim: int, shape: tu
     return preset_from_dict(raw, f"built from {name}")
 
 
-def convert(obj, resolution: int = 64, head_channels: int = 64, dropout: float | None = None) -> ImportResult:
+def convert(obj, source: str | Path = "", resolution: int = 64, head_channels: int = 64, dropout: float | None = None) -> ImportResult:
     """OpenAI ADM teacher state dict -> a ctmtool EDM teacher (`net.` + the official names)."""
     sd = tensor_state(obj)
     if sd is None or not sniff(sd):

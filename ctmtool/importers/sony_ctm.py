@@ -10,6 +10,8 @@ Download: the sony/ctm README links the ImageNet-64 CTM checkpoint (ema 0.999).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ctmtool.errors import UserError
 from ctmtool.importers.base import ImportResult, clean, tensor_state
 from ctmtool.importers.openai_adm import REQUIRED, adm_architecture, adm_preset
@@ -24,7 +26,7 @@ def sniff(obj) -> bool:
     return sd is not None and all(k in sd for k in REQUIRED) and "time_embed_s.0.weight" in sd
 
 
-def convert(obj, resolution: int = 64, head_channels: int = 64) -> ImportResult:
+def convert(obj, source: str | Path = "", resolution: int = 64, head_channels: int = 64) -> ImportResult:
     """Sony CTM state dict -> a ctmtool CTM checkpoint (`net.` + the official names)."""
     sd = tensor_state(obj)
     if sd is None or not sniff(sd):

@@ -256,6 +256,10 @@ def make_distance(cfg: CTMConfig,
             raise UserError(f"ctm.distance = 'lpips' needs ctm.lpips_weights = <path to a .pt or .safetensors>; "
                             f"{_LPIPS_HOWTO}")
         return LPIPS(cfg.lpips_weights)
+    if cfg.distance == "lpips_piq":
+        from ctmtool.losses.lpips import PaperLPIPS
+
+        return PaperLPIPS.from_files(cfg.lpips_weights)
     if cfg.distance == "feature":
         if feature_net is None:
             raise UserError("ctm.distance = 'feature' needs a feature network (a TorchScript file); "

@@ -64,3 +64,29 @@ def adaptive_weight(loss_main: torch.Tensor, loss_other: torch.Tensor,
         raise ValueError("adaptive_weight: last_layer has no trainable parameters")
     ratio = _grad_norm(loss_main, params) / (_grad_norm(loss_other, params) + 1e-4)
     return torch.nan_to_num(ratio, nan=lo).clamp(lo, hi).detach()
+
+
+class Alternation:
+    """Which networks step at optimiser step k of the GAN phase (ctm-cifar10 train_util.py run_step).
+
+    With period p = `g_learning_period` > 1, step k is a generator step when k % p == 0 (the CTM, DSM and
+    GAN terms update the student, then the EMAs and the target follow) and a discriminator step otherwise
+    (only D is updated; no EMA or target update). p = 1 steps both every iteration (ctmtool's default: G,
+    the EMAs, then D on the same batch). Steps are counted over G and D steps together."""
+
+    def __init__(self, period: int = 1):
+        if period < 1:
+            raise ValueError(f"g_learning_period must be at least 1, got {period}")
+        self.period = period
+
+    def generator(self, k: int) -> bool:
+        """Whether step k updates the student (and then its EMAs and the target)."""
+        return self.period == 1 or k % self.period == 0
+
+    def discriminator(self, k: int) -> bool:
+        """Whether step k updates the discriminator."""
+        return self.period == 1 or k % self.period != 0
+
+    def step_of(self, g_steps: int, d_steps: int) -> int:
+        """The index of the next step from the G and D steps taken so far (so a resumed run continues in phase)."""
+        return g_steps if self.period == 1 else g_steps + d_steps

@@ -216,11 +216,31 @@ def download_file(url: str, dest: Path, progress: ProgressFactory | None = None,
     return dest
 
 
+class LegacyInceptionFeatures(FeatureExtractor):
+    """clean-fid's "legacy_tensorflow" Inception: uint8 images at their own size into `net(x, return_features=True)`."""
+
+    mode = "legacy_tensorflow"
+
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu"):
+        super().__init__(path, device, name="inception")
+        if not hasattr(self.net, "layers"):
+            raise UserError(f"{self.path} loads as TorchScript but is not the TF-FID Inception file (no `layers`)")
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != 3:
+            raise UserError(f"Inception needs RGB or grey images, got {x.shape[1]} channels")
+        return self.net(x.float(), return_features=True).reshape(x.shape[0], INCEPTION_DIM)
+
+
 def make_extractor(features: str, device: torch.device | str = "cpu", cache: str | os.PathLike | None = None,
                    download: bool | None = None, progress: ProgressFactory | None = None) -> FeatureExtractor:
     """`features` is "inception" or the path of a TorchScript feature network file."""
     if features.lower() == "inception":
         return InceptionFeatures(find_inception(cache, download, progress), device)
+    if features.lower() == "inception-legacy":  # clean-fid's legacy_tensorflow mode (published numbers)
+        return LegacyInceptionFeatures(find_inception(cache, download, progress), device)
     path = Path(features).expanduser()
     if not path.is_file():
         raise UserError(f"feature network {features!r} is neither 'inception' nor an existing file; give the path of a "

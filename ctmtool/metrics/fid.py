@@ -26,6 +26,7 @@ from ctmtool.data.base import Dataset, to_uint8_images
 from ctmtool.errors import UserError
 from ctmtool.metrics.features import FeatureExtractor, cache_dir
 from ctmtool.metrics.frechet import Moments, frechet_distance, kid
+from ctmtool.metrics.legacy import is_foreign_reference, missing_reference_hint, read_foreign_reference
 
 STATS_FORMAT = "ctmtool-fid-stats"
 STATS_VERSION = 1
@@ -242,7 +243,12 @@ def reference_stats(ref: str, extractor: FeatureExtractor, device: torch.device 
                     progress: Progress = None, log: Callable[[str], None] | None = None) -> Stats:
     """Statistics for `ref`: a statistics .npz, images (folder, zip, npz, image file) or a named reference."""
     p = Path(ref).expanduser()
-    if p.is_file() and p.suffix.lower() == ".npz" and is_stats_file(p):
+    if p.is_file() and p.suffix.lower() == ".npz" and extractor.name == "inception" and is_foreign_reference(p):
+        mu, sigma, n, images = read_foreign_reference(p, extractor)
+        stats = (Stats(mu, sigma, n, extractor.name, "", extractor.mode, None,
+                       f"{p} (mu, sigma; taken as {extractor.mode} statistics)") if images is None
+                 else compute_stats(dataset_batches(images, batch), extractor, device, False, progress, str(p)))
+    elif p.is_file() and p.suffix.lower() == ".npz" and is_stats_file(p):
         stats = load_stats(p)
     elif p.exists():
         if log:
@@ -252,8 +258,8 @@ def reference_stats(ref: str, extractor: FeatureExtractor, device: torch.device 
     elif "/" not in ref and os.sep not in ref and not p.suffix:
         stats = _named_stats(ref, extractor, cache)
     else:
-        raise UserError(f"reference {ref} does not exist; give a statistics .npz, a folder/zip/npz of images or a "
-                        "named reference (see `ctmtool fid stats --name`)")
+        raise UserError(f"reference {ref} does not exist{missing_reference_hint(ref)}; give a statistics .npz, a "
+                        "folder/zip/npz of images or a named reference (see `ctmtool fid stats --name`)")
     check_compatible(Stats(stats.mu, stats.sigma, 0, extractor.name, extractor.sha256, extractor.mode), stats)
     return stats
 

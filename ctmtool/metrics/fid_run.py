@@ -24,7 +24,7 @@ def default_features(features: str | None, model) -> str:
     if model is None:
         return "inception"
     want = model.preset.fid.features
-    if want.lower() != "inception" and not Path(want).expanduser().is_file():
+    if want.lower() not in ("inception", "inception-legacy") and not Path(want).expanduser().is_file():
         raise UserError(f"the checkpoint's preset names feature network {want!r}, which is not a file here; "
                         "give its path with `features` FILE.pt (or `features` inception)")
     return want

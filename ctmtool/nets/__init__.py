@@ -28,7 +28,7 @@ def build_net(cfg: NetConfig, data_shape: tuple[int, ...], use_s: bool) -> nn.Mo
             attn_resolutions=u.attn_resolutions, dropout=u.dropout, label_dropout=u.label_dropout,
             embedding_type=u.embedding_type, channel_mult_noise=u.channel_mult_noise,
             encoder_type=u.encoder_type, decoder_type=u.decoder_type, resample_filter=u.resample_filter,
-            use_s=use_s,
+            use_s=use_s, s_label=u.s_label,
         )
     if cfg.kind == "adm":
         from ctmtool.nets.adm import ADMUNet

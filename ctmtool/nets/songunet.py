@@ -189,6 +189,7 @@ class SongUNet(nn.Module):
         decoder_type: str = "standard",  # 'standard' (DDPM++) or 'skip' (NCSN++)
         resample_filter=(1, 1),         # FIR taps: [1,1] DDPM++, [1,3,3,1] NCSN++
         use_s: bool = False,            # second noise input s (CTM student)
+        s_label: bool = True,           # conditional: the class embedding joins the s-embedding too (ctm-cifar10)
     ):
         if embedding_type not in ("positional", "fourier"):
             raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
@@ -198,7 +199,7 @@ class SongUNet(nn.Module):
             raise ValueError(f"decoder_type must be 'standard' or 'skip', got {decoder_type!r}")
         super().__init__()
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
-        self.label_dim, self.label_dropout, self.use_s = label_dim, label_dropout, use_s
+        self.label_dim, self.label_dropout, self.use_s, self.s_label = label_dim, label_dropout, use_s, s_label
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
         blk = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5), eps=1e-6,
@@ -270,21 +271,26 @@ class SongUNet(nn.Module):
             return nn.functional.one_hot(labels.reshape(-1).long(), self.label_dim).to(like.dtype)
         return labels.reshape(-1, self.label_dim).to(like.dtype)
 
+    def _label_embedding(self, labels: torch.Tensor | None, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        tmp = self._one_hot(labels, x.shape[0], like)
+        if self.training and self.label_dropout:
+            tmp = tmp * (torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout).to(tmp.dtype)
+        return self.map_label(tmp * math.sqrt(self.label_dim))
+
     def forward(self, x: torch.Tensor, noise_t: torch.Tensor, noise_s: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         # Mapping.
         emb = self._embed(noise_t)
         if self.map_label is not None:
-            tmp = self._one_hot(labels, x.shape[0], emb)
-            if self.training and self.label_dropout:
-                tmp = tmp * (torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout).to(tmp.dtype)
-            emb = emb + self.map_label(tmp * math.sqrt(self.label_dim))
+            emb = emb + self._label_embedding(labels, x, emb)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels.to(emb.dtype))
         emb = silu(self.map_layer1(silu(self.map_layer0(emb))))
         emb_s = None
         if self.use_s:
             emb_s = self._embed(noise_t if noise_s is None else noise_s)
+            if self.map_label is not None and self.s_label:  # its own label-dropout draw, as ctm-cifar10
+                emb_s = emb_s + self._label_embedding(labels, x, emb_s)
             emb_s = silu(self.map_s_layer1(silu(self.map_s_layer0(emb_s))))
 
         # Encoder.

@@ -58,6 +58,7 @@ class ObjectiveBase:
         self.cpu_gen = torch.Generator().manual_seed(cfg.seed + 2)  # index draws, dropout seeds
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.steps = 0  # optimiser steps taken (drives the EMA warm-up)
+        self.d_steps = 0  # discriminator steps taken (the G/D alternation of the GAN phase)
         self.progress = 0.0  # done fraction of the run, set by the loop (drives lr decay)
         self.shard = Shard()  # this rank's rows of each micro-batch (everything when single-process)
 
@@ -69,6 +70,8 @@ class ObjectiveBase:
         opt.step()
         if name == "net":
             self.steps += 1
+        elif name == "disc":
+            self.d_steps += 1
 
     def _groups(self) -> tuple[dict, dict]:
         groups, meta = {}, {}

@@ -145,6 +145,14 @@ def _discriminator(preset: Preset, data: Dataset):
             raise UserError("gan.backbone is an image feature network; vector data trains its discriminator from "
                             "scratch: remove gan.backbone")
         return VectorDiscriminator(math.prod(data.shape), hidden=preset.gan.channels * 4)
+    if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
+        from ctmtool.nets.projected_gan import ProjectedDiscriminator
+
+        return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
+    if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
+        from ctmtool.nets.projected_gan import ProjectedDiscriminator
+
+        return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
     backbone = load_backbone(preset.gan.backbone) if preset.gan.backbone else None
     c, h, _ = data.shape
     return Discriminator(c, h, backbone=backbone, channels=preset.gan.channels)

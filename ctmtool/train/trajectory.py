@@ -24,7 +24,7 @@ from ctmtool.config import Preset
 from ctmtool.device import autocast
 from ctmtool.errors import UserError
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
-from ctmtool.losses.gan import adaptive_weight, d_hinge_loss, g_hinge_loss
+from ctmtool.losses.gan import Alternation, adaptive_weight, d_hinge_loss, g_hinge_loss
 from ctmtool.models import build_precond, student_from_teacher
 from ctmtool.schedules import karras_sigmas
 from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
@@ -54,6 +54,10 @@ class CTMTerms:
     def dsm(self, online, pair, labels, gen):
         return self.dsm_loss(online, pair[0], labels, gen)
 
+    def estimate(self, online, target, pair, labels, gen, cpu_gen, dropout_seed):
+        """The student's CTM estimate alone (no teacher solve): the fakes of a discriminator-only step."""
+        return self.ctm_loss.estimate(online, target, pair[0], labels, gen, cpu_gen, dropout_seed)
+
     def meta(self) -> dict:
         return {}
 
@@ -74,7 +78,7 @@ class TrajectoryObjective(ObjectiveBase):
         super().__init__(preset, preset.distill, data_shape, device)
         self.kind, self.terms = kind, terms
         self.net = net.to(device).train()
-        self.target = frozen_copy(self.net)
+        self.target = frozen_copy(self.net).train(preset.ctm.dropout == "official")  # official: target keeps dropout
         self.emas = {rate: frozen_copy(self.net) for rate in preset.ctm.eval_emas}
         maybe_compile(self.net, self.cfg, device)
         self.teacher = teacher if teacher is not None else self.target
@@ -84,7 +88,8 @@ class TrajectoryObjective(ObjectiveBase):
         if self.disc is not None:
             if self.shard.active():
                 raise UserError("the GAN phase (gan.enabled) is not supported with torchrun yet; run it in one process")
-            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, device, lr=preset.gan.lr)
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self._d_cfg(), device, lr=preset.gan.lr)
+        self.alternation = Alternation(preset.gan.g_period)
 
     def sampling_model(self) -> nn.Module:
         return self.emas[self.preset.ctm.eval_emas[0]] if self.emas else self.target
@@ -97,7 +102,7 @@ class TrajectoryObjective(ObjectiveBase):
         """The seed shared by estimate and target passes for matched dropout masks; None when the net has no
         dropout (forking the RNG then only costs time). Drawn either way, so the index stream is the same."""
         seed = int(torch.randint(2**31 - 1, (), generator=self.cpu_gen))
-        return seed if self._has_dropout else None
+        return seed if self._has_dropout and self.preset.ctm.dropout == "matched" else None
 
     def _weight(self, setting, main: torch.Tensor, other: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         """lambda = ||grad_last main|| / ||grad_last other|| clamped to [lo, hi] (adaptive), or a constant."""
@@ -111,7 +116,7 @@ class TrajectoryObjective(ObjectiveBase):
         """DiffAugment for image batches (both D inputs and the G term); vector data goes in unchanged."""
         from ctmtool.augment import diff_augment
 
-        return diff_augment(x, self.preset.gan.augment, self.gen) if x.ndim == 4 else x
+        return diff_augment(x, self.preset.gan.augment, self.gen, self.preset.gan.cutout) if x.ndim == 4 else x
 
     def _gan_active(self, kimg: float) -> bool:
         return self.disc is not None and self.preset.gan.enabled and kimg >= self.preset.gan.start_kimg
@@ -119,6 +124,9 @@ class TrajectoryObjective(ObjectiveBase):
     def step(self, batches, kimg: float) -> dict:
         c, g = self.preset.ctm, self.preset.gan
         gan = self._gan_active(kimg)
+        turn = self.alternation.step_of(self.steps, self.d_steps)
+        if gan and not self.alternation.generator(turn):
+            return self._d_only_step(batches, kimg)
         self.optimizers["net"].zero_grad(set_to_none=True)
         logs = {k: torch.zeros((), device=self.device) for k in ("loss", "ctm", "dsm", "w_dsm")}
         fakes, n = [], len(batches)
@@ -143,7 +151,7 @@ class TrajectoryObjective(ObjectiveBase):
                 logs[k] += v.detach() / n
         if not self._apply_step(logs, kimg):
             return {"finite": False}
-        if gan:
+        if gan and self.alternation.discriminator(turn):
             self._discriminator_step(fakes, logs, kimg)
         return logs
 
@@ -164,8 +172,27 @@ class TrajectoryObjective(ObjectiveBase):
             ema_update(ema, self.net, warmup_rate(rate, self.steps))
         return True
 
+    def _d_cfg(self):
+        """The distill optimiser settings with the discriminator's betas (the paper: RAdam, betas 0.5, 0.9)."""
+        return self.cfg.model_copy(update={"betas": self.preset.gan.betas})
+
+    def _d_only_step(self, batches, kimg: float) -> dict:
+        """A discriminator turn of the alternation: fakes are the student's CTM estimates (no G update, no EMA)."""
+        fakes = []
+        with torch.no_grad():
+            for x, y in batches:
+                pair = self.terms.pair(x, y, self.gen, self.cpu_gen)
+                with autocast(self.device, self.cfg.precision):
+                    x_est = self.terms.estimate(self.net, self.target, pair, y, self.gen, self.cpu_gen,
+                                                self._dropout_seed())
+                fakes.append((pair[0], x_est.float()))
+        logs: dict = {}
+        self._discriminator_step(fakes, logs, kimg)
+        return logs
+
     def _discriminator_step(self, fakes: list, logs: dict, kimg: float) -> None:
-        """Hinge loss on augmented reals and the generator's detached fakes (Kim et al. 2024, Eq. 12)."""
+        """Hinge loss on augmented reals and the generator's detached fakes (Kim et al. 2024, Eq. 12); reals and
+        fakes get independent augmentation draws."""
         d_opt, n = self.optimizers["disc"], len(fakes)
         d_opt.zero_grad(set_to_none=True)
         for real, fake in fakes:
@@ -188,7 +215,7 @@ class TrajectoryObjective(ObjectiveBase):
             groups["disc"] = self.disc.state_dict()
         info = {"target_ema": c.target_ema,
                 "eval_emas": {("ema" if i == 0 else ema_group(r)): r for i, r in enumerate(c.eval_emas)},
-                **self.terms.meta()}
+                "d_steps": self.d_steps, **self.terms.meta()}
         return Checkpoint(self.kind, self.preset, self.data_shape, groups, {**meta, **extra, **info})
 
     def restore(self, ckpt: Checkpoint) -> None:
@@ -201,9 +228,11 @@ class TrajectoryObjective(ObjectiveBase):
         elif self.disc is not None:
             self.optimizers.pop("disc")  # phase 2 starting from a CTM+DSM checkpoint: fresh discriminator
             self._restore_common(ckpt)
-            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self.cfg, self.device, lr=self.preset.gan.lr)
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self._d_cfg(), self.device,
+                                                     lr=self.preset.gan.lr)
             return
         self._restore_common(ckpt)
+        self.d_steps = int(ckpt.meta.get("d_steps", 0))
 
 
 def ctm_objective(
@@ -229,5 +258,5 @@ def ctm_objective(
         dim *= s
     grid = karras_sigmas(c.grid, d.sigma_min, d.sigma_max, d.rho)
     terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver),
-                     DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction))
+                     DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction, c.dsm_sampler, d.rho))
     return TrajectoryObjective(preset, data_shape, device, "ctm", net, terms, teacher, discriminator)

@@ -40,7 +40,8 @@ def _edm_by_hand(sd: dict, x, sigma, y, s=None, **kw):
 def test_openai_teacher_round_trip(tmp_path):
     sd = _official_state(use_s=False)
     torch.save(sd, tmp_path / "edm_tiny_ema.pt")
-    ckpt = import_file(tmp_path / "edm_tiny_ema.pt", tmp_path / "t.safetensors", resolution=32, head_channels=16)
+    import_file(tmp_path / "edm_tiny_ema.pt", tmp_path / "t.safetensors", resolution=32, head_channels=16)
+    ckpt = load_checkpoint(tmp_path / "t.safetensors")
     assert ckpt.kind == "teacher" and ckpt.preset.net.kind == "adm" and ckpt.preset.net.label_dim == 7
     a = ckpt.preset.net.adm
     assert (a.model_channels, a.channel_mult, a.num_res_blocks, a.attn_resolutions) == (32, [1, 2, 3], 2, [8])
@@ -58,7 +59,8 @@ def test_openai_teacher_round_trip(tmp_path):
 def test_sony_ctm_round_trip(tmp_path):
     sd = {f"module.{k}": v for k, v in _official_state(use_s=True, seed=3).items()}  # a DDP prefix is stripped
     torch.save(sd, tmp_path / "ema_0.999_000001.pt")
-    ckpt = import_file(tmp_path / "ema_0.999_000001.pt", tmp_path / "c.safetensors", resolution=32, head_channels=16)
+    import_file(tmp_path / "ema_0.999_000001.pt", tmp_path / "c.safetensors", resolution=32, head_channels=16)
+    ckpt = load_checkpoint(tmp_path / "c.safetensors")
     assert ckpt.kind == "ctm" and ckpt.meta["format"] == sony_ctm.NAME
     model = load_model(tmp_path / "c.safetensors")
     plain = {k[len("module."):]: v for k, v in sd.items()}
@@ -76,10 +78,10 @@ def test_layout_inference_other_variants(tmp_path):
     kw = dict(resblock_updown=False, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(32, 8))
     sd = _official_state(use_s=False, **kw)
     torch.save(sd, tmp_path / "v.pt")
-    res = convert_file(tmp_path / "v.pt", resolution=32, head_channels=16)
+    res, _ = convert_file(tmp_path / "v.pt", resolution=32, head_channels=16)
     a = res.preset.net.adm
     assert (a.channel_mult, a.num_res_blocks, a.attn_resolutions, a.resblock_updown) == ([1, 2, 2], 1, [32, 8], False)
-    import_file(tmp_path / "v.pt", resolution=32, head_channels=16)  # strict load into the inferred network
+    import_file(tmp_path / "v.pt", tmp_path / "v.safetensors", resolution=32, head_channels=16)  # strict load
 
 
 def test_sniffing():
@@ -106,7 +108,7 @@ def test_hostile_file_refused_and_nothing_runs(tmp_path):
 
 def test_unknown_and_unsupported_files(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not a checkpoint format ctmtool can import"):
+    with pytest.raises(UserError, match="unrecognised checkpoint format"):
         convert_file(tmp_path / "other.pt")
     sd = _official_state(use_s=False)
     sd["out.2.weight"], sd["out.2.bias"] = torch.zeros(6, 32, 3, 3), torch.zeros(6)  # learned variance

@@ -104,3 +104,34 @@ def test_has_dropout_and_unseeded_block_leaves_the_rng_alone():
         a = torch.rand(4)
     torch.manual_seed(3)
     assert torch.equal(a, torch.rand(4))  # no reseeding: the block drew from the caller's stream
+
+
+def test_halflognormal_sigmas_match_the_official_sampler():
+    """ctm-cifar10 resample.py HalfLogNormalHalfUniformSampler: b//2 log-normal, then Karras at u ~ U[0, 0.7]."""
+    import math
+
+    from ctmtool.losses.ctm import halflognormal_sigmas
+
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    s = halflognormal_sigmas(7, -1.2, 1.2, 0.002, 80.0, 7.0, 0.7, generator=g1)
+    logn = (torch.randn(3, generator=g2) * 1.2 - 1.2).exp()
+    u = torch.rand(4, generator=g2) * 0.7
+    karras = (80 ** (1 / 7) + u * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert torch.equal(s, torch.cat([logn, karras]))
+    big = halflognormal_sigmas(20000, -1.2, 1.2, 0.002, 80.0, generator=torch.Generator().manual_seed(0))
+    hi = big[10000:]
+    low_end = (80 ** (1 / 7) + 0.7 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert abs(low_end - 0.318) < 1e-3  # the range the issue quotes
+    assert hi.max() <= 80.0 and hi.min() >= low_end - 1e-6 and float(hi.min()) < 0.33
+    assert abs(float(big[:10000].log().mean()) + 1.2) < 0.05 and abs(float(big[:10000].log().std()) - 1.2) < 0.05
+    assert math.isclose(float((hi.float() ** (1 / 7)).mean()), 80 ** (1 / 7) + 0.35 * (0.002 ** (1 / 7) - 80 ** (1 / 7)),
+                        rel_tol=0.01)
+
+
+def test_has_dropout_sees_songunet_functional_dropout():
+    """SongUNet applies dropout functionally (no nn.Dropout module); matched masks must still be used."""
+    from ctmtool.nets.songunet import SongUNet
+
+    kw = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    assert has_dropout(SongUNet(8, 1, 1, dropout=0.13, **kw))
+    assert not has_dropout(SongUNet(8, 1, 1, dropout=0.0, **kw))

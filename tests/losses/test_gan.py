@@ -95,3 +95,21 @@ def test_adaptive_weight_needs_scalars():
     W = torch.ones(2, requires_grad=True)
     with pytest.raises(ValueError, match="scalar"):
         adaptive_weight(W * 2, W.sum(), W, lo=0.0, hi=1.0)
+
+
+def test_alternation_of_generator_and_discriminator_steps():
+    """ctm-cifar10 train_util.py run_step: with g_learning_period 2, G on even steps, D on odd ones."""
+    from ctmtool.losses.gan import Alternation
+
+    a = Alternation(2)
+    assert [a.generator(k) for k in range(6)] == [True, False, True, False, True, False]
+    assert [a.discriminator(k) for k in range(6)] == [False, True, False, True, False, True]
+    assert a.step_of(3, 2) == 5 and not a.generator(a.step_of(3, 2))
+    a3 = Alternation(3)
+    assert [a3.generator(k) for k in range(6)] == [True, False, False, True, False, False]
+    one = Alternation(1)
+    assert all(one.generator(k) and one.discriminator(k) for k in range(4)) and one.step_of(7, 7) == 7
+    import pytest
+
+    with pytest.raises(ValueError):
+        Alternation(0)

@@ -214,3 +214,23 @@ def test_bf16_autocast():
             y = net(x, t, t / 2)
     assert y.shape == ref.shape and torch.isfinite(y).all()
     assert (y.float() - ref).norm() < 0.1 * ref.norm()
+
+
+def test_class_label_joins_the_s_embedding():
+    """ctm-cifar10 networks.py 408-417: emb_s = MLP_s(embed(noise_s) + map_label(onehot * sqrt(L)))."""
+    import math
+
+    from ctmtool.nets.songunet import SongUNet
+
+    torch.manual_seed(0)
+    for s_label in (True, False):
+        net = SongUNet(8, 3, 3, label_dim=4, model_channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[],
+                       use_s=True, s_label=s_label).eval()
+        seen = []
+        net.map_s_layer0.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0].clone()))
+        labels = torch.tensor([1, 3])
+        net(torch.randn(2, 3, 8, 8), torch.tensor([0.3, -1.0]), torch.tensor([-0.5, -1.5]), labels=labels)
+        want = net._embed(torch.tensor([-0.5, -1.5]))
+        if s_label:
+            want = want + net.map_label(torch.nn.functional.one_hot(labels, 4).float() * math.sqrt(4))
+        assert torch.allclose(seen[0], want, atol=1e-6)

@@ -50,3 +50,35 @@ def test_gan_term_on_vector_data_trains_a_vector_discriminator(tmp_path):
     assert res.steps == 4 and {"gan", "disc"} <= set(res.last)
     ckpt = load_checkpoint(res.checkpoint)
     assert "disc" in ckpt.groups and any(k.startswith("net.") for k in ckpt.groups["disc"])
+
+
+def test_alternating_gan_steps_update_ema_and_target_on_generator_steps_only(tmp_path):
+    """g_period 2 (the paper's g_learning_period): G steps move net, target and EMAs; D steps move only D."""
+    p = load_preset("digits", TINY_UNET + ["gan.enabled=true", "gan.g_period=2", "gan.betas=[0.5, 0.9]",
+                                           "gan.cutout=0.2"])
+    data = load_dataset(p.data)
+    teacher = build_precond("teacher", p, data.shape).eval().requires_grad_(False)
+    obj = _objective(p, data, teacher)
+    assert obj.optimizers["disc"].param_groups[0]["betas"] == (0.5, 0.9)
+    g = torch.Generator().manual_seed(0)
+
+    def batch():
+        idx = torch.randint(0, len(data), (8,), generator=g)
+        return [data.get(idx)]
+
+    def snap():
+        return [torch.cat([p.detach().flatten() for p in m.parameters()]).clone()
+                for m in (obj.net, obj.target, next(iter(obj.emas.values())), obj.disc)]
+
+    for k in range(4):
+        before = snap()
+        logs = obj.step(batch(), kimg=0.0)
+        after = snap()
+        moved = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+        if k % 2 == 0:
+            assert moved == [True, True, True, False] and "ctm" in logs, k
+        else:
+            assert moved == [False, False, False, True] and set(logs) == {"disc"}, k
+    assert (obj.steps, obj.d_steps) == (2, 2)
+    ckpt = obj.checkpoint({})
+    assert ckpt.meta["d_steps"] == 2

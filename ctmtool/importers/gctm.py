@@ -1,0 +1,75 @@
+"""GCTM checkpoints of the official code (1202kbs/GCTM): dicts with `net` and `net_ema` state dicts.
+
+`train_gctm.py` saves `{X0_eval, X1_eval, net, net_ema, opt_CTM, avgmeter, best_FID}`; the network is
+its SongUNet with `param = 'LIN'` (x_t = (1 - t) x0 + t x1). The file does not hold the moments, the
+label range or the grid: give them as options (`var0`, `var1`, `cov01` as on its command line `--vars`,
+with var1 already including `X1_eps_std^2` as `train_gctm.py` line 47 adds it; `smin`, `smax`, `grid`).
+Names map to ctmtool's as `t_map_layer{0,1}` -> `map_layer{0,1}` and also -> `map_s_layer{0,1}` (the
+official s-embedding goes through the t-MLP; its `s_map_layer*` are unused and dropped), `t_affine` ->
+`affine`, `s_affine` -> `affine_s`. The noise label is ln(t/(1-t))/4 with t = 0 -> smin and t = 1 -> smax.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ctmtool.errors import UserError
+from ctmtool.importers.base import ImportResult, clean_state
+from ctmtool.importers.ctm_cifar10 import infer_songunet
+
+NAME = "gctm"
+REQUIRED = ("var0", "var1", "cov01")
+
+
+def sniff(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("net_ema"), dict) and isinstance(obj.get("net"), dict) \
+        and "t_map_layer0.weight" in obj["net_ema"]
+
+
+def to_ctmtool_state(net: dict) -> dict:
+    out = {}
+    for k, v in net.items():
+        if k.startswith("s_map_layer"):
+            continue  # dead code in the official network
+        if k.startswith("t_map_layer"):
+            rest = k[len("t_map_layer"):]
+            out["net.map_layer" + rest] = v
+            out["net.map_s_layer" + rest] = v
+            continue
+        k = k.replace(".t_affine.", ".affine.").replace(".s_affine.", ".affine_s.")
+        out["net." + k] = v
+    return out
+
+
+def convert(obj: Any, source: str | Path = "gctm.pt", which: str = "net_ema", var0: float | None = None,
+            var1: float | None = None, cov01: float | None = None, smin: float = 0.002, smax: float = 80.0,
+            grid: int = 18, rho: float = 7.0, dropout: float = 0.1, base=None, **options) -> ImportResult:
+    """A ctmtool `gctm` checkpoint from the `which` network (net_ema by default, as its evaluation uses)."""
+    from ctmtool.config import load_preset, preset_from_dict
+
+    path = Path(source)
+    given = dict(var0=var0, var1=var1, cov01=cov01)
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise UserError(f"{path} is a GCTM checkpoint, which does not record its moments; give "
+                        f"{', '.join('--' + k for k in missing)} (the --vars of its training command, "
+                        "with var1 including X1_eps_std^2)")
+    if which not in ("net", "net_ema"):
+        raise UserError(f"which must be 'net' or 'net_ema', got {which!r}")
+    state = clean_state(to_ctmtool_state(obj[which]))
+    unet, data_shape, label_dim = infer_songunet(state)
+    if base is None:
+        base = load_preset("edges2shoes")  # the GCTM paper's image settings; network and moments replaced below
+    raw = base.model_dump(mode="json")
+    raw["name"] = path.stem
+    raw["description"] = f"imported from the GCTM checkpoint {path.name} ({which})"
+    raw["data"] = {"source": "folder", "resolution": data_shape[1], "channels": data_shape[0]}
+    raw["net"] = {"kind": "unet", "label_dim": label_dim, "unet": {**unet, "dropout": dropout}}
+    raw["diffusion"].update(sigma_min=smin, sigma_max=smax, rho=rho)
+    raw["gctm"] = {**(raw.get("gctm") or {}), "grid": grid, "max_steps": min(grid - 1, 17),
+                   "var0": var0, "var1": var1, "cov01": cov01}
+    preset = preset_from_dict(raw, f"built from {path.name}")
+    moments = {"var0": float(var0), "var1": float(var1), "cov01": float(cov01), "label_range": [smin, smax]}
+    return ImportResult(kind="gctm", preset=preset, data_shape=data_shape, state=state,
+                        meta={"source": "gctm", "weights": which, "moments": moments})
