@@ -13,7 +13,7 @@ from ctmtool.cli.common import ForceOpt, JsonOpt, Reporter, check_output, handle
 def import_cmd(
     path: Path = typer.Argument(..., help="A published checkpoint: EDM .pkl, ctm-cifar10 model*.pt / ema_*.pt, GCTM .pt."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it)."),
-    which: str = typer.Option("net_ema", "--which", help="GCTM only: net_ema (default) or net."),
+    which: str = typer.Option("net_ema", "--ema", help="GCTM only: which weights of the file, net_ema (default) or net."),
     var0: float | None = typer.Option(None, "--var0", help="GCTM only: Var x0 per dimension (its --vars[0])."),
     var1: float | None = typer.Option(None, "--var1", help="GCTM only: Var x1 per dimension, X1_eps_std^2 included."),
     cov01: float | None = typer.Option(None, "--cov01", help="GCTM only: Cov(x0, x1) per dimension (its --vars[2])."),
@@ -23,7 +23,7 @@ def import_cmd(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Recognise the format of PATH and write a ctmtool checkpoint; no code stored in the file is run."""
+    """Convert a published checkpoint (EDM, ctm-cifar10, GCTM, ADM) to ctmtool's; no stored code runs."""
     from ctmtool.importers import import_file
 
     rep = Reporter(json_out)

@@ -53,10 +53,10 @@ def convert(obj: Any, source: str | Path = "gctm.pt", which: str = "net_ema", va
     missing = [k for k, v in given.items() if v is None]
     if missing:
         raise UserError(f"{path} is a GCTM checkpoint, which does not record its moments; give "
-                        f"{', '.join('--' + k for k in missing)} (the --vars of its training command, "
+                        f"{', '.join(f'`{k}`' for k in missing)} (the three vars of its training command, "
                         "with var1 including X1_eps_std^2)")
     if which not in ("net", "net_ema"):
-        raise UserError(f"which must be 'net' or 'net_ema', got {which!r}")
+        raise UserError(f"`ema` must be 'net' or 'net_ema' for a GCTM file, got {which!r}")
     state = clean_state(to_ctmtool_state(obj[which]))
     unet, data_shape, label_dim = infer_songunet(state)
     if base is None:

@@ -113,7 +113,7 @@ def test_gctm_checkpoint_round_trip_and_options(tmp_path):
             "avgmeter": {"losses": {"ctm": [np.float64(0.5)]}, "idx": 3}, "best_FID": np.inf}
     f = tmp_path / "idx_0_best.pt"
     torch.save(ckpt, f)
-    with pytest.raises(UserError, match="--var0, --var1, --cov01"):
+    with pytest.raises(UserError, match="`var0`, `var1`, `cov01`"):
         import_file(f, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
     res, out = import_file(f, tmp_path / "g.safetensors", var0=0.23, var1=0.01 + 0.25**2, cov01=0.0)
