@@ -230,3 +230,28 @@ def export_model(model, out: str | Path, tol: float = DEFAULT_TOL, program: bool
             files[g.name].with_name(f".{files[g.name].stem}.tmp.pt2").unlink(missing_ok=True)
     return {"kind": model.kind, "tolerance": tol, "graphs": results, "json": str(out.with_suffix(".json")),
             "programs": [str(p.with_suffix(".pt2")) for p in files.values()] if program else []}
+
+
+PRESET_SHAPES = {"digits": (1, 8, 8), "cifar10-fast": (3, 32, 32), "cifar10": (3, 32, 32), "toy": (2,), "toy-translate": (2,)}
+
+
+def random_checkpoint(path: str | Path, preset: str = "digits", kind: str = "ctm", seed: int = 0,
+                      overrides: list[str] | None = None, scale: float = 0.05) -> Path:
+    """A checkpoint of `preset`'s network with random weights (every parameter, zero-initialised ones too,
+    plus scale * N(0, 1)): for timing (weights do not change the time) and for export checks that cannot pass
+    by zero outputs."""
+    from ctmtool.checkpoint import Checkpoint, save_checkpoint
+    from ctmtool.config import load_preset
+    from ctmtool.models import build_precond
+
+    p = load_preset(preset, overrides)
+    if preset not in PRESET_SHAPES:
+        raise UserError(f"no data shape known for preset {preset!r}; use one of {', '.join(PRESET_SHAPES)}")
+    shape = PRESET_SHAPES[preset]
+    meta = {"moments": {"var0": 0.25, "var1": 1.0, "cov01": 0.0}} if kind == "gctm" else {}
+    net = build_precond(kind, p, shape, meta)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for q in net.parameters():
+            q.add_(scale * torch.randn(q.shape, generator=gen))
+    return save_checkpoint(path, Checkpoint(kind, p, shape, groups={"ema": net.state_dict()}, meta=meta))

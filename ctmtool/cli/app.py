@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ctmtool import __version__
-from ctmtool.cli import distill, fid, likelihood, presets, sample, teacher, translate
+from ctmtool.cli import distill, export, fid, likelihood, presets, sample, serve, teacher, translate
 
 app = typer.Typer(
     name="ctmtool",
@@ -33,7 +33,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """
 
 
-for module in (presets, teacher, distill, sample, likelihood, fid, translate):
+for module in (presets, teacher, distill, sample, likelihood, fid, translate, export, serve):
     module.register(app)
 
 
