@@ -29,10 +29,12 @@ def launch(playwright, executable: str):
 
 
 def open_page(browser, url: str, timeout_ms: int = 30000):
-    """A page on `url`, waited on until the first generated image (or the model description) is drawn."""
+    """A page on `url`, waited on until the model is described and its first image (if it generates) drawn."""
     page = browser.new_page(viewport={"width": 1000, "height": 720})
     page.goto(url)
-    page.wait_for_function("window.ctmStats && (window.ctmStats.frames > 0 || window.ctmStats.errors.length > 0)",
+    page.wait_for_function("window.ctmStats && window.ctmStats.ready && "
+                           "(window.ctmStats.frames > 0 || !document.getElementById('useGen') || document.getElementById('useGen').disabled "
+                           "|| window.ctmStats.errors.length > 0)",
                            timeout=timeout_ms)
     return page
 
