@@ -57,19 +57,19 @@ def bench_preset(preset: str, batches: list[int], threads: list[int], reps: int,
         z = torch.randn(b, *model.data_shape, generator=torch.Generator().manual_seed(b))
         with torch.inference_mode():
             ref = graph.module(z)
-        fns = {"eager": lambda: graph.module(z)}
+        fns = {"eager": lambda z=z: graph.module(z)}
         if compiled is not None:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = compiled(z)
             print(f"# {preset} batch {b}: torch.compile took {time.perf_counter() - t0:.1f}s; "
                   f"max |diff| {float((out - ref).abs().max()):.2g}", flush=True)
-            fns["compile"] = lambda: compiled(z)
+            fns["compile"] = lambda z=z: compiled(z)
         feed = {"z": z.numpy()}
         for name, sess in sessions.items():
             out = torch.from_numpy(sess.run(None, feed)[0])
             print(f"# {preset} batch {b}: {name} max |diff| {float((out - ref).abs().max()):.2g}", flush=True)
-            fns[name] = (lambda s=sess: s.run(None, feed))
+            fns[name] = (lambda s=sess, f=feed: s.run(None, f))
         with torch.inference_mode():
             med = time_backends(fns, reps)
         for k, ms in med.items():

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--walk-seconds", type=float, default=5.0)
     ap.add_argument("--presses", type=int, default=20)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--screenshot", default=None, help="PNG of the page after the first model's measurement")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -59,6 +61,11 @@ def main() -> None:
                 try:
                     page = open_page(browser, srv.url, timeout_ms=120000)
                     r = measure(page, presses=args.presses, walk_s=args.walk_seconds)
+                    if args.screenshot and not rows:
+                        page.fill("#seed", "7")
+                        page.dispatch_event("#seed", "input")
+                        time.sleep(1.0)
+                        page.screenshot(path=args.screenshot)
                     page.close()
                 finally:
                     srv.stop()

@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from ctmtool.serve.harness import canvas_pixels, draw_stroke, find_browser, launch, open_page, stats, wait_idle
+from ctmtool.serve.harness import (
+    canvas_pixels,
+    draw_stroke,
+    find_browser,
+    launch,
+    open_page,
+    stats,
+    wait_idle,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'ctmtool[serve]')")
 BROWSER = find_browser()
