@@ -53,6 +53,10 @@ def _num(msg: dict, key: str, default, lo: float, hi: float, kind=float):
     return v
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
 class Codec:
     """Conversions between the page's bytes and model tensors, with the limits checked."""
 
@@ -103,8 +107,7 @@ class Codec:
         if not isinstance(b64, str):
             raise BadRequest("upload: no file data")
         if len(b64) * 3 // 4 > self.max_upload:
-            raise BadRequest(f"upload of {len(b64) * 3 / 4 / 1e6:.1f} MB is over the {self.max_upload / 1e6:.1f} MB limit; "
-                             "send a smaller image")
+            raise BadRequest(f"upload of {_size(len(b64) * 3 // 4)} is over the {_size(self.max_upload)} limit; send a smaller image")
         try:
             raw = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):

@@ -65,7 +65,7 @@ def test_generate_frame_is_the_engine_sample(server, digits_engine):
     ({"op": "edit", "pixels": "%%%"}, "not valid base64"),
     ({"op": "edit", "points": [[0, 0]]}, "expected 64 bytes"),
     ({"op": "upload", "data": base64.b64encode(b"hello").decode()}, "not an image"),
-    ({"op": "upload", "data": "A" * 40_000}, "over the 0.0 MB limit"),
+    ({"op": "upload", "data": "A" * 40_000}, "is over the 20 kB limit"),
     ({"op": "upload", "data": _png(30, 20)}, "30x20; this model works on square 8x8"),
 ])
 def test_bad_requests_get_a_message_and_the_socket_keeps_serving(server, msg, words):

@@ -63,3 +63,9 @@ def test_a_bad_upload_shows_its_error(page):
     page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}])
     page.wait_for_selector("#error", state="visible", timeout=10000)
     assert "not an image" in page.inner_text("#error")
+
+
+def test_an_oversized_upload_shows_the_limit(page):
+    page.set_input_files("#upload", files=[{"name": "big.png", "mimeType": "image/png", "buffer": b"\x89PNG" + bytes(30_000)}])
+    page.wait_for_function("document.getElementById('error').textContent.includes('limit')", timeout=10000)
+    assert "is over the 20 kB limit" in page.inner_text("#error")
