@@ -75,6 +75,8 @@ def bench_preset(preset: str, batches: list[int], threads: list[int], reps: int,
         for k, ms in med.items():
             rows.append({"preset": preset, "batch": b, "backend": k, "ms": ms, "ms_per_image": ms / b,
                          "speedup_vs_eager": med["eager"] / ms})
+            print(f"# {preset} batch {b}: {k} {ms:.2f} ms ({med['eager'] / ms:.2f}x eager), load {os.getloadavg()[0]:.2f}",
+                  flush=True)
     return rows
 
 
