@@ -37,7 +37,18 @@ def export_cmd(
         raise UserError(f"--tol must be positive, got {tol}")
     model = load_model(ckpt, which=ema)
     result = export_model(model, out, tol=tol, program=program, force=force, opset=opset, log=rep.log)
-    rep.result(result, title="export")
+    if json_out:
+        rep.result(result)
+        return
+    table = {"kind": result["kind"], "tolerance": result["tolerance"]}
+    for g in result["graphs"]:
+        table[g["graph"]] = f"{g['file']}  (inputs {', '.join(g['inputs'])})"
+        table[f"{g['graph']}: max |onnxruntime - torch|"] = f"{g['max_abs_diff_ort']:.3g}"
+        if "max_abs_diff_program" in g:
+            table[f"{g['graph']}: max |torch.export - torch|"] = f"{g['max_abs_diff_program']:.3g}"
+    table["programs"] = ", ".join(result["programs"]) or "-"
+    table["description"] = result["json"]
+    rep.result(table, title="export")
 
 
 def register(app: typer.Typer) -> None:

@@ -65,14 +65,14 @@ def onnx_net(model, threads: int = 1, tol: float = 1e-4, folder: str | Path | No
 
     graphs = model_graphs(model)
     graph = next((g for g in graphs if g.name in ("jump", "denoiser")), graphs[0])
-    folder = Path(folder or tempfile.mkdtemp(prefix="ctmtool-serve-"))
-    path = folder / f"{graph.name}.onnx"
-    t0 = time.perf_counter()
-    program = export_graph(model, graph, path)
-    check = verify(model, graph, path, program, tol)
-    log(f"ONNX {graph.name} exported and verified in {time.perf_counter() - t0:.1f}s "
-        f"(max |onnxruntime - torch| = {check['max_abs_diff_ort']:.2g})")
-    return OrtNet(ort_session(path, threads), model.net, graph.name)
+    with tempfile.TemporaryDirectory(prefix="ctmtool-serve-") as tmp:  # the session keeps the graph in memory
+        path = Path(folder or tmp) / f"{graph.name}.onnx"
+        t0 = time.perf_counter()
+        program = export_graph(model, graph, path)
+        check = verify(model, graph, path, program, tol)
+        log(f"ONNX {graph.name} exported and verified in {time.perf_counter() - t0:.1f}s "
+            f"(max |onnxruntime - torch| = {check['max_abs_diff_ort']:.2g})")
+        return OrtNet(ort_session(path, threads), model.net, graph.name)
 
 
 class Engine:
