@@ -75,3 +75,18 @@ def test_teacher_generates_but_does_not_edit(tmp_path):
     assert x.shape == (10, 2) and torch.isfinite(x).all()
     with pytest.raises(UserError, match="cannot edit"):
         eng.edit(torch.zeros(4, 2), 0.5)
+
+
+def test_class_choice_of_a_conditional_model(tmp_path):
+    from ctmtool.export import random_checkpoint
+
+    over = ["net.label_dim=10", "net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16"]
+    eng = Engine(load_model(random_checkpoint(tmp_path / "c.safetensors", "digits", "ctm", overrides=over)), backend="torch")
+    assert eng.info()["label_dim"] == 10
+    m = eng.model
+    x4, _ = eng.generate(1, 0.0, label=4)
+    z = eng.noise(1, 0.0, 1)
+    ref = m.net.jump(m.sigma_max * z, m.sigma_max, m.sigma_min, torch.tensor([4])).clamp(-1, 1)
+    assert torch.allclose(x4, ref, atol=1e-6) and not torch.allclose(x4, eng.generate(1, 0.0, label=5)[0])
+    with pytest.raises(UserError, match="class 10 is outside 0..9"):
+        eng.generate(1, 0.0, label=10)
