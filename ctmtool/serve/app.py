@@ -166,7 +166,7 @@ class Session:
         eng, codec, p = self.engine, self.codec, self.codec.params(msg)
         sent_input = []
         if target == "gen":
-            n = 1 if self.codec.shape.__len__() == 3 else GEN_POINTS
+            n = 1 if len(self.codec.shape) == 3 else GEN_POINTS
             x, ms = eng.generate(p["seed"], _num(msg, "phase", 0.0, -1e6, 1e6), p["nfe"], p["gamma"], p["label"], n=n)
         else:
             op = msg["op"]
