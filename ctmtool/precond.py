@@ -114,6 +114,7 @@ class NoisePath:
     rho: float = 7.0
     has_density = True
     gaussian_source = True
+    translates = False
 
     def default_schedule(self, nfe: int) -> torch.Tensor:
         """Kim et al. 2024, Sec. 5: the Karras grid with nfe + 1 points, sigma_max to sigma_min."""
@@ -148,6 +149,7 @@ class TrajectoryModel(nn.Module):
     kind = "trajectory"
     has_density = True  # g(x, t, t) is a denoiser of the Gaussian-noise process
     gaussian_source = True  # trajectories start from Gaussian noise: the model can generate and edit
+    translates = False  # its source is another distribution's samples, given as they are (GCTM)
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -235,6 +237,7 @@ class GCTMPrecond(TrajectoryModel):
     """Kim et al. 2024b (GCTM), Sec. 3.2: x_t = (1-t) x0 + t x1; coefficients from Var x0, Var x1, Cov(x0, x1)."""
 
     has_density = False  # it transports one distribution to another: no data density
+    translates = True  # `translate` maps given sources x1 to the data side
 
     def __init__(self,
         net: nn.Module,                 # raw network F(x, noise_t, noise_s, labels=None)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctmtool.cli.common import ForceOpt, JsonOpt, Reporter, check_output, handle_errors
+from ctmtool.cli.common import Command, ForceOpt, JsonOpt, Reporter, check_output, handle_errors
 
 
 @handle_errors
@@ -36,4 +36,5 @@ def import_cmd(
 
 
 def register(root: typer.Typer) -> None:
-    root.command("import")(import_cmd)
+    root.command("import", cls=Command,
+                 short_help="Convert a published checkpoint (EDM, ctm-cifar10, GCTM, ADM) to a ctmtool one.")(import_cmd)

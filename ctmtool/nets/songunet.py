@@ -162,9 +162,9 @@ class UNetBlock(nn.Module):
     def _attention(self, h: torch.Tensor) -> torch.Tensor:
         """softmax(q^T k / sqrt(c)) over positions, with EDM's (heads, c, 3, HW) split of the qkv channels."""
         b, c, hh, ww = h.shape
-        q, k, v = self.qkv(h).reshape(b * self.num_heads, c // self.num_heads, 3, hh * ww).unbind(2)
-        a = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return a.transpose(1, 2).reshape(b, c, hh, ww)
+        q, k, v = self.qkv(h).reshape(b, self.num_heads, c // self.num_heads, 3, hh * ww).unbind(3)
+        a = nn.functional.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return a.transpose(-1, -2).reshape(b, c, hh, ww)  # 4-D (batch, heads, HW, c) as ONNX export needs
 
 
 class SongUNet(nn.Module):

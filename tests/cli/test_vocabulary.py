@@ -29,7 +29,7 @@ def test_top_level_list_is_not_cut():
     assert "..." not in commands
     entries = re.findall(r"^  (\S+)\s+(.*(?:\n {4,}\S.*)*)", commands, flags=re.M)
     assert {name for name, _ in entries} == {"presets", "teacher", "distill", "sample", "likelihood", "fid",
-                                              "translate"}
+                                              "translate", "import", "export", "serve"}
     for name, desc in entries:
         desc = " ".join(desc.split())
         assert desc.endswith((".", ")")), (name, desc)  # a whole sentence, not a cut phrase

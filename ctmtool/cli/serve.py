@@ -1,0 +1,65 @@
+"""`ctmtool serve`: a local web page for real-time generation, the latent walk, SDEdit editing and translation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ctmtool.cli.common import Command, Reporter, handle_errors
+from ctmtool.errors import UserError
+
+
+@handle_errors
+def serve_cmd(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (.safetensors) or a run folder (its newest checkpoint)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this machine only (0.0.0.0: every interface)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (ONNX Runtime when it exports and verifies, else PyTorch), onnxruntime or torch."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for the network (PyTorch and ONNX Runtime)."),
+    ema: str = typer.Option("ema", "--ema", help="Which weights: ema, net, ema_<rate>."),
+    max_clients: int = typer.Option(8, "--max-clients", help="Pages connected at once; more are told the server is busy."),
+    max_upload_mb: float = typer.Option(2.0, "--max-upload-mb", help="Largest image upload accepted, in MB."),
+) -> None:
+    """Serve one page at http://HOST:PORT/: a seed and a latent walk streamed over a WebSocket, NFE / gamma /
+    class controls, stroke and upload editing (SDEdit), GCTM translation, and the model and end-to-end latency."""
+    rep = Reporter()
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"serve needs starlette and uvicorn ({err.name} is missing); install them with "
+                        "`pip install 'ctmtool[serve]'`") from None
+    import torch
+
+    from ctmtool.models import load_model
+    from ctmtool.serve import run_server
+    from ctmtool.serve.app import create_app
+    from ctmtool.serve.engine import Engine
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {port}")
+    if threads < 1 or max_clients < 1 or not max_upload_mb > 0:
+        raise UserError("--threads and --max-clients must be at least 1 and --max-upload-mb positive")
+    import socket
+
+    try:  # uvicorn reports a busy port only in its log: check first
+        with socket.socket() as sock:
+            sock.bind((host, port))
+    except OSError as err:
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port or --host") from None
+    torch.set_num_threads(threads)
+    model = load_model(ckpt, which=ema)
+    engine = Engine(model, backend=backend, threads=threads, log=rep.log)
+    max_upload = int(max_upload_mb * 1e6)
+    app = create_app(engine, max_clients=max_clients, max_upload=max_upload)
+    rep.log(f"serving {model.kind} model {model.path} ({engine.backend}) at http://{host}:{port}/  (Ctrl-C stops)")
+    try:
+        run_server(app, host=host, port=port, max_message=2 * max_upload + 65536)
+    except OSError as err:
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", cls=Command,
+                short_help="A local web page: live generation, stroke editing and translation, with latency.")(serve_cmd)
