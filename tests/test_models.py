@@ -129,7 +129,7 @@ def test_checkpoint_for_another_network_is_refused(tmp_path, toy_preset):
     loaded = load_checkpoint(path)
     from ctmtool.config import override_preset
 
-    loaded.preset = override_preset(toy_preset, ["net.mlp.hidden=64"])  # a preset that does not fit the weights
+    loaded.preset = override_preset(toy_preset, [f"net.mlp.hidden={2 * toy_preset.net.mlp.hidden}"])  # a preset that does not fit the weights
     with pytest.raises(UserError, match="does not fit"):
         model_from_checkpoint(loaded)
 
