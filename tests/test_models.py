@@ -130,7 +130,7 @@ def test_checkpoint_for_another_network_is_refused(tmp_path, toy_preset):
     path = save_checkpoint(tmp_path / "t.safetensors", ck)
     loaded = load_checkpoint(path)
 
-    loaded.preset = override_preset(toy_preset, ["net.mlp.hidden=64"])  # a preset that does not fit the weights
+    loaded.preset = override_preset(toy_preset, [f"net.mlp.hidden={2 * toy_preset.net.mlp.hidden}"])  # a preset that does not fit the weights
     with pytest.raises(UserError, match="does not fit"):
         model_from_checkpoint(loaded)
 
