@@ -9,11 +9,16 @@ Policy (read by every command, every objective and the benchmarks):
   in float64), losses and their reductions, EMA and optimiser state (parameters are float32 masters).
 - matmuls outside autocast: full float32 ("highest": no TF32), so that GPU samples, likelihoods and FIDs
   agree with the CPU to float32 round-off; `tf32=True` trades that for speed where a user asks.
+- CPU threads: training a small network (under `SMALL_NETWORK` parameters) on the CPU uses one thread unless
+  OMP_NUM_THREADS says otherwise (`cpu_threads`). Its small matmuls gain nothing from a second thread, and
+  on a busy machine OpenMP's spinning threads made a toy step 5-10x slower; one thread also makes the run's
+  floating-point reductions the same on every machine, whatever its core count.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import os
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -40,6 +45,24 @@ def configure_matmul(tf32: bool = False) -> None:
     """Full float32 matmuls and convolutions (the default), or TF32 where speed matters more than exactness."""
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     torch.backends.cudnn.allow_tf32 = tf32
+
+
+SMALL_NETWORK = 5_000_000  # parameters
+
+
+@contextmanager
+def cpu_threads(device: torch.device, net: torch.nn.Module):
+    """One torch thread while training a small network on the CPU (unless OMP_NUM_THREADS is set); restored after."""
+    small = sum(p.numel() for p in net.parameters()) < SMALL_NETWORK
+    if device.type != "cpu" or not small or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def autocast(device: torch.device, precision: str = "fp32"):

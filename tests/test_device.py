@@ -77,3 +77,24 @@ def test_the_policy_is_in_force_once_a_device_is_selected(restore_matmul_policy)
     torch.backends.cudnn.allow_tf32 = True  # torch's default
     select_device("cpu")
     assert torch.backends.cudnn.allow_tf32 is False and torch.get_float32_matmul_precision() == "highest"
+
+
+def test_small_cpu_training_runs_on_one_thread_and_restores(monkeypatch):
+    from ctmtool.device import SMALL_NETWORK, cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with cpu_threads(torch.device("cpu"), torch.nn.Linear(4, 4)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
+        with cpu_threads(torch.device("cpu"), torch.nn.Linear(4, 4)):
+            assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        big = torch.nn.Linear(SMALL_NETWORK // 1000 + 1, 1000)  # just over the threshold
+        with cpu_threads(torch.device("cpu"), big):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

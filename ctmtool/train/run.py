@@ -18,6 +18,7 @@ from ctmtool.checkpoint import Checkpoint, load_checkpoint
 from ctmtool.config import Preset
 from ctmtool.data import load_dataset
 from ctmtool.data.base import Dataset
+from ctmtool.device import cpu_threads
 from ctmtool.errors import Interrupted, UserError
 from ctmtool.models import Model, analytic_model, load_model
 from ctmtool.progress import Quiet
@@ -60,8 +61,9 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
     resume_ckpt = load_checkpoint(resume_path) if resume_path else None
     parts = build(preset, device, rep, run_dir, data=data, data_path=data_path, teacher=teacher, resume=resume_ckpt)
     rep.log(parts.describe)
-    result = fit(parts.objective, parts.data, parts.cfg, run_dir, rep, device=device, xflip=parts.xflip,
-                 resume=resume_ckpt, snapshot=parts.snapshot, evaluate=parts.evaluate)
+    with cpu_threads(device, parts.objective.net):
+        result = fit(parts.objective, parts.data, parts.cfg, run_dir, rep, device=device, xflip=parts.xflip,
+                     resume=resume_ckpt, snapshot=parts.snapshot, evaluate=parts.evaluate)
     if result.signum:  # saved; a job scheduler must still see that the run did not finish
         raise Interrupted(f"training stopped by {signal.Signals(result.signum).name} at {result.kimg:.3f} kimg "
                           f"(step {result.steps}); saved {result.checkpoint}; continue it with `resume`", result.signum)
