@@ -38,12 +38,17 @@ def _final(run_dir):
     return ckpt.meta["step"], ckpt.groups
 
 
+def _await_checkpoint(proc: subprocess.Popen, run_dir, seconds: float = 60) -> None:
+    """Wait until `proc` wrote its first checkpoint in run_dir (or ended, or `seconds` passed)."""
+    deadline = time.time() + seconds
+    while not list(run_dir.glob("ckpt-*.safetensors")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+
+
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     subprocess.run(_cmd(tmp_path / "a"), env=_env(), check=True, capture_output=True, timeout=120)
     proc = subprocess.Popen(_cmd(tmp_path / "b"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while not list((tmp_path / "b").glob("ckpt-*.safetensors")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
+    _await_checkpoint(proc, tmp_path / "b")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
@@ -111,9 +116,7 @@ def test_sigkill_then_resume_equals_uninterrupted_for_a_time_limited_run(tmp_pat
     out = subprocess.run(run + [str(tmp_path / "a")], env=_env(), check=True, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["200", "minutes", "200.0"]  # 200 steps of 1 s in 3.33 minutes
     proc = subprocess.Popen(run + [str(tmp_path / "b")], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while not list((tmp_path / "b").glob("ckpt-*.safetensors")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
+    _await_checkpoint(proc, tmp_path / "b")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
@@ -133,9 +136,7 @@ def test_sigkill_then_resume_equals_uninterrupted_for_a_time_limited_run(tmp_pat
 def test_sigterm_saves_and_exits_143(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, "--kimg", "1000"), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not list(tmp_path.glob("ckpt-*.safetensors")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
+    _await_checkpoint(proc, tmp_path)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err  # a job scheduler sees the run did not finish
