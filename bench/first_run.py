@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_quality import gap  # noqa: E402
 
 from ctmtool.analytic import ExactTrajectory  # noqa: E402
-from ctmtool.config import load_preset  # noqa: E402
 from ctmtool.metrics.trajectory import trajectory_error  # noqa: E402
 from ctmtool.models import analytic_model, load_model  # noqa: E402
 from ctmtool.quality import make_scorer  # noqa: E402
@@ -86,14 +85,15 @@ def main() -> None:
         out[f"job_{key}"] = round(sum(out[k][key] for k in ("teacher", "distill", "sample") if k in out), 1)
     out["load_after"] = os.getloadavg()
 
-    preset = load_preset(a.preset)
+    m = load_model(root / "ctm")
+    preset = m.preset  # with the --set overrides the run used
     gmm = analytic_model(preset).net
     base = make_scorer("logp", preset)[2]["true_samples_logp"]
-    m = load_model(root / "ctm")
     out["gap"] = {f"nfe{k}": gap(m, gmm, base, a.n, 1, solver="gamma", nfe=k, gamma=0.0)
                   for k in (int(v) for v in a.nfe.split(","))}
     x0 = gmm.sample(512, torch.Generator().manual_seed(9))
-    tr = trajectory_error(m.net, ExactTrajectory(gmm, steps=128), x0, karras_sigmas(preset.ctm.grid),
+    tr = trajectory_error(m.net, ExactTrajectory(gmm, steps=128), x0, karras_sigmas(preset.ctm.grid, preset.diffusion.sigma_min, preset.diffusion.sigma_max,
+                                        preset.diffusion.rho),
                           torch.Generator().manual_seed(1))
     out["trajectory"] = {k: v for k, v in tr.items() if k != "per_t"}
     if tmp is not None:
