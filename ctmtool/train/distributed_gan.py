@@ -64,8 +64,8 @@ class GlobalBatchNorm(_BatchNorm):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         xf = x.float()
         n = torch.tensor(float(xf.numel() // xf.shape[1]), dtype=torch.float64, device=x.device)
-        dist.all_reduce(n)
-        count = float(n)
+        dist.all_reduce(n)  # values per channel over all ranks (kept on the device: no host sync)
+        count = n.float()
         mean = _sum_over_ranks(xf.sum(dims)) / count  # two passes, as close to one process as round-off allows
         d = xf - mean.view(shape)
         var = _sum_over_ranks(d.square().sum(dims)) / count
@@ -77,7 +77,7 @@ class GlobalBatchNorm(_BatchNorm):
                 self.num_batches_tracked.add_(1)
                 f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
-                self.running_var.mul_(1 - f).add_(var.detach() * (count / max(count - 1, 1.0)), alpha=f)
+                self.running_var.mul_(1 - f).add_(var.detach() * (count / (count - 1).clamp(min=1)), alpha=f)
         return y.to(x.dtype)
 
 
