@@ -62,10 +62,10 @@ class GlobalBatchNorm(_BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        xf = x.float()
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # half precision: statistics in float32
         n = torch.tensor(float(xf.numel() // xf.shape[1]), dtype=torch.float64, device=x.device)
         dist.all_reduce(n)  # values per channel over all ranks (kept on the device: no host sync)
-        count = n.float()
+        count = n.to(xf.dtype)
         mean = _sum_over_ranks(xf.sum(dims)) / count  # two passes, as close to one process as round-off allows
         d = xf - mean.view(shape)
         var = _sum_over_ranks(d.square().sum(dims)) / count

@@ -111,6 +111,52 @@ def test_gan_phase_on_two_gloo_ranks_equals_one_process(tmp_path):
     assert got[0]["bn"] == 1 and not any(isinstance(m, GlobalBatchNorm) for m in obj.disc.modules())
 
 
+def _bn_case():
+    """A 5-row batch (rows 0-1 on rank 0, 2-4 on rank 1), output weights and a batch norm with random affine."""
+    g = torch.Generator().manual_seed(9)
+    x, w = torch.randn(5, 3, 4, 4, generator=g), torch.randn(5, 3, 4, 4, generator=g)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(3, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(3, generator=g))
+    return x, w, bn
+
+
+def _bn_worker(r: int, world: int, port: int, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(r),
+                      LOCAL_RANK=str(r), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    ddp.setup(torch.device("cpu"))
+    x, w, bn = _bn_case()
+    bn = global_batch_norm(nn.Sequential(bn))[0]
+    lo, hi = ddp.rows(5)
+    xr = x[lo:hi].clone().requires_grad_()
+    for _ in range(2):  # two calls: running statistics after two updates
+        y = bn(xr)
+    (y * w[lo:hi]).sum().backward()
+    torch.save({"y": y.detach(), "dx": xr.grad, "dw": bn.weight.grad, "db": bn.bias.grad,
+                "buffers": {k: v.clone() for k, v in bn.named_buffers()}}, os.path.join(out, f"bn{r}.pt"))
+    ddp.teardown()
+
+
+def test_global_batch_norm_on_uneven_ranks_equals_batch_norm_of_the_whole_batch(tmp_path):
+    """Outputs, input gradients, summed parameter gradients and running statistics of 2 + 3 rows on 2 gloo ranks."""
+    torch.multiprocessing.spawn(_bn_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"bn{r}.pt") for r in range(2)]
+    x, w, bn = _bn_case()
+    x.requires_grad_()
+    for _ in range(2):
+        y = bn(x)
+    (y * w).sum().backward()
+    torch.testing.assert_close(torch.cat([g["y"] for g in got]), y.detach())
+    torch.testing.assert_close(torch.cat([g["dx"] for g in got]), x.grad)
+    torch.testing.assert_close(got[0]["dw"] + got[1]["dw"], bn.weight.grad)
+    torch.testing.assert_close(got[0]["db"] + got[1]["db"], bn.bias.grad)
+    for g in got:
+        for k, v in bn.named_buffers():
+            torch.testing.assert_close(g["buffers"][k], v, msg=k)
+
+
 def test_hinge_shares_sum_to_the_losses():
     from ctmtool.losses.gan import d_hinge_loss, g_hinge_loss
 
