@@ -57,6 +57,12 @@ def step_count_probs(max_steps: int) -> torch.Tensor:
     return k / k.sum()
 
 
+def sample_teacher_steps(max_steps: int, generator: torch.Generator | None = None) -> int:
+    """k in 1..K with P(k) ~ k: the teacher steps of one CTM optimiser step (ctm-cifar10 karras_diffusion.py
+    get_num_heun_step, drawn once in train_util.py forward_backward and shared by its micro-batches)."""
+    return int(torch.multinomial(step_count_probs(max_steps), 1, generator=generator).item()) + 1
+
+
 def sample_ctm_indices(batch: int, grid: int, max_steps: int, generator: torch.Generator | None = None,
                        k: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Draw grid indices t < u <= s for a CTM batch (index 0 is sigma_max, grid - 1 is sigma_min).
@@ -66,7 +72,7 @@ def sample_ctm_indices(batch: int, grid: int, max_steps: int, generator: torch.G
     Returns (t_idx, u_idx, s_idx, k).
     """
     if k is None:
-        k = int(torch.multinomial(step_count_probs(max_steps), 1, generator=generator).item()) + 1
+        k = sample_teacher_steps(max_steps, generator)
     if not 1 <= k <= grid - 1:
         raise ValueError(f"k = {k} teacher steps does not fit a grid of {grid} points")
     t_idx = torch.randint(0, grid - k, (batch,), generator=generator)

@@ -54,10 +54,11 @@ class CTMLoss:
 
     def __call__(self, online, target, teacher, x0: torch.Tensor, labels=None,
                  generator: torch.Generator | None = None, index_generator: torch.Generator | None = None,
-                 dropout_seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (per-sample loss, x_est); x_est carries the gradient (the GAN term reuses it)."""
+                 dropout_seed: int | None = 0, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (per-sample loss, x_est); x_est carries the gradient (the GAN term reuses it). `k`: the teacher
+        steps t -> u when the caller drew them for the whole optimiser step (None: drawn here)."""
         dev = x0.device
-        (t_i, u_i, s_i, k), (t, u, s), x_t, smin = self._draw(x0, generator, index_generator)
+        (t_i, u_i, s_i, k), (t, u, s), x_t, smin = self._draw(x0, generator, index_generator, k)
         seed2 = None if dropout_seed is None else dropout_seed + 1
         x_est = self._estimate(online, target, x_t, t, s, smin, labels, dropout_seed)
 
@@ -70,10 +71,10 @@ class CTMLoss:
                 x_tgt = target.jump(x_s_tgt, s, smin, labels)
         return self.distance(x_est.float(), x_tgt.float()), x_est
 
-    def _draw(self, x0: torch.Tensor, generator, index_generator):
+    def _draw(self, x0: torch.Tensor, generator, index_generator, k: int | None = None):
         """Indices (t, u, s, k) on the grid, their levels, x_t = x0 + t n, and sigma_min per sample."""
         dev = x0.device
-        idx = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator)
+        idx = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator, k=k)
         # non_blocking: a host-to-device copy from pageable memory is staged at once, and skips the stream sync
         t, u, s = (self.grid[i].to(dev, torch.float32, non_blocking=True) for i in idx[:3])
         noise = torch.randn(x0.shape, device=dev, generator=generator)
@@ -88,10 +89,11 @@ class CTMLoss:
             return target.jump(x_s, s, smin, labels)
 
     def estimate(self, online, target, x0: torch.Tensor, labels=None, generator: torch.Generator | None = None,
-                 index_generator: torch.Generator | None = None, dropout_seed: int | None = 0) -> torch.Tensor:
+                 index_generator: torch.Generator | None = None, dropout_seed: int | None = 0,
+                 k: int | None = None) -> torch.Tensor:
         """x_est = G_target(G_online(x_t, t, s), s, sigma_min) alone, with the same draws as a loss call
         (the official discriminator step uses this estimate as its fake; no teacher solve)."""
-        _, (t, _, s), x_t, smin = self._draw(x0, generator, index_generator)
+        _, (t, _, s), x_t, smin = self._draw(x0, generator, index_generator, k)
         return self._estimate(online, target, x_t, t, s, smin, labels, dropout_seed)
 
 

@@ -7,6 +7,7 @@ What differs between CTM and GCTM is the loss object it is given, with one inter
     ctm(online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed) -> (per-sample loss, x_est)
     dsm(online, pair, labels, gen) -> per-sample loss
     meta() -> dict                                  what checkpoints must record to rebuild the model
+    new_step(cpu_gen) (optional)                    draws shared by one optimiser step's micro-batches (CTM: k)
 `CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.gctm.objective.GCTMTerms` (pairs from a
 coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
 weights, the optional GAN term, the EMAs and the checkpoint groups.
@@ -22,12 +23,12 @@ from torch import nn
 from ctmtool.checkpoint import Checkpoint, load_state
 from ctmtool.config import Preset
 from ctmtool.device import autocast
-from ctmtool.errors import UserError
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
-from ctmtool.losses.gan import Alternation, adaptive_weight, d_hinge_loss, g_hinge_loss
+from ctmtool.losses.gan import Alternation, adaptive_weight
 from ctmtool.models import build_precond, student_from_teacher
-from ctmtool.schedules import karras_sigmas
+from ctmtool.schedules import karras_sigmas, sample_teacher_steps
 from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
+from ctmtool.train.distributed_gan import discriminator_loss, generator_gan_loss, global_batch_norm
 from ctmtool.train.objectives import ObjectiveBase, frozen_copy, last_layer, maybe_compile
 from ctmtool.train.optim import ema_update, make_optimizer, warmup_rate
 
@@ -44,19 +45,25 @@ class CTMTerms:
         dsm_loss: DSMLoss,              # denoising score matching on g(x, t, t)
     ):
         self.ctm_loss, self.dsm_loss = ctm_loss, dsm_loss
+        self.k: int | None = None  # this optimiser step's teacher steps (None: drawn per call)
+
+    def new_step(self, cpu_gen) -> None:
+        """Draw k once per optimiser step, shared by its micro-batches (and ranks: same generator), as the
+        official code does (ctm-cifar10 cm/train_util.py 1024-1035: drawn in forward_backward, broadcast)."""
+        self.k = sample_teacher_steps(self.ctm_loss.max_steps, cpu_gen)
 
     def pair(self, x, labels, gen, cpu_gen):
         return (x,)
 
     def ctm(self, online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed):
-        return self.ctm_loss(online, target, teacher, pair[0], labels, gen, cpu_gen, dropout_seed)
+        return self.ctm_loss(online, target, teacher, pair[0], labels, gen, cpu_gen, dropout_seed, k=self.k)
 
     def dsm(self, online, pair, labels, gen):
         return self.dsm_loss(online, pair[0], labels, gen)
 
     def estimate(self, online, target, pair, labels, gen, cpu_gen, dropout_seed):
         """The student's CTM estimate alone (no teacher solve): the fakes of a discriminator-only step."""
-        return self.ctm_loss.estimate(online, target, pair[0], labels, gen, cpu_gen, dropout_seed)
+        return self.ctm_loss.estimate(online, target, pair[0], labels, gen, cpu_gen, dropout_seed, k=self.k)
 
     def meta(self) -> dict:
         return {}
@@ -86,8 +93,8 @@ class TrajectoryObjective(ObjectiveBase):
         self.optimizers["net"] = make_optimizer(self.net.parameters(), self.cfg, device)
         self.disc = discriminator.to(device) if discriminator is not None else None
         if self.disc is not None:
-            if self.shard.active():
-                raise UserError("the GAN phase (gan.enabled) is not supported with torchrun yet; run it in one process")
+            if self.shard.active():  # batch-norm statistics over the whole micro-batch, as in one process
+                global_batch_norm(self.disc)
             self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self._d_cfg(), device, lr=preset.gan.lr)
         self.alternation = Alternation(preset.gan.g_period)
 
@@ -125,6 +132,8 @@ class TrajectoryObjective(ObjectiveBase):
         c, g = self.preset.ctm, self.preset.gan
         gan = self._gan_active(kimg)
         turn = self.alternation.step_of(self.steps, self.d_steps)
+        if hasattr(self.terms, "new_step"):
+            self.terms.new_step(self.cpu_gen)
         if gan and not self.alternation.generator(turn):
             return self._d_only_step(batches, kimg)
         self.optimizers["net"].zero_grad(set_to_none=True)
@@ -142,7 +151,7 @@ class TrajectoryObjective(ObjectiveBase):
                 w_dsm = self._weight(c.dsm_weight, l_ctm, l_dsm, 0.0, 1e4)
                 loss = l_ctm + w_dsm * l_dsm
                 if gan:
-                    l_gan = g_hinge_loss(self.disc(self._augment(x_est)))
+                    l_gan = generator_gan_loss(self.disc, x_est, self._augment, self.shard)
                     loss = loss + self._weight(g.weight, l_ctm, l_gan, 0.01, 10.0) * l_gan
                     logs["gan"] = logs.get("gan", 0) + l_gan.detach() / n
                     fakes.append((pair[0], x_est.detach()))
@@ -158,8 +167,9 @@ class TrajectoryObjective(ObjectiveBase):
     def _apply_step(self, logs: dict, kimg: float) -> bool:
         """Global means of the logs and summed gradients over ranks, the non-finite check, the optimiser step
         and the EMAs; False (and no update) when the loss is not finite."""
-        for k in ("loss", "ctm", "dsm"):  # rank parts -> global means (w_dsm is already global)
-            all_reduce_sum(logs[k])
+        for k in ("loss", "ctm", "dsm", "gan"):  # rank parts -> global means (w_dsm is already global)
+            if k in logs:
+                all_reduce_sum(logs[k])
         all_reduce_grads(self.net.parameters())
         if not bool(torch.isfinite(logs["loss"])):
             self.optimizers["net"].zero_grad(set_to_none=True)
@@ -182,9 +192,9 @@ class TrajectoryObjective(ObjectiveBase):
         with torch.no_grad():
             for x, y in batches:
                 pair = self.terms.pair(x, y, self.gen, self.cpu_gen)
+                net, target = (self.shard.wrap(m, len(x)) for m in (self.net, self.target))  # own rows only
                 with autocast(self.device, self.cfg.precision):
-                    x_est = self.terms.estimate(self.net, self.target, pair, y, self.gen, self.cpu_gen,
-                                                self._dropout_seed())
+                    x_est = self.terms.estimate(net, target, pair, y, self.gen, self.cpu_gen, self._dropout_seed())
                 fakes.append((pair[0], x_est.float()))
         logs: dict = {}
         self._discriminator_step(fakes, logs, kimg)
@@ -192,14 +202,17 @@ class TrajectoryObjective(ObjectiveBase):
 
     def _discriminator_step(self, fakes: list, logs: dict, kimg: float) -> None:
         """Hinge loss on augmented reals and the generator's detached fakes (Kim et al. 2024, Eq. 12); reals and
-        fakes get independent augmentation draws."""
+        fakes get independent augmentation draws. Under torchrun each rank scores its own rows and the gradients
+        are summed over ranks (`distributed_gan`)."""
         d_opt, n = self.optimizers["disc"], len(fakes)
         d_opt.zero_grad(set_to_none=True)
         for real, fake in fakes:
             with autocast(self.device, self.cfg.precision):
-                l_d = d_hinge_loss(self.disc(self._augment(real)), self.disc(self._augment(fake)))
+                l_d = discriminator_loss(self.disc, real, fake, self._augment, self.shard)
             (l_d / n).backward()
             logs["disc"] = logs.get("disc", 0) + l_d.detach() / n
+        all_reduce_sum(logs["disc"])
+        all_reduce_grads(self.disc.parameters())
         self._step_optimizer("disc", self.disc.parameters(), kimg, lr=self.preset.gan.lr)
 
     def checkpoint(self, meta: dict) -> Checkpoint:

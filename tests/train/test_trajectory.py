@@ -97,3 +97,25 @@ def test_ctm_objective_needs_a_teacher_unless_self(preset, tiny_preset):
     selfish = tiny_preset("toy", *RUN, 'ctm.teacher="self"')
     obj = ctm_objective(selfish, (2,), torch.device("cpu"), None)
     assert obj.teacher is obj.target  # the model's own target EMA solves t -> u
+
+
+def test_k_is_drawn_once_per_optimiser_step(preset, monkeypatch):
+    """The teacher steps k: one draw per optimiser step, the step's first index draw, shared by its micro-batches
+    (as ctm-cifar10 cm/train_util.py forward_backward); drawn per micro-batch, 10 steps of 3 would differ."""
+    import ctmtool.losses.ctm as ctm_losses
+    from ctmtool.schedules import sample_teacher_steps
+
+    ks, draw = [], ctm_losses.sample_ctm_indices
+
+    def recording(*args, **kwargs):
+        out = draw(*args, **kwargs)
+        ks.append(out[3])
+        return out
+
+    monkeypatch.setattr(ctm_losses, "sample_ctm_indices", recording)
+    obj = _objective(preset)
+    for step in range(10):
+        obj.step([_batch(3 * step + i)[0] for i in range(3)], 0.0)
+    per_step = [ks[3 * i: 3 * i + 3] for i in range(10)]
+    assert len(ks) == 30 and all(len(set(s)) == 1 for s in per_step) and len({s[0] for s in per_step}) > 1
+    assert per_step[0][0] == sample_teacher_steps(3, torch.Generator().manual_seed(preset.distill.seed + 2))
