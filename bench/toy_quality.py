@@ -32,11 +32,23 @@ from ctmtool.schedules import karras_sigmas
 
 def gap(model, gmm, base: float, n: int, repeats: int, **kw) -> dict:
     """Mean log p of n * repeats model samples minus the true samples', with the standard error of the mean
-    (per-sample std / sqrt(count): log p is heavy-tailed, points between modes score -20 nats and below)."""
-    lp = torch.cat([gmm.log_prob(torch.cat([x for x, _ in generate(model, n, seed=n * r, batch=n, **kw)]))
-                    for r in range(repeats)])
+    (per-sample std / sqrt(count): log p is heavy-tailed, points between modes score -20 nats and below), and
+    the samples' `mode_shape` (a positive gap can also mean samples too tight on the modes)."""
+    xs = torch.cat([torch.cat([x for x, _ in generate(model, n, seed=n * r, batch=n, **kw)]) for r in range(repeats)])
+    lp = gmm.log_prob(xs)
     return {"gap": round(float(lp.mean()) - base, 4), "se": round(float(lp.std()) / math.sqrt(len(lp)), 4),
-            "samples": len(lp)}
+            "samples": len(lp), **mode_shape(gmm, xs)}
+
+
+def mode_shape(gmm, x: torch.Tensor, far: float = 0.15) -> dict:
+    """Share of samples farther than `far` from every component mean (stragglers), and the RMS distance to the
+    nearest mean of the others (the within-mode spread), each beside the same figures for as many true samples."""
+    def shape(y):
+        d = torch.cdist(y.reshape(len(y), -1).double(), gmm.means).min(1).values
+        return round(float((d > far).double().mean()), 4), round(float(d[d <= far].pow(2).mean().sqrt()), 4)
+
+    (f, r), (f0, r0) = shape(x), shape(gmm.sample(len(x), torch.Generator().manual_seed(12345)))
+    return {"stragglers": f, "true_stragglers": f0, "mode_rms": r, "true_mode_rms": r0}
 
 
 def single_gaussian_gap(std: float, steps: int) -> float:

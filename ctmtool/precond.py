@@ -66,9 +66,8 @@ class EDMPrecond(nn.Module):
         return c_skip, c_out, c_in, sigma.log() / 4
 
     def denoise(self, x: torch.Tensor, sigma, labels=None) -> torch.Tensor:
-        s = _bcast(sigma, x)
-        c_skip, c_out, c_in, _ = self.coefficients(s)
-        c_noise = self.coefficients(_flat(sigma, x))[3]
+        c_skip, c_out, c_in, c_noise = self.coefficients(_flat(sigma, x))
+        c_skip, c_out, c_in = (_bcast(c, x) for c in (c_skip, c_out, c_in))
         f = self.net((c_in * x).to(x.dtype), c_noise, labels=labels)
         return c_skip * x + c_out * f.float()
 
@@ -189,8 +188,8 @@ class TrajectoryModel(nn.Module):
 
     def g(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
         """g(x_t, t, s) = c_skip(t) x_t + c_out(t) F(c_in(t) x_t, c_noise(t), c_noise(s)); g(x,t,t) is a denoiser."""
-        c_skip, c_out, c_in, _ = self.coefficients(_bcast(t, x))
-        noise_t = self.coefficients(_flat(t, x))[3]
+        c_skip, c_out, c_in, noise_t = self.coefficients(_flat(t, x))
+        c_skip, c_out, c_in = (_bcast(c, x) for c in (c_skip, c_out, c_in))
         noise_s = self.coefficients(_flat(s, x).clamp_min(1e-12))[3]  # s = 0 would give ln 0
         f = self.net((c_in * x).to(x.dtype), noise_t, noise_s, labels=labels)
         return c_skip * x + c_out * f.float()

@@ -19,7 +19,7 @@ from ctmtool.losses.edm import EDMLoss
 from ctmtool.models import S_LAYER_PREFIXES, build_precond
 from ctmtool.train.distributed import Shard, all_reduce_grads, all_reduce_sum
 from ctmtool.train.optim import (
-    ema_update,
+    Averager,
     make_optimizer,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -108,6 +108,7 @@ class TeacherObjective(ObjectiveBase):
         torch.manual_seed(self.cfg.seed)
         self.net = build_precond("teacher", preset, data_shape).to(device).train()
         self.ema = frozen_copy(self.net)
+        self._averager = Averager(self.ema, self.net)
         maybe_compile(self.net, self.cfg, device)
         d = preset.diffusion
         self.loss = EDMLoss(d.p_mean, d.p_std, d.sigma_data)
@@ -128,7 +129,7 @@ class TeacherObjective(ObjectiveBase):
             opt.zero_grad(set_to_none=True)
             return {"finite": False}
         self._step_optimizer("net", self.net.parameters(), kimg)
-        ema_update(self.ema, self.net, warmup_rate(self.cfg.ema, self.steps))
+        self._averager(warmup_rate(self.cfg.ema, self.steps))
         return {"loss": total}
 
     def sampling_model(self) -> nn.Module:

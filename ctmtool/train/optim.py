@@ -12,12 +12,13 @@ from ctmtool.config import TrainConfig
 
 
 def make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float | None = None) -> torch.optim.Optimizer:
-    """Adam or RAdam (the CTM paper's choice), fused/foreach on CUDA."""
+    """Adam or RAdam (the CTM paper's choice): fused on CUDA, foreach elsewhere (on the CPU a small network's
+    per-tensor loop costs more than the arithmetic: RAdam 0.9 ms instead of 1.5 ms a step for the toy MLP)."""
     kw = dict(lr=lr or cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if cfg.optimizer == "adam":
-        return torch.optim.AdamW(params, fused=device.type == "cuda", **kw) if cfg.weight_decay else \
-            torch.optim.Adam(params, fused=device.type == "cuda", **kw)
-    return torch.optim.RAdam(params, foreach=device.type == "cuda", decoupled_weight_decay=bool(cfg.weight_decay), **kw)
+        return torch.optim.AdamW(params, **fast, **kw) if cfg.weight_decay else torch.optim.Adam(params, **fast, **kw)
+    return torch.optim.RAdam(params, foreach=True, decoupled_weight_decay=bool(cfg.weight_decay), **kw)
 
 
 def set_lr(opt: torch.optim.Optimizer, base_lr: float, kimg: float, rampup_kimg: float,
@@ -37,14 +38,23 @@ def warmup_rate(rate: float, step: int) -> float:
     return min(rate, (1 + step) / (10 + step))
 
 
-@torch.no_grad()
-def ema_update(ema: nn.Module, net: nn.Module, rate: float) -> None:
-    """ema <- rate * ema + (1 - rate) * net, parameters and floating buffers."""
-    e = [p for p in ema.parameters()]
-    n = [p.detach() for p in net.parameters()]
-    torch._foreach_lerp_(e, n, 1.0 - rate)
-    for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
-        be.copy_(bn)
+class Averager:
+    """ema <- rate * ema + (1 - rate) * net for one pair of modules, parameters averaged and buffers copied.
+    The tensor lists are gathered once: walking a module tree each step cost more than the update itself
+    (0.6 ms of 0.7 for the toy MLP). State-dict loads copy in place, so the lists stay valid."""
+
+    def __init__(self, ema: nn.Module, net: nn.Module):
+        self.ema, self.net = list(ema.parameters()), [p.detach() for p in net.parameters()]
+        self.ema_buffers, self.net_buffers = list(ema.buffers()), list(net.buffers())
+        if len(self.ema) != len(self.net) or len(self.ema_buffers) != len(self.net_buffers):
+            raise ValueError("an EMA must have the network's parameters and buffers")
+
+    @torch.no_grad()
+    def __call__(self, rate: float) -> None:
+        torch._foreach_lerp_(self.ema, self.net, 1.0 - rate)
+        for be, bn in zip(self.ema_buffers, self.net_buffers, strict=True):
+            be.copy_(bn)
+
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:

@@ -30,7 +30,7 @@ from ctmtool.schedules import karras_sigmas, sample_teacher_steps
 from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
 from ctmtool.train.distributed_gan import discriminator_loss, generator_gan_loss, global_batch_norm
 from ctmtool.train.objectives import ObjectiveBase, frozen_copy, last_layer, maybe_compile
-from ctmtool.train.optim import ema_update, make_optimizer, warmup_rate
+from ctmtool.train.optim import Averager, make_optimizer, warmup_rate
 
 
 def ema_group(rate: float) -> str:
@@ -87,6 +87,8 @@ class TrajectoryObjective(ObjectiveBase):
         self.net = net.to(device).train()
         self.target = frozen_copy(self.net).train(preset.ctm.dropout == "official")  # official: target keeps dropout
         self.emas = {rate: frozen_copy(self.net) for rate in preset.ctm.eval_emas}
+        self._averagers = {"target": Averager(self.target, self.net),
+                           **{rate: Averager(ema, self.net) for rate, ema in self.emas.items()}}
         maybe_compile(self.net, self.cfg, device)
         self.teacher = teacher if teacher is not None else self.target
         self.last = last_layer(self.net)
@@ -177,9 +179,9 @@ class TrajectoryObjective(ObjectiveBase):
         self._step_optimizer("net", self.net.parameters(), kimg)
         # the solver's target EMA has no warm-up: a target that follows the online net closely from the start
         # feeds the net its own errors (GCTM diverged within tens of steps on toy-translate)
-        ema_update(self.target, self.net, self.preset.ctm.target_ema)
-        for rate, ema in self.emas.items():
-            ema_update(ema, self.net, warmup_rate(rate, self.steps))
+        self._averagers["target"](self.preset.ctm.target_ema)
+        for rate in self.emas:
+            self._averagers[rate](warmup_rate(rate, self.steps))
         return True
 
     def _d_cfg(self):
