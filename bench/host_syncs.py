@@ -32,6 +32,7 @@ SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_uniqu
 # (file, function) -> (syncs on CUDA?, why): inspection of each site the recorder finds
 SITES = {
     ("schedules.py", "sample_ctm_indices"): (False, "k drawn with the CPU index generator (.item() of a CPU tensor)"),
+    ("schedules.py", "sample_teacher_steps"): (False, "k drawn once a step with the CPU index generator (.item())"),
     ("trajectory.py", "_dropout_seed"): (False, "dropout seed drawn with the CPU index generator"),
     ("solvers.py", "heun"): (False, "bool(any(level > 0)) on the schedule's own CPU tensor"),
     ("trajectory.py", "_apply_step"): (True, "bool(isfinite(loss)): the step's one deliberate sync (skip non-finite steps)"),

@@ -4,6 +4,10 @@ Fixtures (use these rather than building presets and checkpoints by hand in a te
 - `toy_preset`: presets/toy.toml, fully resolved (8-component 2-D Gaussian mixture).
 - `tiny_preset(name="toy", *overrides, net="mlp")`: a preset with a tiny network (`SMALL_MLP` or
   `SMALL_UNET`) and any further `key=value` overrides.
+
+The sampling, schedule and CLI tests are written against EDM's noise range 0.002..80 (the schedules of
+docs/ctm-notes, the CIFAR-10 presets); the toy preset itself trains on 0.002..2 (docs/results.md), so tiny toy
+presets and checkpoints get `EDM_RANGE` unless a test overrides it; `toy_preset` is the real preset.
 - `make_model(kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)`: a freshly built tiny
   model of that kind as a `ctmtool.models.Model` (eval mode, no gradients); `scale` perturbs every weight.
 - `make_checkpoint(path, kind, shape, preset, meta, scale, seed)`: the same model saved as a ctmtool
@@ -27,12 +31,16 @@ SMALL_UNET = ("net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_m
               "net.unet.attn_resolutions=[]", "net.unet.dropout=0.0")
 
 
+# EDM's sampling range, which the toy preset (0.002..2) replaces: see the module docstring
+EDM_RANGE = ("diffusion.sigma_max=80",)
+
+
 def tiny_preset(name: str = "toy", *overrides: str, net: str = "mlp"):
     """Preset `name` with a tiny network (net "mlp" or "unet") and further `key=value` overrides."""
     from ctmtool.config import load_preset
 
     small = {"mlp": SMALL_MLP, "unet": SMALL_UNET}[net]
-    return load_preset(name, [*small, *overrides])
+    return load_preset(name, [*(EDM_RANGE if name == "toy" else ()), *small, *overrides])
 
 
 def build_model(

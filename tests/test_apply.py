@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from ctmtool.apply import check_finite, draw, edit_items, sample, sample_options, translate_items
+from ctmtool.config import override_preset
 from ctmtool.errors import UserError
 from ctmtool.models import analytic_model, load_model
 from tests.cli.conftest import tiny_checkpoint
+from tests.conftest import EDM_RANGE
 
 
 @pytest.fixture
@@ -18,6 +20,7 @@ def ctm(tmp_path):
 
 
 def test_defaults_come_from_the_preset(ctm, toy_preset):
+    toy_preset = override_preset(toy_preset, list(EDM_RANGE))  # the tiny checkpoint's range
     o = sample_options(ctm)
     assert (o["solver"], o["nfe"], o["gamma"], o["sigmas"]) == ("gamma", 2, 0.5, None)
     assert sample_options(ctm, nfe=3, gamma=0.0)["nfe"] == 3

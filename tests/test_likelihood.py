@@ -25,6 +25,7 @@ from ctmtool.likelihood import (
     ode_log_prob,
 )
 from ctmtool.models import Model, analytic_model, build_precond
+from tests.conftest import EDM_RANGE
 
 TIGHT = ODEOptions(rtol=1e-5, atol=1e-5)
 
@@ -32,7 +33,7 @@ TIGHT = ODEOptions(rtol=1e-5, atol=1e-5)
 @pytest.fixture(scope="module")
 def toy():
     """The toy preset's exact mixture, 200 held-out points (float64) and their exact log p_{sigma_min}."""
-    model = analytic_model(load_preset("toy"))
+    model = analytic_model(load_preset("toy", list(EDM_RANGE)))  # N(0, 80^2 I) is p_80 to round-off
     gmm = model.net
     x = gmm.sample(200, torch.Generator().manual_seed(123)).double()
     return model, gmm, x, gmm.log_prob(x, gmm.sigma_min)
@@ -224,7 +225,7 @@ def test_elbo_of_a_wrong_denoiser_stays_above_the_data_entropy(toy):
 
 
 def test_ctm_network_runs_through_g_and_gctm_is_refused():
-    preset = load_preset("toy")
+    preset = load_preset("toy", list(EDM_RANGE))
     ctm = Model("ctm", build_precond("ctm", preset, (2,)).eval(), preset, (2,))
     x = torch.randn(4, 2)
     est = ode_log_prob(model_denoiser(ctm), x, ctm.sigma_min, ctm.sigma_max)

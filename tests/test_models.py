@@ -52,7 +52,7 @@ def test_build_precond_kinds_mlp(toy_preset, precond):
     p = override_preset(toy_preset, [f"diffusion.precond={precond}"])
     t = build_precond("teacher", p, (2,))
     assert type(t) is TEACHERS[precond]
-    assert (t.sigma_min, t.sigma_max) == (0.002, 80.0)
+    assert (t.sigma_min, t.sigma_max) == (0.002, p.diffusion.sigma_max)
     c = build_precond("ctm", p, (2,))
     assert isinstance(c, CTMPrecond) and c.scheme == "edm"  # the paper's student is EDM whatever the teacher
     c_teacher = build_precond("ctm", override_preset(p, ["ctm.student_precond=teacher"]), (2,))
@@ -174,7 +174,7 @@ def test_analytic_model(toy_preset):
     m = analytic_model(toy_preset)
     assert m.kind == "analytic" and isinstance(m.net, GaussianMixture)
     assert m.data_shape == (2,) and not m.is_trajectory and not m.is_image
-    assert (m.sigma_min, m.sigma_max) == (0.002, 80.0) and m.label_dim == 0
+    assert (m.sigma_min, m.sigma_max) == (0.002, toy_preset.diffusion.sigma_max) and m.label_dim == 0
     with pytest.raises(UserError, match="data.toy = 'gmm'"):
         analytic_model(load_preset("digits"))
 

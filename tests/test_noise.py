@@ -71,5 +71,6 @@ def test_generate_draws_from_the_chosen_stream():
     ph_b = torch.cat([x for x, _ in generate(m, 6, seed=3, batch=1, noise="philox")])
     assert torch.equal(edm, ref) and torch.equal(ph_a, ph_b) and not torch.allclose(edm, ph_a)
     with torch.no_grad():
-        first = 80.0 * ImageNoise(range(3, 9), (2,))()
-        assert torch.allclose(edm, m.net.jump(first, 80.0, 0.002))
+        top = m.net.sigma_max
+        first = top * ImageNoise(range(3, 9), (2,))()
+        assert torch.allclose(edm, m.net.jump(first, top, 0.002))

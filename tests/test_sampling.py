@@ -21,6 +21,7 @@ from ctmtool.sampling import (
     teacher_schedule,
 )
 from ctmtool.schedules import karras_sigmas
+from tests.conftest import EDM_RANGE
 
 SIG = [80.0, 17.53, 2.515, 0.17, 0.002]  # NFE 4 (ctm-notes sec. 4)
 
@@ -233,6 +234,7 @@ def test_generate_nfe1_lands_on_data(toy_preset):
 
 
 def test_schedules_for_models(toy_preset):
+    toy_preset = override_preset(toy_preset, list(EDM_RANGE))  # EDM's 0.002..80, as the schedules below
     ctm = _ctm_model(toy_preset)
     assert default_schedule(ctm, 2).tolist() == pytest.approx([80.0, 2.515, 0.002], rel=1e-3)
     t = teacher_schedule(analytic_model(toy_preset), 18)

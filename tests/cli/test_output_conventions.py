@@ -98,7 +98,7 @@ def test_sample_npz_json(tmp_path):
     res = json.loads(r.stdout)  # stdout holds the JSON result only
     assert res["out"] == str(out) and res["n"] == 16 and res["solver"] == "heun"
     assert res["nfe"] == 7  # 4 Karras levels then 0: 2 * 4 - 1 Heun evaluations
-    assert res["schedule"][0] == 80.0 and res["schedule"][-1] == 0.0 and len(res["schedule"]) == 5
+    assert res["schedule"][0] == 2.0 and res["schedule"][-1] == 0.0 and len(res["schedule"]) == 5
     with np.load(out) as z:
         assert list(z.keys()) == ["samples"]
         s = z["samples"]

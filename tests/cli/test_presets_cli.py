@@ -49,7 +49,7 @@ def test_show_toy_json():
     gmm = data["data"]["gmm"]
     assert len(gmm["means"]) == 8 and gmm["weights"] == [1.0] * 8 and gmm["std"] == 0.05
     assert data["name"] == "toy"
-    assert data["diffusion"]["sigma_max"] == 80.0
+    assert data["diffusion"]["sigma_max"] == 2.0
     assert preset_from_dict(data) == load_preset("toy")
 
 
