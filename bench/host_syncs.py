@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import ctmtool
+
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_dim", "unique_consecutive",
             "repeat_interleave", "equal", "allclose", "is_nonzero"}
 
@@ -50,9 +52,14 @@ COPY_SITES = {
 }
 
 
+PACKAGE = Path(ctmtool.__file__).resolve().parent
+
+
 def _site(stack) -> tuple[str, str, int]:
+    """The innermost frame in the ctmtool package (by its directory: a checkout or venv path that merely
+    contains "ctmtool", as CI's clone does, must not claim torch's own frames)."""
     for fr in reversed(stack):
-        if "/ctmtool/" in fr.filename.replace("\\", "/"):
+        if Path(fr.filename).resolve().is_relative_to(PACKAGE):
             return Path(fr.filename).name, fr.name, fr.lineno
     fr = stack[-1]
     return Path(fr.filename).name, fr.name, fr.lineno
