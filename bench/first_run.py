@@ -33,7 +33,7 @@ from ctmtool.analytic import ExactTrajectory  # noqa: E402
 from ctmtool.metrics.trajectory import trajectory_error  # noqa: E402
 from ctmtool.models import analytic_model, load_model  # noqa: E402
 from ctmtool.quality import make_scorer  # noqa: E402
-from ctmtool.schedules import karras_sigmas  # noqa: E402
+from ctmtool.schedules import ctm_grid  # noqa: E402
 
 
 def stage(name: str, args: list[str], cwd: Path) -> tuple[dict, float]:
@@ -92,9 +92,7 @@ def main() -> None:
     out["gap"] = {f"nfe{k}": gap(m, gmm, base, a.n, 1, solver="gamma", nfe=k, gamma=0.0)
                   for k in (int(v) for v in a.nfe.split(","))}
     x0 = gmm.sample(512, torch.Generator().manual_seed(9))
-    tr = trajectory_error(m.net, ExactTrajectory(gmm, steps=128), x0, karras_sigmas(preset.ctm.grid, preset.diffusion.sigma_min, preset.diffusion.sigma_max,
-                                        preset.diffusion.rho),
-                          torch.Generator().manual_seed(1))
+    tr = trajectory_error(m.net, ExactTrajectory(gmm, steps=128), x0, ctm_grid(preset), torch.Generator().manual_seed(1))
     out["trajectory"] = {k: v for k, v in tr.items() if k != "per_t"}
     if tmp is not None:
         out["png_note"] = "temporary folder removed; pass --keep DIR to keep the picture"

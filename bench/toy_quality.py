@@ -27,7 +27,7 @@ from ctmtool.metrics.trajectory import trajectory_error
 from ctmtool.models import analytic_model, load_model
 from ctmtool.quality import make_scorer
 from ctmtool.sampling import generate
-from ctmtool.schedules import karras_sigmas
+from ctmtool.schedules import ctm_grid, karras_sigmas
 
 
 def gap(model, gmm, base: float, n: int, repeats: int, **kw) -> dict:
@@ -96,7 +96,7 @@ def main() -> None:
                       for k in (int(v) for v in a.nfe.split(","))}
         out["analytic_heun_1_2_steps"] = {st: gap(am, gmm, base, a.n, 1, solver="heun", steps=st)["gap"] for st in (1, 2)}
         x0 = gmm.sample(512, torch.Generator().manual_seed(9))
-        tr = trajectory_error(m.net, ExactTrajectory(gmm, steps=128), x0, karras_sigmas(preset.ctm.grid),
+        tr = trajectory_error(m.net, ExactTrajectory(gmm, steps=128), x0, ctm_grid(m.preset),
                               torch.Generator().manual_seed(1))
         out["trajectory"] = {k: v for k, v in tr.items() if k != "per_t"}
     print(json.dumps(out, indent=1))

@@ -17,6 +17,12 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     return s.to(dtype)
 
 
+def ctm_grid(preset) -> torch.Tensor:
+    """The CTM training grid of a preset: `ctm.grid` Karras levels over its `diffusion` range."""
+    d = preset.diffusion
+    return karras_sigmas(preset.ctm.grid, d.sigma_min, d.sigma_max, d.rho)
+
+
 def ctm_default_schedule(nfe: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                          device=None) -> torch.Tensor:
     """The CTM reference sampling schedule for `nfe` jumps: the Karras grid with nfe + 1 points."""

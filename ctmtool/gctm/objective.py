@@ -149,6 +149,9 @@ class GCTMTerms:
         self.loss, self.coupling, self.flip_pairs, self.spec = loss, coupling, flip_pairs, spec
         self.moments = {k: float(moments[k]) for k in ("var0", "var1", "cov01")}
 
+    def new_step(self, cpu_gen) -> None:
+        """Nothing shared by a step's micro-batches: GCTM draws its times per sample (1202kbs/GCTM)."""
+
     def pair(self, x, labels, gen, cpu_gen):
         x0, x1 = self.coupling.pair(x, labels, gen)
         if self.flip_pairs and x0.ndim == 4:

@@ -7,7 +7,7 @@ What differs between CTM and GCTM is the loss object it is given, with one inter
     ctm(online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed) -> (per-sample loss, x_est)
     dsm(online, pair, labels, gen) -> per-sample loss
     meta() -> dict                                  what checkpoints must record to rebuild the model
-    new_step(cpu_gen) (optional)                    draws shared by one optimiser step's micro-batches (CTM: k)
+    new_step(cpu_gen)                               draws shared by one optimiser step's micro-batches (CTM: k)
 `CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.gctm.objective.GCTMTerms` (pairs from a
 coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
 weights, the optional GAN term, the EMAs and the checkpoint groups.
@@ -26,7 +26,7 @@ from ctmtool.device import autocast
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
 from ctmtool.losses.gan import Alternation, adaptive_weight
 from ctmtool.models import build_precond, student_from_teacher
-from ctmtool.schedules import karras_sigmas, sample_teacher_steps
+from ctmtool.schedules import ctm_grid, sample_teacher_steps
 from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
 from ctmtool.train.distributed_gan import discriminator_loss, generator_gan_loss, global_batch_norm
 from ctmtool.train.objectives import ObjectiveBase, frozen_copy, last_layer, maybe_compile
@@ -134,8 +134,7 @@ class TrajectoryObjective(ObjectiveBase):
         c, g = self.preset.ctm, self.preset.gan
         gan = self._gan_active(kimg)
         turn = self.alternation.step_of(self.steps, self.d_steps)
-        if hasattr(self.terms, "new_step"):
-            self.terms.new_step(self.cpu_gen)
+        self.terms.new_step(self.cpu_gen)
         if gan and not self.alternation.generator(turn):
             return self._d_only_step(batches, kimg)
         self.optimizers["net"].zero_grad(set_to_none=True)
@@ -271,7 +270,7 @@ def ctm_objective(
     dim = 1
     for s in data_shape:
         dim *= s
-    grid = karras_sigmas(c.grid, d.sigma_min, d.sigma_max, d.rho)
+    grid = ctm_grid(preset)
     terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver),
                      DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction, c.dsm_sampler, d.rho))
     return TrajectoryObjective(preset, data_shape, device, "ctm", net, terms, teacher, discriminator)
