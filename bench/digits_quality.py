@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from ctmtool.config import DataConfig
+from ctmtool.core.models import load_model
+from ctmtool.core.sampling import generate
 from ctmtool.data import load_dataset
 from ctmtool.data.base import to_uint8_images
-from ctmtool.models import load_model
-from ctmtool.quality import pixel_fd_to
-from ctmtool.sampling import generate
-from ctmtool.visual import save_samples_png
+from ctmtool.jobs.plots import save_samples_png
+from ctmtool.metrics.quality import pixel_fd_to
 
 
 def main() -> None:

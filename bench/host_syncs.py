@@ -100,7 +100,7 @@ class SyncRecorder(TorchDispatchMode):
 
 def build(preset_name: str, device: torch.device, batch: int, overrides: list[str]):
     from ctmtool.config import load_preset
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
     from ctmtool.train.trajectory import ctm_objective
 
     p = load_preset(preset_name, [f"distill.batch={batch}", *overrides])

@@ -20,14 +20,14 @@ import math
 
 import torch
 
-from ctmtool import solvers
-from ctmtool.analytic import ExactTrajectory, GaussianMixture
 from ctmtool.config import load_preset
+from ctmtool.core import solvers
+from ctmtool.core.analytic import ExactTrajectory, GaussianMixture
+from ctmtool.core.models import analytic_model, load_model
+from ctmtool.core.sampling import generate
+from ctmtool.core.schedules import ctm_grid, karras_sigmas
+from ctmtool.metrics.quality import make_scorer
 from ctmtool.metrics.trajectory import trajectory_error
-from ctmtool.models import analytic_model, load_model
-from ctmtool.quality import make_scorer
-from ctmtool.sampling import generate
-from ctmtool.schedules import ctm_grid, karras_sigmas
 
 
 def gap(model, gmm, base: float, n: int, repeats: int, **kw) -> dict:

@@ -61,13 +61,13 @@ def main(checkout: str) -> None:
     from cm.resample import HalfLogNormalHalfUniformSampler
 
     import ctmtool.losses.ctm as ctm_losses
+    from ctmtool.core.models import build_precond, load_model
+    from ctmtool.core.precond import EDMPrecond
+    from ctmtool.core.sampling import generate
+    from ctmtool.core.schedules import karras_sigmas
     from ctmtool.importers import import_file
     from ctmtool.losses.ctm import CTMLoss, DSMLoss
     from ctmtool.losses.lpips import PaperLPIPS
-    from ctmtool.models import build_precond, load_model
-    from ctmtool.precond import EDMPrecond
-    from ctmtool.sampling import generate
-    from ctmtool.schedules import karras_sigmas
 
     torch.set_grad_enabled(False)
     tmp = Path(tempfile.mkdtemp(prefix="xcheck-"))

@@ -30,7 +30,7 @@ from ctmtool.cli.common import (
     subform_command,
 )
 from ctmtool.errors import UserError
-from ctmtool.metrics.fid_run import CHECKPOINT_SUFFIX, is_checkpoint
+from ctmtool.jobs.fid_run import CHECKPOINT_SUFFIX, is_checkpoint
 
 PRESET = "Default for a checkpoint: its preset's [sample]"
 STATS_HELP = ("Compute reference statistics (feature mean, covariance and, up to 50,000 images, the raw features) "
@@ -67,7 +67,7 @@ def _check_form(samples: str, data, ref, kid_flag: bool, out, name, no_features:
 def _model(target: str, ema: str, dev, rep: Reporter):
     if not is_checkpoint(target):
         return None
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.run_dirs import open_model
 
     model, source = open_model(target, None, ema, dev)
     rep.log(f"using {source}: {model.kind}, preset {model.preset.name}, data {tuple(model.data_shape)}")
@@ -123,8 +123,8 @@ def fid_cmd(
 
     Samples from a checkpoint are generated in memory batch by batch (image i from seed + i) and go to the feature network as uint8, never written to disk. With Inception, images are resized as clean-fid's "clean" mode does; other feature networks see the images at their own size.
     """
+    from ctmtool.jobs.fid_run import default_features, sampling_settings
     from ctmtool.metrics.features import make_extractor
-    from ctmtool.metrics.fid_run import default_features, sampling_settings
 
     rep = Reporter(json_out)
     at_least(2, n=n, kid_subset_size=kid_subset_size)
@@ -145,8 +145,8 @@ def fid_cmd(
 
 def _fid(samples: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, device, cache, kid_flag,
          kid_subsets, kid_subset_size, sampling) -> None:
+    from ctmtool.jobs.fid_run import reference, samples_stats
     from ctmtool.metrics.fid import fid_from_stats
-    from ctmtool.metrics.fid_run import reference, samples_stats
 
     t0 = time.perf_counter()
     ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache, batch=batch, kid=kid_flag, rep=rep)
@@ -165,8 +165,8 @@ def _fid(samples: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, 
 
 def _stats(data: str, model, extractor, rep: Reporter, *, n, seed, batch, device, out, name, cache, force, keep,
            sampling) -> None:
+    from ctmtool.jobs.fid_run import samples_stats
     from ctmtool.metrics.fid import KEEP_FEATURES_MAX, named_stats_path, save_stats
-    from ctmtool.metrics.fid_run import samples_stats
 
     path = Path(out) if out is not None else named_stats_path(name, extractor, cache)
     if out is None:

@@ -44,8 +44,8 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
 
 def _sample(model, dev, rep: Reporter, n, seed, batch, options: dict):
     """Samples of the model (None on torchrun ranks other than 0)."""
-    from ctmtool.apply import sample
-    from ctmtool.train import distributed as ddp
+    from ctmtool.core import distributed as ddp
+    from ctmtool.jobs.items import sample
 
     if not ddp.is_distributed():
         total = n if n is not None else model.preset.sample.n
@@ -87,10 +87,10 @@ def sample_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ctmtool.apply import sample_options
-    from ctmtool.outputs import check_out, write_items
-    from ctmtool.runs import open_model
-    from ctmtool.train import distributed as ddp
+    from ctmtool.core import distributed as ddp
+    from ctmtool.jobs.items import sample_options
+    from ctmtool.jobs.outputs import check_out, write_items
+    from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch, nfe=nfe, steps=steps)
@@ -144,12 +144,12 @@ def sweep_cmd(
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used."""
     import json
 
-    from ctmtool.apply import check_memory
     from ctmtool.checkpoint import atomic_write
-    from ctmtool.quality import make_scorer
-    from ctmtool.runs import open_model
-    from ctmtool.sweep import nfe_sweep
-    from ctmtool.visual import line_chart, save_png
+    from ctmtool.jobs.items import check_memory
+    from ctmtool.jobs.plots import line_chart, save_png
+    from ctmtool.jobs.run_dirs import open_model
+    from ctmtool.jobs.sweep import nfe_sweep
+    from ctmtool.metrics.quality import make_scorer
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)

@@ -94,8 +94,8 @@ def dataset_batches(ds: Dataset, batch: int, n: int | None = None, seed: int = 0
 
 def model_batches(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
                   **sampling) -> Iterator[torch.Tensor]:
-    """uint8 batches of `n` samples from `model` (ctmtool.sampling.generate; image i uses seed + i)."""
-    from ctmtool.sampling import generate
+    """uint8 batches of `n` samples from `model` (ctmtool.core.sampling.generate; image i uses seed + i)."""
+    from ctmtool.core.sampling import generate
 
     if not model.is_image:
         raise UserError(f"{model.path or 'the model'} generates points of shape {model.data_shape}, not images; "
@@ -129,7 +129,7 @@ def fid_from_model(model, ref_stats: Stats, extractor: FeatureExtractor, n: int,
                    **sampling) -> dict:
     """Generate `n` samples in memory (seeds seed..seed+n-1) and score them against `ref_stats`.
 
-    `sampling` goes to ctmtool.sampling.generate (solver, nfe, gamma, steps, sigmas, class_label)."""
+    `sampling` goes to ctmtool.core.sampling.generate (solver, nfe, gamma, steps, sigmas, class_label)."""
     t0 = time.perf_counter()
     stats = compute_stats(model_batches(model, n, seed, batch, device, **sampling), extractor, device,
                           keep_features=kid_score, progress=progress, source=str(model.path or "model"))

@@ -1,7 +1,7 @@
 """EDM's SongUNet (DDPM++ / NCSN++, Karras et al. 2022, App. F.2) with the CTM second noise input s.
 
 Parameter and buffer names and shapes follow NVlabs/edm `training/networks.py`, so the `model.*` state
-of a published EDM pickle loads one-to-one (see `ctmtool.edm_import`). The CTM student (Kim et al. 2024,
+of a published EDM pickle loads one-to-one (see `ctmtool.importers.edm_pickle`). The CTM student (Kim et al. 2024,
 Sec. 4) adds `map_s_layer0/1` (an MLP on the embedding of noise_s) and one `affine_s` per block, whose
 output joins the t-affine's before `norm1`; `affine_s` starts at zero, so a student initialised from a
 teacher computes exactly the teacher's function.

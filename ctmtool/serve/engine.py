@@ -3,10 +3,10 @@
 `Engine` holds a loaded model and answers the page's three requests, each one item at a time:
 - `generate`: gamma-sampling (Kim et al. 2024, Alg. 1) from the noise z(phase) = cos(phase) z_a + sin(phase) z_b
   (z_a, z_b seeded; a great circle keeps z ~ N(0, I), so every frame of the latent walk is a sample);
-- `edit`: SDEdit with one (or nfe) jumps (`ctmtool.gctm.translate.sdedit`) at a strength in (0, 1];
-- `translate`: GCTM translation G(x1, 1, 0) (`ctmtool.gctm.translate.translate`).
+- `edit`: SDEdit with one (or nfe) jumps (`ctmtool.core.translate.sdedit`) at a strength in (0, 1];
+- `translate`: GCTM translation G(x1, 1, 0) (`ctmtool.core.translate.translate`).
 
-The network runs in eager PyTorch or, when it exports and verifies (`ctmtool.export`), in ONNX Runtime: the
+The network runs in eager PyTorch or, when it exports and verifies (`ctmtool.jobs.export`), in ONNX Runtime: the
 `OrtNet` below has the `jump` / `denoise` interface the samplers call, so the samplers stay the library's.
 """
 
@@ -65,7 +65,7 @@ class OrtNet:
 
 def onnx_net(model, threads: int = 1, tol: float = 1e-4, folder: str | Path | None = None, log=lambda m: None) -> OrtNet:
     """Export the model's jump (a teacher: its denoiser) to ONNX, verify it, and open it in ONNX Runtime."""
-    from ctmtool.export import export_graph, model_graphs, ort_session, verify
+    from ctmtool.jobs.export import export_graph, model_graphs, ort_session, verify
 
     graphs = model_graphs(model)
     graph = next((g for g in graphs if g.name in ("jump", "denoiser")), graphs[0])
@@ -139,7 +139,7 @@ class Engine:
     def generate(self, seed: int = 0, phase: float = 0.0, nfe: int = 1, gamma: float = 0.0, label: int | None = None,
                  n: int = 1) -> tuple[torch.Tensor, float]:
         """(samples (n, *shape) in the data range, model milliseconds) from the walk's noise at `phase`."""
-        from ctmtool.sampling import default_schedule, gamma_sample, teacher_sample, teacher_schedule
+        from ctmtool.core.sampling import default_schedule, gamma_sample, teacher_sample, teacher_schedule
 
         m, fast = self.model, self.fast
         if not self.info()["generate"]:
@@ -165,7 +165,7 @@ class Engine:
     def edit(self, x: torch.Tensor, strength: float, seed: int = 0, nfe: int = 1, gamma: float = 0.0,
              label: int | None = None) -> tuple[torch.Tensor, float]:
         """SDEdit of x (N, *shape) in the data range: noise to the strength's level, jump back."""
-        from ctmtool.editing import sdedit, strength_to_level
+        from ctmtool.core.editing import sdedit, strength_to_level
 
         if "edit" not in self.info()["editor"]:
             raise UserError(f"a {self.model.kind} model cannot edit (SDEdit needs a CTM, or a GCTM with a Gaussian source)")
@@ -177,7 +177,7 @@ class Engine:
 
     def translate(self, x1: torch.Tensor, nfe: int = 1, label: int | None = None) -> tuple[torch.Tensor, float]:
         """GCTM translation of x1 (N, *shape) from the source side."""
-        from ctmtool.gctm.translate import translate
+        from ctmtool.core.translate import translate
 
         if "translate" not in self.info()["editor"]:
             raise UserError(f"translation needs a GCTM; this is a {self.model.kind} model")

@@ -1,7 +1,7 @@
 """Whole training runs, callable from Python: `train(preset, role, run_dir, device)` for teacher, CTM and GCTM.
 
 `role` is "teacher" (an EDM denoiser) or "distill" (a trajectory model). For "distill" the choice between
-CTM and GCTM is made once, here: a preset with a [gctm] section trains a GCTM (`ctmtool.gctm.train`), any
+CTM and GCTM is made once, here: a preset with a [gctm] section trains a GCTM (`ctmtool.train.gctm_run`), any
 other a CTM student of a teacher. Each builder returns `RunParts`; the run directory, torchrun, resume, the
 loop and the final snapshot are the same for all three.
 """
@@ -16,15 +16,14 @@ import torch
 
 from ctmtool.checkpoint import Checkpoint, load_checkpoint
 from ctmtool.config import Preset
+from ctmtool.core import distributed as ddp
+from ctmtool.core.models import Model, analytic_model, load_model
 from ctmtool.data import load_dataset
 from ctmtool.data.base import Dataset
 from ctmtool.device import cpu_threads
 from ctmtool.errors import Interrupted, UserError
-from ctmtool.models import Model, analytic_model, load_model
 from ctmtool.progress import Quiet
-from ctmtool.train import distributed as ddp
 from ctmtool.train.loop import FitResult, fit
-from ctmtool.train.objectives import TeacherObjective
 from ctmtool.train.setup import (
     RunParts,
     check_labels,
@@ -33,6 +32,7 @@ from ctmtool.train.setup import (
     rank_setup,
     sample_snapshotter,
 )
+from ctmtool.train.teacher_objective import TeacherObjective
 from ctmtool.train.trajectory import ctm_objective
 
 ROLES = ("teacher", "distill")
@@ -52,7 +52,7 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
     if role == "teacher":
         build = _teacher_parts
     elif preset.gctm is not None:
-        from ctmtool.gctm.train import gctm_parts as build
+        from ctmtool.train.gctm_run import gctm_parts as build
     else:
         build = _ctm_parts
     run_dir = Path(run_dir)

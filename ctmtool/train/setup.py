@@ -1,5 +1,5 @@
 """What every training run needs before and after the loop: the run directory, torchrun ranks, label checks,
-snapshots and evaluations. Used by `ctmtool.train.run` (teacher, CTM) and `ctmtool.gctm.train` (GCTM)."""
+snapshots and evaluations. Used by `ctmtool.train.run` (teacher, CTM) and `ctmtool.train.gctm_run` (GCTM)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 
 from ctmtool.config import Preset, TrainConfig
+from ctmtool.core import distributed as ddp
+from ctmtool.core.models import Model, analytic_model
+from ctmtool.core.sampling import generate
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
-from ctmtool.models import Model, analytic_model
+from ctmtool.jobs.plots import save_samples_png
+from ctmtool.metrics.quality import make_scorer
 from ctmtool.progress import Quiet
-from ctmtool.quality import make_scorer
-from ctmtool.sampling import generate
-from ctmtool.train import distributed as ddp
 from ctmtool.train.rundir import CKPT_GLOB, RunLock, make_run_dir
-from ctmtool.visual import save_samples_png
 
 
 @dataclass

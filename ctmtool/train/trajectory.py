@@ -8,7 +8,7 @@ What differs between CTM and GCTM is the loss object it is given, with one inter
     dsm(online, pair, labels, gen) -> per-sample loss
     meta() -> dict                                  what checkpoints must record to rebuild the model
     new_step(cpu_gen)                               draws shared by one optimiser step's micro-batches (CTM: k)
-`CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.gctm.objective.GCTMTerms` (pairs from a
+`CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.train.gctm_objective.GCTMTerms` (pairs from a
 coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
 weights, the optional GAN term, the EMAs and the checkpoint groups.
 """
@@ -22,15 +22,15 @@ from torch import nn
 
 from ctmtool.checkpoint import Checkpoint, load_state
 from ctmtool.config import Preset
+from ctmtool.core.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
+from ctmtool.core.models import build_precond, student_from_teacher
+from ctmtool.core.schedules import ctm_grid, sample_teacher_steps
 from ctmtool.device import autocast
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
 from ctmtool.losses.gan import Alternation, adaptive_weight
-from ctmtool.models import build_precond, student_from_teacher
-from ctmtool.schedules import ctm_grid, sample_teacher_steps
-from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
 from ctmtool.train.distributed_gan import discriminator_loss, generator_gan_loss, global_batch_norm
-from ctmtool.train.objectives import ObjectiveBase, frozen_copy, last_layer, maybe_compile
 from ctmtool.train.optim import Averager, make_optimizer, warmup_rate
+from ctmtool.train.teacher_objective import ObjectiveBase, frozen_copy, last_layer, maybe_compile
 
 
 def ema_group(rate: float) -> str:
@@ -123,7 +123,7 @@ class TrajectoryObjective(ObjectiveBase):
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """DiffAugment for image batches (both D inputs and the G term); vector data goes in unchanged."""
-        from ctmtool.augment import diff_augment
+        from ctmtool.data.augment import diff_augment
 
         return diff_augment(x, self.preset.gan.augment, self.gen, self.preset.gan.cutout) if x.ndim == 4 else x
 

@@ -141,7 +141,7 @@ def test_fid_from_data_subset_is_seeded(extractor):
 
 def test_fid_from_model_is_batch_independent(extractor, tmp_path, make_checkpoint, tiny_preset):
     """FID of a checkpoint's samples (a tiny CTM U-Net on 3x16x16) does not depend on the batch size."""
-    from ctmtool.models import load_model
+    from ctmtool.core.models import load_model
 
     model = load_model(make_checkpoint(tmp_path / "tiny.safetensors", "ctm", (3, 16, 16),
                                        tiny_preset("digits", net="unet")))
