@@ -20,6 +20,7 @@ import torch
 
 from ctmtool.core.sampling import generate
 from ctmtool.data.base import to_uint8_images
+from ctmtool.jobs.plan import plan_explicit
 from ctmtool.metrics.features import make_extractor
 from ctmtool.metrics.frechet import Moments
 
@@ -59,7 +60,7 @@ def run(args) -> dict:
 
     def batches(n: int):
         with autocast:
-            yield from generate(model, n, seed=0, batch=args.batch, device=device, nfe=args.nfe)
+            yield from generate(model, n, plan_explicit(model, nfe=args.nfe, batch=args.batch), seed=0, device=device)
 
     for x, _ in batches(min(args.batch, args.n)):  # warm-up: kernels, allocator, lazy init
         extractor(to_uint8_images(x.float()))

@@ -582,6 +582,7 @@ def stage_real_run(a, st: Stage) -> None:
     from ctmtool.cli.common import Reporter
     from ctmtool.core.models import load_model
     from ctmtool.data.images import load_images
+    from ctmtool.jobs.plan import plan_sampling
     from ctmtool.metrics.fid import compute_stats, dataset_batches, fid_from_model
     from ctmtool.train.run import train
 
@@ -624,7 +625,8 @@ def stage_real_run(a, st: Stage) -> None:
         n = 64 if a.tiny else min(10000, len(data))
         ref = compute_stats(dataset_batches(data, 1024, n=n), extractor, dev, source="train")
         model = load_model(res["ctm"].checkpoint, "ema", dev)
-        out = fid_from_model(model, ref, extractor, n=n, seed=0, batch=8 if a.tiny else 1024, device=dev, nfe=1)
+        plan = plan_sampling(model, nfe=1, gamma=0.0, noise="edm", batch=8 if a.tiny else 1024)
+        out = fid_from_model(model, ref, extractor, n=n, plan=plan, seed=0, device=dev)
         st.row(f"Frechet distance, CTM NFE-1 vs training images, n={n}", float(out["fid"]), f"({what}; {out['seconds']:.0f} s)")
 
     st.attempt("teacher", teacher, 5)

@@ -109,3 +109,12 @@ def make_model():
 def make_checkpoint():
     """`write_checkpoint(path, kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)` -> path."""
     return write_checkpoint
+
+
+def plan_and_generate(model, n, seed=0, batch=256, device="cpu", progress=None, **settings):
+    """`ctmtool.core.sampling.generate` with a plan from explicit settings (`ctmtool.jobs.plan.plan_explicit`):
+    the keyword form the sampler tests use."""
+    from ctmtool.core.sampling import generate
+    from ctmtool.jobs.plan import plan_explicit
+
+    return generate(model, n, plan_explicit(model, batch=batch, **settings), seed=seed, device=device, progress=progress)

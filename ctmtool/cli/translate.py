@@ -75,11 +75,12 @@ def _timed(rep: Reporter, n: int, what: str, fn):
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
                seed: int, batch: int, ema: str, device: str, force: bool) -> None:
     from ctmtool.jobs import inputs
-    from ctmtool.jobs.items import check_translatable, translate_items
+    from ctmtool.jobs.items import translate_items
     from ctmtool.jobs.outputs import check_out, write_items
+    from ctmtool.jobs.plan import refuse_translation
 
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    check_translatable(model, nfe, gamma)
+    refuse_translation(model, nfe, gamma)
     out_path = check_out(out, model.is_image, force)
     data = inputs.load_inputs(src, model, split_pairs=True, log=rep.log)
     x = clean = data.x

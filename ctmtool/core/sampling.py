@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
 from ctmtool.core import distributed as ddp
 from ctmtool.core import solvers
 from ctmtool.core.noise import ImageNoise, make_noise  # noqa: F401  (ImageNoise: the EDM-equal stream)
-from ctmtool.core.schedules import check_schedule, karras_sigmas
+from ctmtool.core.schedules import karras_sigmas
 from ctmtool.errors import UserError
 
 
@@ -42,92 +43,80 @@ def teacher_sample(model, x: torch.Tensor, sigmas, noise=None, labels=None, solv
     return solvers.SOLVERS[solver](model, x, torch.as_tensor(sigmas, dtype=torch.float64), labels)
 
 
+@dataclass(frozen=True, eq=False)
+class SamplingPlan:
+    """How every sample of one request is drawn, settled once: `ctmtool.jobs.plan.plan_sampling` builds it
+    from user settings and the preset's [sample] and checks it; the sampler below trusts it."""
+
+    solver: str  # "gamma" (gamma-sampling a trajectory model) | "heun" | "euler" (a denoiser's PF-ODE)
+    schedule: torch.Tensor  # the levels visited, the start level first (float64)
+    gamma: float = 0.0  # 0 deterministic jumps ... 1 re-noise fully between jumps (0 for heun/euler)
+    noise: str = "edm"  # the per-image noise stream (`ctmtool.core.noise.make_noise`)
+    class_label: int | None = None  # a conditional model's class; None: a random class per image
+    batch: int = 256  # items per forward pass
+    sigmas: tuple[float, ...] | None = None  # the levels as given explicitly (user or preset), else None
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations of one sample."""
+        steps = len(self.schedule) - 1
+        return steps if self.solver == "gamma" else solvers.solver_nfe(self.solver, steps, float(self.schedule[-1]) == 0.0)
+
+
 def default_schedule(model, nfe: int) -> torch.Tensor:
-    """The trajectory model's own schedule for `nfe` jumps (`TrajectoryModel.default_schedule`)."""
-    if nfe < 1:
-        raise UserError(f"`nfe` must be at least 1, got {nfe}")
+    """The trajectory model's own schedule for `nfe` >= 1 jumps (`TrajectoryModel.default_schedule`)."""
     return model.net.default_schedule(nfe)
 
 
 def teacher_schedule(model, steps: int, rho: float = 7.0) -> torch.Tensor:
-    """EDM's sampling grid: `steps` Karras levels from sigma_max to sigma_min, then 0."""
-    if steps < 1:
-        raise UserError(f"`steps` must be at least 1, got {steps}")
+    """EDM's sampling grid: `steps` >= 1 Karras levels from sigma_max to sigma_min, then 0."""
     net = model.net
     if steps == 1:
         return torch.tensor([net.sigma_max, 0.0], dtype=torch.float64)
     return torch.cat([karras_sigmas(steps, net.sigma_min, net.sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
 
 
-def resolve_schedule(model, solver: str, nfe: int, steps: int, sigmas: list[float] | None) -> torch.Tensor:
-    """The levels a sampler will visit: `sigmas` when given, else the model's default for `nfe` / `steps`."""
-    check_solver(model, solver)
-    if sigmas is not None:
-        try:
-            s = check_schedule(sigmas)
-        except ValueError as err:
-            raise UserError(f"`sigmas`: {err}") from None
-        return s
-    return default_schedule(model, nfe) if solver == "gamma" else teacher_schedule(model, steps)
-
-
-SOLVERS = ("gamma", "heun", "euler")
-
-
-def check_solver(model, solver: str) -> None:
-    """Refuse a solver the model cannot run, and a trajectory model whose source is not Gaussian noise."""
-    if solver not in SOLVERS:
-        raise UserError(f"unknown solver {solver!r}; use gamma, heun or euler")
-    if solver == "gamma" and not model.is_trajectory:
-        raise UserError(f"{model.path or 'this model'} is a {model.kind} (a denoiser), not a CTM: gamma-sampling needs "
-                        "a distilled model; use `solver` heun or euler, or distill one with `ctmtool distill`")
-    if solver != "gamma" and not model.net.has_density:
-        raise UserError(f"{model.path or 'this model'} is a {model.kind} between two distributions: it has no "
-                        "noise-to-data denoiser for an ODE solver; use `solver` gamma")
-    if model.is_trajectory and not model.net.gaussian_source:
-        raise UserError(f"{model.path or 'this model'} maps a non-Gaussian source to data (coupling "
-                        f"{model.preset.gctm.coupling!r}); it cannot generate from noise: translate inputs instead")
+def sample_from(model, z: torch.Tensor, plan: SamplingPlan, noise: Callable[[], torch.Tensor] | None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Samples from the standard-normal draw z with `plan`: the start level from the model's own forward process,
+    then gamma-sampling (`noise()` re-noises between jumps) or the teacher's ODE; images clamped to [-1, 1]."""
+    net, sched = model.net, plan.schedule
+    start = float(sched[0])
+    if plan.solver == "gamma":
+        x = gamma_sample(net, net.perturb(torch.zeros_like(z), start, z), sched, noise, labels, gamma=plan.gamma)
+    else:
+        x = teacher_sample(net, start * z, sched, labels=labels, solver=plan.solver)
+    return x.clamp(-1, 1) if model.is_image else x
 
 
 @torch.no_grad()
-def generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
-             solver: str = "gamma", nfe: int = 1, gamma: float = 0.0, steps: int = 18,
-             sigmas: list[float] | None = None, class_label: int | None = None,
-             progress: Callable[[int], None] | None = None, noise: str = "edm") -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield (x, labels) batches of `n` samples; image i uses seed `seed + i` whatever the batching.
+def generate(model, n: int, plan: SamplingPlan, seed: int = 0, device: torch.device | str = "cpu",
+             progress: Callable[[int], None] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Yield (x, labels) batches of `n` samples drawn with `plan`; image i uses seed `seed + i` whatever the batching.
 
     x is float in the data range (images in [-1, 1], clamped); labels are None for unconditional models,
-    else `class_label` or a per-image random class. `noise` picks the per-image stream (`ctmtool.core.noise`):
-    "edm" (the default: latents equal to EDM's generate.py) or "philox" (drawn on the device).
+    else the plan's class or a per-image random class. The plan's `noise` picks the per-image stream
+    (`ctmtool.core.noise`): "edm" (latents equal to EDM's generate.py) or "philox" (drawn on the device).
     """
-    check_solver(model, solver)
-    sched = resolve_schedule(model, solver, nfe, steps, sigmas)
-    net = model.net
-    start = float(sched[0])
-    for lo in range(0, n, batch):
-        seeds = list(range(seed + lo, seed + min(n, lo + batch)))
-        draws = make_noise(noise, seeds, model.data_shape, device)
+    for lo in range(0, n, plan.batch):
+        seeds = list(range(seed + lo, seed + min(n, lo + plan.batch)))
+        draws = make_noise(plan.noise, seeds, model.data_shape, device)
         z = draws()
         labels = None
         if model.label_dim:
-            labels = (torch.full((len(seeds),), class_label, device=device) if class_label is not None
+            labels = (torch.full((len(seeds),), plan.class_label, device=device) if plan.class_label is not None
                       else draws.integers(model.label_dim))
-        if solver == "gamma":
-            x = gamma_sample(net, net.perturb(torch.zeros_like(z), start, z), sched, draws, labels, gamma=gamma)
-        else:
-            x = teacher_sample(net, start * z, sched, labels=labels, solver=solver)
-        if model.is_image:
-            x = x.clamp(-1, 1)
+        x = sample_from(model, z, plan, draws, labels)
         if progress is not None:
             progress(len(seeds))
         yield x, labels
 
 
-def distributed_generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
-                         **options) -> torch.Tensor | None:
+def distributed_generate(model, n: int, plan: SamplingPlan, seed: int = 0,
+                         device: torch.device | str = "cpu") -> torch.Tensor | None:
     """`generate` over all torchrun ranks (rank r makes its index range, image i uses seed + i); rank 0 gets
     all n samples, the others None; one process gets all of them."""
     lo, hi = ddp.rows(n)
-    parts = [x for x, _ in generate(model, hi - lo, seed=seed + lo, batch=batch, device=device, **options)]
+    parts = [x for x, _ in generate(model, hi - lo, plan, seed=seed + lo, device=device)]
     mine = torch.cat(parts) if parts else torch.empty((0, *model.data_shape), device=device)
     return ddp.gather_rows(mine, n)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ctmtool.core.sampling import SamplingPlan
 from ctmtool.errors import UserError
+from ctmtool.jobs.plan import plan_sampling
 from ctmtool.progress import Quiet
 
 CHECKPOINT_SUFFIX = ".safetensors"
@@ -30,28 +32,39 @@ def default_features(features: str | None, model) -> str:
     return want
 
 
-def sampling_settings(model, **options) -> dict:
-    """How a checkpoint is sampled for FID: `ctmtool.jobs.items.sample_options` (the preset's [sample] defaults)."""
+def fid_plan(model, batch: int = 256, **options) -> SamplingPlan | None:
+    """How a checkpoint is sampled for FID (`ctmtool.jobs.plan.plan_sampling`: the preset's [sample] defaults;
+    the EDM-equal noise stream); None for SAMPLES that are images, where any sampling option is refused."""
     if model is None:
         given = {k: v for k, v in options.items() if v is not None}
         if given:
             raise UserError(f"{', '.join(f'`{k}`' for k in given)}: only for a checkpoint (how it is sampled), "
                             "but SAMPLES are images; drop it")
-        return {}
-    from ctmtool.jobs.items import sample_options
+        return None
+    return plan_sampling(model, batch=batch, noise="edm", **options)
 
-    o = sample_options(model, **options)
-    out = {"solver": o["solver"]}
-    out.update({"nfe": o["nfe"], "gamma": o["gamma"]} if o["solver"] == "gamma" else {"steps": o["steps"]})
-    if o["sigmas"] is not None:
-        out["sigmas"] = o["sigmas"]
-    if o["class_label"] is not None:
-        out["class_label"] = o["class_label"]
+
+def describe(plan: SamplingPlan | None) -> dict:
+    """The sampling settings a FID result reports: solver, nfe and gamma (gamma-sampling) or steps, sigmas, class."""
+    if plan is None:
+        return {}
+    out = {"solver": plan.solver}
+    steps = len(plan.schedule) - 1
+    out.update({"nfe": steps, "gamma": plan.gamma} if plan.solver == "gamma" else {"steps": steps})
+    if plan.sigmas is not None:
+        out["sigmas"] = list(plan.sigmas)
+    if plan.class_label is not None:
+        out["class_label"] = plan.class_label
     return out
 
 
+def sampling_settings(model, **options) -> dict:
+    """`describe(fid_plan(model, **options))`."""
+    return describe(fid_plan(model, **options))
+
+
 def samples_stats(samples: str, model, extractor, *, n: int | None, seed: int, batch: int, device,
-                  keep_features: bool, sampling: dict, rep=None):
+                  keep_features: bool, plan: SamplingPlan | None, rep=None):
     """Statistics of SAMPLES: generated in memory from a checkpoint (`n` defaults to its [fid] n), or of images."""
     from ctmtool.data.images import load_images
     from ctmtool.metrics.fid import compute_stats, dataset_batches, model_batches
@@ -60,7 +73,7 @@ def samples_stats(samples: str, model, extractor, *, n: int | None, seed: int, b
     if model is not None:
         n = n or model.preset.fid.n
         with rep.progress(n, "generating + features", "images") as advance:
-            return compute_stats(model_batches(model, n, seed, batch, device, **sampling), extractor, device,
+            return compute_stats(model_batches(model, n, plan, seed, device), extractor, device,
                                  keep_features, advance, samples)
     rep.log(f"reading images from {samples}")
     t0 = time.perf_counter()

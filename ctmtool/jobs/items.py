@@ -1,8 +1,6 @@
 """Running a model over many items, batch by batch, with per-item seeds: sampling, translation and editing.
 
-`sample_options` fills what the caller left out from the checkpoint's `[sample]` preset section and refuses
-options that do not apply to the model (Kim et al. 2024, Sec. 5: `nfe` and `gamma` belong to
-gamma-sampling of a trajectory model; a teacher is solved with Heun/Euler on `steps` grid points).
+Sampling takes a `SamplingPlan` settled once by `ctmtool.jobs.plan.plan_sampling`.
 `draw`, `translate_items` and `edit_items` collect results on the CPU; item i always uses seed + i, so
 the batch size never changes a result.
 """
@@ -11,79 +9,20 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from ctmtool.core.editing import sdedit, stroke_edit
+from ctmtool.core.noise import ImageNoise
+from ctmtool.core.sampling import SamplingPlan, distributed_generate, generate
+from ctmtool.core.translate import translate
 from ctmtool.errors import UserError
+from ctmtool.jobs.plan import refuse_translation
 
 Advance = Callable[[int], None] | None
-
-
-def sample_options(model, *, solver: str | None = None, nfe: int | None = None, gamma: float | None = None,
-                   steps: int | None = None, sigmas: list[float] | None = None,
-                   class_label: int | None = None, noise: str | None = None) -> dict:
-    """The sampler settings for `model`: given values, else the preset's `[sample]`; inapplicable ones refused."""
-    s = model.preset.sample
-    if solver is None:
-        solver = s.solver if model.is_trajectory or s.solver != "gamma" else "heun"
-    from ctmtool.core.sampling import check_solver
-
-    check_solver(model, solver)
-    if solver == "gamma":
-        if steps is not None:
-            raise UserError("`steps` sets the grid of the heun/euler solvers; gamma-sampling takes `nfe` (jumps)")
-        if sigmas is not None and nfe is not None:
-            raise UserError("give `nfe` or `sigmas`, not both (a schedule of N+1 levels makes N jumps)")
-    else:
-        if nfe is not None:
-            raise UserError(f"`nfe` counts the jumps of gamma-sampling a CTM; {_what(model)} is solved with {solver} "
-                            "on `steps` grid points (Heun: 2 x steps - 1 evaluations); drop `nfe` or sample a CTM")
-        if gamma not in (None, 0.0):
-            raise UserError(f"`gamma` applies to gamma-sampling of a CTM; the {solver} solver is deterministic "
-                            "(drop `gamma`)")
-    gamma = s.gamma if gamma is None else gamma
-    if not 0.0 <= gamma <= 1.0:
-        raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
-    sigmas = sigmas if sigmas is not None else (s.sigmas if nfe is None and steps is None else None)
-    if sigmas is not None:
-        check_sigmas(model, sigmas, final_zero=solver != "gamma")
-    if class_label is not None:
-        if not model.label_dim:
-            raise UserError(f"`class_label` {class_label} given, but {_what(model)} is unconditional; drop it")
-        if not 0 <= class_label < model.label_dim:
-            raise UserError(f"`class_label` {class_label} is outside 0..{model.label_dim - 1}")
-    return {"solver": solver, "nfe": s.nfe if nfe is None else nfe, "gamma": gamma if solver == "gamma" else 0.0,
-            "steps": s.steps if steps is None else steps, "sigmas": sigmas, "class_label": class_label,
-            "noise": s.noise if noise is None else noise}
-
-
-def _what(model) -> str:
-    return f"{model.path}" if model.path else f"this {model.kind} model"
-
-
-def check_sigmas(model, sigmas: list[float], final_zero: bool) -> None:
-    """Refuse noise levels outside the model's [sigma_min, sigma_max] (a final 0 is allowed for ODE solvers)."""
-    from ctmtool.core.schedules import check_schedule
-
-    try:
-        check_schedule(sigmas[:-1] if final_zero and len(sigmas) > 2 and sigmas[-1] == 0 else sigmas)
-    except ValueError as err:
-        raise UserError(f"`sigmas`: {err}") from None
-    lo, hi = model.sigma_min, model.sigma_max
-    inner = sigmas[:-1] if final_zero and sigmas and sigmas[-1] == 0 else sigmas
-    bad = [v for v in inner if not lo * (1 - 1e-6) <= v <= hi * (1 + 1e-6)]
-    if bad:
-        raise UserError(f"`sigmas` {bad} outside the model's range [{lo:g}, {hi:g}]; give levels inside it")
-
-
-def nfe_used(options: dict, schedule: torch.Tensor) -> int:
-    """Network evaluations of one sample with these options and this schedule."""
-    from ctmtool.core.solvers import solver_nfe
-
-    steps = len(schedule) - 1
-    return steps if options["solver"] == "gamma" else solver_nfe(options["solver"], steps, float(schedule[-1]) == 0.0)
 
 
 def available_memory() -> int | None:
@@ -107,17 +46,13 @@ def _out_of_memory(err: BaseException) -> UserError:
     return UserError(f"out of memory ({type(err).__name__}); lower `batch` (items per forward pass)")
 
 
-def draw(model, n: int, *, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
-         options: dict, progress: Advance = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`n` samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i."""
-    from ctmtool.core.sampling import generate
-
-    if n < 1 or batch < 1:
-        raise UserError(f"`n` and `batch` must be at least 1 (got {n} and {batch})")
+def draw(model, n: int, plan: SamplingPlan, *, seed: int = 0, device: torch.device | str = "cpu",
+         progress: Advance = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`n` >= 1 samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i."""
     check_memory(n, model.data_shape)
     xs, ys = [], []
     try:
-        for x, y in generate(model, n, seed=seed, batch=batch, device=device, progress=progress, **options):
+        for x, y in generate(model, n, plan, seed=seed, device=device, progress=progress):
             xs.append(x.cpu())
             ys.append(None if y is None else y.cpu())
     except (torch.OutOfMemoryError, MemoryError) as err:
@@ -132,52 +67,50 @@ class Samples:
     labels: torch.Tensor | None  # class labels of a conditional model
     n: int
     seed: int
-    options: dict  # the sampler settings used (`sample_options`)
-    schedule: list[float]  # the noise levels visited
-    nfe: int  # network evaluations per sample
+    plan: SamplingPlan  # how they were drawn (`ctmtool.jobs.plan.plan_sampling`)
     seconds: float
 
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample."""
+        return self.plan.nfe
+
+    @property
+    def schedule(self) -> list[float]:
+        """The noise levels visited."""
+        return [round(float(v), 6) for v in self.plan.schedule]
+
     def summary(self) -> dict:
-        o = self.options
-        return {"n": self.n, "seed": self.seed, "solver": o["solver"], "nfe": self.nfe,
-                "gamma": o["gamma"] if o["solver"] == "gamma" else None, "schedule": self.schedule,
-                "class": o["class_label"], "seconds": round(self.seconds, 3),
+        p = self.plan
+        return {"n": self.n, "seed": self.seed, "solver": p.solver, "nfe": p.nfe,
+                "gamma": p.gamma if p.solver == "gamma" else None, "schedule": self.schedule,
+                "class": p.class_label, "seconds": round(self.seconds, 3),
                 "samples_per_second": round(self.n / max(self.seconds, 1e-9), 1)}
 
 
-def sample(model, *, n: int | None = None, seed: int | None = None, batch: int | None = None,
-           device: torch.device | str = "cpu", progress: Advance = None, distributed: bool = False,
-           **options) -> Samples | None:
-    """Draw samples with `sample_options(model, **options)`; n, seed and batch default to the preset's [sample].
+def sample(model, plan: SamplingPlan, *, n: int | None = None, seed: int | None = None,
+           device: torch.device | str = "cpu", progress: Advance = None, distributed: bool = False) -> Samples | None:
+    """Draw samples with `plan` (`ctmtool.jobs.plan.plan_sampling`); n and seed default to the preset's [sample].
 
     distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others None)."""
-    import time
-
-    from ctmtool.core.sampling import distributed_generate, resolve_schedule
-
     s = model.preset.sample
-    n, seed, batch = s.n if n is None else n, s.seed if seed is None else seed, s.batch if batch is None else batch
-    if n < 1 or batch < 1:
-        raise UserError(f"`n` and `batch` must be at least 1 (got {n} and {batch})")
-    opts = sample_options(model, **options)
-    schedule = resolve_schedule(model, opts["solver"], opts["nfe"], opts["steps"], opts["sigmas"])
+    n, seed = s.n if n is None else n, s.seed if seed is None else seed
+    if n < 1:
+        raise UserError(f"`n` and `batch` must be at least 1 (got {n} and {plan.batch})")
     t0 = time.time()
     if distributed:
         check_memory(n, model.data_shape)
-        x, labels = distributed_generate(model, n, seed, batch, device, **opts), None  # labels are not gathered
+        x, labels = distributed_generate(model, n, plan, seed, device), None  # labels are not gathered
         if x is None:
             return None
         x = x.cpu()
     else:
-        x, labels = draw(model, n, seed=seed, batch=batch, device=device, options=opts, progress=progress)
-    return Samples(x, labels, n, seed, opts, [round(float(v), 6) for v in schedule], nfe_used(opts, schedule),
-                   time.time() - t0)
+        x, labels = draw(model, n, plan, seed=seed, device=device, progress=progress)
+    return Samples(x, labels, n, seed, plan, time.time() - t0)
 
 
 def _batched(fn, x: torch.Tensor, model, seed: int, batch: int, device, progress: Advance) -> torch.Tensor:
     """fn(x_batch, noise, lo, hi) over batches of x; item i's noise stream is seeded with seed + i."""
-    from ctmtool.core.sampling import ImageNoise
-
     if len(x) < 1 or batch < 1:
         raise UserError(f"nothing to do: {len(x)} items, `batch` {batch}")
     outs = []
@@ -196,25 +129,9 @@ def _batched(fn, x: torch.Tensor, model, seed: int, batch: int, device, progress
 def translate_items(model, x: torch.Tensor, *, nfe: int = 1, gamma: float = 0.0, seed: int = 0, batch: int = 256,
                     device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
     """GCTM translation of every row of x (GCTM paper, Sec. 4: one jump G(x1, 1, 0) when nfe = 1)."""
-    from ctmtool.core.translate import translate
-
-    check_translatable(model, nfe, gamma)
+    refuse_translation(model, nfe, gamma)
     return _batched(lambda xb, noise, lo, hi: translate(model, xb, nfe=nfe, gamma=gamma, noise=noise),
                     x, model, seed, batch, device, progress)
-
-
-def check_translatable(model, nfe: int = 1, gamma: float = 0.0) -> None:
-    """Refuse a model that is not a GCTM, and Gaussian re-noising of a GCTM whose source is not Gaussian."""
-    if nfe < 1:
-        raise UserError(f"`nfe` must be at least 1, got {nfe}")
-    if not 0.0 <= gamma <= 1.0:
-        raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
-    if not (model.is_trajectory and not model.net.has_density):  # a GCTM: transport between two distributions
-        raise UserError(f"{_what(model)} is a {model.kind} checkpoint; translation needs a GCTM (train one with "
-                        "`ctmtool distill --preset toy-translate` or another GCTM preset); a CTM can edit images (`ctmtool translate edit`, `editing.sdedit`)")
-    if gamma > 0 and nfe > 1 and not model.net.gaussian_source:
-        raise UserError(f"`gamma` > 0 re-noises with Gaussian noise, which only fits a Gaussian source; this GCTM's "
-                        f"coupling is {model.preset.gctm.coupling!r}: use `gamma` 0")
 
 
 def edit_items(model, x: torch.Tensor, level: float, *, strokes: torch.Tensor | None = None,
@@ -222,8 +139,6 @@ def edit_items(model, x: torch.Tensor, level: float, *, strokes: torch.Tensor | 
                seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
                progress: Advance = None) -> torch.Tensor:
     """SDEdit (Meng et al. 2022) of every row of x from `level`, or stroke editing when `strokes` are given."""
-    from ctmtool.core.editing import sdedit, stroke_edit
-
     def one(xb, noise, lo, hi):
         if strokes is None:
             return sdedit(model, xb, level, noise=noise, nfe=nfe, gamma=gamma)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from ctmtool.core.sampling import generate
+from ctmtool.jobs.plan import plan_sampling
 
 
 def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torch.Tensor], float], n: int,
@@ -19,12 +20,14 @@ def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torc
     rows = []
     configs = ([("gamma", nfe, g) for nfe in nfes for g in gammas] if model.is_trajectory
                else [("heun", steps, 0.0) for steps in (teacher_steps or [2, 4, 8, 18])])
-    for solver, k, gamma in configs:
-        if solver == "gamma" and k == 1 and gamma != gammas[0]:
-            continue  # with one jump gamma changes nothing
+    configs = [(solver, k, gamma) for solver, k, gamma in configs
+               if not (solver == "gamma" and k == 1 and gamma != gammas[0])]  # with one jump gamma changes nothing
+    plans = [plan_sampling(model, solver=solver, nfe=k, gamma=gamma, noise="edm", batch=batch) if solver == "gamma"
+             else plan_sampling(model, solver=solver, steps=k, noise="edm", batch=batch)
+             for solver, k, gamma in configs]  # every setting checked before any sampling
+    for (solver, k, gamma), plan in zip(configs, plans, strict=True):
         t0 = time.time()
-        kw = dict(solver=solver, nfe=k, gamma=gamma) if solver == "gamma" else dict(solver="heun", steps=k)
-        x = torch.cat([b.cpu() for b, _ in generate(model, n, seed=seed, batch=batch, device=device, **kw)])
+        x = torch.cat([b.cpu() for b, _ in generate(model, n, plan, seed=seed, device=device)])
         nfe = k if solver == "gamma" else 2 * k - 1
         row = {"solver": solver, "nfe": nfe, "gamma": gamma if solver == "gamma" else None,
                "score": score(x), "seconds": round(time.time() - t0, 2)}

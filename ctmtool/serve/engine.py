@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctmtool.core.sampling import sample_from
 from ctmtool.errors import UserError
+from ctmtool.jobs.plan import plan_sampling, refuse_translation
 
 MAX_NFE = 8  # the page's NFE slider stops here (interactive use)
 
@@ -139,28 +141,16 @@ class Engine:
     def generate(self, seed: int = 0, phase: float = 0.0, nfe: int = 1, gamma: float = 0.0, label: int | None = None,
                  n: int = 1) -> tuple[torch.Tensor, float]:
         """(samples (n, *shape) in the data range, model milliseconds) from the walk's noise at `phase`."""
-        from ctmtool.core.sampling import default_schedule, gamma_sample, teacher_sample, teacher_schedule
-
-        m, fast = self.model, self.fast
-        if not self.info()["generate"]:
-            raise UserError(f"this GCTM maps {m.preset.gctm.coupling!r} sources to data; it translates, it does not generate")
+        m = self.model
+        plan = (plan_sampling(m, solver="gamma", nfe=nfe, gamma=gamma, noise="edm", batch=n) if m.is_trajectory
+                else plan_sampling(m, solver="heun", steps=nfe, noise="edm", batch=n))  # a teacher: nfe = Heun steps
         z, labels = self.noise(seed, phase, n), self._labels(label, n)
         gen = torch.Generator().manual_seed(seed + 12345)
 
         def renoise() -> torch.Tensor:
             return torch.randn(z.shape, generator=gen)
 
-        def run():
-            if m.is_trajectory:  # as sampling.generate: the model's own start and schedule
-                sched = default_schedule(fast, nfe)
-                x = fast.net.perturb(torch.zeros_like(z), float(sched[0]), z)
-                x = gamma_sample(fast.net, x, sched, renoise, labels, gamma=gamma)
-            else:
-                sched = teacher_schedule(fast, nfe)
-                x = teacher_sample(fast.net, z * float(sched[0]), sched, labels=labels, solver="heun")
-            return x.clamp(-1, 1) if m.is_image else x
-
-        return self._timed(run)
+        return self._timed(lambda: sample_from(self.fast, z, plan, renoise, labels))
 
     def edit(self, x: torch.Tensor, strength: float, seed: int = 0, nfe: int = 1, gamma: float = 0.0,
              label: int | None = None) -> tuple[torch.Tensor, float]:
@@ -179,8 +169,7 @@ class Engine:
         """GCTM translation of x1 (N, *shape) from the source side."""
         from ctmtool.core.translate import translate
 
-        if "translate" not in self.info()["editor"]:
-            raise UserError(f"translation needs a GCTM; this is a {self.model.kind} model")
+        refuse_translation(self.model, nfe)
         self._check(x1)
         labels = self._labels(label, len(x1))
         return self._timed(lambda: translate(self.fast, x1, nfe=nfe, labels=labels))

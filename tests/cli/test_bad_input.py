@@ -190,9 +190,10 @@ def test_full_disk_during_a_folder_of_pngs_leaves_nothing(tmp_path, monkeypatch)
     from ctmtool.core.models import load_model
     from ctmtool.jobs.items import sample
     from ctmtool.jobs.outputs import write_items
+    from ctmtool.jobs.plan import plan_sampling
 
     model = load_model(tiny_checkpoint(tmp_path / "c.safetensors", shape=(1, 4, 4), overrides=["net.mlp.hidden=8"]))
-    x = sample(model, n=3, batch=3).x
+    x = sample(model, plan_sampling(model, batch=3), n=3).x
     calls = []
 
     def save(self, fp, *args, **kwargs):

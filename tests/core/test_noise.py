@@ -61,7 +61,7 @@ def test_generate_draws_from_the_chosen_stream():
     from it and is itself independent of the batching."""
     from ctmtool.config import load_preset
     from ctmtool.core.models import Model, build_precond
-    from ctmtool.core.sampling import generate
+    from tests.conftest import plan_and_generate as generate
 
     p = load_preset("toy", ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8"])
     m = Model("ctm", build_precond("ctm", p, (2,)).eval().requires_grad_(False), p, (2,))

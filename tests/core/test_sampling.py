@@ -15,13 +15,13 @@ from ctmtool.core.sampling import (
     ImageNoise,
     default_schedule,
     gamma_sample,
-    generate,
-    resolve_schedule,
     teacher_schedule,
 )
 from ctmtool.core.schedules import karras_sigmas
 from ctmtool.errors import UserError, as_flags
+from ctmtool.jobs.plan import plan_explicit
 from tests.conftest import EDM_RANGE
+from tests.conftest import plan_and_generate as generate
 
 SIG = [80.0, 17.53, 2.515, 0.17, 0.002]  # NFE 4 (ctm-notes sec. 4)
 
@@ -240,7 +240,7 @@ def test_schedules_for_models(toy_preset):
     t = teacher_schedule(analytic_model(toy_preset), 18)
     assert len(t) == 19 and t[-1].item() == 0.0 and t[0].item() == pytest.approx(80.0)
     assert teacher_schedule(analytic_model(toy_preset), 1).tolist() == [80.0, 0.0]
-    assert resolve_schedule(ctm, "gamma", 1, 18, [80.0, 1.0, 0.002]).tolist() == [80.0, 1.0, 0.002]
+    assert plan_explicit(ctm, solver="gamma", sigmas=[80.0, 1.0, 0.002]).schedule.tolist() == [80.0, 1.0, 0.002]
     gctm = Model("gctm", build_precond("gctm", toy_preset, (2,)), toy_preset, (2,))
     g = default_schedule(gctm, 2)
     assert g[0].item() == 1.0 and g[-1].item() == 0.0

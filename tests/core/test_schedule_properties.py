@@ -5,9 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctmtool.core.sampling import resolve_schedule
 from ctmtool.core.schedules import check_schedule, karras_sigmas, sample_ctm_indices
 from ctmtool.errors import UserError
+from ctmtool.jobs.plan import plan_explicit
 
 levels = st.floats(min_value=1e-4, max_value=1e3, allow_nan=False, allow_infinity=False)
 
@@ -38,7 +38,7 @@ def test_cli_schedules_that_do_not_decrease_are_user_errors(values):
     model = type("M", (), {"kind": "ctm", "is_trajectory": True, "net": net})()
     s = list(values) + [values[-1]]  # a repeated level never decreases
     with pytest.raises(UserError, match="`sigmas`"):
-        resolve_schedule(model, "gamma", 1, 18, s)
+        plan_explicit(model, solver="gamma", sigmas=s)
 
 
 @settings(max_examples=100, deadline=None)

@@ -45,7 +45,8 @@ def test_files_written_and_verified(exported):
 
 def test_generator_is_the_library_one_step_sampler_at_any_batch(exported):
     """model.onnx on (z, labels) equals `sampling.generate(nfe=1)`, whose noise is ImageNoise(seeds) * sigma_max."""
-    from ctmtool.core.sampling import ImageNoise, generate
+    from ctmtool.core.sampling import ImageNoise
+    from tests.conftest import plan_and_generate as generate
 
     model, folder, _ = exported
     sess = ort_session(folder / "model.onnx")

@@ -9,7 +9,8 @@ import torch
 from ctmtool.config import override_preset
 from ctmtool.core.models import analytic_model, load_model
 from ctmtool.errors import UserError
-from ctmtool.jobs.items import check_finite, draw, edit_items, sample, sample_options, translate_items
+from ctmtool.jobs.items import check_finite, draw, edit_items, sample, translate_items
+from ctmtool.jobs.plan import plan_sampling
 from tests.cli.conftest import tiny_checkpoint
 from tests.conftest import EDM_RANGE
 
@@ -21,28 +22,27 @@ def ctm(tmp_path):
 
 def test_defaults_come_from_the_preset(ctm, toy_preset):
     toy_preset = override_preset(toy_preset, list(EDM_RANGE))  # the tiny checkpoint's range
-    o = sample_options(ctm)
-    assert (o["solver"], o["nfe"], o["gamma"], o["sigmas"]) == ("gamma", 2, 0.5, None)
-    assert sample_options(ctm, nfe=3, gamma=0.0)["nfe"] == 3
+    o = plan_sampling(ctm)
+    assert (o.solver, o.nfe, o.gamma, o.sigmas) == ("gamma", 2, 0.5, None)
+    assert plan_sampling(ctm, nfe=3, gamma=0.0).nfe == 3
     teacher = analytic_model(toy_preset)
-    assert sample_options(teacher)["solver"] == "heun"  # [sample] solver gamma does not apply to a denoiser
+    assert plan_sampling(teacher).solver == "heun"  # [sample] solver gamma does not apply to a denoiser
     for kwargs, words in (({"nfe": 1}, "`nfe`"), ({"gamma": 0.3}, "`gamma`"), ({"class_label": 0}, "unconditional"),
                           ({"sigmas": [80.0, 1.0, 0.0]}, None)):
         if words is None:
-            assert sample_options(teacher, **kwargs)["sigmas"] == [80.0, 1.0, 0.0]  # a final 0 for an ODE solver
+            assert list(plan_sampling(teacher, **kwargs).sigmas) == [80.0, 1.0, 0.0]  # a final 0 for an ODE solver
         else:
             with pytest.raises(UserError, match=words):
-                sample_options(teacher, **kwargs)
+                plan_sampling(teacher, **kwargs)
     with pytest.raises(UserError, match="outside the model's range"):
-        sample_options(ctm, sigmas=[80.0, 0.001])
+        plan_sampling(ctm, sigmas=[80.0, 0.001])
 
 
 def test_samples_do_not_depend_on_the_batch(ctm):
-    opts = sample_options(ctm, nfe=2, gamma=0.5)
-    a, _ = draw(ctm, 5, seed=3, batch=5, options=opts)
-    b, _ = draw(ctm, 5, seed=3, batch=2, options=opts)
+    a, _ = draw(ctm, 5, plan_sampling(ctm, nfe=2, gamma=0.5, batch=5), seed=3)
+    b, _ = draw(ctm, 5, plan_sampling(ctm, nfe=2, gamma=0.5, batch=2), seed=3)
     assert torch.allclose(a, b, atol=1e-6)
-    s = sample(ctm, n=5, seed=3, batch=4, nfe=2, gamma=0.5)
+    s = sample(ctm, plan_sampling(ctm, nfe=2, gamma=0.5, batch=4), n=5, seed=3)
     assert torch.allclose(s.x, a, atol=1e-6) and s.nfe == 2 and len(s.schedule) == 3
 
 
