@@ -164,7 +164,9 @@ class UNetBlock(nn.Module):
         b, c, hh, ww = h.shape
         q, k, v = self.qkv(h).reshape(b, self.num_heads, c // self.num_heads, 3, hh * ww).unbind(3)
         a = nn.functional.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return a.transpose(-1, -2).reshape(b, c, hh, ww)  # 4-D (batch, heads, HW, c) as ONNX export needs
+        # 4-D (batch, heads, HW, c) as ONNX export needs; SDPA's output viewed as NCHW is channels-last, and every
+        # later GroupNorm is several times slower on that layout: back to contiguous NCHW (bench/songunet_layout.py)
+        return a.transpose(-1, -2).reshape(b, c, hh, ww).contiguous()
 
 
 class SongUNet(nn.Module):
