@@ -62,7 +62,7 @@ def main() -> None:
     finally:
         songunet.UNetBlock._attention = orig
     dy = (fixed[1] - view[1]).abs().max().item()
-    dg = max((g1 - g2).abs().max().item() / max(g2.abs().max().item(), 1e-30) for g1, g2 in zip(fixed[2], view[2]))
+    dg = max((g1 - g2).abs().max().item() / max(g2.abs().max().item(), 1e-30) for g1, g2 in zip(fixed[2], view[2], strict=True))
     print(f"{a.device} {a.res}x{a.res} ch {a.channels} batch {a.batch}: forward+backward {view[0]:.3f} s as a "
           f"channels-last view, {fixed[0]:.3f} s contiguous ({fixed[0] / view[0]:.3f}x); max |dy| {dy:.2g}, "
           f"max relative |dgrad| {dg:.2g}")
