@@ -166,6 +166,11 @@ class GCTMTerms:
     def dsm(self, online, pair, labels, gen):
         return self.loss.dsm(online, *pair, labels, gen)
 
+    def estimate(self, online, target, pair, labels, gen, cpu_gen, dropout_seed):
+        """GCTM training has no GAN term, so no discriminator-only step asks for fakes (`ctmtool.train.run.train`
+        refuses gan.enabled for a preset with [gctm])."""
+        raise TypeError("GCTM training has no GAN term: no discriminator step asks for GCTM estimates")
+
     def meta(self) -> dict:
         return {"moments": dict(self.moments), "coupling": self.spec,
                 "grid": [round(float(t), 8) for t in self.loss.grid]}

@@ -49,6 +49,9 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
     by SIGINT/SIGTERM saves, then raises `Interrupted` (exit code 128 + the signal number on the command line)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; use one of {ROLES}")
+    if role == "distill" and preset.gctm is not None and preset.gan.enabled:
+        raise UserError(f"gan.enabled = true does nothing for preset {preset.name!r}: GCTM training ([gctm]) has no "
+                        "GAN term; drop gan.enabled")
     if role == "teacher":
         build = _teacher_parts
     elif preset.gctm is not None:

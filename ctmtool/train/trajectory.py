@@ -2,12 +2,14 @@
 
     L = L_CTM + lambda_DSM L_DSM (+ lambda_GAN L_GAN)
 
-What differs between CTM and GCTM is the loss object it is given, with one interface:
+What differs between CTM and GCTM is the loss object it is given, with one interface
+(`ctmtool.core.interfaces.TrainingTerms`):
     pair(x, labels, gen, cpu_gen) -> tuple         the training pair; pair[0] is the data side x0
     ctm(online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed) -> (per-sample loss, x_est)
     dsm(online, pair, labels, gen) -> per-sample loss
     meta() -> dict                                  what checkpoints must record to rebuild the model
     new_step(cpu_gen)                               draws shared by one optimiser step's micro-batches (CTM: k)
+    estimate(online, target, pair, labels, gen, cpu_gen, dropout_seed) -> x_est   fakes of a GAN D-only step
 `CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.train.gctm_objective.GCTMTerms` (pairs from a
 coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
 weights, the optional GAN term, the EMAs and the checkpoint groups.
@@ -23,6 +25,7 @@ from torch import nn
 from ctmtool.checkpoint import Checkpoint, load_state
 from ctmtool.config import Preset
 from ctmtool.core.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
+from ctmtool.core.interfaces import TrainingTerms
 from ctmtool.core.models import build_precond, student_from_teacher
 from ctmtool.core.schedules import ctm_grid, sample_teacher_steps
 from ctmtool.device import autocast
@@ -78,7 +81,7 @@ class TrajectoryObjective(ObjectiveBase):
         device: torch.device,
         kind: str,                      # checkpoint kind: ctm | gctm
         net: nn.Module,                 # the freshly built (or teacher-initialised) trajectory model
-        terms,                          # CTMTerms | GCTMTerms (module docstring)
+        terms: TrainingTerms,           # CTMTerms | GCTMTerms (module docstring)
         teacher: nn.Module | None = None,  # denoiser solving t -> u; None: the model's own target EMA
         discriminator: nn.Module | None = None,  # GAN discriminator when preset.gan.enabled
     ):
