@@ -5,8 +5,8 @@ Fixtures (use these rather than building presets and checkpoints by hand in a te
 - `tiny_preset(name="toy", *overrides, net="mlp")`: a preset with a tiny network (`SMALL_MLP` or
   `SMALL_UNET`) and any further `key=value` overrides.
 
-The sampling, schedule and CLI tests are written against EDM's noise range 0.002..80 (the schedules of
-docs/ctm-notes, the CIFAR-10 presets); the toy preset itself trains on 0.002..2 (docs/results.md), so tiny toy
+The sampling, schedule and CLI tests are written against EDM's noise range 0.002..80 (the CTM reference
+code's default schedules, the CIFAR-10 presets); the toy preset itself trains on 0.002..2 (docs/results.md), so tiny toy
 presets and checkpoints get `EDM_RANGE` unless a test overrides it; `toy_preset` is the real preset.
 - `make_model(kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)`: a freshly built tiny
   model of that kind as a `ctmtool.core.models.Model` (eval mode, no gradients); `scale` perturbs every weight.

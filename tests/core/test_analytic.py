@@ -1,5 +1,5 @@
 """The closed-form oracles against independent computations: scipy densities, Monte-Carlo posterior means,
-autograd scores, and the exact PF-ODE flow of one Gaussian (ctm-notes sec. 5).
+autograd scores, and the exact PF-ODE flow of one Gaussian.
 
 Noise levels go through float32 inside the oracle (precond._bcast), so float64 comparisons allow ~1e-6."""
 

@@ -1,5 +1,5 @@
 """Preconditioning against its published formulas: EDM Table 1 (Karras et al. 2022), the CTM jump
-(Kim et al. 2024, Eq. 7; ctm-notes sec. 2) and the GCTM coefficients from second moments (ctm-notes sec. 6)."""
+(Kim et al. 2024, Eq. 7) and the GCTM coefficients from second moments (Kim et al. 2024b)."""
 
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ def test_ctm_scheme_coefficients_by_hand():
 
 
 # --------------------------------------------------------------------------------------------------
-# GCTM (ctm-notes sec. 6): x_t = (1 - t) x0 + t x1
+# GCTM (Kim et al. 2024b): x_t = (1 - t) x0 + t x1
 
 
 TS = torch.tensor([0.0, 0.05, 0.2, 0.5, 0.8, 0.95, 1.0], dtype=torch.float64)
@@ -317,7 +317,7 @@ def test_gctm_optimal_g_for_gaussian_data():
 
 
 def _gctm_g_by_hand(x, t, s, var0=0.25, var1=1.0, cov01=0.0, t_min=1e-4):
-    """g(x, t, s) with the coupling's posterior coefficients (ctm-notes sec. 6) and labels ln(t/(1-t))/4, float64."""
+    """g(x, t, s) with the coupling's posterior coefficients (Kim et al. 2024b) and labels ln(t/(1-t))/4, float64."""
     t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
     s = torch.as_tensor(s, dtype=torch.float64).expand(x.shape[0])
     tt, xd = t.reshape(-1, 1), x.double()
@@ -390,7 +390,7 @@ def test_ctm_renoise_keeps_the_marginal(s, t):
 @pytest.mark.parametrize("s,t", [(0.0, 1.0), (0.2, 0.7), (0.5, 0.5), (0.05, 0.3)])
 def test_gctm_renoise_keeps_the_marginal(s, t, source_noise):
     """x_s = (1-s) x0 + s std n re-noised to t must be (1-t) x0 + t std n for any x0: the x0 coefficient
-    becomes (1-t) and the noise variance t^2 std^2 (ctm-notes sec. 6); exactly, then by sampling."""
+    becomes (1-t) and the noise variance t^2 std^2 (Kim et al. 2024b); exactly, then by sampling."""
     std = math.sqrt(1 + source_noise**2)
     m = GCTMPrecond(Probe(), source_std=std)
     a, b = _linear_coefficients(lambda x, z: m.renoise(x, s, t, z))

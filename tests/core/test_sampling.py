@@ -1,4 +1,4 @@
-"""gamma-sampling (Kim et al. 2024, Alg. 1; ctm-notes sec. 4), per-image noise streams and batched generation."""
+"""gamma-sampling (Kim et al. 2024, Alg. 1), per-image noise streams and batched generation."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ctmtool.jobs.plan import plan_explicit
 from tests.conftest import EDM_RANGE
 from tests.conftest import plan_and_generate as generate
 
-SIG = [80.0, 17.53, 2.515, 0.17, 0.002]  # NFE 4 (ctm-notes sec. 4)
+SIG = [80.0, 17.53, 2.515, 0.17, 0.002]  # NFE 4 (the CTM reference code's default schedule)
 
 
 class Recorder(NoisePath):

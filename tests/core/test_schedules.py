@@ -1,4 +1,4 @@
-"""Noise grids (ctm-notes sec. 1 and 4) and CTM's (t, u, s) index sampling (sec. 3)."""
+"""Noise grids (Karras et al. 2022, Eq. 5; the CTM reference code's default schedules) and CTM's (t, u, s) index sampling (Kim et al. 2024)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ctmtool.core.schedules import (
 
 
 def _karras(i: int, n: int, smin=0.002, smax=80.0, rho=7.0) -> float:
-    """ctm-notes sec. 1, written out in plain Python."""
+    """Karras et al. 2022, Eq. 5, written out in plain Python."""
     a, b = smax ** (1 / rho), smin ** (1 / rho)
     return (a + i / (n - 1) * (b - a)) ** rho
 
@@ -61,7 +61,7 @@ def test_karras_refuses_short():
     (4, [80, 17.53, 2.515, 0.170, 0.002]),
 ])
 def test_ctm_reference_schedules(nfe, expected):
-    """ctm-notes sec. 4: the CTM reference default schedules, to 3 significant digits."""
+    """the CTM reference code's default schedules, to 3 significant digits."""
     s = ctm_default_schedule(nfe).tolist()
     assert len(s) == nfe + 1
     for got, want in zip(s, expected, strict=True):
