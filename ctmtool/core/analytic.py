@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ctmtool.core.precond import NoisePath, _bcast
+from ctmtool.core.solvers import heun
 
 
 class GaussianMixture(nn.Module):
@@ -108,7 +109,6 @@ class ExactTrajectory(NoisePath, nn.Module):
         return (a + i * (b - a)) ** self.rho
 
     def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
-        from ctmtool.core.solvers import heun
 
         return heun(self.denoiser, x, self.levels(t, s, x), labels).to(x.dtype)
 

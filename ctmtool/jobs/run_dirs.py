@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctmtool.config import load_preset
+from ctmtool.core.models import analytic_model, load_model, newest_checkpoint
 from ctmtool.errors import UserError
+from ctmtool.jobs.items import check_model_finite
 
 RUNS = Path("runs")
 DEFAULT_PRESET = "toy"
@@ -37,7 +40,6 @@ def newest_in(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file, not a run directory; give `run_dir` a folder or `ckpt` the file")
-    from ctmtool.core.models import newest_checkpoint
 
     try:
         return newest_checkpoint(run_dir)
@@ -65,9 +67,6 @@ def open_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None
                device="cpu", *, analytic: bool = False, preset: str | None = None):
     """(Model, where it came from): the analytic mixture of `preset`, or a checkpoint found by `find_checkpoint`,
     its weights checked to be finite."""
-    from ctmtool.config import load_preset
-    from ctmtool.core.models import analytic_model, load_model
-    from ctmtool.jobs.items import check_model_finite
 
     if analytic:
         if ckpt is not None or run_dir is not None:

@@ -13,8 +13,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ctmtool.core.models import analytic_model
 from ctmtool.data.base import Dataset, to_uint8_images
 from ctmtool.errors import UserError
+from ctmtool.metrics.features import make_extractor
+from ctmtool.metrics.fid import compute_stats, fid_from_stats, reference_stats
 from ctmtool.metrics.frechet import frechet_distance
 
 
@@ -38,7 +41,6 @@ def make_scorer(metric: str, preset=None, reference: Dataset | None = None, feat
                 ref: str | None = None, device: torch.device | str = "cpu") -> tuple[str, Callable[[torch.Tensor], float], dict]:
     """(name, score(x) -> float, baseline info). Lower is better for fd metrics, higher for logp."""
     if metric == "logp":
-        from ctmtool.core.models import analytic_model
 
         gmm = analytic_model(preset).net
         true = gmm.sample(1_000_000, torch.Generator().manual_seed(0))  # standard error ~0.001 nats
@@ -51,8 +53,6 @@ def make_scorer(metric: str, preset=None, reference: Dataset | None = None, feat
         return ("Frechet distance in pixel space (lower is better)", lambda x: fd_u8(to_uint8_images(x.cpu())),
                 {"n_ref": len(reference)})
     if metric == "fd":
-        from ctmtool.metrics.features import make_extractor
-        from ctmtool.metrics.fid import compute_stats, fid_from_stats, reference_stats
 
         if features is None or ref is None:
             raise UserError("metric fd needs `features` (e.g. fd_a.pt or inception) and `ref` (reference images or stats)")

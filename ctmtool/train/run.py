@@ -22,7 +22,10 @@ from ctmtool.data import load_dataset
 from ctmtool.data.base import Dataset
 from ctmtool.device import cpu_threads
 from ctmtool.errors import Interrupted, UserError
+from ctmtool.nets.discriminator import Discriminator, VectorDiscriminator, load_backbone
+from ctmtool.nets.projected_gan import ProjectedDiscriminator
 from ctmtool.progress import Quiet
+from ctmtool.train.gctm_run import gctm_parts
 from ctmtool.train.loop import FitResult, fit
 from ctmtool.train.setup import (
     RunParts,
@@ -55,7 +58,7 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
     if role == "teacher":
         build = _teacher_parts
     elif preset.gctm is not None:
-        from ctmtool.train.gctm_run import gctm_parts as build
+        build = gctm_parts
     else:
         build = _ctm_parts
     run_dir = Path(run_dir)
@@ -143,7 +146,6 @@ def _ctm_parts(preset: Preset, device, rep, run_dir: Path, *, data=None, data_pa
 
 
 def _discriminator(preset: Preset, data: Dataset):
-    from ctmtool.nets.discriminator import Discriminator, VectorDiscriminator, load_backbone
 
     if not data.is_image:
         if preset.gan.backbone:
@@ -151,11 +153,9 @@ def _discriminator(preset: Preset, data: Dataset):
                             "scratch: remove gan.backbone")
         return VectorDiscriminator(math.prod(data.shape), hidden=preset.gan.channels * 4)
     if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
-        from ctmtool.nets.projected_gan import ProjectedDiscriminator
 
         return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
     if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
-        from ctmtool.nets.projected_gan import ProjectedDiscriminator
 
         return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
     backbone = load_backbone(preset.gan.backbone) if preset.gan.backbone else None

@@ -28,8 +28,10 @@ from ctmtool.core.distributed import all_reduce_grads, all_reduce_sum, global_ad
 from ctmtool.core.interfaces import TrainingTerms
 from ctmtool.core.models import build_precond, student_from_teacher
 from ctmtool.core.schedules import ctm_grid, sample_teacher_steps
+from ctmtool.data.augment import diff_augment
 from ctmtool.device import autocast
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
+from ctmtool.losses.distances import make_distance
 from ctmtool.losses.gan import Alternation, adaptive_weight
 from ctmtool.train.distributed_gan import discriminator_loss, generator_gan_loss, global_batch_norm
 from ctmtool.train.optim import Averager, make_optimizer, warmup_rate
@@ -126,7 +128,6 @@ class TrajectoryObjective(ObjectiveBase):
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """DiffAugment for image batches (both D inputs and the G term); vector data goes in unchanged."""
-        from ctmtool.data.augment import diff_augment
 
         return diff_augment(x, self.preset.gan.augment, self.gen, self.preset.gan.cutout) if x.ndim == 4 else x
 
@@ -262,7 +263,6 @@ def ctm_objective(
     discriminator: nn.Module | None = None,  # GAN discriminator when preset.gan.enabled
 ) -> TrajectoryObjective:
     """CTM distillation (Kim et al. 2024, Eq. 11): the student initialised from the teacher's weights."""
-    from ctmtool.losses.distances import make_distance
 
     c, d = preset.ctm, preset.diffusion
     if teacher is None and c.teacher != "self":
