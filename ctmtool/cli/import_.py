@@ -31,7 +31,8 @@ def import_cmd(
     options = dict(which=which, var0=var0, var1=var1, cov01=cov01, smin=smin, smax=smax, grid=grid)
     res, written = import_file(path, out, **options)
     rep.result({"checkpoint": str(written), "format": res.meta.get("format") or res.meta.get("source"),
-                "kind": res.kind, "data_shape": list(res.data_shape), "label_dim": res.preset.net.label_dim,
+                "kind": res.kind, "precond": res.preset.diffusion.precond, "data_shape": list(res.data_shape),
+                "label_dim": res.preset.net.label_dim,
                 "parameters": sum(t.numel() for t in res.state.values())}, title="imported")
 
 

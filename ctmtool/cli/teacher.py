@@ -1,4 +1,4 @@
-"""`ctmtool teacher`: train an EDM teacher, or `ctmtool teacher import` an NVIDIA EDM pickle."""
+"""`ctmtool teacher`: train an EDM teacher; `ctmtool teacher import` is an alias of `ctmtool import`."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from ctmtool.cli.common import (
     PresetOpt,
     Reporter,
     SetOpt,
-    check_output,
     handle_errors,
     select_device,
 )
+from ctmtool.cli.import_ import import_cmd
 from ctmtool.errors import UserError
 
 app = typer.Typer(rich_markup_mode=None, help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
@@ -105,27 +105,8 @@ def teacher_cmd(
                 "stopped_by": res.stopped_by, **res.last}, title="teacher")
 
 
-@app.command("import", cls=Command)
-@handle_errors
-def import_cmd(
-    pickle_path: Annotated[Path, typer.Argument(metavar="PICKLE", help="An NVIDIA EDM pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it).")] = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Convert a published EDM pickle into a ctmtool checkpoint, without running any code stored in it.
-
-    Download from https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/ (e.g. edm-cifar10-32x32-uncond-vp.pkl).
-    """
-    from ctmtool.importers.edm_pickle import import_edm_pickle
-
-    rep = Reporter(json_out)
-    out = check_output(out or pickle_path.with_suffix(".safetensors"), force)
-    ckpt = import_edm_pickle(pickle_path, out)
-    n = sum(t.numel() for t in ckpt.state("ema").values())
-    rep.result({"checkpoint": str(out), "kind": ckpt.kind, "precond": ckpt.preset.diffusion.precond,
-                "data_shape": list(ckpt.data_shape), "label_dim": ckpt.preset.net.label_dim, "parameters": n},
-               title="imported")
+# `ctmtool teacher import` is an alias of `ctmtool import`: the same command, the same code.
+app.command("import", cls=Command, help=import_cmd.__doc__)(import_cmd)
 
 
 def register(root: typer.Typer) -> None:

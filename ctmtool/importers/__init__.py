@@ -7,8 +7,8 @@ Contract of a format module (listed in `FORMAT_MODULES`):
     def convert(obj, **options) -> ImportResult
 
 `load_foreign(path)` reads a file without running code from it: torch files with
-`torch.load(weights_only=True, map_location="cpu")`, NVIDIA EDM pickles with the restricted unpickler of
-`ctmtool.importers.edm_pickle`. `import_file(path, out)` finds the format whose `sniff` accepts the object,
+`torch.load(weights_only=True, map_location="cpu")`, pickles (NVIDIA EDM's) with the restricted unpickler of
+`ctmtool.importers.safe_pickle`. `import_file(path, out)` finds the format whose `sniff` accepts the object,
 converts it and writes a ctmtool checkpoint atomically (the weights go to the `ema` group, which
 `sample`, `fid` and `load_model` use by default).
 """
@@ -50,7 +50,7 @@ def load_foreign(path: str | Path) -> Any:
     if not head.startswith(b"\x80"):
         raise UserError(f"{path} is neither a torch file nor a pickle; ctmtool imports EDM .pkl, ctm-cifar10 and "
                         "GCTM .pt checkpoints (ctmtool's own .safetensors need no import)")
-    from ctmtool.importers.edm_pickle import safe_load
+    from ctmtool.importers.safe_pickle import safe_load
 
     try:
         with open(path, "rb") as f:

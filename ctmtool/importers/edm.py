@@ -11,7 +11,7 @@ NAME = "edm-pickle"
 
 
 def sniff(obj: Any) -> bool:
-    from ctmtool.importers.edm_pickle import PersistentObj
+    from ctmtool.importers.safe_pickle import PersistentObj
 
     return isinstance(obj, dict) and isinstance(obj.get("ema"), PersistentObj)
 
