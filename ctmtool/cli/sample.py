@@ -141,14 +141,9 @@ def sweep_cmd(
     """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?).
 
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used."""
-    import json
-
-    from ctmtool.checkpoint import atomic_write
     from ctmtool.jobs.items import check_memory
-    from ctmtool.jobs.plots import line_chart, save_png
     from ctmtool.jobs.run_dirs import open_model
-    from ctmtool.jobs.sweep import nfe_sweep
-    from ctmtool.metrics.quality import make_scorer
+    from ctmtool.jobs.sweep import sweep_job
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)
@@ -159,33 +154,11 @@ def sweep_cmd(
     model, source = open_model(ckpt, run_dir, ema, dev)
     check_memory(n, model.data_shape)
     rep.log(f"using {source}")
-    p = model.preset
-    gmm = p.data.source == "toy" and p.data.toy == "gmm"
-    metric = metric or ("logp" if gmm else "fd-pixels")
-    reference = None
-    if metric == "fd-pixels":
-        from ctmtool.data import load_dataset, load_images
-
-        reference = load_images(ref) if ref else load_dataset(p.data)
-    name, score, base = make_scorer(metric, p, reference, features, ref, dev)
     nfe_list = [int(v) for v in parse_floats(nfes, "--nfe")]
     gamma_list = parse_floats(gammas, "--gamma")
-    if any(v < 1 for v in nfe_list) or any(not 0 <= g <= 1 for g in gamma_list):
-        raise UserError("--nfe values must be >= 1 and --gamma values in [0, 1]")
-    rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log)
-    result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
-              "plot": str(plot)}
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    series: dict[str, list] = {}
-    for r in rows:
-        key = f"gamma {r['gamma']:g}" if r["gamma"] is not None else r["solver"]
-        series.setdefault(key, []).append((r["nfe"], r["score"]))
-    if model.is_trajectory:  # NFE 1 is the same for every gamma: show it on every line
-        first = next((r for r in rows if r["nfe"] == min(nfe_list)), None)
-        for key in series:
-            if first and all(x != first["nfe"] for x, _ in series[key]):
-                series[key].insert(0, (first["nfe"], first["score"]))
-    save_png(line_chart(series, f"{Path(str(model.path)).name}: {name}", "NFE", "score"), plot)
+    result = sweep_job(model, nfe_list, gamma_list, metric=metric, features=features, ref=ref, n=n, seed=seed,
+                       batch=batch, device=dev, out=out, plot=plot, progress=rep.log)
+    rows = result["rows"]
     if json_out:
         rep.result({**result, "out": str(out)})
     else:

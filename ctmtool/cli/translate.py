@@ -14,7 +14,6 @@ literally named `edit`, write `./edit`.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +25,6 @@ from ctmtool.cli.common import (
     ForceOpt,
     JsonOpt,
     Reporter,
-    at_least,
     check_output,
     handle_errors,
     select_device,
@@ -47,97 +45,28 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
     return model, dev, grid_path
 
 
-def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
-    from ctmtool.jobs.plots import save_png, side_by_side
-
-    cols = [c[:limit] for c in columns] if model.is_image else columns
-    save_png(side_by_side(cols, model.is_image, reference=reference), path)
-    return str(path)
-
-
-def _toy_reference(model, n: int):
-    """Points of the model's target data (grey in a 2-D grid), when the preset's data are a toy set."""
-    if model.is_image or model.preset.data.source != "toy":
-        return None
-    from ctmtool.data import toy_points
-
-    d = model.preset.data
-    return toy_points(d.toy, min(4096, max(n, 512)), 1, d.gmm).values
-
-
-def _timed(rep: Reporter, n: int, what: str, fn):
-    t0 = time.time()
-    with rep.progress(n, what, unit="items") as advance:
-        y = fn(advance)
-    return y, time.time() - t0
-
-
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
                seed: int, batch: int, ema: str, device: str, force: bool) -> None:
-    from ctmtool.jobs import inputs
-    from ctmtool.jobs.items import translate_items
-    from ctmtool.jobs.outputs import check_out, write_items
-    from ctmtool.jobs.plan import refuse_translation
+    from ctmtool.jobs.translation import translation_job
 
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    refuse_translation(model, nfe, gamma)
-    out_path = check_out(out, model.is_image, force)
-    data = inputs.load_inputs(src, model, split_pairs=True, log=rep.log)
-    x = clean = data.x
-    check_out(out, model.is_image, force, one_png_for=len(x))
-    if degrade:
-        x = inputs.degrade(x, model, seed)
-    rep.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on {dev}")
-    y, seconds = _timed(rep, len(x), "translate", lambda adv: translate_items(
-        model, x, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=dev, progress=adv))
-    info = write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False)
-    if grid_path is not None:
-        cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
-        info["grid"] = _grid(cols, grid_path, model, reference=_toy_reference(model, len(y)))
-    rep.result({**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
-                "degrade": degrade, "seed": seed, "checkpoint": str(model.path),
-                "mean_displacement": round(float((y - x).flatten(1).norm(dim=1).mean()), 6),
-                "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)},
-               title="translate")
+    rep.result(translation_job(model, src, out, nfe=nfe, gamma=gamma, degrade=degrade, grid=grid_path, seed=seed,
+                               batch=batch, device=dev, force=force, report=rep), title="translate")
 
 
 def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strokes: str | None, mask: str | None,
           keep_unmasked: bool, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
           device: str, force: bool) -> None:
-    from ctmtool.core.editing import check_editable, composite, strength_to_level
-    from ctmtool.jobs import inputs
-    from ctmtool.jobs.items import edit_items
-    from ctmtool.jobs.outputs import check_out, write_items
+    from ctmtool.jobs.translation import edit_job
 
     if mask is not None and strokes is None:
         raise UserError("--mask goes with --strokes (it marks where the strokes apply)")
     if keep_unmasked and strokes is None:
         raise UserError("--keep-unmasked goes with --strokes")
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    check_editable(model)
-    level = strength_to_level(model, strength)
-    check_editable(model, level)
-    out_path = check_out(out, model.is_image, force)
-    data = inputs.load_inputs(image, model, log=rep.log)
-    x = data.x
-    check_out(out, model.is_image, force, one_png_for=len(x))
-    s = inputs.load_strokes(strokes, model, len(x), rep.log) if strokes is not None else None
-    m = inputs.load_mask(mask, model, len(x), rep.log) if mask is not None else None
-    painted = composite(x, s, m) if s is not None else None
-    unit = "t" if model.kind == "gctm" else "sigma"
-    rep.log(f"editing {len(x)} items with {model.path} ({model.kind}) at strength {strength} ({unit} = {level:.4g}), NFE {nfe}")
-    y, seconds = _timed(rep, len(x), "edit", lambda adv: edit_items(
-        model, x, level, strokes=s, mask=m, keep_unmasked=keep_unmasked, nfe=nfe, gamma=gamma, seed=seed,
-        batch=batch, device=dev, progress=adv))
-    start = x if painted is None else painted
-    info = write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False)
-    if grid_path is not None:
-        info["grid"] = _grid([x] + ([painted] if painted is not None else []) + [y], grid_path, model)
-    rep.result({**info, "n": len(y), "kind": model.kind, "strength": strength, "level": round(level, 6),
-                "level_unit": unit, "nfe": nfe, "gamma": gamma, "strokes": strokes, "mask": mask, "seed": seed,
-                "checkpoint": str(model.path), "mean_change": round(float((y - start).flatten(1).norm(dim=1).mean()), 6),
-                "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)},
-               title="edit")
+    rep.result(edit_job(model, image, out, strength=strength, strokes=strokes, mask=mask, keep_unmasked=keep_unmasked,
+                        nfe=nfe, gamma=gamma, grid=grid_path, seed=seed, batch=batch, device=dev, force=force,
+                        report=rep), title="edit")
 
 
 @handle_errors
@@ -173,7 +102,6 @@ def translate_cmd(
     The same --seed gives the same outputs at any --batch. Results go to --out; the summary to stdout.
     """
     rep = Reporter(json_out)
-    at_least(1, nfe=nfe, batch=batch)
     if source == "edit":
         if image is None:
             raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")

@@ -18,8 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ctmtool.core.sampling import gamma_sample
-from ctmtool.errors import UserError
+from ctmtool.core.sampling import SamplingPlan, gamma_sample
 
 Noise = Callable[[], torch.Tensor]
 
@@ -43,41 +42,28 @@ def finish(model, x: torch.Tensor) -> torch.Tensor:
 
 def strength_to_level(model, strength: float) -> float:
     """An editing strength in (0, 1] as the model's own level (`TrajectoryModel.strength_level`)."""
-    if not 0.0 < strength <= 1.0:
-        raise UserError(f"`strength` must be in (0, 1], got {strength}")
-    check_editable(model)
     return model.net.strength_level(strength)
 
 
 def edit_schedule(model, level: float, nfe: int = 1) -> torch.Tensor:
-    """Levels for `nfe` jumps from `level` down to the end of the trajectory."""
-    if nfe < 1:
-        raise UserError(f"`nfe` must be at least 1, got {nfe}")
+    """Levels for `nfe` >= 1 jumps from `level` down to the end of the trajectory."""
     return model.net.edit_schedule(level, nfe)
 
 
-def check_editable(model, level: float | None = None) -> None:
-    """Refuse a model that cannot edit (a teacher; a GCTM from a non-Gaussian source) or a level out of range."""
-    if not model.is_trajectory:
-        raise UserError(f"{model.path or 'this model'} is a {model.kind} checkpoint; editing needs a CTM or a GCTM "
-                        "(a teacher can be distilled into a CTM with `ctmtool distill`)")
-    model.net.check_level(model.net.strength_level(1.0) if level is None else level)
-
-
 @torch.no_grad()
-def sdedit(model, x: torch.Tensor, t0: float, noise: Noise | None = None, generator: torch.Generator | None = None,
-           labels=None, nfe: int = 1, gamma: float = 0.0) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022) with trajectory jumps: perturb x to level t0, then jump back to the data.
+def sdedit(model, x: torch.Tensor, t0: float, plan: SamplingPlan, noise: Noise | None = None,
+           generator: torch.Generator | None = None, labels=None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022) with trajectory jumps: perturb x to level t0, then jump back to the data along
+    `plan.schedule` (from t0; `ctmtool.jobs.plan.plan_editing` settles both and checks the model can edit).
 
     t0 is the model's own level (see the module docstring). Larger t0: more freedom, less faithfulness.
     """
-    check_editable(model, t0)
     if tuple(x.shape[1:]) != tuple(model.data_shape):
-        raise UserError(f"inputs of shape {tuple(x.shape[1:])} do not match the model's {tuple(model.data_shape)}")
+        raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match the model's {tuple(model.data_shape)}")
     x = x.float()
     draw = noise_source(noise, generator, x)
     x_t = model.net.perturb(x, t0, draw())
-    return finish(model, gamma_sample(model.net, x_t, edit_schedule(model, t0, nfe), draw, labels, gamma=gamma))
+    return finish(model, gamma_sample(model.net, x_t, plan.schedule, draw, labels, gamma=plan.gamma))
 
 
 def stroke_mask(image: torch.Tensor, strokes: torch.Tensor, tol: float = 4 / 127.5) -> torch.Tensor:
@@ -93,15 +79,15 @@ def composite(image: torch.Tensor, strokes: torch.Tensor, mask: torch.Tensor | N
 
 @torch.no_grad()
 def stroke_edit(model, image: torch.Tensor, strokes_image: torch.Tensor, mask: torch.Tensor | None, t0: float,
-                noise: Noise | None = None, generator: torch.Generator | None = None, labels=None, nfe: int = 1,
-                gamma: float = 0.0, keep_unmasked: bool = False) -> torch.Tensor:
+                plan: SamplingPlan, noise: Noise | None = None, generator: torch.Generator | None = None, labels=None,
+                keep_unmasked: bool = False) -> torch.Tensor:
     """Stroke-guided editing (SDEdit, Meng et al. 2022, Sec. 4.1): `sdedit` of the composite image.
 
     mask (B or 1, 1, H, W) in [0, 1] marks where the strokes apply (None: wherever they differ from the
     image); keep_unmasked=True pastes the original back outside the mask (SDEdit's image compositing).
     """
     if image.ndim != 4:
-        raise UserError("stroke editing is for images")
+        raise ValueError("stroke editing is for images")
     m = stroke_mask(image, strokes_image) if mask is None else mask.to(image)
-    out = sdedit(model, composite(image, strokes_image, m), t0, noise, generator, labels, nfe, gamma)
+    out = sdedit(model, composite(image, strokes_image, m), t0, plan, noise, generator, labels)
     return m * out + (1 - m) * image if keep_unmasked else out

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ctmtool.core.schedules import ctm_default_schedule, gctm_times, karras_sigmas
-from ctmtool.errors import UserError
 
 
 def _bcast(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +138,7 @@ class NoisePath:
 
     def check_level(self, level: float) -> None:
         if not self.sigma_min < level <= self.sigma_max:
-            raise UserError(f"noise level {level:g} is outside this CTM's range ({self.sigma_min:g}, {self.sigma_max:g}]")
+            raise ValueError(f"noise level {level:g} is outside this CTM's range ({self.sigma_min:g}, {self.sigma_max:g}]")
 
 
 class TrajectoryModel(nn.Module):
@@ -183,7 +182,8 @@ class TrajectoryModel(nn.Module):
         raise NotImplementedError
 
     def check_level(self, level: float) -> None:
-        """Refuse an editing level this model cannot start from (UserError)."""
+        """Refuse an editing level this model cannot start from (ValueError; `ctmtool.jobs.plan.check_editable`
+        shows it as the user's error)."""
         raise NotImplementedError
 
     def g(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
@@ -299,10 +299,10 @@ class GCTMPrecond(TrajectoryModel):
 
     def check_level(self, level: float) -> None:
         if not self.gaussian_source:
-            raise UserError("this GCTM maps its source distribution to the data, not noise to data, so SDEdit cannot "
+            raise ValueError("this GCTM maps its source distribution to the data, not noise to data, so SDEdit cannot "
                             "re-noise an image for it; use a CTM or a GCTM trained with coupling 'independent' or 'ot'")
         if not 0.0 < level <= 1.0:
-            raise UserError(f"GCTM time {level:g} is outside (0, 1]")
+            raise ValueError(f"GCTM time {level:g} is outside (0, 1]")
 
     def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
         # at t = 0 there is nothing left to transport

@@ -16,7 +16,6 @@ from ctmtool.core import distributed as ddp
 from ctmtool.core import solvers
 from ctmtool.core.noise import ImageNoise, make_noise  # noqa: F401  (ImageNoise: the EDM-equal stream)
 from ctmtool.core.schedules import karras_sigmas
-from ctmtool.errors import UserError
 
 
 @torch.no_grad()
@@ -24,8 +23,8 @@ def gamma_sample(model, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tenso
                  labels=None, gamma: float = 0.0) -> torch.Tensor:
     """Kim et al. 2024, Alg. 1 (gamma-sampling) for any trajectory model: jump sigma_i -> s with
     s = sqrt(1-gamma^2)(sigma_{i+1} - sigma_last) + sigma_last, then `model.renoise` s -> sigma_{i+1}."""
-    if not 0.0 <= gamma <= 1.0:
-        raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
+    if not 0.0 <= gamma <= 1.0:  # a programming error: user settings are checked by ctmtool.jobs.plan
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     sig = [float(s) for s in sigmas]
     last, n = sig[-1], len(sig) - 1
     for i in range(n):

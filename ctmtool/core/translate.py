@@ -9,36 +9,27 @@ from __future__ import annotations
 import torch
 
 from ctmtool.core.editing import Noise, finish
-from ctmtool.core.sampling import gamma_sample
-from ctmtool.errors import UserError
+from ctmtool.core.sampling import SamplingPlan, gamma_sample
 
 
 def translation_schedule(model, nfe: int = 1) -> torch.Tensor:
-    """Times for `nfe` jumps: the GCTM training grid with nfe + 1 points (preset.diffusion sigmas), 1 -> 0."""
-    if nfe < 1:
-        raise UserError(f"`nfe` must be at least 1, got {nfe}")
+    """Times for `nfe` >= 1 jumps: the GCTM training grid with nfe + 1 points (preset.diffusion sigmas), 1 -> 0."""
     return model.net.default_schedule(nfe)
 
 
 @torch.no_grad()
-def translate(model, x1: torch.Tensor, nfe: int = 1, gamma: float = 0.0, noise: Noise | None = None,
-              labels=None) -> torch.Tensor:
-    """GCTM translation x1 -> x0: G(x1 + eps, 1, 0) in one step (GCTM Sec. 3; Alg. 2 with N = 1), or nfe jumps.
+def translate(model, x1: torch.Tensor, plan: SamplingPlan, noise: Noise | None = None, labels=None) -> torch.Tensor:
+    """GCTM translation x1 -> x0 along `plan.schedule` (`ctmtool.jobs.plan.plan_translation`): G(x1 + eps, 1, 0)
+    in one step (GCTM Sec. 3; Alg. 2 with N = 1), or nfe jumps with gamma-sampling at `plan.gamma`.
 
     eps = preset.gctm.source_noise * noise() when the model was trained with source noise and `noise` is
-    given (the reference's X1_eps_std at inference); without `noise` the source is used as is. gamma > 0
-    (stochastic multistep) needs a Gaussian source (independent / ot coupling) and `noise`.
+    given (the reference's X1_eps_std at inference); without `noise` the source is used as is. The plan is
+    trusted: `plan_translation` has refused models that do not translate and gamma > 0 for non-Gaussian sources.
     """
-    if model.kind != "gctm":
-        raise UserError(f"{model.path or 'this model'} is a {model.kind} checkpoint; translation needs a GCTM "
-                        "(train one with `ctmtool distill --preset toy-translate` or another GCTM preset)")
-    if gamma > 0 and nfe > 1 and not model.net.gaussian_source:
-        raise UserError(f"gamma > 0 re-noises with Gaussian noise, which only fits a Gaussian source; this GCTM's "
-                        f"coupling is {model.preset.gctm.coupling!r}: use `gamma` 0")
     if tuple(x1.shape[1:]) != tuple(model.data_shape):
-        raise UserError(f"inputs of shape {tuple(x1.shape[1:])} do not match the model's {tuple(model.data_shape)}")
+        raise ValueError(f"inputs of shape {tuple(x1.shape[1:])} do not match the model's {tuple(model.data_shape)}")
     x = x1.float()
     source_noise = model.preset.gctm.source_noise
     if source_noise > 0 and noise is not None:
         x = x + source_noise * noise()
-    return finish(model, gamma_sample(model.net, x, translation_schedule(model, nfe), noise, labels, gamma))
+    return finish(model, gamma_sample(model.net, x, plan.schedule, noise, labels, plan.gamma))

@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ctmtool.core.sampling import SamplingPlan
 from ctmtool.errors import UserError
+from ctmtool.jobs.plan import plan_explicit, plan_translation
 
 DEFAULT_TOL = 1e-4  # max |ort - torch| <= tol * max(1, max |torch|)
 
@@ -79,12 +81,18 @@ class Graph:
     levels: tuple[str, ...]   # inputs that are per-sample levels (B,), the rest are data-shaped
 
 
+def one_step_plan(model) -> SamplingPlan:
+    """The exported graphs' one jump: a translator's plan (`plan_translation`) or a generator's (one jump of
+    gamma-sampling), checked once by `ctmtool.jobs.plan`."""
+    return plan_translation(model) if model.net.translates else plan_explicit(model, nfe=1)
+
+
 def model_graphs(model) -> list[Graph]:
     """The graphs of a ctmtool `Model` worth exporting, its main one first."""
     net, clamp = model.net, model.is_image
     lab = ["labels"] if model.label_dim else []
     if model.is_trajectory:  # one jump along the model's own one-step schedule, and the general jump
-        t, s = (float(v) for v in net.default_schedule(1))
+        t, s = (float(v) for v in one_step_plan(model).schedule)
         jump = Graph("jump", _Jump(net), ["x", "t", "s", *lab], ("t", "s"))
         if net.translates:  # the source is given as is (a GCTM's x1)
             return [Graph("translator", _Translator(net, 1.0, t, s, clamp), ["x1", *lab], ()), jump]
@@ -96,7 +104,7 @@ def model_graphs(model) -> list[Graph]:
 
 def random_inputs(model, graph: Graph, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Inputs for a check: data ~ N(0, level^2) at levels log-uniform over the model's range, s = u t."""
-    ends = model.net.default_schedule(1) if model.is_trajectory else (model.sigma_max, model.sigma_min)
+    ends = one_step_plan(model).schedule if model.is_trajectory else (model.sigma_max, model.sigma_min)
     lo, hi = max(float(ends[-1]), 1e-3), float(ends[0])
     t = torch.exp(math.log(lo) + torch.rand(batch, generator=generator) * (math.log(hi) - math.log(lo)))
     out = {}

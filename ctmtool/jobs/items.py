@@ -20,7 +20,6 @@ from ctmtool.core.noise import ImageNoise
 from ctmtool.core.sampling import SamplingPlan, distributed_generate, generate
 from ctmtool.core.translate import translate
 from ctmtool.errors import UserError
-from ctmtool.jobs.plan import refuse_translation
 
 Advance = Callable[[int], None] | None
 
@@ -126,27 +125,27 @@ def _batched(fn, x: torch.Tensor, model, seed: int, batch: int, device, progress
     return check_finite(torch.cat(outs), "the model's outputs", "the checkpoint's weights may hold NaN/inf")
 
 
-def translate_items(model, x: torch.Tensor, *, nfe: int = 1, gamma: float = 0.0, seed: int = 0, batch: int = 256,
+def translate_items(model, x: torch.Tensor, plan: SamplingPlan, *, seed: int = 0,
                     device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
-    """GCTM translation of every row of x (GCTM paper, Sec. 4: one jump G(x1, 1, 0) when nfe = 1)."""
-    refuse_translation(model, nfe, gamma)
-    return _batched(lambda xb, noise, lo, hi: translate(model, xb, nfe=nfe, gamma=gamma, noise=noise),
-                    x, model, seed, batch, device, progress)
+    """GCTM translation of every row of x along `plan` (`plan_translation`; GCTM paper, Sec. 4: one jump
+    G(x1, 1, 0) when nfe = 1), `plan.batch` rows at a time."""
+    return _batched(lambda xb, noise, lo, hi: translate(model, xb, plan, noise=noise),
+                    x, model, seed, plan.batch, device, progress)
 
 
-def edit_items(model, x: torch.Tensor, level: float, *, strokes: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None, keep_unmasked: bool = False, nfe: int = 1, gamma: float = 0.0,
-               seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
-               progress: Advance = None) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022) of every row of x from `level`, or stroke editing when `strokes` are given."""
+def edit_items(model, x: torch.Tensor, level: float, plan: SamplingPlan, *, strokes: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None, keep_unmasked: bool = False, seed: int = 0,
+               device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022) of every row of x from `level` along `plan` (`editing_level`, `plan_editing`),
+    or stroke editing when `strokes` are given."""
     def one(xb, noise, lo, hi):
         if strokes is None:
-            return sdedit(model, xb, level, noise=noise, nfe=nfe, gamma=gamma)
+            return sdedit(model, xb, level, plan, noise=noise)
         mb = None if mask is None else mask[lo:hi].to(xb.device)
-        return stroke_edit(model, xb, strokes[lo:hi].to(xb.device), mb, level, noise=noise, nfe=nfe, gamma=gamma,
+        return stroke_edit(model, xb, strokes[lo:hi].to(xb.device), mb, level, plan, noise=noise,
                            keep_unmasked=keep_unmasked)
 
-    return _batched(one, x, model, seed, batch, device, progress)
+    return _batched(one, x, model, seed, plan.batch, device, progress)
 
 
 def check_finite(x: torch.Tensor, what: str, fix: str) -> torch.Tensor:

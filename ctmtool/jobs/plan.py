@@ -58,6 +58,49 @@ def refuse_translation(model, nfe: int = 1, gamma: float = 0.0) -> None:
                         f"coupling is {model.preset.gctm.coupling!r}: use `gamma` 0")
 
 
+def plan_translation(model, *, nfe: int = 1, gamma: float = 0.0, batch: int = 256) -> SamplingPlan:
+    """The plan of GCTM translation (`ctmtool.core.translate.translate`): `nfe` jumps along the model's time
+    grid, 1 -> 0, with gamma-sampling; refused for a model that does not translate (`refuse_translation`)."""
+    refuse_translation(model, nfe, gamma)
+    if batch < 1:
+        raise UserError(f"`batch` must be at least 1, got {batch}")
+    return SamplingPlan("gamma", model.net.default_schedule(nfe), gamma, batch=batch)
+
+
+def check_editable(model, level: float | None = None) -> None:
+    """Refuse a model that cannot edit (a teacher; a GCTM from a non-Gaussian source) or a level out of range."""
+    if not model.is_trajectory:
+        raise UserError(f"{model.path or 'this model'} is a {model.kind} checkpoint; editing needs a CTM or a GCTM "
+                        "(a teacher can be distilled into a CTM with `ctmtool distill`)")
+    try:
+        model.net.check_level(model.net.strength_level(1.0) if level is None else level)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def editing_level(model, strength: float) -> float:
+    """An editing strength in (0, 1] as the model's own level (`TrajectoryModel.strength_level`), checked."""
+    check_editable(model)
+    if not 0.0 < strength <= 1.0:
+        raise UserError(f"`strength` must be in (0, 1], got {strength}")
+    level = model.net.strength_level(strength)
+    check_editable(model, level)
+    return level
+
+
+def plan_editing(model, level: float, *, nfe: int = 1, gamma: float = 0.0, batch: int = 256) -> SamplingPlan:
+    """The plan of SDEdit / stroke editing from `level` (`editing_level`): `nfe` jumps down to the end of the
+    trajectory (`ctmtool.core.editing.sdedit`)."""
+    check_editable(model, level)
+    if nfe < 1:
+        raise UserError(f"`nfe` must be at least 1, got {nfe}")
+    if not 0.0 <= gamma <= 1.0:
+        raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
+    if batch < 1:
+        raise UserError(f"`batch` must be at least 1, got {batch}")
+    return SamplingPlan("gamma", model.net.edit_schedule(level, nfe), gamma, batch=batch)
+
+
 def check_sigmas(model, sigmas: list[float], final_zero: bool) -> None:
     """Refuse noise levels outside the model's [sigma_min, sigma_max] (a final 0 is allowed for ODE solvers)."""
     try:

@@ -3,13 +3,19 @@ quality does not degrade as NFE grows)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from ctmtool.checkpoint import atomic_write
 from ctmtool.core.sampling import generate
+from ctmtool.data import load_dataset, load_images
 from ctmtool.jobs.plan import plan_sampling
+from ctmtool.jobs.plots import line_chart, save_png
+from ctmtool.metrics.quality import make_scorer
 
 
 def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torch.Tensor], float], n: int,
@@ -20,11 +26,12 @@ def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torc
     rows = []
     configs = ([("gamma", nfe, g) for nfe in nfes for g in gammas] if model.is_trajectory
                else [("heun", steps, 0.0) for steps in (teacher_steps or [2, 4, 8, 18])])
-    configs = [(solver, k, gamma) for solver, k, gamma in configs
-               if not (solver == "gamma" and k == 1 and gamma != gammas[0])]  # with one jump gamma changes nothing
     plans = [plan_sampling(model, solver=solver, nfe=k, gamma=gamma, noise="edm", batch=batch) if solver == "gamma"
              else plan_sampling(model, solver=solver, steps=k, noise="edm", batch=batch)
-             for solver, k, gamma in configs]  # every setting checked before any sampling
+             for solver, k, gamma in configs]  # every setting (nfe >= 1, gamma in [0, 1]) checked before any sampling
+    keep = [not (solver == "gamma" and k == 1 and gamma != gammas[0]) for solver, k, gamma in configs]
+    configs = [c for c, k in zip(configs, keep, strict=True) if k]  # with one jump gamma changes nothing
+    plans = [p for p, k in zip(plans, keep, strict=True) if k]
     for (solver, k, gamma), plan in zip(configs, plans, strict=True):
         t0 = time.time()
         x = torch.cat([b.cpu() for b, _ in generate(model, n, plan, seed=seed, device=device)])
@@ -35,3 +42,39 @@ def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torc
         if progress is not None:
             progress(f"nfe {nfe} gamma {row['gamma']}: {row['score']:.5g}")
     return rows
+
+
+def sweep_series(model, rows: list[dict]) -> dict[str, list]:
+    """The plot's lines: score against NFE, one line per gamma (per solver for a teacher)."""
+    series: dict[str, list] = {}
+    for r in rows:
+        key = f"gamma {r['gamma']:g}" if r["gamma"] is not None else r["solver"]
+        series.setdefault(key, []).append((r["nfe"], r["score"]))
+    if model.is_trajectory:  # NFE 1 is the same for every gamma: show it on every line
+        lowest = min((r["nfe"] for r in rows), default=None)
+        first = next((r for r in rows if r["nfe"] == lowest), None)
+        for key in series:
+            if first and all(x != first["nfe"] for x, _ in series[key]):
+                series[key].insert(0, (first["nfe"], first["score"]))
+    return series
+
+
+def sweep_job(model, nfes: list[int], gammas: list[float], *, metric: str | None, features: str | None,
+              ref: str | None, n: int, seed: int, batch: int, device, out: Path, plot: Path,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """`ctmtool sample sweep`: the metric chosen (logp for Gaussian-mixture toy data, else fd-pixels) and its
+    references loaded, `nfe_sweep` run, the table written to `out` (JSON) and the plot to `plot`; returns the
+    table."""
+    p = model.preset
+    gmm = p.data.source == "toy" and p.data.toy == "gmm"
+    metric = metric or ("logp" if gmm else "fd-pixels")
+    reference = None
+    if metric == "fd-pixels":
+        reference = load_images(ref) if ref else load_dataset(p.data)
+    name, score, base = make_scorer(metric, p, reference, features, ref, device)
+    rows = nfe_sweep(model, nfes, gammas, score, n, seed, batch, device, progress=progress)
+    result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
+              "plot": str(plot)}
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    save_png(line_chart(sweep_series(model, rows), f"{Path(str(model.path)).name}: {name}", "NFE", "score"), plot)
+    return result

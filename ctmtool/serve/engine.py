@@ -24,7 +24,7 @@ import torch
 
 from ctmtool.core.sampling import sample_from
 from ctmtool.errors import UserError
-from ctmtool.jobs.plan import plan_sampling, refuse_translation
+from ctmtool.jobs.plan import editing_level, plan_editing, plan_sampling, plan_translation
 
 MAX_NFE = 8  # the page's NFE slider stops here (interactive use)
 
@@ -155,24 +155,25 @@ class Engine:
     def edit(self, x: torch.Tensor, strength: float, seed: int = 0, nfe: int = 1, gamma: float = 0.0,
              label: int | None = None) -> tuple[torch.Tensor, float]:
         """SDEdit of x (N, *shape) in the data range: noise to the strength's level, jump back."""
-        from ctmtool.core.editing import sdedit, strength_to_level
+        from ctmtool.core.editing import sdedit
 
         if "edit" not in self.info()["editor"]:
             raise UserError(f"a {self.model.kind} model cannot edit (SDEdit needs a CTM, or a GCTM with a Gaussian source)")
         self._check(x)
-        level = strength_to_level(self.model, strength)
+        level = editing_level(self.model, strength)
+        plan = plan_editing(self.model, level, nfe=nfe, gamma=gamma, batch=len(x))
         gen = torch.Generator().manual_seed(seed)
         labels = self._labels(label, len(x))
-        return self._timed(lambda: sdedit(self.fast, x, level, generator=gen, labels=labels, nfe=nfe, gamma=gamma))
+        return self._timed(lambda: sdedit(self.fast, x, level, plan, generator=gen, labels=labels))
 
     def translate(self, x1: torch.Tensor, nfe: int = 1, label: int | None = None) -> tuple[torch.Tensor, float]:
         """GCTM translation of x1 (N, *shape) from the source side."""
         from ctmtool.core.translate import translate
 
-        refuse_translation(self.model, nfe)
+        plan = plan_translation(self.model, nfe=nfe, batch=len(x1))
         self._check(x1)
         labels = self._labels(label, len(x1))
-        return self._timed(lambda: translate(self.fast, x1, nfe=nfe, labels=labels))
+        return self._timed(lambda: translate(self.fast, x1, plan, labels=labels))
 
     def _check(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != tuple(self.model.data_shape):

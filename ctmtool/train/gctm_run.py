@@ -25,6 +25,7 @@ from ctmtool.data import load_dataset, toy_points
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
 from ctmtool.gctm.couplings import Coupling, coupling_from_config, coupling_kind, item_shape, load_paired
+from ctmtool.jobs.plan import plan_translation
 from ctmtool.jobs.plots import save_png, side_by_side
 from ctmtool.train.gctm_objective import gctm_objective
 from ctmtool.train.setup import RunParts, check_labels
@@ -76,7 +77,7 @@ def _snapshotter(obj, preset: Preset, shape, pairs, run_dir: Path):
 
     def snapshot(step: int) -> Path:
         model = Model("gctm", obj.sampling_model(), preset, tuple(shape))
-        out = translate(model, x1)
+        out = translate(model, x1, plan_translation(model))
         cols = [x1, out, x0] if model.is_image else [x1, out]
         pic = side_by_side(cols, model.is_image, reference=None if model.is_image else x0)
         return save_png(pic, run_dir / f"samples-{step:08d}.png")
@@ -90,7 +91,7 @@ def _gmm_evaluator(obj, preset: Preset, shape, pairs):
 
     def evaluate() -> dict:
         model = Model("gctm", obj.sampling_model(), preset, tuple(shape))
-        return {"logp_translations": float(gmm.log_prob(translate(model, x1).cpu()).mean())}
+        return {"logp_translations": float(gmm.log_prob(translate(model, x1, plan_translation(model)).cpu()).mean())}
 
     return evaluate
 
@@ -174,7 +175,7 @@ def translation_report(model: Model, n: int = 4096, seed: int = 12345, nfe: int 
     """One-step outputs of held-out sources vs fresh target samples (2-D toy presets); baselines alongside."""
     preset = model.preset
     x1 = held_out_sources(preset, n, seed)
-    out = translate(model, x1.to(next(model.net.parameters()).device), nfe=nfe).cpu()
+    out = translate(model, x1.to(next(model.net.parameters()).device), plan_translation(model, nfe=nfe)).cpu()
     target = toy_points(preset.data.toy, n, seed + 1, preset.data.gmm).values
     target2 = toy_points(preset.data.toy, n, seed + 2, preset.data.gmm).values
     rep = {"n": n, "nfe": nfe,

@@ -11,6 +11,7 @@ from ctmtool.core import editing as E
 from ctmtool.core.models import Model
 from ctmtool.core.sampling import ImageNoise
 from ctmtool.errors import UserError
+from ctmtool.jobs.plan import editing_level, plan_editing
 
 IMG = (1, 8, 8)
 MOMENTS = {"moments": {"var0": 0.25, "var1": 0.5, "cov01": 0.1}}
@@ -42,9 +43,9 @@ def test_strength_maps_to_levels_of_equal_snr(gctm_model, ctm_model):
         torch.testing.assert_close(g.net.perturb(x, t, z) / (1 - t), c.net.perturb(x, sigma, z))
     assert E.strength_to_level(c, 1.0) == c.sigma_max == 80.0  # capped at the top of the CTM's range
     assert E.strength_to_level(g, 1.0) == 1.0
-    for bad in (0.0, -0.1, 1.5):
+    for bad in (0.0, -0.1, 1.5):  # settings are checked by the jobs layer (the maths trusts its inputs)
         with pytest.raises(UserError, match="`strength`"):
-            E.strength_to_level(c, bad)
+            editing_level(c, bad)
 
 
 @pytest.mark.parametrize("kind", ["ctm", "gctm"])
@@ -62,27 +63,31 @@ def test_sdedit_keeps_more_of_the_image_at_lower_strength(gctm_model, ctm_model)
     x = torch.rand(4, *IMG, generator=torch.Generator().manual_seed(0)) * 2 - 1
     changes = []
     for strength in (0.01, 0.5, 0.9):
-        y = E.sdedit(m, x, E.strength_to_level(m, strength), noise=ImageNoise(range(4), IMG))
+        level = E.strength_to_level(m, strength)
+        y = E.sdedit(m, x, level, plan_editing(m, level), noise=ImageNoise(range(4), IMG))
         assert y.shape == x.shape and y.abs().max() <= 1
         changes.append(float((y - x).abs().mean()))
     assert changes[0] < 0.05 and changes[0] < changes[1] < changes[2]
-    a = E.sdedit(m, x, 1.0, generator=torch.Generator().manual_seed(5))
-    b = E.sdedit(m, x, 1.0, generator=torch.Generator().manual_seed(5))
+    a = E.sdedit(m, x, 1.0, plan_editing(m, 1.0), generator=torch.Generator().manual_seed(5))
+    b = E.sdedit(m, x, 1.0, plan_editing(m, 1.0), generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
 
 
 def test_sdedit_with_a_gaussian_source_gctm_and_refusals(gctm_model, ctm_model):
     m = gctm_model()
     x = torch.rand(3, *IMG) * 2 - 1
-    y = E.sdedit(m, x, 0.5, noise=ImageNoise(range(3), IMG), nfe=2, gamma=0.3)
+    y = E.sdedit(m, x, 0.5, plan_editing(m, 0.5, nfe=2, gamma=0.3), noise=ImageNoise(range(3), IMG))
     assert y.shape == x.shape and torch.isfinite(y).all()
+    # the refusals are the jobs layer's plan (the maths trusts its inputs)
     with pytest.raises(UserError, match="SDEdit"):
-        E.sdedit(gctm_model("corrupt:sr2"), x, 0.5, noise=ImageNoise(range(3), IMG))
+        plan_editing(gctm_model("corrupt:sr2"), 0.5)
     with pytest.raises(UserError, match="range"):
-        E.sdedit(ctm_model(), x, 500.0, noise=ImageNoise(range(3), IMG))
+        plan_editing(ctm_model(), 500.0)
     teacher = Model("teacher", nn.Identity(), m.preset, IMG)
     with pytest.raises(UserError, match="CTM or a GCTM"):
-        E.sdedit(teacher, x, 0.5)
+        plan_editing(teacher, 0.5)
+    with pytest.raises(UserError, match="CTM or a GCTM"):
+        editing_level(teacher, 0.5)
 
 
 def test_stroke_edit_composites_and_keeps_the_unmasked_part(gctm_model, ctm_model):
@@ -93,7 +98,8 @@ def test_stroke_edit_composites_and_keeps_the_unmasked_part(gctm_model, ctm_mode
     mask = E.stroke_mask(image, strokes)
     assert mask.shape == (2, 1, 8, 8) and int(mask.sum()) == 2 * 9
     assert torch.equal(E.composite(image, strokes), strokes)
-    out = E.stroke_edit(m, image, strokes, None, 2.0, noise=ImageNoise(range(2), IMG), keep_unmasked=True)
+    plan = plan_editing(m, 2.0)
+    out = E.stroke_edit(m, image, strokes, None, 2.0, plan, noise=ImageNoise(range(2), IMG), keep_unmasked=True)
     assert torch.equal(out * (1 - mask), image * (1 - mask))
-    free = E.stroke_edit(m, image, strokes, None, 2.0, noise=ImageNoise(range(2), IMG))
+    free = E.stroke_edit(m, image, strokes, None, 2.0, plan, noise=ImageNoise(range(2), IMG))
     assert not torch.equal(free * (1 - mask), image * (1 - mask))

@@ -97,9 +97,10 @@ def test_intermediate_gamma_levels(gamma):
 
 
 def test_gamma_sample_refusals():
-    with pytest.raises(UserError, match="gamma"):
+    """Programming errors only (a user's gamma is refused by `jobs/plan.plan_sampling`, test_generate_refusals)."""
+    with pytest.raises(ValueError, match="gamma"):
         gamma_sample(Recorder(), torch.zeros(1, 2), SIG, noise=Ones((1, 2)), gamma=1.5)
-    with pytest.raises(UserError, match="gamma"):
+    with pytest.raises(ValueError, match="gamma"):
         gamma_sample(Recorder(), torch.zeros(1, 2), SIG, noise=Ones((1, 2)), gamma=-0.1)
     with pytest.raises(ValueError, match="noise"):
         gamma_sample(Recorder(), torch.zeros(1, 2), SIG, noise=None, gamma=0.5)

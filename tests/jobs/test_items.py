@@ -10,7 +10,7 @@ from ctmtool.config import override_preset
 from ctmtool.core.models import analytic_model, load_model
 from ctmtool.errors import UserError
 from ctmtool.jobs.items import check_finite, draw, edit_items, sample, translate_items
-from ctmtool.jobs.plan import plan_sampling
+from ctmtool.jobs.plan import plan_editing, plan_sampling, plan_translation
 from tests.cli.conftest import tiny_checkpoint
 from tests.conftest import EDM_RANGE
 
@@ -48,15 +48,15 @@ def test_samples_do_not_depend_on_the_batch(ctm):
 
 def test_translate_and_edit_refuse_what_they_cannot_do(ctm, tmp_path):
     with pytest.raises(UserError, match="needs a GCTM"):
-        translate_items(ctm, torch.zeros(2, 2))
+        plan_translation(ctm)
     gctm = load_model(tiny_checkpoint(tmp_path / "g.safetensors", kind="gctm", preset="toy-translate"))
     x = torch.randn(5, 2)
-    y1 = translate_items(gctm, x, batch=5)
-    y2 = translate_items(gctm, x, batch=2)
+    y1 = translate_items(gctm, x, plan_translation(gctm, batch=5))
+    y2 = translate_items(gctm, x, plan_translation(gctm, batch=2))
     assert torch.allclose(y1, y2, atol=1e-6)
     with pytest.raises(UserError, match="nothing to do"):
-        translate_items(gctm, x[:0])
-    e = edit_items(ctm, x, 1.0, batch=3, seed=1)
+        translate_items(gctm, x[:0], plan_translation(gctm))
+    e = edit_items(ctm, x, 1.0, plan_editing(ctm, 1.0, batch=3), seed=1)
     assert e.shape == x.shape and torch.isfinite(e).all()
 
 

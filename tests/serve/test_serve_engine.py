@@ -30,11 +30,13 @@ def test_walk_noise_is_a_great_circle(digits_engine):
 
 def test_edit_is_the_library_sdedit(digits_engine):
     from ctmtool.core.editing import sdedit, strength_to_level
+    from ctmtool.jobs.plan import plan_editing
 
     m = digits_engine.model
     x = torch.rand((1, *m.data_shape)) * 2 - 1
     out, _ = digits_engine.edit(x, 0.4, seed=5, nfe=2, gamma=0.5)
-    ref = sdedit(m, x, strength_to_level(m, 0.4), generator=torch.Generator().manual_seed(5), nfe=2, gamma=0.5)
+    level = strength_to_level(m, 0.4)
+    ref = sdedit(m, x, level, plan_editing(m, level, nfe=2, gamma=0.5), generator=torch.Generator().manual_seed(5))
     assert torch.allclose(out, ref, atol=1e-6)
 
 

@@ -1,0 +1,96 @@
+"""Translation and editing as jobs: inputs loaded and fitted to the model, the plan settled once
+(`plan_translation`, `editing_level` + `plan_editing`), every item run with its own seed, the outputs (and
+an optional side-by-side grid) written, and the summary statistics returned as one dict for the CLI to show.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ctmtool.core.editing import composite
+from ctmtool.data import toy_points
+from ctmtool.jobs import inputs
+from ctmtool.jobs.items import edit_items, translate_items
+from ctmtool.jobs.outputs import check_out, write_items
+from ctmtool.jobs.plan import editing_level, plan_editing, plan_translation
+from ctmtool.jobs.plots import save_png, side_by_side
+from ctmtool.progress import Progress
+
+
+def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
+    cols = [c[:limit] for c in columns] if model.is_image else columns
+    save_png(side_by_side(cols, model.is_image, reference=reference), path)
+    return str(path)
+
+
+def _toy_reference(model, n: int):
+    """Points of the model's target data (grey in a 2-D grid), when the preset's data are a toy set."""
+    if model.is_image or model.preset.data.source != "toy":
+        return None
+    d = model.preset.data
+    return toy_points(d.toy, min(4096, max(n, 512)), 1, d.gmm).values
+
+
+def _timed(report: Progress, n: int, what: str, fn):
+    t0 = time.time()
+    with report.progress(n, what, unit="items") as advance:
+        y = fn(advance)
+    return y, time.time() - t0
+
+
+def _norm_mean(d: torch.Tensor) -> float:
+    return round(float(d.flatten(1).norm(dim=1).mean()), 6)
+
+
+def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrade: bool, grid: Path | None,
+                    seed: int, batch: int, device, force: bool, report: Progress) -> dict:
+    """`ctmtool translate`: translate the items of `src` with a GCTM into `out`; returns the summary."""
+    plan = plan_translation(model, nfe=nfe, gamma=gamma, batch=batch)
+    out_path = check_out(out, model.is_image, force)
+    data = inputs.load_inputs(src, model, split_pairs=True, log=report.log)
+    x = clean = data.x
+    check_out(out, model.is_image, force, one_png_for=len(x))
+    if degrade:
+        x = inputs.degrade(x, model, seed)
+    report.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on {device}")
+    y, seconds = _timed(report, len(x), "translate", lambda adv: translate_items(
+        model, x, plan, seed=seed, device=device, progress=adv))
+    info = write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False)
+    if grid is not None:
+        cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
+        info["grid"] = _grid(cols, grid, model, reference=_toy_reference(model, len(y)))
+    return {**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
+            "degrade": degrade, "seed": seed, "checkpoint": str(model.path), "mean_displacement": _norm_mean(y - x),
+            "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}
+
+
+def edit_job(model, image: str, out: str, *, strength: float, strokes: str | None, mask: str | None,
+             keep_unmasked: bool, nfe: int, gamma: float, grid: Path | None, seed: int, batch: int, device,
+             force: bool, report: Progress) -> dict:
+    """`ctmtool translate edit`: SDEdit / stroke editing of the items of `image` into `out`; returns the summary."""
+    level = editing_level(model, strength)
+    plan = plan_editing(model, level, nfe=nfe, gamma=gamma, batch=batch)
+    out_path = check_out(out, model.is_image, force)
+    data = inputs.load_inputs(image, model, log=report.log)
+    x = data.x
+    check_out(out, model.is_image, force, one_png_for=len(x))
+    s = inputs.load_strokes(strokes, model, len(x), report.log) if strokes is not None else None
+    m = inputs.load_mask(mask, model, len(x), report.log) if mask is not None else None
+    painted = composite(x, s, m) if s is not None else None
+    unit = "t" if model.kind == "gctm" else "sigma"
+    report.log(f"editing {len(x)} items with {model.path} ({model.kind}) at strength {strength} ({unit} = {level:.4g}), "
+               f"NFE {nfe}")
+    y, seconds = _timed(report, len(x), "edit", lambda adv: edit_items(
+        model, x, level, plan, strokes=s, mask=m, keep_unmasked=keep_unmasked, seed=seed, device=device,
+        progress=adv))
+    start = x if painted is None else painted
+    info = write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False)
+    if grid is not None:
+        info["grid"] = _grid([x] + ([painted] if painted is not None else []) + [y], grid, model)
+    return {**info, "n": len(y), "kind": model.kind, "strength": strength, "level": round(level, 6),
+            "level_unit": unit, "nfe": nfe, "gamma": gamma, "strokes": strokes, "mask": mask, "seed": seed,
+            "checkpoint": str(model.path), "mean_change": _norm_mean(y - start),
+            "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}
