@@ -20,6 +20,7 @@ class Trajectory(Protocol):
     has_density: bool  # g(x, t, t) denoises Gaussian noise: likelihood and ODE solvers work
     gaussian_source: bool  # trajectories start from Gaussian noise: it can generate and edit
     translates: bool  # its source is another distribution's samples (a GCTM)
+    level_unit: str  # what its levels are: "sigma" (noise levels) or "t" (interpolation times)
 
     def g(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor: ...
     def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor: ...

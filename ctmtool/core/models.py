@@ -7,7 +7,6 @@ A `Model` is a preconditioned network ready to use: `.net` is an `EDMPrecond`/`V
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +54,10 @@ class Model:
         return float(self.net.sigma_max)
 
 
+# checkpoint kind -> the trajectory model class that rebuilds it (`TrajectoryModel.from_preset`)
+TRAJECTORY_MODELS = {cls.checkpoint_kind: cls for cls in (CTMPrecond, GCTMPrecond)}
+
+
 def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: dict | None = None) -> nn.Module:
     """A freshly initialised preconditioned network of the given kind."""
     d = preset.diffusion
@@ -65,17 +68,11 @@ def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: 
         if d.precond == "ve":
             return VEPrecond(net, sigma_min=d.sigma_min, sigma_max=d.sigma_max, sigma_data=d.sigma_data)
         return EDMPrecond(net, d.sigma_data, d.sigma_min, d.sigma_max)
-    if kind == "ctm":
-        return CTMPrecond(build_net(preset.net, data_shape, use_s=True), d.sigma_data, d.sigma_min, d.sigma_max,
-                          scheme=d.precond if preset.ctm.student_precond == "teacher" else "edm", rho=d.rho)
-    if kind == "gctm":
-        m, g = (meta or {}).get("moments", {}), preset.gctm
+    trajectory = TRAJECTORY_MODELS.get(kind)
+    if trajectory is not None:
+        g = preset.gctm
         gaussian = g is None or coupling_kind(g.coupling) in GAUSSIAN_SOURCES
-        return GCTMPrecond(build_net(preset.net, data_shape, use_s=True), var0=m.get("var0", d.sigma_data**2),
-                           var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0),
-                           grid_sigmas=(d.sigma_min, d.sigma_max, d.rho), gaussian_source=gaussian,
-                           source_std=math.sqrt(1.0 + (g.source_noise if g else 0.0) ** 2),
-                           label_range=tuple(m["label_range"]) if "label_range" in m else None)
+        return trajectory.from_preset(build_net(preset.net, data_shape, use_s=True), preset, meta or {}, gaussian)
     raise ValueError(f"unknown model kind {kind!r}")
 
 

@@ -113,6 +113,7 @@ class NoisePath:
     has_density = True
     gaussian_source = True
     translates = False
+    level_unit = "sigma"  # its levels are noise levels sigma
 
     def default_schedule(self, nfe: int) -> torch.Tensor:
         """Kim et al. 2024, Sec. 5: the Karras grid with nfe + 1 points, sigma_max to sigma_min."""
@@ -148,6 +149,8 @@ class TrajectoryModel(nn.Module):
     has_density = True  # g(x, t, t) is a denoiser of the Gaussian-noise process
     gaussian_source = True  # trajectories start from Gaussian noise: the model can generate and edit
     translates = False  # its source is another distribution's samples, given as they are (GCTM)
+    level_unit = "sigma"  # what its levels are: noise levels sigma (CTM) or interpolation times t (GCTM)
+    checkpoint_kind = ""  # the `kind` of its checkpoints (ctm | gctm)
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -213,6 +216,14 @@ class CTMPrecond(NoisePath, TrajectoryModel):
     instead, so a student from an imported VP/VE teacher starts as exactly the teacher's denoiser at s = t."""
 
     SCHEMES = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond}
+    checkpoint_kind = "ctm"
+
+    @classmethod
+    def from_preset(cls, net: nn.Module, preset, meta: dict, gaussian_source: bool) -> CTMPrecond:
+        """The student of `preset` around `net` (always a Gaussian source: `gaussian_source` is not used)."""
+        d = preset.diffusion
+        return cls(net, d.sigma_data, d.sigma_min, d.sigma_max,
+                   scheme=d.precond if preset.ctm.student_precond == "teacher" else "edm", rho=d.rho)
 
     def __init__(self,
         net: nn.Module,                 # raw network F(x, noise_t, noise_s, labels=None)
@@ -237,6 +248,18 @@ class GCTMPrecond(TrajectoryModel):
 
     has_density = False  # it transports one distribution to another: no data density
     translates = True  # `translate` maps given sources x1 to the data side
+    level_unit = "t"
+    checkpoint_kind = "gctm"
+
+    @classmethod
+    def from_preset(cls, net: nn.Module, preset, meta: dict, gaussian_source: bool) -> GCTMPrecond:
+        """The GCTM of `preset` around `net`: coupling moments from `meta` (the checkpoint's), the time grid from
+        preset.diffusion, the source's std from preset.gctm.source_noise."""
+        m, g, d = meta.get("moments", {}), preset.gctm, preset.diffusion
+        return cls(net, var0=m.get("var0", d.sigma_data**2), var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0),
+                   grid_sigmas=(d.sigma_min, d.sigma_max, d.rho), gaussian_source=gaussian_source,
+                   source_std=math.sqrt(1.0 + (g.source_noise if g else 0.0) ** 2),
+                   label_range=tuple(m["label_range"]) if "label_range" in m else None)
 
     def __init__(self,
         net: nn.Module,                 # raw network F(x, noise_t, noise_s, labels=None)

@@ -80,7 +80,7 @@ def edit_job(model, image: str, out: str, *, strength: float, strokes: str | Non
     s = inputs.load_strokes(strokes, model, len(x), report.log) if strokes is not None else None
     m = inputs.load_mask(mask, model, len(x), report.log) if mask is not None else None
     painted = composite(x, s, m) if s is not None else None
-    unit = "t" if model.kind == "gctm" else "sigma"
+    unit = model.net.level_unit
     report.log(f"editing {len(x)} items with {model.path} ({model.kind}) at strength {strength} ({unit} = {level:.4g}), "
                f"NFE {nfe}")
     y, seconds = _timed(report, len(x), "edit", lambda adv: edit_items(

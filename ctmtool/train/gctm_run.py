@@ -20,6 +20,7 @@ import torch
 from ctmtool.checkpoint import Checkpoint
 from ctmtool.config import Preset
 from ctmtool.core.models import Model, analytic_model
+from ctmtool.core.precond import GCTMPrecond
 from ctmtool.core.translate import translate
 from ctmtool.data import load_dataset, toy_points
 from ctmtool.data.base import Dataset
@@ -109,7 +110,7 @@ def gctm_parts(preset: Preset, device: torch.device, rep, run_dir: Path, *, data
     coupling = make_coupling_for(preset)
     shape = item_shape(preset.gctm.coupling, data.shape)
     if resume is not None:
-        if resume.kind != "gctm" or "moments" not in resume.meta:
+        if resume.kind != GCTMPrecond.checkpoint_kind or "moments" not in resume.meta:
             raise UserError(f"{resume.path} is not a GCTM checkpoint with stored moments; it cannot be resumed here")
         moments = resume.meta["moments"]
     else:
