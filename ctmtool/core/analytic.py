@@ -20,7 +20,6 @@ from ctmtool.core.solvers import heun
 class GaussianMixture(nn.Module):
     """A mixture of diagonal Gaussians over flattened data of any shape; usable wherever a denoiser is."""
 
-    kind = "denoiser"
     has_density = True  # the exact density, and the exact score
 
     def __init__(self,
@@ -89,7 +88,6 @@ class ExactTrajectory(NoisePath, nn.Module):
     """The PF-ODE jump G(x, t, s) of a denoiser by a fine Heun solve: the reference a CTM is distilled
     towards. With the exact mixture denoiser it is the true trajectory map, up to the solver's error."""
 
-    kind = "trajectory"
 
     def __init__(self,
         denoiser: nn.Module,            # anything with denoise(x, sigma, labels)

@@ -27,7 +27,7 @@ S_LAYER_PREFIXES = ("map_s", "affine_s", "time_embed_s", "emb_layers_s")  # para
 @dataclass
 class Model:
     kind: str  # teacher | ctm | gctm | analytic
-    net: nn.Module  # the preconditioned model
+    net: nn.Module  # the preconditioned network (its raw network F is `net.net`)
     preset: Preset
     data_shape: tuple[int, ...]  # (C, H, W) or (D,)
     meta: dict = field(default_factory=dict)  # checkpoint metadata (progress, moments, ...)

@@ -45,7 +45,6 @@ def _flat(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 class EDMPrecond(nn.Module):
     """Karras et al. 2022, Table 1 (EDM): D = c_skip x + c_out F(c_in x, ln(sigma)/4)."""
 
-    kind = "denoiser"
     has_density = True  # a denoiser gives the score, hence the PF-ODE likelihood
 
     def __init__(self,
@@ -145,7 +144,6 @@ class NoisePath:
 class TrajectoryModel(nn.Module):
     """Shared CTM/GCTM machinery: g(x,t,s) from coefficients of t, and the jump G (Kim et al. 2024, Eq. 7)."""
 
-    kind = "trajectory"
     has_density = True  # g(x, t, t) is a denoiser of the Gaussian-noise process
     gaussian_source = True  # trajectories start from Gaussian noise: the model can generate and edit
     translates = False  # its source is another distribution's samples, given as they are (GCTM)

@@ -1,6 +1,7 @@
 """Sampling: CTM gamma-sampling, teacher ODE sampling, per-image noise streams and batched generation.
 
-Every sampler has the signature `sampler(model, x, sigmas, noise, labels=None, **options) -> x`,
+Every sampler has the signature `sampler(net, x, sigmas, noise, labels=None, **options) -> x` (net: a
+preconditioned network),
 where `noise()` returns the next standard-normal draw shaped like x (see `ImageNoise`).
 """
 
@@ -19,27 +20,27 @@ from ctmtool.core.schedules import karras_sigmas
 
 
 @torch.no_grad()
-def gamma_sample(model, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tensor] | None = None,
+def gamma_sample(net, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tensor] | None = None,
                  labels=None, gamma: float = 0.0) -> torch.Tensor:
-    """Kim et al. 2024, Alg. 1 (gamma-sampling) for any trajectory model: jump sigma_i -> s with
-    s = sqrt(1-gamma^2)(sigma_{i+1} - sigma_last) + sigma_last, then `model.renoise` s -> sigma_{i+1}."""
+    """Kim et al. 2024, Alg. 1 (gamma-sampling) for any trajectory network: jump sigma_i -> s with
+    s = sqrt(1-gamma^2)(sigma_{i+1} - sigma_last) + sigma_last, then `net.renoise` s -> sigma_{i+1}."""
     if not 0.0 <= gamma <= 1.0:  # a programming error: user settings are checked by ctmtool.jobs.plan
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     sig = [float(s) for s in sigmas]
     last, n = sig[-1], len(sig) - 1
     for i in range(n):
         s = math.sqrt(1 - gamma**2) * (sig[i + 1] - last) + last
-        x = model.jump(x, sig[i], s, labels)
+        x = net.jump(x, sig[i], s, labels)
         if i < n - 1 and gamma > 0:
             if noise is None:
                 raise ValueError("gamma > 0 with more than one step needs a noise source")
-            x = model.renoise(x, s, sig[i + 1], noise())
+            x = net.renoise(x, s, sig[i + 1], noise())
     return x
 
 
-def teacher_sample(model, x: torch.Tensor, sigmas, noise=None, labels=None, solver: str = "heun") -> torch.Tensor:
+def teacher_sample(net, x: torch.Tensor, sigmas, noise=None, labels=None, solver: str = "heun") -> torch.Tensor:
     """Deterministic PF-ODE sampling of a denoiser (Karras et al. 2022, Alg. 1) through `solvers`."""
-    return solvers.SOLVERS[solver](model, x, torch.as_tensor(sigmas, dtype=torch.float64), labels)
+    return solvers.SOLVERS[solver](net, x, torch.as_tensor(sigmas, dtype=torch.float64), labels)
 
 
 @dataclass(frozen=True, eq=False)

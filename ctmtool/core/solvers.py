@@ -1,7 +1,7 @@
 """Probability-flow ODE solvers on a given noise schedule; every solver has the same signature.
 
-`solver(model, x, sigmas, labels=None) -> x` integrates dx/dsigma = (x - D(x, sigma)) / sigma from
-sigmas[0] to sigmas[-1], where D = model.denoise. `sigmas` is either one schedule (steps + 1,) shared by
+`solver(net, x, sigmas, labels=None) -> x` integrates dx/dsigma = (x - D(x, sigma)) / sigma from
+sigmas[0] to sigmas[-1], where D = net.denoise (a preconditioned network). `sigmas` is either one schedule (steps + 1,) shared by
 the batch, or one per sample (steps + 1, B) (CTM targets start every sample at its own t). A final level
 of 0 is reached with an Euler step, as in EDM. The same ODE form holds for GCTM's interpolation time
 (dx/dt = (x - E[x0|x_t]) / t), so these solvers serve both.
@@ -24,38 +24,38 @@ def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def euler(model, x: torch.Tensor, sigmas: torch.Tensor, labels=None) -> torch.Tensor:
+def euler(net, x: torch.Tensor, sigmas: torch.Tensor, labels=None) -> torch.Tensor:
     """Euler steps of the PF-ODE (Karras et al. 2022, Eq. 4 with D in place of the score)."""
     sigmas = torch.as_tensor(sigmas)
     x = x.float()
     for i in range(sigmas.shape[0] - 1):
         t, nxt = _level(sigmas, i, x), _level(sigmas, i + 1, x)
-        d = (x - model.denoise(x, t, labels)) / _col(t, x)
+        d = (x - net.denoise(x, t, labels)) / _col(t, x)
         x = x + _col(nxt - t, x) * d
     return x
 
 
 @torch.no_grad()
-def heun(model, x: torch.Tensor, sigmas: torch.Tensor, labels=None) -> torch.Tensor:
+def heun(net, x: torch.Tensor, sigmas: torch.Tensor, labels=None) -> torch.Tensor:
     """Heun's 2nd-order PF-ODE steps (Karras et al. 2022, Alg. 1 with S_churn = 0); Euler into sigma = 0."""
     sigmas = torch.as_tensor(sigmas)
     x = x.float()
     for i in range(sigmas.shape[0] - 1):
         t, nxt = _level(sigmas, i, x), _level(sigmas, i + 1, x)
         # checked on the schedule's own (CPU) tensor: no GPU sync, and the step itself has no data-dependent branch
-        x = heun_step(model, x, t, nxt, labels, second=bool((sigmas[i + 1] > 0).any()))
+        x = heun_step(net, x, t, nxt, labels, second=bool((sigmas[i + 1] > 0).any()))
     return x
 
 
-def heun_step(model, x: torch.Tensor, t: torch.Tensor, nxt: torch.Tensor, labels=None,
+def heun_step(net, x: torch.Tensor, t: torch.Tensor, nxt: torch.Tensor, labels=None,
               second: bool = True) -> torch.Tensor:
     """One Heun step from levels t to nxt (B,); the correction is applied where nxt > 0 (only if `second`)."""
-    d = (x - model.denoise(x, t, labels)) / _col(t, x)
+    d = (x - net.denoise(x, t, labels)) / _col(t, x)
     x_next = x + _col(nxt - t, x) * d
     if second:
         last = nxt > 0
         safe = torch.where(last, nxt, torch.ones_like(nxt))
-        d2 = (x_next - model.denoise(x_next, safe, labels)) / _col(safe, x)
+        d2 = (x_next - net.denoise(x_next, safe, labels)) / _col(safe, x)
         x_next = torch.where(_col(last, x), x + _col(nxt - t, x) * 0.5 * (d + d2), x_next)
     return x_next
 

@@ -29,8 +29,6 @@ SIG = [80.0, 17.53, 2.515, 0.17, 0.002]  # NFE 4 (the CTM reference code's defau
 class Recorder(NoisePath):
     """A fake trajectory model on the noise path: records (t, s, x) of every jump and returns zeros."""
 
-    kind = "trajectory"
-
     def __init__(self):
         self.calls = []
 

@@ -333,13 +333,13 @@ def test_vp_ddpmpp_every_tensor_arrives_unchanged(tmp_path, sentinel):
     assert ckpt.meta["precond_sigma_range"][1] == pytest.approx(math.sqrt(math.expm1(0.5 * 19.9 + 0.1)))
 
     # the saved teacher is EDM's VPPrecond (Karras et al. 2022, Table 1) around the imported network
-    model = model_from_checkpoint(load_checkpoint(ckpt.path))
+    net = model_from_checkpoint(load_checkpoint(ckpt.path)).net  # the preconditioned network; F is net.net
     x, sigma = torch.randn(3, 3, 16, 16), torch.tensor([0.05, 1.0, 20.0])
     s = sigma.reshape(-1, 1, 1, 1)
     t = ((0.1**2 + 2 * 19.9 * (1 + sigma**2).log()).sqrt() - 0.1) / 19.9
     with torch.no_grad():
-        expected = x - s * model.net.net(x / (s**2 + 1).sqrt(), 999 * t)
-        torch.testing.assert_close(model.net.denoise(x, sigma), expected, rtol=1e-5, atol=1e-5)
+        expected = x - s * net.net(x / (s**2 + 1).sqrt(), 999 * t)
+        torch.testing.assert_close(net.denoise(x, sigma), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_ve_ncsnpp_every_tensor_arrives_unchanged(tmp_path, sentinel):
@@ -361,11 +361,11 @@ def test_ve_ncsnpp_every_tensor_arrives_unchanged(tmp_path, sentinel):
     d = ckpt.preset.diffusion
     assert d.precond == "ve" and (d.sigma_min, d.sigma_max) == (0.02, 80.0)
     assert ckpt.meta["precond_sigma_range"] == [0.02, 100.0]
-    model = model_from_checkpoint(ckpt)
+    net = model_from_checkpoint(ckpt).net  # the preconditioned network; F is net.net
     x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.1, 30.0])
     with torch.no_grad():  # VE: c_skip 1, c_out sigma, c_in 1, c_noise ln(sigma / 2)
-        expected = x + sigma.reshape(-1, 1, 1, 1) * model.net.net(x, (0.5 * sigma).log())
-        torch.testing.assert_close(model.net.denoise(x, sigma), expected, rtol=1e-5, atol=1e-5)
+        expected = x + sigma.reshape(-1, 1, 1, 1) * net.net(x, (0.5 * sigma).log())
+        torch.testing.assert_close(net.denoise(x, sigma), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_edm_conditional_import_and_its_student(tmp_path, sentinel):
@@ -378,17 +378,17 @@ def test_edm_conditional_import_and_its_student(tmp_path, sentinel):
     assert state["net.map_label.weight"].shape == (16, 4) and "net.map_augment.weight" not in state
     assert ckpt.preset.net.label_dim == 4 and ckpt.preset.diffusion.precond == "edm"
     assert ckpt.meta["precond_sigma_range"] == [0.0, "inf"]
-    model = model_from_checkpoint(ckpt)
+    net = model_from_checkpoint(ckpt).net  # the preconditioned network; F is net.net
     x, sigma, labels = torch.randn(2, 3, 16, 16), torch.tensor([0.3, 5.0]), torch.tensor([1, 3])
     s = sigma.reshape(-1, 1, 1, 1)
     with torch.no_grad():
-        f = model.net.net(x / (0.25 + s**2).sqrt(), sigma.log() / 4, labels=labels)
+        f = net.net(x / (0.25 + s**2).sqrt(), sigma.log() / 4, labels=labels)
         expected = 0.25 / (s**2 + 0.25) * x + s * 0.5 / (s**2 + 0.25).sqrt() * f
-        torch.testing.assert_close(model.net.denoise(x, sigma, labels), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.denoise(x, sigma, labels), expected, rtol=1e-5, atol=1e-5)
     # a CTM student (EDM coefficients, as this teacher) built from the imported weights starts as the teacher
     student = student_from_teacher(ckpt.state("ema"), ckpt.preset, ckpt.data_shape).eval()
     with torch.no_grad():
-        assert torch.equal(student.g(x, sigma, sigma / 3, labels), model.net.denoise(x, sigma, labels))
+        assert torch.equal(student.g(x, sigma, sigma / 3, labels), net.denoise(x, sigma, labels))
 
 
 # --------------------------------------------------------------------------------------------------
