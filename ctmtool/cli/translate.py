@@ -73,28 +73,42 @@ def _timed(rep: Reporter, n: int, what: str, fn):
 
 
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
-               seed: int, batch: int, ema: str, device: str, force: bool) -> None:
+               seed: int, batch: int, ema: str, device: str, force: bool, metrics: str | None = None,
+               ref: str | None = None) -> None:
     from ctmtool import inputs
     from ctmtool.apply import check_translatable, translate_items
+    from ctmtool.metrics.restoration import parse_restoration_metrics
+    from ctmtool.metrics.translate_refs import references
     from ctmtool.outputs import check_out, write_items
 
+    wanted = parse_restoration_metrics(metrics) if metrics is not None else None
+    if ref is not None and wanted is None:
+        raise UserError("--ref gives the references of --metrics; add --metrics psnr,ssim (or drop --ref)")
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
     check_translatable(model, nfe, gamma)
     out_path = check_out(out, model.is_image, force)
     data = inputs.load_inputs(src, model, split_pairs=True, log=rep.log)
     x = clean = data.x
     check_out(out, model.is_image, force, one_png_for=len(x))
+    refs = references(model, data, ref, degrade, log=rep.log) if wanted is not None else None
     if degrade:
         x = inputs.degrade(x, model, seed)
     rep.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on {dev}")
     y, seconds = _timed(rep, len(x), "translate", lambda adv: translate_items(
         model, x, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=dev, progress=adv))
+    scores = {}
+    if refs is not None:
+        from ctmtool.metrics.restoration import restoration_metrics
+
+        scores = restoration_metrics(y, refs[0], wanted)
+        scores.pop("per_image")
+        scores["metrics_ref"] = refs[1]
     info = write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False)
     if grid_path is not None:
         cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
         info["grid"] = _grid(cols, grid_path, model, reference=_toy_reference(model, len(y)))
     rep.result({**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
-                "degrade": degrade, "seed": seed, "checkpoint": str(model.path),
+                "degrade": degrade, "seed": seed, "checkpoint": str(model.path), **scores,
                 "mean_displacement": round(float((y - x).flatten(1).norm(dim=1).mean()), 6),
                 "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)},
                title="translate")
@@ -153,6 +167,11 @@ def translate_cmd(
                                  "to clean inputs first, to see before/after.")] = False,
     grid: Annotated[str | None, typer.Option("--grid", help="Also write a side-by-side PNG: input | output "
                                     "(clean | degraded | output with --degrade).")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Score the outputs against references: comma-"
+                                       "separated among psnr, ssim, lpips (GCTM's eval_inverse). References: --ref, "
+                                       "else the clean inputs (--degrade), else the target halves of paired inputs.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="--metrics: reference images (folder, .zip, .npz), matched "
+                                   "to the inputs by file name, else by order.")] = None,
     strength: Annotated[float, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; for a "
                                    "CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio).")] = 0.5,
     strokes: Annotated[str | None, typer.Option("--strokes", help="edit: the image with painted strokes (SDEdit stroke editing).")] = None,
@@ -176,8 +195,8 @@ def translate_cmd(
     if source == "edit":
         if image is None:
             raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")
-        if degrade:
-            raise UserError("--degrade belongs to `ctmtool translate INPUT`, not to `translate edit`")
+        if degrade or metrics is not None or ref is not None:
+            raise UserError("--degrade, --metrics and --ref belong to `ctmtool translate INPUT`, not to `translate edit`")
         _edit(rep, image, ckpt, out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
               device, force)
         return
@@ -186,7 +205,7 @@ def translate_cmd(
                         "(use `ctmtool translate edit IMAGE` to edit)")
     if strokes is not None or mask is not None or keep_unmasked:
         raise UserError("--strokes, --mask and --keep-unmasked belong to `ctmtool translate edit IMAGE`")
-    _translate(rep, source, ckpt, out, nfe, gamma, degrade, grid, seed, batch, ema, device, force)
+    _translate(rep, source, ckpt, out, nfe, gamma, degrade, grid, seed, batch, ema, device, force, metrics, ref)
 
 
 EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: "

@@ -2,7 +2,8 @@
 sony/ctm code/cm/evaluator.py), which the CTM paper's ImageNet-64 table uses.
 
 - Inception Score (Salimans et al. 2016): exp E_x KL(p(y|x) || p(y)), computed on consecutive chunks of
-  `split_size` images (5000: ADM's evaluator; 10 splits at 50,000 images, as improved-gan) and averaged.
+  `split_size` images (5000: ADM's evaluator; 10 splits at 50,000 images, as improved-gan) and averaged;
+  `ctmtool metrics` shuffles the rows first (seeded), so a class-sorted folder does not give one-class splits.
 - Precision and recall (Kynkaanniemi et al. 2019): the manifold of a feature set is the union of balls
   around each vector with radius its distance to its k-th nearest neighbour in the same set (k = 3);
   precision is the fraction of sample features inside the reference manifold, recall the fraction of
@@ -25,12 +26,17 @@ PR_NEIGHBOURS = 3  # ADM's evaluator: ManifoldEstimator(nhood_sizes=(3,))
 ROW_BATCH = 4096  # rows of the pairwise-distance matrix held at once
 
 
-def inception_score(logits: np.ndarray | torch.Tensor, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
+def inception_score(logits: np.ndarray | torch.Tensor, split_size: int = IS_SPLIT_SIZE,
+                    seed: int | None = None) -> tuple[float, float]:
     """(mean, std) over chunks of `split_size` consecutive rows of exp(mean_x KL(softmax(l_x) || mean softmax)).
 
     `logits`: (N, K) class logits (or log-probabilities: the softmax is the same). float64 throughout.
+    `seed`: shuffle the rows first (numpy default_rng(seed).permutation), so that images stored in class
+    order (a folder per class) do not make single-class splits; None keeps the order (ADM's evaluator).
     """
     lg = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    if seed is not None:
+        lg = lg[torch.from_numpy(np.random.default_rng(seed).permutation(len(lg)))]
     if lg.ndim != 2 or lg.shape[0] < 1 or lg.shape[1] < 2:
         raise ValueError(f"inception_score needs (N, K) logits with K >= 2, got {tuple(lg.shape)}")
     if split_size < 1:

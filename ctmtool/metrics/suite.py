@@ -100,7 +100,7 @@ def evaluate(samples: Collected, ref: Collected | None, metrics: tuple[str, ...]
     if "kid" in metrics:
         out["kid"], out["kid_std"] = kid(samples.pool, ref.pool, kid_subsets, kid_subset_size, seed)
     if "is" in metrics:
-        out["is"], out["is_std"] = inception_score(samples.logits, is_split_size)
+        out["is"], out["is_std"] = inception_score(samples.logits, is_split_size, seed)
         out["is_splits"] = -(-samples.n // is_split_size)
     if "pr" in metrics:
         if min(samples.n, ref.n) <= k:

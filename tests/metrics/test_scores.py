@@ -56,6 +56,14 @@ def test_inception_score_closed_forms():
     assert inception_score(np.tile(np.arange(k, dtype=float), (20, 1)))[0] == pytest.approx(1.0, abs=1e-12)
 
 
+def test_inception_score_seed_shuffles_class_sorted_rows():
+    k, per = 5, 40  # rows sorted by class, as a folder per class reads: every split of 40 is one class
+    sorted_logits = np.repeat(np.eye(k) * 30, per, axis=0)
+    assert inception_score(sorted_logits, per)[0] == pytest.approx(1.0, abs=1e-9)
+    assert inception_score(sorted_logits, per, seed=0)[0] > 0.8 * k  # splits of mixed classes after the shuffle
+    assert inception_score(sorted_logits, len(sorted_logits), seed=0)[0] == pytest.approx(k, rel=1e-9)
+
+
 def _feats(n, d=16, shift=0.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g) + shift
