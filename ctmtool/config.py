@@ -263,6 +263,7 @@ class GCTMConfig(Strict):
     var1: float | None = Field(None, gt=0)  # override the estimated Var x1
     cov01: float | None = None  # override the estimated Cov(x0, x1)
     dsm_times: Literal["lognormal", "uniform", "beta_3_1"] = "lognormal"  # how DSM training times are drawn
+    source: DataConfig | None = None  # the source side's data for couplings dataset / dataset-ot (as [data])
 
 
 class Preset(Strict):

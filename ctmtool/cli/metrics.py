@@ -11,7 +11,16 @@ from typing import Annotated
 
 import typer
 
-from ctmtool.cli.common import DeviceOpt, EmaOpt, JsonOpt, Reporter, at_least, handle_errors, select_device
+from ctmtool.cli.common import (
+    Command,
+    DeviceOpt,
+    EmaOpt,
+    JsonOpt,
+    Reporter,
+    at_least,
+    handle_errors,
+    select_device,
+)
 from ctmtool.errors import UserError
 from ctmtool.metrics.fid_run import CHECKPOINT_SUFFIX, is_checkpoint
 
@@ -80,11 +89,12 @@ def metrics_cmd(
     """
     from ctmtool.metrics.features import make_extractor
     from ctmtool.metrics.fid_run import default_features, sampling_settings
-    from ctmtool.metrics.suite import REF_FREE, collect, evaluate, heads_for, parse_metrics
+    from ctmtool.metrics.suite import REF_FREE, collect, evaluate, heads_for, metric_names, parse_metrics
 
     rep = Reporter(json_out)
     at_least(2, n=n, n_ref=n_ref, kid_subset_size=kid_subset_size)
     at_least(1, batch=batch, kid_subsets=kid_subsets, k=k, is_split_size=is_split_size)
+    metric_names(metrics)  # names checked before any file is read
     _exists(samples, "SAMPLES")
     if ref is not None:
         _exists(ref, "--ref")
@@ -132,5 +142,5 @@ def _open(target: str, ema: str, dev, rep: Reporter):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("metrics", short_help="FID, KID, IS, precision/recall, sFID of images or a checkpoint's samples.")(
+    app.command("metrics", cls=Command, short_help="FID, KID, IS, precision/recall, sFID of images or a checkpoint's samples.")(
         metrics_cmd)

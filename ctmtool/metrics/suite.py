@@ -39,14 +39,22 @@ class Collected:
     spatial: Moments | None = None
 
 
-def parse_metrics(spec: str | None, extractor: FeatureExtractor) -> tuple[str, ...]:
-    """The metrics named in a comma-separated `spec`; default: every metric the feature network supports."""
+def metric_names(spec: str | None) -> tuple[str, ...] | None:
+    """The metrics named in a comma-separated `spec` (checked), or None for the default."""
     if spec is None:
-        return tuple(m for m in METRICS if extractor.has_head(NEEDS[m]))
+        return None
     names = tuple(dict.fromkeys(s.strip().lower() for s in spec.split(",") if s.strip()))
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
         raise UserError(f"unknown metric {', '.join(unknown) or repr(spec)}; choose among {','.join(METRICS)}")
+    return names
+
+
+def parse_metrics(spec: str | None, extractor: FeatureExtractor) -> tuple[str, ...]:
+    """The metrics named in a comma-separated `spec`; default: every metric the feature network supports."""
+    names = metric_names(spec)
+    if names is None:
+        return tuple(m for m in METRICS if extractor.has_head(NEEDS[m]))
     for m in names:
         if not extractor.has_head(NEEDS[m]):
             raise UserError(f"{m}: {extractor.missing_head(NEEDS[m])}; drop {m} from `metrics` or use another "
@@ -113,4 +121,4 @@ def evaluate(samples: Collected, ref: Collected | None, metrics: tuple[str, ...]
     return out
 
 
-__all__ = ["METRICS", "Collected", "collect", "evaluate", "heads_for", "parse_metrics"]
+__all__ = ["METRICS", "Collected", "collect", "evaluate", "heads_for", "metric_names", "parse_metrics"]
