@@ -285,7 +285,7 @@ def _official(spec: str) -> str:
 
 def _gctm_operator(spec: str, name: str, args: list[str], nargs) -> Degradation | None:
     """The operators of ctmtool.gctm.operators, or None for other names."""
-    from ctmtool.gctm import operators as op
+    import ctmtool.gctm.operators as op
 
     if name.startswith("sr") and name.endswith("_bicubic") and name[2:-8].isdigit():
         nargs(0)
