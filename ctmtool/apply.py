@@ -234,6 +234,19 @@ def edit_items(model, x: torch.Tensor, level: float, *, strokes: torch.Tensor | 
     return _batched(one, x, model, seed, batch, device, progress)
 
 
+def restore_items(model, y: torch.Tensor, task: str, level: float, *, hole: torch.Tensor | None = None,
+                  factor: int = 8, nfe: int = 1, gamma: float = 1.0, seed: int = 0, batch: int = 256,
+                  device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
+    """Zero-shot restoration (`ctmtool.zero_shot.restore`) of every row of y; item i's noise from seed + i."""
+    from ctmtool.zero_shot import restore
+
+    def one(yb, noise, lo, hi):
+        hb = None if hole is None else (hole if len(hole) == 1 else hole[lo:hi]).to(yb.device)
+        return restore(model, yb, task, level, nfe, noise, gamma=gamma, hole=hb, factor=factor)
+
+    return _batched(one, y, model, seed, batch, device, progress)
+
+
 def check_finite(x: torch.Tensor, what: str, fix: str) -> torch.Tensor:
     """Refuse NaN or infinite values, naming where they are."""
     if x.is_floating_point() and not torch.isfinite(x).all():
