@@ -135,11 +135,17 @@ def sweep_cmd(
     seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
     out: Annotated[Path, typer.Option("--out", "-o", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
+    search_nfe2: Annotated[bool, typer.Option("--search-nfe2", help="Instead of the table: ternary search of NFE 2's "
+                                              "intermediate level over a --search-steps grid (the CTM code's "
+                                              "ternary_search.py), with the first --gamma value.")] = False,
+    search_steps: Annotated[int, typer.Option("--search-steps", help="--search-nfe2: levels of the grid searched "
+                                              "(the official script: 40).")] = 40,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?).
+    """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?);
+    or, with --search-nfe2, the best intermediate level for two-step sampling.
 
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used."""
     import json
@@ -153,6 +159,7 @@ def sweep_cmd(
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)
+    at_least(3, search_steps=search_steps)
     check_output(out, force)
     plot = out.with_suffix(".png")
     check_output(plot, force)
@@ -173,6 +180,10 @@ def sweep_cmd(
     gamma_list = parse_floats(gammas, "--gamma")
     if any(v < 1 for v in nfe_list) or any(not 0 <= g <= 1 for g in gamma_list):
         raise UserError("--nfe values must be >= 1 and --gamma values in [0, 1]")
+    if search_nfe2:
+        _search_nfe2(rep, model, name, score, base, n, seed, batch, dev, gamma_list[0], search_steps, out, plot,
+                     json_out)
+        return
     rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log)
     result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
               "plot": str(plot)}
@@ -192,4 +203,35 @@ def sweep_cmd(
     else:
         for r in rows:
             print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma {'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
+        print(f"wrote {out} and {plot}")
+
+
+def _search_nfe2(rep: Reporter, model, name: str, score, base: dict, n: int, seed: int, batch: int, dev,
+                 gamma: float, steps: int, out: Path, plot: Path, json_out: bool) -> None:
+    import json
+
+    import torch
+
+    from ctmtool.checkpoint import atomic_write
+    from ctmtool.nfe2_search import search_nfe2
+    from ctmtool.sampling import generate
+    from ctmtool.visual import line_chart, save_png
+
+    def sample_score(schedule) -> float:
+        x = torch.cat([b.cpu() for b, _ in generate(model, n, seed=seed, batch=batch, device=dev, solver="gamma",
+                                                    nfe=2, gamma=gamma, sigmas=[float(v) for v in schedule])])
+        return score(x)
+
+    found = search_nfe2(model, sample_score, steps, gamma, "higher" not in name, rep.log)
+    result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, **found, "plot": str(plot)}
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    pts = [(e["level"], e["score"]) for e in found["evaluated"]]
+    save_png(line_chart({f"NFE 2, gamma {gamma:g}": sorted(pts)}, f"{Path(str(model.path)).name}: {name}",
+                        "intermediate level", "score"), plot)
+    if json_out:
+        rep.result({**result, "out": str(out)})
+    else:
+        for e in found["evaluated"]:
+            print(f"index {e['index']:3d}  level {e['level']:.5g}  {e['score']:.5g}")
+        print(f"best: index {found['best_index']} (level {found['best_level']:.5g}), score {found['best_score']:.5g}")
         print(f"wrote {out} and {plot}")
