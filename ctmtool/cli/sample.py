@@ -76,6 +76,11 @@ def sample_cmd(
     ema: EmaOpt = "ema",
     analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of --preset.")] = False,
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="With --analytic: the Gaussian-mixture preset.")] = None,
+    reject_with: Annotated[str | None, typer.Option("--reject-with", help="Classifier-rejection sampling: a TorchScript "
+                                                    "file with classify(x) logits on uint8 images; draws (1 + "
+                                                    "--rejection-ratio) x n samples and keeps the n best-scored.")] = None,
+    rejection_ratio: Annotated[float, typer.Option("--rejection-ratio", help="With --reject-with: extra fraction "
+                                                   "drawn and rejected (the official script: 0.1 .. 1).")] = 0.2,
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -105,15 +110,57 @@ def sample_cmd(
     sample_options(model, **options)  # refuse inapplicable options before checking the output
     check_out(out, model.is_image, force)
     rep.log(f"using {source}")
+    classify = _classifier(reject_with, rejection_ratio, model, dev)
+    wanted = n if n is not None else model.preset.sample.n
+    if classify is not None:
+        from ctmtool.rejection import draw_count
+
+        n = draw_count(wanted, rejection_ratio)
     res = _sample(model, dev, rep, n, seed, batch, options)
     if res is None:
         return
+    rejection = {}
+    if classify is not None:
+        res, rejection = _reject(res, classify, rejection_ratio, wanted, reject_with, rep)
     info = write_items(res.x, out, model.is_image, labels=res.labels)
-    result = {**info, **res.summary(), "checkpoint": str(model.path) if model.path else "analytic"}
+    result = {**info, **res.summary(), **rejection, "checkpoint": str(model.path) if model.path else "analytic"}
     if out == "-":
         rep.log("sampled " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "schedule"))
         return
     rep.result(result, title="samples")
+
+
+def _classifier(path: str | None, ratio: float, model, dev):
+    """The classify(x) method of a TorchScript classifier for --reject-with, or None."""
+    if path is None:
+        return None
+    from ctmtool.metrics.features import make_extractor
+
+    if ratio < 0:
+        raise UserError(f"--rejection-ratio must be >= 0 (got {ratio})")
+    if not model.is_image:
+        raise UserError("--reject-with scores images with a classifier; this model makes points")
+    if path.lower().startswith("inception"):
+        raise UserError("--reject-with takes a TorchScript classifier file (classify(x) logits), not Inception")
+    ex = make_extractor(path, dev)
+    if not ex.has_head("logits"):
+        raise UserError(f"--reject-with {path}: {ex.missing_head('logits')}")
+    return lambda x: ex.heads(x, ("logits",))["logits"]
+
+
+def _reject(res, classify, ratio: float, wanted: int, path: str, rep: Reporter):
+    """The samples that survive classifier rejection, and what the result reports about it."""
+    import dataclasses
+
+    from ctmtool.rejection import classifier_scores, keep_best
+
+    scores, classes = classifier_scores(res.x, res.labels, classify)
+    kept = keep_best(scores, classes, ratio, wanted)
+    rep.log(f"classifier rejection: kept {len(kept)} of {len(res.x)} samples (mean log p {float(scores.mean()):.4g} "
+            f"-> {float(scores[kept].mean()):.4g})")
+    res = dataclasses.replace(res, x=res.x[kept], labels=None if res.labels is None else res.labels[kept], n=len(kept))
+    return res, {"rejected_with": path, "rejection_ratio": ratio, "drawn": len(scores),
+                 "mean_logp_drawn": round(float(scores.mean()), 6), "mean_logp_kept": round(float(scores[kept].mean()), 6)}
 
 
 def register(root: typer.Typer) -> None:
