@@ -60,6 +60,7 @@ class DataConfig(Strict):
     channels: int | None = Field(None, ge=1)  # expected channel count (1 grey, 3 RGB)
     xflip: bool = False  # random horizontal flips during training
     seed: int = 0  # seed for drawing toy data
+    hint: str = ""  # how to get the data (what to download, where it goes), shown when data.path is missing
 
     @model_validator(mode="after")
     def _needs(self) -> DataConfig:
