@@ -4,8 +4,6 @@ missing data folder is one error line saying what to download and where it goes.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
