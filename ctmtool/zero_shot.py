@@ -15,7 +15,9 @@ L_0 (the start, default the top of the trajectory) with levels L_0 > L_1 > ... >
 
 gamma = 1 (the default) jumps to the end each time and re-noises fully: the official colourisation and
 super-resolution loops (and consistency models' zero-shot editing); gamma < 1 is the official inpainting
-loop's CTM variant. The projections follow the official code: colourisation keeps the coordinate along the
+loop's CTM variant. The jump's output is clamped to [-1, 1] before the known part goes back in where the
+official loops clamp it (colourisation, and super-resolution at gamma = 1; not inpainting); the result is
+clamped at the end. The projections follow the official code: colourisation keeps the coordinate along the
 unit vector of (0.2989, 0.5870, 0.1140) over the colour channels, super-resolution the mean of each
 `factor` x `factor` patch, inpainting the pixels outside the hole; holes are shown filled black (-1).
 """
@@ -110,11 +112,12 @@ def restore(model, y: torch.Tensor, task: str, level: float, nfe: int, noise: Ca
     def keep(x0: torch.Tensor, at: float) -> torch.Tensor:
         return merge(task, net.perturb(y, at, noise()) if at > end else y, x0, hole, factor)
 
+    clamp = gamma == 1.0 and task != "inpaint"  # as the official loops: colourisation and super-resolution at gamma 1
     x = net.perturb(known, levels[0], noise())
     for i in range(len(levels) - 1):
         s = math.sqrt(1 - gamma**2) * (levels[i + 1] - end) + end
         x0 = net.jump(x, levels[i], s, labels)
-        x0 = keep(x0.clamp(-1, 1) if s <= end else x0, s)  # a data estimate is clamped, a noisy one is not
+        x0 = keep(x0.clamp(-1, 1) if clamp else x0, s)
         x = net.renoise(x0, s, levels[i + 1], noise()) if i < len(levels) - 2 else x0
     return x.clamp(-1, 1)
 
