@@ -35,6 +35,7 @@ def main() -> None:
     print(f"{'operator':22s} {'max |ours - official|':>22s} {'mean |y - x|':>14s}")
     pairs = [(n, n) for n in ("blur-uni", "blur-gauss", "sr2x-bicubic", "sr4x-bicubic", "sr2x-pool", "sr4x-pool",
                               "inpaint-center")]
+    pairs = [(("center_white" if n == "inpaint-center" else n), n) for n, _ in pairs]  # the operator (white fill)
     pairs += [("blur_uni", "blur-uni"), ("blur_gauss", "blur-gauss")]  # ctmtool's per-channel separable blur
     for name, official_name in pairs:
         official = build_corruption(opt, official_name)

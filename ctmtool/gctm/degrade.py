@@ -24,12 +24,12 @@ The GCTM code's own operators (`ctmtool.gctm.operators`; DDRM's matrices, holes 
     blur_uni, blur_gauss[:sigma]            DDRM's 5-tap uniform / Gaussian (sigma 0.8) deblurring operators
     blur_uni:official, blur_gauss:S:official  the same, applied as the GCTM code applies them (see operators)
     jpeg[:quality]                          PIL JPEG round trip (default quality 10)
-    freeform[:lo[:hi]]                      free-form brush-stroke holes covering U[lo, hi] (default 0.1..0.2)
-    random_mask[:lo[:hi]]                   random missing pixels, fraction U[lo, hi] (default 0.8..0.92)
+    freeform[:lo[:hi[:white|noise]]]        free-form brush-stroke holes covering U[lo, hi] (default 0.1..0.2)
+    random_mask[:lo[:hi[:white|noise]]]     random missing pixels, fraction U[lo, hi] (default 0.8..0.92)
     center_white                            the H/2 x W/2 centre box filled white
 
 and the official names themselves: sr4x-bicubic, sr2x-pool, blur-uni, blur-gauss, jpeg-10, inpaint-center,
-inpaint-random, inpaint-freeform1020, inpaint-freeform2030.
+inpaint-random, inpaint-freeform1020, inpaint-freeform2030 (holes filled with noise, as the official coupling).
 """
 
 from __future__ import annotations
@@ -265,9 +265,10 @@ DEGRADATIONS = ("sr2", "sr4", "srN[:nearest|bicubic]", "blur[:sigma]", "inpaint[
                 "freeform[:lo[:hi]]", "random_mask[:lo[:hi]]", "center_white", "the GCTM code's names (sr4x-bicubic, "
                 "blur-gauss, jpeg-10, inpaint-center, ...)")
 # the GCTM code's corruption names (corruption/__init__.py) as ctmtool specs
-OFFICIAL_NAMES = {"blur-uni": "blur_uni:official", "blur-gauss": "blur_gauss:0.8:official", "inpaint-center": "center_white",
-                  "inpaint-random": "random_mask:0.8:0.92", "inpaint-freeform1020": "freeform:0.1:0.2",
-                  "inpaint-freeform2030": "freeform:0.2:0.3"}
+# (the GCTM code's InverseCoupling fills the holes of its inpaint-* operators with Gaussian noise: so do these)
+OFFICIAL_NAMES = {"blur-uni": "blur_uni:official", "blur-gauss": "blur_gauss:0.8:official",
+                  "inpaint-center": "inpaint:0.25:noise", "inpaint-random": "random_mask:0.8:0.92:noise",
+                  "inpaint-freeform1020": "freeform:0.1:0.2:noise", "inpaint-freeform2030": "freeform:0.2:0.3:noise"}
 
 
 def _official(spec: str) -> str:
@@ -303,10 +304,14 @@ def _gctm_operator(spec: str, name: str, args: list[str], nargs) -> Degradation 
         nargs(1)
         return Degradation(spec, op.jpeg, (int(_float(spec, args[0], 1, 100)) if args else 10,))
     if name in ("freeform", "random_mask"):
-        nargs(2)
+        nargs(3)
+        fill = args[2] if len(args) > 2 else "white"
+        if fill not in ("white", "noise"):
+            raise SpecError(f"degradation {spec!r}: fill must be 'white' or 'noise', got {fill!r}")
         lo = _float(spec, args[0], 0, 1) if args else (0.1 if name == "freeform" else 0.8)
         hi = _float(spec, args[1], lo, 1) if len(args) > 1 else max(lo, 0.2 if name == "freeform" else 0.92)
-        return Degradation(spec, op.inpaint_freeform if name == "freeform" else op.inpaint_random_range, (lo, hi))
+        return Degradation(spec, op.inpaint_freeform if name == "freeform" else op.inpaint_random_range,
+                           (lo, hi, fill))
     if name == "center_white":
         nargs(0)
         return Degradation(spec, op.inpaint_center_white)

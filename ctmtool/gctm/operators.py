@@ -21,8 +21,9 @@ official code builds them (DDRM's svd_replacement.py), including its details:
 Other operators: JPEG (PIL's encoder and decoder at a quality; the official code uses DDRM's differentiable
 DCT approximation, which this is not), free-form brush-stroke masks (procedural, DeepFill v2's generator
 style; the official code samples Palette's 10,000 precomputed ImageNet masks, which are not redistributed)
-and random-pixel masks whose fraction is drawn from a range (the official: U[0.8, 0.92]). Masks fill the
-hole with white (+1), as the official `inpaint-*` operators.
+and random-pixel masks whose fraction is drawn from a range (the official: U[0.8, 0.92]). The official
+`inpaint-*` operators fill the hole with white (+1), but its InverseCoupling, which makes the training pairs,
+replaces the hole by standard Gaussian noise; the official names as ctmtool specs do the latter.
 """
 
 from __future__ import annotations
@@ -222,20 +223,34 @@ def masked_white(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return x * (1 - m) + m
 
 
-def inpaint_freeform(x: torch.Tensor, lo: float = 0.1, hi: float = 0.2,
+def masked_fill(x: torch.Tensor, masks: torch.Tensor, fill: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Holes filled white (the operators) or with standard Gaussian noise (the official InverseCoupling, which
+    replaces the operator's white by noise: X1 = (1 - m) X0 + m n)."""
+    if fill == "white":
+        return masked_white(x, masks)
+    if fill != "noise":
+        raise ValueError(f"fill must be 'white' or 'noise', got {fill!r}")
+    m = masks.to(x)
+    g = _cpu(generator)
+    z = (torch.randn(x.shape, generator=g) if g is not None else torch.randn(x.shape)).to(x)
+    return x * (1 - m) + m * z
+
+
+def inpaint_freeform(x: torch.Tensor, lo: float = 0.1, hi: float = 0.2, fill: str = "white",
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Free-form hole per image (fraction in [lo, hi]) filled white."""
+    """Free-form hole per image (fraction in [lo, hi]) filled white or with noise."""
     n = _square(x)
     g = _cpu(generator)
-    return masked_white(x, torch.stack([freeform_mask(n, lo, hi, g) for _ in range(len(x))]))
+    return masked_fill(x, torch.stack([freeform_mask(n, lo, hi, g) for _ in range(len(x))]), fill, g)
 
 
-def inpaint_random_range(x: torch.Tensor, lo: float = 0.8, hi: float = 0.92,
+def inpaint_random_range(x: torch.Tensor, lo: float = 0.8, hi: float = 0.92, fill: str = "white",
                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random missing pixels per image (fraction ~ U[lo, hi]) filled white (the official draws one mask for all)."""
+    """Random missing pixels per image (fraction ~ U[lo, hi]), filled white or with noise (the official draws
+    one mask for all images)."""
     n = _square(x)
     g = _cpu(generator)
-    return masked_white(x, torch.stack([random_mask_range(n, lo, hi, g) for _ in range(len(x))]))
+    return masked_fill(x, torch.stack([random_mask_range(n, lo, hi, g) for _ in range(len(x))]), fill, g)
 
 
 def inpaint_center_white(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

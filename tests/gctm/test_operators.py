@@ -102,22 +102,27 @@ def test_masks_cover_the_asked_fractions_and_follow_the_generator():
     x = _images(3, 3, 32)
     a = make_degradation("inpaint-freeform1020")(x, torch.Generator().manual_seed(5))
     b = make_degradation("inpaint-freeform1020")(x, torch.Generator().manual_seed(5))
-    assert torch.equal(a, b) and not torch.equal(a[0] == 1, a[1] == 1)  # per image, reproducible
-    c = make_degradation("inpaint-center")(x)
+    assert torch.equal(a, b) and not torch.equal(a[0] != x[0], a[1] != x[1])  # per image, reproducible
+    c = make_degradation("center_white")(x)
     assert (c[..., 8:24, 8:24] == 1).all() and torch.equal(c[..., :8, :], x[..., :8, :])
+    # the official names fill holes with noise, as the official InverseCoupling does
+    n = make_degradation("inpaint-center")(x, torch.Generator().manual_seed(0))
+    assert torch.equal(n[..., :8, :], x[..., :8, :]) and abs(float(n[..., 8:24, 8:24].std()) - 1) < 0.15
 
 
 @pytest.mark.parametrize("spec,fn,args", [
     ("sr4x-bicubic", "sr_bicubic", (4,)), ("sr2x-pool", "sr", (2, "nearest")), ("jpeg-5", "jpeg", (5,)),
     ("blur-gauss", "ddrm_blur", ("gauss", 0.8, True)), ("blur_uni", "ddrm_blur", ("uni", 0.8, False)),
-    ("inpaint-random", "inpaint_random_range", (0.8, 0.92)), ("freeform:0.3:0.4", "inpaint_freeform", (0.3, 0.4)),
+    ("inpaint-random", "inpaint_random_range", (0.8, 0.92, "noise")),
+    ("freeform:0.3:0.4", "inpaint_freeform", (0.3, 0.4, "white")), ("inpaint-center", "inpaint_box", (0.25, False, "noise")),
 ])
 def test_official_and_ctmtool_spec_names(spec, fn, args):
     d = make_degradation(spec)
     assert (d.fn.__name__, d.args) == (fn, args)
 
 
-@pytest.mark.parametrize("spec", ["sr1_bicubic", "jpeg:0", "blur_uni:2", "freeform:0.5:0.1", "blur-gauss:3"])
+@pytest.mark.parametrize("spec", ["sr1_bicubic", "jpeg:0", "blur_uni:2", "freeform:0.5:0.1", "blur-gauss:3",
+                                  "freeform:0.1:0.2:grey"])
 def test_bad_specs(spec):
     with pytest.raises(SpecError):
         make_degradation(spec)
