@@ -190,7 +190,7 @@ class InceptionFeatures(FeatureExtractor):
         if head == "logits":
             return hasattr(self.net, "output")
         if head == "spatial":
-            return hasattr(self.net.layers, SPATIAL_BLOCK)
+            return hasattr(getattr(self.net.layers, SPATIAL_BLOCK, None), "conv")
         return head == "pool"
 
     def missing_head(self, head: str) -> str:
