@@ -74,9 +74,9 @@ def _timed(rep: Reporter, n: int, what: str, fn):
 
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
                seed: int, batch: int, ema: str, device: str, force: bool, metrics: str | None = None,
-               ref: str | None = None) -> None:
+               ref: str | None = None, class_label: int | None = None) -> None:
     from ctmtool import inputs
-    from ctmtool.apply import check_translatable, translate_items
+    from ctmtool.apply import check_translatable, class_labels, translate_items
     from ctmtool.metrics.restoration import parse_restoration_metrics
     from ctmtool.metrics.translate_refs import references
     from ctmtool.outputs import check_out, write_items
@@ -91,11 +91,12 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
     x = clean = data.x
     check_out(out, model.is_image, force, one_png_for=len(x))
     refs = references(model, data, ref, degrade, log=rep.log) if wanted is not None else None
+    labels = class_labels(model, len(x), class_label, data.labels)
     if degrade:
         x = inputs.degrade(x, model, seed)
     rep.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on {dev}")
     y, seconds = _timed(rep, len(x), "translate", lambda adv: translate_items(
-        model, x, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=dev, progress=adv))
+        model, x, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=dev, progress=adv, labels=labels))
     scores = {}
     if refs is not None:
         from ctmtool.metrics.restoration import restoration_metrics
@@ -109,6 +110,7 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
         info["grid"] = _grid(cols, grid_path, model, reference=_toy_reference(model, len(y)))
     rep.result({**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
                 "degrade": degrade, "seed": seed, "checkpoint": str(model.path), **scores,
+                **({"class": class_label if class_label is not None else "from the inputs"} if labels is not None else {}),
                 "mean_displacement": round(float((y - x).flatten(1).norm(dim=1).mean()), 6),
                 "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)},
                title="translate")
@@ -223,6 +225,8 @@ def translate_cmd(
                                        "else the clean inputs (--degrade), else the target halves of paired inputs.")] = None,
     ref: Annotated[str | None, typer.Option("--ref", help="--metrics: reference images (folder, .zip, .npz), matched "
                                    "to the inputs by file name, else by order.")] = None,
+    class_label: Annotated[int | None, typer.Option("--class", help="Class label for a class-conditional GCTM "
+                                   "[default: the inputs' class sub-folders].")] = None,
     strength: Annotated[float | None, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; "
                                    "for a CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio) [default: 0.5; 1 "
                                    "with --restore].")] = None,
@@ -252,8 +256,9 @@ def translate_cmd(
     if source == "edit":
         if image is None:
             raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")
-        if degrade or metrics is not None or ref is not None:
-            raise UserError("--degrade, --metrics and --ref belong to `ctmtool translate INPUT`, not to `translate edit`")
+        if degrade or metrics is not None or ref is not None or class_label is not None:
+            raise UserError("--degrade, --metrics, --ref and --class belong to `ctmtool translate INPUT`, not to "
+                            "`translate edit`")
         _edit(rep, image, ckpt, out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
               device, force, restore, factor)
         return
@@ -264,7 +269,7 @@ def translate_cmd(
         raise UserError("--strokes, --mask, --keep-unmasked, --strength and --restore belong to "
                         "`ctmtool translate edit IMAGE`")
     _translate(rep, source, ckpt, out, nfe, 0.0 if gamma is None else gamma, degrade, grid, seed, batch, ema,
-               device, force, metrics, ref)
+               device, force, metrics, ref, class_label)
 
 
 EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: "

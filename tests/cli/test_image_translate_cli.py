@@ -104,3 +104,31 @@ def test_missing_source_table_is_one_error_line(tmp_path):
     r = _run("distill", "--preset", "toy-translate", "--data", b, "--run-dir", tmp_path / "run", "--device", "cpu",
              *_sets("data.source=folder", 'gctm.coupling="dataset"', "net.kind=unet", *TINY[:5]))
     assert "[gctm.source]" in one_error_line(r)
+
+
+def test_translate_passes_class_labels_to_a_conditional_gctm(tmp_path, make_checkpoint, tiny_preset):
+    from ctmtool.gctm.translate import translate
+    from ctmtool.runs import open_model
+
+    preset = tiny_preset("toy-translate", 'gctm.coupling="independent"', "net.label_dim=3", net="unet")
+    ckpt = make_checkpoint(tmp_path / "c.safetensors", "gctm", (3, 8, 8), preset,
+                           {"moments": {"var0": 0.3, "var1": 1.0, "cov01": 0.0}}, scale=0.2)
+    src = tmp_path / "in"
+    for k, cls in enumerate(("a", "b")):
+        _folder(src / cls, 2, 0, 256, seed=k)
+
+    def run(out, *args):
+        r = _run("translate", src, "--ckpt", ckpt, "-o", tmp_path / out, "--device", "cpu", "--json", *args)
+        assert r.exit_code == 0, r.stderr
+        return json.loads(r.stdout), np.load(tmp_path / out)["samples"]
+
+    info, from_folders = run("f.npz")
+    assert info["class"] == "from the inputs"
+    _, one = run("one.npz", "--class", "2")
+    model, _ = open_model(str(ckpt), None, "ema", torch.device("cpu"))
+    x = torch.from_numpy(np.load(tmp_path / "one.npz")["inputs"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    want = translate(model, x, labels=torch.full((4,), 2))
+    assert np.abs(one.astype(int) - ((want + 1) * 127.5).round().clamp(0, 255).permute(0, 2, 3, 1).numpy()).max() <= 1
+    assert not np.array_equal(one, from_folders)
+    assert "outside the model's 3 classes" in one_error_line(
+        _run("translate", src, "--ckpt", ckpt, "-o", tmp_path / "bad", "--class", "5", "--device", "cpu"))
