@@ -211,17 +211,17 @@ def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tens
     sub-folders); None for an unconditional model (where `class_label` is refused)."""
     if not model.label_dim:
         if class_label is not None:
-            raise UserError(f"--class {class_label}: {model.path or 'the model'} is not class-conditional; drop --class")
+            raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; drop `class`")
         return None
     if class_label is not None:
         if not 0 <= class_label < model.label_dim:
-            raise UserError(f"--class {class_label} is outside the model's {model.label_dim} classes (0..{model.label_dim - 1})")
+            raise UserError(f"`class` {class_label} is outside the model's {model.label_dim} classes (0..{model.label_dim - 1})")
         return torch.full((n,), class_label, dtype=torch.long)
     if data_labels is None:
-        raise UserError(f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give --class K, "
+        raise UserError(f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give `class` K, "
                         "or inputs in class sub-folders")
     if int(data_labels.max()) >= model.label_dim:
-        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {model.label_dim}; give --class K")
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {model.label_dim}; give `class` K")
     return data_labels.long()
 
 

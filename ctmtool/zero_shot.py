@@ -81,7 +81,7 @@ def check_task(task: str, shape: tuple[int, ...], factor: int, hole: torch.Tenso
     if task == "superres" and (factor < 2 or h % factor or w % factor):
         raise UserError(f"super-resolution factor {factor} must be at least 2 and divide the image size {h}x{w}")
     if task == "inpaint" and hole is None:
-        raise UserError("inpainting needs a hole: give --mask (white = missing), or none for the centre box")
+        raise UserError("inpainting needs a hole: give `mask` (white = missing), or none for the centre box")
 
 
 def centre_hole(shape: tuple[int, ...]) -> torch.Tensor:

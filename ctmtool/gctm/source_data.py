@@ -16,7 +16,7 @@ def load_source(preset: Preset, target: Dataset | None) -> Dataset:
     if cfg is None:
         raise UserError(f"preset {preset.name!r}: coupling {preset.gctm.coupling!r} draws the source from another "
                         "data set; add a [gctm.source] table as [data] (e.g. source = \"folder\", path = \"A/\"), "
-                        "or --set gctm.source.source=folder --set gctm.source.path=A/")
+                        "or set gctm.source.source=folder and gctm.source.path=A/")
     ds = load_dataset(cfg)
     if target is None or ds.shape == target.shape:
         return ds

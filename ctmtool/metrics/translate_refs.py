@@ -17,7 +17,7 @@ def references(model, data, ref: str | None, degraded: bool, log=None) -> tuple[
     from ctmtool import inputs
 
     if not model.is_image:
-        raise UserError("--metrics (PSNR, SSIM, LPIPS) scores images; this model works on points")
+        raise UserError("`metrics` (PSNR, SSIM, LPIPS) scores images; this model works on points")
     n = len(data.x)
     if ref is not None:
         r = inputs.load_inputs(ref, model, log=log)
@@ -25,14 +25,14 @@ def references(model, data, ref: str | None, degraded: bool, log=None) -> tuple[
             where = {name: i for i, name in enumerate(r.names)}
             return r.x[[where[name] for name in data.names]], f"{ref} (matched by file name)"
         if len(r.x) != n:
-            raise UserError(f"--ref {ref} holds {len(r.x)} images for {n} inputs and their file names do not match; "
+            raise UserError(f"`ref` {ref} holds {len(r.x)} images for {n} inputs and their file names do not match; "
                             "give one reference per input, with the input's file name or in the same order")
         return r.x, f"{ref} (matched by order)"
     if degraded:
         return data.x, "the clean inputs (--degrade)"
     if data.other is not None:
         return data.other, "the target halves of the paired inputs"
-    raise UserError("--metrics needs references: give --ref IMAGES, or --degrade (the clean inputs are the "
+    raise UserError("`metrics` needs references: give `ref` IMAGES, or `degrade` (the clean inputs are the "
                     "references), or side-by-side pairs as inputs")
 
 
