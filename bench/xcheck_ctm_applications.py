@@ -41,9 +41,9 @@ def main() -> None:
     from cm import sample_util  # the official code
 
     from ctmtool.config import load_preset
-    from ctmtool.editing import edit_schedule
-    from ctmtool.models import Model, build_precond
-    from ctmtool.zero_shot import observed, restore
+    from ctmtool.core.editing import edit_schedule
+    from ctmtool.core.models import Model, build_precond
+    from ctmtool.core.zero_shot import observed, restore
 
     preset = load_preset("digits", ["net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1]",
                                     "net.unet.num_blocks=1", "net.unet.attn_resolutions=[]", "net.unet.dropout=0.0",

@@ -22,19 +22,19 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.metrics.fid_run import CHECKPOINT_SUFFIX, is_checkpoint
+from ctmtool.jobs.fid_run import CHECKPOINT_SUFFIX, is_checkpoint
 
 PRESET = "Default for a checkpoint: its preset's [sample]"
 
 
-def _batches(target: str, model, *, n, seed, batch, device, sampling, rep):
+def _batches(target: str, model, *, n, seed, batch, device, plan, rep):
     """(uint8 batches, count, name) of a checkpoint's samples or of images on disk."""
     from ctmtool.data.images import load_images
     from ctmtool.metrics.fid import dataset_batches, model_batches
 
     if model is not None:
         n = n or model.preset.fid.n
-        return model_batches(model, n, seed, batch, device, **sampling), n, str(model.path)
+        return model_batches(model, n, plan, seed, device), n, str(model.path)
     ds = load_images(target)
     rep.log(f"read {len(ds)} images of {'x'.join(map(str, ds.shape))} from {target}")
     return dataset_batches(ds, batch, n, seed), min(n, len(ds)) if n else len(ds), ds.name
@@ -87,8 +87,8 @@ def metrics_cmd(
 
     Example: ctmtool metrics samples/ --ref real/ --features fd_a.pt --metrics fid,is,pr
     """
+    from ctmtool.jobs.fid_run import default_features, describe, fid_plan
     from ctmtool.metrics.features import make_extractor
-    from ctmtool.metrics.fid_run import default_features, sampling_settings
     from ctmtool.metrics.suite import REF_FREE, collect, evaluate, heads_for, metric_names, parse_metrics
 
     rep = Reporter(json_out)
@@ -100,7 +100,7 @@ def metrics_cmd(
         _exists(ref, "--ref")
     dev = select_device(device)
     model = _open(samples, ema, dev, rep)
-    sampling = sampling_settings(model, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
+    plan = fid_plan(model, batch, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
     extractor = make_extractor(default_features(features, model), dev, cache, progress=rep.progress)
     names = parse_metrics(metrics, extractor)
     if ref is None and set(names) - REF_FREE:
@@ -114,18 +114,18 @@ def metrics_cmd(
         ref_heads = tuple(h for h in heads_for(m for m in names if m not in REF_FREE))
         ref_model = _open(ref, ema, dev, rep)
         it, total, name = _batches(ref, ref_model, n=n_ref, seed=seed, batch=batch, device=dev,
-                                   sampling=sampling_settings(ref_model), rep=rep)
+                                   plan=fid_plan(ref_model, batch), rep=rep)
         with rep.progress(total, "reference features", "images") as advance:
             ref_col = collect(it, extractor, ref_heads, advance, name)
     t1 = time.perf_counter()
-    it, total, name = _batches(samples, model, n=n, seed=seed, batch=batch, device=dev, sampling=sampling, rep=rep)
+    it, total, name = _batches(samples, model, n=n, seed=seed, batch=batch, device=dev, plan=plan, rep=rep)
     with rep.progress(total, "features", "images") as advance:
         col = collect(it, extractor, heads_for(names), advance, name)
     t2 = time.perf_counter()
     result = evaluate(col, ref_col, names, k=k, is_split_size=is_split_size, kid_subsets=kid_subsets,
                       kid_subset_size=kid_subset_size, seed=seed, device=dev)
     result.update({"metrics": list(names), "samples": samples, "ref": ref, "features": extractor.name,
-                   "features_sha256": extractor.short_sha, "mode": extractor.mode, **sampling, "seed": seed,
+                   "features_sha256": extractor.short_sha, "mode": extractor.mode, **describe(plan), "seed": seed,
                    "device": str(dev), "seconds": round(time.perf_counter() - t1, 3),
                    "ref_seconds": round(t1 - t0, 3), "images_per_s": round(col.n / max(t2 - t1, 1e-9), 1)})
     rep.result(result, title="metrics")
@@ -134,7 +134,7 @@ def metrics_cmd(
 def _open(target: str, ema: str, dev, rep: Reporter):
     if not is_checkpoint(target):
         return None
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.run_dirs import open_model
 
     model, source = open_model(target, None, ema, dev)
     rep.log(f"using {source}: {model.kind}, preset {model.preset.name}")

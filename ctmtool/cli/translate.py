@@ -37,7 +37,7 @@ from ctmtool.errors import UserError
 
 def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: bool):
     """The model (checked finite), its device, and the checked outputs (before any work)."""
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.run_dirs import open_model
 
     if grid is not None and Path(grid).suffix.lower() != ".png":
         raise UserError(f"--grid {grid}: give a .png file name")
@@ -48,7 +48,7 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
 
 
 def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
-    from ctmtool.visual import save_png, side_by_side
+    from ctmtool.jobs.plots import save_png, side_by_side
 
     cols = [c[:limit] for c in columns] if model.is_image else columns
     save_png(side_by_side(cols, model.is_image, reference=reference), path)
@@ -75,17 +75,18 @@ def _timed(rep: Reporter, n: int, what: str, fn):
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
                seed: int, batch: int, ema: str, device: str, force: bool, metrics: str | None = None,
                ref: str | None = None, class_label: int | None = None) -> None:
-    from ctmtool import inputs
-    from ctmtool.apply import check_translatable, class_labels, translate_items
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import class_labels, translate_items
+    from ctmtool.jobs.outputs import check_out, write_items
+    from ctmtool.jobs.plan import refuse_translation
+    from ctmtool.jobs.restoration_refs import references
     from ctmtool.metrics.restoration import parse_restoration_metrics
-    from ctmtool.metrics.translate_refs import references
-    from ctmtool.outputs import check_out, write_items
 
     wanted = parse_restoration_metrics(metrics) if metrics is not None else None
     if ref is not None and wanted is None:
         raise UserError("--ref gives the references of --metrics; add --metrics psnr,ssim (or drop --ref)")
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    check_translatable(model, nfe, gamma)
+    refuse_translation(model, nfe, gamma)
     out_path = check_out(out, model.is_image, force)
     data = inputs.load_inputs(src, model, split_pairs=True, log=rep.log)
     x = clean = data.x
@@ -125,10 +126,10 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float | None
         return
     strength = 0.5 if strength is None else strength
     gamma = 0.0 if gamma is None else gamma
-    from ctmtool import inputs
-    from ctmtool.apply import edit_items
-    from ctmtool.editing import check_editable, composite, strength_to_level
-    from ctmtool.outputs import check_out, write_items
+    from ctmtool.core.editing import check_editable, composite, strength_to_level
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import edit_items
+    from ctmtool.jobs.outputs import check_out, write_items
 
     if mask is not None and strokes is None:
         raise UserError("--mask goes with --strokes (it marks where the strokes apply)")
@@ -165,11 +166,11 @@ def _restore(rep: Reporter, image: str, ckpt: str, out: str, task: str, factor: 
              mask: str | None, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
              device: str, force: bool, strokes: str | None, keep_unmasked: bool) -> None:
     """`translate edit IMAGE --restore TASK`: zero-shot inpainting / colourisation / super-resolution."""
-    from ctmtool import inputs
-    from ctmtool.apply import restore_items
-    from ctmtool.editing import check_editable, strength_to_level
-    from ctmtool.outputs import check_out, write_items
-    from ctmtool.zero_shot import TASKS, centre_hole, check_task, observed
+    from ctmtool.core.editing import check_editable, strength_to_level
+    from ctmtool.core.zero_shot import TASKS, centre_hole, check_task, observed
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import restore_items
+    from ctmtool.jobs.outputs import check_out, write_items
 
     if task not in TASKS:
         raise UserError(f"--restore {task}: choose among {', '.join(TASKS)}")

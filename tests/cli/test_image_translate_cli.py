@@ -107,8 +107,8 @@ def test_missing_source_table_is_one_error_line(tmp_path):
 
 
 def test_translate_passes_class_labels_to_a_conditional_gctm(tmp_path, make_checkpoint, tiny_preset):
-    from ctmtool.gctm.translate import translate
-    from ctmtool.runs import open_model
+    from ctmtool.core.translate import translate
+    from ctmtool.jobs.run_dirs import open_model
 
     preset = tiny_preset("toy-translate", 'gctm.coupling="independent"', "net.label_dim=3", net="unet")
     ckpt = make_checkpoint(tmp_path / "c.safetensors", "gctm", (3, 8, 8), preset,

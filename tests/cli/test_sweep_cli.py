@@ -26,7 +26,7 @@ def test_search_nfe2_finds_the_best_index_evaluating_few(tmp_path, make_checkpoi
     one reported is the best evaluated, and a brute-force scan of the same indices agrees on a unimodal score."""
     import json
 
-    from ctmtool.nfe2_search import ternary_search
+    from ctmtool.jobs.nfe2_search import ternary_search
 
     ckpt = make_checkpoint(tmp_path / "ctm.safetensors", "ctm", (2,), scale=0.1)
     out = tmp_path / "s.json"
