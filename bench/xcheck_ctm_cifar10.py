@@ -91,7 +91,7 @@ def main(checkout: str) -> None:
         f2 = tmp / "ema_0.999_000100.pt"
         f.rename(f2)
         out = tmp / f"ctm{label_dim}.safetensors"
-        import_file(f2, out, force=True)
+        import_file(f2, out)
         f2.rename(f)
         mine = load_model(out, device="cpu")
         diff = KarrasDenoiser(args, None, None)

@@ -111,6 +111,7 @@ class ADMConfig(Strict):
     scale_shift: bool = True  # FiLM conditioning (use_scale_shift_norm)
     resblock_updown: bool = True  # residual blocks for up/downsampling
     qkv_order: Literal["three", "heads"] = "three"  # qkv channel split: flash-attention checkpoints use "three"
+    time_scale: float = Field(1000.0, gt=0)  # noise labels ln(sigma)/4 times this enter the embedding (EDM's ADM: 1)
 
     @field_validator("head_channels")
     @classmethod

@@ -6,7 +6,7 @@ Download the pickles from https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/ :
     edm-cifar10-32x32-cond-vp.pkl     edm-cifar10-32x32-cond-ve.pkl
     edm-afhqv2-64x64-uncond-vp.pkl    edm-afhqv2-64x64-uncond-ve.pkl
     edm-ffhq-64x64-uncond-vp.pkl      edm-ffhq-64x64-uncond-ve.pkl
-    edm-imagenet-64x64-cond-adm.pkl   (ADM / DhariwalUNet: not supported by ctmtool)
+    edm-imagenet-64x64-cond-adm.pkl   (ADM / DhariwalUNet: converted by ctmtool.importers.edm_adm)
 
 An EDM pickle is `dict(ema=<precond>, loss_fn=..., augment_pipe=..., dataset_kwargs=...)`. Every network
 object is a "persistent" object reduced to `torch_utils.persistence._reconstruct_persistent_obj(meta)`,
