@@ -192,6 +192,7 @@ class CTMConfig(Strict):
     dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"  # DSM sigmas; halflognormal is the paper's
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
     eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
+    eval_ema_warmup: bool = False  # False: fixed rates from step 0 as the official code (ctm-cifar10 train_util.py 282-284); True: min(r, (1+n)/(10+n))
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
     solver: Literal["heun", "euler"] = "heun"  # teacher ODE steps
     teacher_hint: str = ""  # which published teacher this preset expects and where to get it (shown if --teacher is missing)

@@ -179,8 +179,9 @@ class TrajectoryObjective(ObjectiveBase):
         # the solver's target EMA has no warm-up: a target that follows the online net closely from the start
         # feeds the net its own errors (GCTM diverged within tens of steps on toy-translate)
         self._averagers["target"](self.preset.ctm.target_ema)
+        warm = self.preset.ctm.eval_ema_warmup  # official: fixed rates from the first step
         for rate in self.emas:
-            self._averagers[rate](warmup_rate(rate, self.steps))
+            self._averagers[rate](warmup_rate(rate, self.steps) if warm else rate)
         return True
 
     def _d_cfg(self):
