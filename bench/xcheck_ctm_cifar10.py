@@ -217,7 +217,6 @@ def _adaptive_micro_batches(diff, off, teacher, mine, my_lpips, grid, res, ctm_l
           f"{next(n for n, p in mine.net.named_parameters() if p is my_last)} {tuple(my_last.shape)}")
     x0 = torch.rand(6, 3, res, res, generator=torch.Generator().manual_seed(13)) * 2 - 1
     t_i, k, s_i = 3, 5, 10
-    parts = {"official": [], "ctmtool": []}
     with torch.enable_grad():
         for m in (0, 1, None):
             rows = x0 if m is None else x0[3 * m:3 * m + 3]
