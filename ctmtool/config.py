@@ -265,6 +265,11 @@ class GCTMConfig(Strict):
     var1: float | None = Field(None, gt=0)  # override the estimated Var x1
     cov01: float | None = None  # override the estimated Cov(x0, x1)
     dsm_times: Literal["lognormal", "uniform", "beta_3_1"] = "lognormal"  # how DSM training times are drawn
+    dsm_grid: int = Field(1024, ge=0)  # DSM times snapped up to this fine grid's points (the reference's disc_steps); 0: continuous
+    dsm_grid_fraction: float = Field(0.0, ge=0, le=1)  # share of DSM times drawn from the training grid instead (0: the reference)
+    time_sampler: Literal["official", "ctm"] = "official"  # (t, u, s): GCTM's s ~ 1 - t, t = lambda + (1 - lambda) t_s; or CTM's
+    t_ctm_beta: tuple[float, float] = (1.2, 2.0)  # lambda ~ Beta(a, b) of the official sampler (its --t_ctm_dists)
+    double_every: int | None = Field(None, ge=1)  # curriculum: the training grid's steps double every this many steps (--double_iter)
 
 
 class Preset(Strict):

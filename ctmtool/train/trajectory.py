@@ -7,7 +7,7 @@ What differs between CTM and GCTM is the loss object it is given, with one inter
     ctm(online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed) -> (per-sample loss, x_est)
     dsm(online, pair, labels, gen) -> per-sample loss
     meta() -> dict                                  what checkpoints must record to rebuild the model
-    new_step(cpu_gen)                               draws shared by one optimiser step's micro-batches (CTM: k)
+    new_step(cpu_gen, steps)                        draws shared by one step's micro-batches (CTM: k; GCTM: curriculum)
 `CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.gctm.objective.GCTMTerms` (pairs from a
 coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
 weights, the optional GAN term, the EMAs and the checkpoint groups.
@@ -47,7 +47,7 @@ class CTMTerms:
         self.ctm_loss, self.dsm_loss = ctm_loss, dsm_loss
         self.k: int | None = None  # this optimiser step's teacher steps (None: drawn per call)
 
-    def new_step(self, cpu_gen) -> None:
+    def new_step(self, cpu_gen, steps: int = 0) -> None:
         """Draw k once per optimiser step, shared by its micro-batches (and ranks: same generator), as the
         official code does (ctm-cifar10 cm/train_util.py 1024-1035: drawn in forward_backward, broadcast)."""
         self.k = sample_teacher_steps(self.ctm_loss.max_steps, cpu_gen)
@@ -134,7 +134,7 @@ class TrajectoryObjective(ObjectiveBase):
         c, g = self.preset.ctm, self.preset.gan
         gan = self._gan_active(kimg)
         turn = self.alternation.step_of(self.steps, self.d_steps)
-        self.terms.new_step(self.cpu_gen)
+        self.terms.new_step(self.cpu_gen, self.steps)
         if gan and not self.alternation.generator(turn):
             return self._d_only_step(batches, kimg)
         self.optimizers["net"].zero_grad(set_to_none=True)
