@@ -194,6 +194,7 @@ class CTMConfig(Strict):
     eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
     eval_ema_warmup: bool = False  # False: fixed rates from step 0 as the official code (ctm-cifar10 train_util.py 282-284); True: min(r, (1+n)/(10+n))
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
+    self_solver: Literal["jump", "heun"] = "jump"  # teacher = "self": jump = the target's own G(x_t, t, u) (official self_learn); heun: Heun on its denoiser
     solver: Literal["heun", "euler"] = "heun"  # teacher ODE steps
     teacher_hint: str = ""  # which published teacher this preset expects and where to get it (shown if --teacher is missing)
     dropout: Literal["matched", "official"] = "matched"  # matched: online passes share masks, target without dropout; official: target in train mode, every pass its own masks

@@ -27,10 +27,10 @@ from torch import nn
 
 from ctmtool import solvers
 from ctmtool.config import Preset
+from ctmtool.gctm.times import curriculum_steps, official_indices, snap_up
 from ctmtool.losses.ctm import fixed_dropout
 from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
 from ctmtool.models import build_precond
-from ctmtool.gctm.times import curriculum_steps, official_indices, snap_up
 from ctmtool.schedules import gctm_times, sample_ctm_indices
 from ctmtool.train.trajectory import TrajectoryObjective
 
