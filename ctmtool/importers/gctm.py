@@ -56,10 +56,10 @@ def convert(obj: Any, source: str | Path = "gctm.pt", which: str = "net_ema", va
     missing = [k for k, v in given.items() if v is None]
     if missing:
         raise UserError(f"{path} is a GCTM checkpoint, which does not record its moments; give "
-                        f"{', '.join(f'`{k}`' for k in missing)} (the three --vars of its training command; its "
-                        "--X1_eps_std as `x1_eps_std`)")
+                        f"{', '.join(f'`{k}`' for k in missing)} (the three `vars` values of its training command; its "
+                        "`X1_eps_std` as `x1_eps_std`)")
     if not x1_eps_std >= 0:
-        raise UserError(f"`x1_eps_std` must be a non-negative number (its --X1_eps_std), got {x1_eps_std}")
+        raise UserError(f"`x1_eps_std` must be a non-negative number (its `X1_eps_std`), got {x1_eps_std}")
     var1 = float(var1) + float(x1_eps_std) ** 2  # train_gctm.py line 47: vars[1] += X1_eps_std**2
     if which not in ("net", "net_ema"):
         raise UserError(f"`ema` must be 'net' or 'net_ema' for a GCTM file, got {which!r}")
