@@ -45,10 +45,10 @@ def to_ctmtool_state(net: dict) -> dict:
     return out
 
 
-def convert(obj: Any, source: str | Path = "gctm.pt", which: str = "net_ema", var0: float | None = None,
+def convert(obj: Any, source: str | Path = "gctm.pt", ema: str = "net_ema", var0: float | None = None,
             var1: float | None = None, cov01: float | None = None, smin: float = 0.002, smax: float = 80.0,
             grid: int = 18, rho: float = 7.0, dropout: float = 0.1, x1_eps_std: float = 0.0, base=None) -> ImportResult:
-    """A ctmtool `gctm` checkpoint from the `which` network (net_ema by default, as its evaluation uses)."""
+    """A ctmtool `gctm` checkpoint from the `ema` network of the file (net_ema by default, as its evaluation uses)."""
     from ctmtool.config import load_preset, preset_from_dict
 
     path = Path(source)
@@ -61,15 +61,15 @@ def convert(obj: Any, source: str | Path = "gctm.pt", which: str = "net_ema", va
     if not x1_eps_std >= 0:
         raise UserError(f"`x1_eps_std` must be a non-negative number (its `X1_eps_std`), got {x1_eps_std}")
     var1 = float(var1) + float(x1_eps_std) ** 2  # train_gctm.py line 47: vars[1] += X1_eps_std**2
-    if which not in ("net", "net_ema"):
-        raise UserError(f"`ema` must be 'net' or 'net_ema' for a GCTM file, got {which!r}")
-    state = clean_state(to_ctmtool_state(obj[which]))
+    if ema not in ("net", "net_ema"):
+        raise UserError(f"`ema` must be 'net' or 'net_ema' for a GCTM file, got {ema!r}")
+    state = clean_state(to_ctmtool_state(obj[ema]))
     unet, data_shape, label_dim = infer_songunet(state)
     if base is None:
         base = load_preset("edges2shoes")  # the GCTM paper's image settings; network and moments replaced below
     raw = base.model_dump(mode="json")
     raw["name"] = path.stem
-    raw["description"] = f"imported from the GCTM checkpoint {path.name} ({which})"
+    raw["description"] = f"imported from the GCTM checkpoint {path.name} ({ema})"
     raw["data"] = {"source": "folder", "resolution": data_shape[1], "channels": data_shape[0]}
     raw["net"] = {"kind": "unet", "label_dim": label_dim, "unet": {**unet, "dropout": dropout}}
     raw["diffusion"].update(sigma_min=smin, sigma_max=smax, rho=rho)
@@ -79,4 +79,4 @@ def convert(obj: Any, source: str | Path = "gctm.pt", which: str = "net_ema", va
     moments = {"var0": float(var0), "var1": var1, "cov01": float(cov01), "label_range": [smin, smax],
                "x1_eps_std": float(x1_eps_std)}
     return ImportResult(kind="gctm", preset=preset, data_shape=data_shape, state=state,
-                        meta={"source": "gctm", "weights": which, "moments": moments})
+                        meta={"source": "gctm", "weights": ema, "moments": moments})
