@@ -23,8 +23,8 @@ def main(checkout: str) -> None:
     sys.path.insert(0, str(Path(checkout).resolve()))
     from training.networks import EDMPrecond
 
+    from ctmtool.core.models import load_model
     from ctmtool.importers import import_file
-    from ctmtool.models import load_model
 
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def main(checkout: str) -> None:
             rel = d / want.abs().max().item()
             worst = max(worst, rel)
             print(f"  D sigma={sigma:<6} {name:<10} max|diff| {d:.3e}   rel {rel:.3e}")
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
 
     for field, value in (("qkv_order", "three"), ("time_scale", 1000.0)):  # controls: each conversion matters
         p = mine.preset.model_copy(update={"net": mine.preset.net.model_copy(update={

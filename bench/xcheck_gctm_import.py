@@ -26,8 +26,8 @@ def main(checkout: str) -> None:
     sys.path.insert(0, str(Path(checkout).resolve()))
     from networks import SongUNet
 
+    from ctmtool.core.models import load_model
     from ctmtool.importers import import_file
-    from ctmtool.models import load_model
 
     torch.set_grad_enabled(False)
     var0, var1, cov01, smin, smax = 0.23, 0.01 + 0.05**2, 0.02, 0.002, 80.0
@@ -55,8 +55,8 @@ def main(checkout: str) -> None:
         dg = (got_g - want_g).abs().max().item() / want_g.abs().max().item()
         print(f"  t={t:<4} s={s:<4} G rel {dG:.3e}   g rel {dg:.3e}")
 
-    from ctmtool.apply import translate_items
-    from ctmtool.sampling import ImageNoise
+    from ctmtool.core.noise import ImageNoise
+    from ctmtool.jobs.items import translate_items
 
     eps_std, var1_cmd = 0.05, 0.01
     off_eps = SongUNet(vars=[var0, var1_cmd + eps_std**2, cov01], param="LIN", discretization=disc, img_resolution=16,

@@ -31,10 +31,10 @@ def main(checkout: str, n: int) -> None:
     torch.Tensor.cuda = lambda self, *a, **k: self  # the official sampler moves everything to the GPU
     from discretizations import EDM_N2I
 
-    from ctmtool.gctm.objective import GCTMLoss
+    from ctmtool.core.schedules import gctm_times, sample_ctm_indices
     from ctmtool.gctm.times import official_indices
     from ctmtool.losses.distances import SquaredL2
-    from ctmtool.schedules import gctm_times, sample_ctm_indices
+    from ctmtool.train.gctm_objective import GCTMLoss
 
     smin, smax, rho, fine, steps = 0.002, 500.0, 7.0, 1024, 4
     disc = EDM_N2I(fine, smin=smin, smax=smax, rho=rho, t_sm_dists=["beta_3_1"], t_ctm_dists=[1.2, 2])

@@ -36,10 +36,10 @@ def official_functions(checkout: str) -> dict:
 def main(checkout: str) -> None:
     from ctmtool.checkpoint import Checkpoint, save_checkpoint
     from ctmtool.config import load_preset
+    from ctmtool.core.likelihood_paper import ctm_paper_bpd
+    from ctmtool.core.models import build_precond, load_model
     from ctmtool.data.base import Dataset
-    from ctmtool.likelihood_paper import ctm_paper_bpd
-    from ctmtool.models import build_precond, load_model
-    from ctmtool.nll import NLLOptions, likelihood_of
+    from ctmtool.jobs.likelihood import NLLOptions, likelihood_of
 
     off = official_functions(checkout)
     p = load_preset("cifar10", ["data.source=folder", "data.resolution=8", "net.unet.model_channels=16",

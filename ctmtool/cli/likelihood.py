@@ -21,7 +21,7 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.nll import EXACT_MAX_DIM, SOLVERS, NLLOptions
+from ctmtool.jobs.likelihood import EXACT_MAX_DIM, SOLVERS, NLLOptions
 
 
 @handle_errors
@@ -67,8 +67,8 @@ def likelihood_cmd(
     Images are uniformly dequantised and reported in bits/dim of 8-bit data; points in nats (and bits) per item.
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used, and named on stderr.
     """
-    from ctmtool.nll import check_per_item_path, likelihood_of, load_data, write_per_item
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.likelihood import check_per_item_path, likelihood_of, load_data, write_per_item
+    from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out)
     if protocol not in ("exact", "ctm-paper"):
@@ -87,7 +87,7 @@ def likelihood_cmd(
     rep.log(f"using {source}")
     ds = load_data(data, model)
     if protocol == "ctm-paper":
-        from ctmtool.nll import paper_likelihood_of
+        from ctmtool.jobs.likelihood import paper_likelihood_of
 
         total = len(ds) if n is None else min(max(n, 0), len(ds))
         rep.log(f"ctm-paper likelihood of {total} items of {ds.name} on {dev}")

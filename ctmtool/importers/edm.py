@@ -12,15 +12,15 @@ NAME = "edm-pickle"
 
 
 def sniff(obj: Any) -> bool:
-    from ctmtool.edm_import import PersistentObj
+    from ctmtool.importers.edm_pickle import PersistentObj
 
     return isinstance(obj, dict) and isinstance(obj.get("ema"), PersistentObj)
 
 
 def convert(obj: Any, source: str | Path = "edm.pkl", base=None) -> ImportResult:
-    """The `ema` network of an EDM pickle read by `load_foreign` (see `ctmtool.edm_import`); a DhariwalUNet
+    """The `ema` network of an EDM pickle read by `load_foreign` (see `ctmtool.importers.edm_pickle`); a DhariwalUNet
     (edm-imagenet-64x64-cond-adm.pkl) goes to `ctmtool.importers.edm_adm`."""
-    from ctmtool.edm_import import PersistentObj, checkpoint_from_edm
+    from ctmtool.importers.edm_pickle import PersistentObj, checkpoint_from_edm
 
     model = (obj["ema"].state.get("_modules") or {}).get("model")
     if isinstance(model, PersistentObj) and model.class_name == "DhariwalUNet":

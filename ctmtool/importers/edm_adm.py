@@ -128,7 +128,7 @@ def convert_dhariwal(state: dict[str, torch.Tensor], mkw: dict, res: int, chans:
 
 def import_dhariwal(data: dict, path: str | Path) -> ImportResult:
     """The EDM-preconditioned ADM teacher of an already safely unpickled EDM pickle whose model is a DhariwalUNet."""
-    from ctmtool.edm_import import PersistentObj, _attr, _init_kwargs, collect_state
+    from ctmtool.importers.edm_pickle import PersistentObj, _attr, _init_kwargs, collect_state
     from ctmtool.importers.openai_adm import adm_preset
 
     path = Path(path)

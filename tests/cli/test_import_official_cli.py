@@ -5,7 +5,7 @@ Each file is written in its published format with small random weights: OpenAI's
 `time_embed_s`), ctm-cifar10 (`EDMPrecond_CTM` state dict), GCTM (`train_gctm.py`'s dict), and NVIDIA's EDM
 pickles (a SongUNet, and the ImageNet ADM `edm-imagenet-64x64-cond-adm.pkl` layout: `EDMPrecond` around a
 `DhariwalUNet`, built here from NVlabs/edm training/networks.py 134-187, 372-433 with the stand-ins of
-tests/test_edm_import.py; nothing in the pickle runs). bench/xcheck_edm_adm.py and bench/xcheck_adm.py
+tests/importers/test_edm_pickle.py; nothing in the pickle runs). bench/xcheck_edm_adm.py and bench/xcheck_adm.py
 compare the same conversions with the official code.
 """
 
@@ -23,12 +23,12 @@ from torch.nn import functional as F
 from typer.testing import CliRunner
 
 from ctmtool.cli.app import app
-from ctmtool.models import build_precond, load_model
+from ctmtool.core.models import build_precond, load_model
 from ctmtool.nets.adm import ADMUNet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import test_edm_import as edm_t  # noqa: E402
-from importers import test_importers as imp_t  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "importers"))
+import test_edm_pickle as edm_t  # noqa: E402  (EDM's persistent-class stand-ins)
+import test_importers as imp_t  # noqa: E402  (writers of the ctm-cifar10 / GCTM formats)
 
 ENV = {"COLUMNS": "200"}
 ADM = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), head_channels=16)
@@ -163,7 +163,7 @@ def dhariwal_denoise(pre, x, sigma, onehot):
 def _edm_adm_pickle(tmp_path: Path, sentinel: Path) -> tuple[Path, object]:
     cls = edm_t._precond("EDMPrecond", dict(sigma_min=0, sigma_max=float("inf"), sigma_data=0.5))
     saved = edm_t.DhariwalUNet
-    edm_t.DhariwalUNet = DhariwalUNet  # the precond factory looks the network class up in test_edm_import
+    edm_t.DhariwalUNet = DhariwalUNet  # the precond factory looks the network class up in test_edm_pickle
     try:
         pre = cls(torch.Generator().manual_seed(0), img_resolution=16, img_channels=3, label_dim=5, use_fp16=False,
                   model_type="DhariwalUNet", model_channels=128, channel_mult=[1, 1], num_blocks=1,
@@ -240,7 +240,7 @@ def test_edm_imagenet_adm_pickle_denoises_as_edm(tmp_path):
 def test_gctm_import_with_source_noise_then_translate(tmp_path):
     """A GCTM file imports with its X1_eps_std; `translate` then computes G(x1 + eps_std * eps, 1, 0) with the eps
     of item i's seed, as the official evaluation on Sampler.sample_X1 does."""
-    from ctmtool.sampling import ImageNoise
+    from ctmtool.core.noise import ImageNoise
 
     p = imp_t._preset()
     src = imp_t._perturbed(build_precond("gctm", p, (3, 16, 16)))

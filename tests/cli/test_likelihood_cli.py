@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from ctmtool.cli.likelihood import register
 from ctmtool.config import load_preset
-from ctmtool.models import analytic_model
+from ctmtool.core.models import analytic_model
 
 KEYS = {"bits_per_dim", "nll_nats", "nll_per_dim", "n", "ci95", "method", "seconds_per_item", "bound", "dim"}
 
@@ -133,8 +133,8 @@ def test_bad_inputs_give_one_line_errors(app, points, images, tmp_path, make_che
 def test_ctm_paper_protocol_from_the_command_line(app, images, tmp_path, make_checkpoint):
     """--protocol ctm-paper: the CTM paper's estimate (sony/ctm eval_bpd.py) of the same images, seeded; the exact
     protocol's figure is a different quantity (docs/likelihood.md)."""
-    from ctmtool.likelihood_paper import ctm_paper_bpd
-    from ctmtool.models import load_model
+    from ctmtool.core.likelihood_paper import ctm_paper_bpd
+    from ctmtool.core.models import load_model
 
     ckpt = make_checkpoint(tmp_path / "ctm.safetensors", "ctm", (1, 8, 8))
     res = _run(app, str(images), "--ckpt", str(ckpt), "--protocol", "ctm-paper", "--seed", "3", "--batch", "5", "--json")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from ctmtool.config import load_preset
+from ctmtool.core.schedules import gctm_times
 from ctmtool.gctm.couplings import IndependentCoupling
-from ctmtool.gctm.objective import GCTMLoss, gctm_objective
 from ctmtool.gctm.times import curriculum_steps, official_indices, snap_up
 from ctmtool.losses.distances import SquaredL2
-from ctmtool.schedules import gctm_times
+from ctmtool.train.gctm_objective import GCTMLoss, gctm_objective
 
 
 def test_official_indices_order_and_marginals():
