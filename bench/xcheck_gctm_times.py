@@ -55,8 +55,8 @@ def main(checkout: str, n: int) -> None:
     mine = Counter(zip(t_i.tolist(), u_i.tolist(), s_i.tolist(), strict=True))
     g = torch.Generator().manual_seed(4)
     old = Counter()
-    for _ in range(n // 10000):
-        a, b, c, _k = sample_ctm_indices(10000, steps + 1, steps, generator=g)
+    for _ in range(n // 64):  # batches of 64 (Edges->Shoes' batch): one k per batch, so many batches
+        a, b, c, _k = sample_ctm_indices(64, steps + 1, steps, generator=g)
         old.update(zip(a.tolist(), b.tolist(), c.tolist(), strict=True))
     p1 = {name: sum(v for k, v in c.items() if k[0] == 0) / sum(c.values())
           for name, c in (("official", off_a), ("ctmtool", mine), ("former", old))}
