@@ -42,7 +42,8 @@ def test_paper_presets_train_a_few_steps_with_their_settings(tmp_path, preset):
     assert r.exit_code == 0, r.stderr
     ckpt = load_checkpoint(next((tmp_path / "run").rglob("*.safetensors")))
     p = load_preset(preset)
-    assert ckpt.meta["moments"] == {"var0": p.gctm.var0, "var1": p.gctm.var1, "cov01": p.gctm.cov01}
+    moments = {k: ckpt.meta["moments"][k] for k in ("var0", "var1", "cov01")}
+    assert moments == {"var0": p.gctm.var0, "var1": p.gctm.var1, "cov01": p.gctm.cov01}
     assert ckpt.preset.gctm.coupling == p.gctm.coupling and ckpt.preset.distill.lr == p.distill.lr
 
 
@@ -50,7 +51,9 @@ def test_paper_settings_as_the_official_configs():
     p = load_preset("ffhq64-inpaint")
     assert (p.distill.batch, p.distill.lr, p.net.unet.model_channels, p.net.unet.num_blocks, p.gctm.dsm_times) == \
         (64, 1e-4, 128, 4, "beta_3_1")
-    assert load_preset("cifar10-gctm").gctm.coupling == "independent"
+    assert tuple(p.gctm.t_ctm_beta) == (1.0, 1.0) and p.gctm.time_sampler == "official"
+    c = load_preset("cifar10-gctm").gctm
+    assert (c.coupling, c.double_every) == ("independent", 50000)
 
 
 def test_missing_ffhq_folder_says_what_to_download(tmp_path):
