@@ -76,6 +76,11 @@ def sample_cmd(
     ema: EmaOpt = "ema",
     analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of --preset.")] = False,
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="With --analytic: the Gaussian-mixture preset.")] = None,
+    reject_with: Annotated[str | None, typer.Option("--reject-with", help="Classifier-rejection sampling: a TorchScript "
+                                                    "file with classify(x) logits on uint8 images; draws (1 + "
+                                                    "--rejection-ratio) x n samples and keeps the n best-scored.")] = None,
+    rejection_ratio: Annotated[float, typer.Option("--rejection-ratio", help="With --reject-with: extra fraction "
+                                                   "drawn and rejected (the official script: 0.1 .. 1).")] = 0.2,
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -90,6 +95,7 @@ def sample_cmd(
     from ctmtool.core import distributed as ddp
     from ctmtool.jobs.outputs import check_out, write_items
     from ctmtool.jobs.plan import plan_sampling
+    from ctmtool.jobs.rejection import draw_count
     from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out)
@@ -104,15 +110,55 @@ def sample_cmd(
                          sigmas=parse_floats(sigmas, "--sigmas"), noise=noise, batch=batch)  # before the output
     check_out(out, model.is_image, force)
     rep.log(f"using {source}")
+    classify = _classifier(reject_with, rejection_ratio, model, dev)
+    wanted = n if n is not None else model.preset.sample.n
+    if classify is not None:
+        n = draw_count(wanted, rejection_ratio)
     res = _sample(model, plan, dev, rep, n, seed)
     if res is None:
         return
+    rejection = {}
+    if classify is not None:
+        res, rejection = _reject(res, classify, rejection_ratio, wanted, reject_with, rep)
     info = write_items(res.x, out, model.is_image, labels=res.labels)
-    result = {**info, **res.summary(), "checkpoint": str(model.path) if model.path else "analytic"}
+    result = {**info, **res.summary(), **rejection, "checkpoint": str(model.path) if model.path else "analytic"}
     if out == "-":
         rep.log("sampled " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "schedule"))
         return
     rep.result(result, title="samples")
+
+
+def _classifier(path: str | None, ratio: float, model, dev):
+    """The classify(x) method of a TorchScript classifier for --reject-with, or None."""
+    if path is None:
+        return None
+    from ctmtool.metrics.features import make_extractor
+
+    if ratio < 0:
+        raise UserError(f"--rejection-ratio must be >= 0 (got {ratio})")
+    if not model.is_image:
+        raise UserError("--reject-with scores images with a classifier; this model makes points")
+    if path.lower().startswith("inception"):
+        raise UserError("--reject-with takes a TorchScript classifier file (classify(x) logits), not Inception")
+    ex = make_extractor(path, dev)
+    if not ex.has_head("logits"):
+        raise UserError(f"--reject-with {path}: {ex.missing_head('logits')}")
+    return lambda x: ex.heads(x, ("logits",))["logits"]
+
+
+def _reject(res, classify, ratio: float, wanted: int, path: str, rep: Reporter):
+    """The samples that survive classifier rejection, and what the result reports about it."""
+    import dataclasses
+
+    from ctmtool.jobs.rejection import classifier_scores, keep_best
+
+    scores, classes = classifier_scores(res.x, res.labels, classify)
+    kept = keep_best(scores, classes, ratio, wanted)
+    rep.log(f"classifier rejection: kept {len(kept)} of {len(res.x)} samples (mean log p {float(scores.mean()):.4g} "
+            f"-> {float(scores[kept].mean()):.4g})")
+    res = dataclasses.replace(res, x=res.x[kept], labels=None if res.labels is None else res.labels[kept], n=len(kept))
+    return res, {"rejected_with": path, "rejection_ratio": ratio, "drawn": len(scores),
+                 "mean_logp_drawn": round(float(scores.mean()), 6), "mean_logp_kept": round(float(scores[kept].mean()), 6)}
 
 
 def register(root: typer.Typer) -> None:
@@ -134,19 +180,26 @@ def sweep_cmd(
     seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
     out: Annotated[Path, typer.Option("--out", "-o", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
+    search_nfe2: Annotated[bool, typer.Option("--search-nfe2", help="Instead of the table: ternary search of NFE 2's "
+                                              "intermediate level over a --search-steps grid (the CTM code's "
+                                              "ternary_search.py), with the first --gamma value.")] = False,
+    search_steps: Annotated[int, typer.Option("--search-steps", help="--search-nfe2: levels of the grid searched "
+                                              "(the official script: 40).")] = 40,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?).
+    """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?);
+    or, with --search-nfe2, the best intermediate level for two-step sampling.
 
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used."""
     from ctmtool.jobs.items import check_memory
     from ctmtool.jobs.run_dirs import open_model
-    from ctmtool.jobs.sweep import sweep_job
+    from ctmtool.jobs.sweep import nfe2_job, sweep_job
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)
+    at_least(3, search_steps=search_steps)
     check_output(out, force)
     plot = out.with_suffix(".png")
     check_output(plot, force)
@@ -156,6 +209,18 @@ def sweep_cmd(
     rep.log(f"using {source}")
     nfe_list = [int(v) for v in parse_floats(nfes, "--nfe")]
     gamma_list = parse_floats(gammas, "--gamma")
+    if search_nfe2:
+        result = nfe2_job(model, gamma_list[0], search_steps, metric=metric, features=features, ref=ref, n=n,
+                          seed=seed, batch=batch, device=dev, out=out, plot=plot, progress=rep.log)
+        if json_out:
+            rep.result({**result, "out": str(out)})
+        else:
+            for e in result["evaluated"]:
+                print(f"index {e['index']:3d}  level {e['level']:.5g}  {e['score']:.5g}")
+            print(f"best: index {result['best_index']} (level {result['best_level']:.5g}), "
+                  f"score {result['best_score']:.5g}")
+            print(f"wrote {out} and {plot}")
+        return
     result = sweep_job(model, nfe_list, gamma_list, metric=metric, features=features, ref=ref, n=n, seed=seed,
                        batch=batch, device=dev, out=out, plot=plot, progress=rep.log)
     rows = result["rows"]
@@ -165,3 +230,5 @@ def sweep_cmd(
         for r in rows:
             print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma {'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
         print(f"wrote {out} and {plot}")
+
+

@@ -46,19 +46,31 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
 
 
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
-               seed: int, batch: int, ema: str, device: str, force: bool) -> None:
+               seed: int, batch: int, ema: str, device: str, force: bool, metrics: str | None = None,
+               ref: str | None = None, class_label: int | None = None) -> None:
     from ctmtool.jobs.translation import translation_job
+    from ctmtool.metrics.restoration import parse_restoration_metrics
 
+    wanted = parse_restoration_metrics(metrics) if metrics is not None else None
+    if ref is not None and wanted is None:
+        raise UserError("--ref gives the references of --metrics; add --metrics psnr,ssim (or drop --ref)")
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
     rep.result(translation_job(model, src, out, nfe=nfe, gamma=gamma, degrade=degrade, grid=grid_path, seed=seed,
-                               batch=batch, device=dev, force=force, report=rep), title="translate")
+                               batch=batch, device=dev, force=force, report=rep, metrics=wanted, ref=ref,
+                               class_label=class_label), title="translate")
 
 
-def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strokes: str | None, mask: str | None,
-          keep_unmasked: bool, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
-          device: str, force: bool) -> None:
+def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float | None, strokes: str | None,
+          mask: str | None, keep_unmasked: bool, nfe: int, gamma: float | None, grid: str | None, seed: int,
+          batch: int, ema: str, device: str, force: bool, restore: str | None = None, factor: int = 8) -> None:
+    if restore is not None:
+        _restore(rep, image, ckpt, out, restore, factor, 1.0 if strength is None else strength, mask, nfe,
+                 1.0 if gamma is None else gamma, grid, seed, batch, ema, device, force, strokes, keep_unmasked)
+        return
     from ctmtool.jobs.translation import edit_job
 
+    strength = 0.5 if strength is None else strength
+    gamma = 0.0 if gamma is None else gamma
     if mask is not None and strokes is None:
         raise UserError("--mask goes with --strokes (it marks where the strokes apply)")
     if keep_unmasked and strokes is None:
@@ -69,6 +81,25 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
                         report=rep), title="edit")
 
 
+def _restore(rep: Reporter, image: str, ckpt: str, out: str, task: str, factor: int, strength: float,
+             mask: str | None, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
+             device: str, force: bool, strokes: str | None, keep_unmasked: bool) -> None:
+    """`translate edit IMAGE --restore TASK`: zero-shot inpainting / colourisation / super-resolution."""
+    from ctmtool.core.zero_shot import TASKS
+    from ctmtool.jobs.translation import restore_job
+
+    if task not in TASKS:
+        raise UserError(f"--restore {task}: choose among {', '.join(TASKS)}")
+    if strokes is not None or keep_unmasked:
+        raise UserError("--strokes and --keep-unmasked are for stroke editing, not --restore")
+    if mask is not None and task != "inpaint":
+        raise UserError("--mask marks the hole of --restore inpaint; drop it for colorize / superres")
+    model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
+    rep.result(restore_job(model, image, out, task=task, factor=factor, strength=strength, mask=mask, nfe=nfe,
+                           gamma=gamma, grid=grid_path, seed=seed, batch=batch, device=dev, force=force, report=rep),
+               title="restore")
+
+
 @handle_errors
 def translate_cmd(
     source: Annotated[str, typer.Argument(metavar="INPUT", help="Items to translate: folder, .zip, .npz, image file, "
@@ -77,14 +108,27 @@ def translate_cmd(
     ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoint (.safetensors) or run directory (its newest checkpoint).")] = ...,
     out: Annotated[str, typer.Option("--out", "-o", help="A folder (one PNG per item), an .npz (key samples) or one .png.")] = ...,
     nfe: Annotated[int, typer.Option("--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0)).")] = 1,
-    gamma: Annotated[float, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully "
-                                "between jumps (Gaussian sources and editing only).")] = 0.0,
+    gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully "
+                                "between jumps (Gaussian sources and editing only) [default: 0; 1 with --restore].")] = None,
     degrade: Annotated[bool, typer.Option("--degrade", help="Apply the model's own degradation (coupling corrupt:<op>) "
                                  "to clean inputs first, to see before/after.")] = False,
     grid: Annotated[str | None, typer.Option("--grid", help="Also write a side-by-side PNG: input | output "
                                     "(clean | degraded | output with --degrade).")] = None,
-    strength: Annotated[float, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; for a "
-                                   "CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio).")] = 0.5,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Score the outputs against references: comma-"
+                                       "separated among psnr, ssim, lpips (GCTM's eval_inverse). References: --ref, "
+                                       "else the clean inputs (--degrade), else the target halves of paired inputs.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="--metrics: reference images (folder, .zip, .npz), matched "
+                                   "to the inputs by file name, else by order.")] = None,
+    class_label: Annotated[int | None, typer.Option("--class", help="Class label for a class-conditional GCTM "
+                                   "[default: the inputs' class sub-folders].")] = None,
+    strength: Annotated[float | None, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; "
+                                   "for a CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio) [default: 0.5; 1 "
+                                   "with --restore].")] = None,
+    restore: Annotated[str | None, typer.Option("--restore", help="edit: zero-shot restoration by iterative jumps "
+                                   "(CTM code's application_sample, GCTM Alg. 4): inpaint (hole: --mask, white = "
+                                   "missing; default the centre box), colorize, superres.")] = None,
+    factor: Annotated[int, typer.Option("--factor", help="edit --restore superres: patch size whose means are "
+                                   "kept (the official code: 8).")] = 8,
     strokes: Annotated[str | None, typer.Option("--strokes", help="edit: the image with painted strokes (SDEdit stroke editing).")] = None,
     mask: Annotated[str | None, typer.Option("--mask", help="edit: white where the strokes apply "
                                     "[default: wherever STROKES differs from IMAGE].")] = None,
@@ -105,23 +149,27 @@ def translate_cmd(
     if source == "edit":
         if image is None:
             raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")
-        if degrade:
-            raise UserError("--degrade belongs to `ctmtool translate INPUT`, not to `translate edit`")
+        if degrade or metrics is not None or ref is not None or class_label is not None:
+            raise UserError("--degrade, --metrics, --ref and --class belong to `ctmtool translate INPUT`, not to "
+                            "`translate edit`")
         _edit(rep, image, ckpt, out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
-              device, force)
+              device, force, restore, factor)
         return
     if image is not None:
         raise UserError(f"unexpected second argument {image!r}; `ctmtool translate` takes one INPUT "
                         "(use `ctmtool translate edit IMAGE` to edit)")
-    if strokes is not None or mask is not None or keep_unmasked:
-        raise UserError("--strokes, --mask and --keep-unmasked belong to `ctmtool translate edit IMAGE`")
-    _translate(rep, source, ckpt, out, nfe, gamma, degrade, grid, seed, batch, ema, device, force)
+    if strokes is not None or mask is not None or keep_unmasked or restore is not None or strength is not None:
+        raise UserError("--strokes, --mask, --keep-unmasked, --strength and --restore belong to "
+                        "`ctmtool translate edit IMAGE`")
+    _translate(rep, source, ckpt, out, nfe, 0.0 if gamma is None else gamma, degrade, grid, seed, batch, ema,
+               device, force, metrics, ref, class_label)
 
 
 EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: "
              "noise the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is "
              "the start (inside --mask), and --keep-unmasked pastes the original back outside it.")
-EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--nfe", "--gamma", "--grid",
+EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--restore", "--factor",
+                "--nfe", "--gamma", "--grid",
                 "--seed", "--batch", "--ema", "--device", "--force", "--json")
 
 

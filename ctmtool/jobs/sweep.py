@@ -13,6 +13,7 @@ import torch
 from ctmtool.checkpoint import atomic_write
 from ctmtool.core.sampling import generate
 from ctmtool.data import load_dataset, load_images
+from ctmtool.jobs.nfe2_search import search_nfe2
 from ctmtool.jobs.plan import plan_sampling
 from ctmtool.jobs.plots import line_chart, save_png
 from ctmtool.metrics.quality import make_scorer
@@ -59,19 +60,47 @@ def sweep_series(model, rows: list[dict]) -> dict[str, list]:
     return series
 
 
-def sweep_job(model, nfes: list[int], gammas: list[float], *, metric: str | None, features: str | None,
-              ref: str | None, n: int, seed: int, batch: int, device, out: Path, plot: Path,
-              progress: Callable[[str], None] | None = None) -> dict:
-    """`ctmtool sample sweep`: the metric chosen (logp for Gaussian-mixture toy data, else fd-pixels) and its
-    references loaded, `nfe_sweep` run, the table written to `out` (JSON) and the plot to `plot`; returns the
-    table."""
+def scorer(model, metric: str | None, features: str | None, ref: str | None, device):
+    """(name, score(x) -> float, what the score is measured against) of a sweep's metric: logp for
+    Gaussian-mixture toy data, else fd-pixels against `ref` or the preset's data, unless `metric` says."""
     p = model.preset
     gmm = p.data.source == "toy" and p.data.toy == "gmm"
     metric = metric or ("logp" if gmm else "fd-pixels")
     reference = None
     if metric == "fd-pixels":
         reference = load_images(ref) if ref else load_dataset(p.data)
-    name, score, base = make_scorer(metric, p, reference, features, ref, device)
+    return make_scorer(metric, p, reference, features, ref, device)
+
+
+def nfe2_job(model, gamma: float, steps: int, *, metric: str | None, features: str | None, ref: str | None, n: int,
+             seed: int, batch: int, device, out: Path, plot: Path, progress: Callable[[str], None] | None = None) -> dict:
+    """`ctmtool sample sweep --search-nfe2`: the best intermediate level of two-step sampling
+    (`ctmtool.jobs.nfe2_search.search_nfe2`), each candidate scored on `n` samples; the table written to `out`
+    (JSON), the plot to `plot`; returns the table."""
+    name, score, base = scorer(model, metric, features, ref, device)
+
+    def sample_score(schedule) -> float:
+        plan = plan_sampling(model, solver="gamma", gamma=gamma, sigmas=[float(v) for v in schedule], noise="edm",
+                             batch=batch)
+        x = torch.cat([b.cpu() for b, _ in generate(model, n, plan, seed=seed, device=device)])
+        return score(x)
+
+    found = search_nfe2(model, sample_score, steps, gamma, "higher" not in name, progress)
+    result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, **found, "plot": str(plot)}
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    pts = [(e["level"], e["score"]) for e in found["evaluated"]]
+    save_png(line_chart({f"NFE 2, gamma {gamma:g}": sorted(pts)}, f"{Path(str(model.path)).name}: {name}",
+                        "intermediate level", "score"), plot)
+    return result
+
+
+def sweep_job(model, nfes: list[int], gammas: list[float], *, metric: str | None, features: str | None,
+              ref: str | None, n: int, seed: int, batch: int, device, out: Path, plot: Path,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """`ctmtool sample sweep`: the metric chosen (logp for Gaussian-mixture toy data, else fd-pixels) and its
+    references loaded, `nfe_sweep` run, the table written to `out` (JSON) and the plot to `plot`; returns the
+    table."""
+    name, score, base = scorer(model, metric, features, ref, device)
     rows = nfe_sweep(model, nfes, gammas, score, n, seed, batch, device, progress=progress)
     result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
               "plot": str(plot)}

@@ -11,12 +11,15 @@ from pathlib import Path
 import torch
 
 from ctmtool.core.editing import composite
+from ctmtool.core.zero_shot import centre_hole, check_task, observed
 from ctmtool.data import toy_points
 from ctmtool.jobs import inputs
-from ctmtool.jobs.items import edit_items, translate_items
+from ctmtool.jobs.items import class_labels, edit_items, restore_items, translate_items
 from ctmtool.jobs.outputs import check_out, write_items
 from ctmtool.jobs.plan import editing_level, plan_editing, plan_translation
 from ctmtool.jobs.plots import save_png, side_by_side
+from ctmtool.jobs.restoration_refs import references
+from ctmtool.metrics.restoration import restoration_metrics
 from ctmtool.progress import Progress
 
 
@@ -46,24 +49,35 @@ def _norm_mean(d: torch.Tensor) -> float:
 
 
 def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrade: bool, grid: Path | None,
-                    seed: int, batch: int, device, force: bool, report: Progress) -> dict:
-    """`ctmtool translate`: translate the items of `src` with a GCTM into `out`; returns the summary."""
+                    seed: int, batch: int, device, force: bool, report: Progress, metrics: list[str] | None = None,
+                    ref: str | None = None, class_label: int | None = None) -> dict:
+    """`ctmtool translate`: translate the items of `src` with a GCTM into `out`; returns the summary, with the
+    restoration `metrics` (parsed names) against `ref` (or the clean / target inputs) when asked."""
     plan = plan_translation(model, nfe=nfe, gamma=gamma, batch=batch)
     out_path = check_out(out, model.is_image, force)
     data = inputs.load_inputs(src, model, split_pairs=True, log=report.log)
     x = clean = data.x
     check_out(out, model.is_image, force, one_png_for=len(x))
+    refs = references(model, data, ref, degrade, log=report.log) if metrics is not None else None
+    labels = class_labels(model, len(x), class_label, data.labels)
     if degrade:
         x = inputs.degrade(x, model, seed)
     report.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on {device}")
     y, seconds = _timed(report, len(x), "translate", lambda adv: translate_items(
-        model, x, plan, seed=seed, device=device, progress=adv))
+        model, x, plan, seed=seed, device=device, progress=adv, labels=labels))
+    scores = {}
+    if refs is not None:
+        scores = restoration_metrics(y, refs[0], metrics)
+        scores.pop("per_image")
+        scores["metrics_ref"] = refs[1]
     info = write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False)
     if grid is not None:
         cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
         info["grid"] = _grid(cols, grid, model, reference=_toy_reference(model, len(y)))
     return {**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
-            "degrade": degrade, "seed": seed, "checkpoint": str(model.path), "mean_displacement": _norm_mean(y - x),
+            "degrade": degrade, "seed": seed, "checkpoint": str(model.path), **scores,
+            **({"class": class_label if class_label is not None else "from the inputs"} if labels is not None else {}),
+            "mean_displacement": _norm_mean(y - x),
             "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}
 
 
@@ -94,3 +108,31 @@ def edit_job(model, image: str, out: str, *, strength: float, strokes: str | Non
             "level_unit": unit, "nfe": nfe, "gamma": gamma, "strokes": strokes, "mask": mask, "seed": seed,
             "checkpoint": str(model.path), "mean_change": _norm_mean(y - start),
             "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}
+
+
+def restore_job(model, image: str, out: str, *, task: str, factor: int, strength: float, mask: str | None, nfe: int,
+                gamma: float, grid: Path | None, seed: int, batch: int, device, force: bool, report: Progress) -> dict:
+    """`ctmtool translate edit --restore TASK`: zero-shot restoration (`ctmtool.core.zero_shot`) of the images of
+    `image` into `out`; returns the summary."""
+    level = editing_level(model, strength)
+    out_path = check_out(out, model.is_image, force)
+    data = inputs.load_inputs(image, model, log=report.log)
+    y = data.x
+    check_out(out, model.is_image, force, one_png_for=len(y))
+    hole = inputs.load_mask(mask, model, len(y), report.log) if mask is not None else (
+        centre_hole(tuple(model.data_shape)) if task == "inpaint" else None)
+    check_task(task, tuple(model.data_shape), factor, hole)
+    report.log(f"zero-shot {task} of {len(y)} images with {model.path} ({model.kind}), {nfe} jumps from level "
+               f"{level:.4g}, gamma {gamma}")
+    x, seconds = _timed(report, len(y), task, lambda adv: restore_items(
+        model, y, task, level, hole=hole, factor=factor, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=device,
+        progress=adv))
+    seen = observed(task, y, None if hole is None else hole.expand(len(y), -1, -1, -1), factor)
+    info = write_items(x, out_path, model.is_image, inputs=seen, names=data.names, grid=False)
+    if grid is not None:
+        info["grid"] = _grid([y, seen, x], grid, model)
+    known = observed(task, x, None if hole is None else hole.expand(len(x), -1, -1, -1), factor)
+    return {**info, "n": len(x), "kind": model.kind, "restore": task, "level": round(level, 6), "nfe": nfe,
+            "gamma": gamma, "factor": factor if task == "superres" else None, "mask": mask, "seed": seed,
+            "checkpoint": str(model.path), "known_part_error": round(float((known - seen).abs().max()), 6),
+            "seconds": round(seconds, 3), "items_per_second": round(len(x) / max(seconds, 1e-9), 1)}
