@@ -188,6 +188,18 @@ def row_distill(official, batch: int, k: int, reps: int) -> None:
     report("distill", med, "official")
 
 
+DIGITS_TEACHER: str | None = None  # --digits-teacher CKPT (default: random weights)
+
+
+def digits_teacher(folder: Path):
+    from ctmtool.export import random_checkpoint
+    from ctmtool.models import load_model
+
+    if DIGITS_TEACHER:
+        return load_model(DIGITS_TEACHER)
+    return load_model(random_checkpoint(folder / "digits-teacher.safetensors", "digits", "teacher"))
+
+
 def row_heun(kd, reps: int, folder: Path) -> None:
     from ctmtool import solvers
     from ctmtool.export import random_checkpoint
@@ -195,7 +207,7 @@ def row_heun(kd, reps: int, folder: Path) -> None:
     from ctmtool.models import load_model
     from ctmtool.schedules import karras_sigmas
 
-    model = load_model(random_checkpoint(folder / "digits-teacher.safetensors", "digits", "teacher"))
+    model = digits_teacher(folder)
     net = model.net
     sig = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0), torch.zeros(1, dtype=torch.float64)])
     sig32 = sig.float()
@@ -224,7 +236,7 @@ def row_likelihood(kd, reps: int, folder: Path) -> None:
     from ctmtool.likelihood import ODEOptions, ode_log_prob
     from ctmtool.models import load_model
 
-    model = load_model(random_checkpoint(folder / "digits-teacher.safetensors", "digits", "teacher"))
+    model = digits_teacher(folder)
     den = model.net.denoise
     x = torch.as_tensor(load_digits().images[:16], dtype=torch.float32)[:, None] / 8 - 1
     opts = ODEOptions(divergence="hutchinson", probes=1, rtol=1e-4, atol=1e-4)
@@ -280,9 +292,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4, help="distill: teacher Heun steps per CTM target")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", type=int, default=0, help="distill: print the N costliest operators of each side")
+    ap.add_argument("--digits-teacher", help="heun, likelihood: a trained digits teacher checkpoint (default: random "
+                    "weights; the likelihood's NFE depends on the weights, the time per NFE does not)")
     a = ap.parse_args()
-    global PROFILE_TOP
-    PROFILE_TOP = a.profile
+    global PROFILE_TOP, DIGITS_TEACHER
+    PROFILE_TOP, DIGITS_TEACHER = a.profile, a.digits_teacher
     torch.set_num_threads(a.threads)
     rows = a.only.split(",")
     kd = load_kdiffusion(a.kdiffusion) if {"heun", "likelihood"} & set(rows) else None
