@@ -24,8 +24,9 @@ median over --reps; ratio < 1: ctmtool is faster):
               k-diffusion `log_likelihood` (in sigma) against ctmtool's `ode_log_prob` (in ln sigma), with
               the NFE of each and the mean |difference| of the estimates.
   sample      one-step generation of 256 cifar10-fast images (random weights), end to end through
-              `ctmtool.sampling.generate`: today's default (eager, the preset's batch) against the fast path
-              `ctmtool.fastpath` chooses; ratio fast / default.
+              `ctmtool.sampling.generate`: the old default (eager, the preset's batch of 1,024) against the path
+              `ctmtool.fastpath.choose_and_build` picks for `ctmtool sample` (its tracing inside the time); ratio
+              fast / default.
 Measures only; the load average is printed before and after.
 """
 
@@ -202,16 +203,16 @@ def digits_teacher(folder: Path):
 
 def row_heun(kd, reps: int, folder: Path) -> None:
     from ctmtool import solvers
-    from ctmtool.export import random_checkpoint
     from ctmtool.fastpath import heun_program
-    from ctmtool.models import load_model
     from ctmtool.schedules import karras_sigmas
 
     model = digits_teacher(folder)
     net = model.net
     sig = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0), torch.zeros(1, dtype=torch.float64)])
     sig32 = sig.float()
-    den = (lambda x, s: net.denoise(x, s, None))
+    def den(x, s):
+        return net.denoise(x, s, None)
+
     for b in (1, 64):
         z = torch.randn(b, *model.data_shape, generator=torch.Generator().manual_seed(b)) * model.sigma_max
         t0 = time.perf_counter()
@@ -221,9 +222,9 @@ def row_heun(kd, reps: int, folder: Path) -> None:
             ref = kd.sample_heun(den, z, sig32, disable=True)
             diffs = {"eager": float((solvers.heun(net, z, sig) - ref).abs().max()),
                      "program": float((prog(z) - ref).abs().max())}
-            med = interleaved({"k-diffusion sample_heun": lambda: kd.sample_heun(den, z, sig32, disable=True),
-                               "ctmtool solvers.heun (eager)": lambda: solvers.heun(net, z, sig),
-                               "ctmtool heun_program (reused)": lambda: prog(z)}, reps)
+            med = interleaved({"k-diffusion sample_heun": lambda z=z: kd.sample_heun(den, z, sig32, disable=True),
+                               "ctmtool solvers.heun (eager)": lambda z=z: solvers.heun(net, z, sig),
+                               "ctmtool heun_program (reused)": lambda z=z, prog=prog: prog(z)}, reps)
         report(f"heun b{b}", med, "k-diffusion sample_heun",
                f"(program built once in {built:.2f}s) max|diff to k-diffusion| "
                + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
@@ -232,9 +233,7 @@ def row_heun(kd, reps: int, folder: Path) -> None:
 def row_likelihood(kd, reps: int, folder: Path) -> None:
     from sklearn.datasets import load_digits
 
-    from ctmtool.export import random_checkpoint
     from ctmtool.likelihood import ODEOptions, ode_log_prob
-    from ctmtool.models import load_model
 
     model = digits_teacher(folder)
     den = model.net.denoise
@@ -259,27 +258,28 @@ def row_likelihood(kd, reps: int, folder: Path) -> None:
            f"(different probes; mean logp {float(out['mine'][0].mean()):.1f})")
 
 
-def row_sample(reps: int, folder: Path) -> None:
+def row_sample(reps: int, folder: Path, n: int) -> None:
     from ctmtool.export import random_checkpoint
-    from ctmtool.fastpath import choose_sampling_path
+    from ctmtool.fastpath import choose_and_build
     from ctmtool.models import load_model
     from ctmtool.sampling import generate
 
     model = load_model(random_checkpoint(folder / "c10f-ctm.safetensors", "cifar10-fast", "ctm"))
-    n = 256
     default_batch = model.preset.sample.batch
-    path = choose_sampling_path(model, "cpu", nfe=1, solver="gamma", requested_batch=None, workdir=folder)
-    print(f"# sample: {path.describe()}", flush=True)
+    options = dict(solver="gamma", nfe=1, gamma=0.0)
+    choice = []
 
     def default():
-        return torch.cat([x for x, _ in generate(model, n, seed=0, batch=default_batch)])
+        return torch.cat([x for x, _ in generate(model, n, seed=0, batch=default_batch, **options)])
 
-    def fast():
-        return torch.cat([x for x, _ in path.generate(n, seed=0)])
+    def fast():  # end to end: the choice and the program's tracing are inside the time
+        batch, program = choose_and_build(model, "cpu", n, None, options, log=choice.append)
+        return torch.cat([x for x, _ in generate(model, n, seed=0, batch=batch, program=program, **options)])
 
     d = float((default() - fast()).abs().max())
-    med = interleaved({"default (eager)": default, "fast path": fast}, reps)
-    report("sample 256", med, "default (eager)", f"max|diff| {d:.1e}")
+    print(f"# sample: {choice[-1]}", flush=True)
+    med = interleaved({"default (eager, preset batch)": default, "fast path (auto)": fast}, reps, warmup=0)
+    report(f"sample {n}", med, "default (eager, preset batch)", f"max|diff| {d:.1e}")
 
 
 def main() -> None:
@@ -291,6 +291,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="distill: images per step")
     ap.add_argument("--k", type=int, default=4, help="distill: teacher Heun steps per CTM target")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sample-n", type=int, default=256, help="sample: images per job")
+    ap.add_argument("--sample-reps", type=int, default=3, help="sample: repeats (each job takes tens of seconds)")
     ap.add_argument("--profile", type=int, default=0, help="distill: print the N costliest operators of each side")
     ap.add_argument("--digits-teacher", help="heun, likelihood: a trained digits teacher checkpoint (default: random "
                     "weights; the likelihood's NFE depends on the weights, the time per NFE does not)")
@@ -316,7 +318,7 @@ def main() -> None:
             elif r == "likelihood":
                 row_likelihood(kd, a.reps, folder)
             elif r == "sample":
-                row_sample(a.reps, folder)
+                row_sample(a.sample_reps, folder, a.sample_n)
             else:
                 raise SystemExit(f"error: unknown row {r!r}; choose from distill, heun, likelihood, sample")
     load1 = os.getloadavg()

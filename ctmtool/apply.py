@@ -108,8 +108,9 @@ def _out_of_memory(err: BaseException) -> UserError:
 
 
 def draw(model, n: int, *, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
-         options: dict, progress: Advance = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`n` samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i."""
+         options: dict, progress: Advance = None, program=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`n` samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i; `program`:
+    a traced solve of full batches (`ctmtool.fastpath`)."""
     from ctmtool.sampling import generate
 
     if n < 1 or batch < 1:
@@ -117,7 +118,8 @@ def draw(model, n: int, *, seed: int = 0, batch: int = 256, device: torch.device
     check_memory(n, model.data_shape)
     xs, ys = [], []
     try:
-        for x, y in generate(model, n, seed=seed, batch=batch, device=device, progress=progress, **options):
+        for x, y in generate(model, n, seed=seed, batch=batch, device=device, progress=progress, program=program,
+                             **options):
             xs.append(x.cpu())
             ys.append(None if y is None else y.cpu())
     except (torch.OutOfMemoryError, MemoryError) as err:
@@ -147,19 +149,27 @@ class Samples:
 
 def sample(model, *, n: int | None = None, seed: int | None = None, batch: int | None = None,
            device: torch.device | str = "cpu", progress: Advance = None, distributed: bool = False,
-           **options) -> Samples | None:
+           fast: bool = True, log=None, **options) -> Samples | None:
     """Draw samples with `sample_options(model, **options)`; n, seed and batch default to the preset's [sample].
 
-    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others None)."""
+    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others None).
+    fast: on the CPU, `ctmtool.fastpath.choose_sampling` picks a cache-sized batch (where none is given) and a
+    traced solve; `log` receives the choice in one line."""
     import time
 
+    from ctmtool.fastpath import choose_and_build
     from ctmtool.sampling import distributed_generate, resolve_schedule
 
     s = model.preset.sample
-    n, seed, batch = s.n if n is None else n, s.seed if seed is None else seed, s.batch if batch is None else batch
-    if n < 1 or batch < 1:
+    n, seed = s.n if n is None else n, s.seed if seed is None else seed
+    if n < 1 or (batch is not None and batch < 1):
         raise UserError(f"`n` and `batch` must be at least 1 (got {n} and {batch})")
     opts = sample_options(model, **options)
+    program = None
+    if distributed:
+        batch = s.batch if batch is None else batch
+    else:
+        batch, program = choose_and_build(model, device, n, batch, opts, fast, log)
     schedule = resolve_schedule(model, opts["solver"], opts["nfe"], opts["steps"], opts["sigmas"])
     t0 = time.time()
     if distributed:
@@ -169,7 +179,8 @@ def sample(model, *, n: int | None = None, seed: int | None = None, batch: int |
             return None
         x = x.cpu()
     else:
-        x, labels = draw(model, n, seed=seed, batch=batch, device=device, options=opts, progress=progress)
+        x, labels = draw(model, n, seed=seed, batch=batch, device=device, options=opts, progress=progress,
+                         program=program)
     return Samples(x, labels, n, seed, opts, [round(float(v), 6) for v in schedule], nfe_used(opts, schedule),
                    time.time() - t0)
 

@@ -11,8 +11,10 @@ another order), see tests/test_fastpath.py.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,6 +50,7 @@ def heun_program(net: nn.Module, sigmas, example: torch.Tensor,
     args = (example,) if labels is None else (example, labels)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks taken as constants: shapes are fixed
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.compile, still here
         prog = torch.jit.freeze(torch.jit.trace(solve, args, check_trace=False))
 
     def run(x: torch.Tensor, lab: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,3 +58,103 @@ def heun_program(net: nn.Module, sigmas, example: torch.Tensor,
             return prog(x) if labels is None else prog(x, lab)
 
     return run
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling many images on the CPU: a cache-sized batch and the whole solve traced once
+
+CPU_BATCH_VALUES = 1 << 16  # input values per CPU batch (16 CIFAR images): a U-Net's activations stay in the cache
+PROGRAM_MIN_BATCHES = 4  # tracing cifar10-fast's solve costs about 6 s (loaded CPU); it pays back from a few batches
+
+
+@dataclass(frozen=True)
+class SamplingChoice:
+    """How `generate` runs a job: images per batch, and whether full batches go through a traced program."""
+
+    batch: int
+    program: bool
+    reason: str
+
+    def describe(self) -> str:
+        how = "traced TorchScript program" if self.program else "eager PyTorch"
+        return f"sampling path: {how}, batch {self.batch} ({self.reason})"
+
+
+def cpu_batch(data_shape: tuple[int, ...], most: int) -> int:
+    """The largest power of two of images whose inputs hold at most CPU_BATCH_VALUES values (1 at least, `most` at most).
+    One batch of 256 CIFAR images overflowed the cache: 73.7 ms per image against 45.7 at batch 16 (docs/performance.md)."""
+    per_item = math.prod(data_shape)
+    b = 1 << max(0, int(math.log2(max(1, CPU_BATCH_VALUES // per_item))))
+    return max(1, min(b, most))
+
+
+def choose_sampling(model, device, n: int, batch: int | None, solver: str, nfe: int | None, gamma: float,
+                    fast: bool = True) -> SamplingChoice:
+    """The sampling path for `n` samples: on the CPU (unless `fast` is off) a cache-sized batch where none was
+    given, and a traced program when the solve draws no noise (gamma = 0 or one jump; teacher ODE solvers) and the
+    job has at least PROGRAM_MIN_BATCHES full batches; elsewhere the given batch (or the preset's) eagerly."""
+    default = model.preset.sample.batch
+    if torch.device(device).type != "cpu":
+        return SamplingChoice(batch or default, False, "not on the CPU")
+    if not fast:
+        return SamplingChoice(batch or default, False, "fast path off")
+    b = batch or cpu_batch(model.data_shape, default)
+    why = "given batch" if batch else f"cache-sized CPU batch for {tuple(model.data_shape)}"
+    deterministic = solver != "gamma" or gamma == 0 or (nfe or 1) == 1
+    if model.kind == "analytic" or not model.is_image:
+        return SamplingChoice(b, False, f"{why}; only image networks are traced")
+    if not deterministic:
+        return SamplingChoice(b, False, f"{why}; gamma > 0 draws noise between jumps: eager")
+    if n < PROGRAM_MIN_BATCHES * b:
+        return SamplingChoice(b, False, f"{why}; {n} samples are fewer than {PROGRAM_MIN_BATCHES} batches: "
+                                        "tracing would not pay")
+    return SamplingChoice(b, True, f"{why}; {n // b} full batches through one traced solve")
+
+
+class _Solve(nn.Module):
+    def __init__(self, model, sched: torch.Tensor, solver: str, gamma: float, with_labels: bool):
+        super().__init__()
+        self.model, self.net, self.sched, self.solver, self.gamma = model, model.net, sched, solver, gamma
+        self.with_labels = with_labels
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        from ctmtool.sampling import solve
+
+        return solve(self.model, z, self.sched, None, labels if self.with_labels else None, self.solver, self.gamma)
+
+
+def sampling_program(model, batch: int, solver: str = "gamma", nfe: int = 1, gamma: float = 0.0, steps: int = 18,
+                     sigmas: list[float] | None = None) -> Callable[..., torch.Tensor]:
+    """`generate`'s solve of one full batch (z, labels) -> x, traced and frozen (TorchScript) for `batch` images:
+    the same operations without Python's per-operation dispatch, within float32 rounding of the eager solve."""
+    from ctmtool.sampling import resolve_schedule
+
+    sched = resolve_schedule(model, solver, nfe, steps, sigmas)
+    conditional = bool(model.label_dim)
+    solve = _Solve(model, sched, solver, gamma, conditional).eval()
+    z = torch.randn(batch, *model.data_shape, generator=torch.Generator().manual_seed(0))
+    args = (z, torch.zeros(batch, dtype=torch.long)) if conditional else (z,)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.compile, still here
+        prog = torch.jit.freeze(torch.jit.trace(solve, args, check_trace=False))
+
+    def run(x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return prog(x, labels) if conditional else prog(x)
+
+    return run
+
+
+def choose_and_build(model, device, n: int, batch: int | None, options: dict, fast: bool = True,
+                     log: Callable[[str], None] | None = None) -> tuple[int, Callable | None]:
+    """The batch and program (or None) for a job of `n` samples with `generate` options; the choice logged."""
+    opts = {k: options.get(k) for k in ("solver", "nfe", "gamma", "steps", "sigmas")}
+    solver = opts["solver"] or "gamma"
+    choice = choose_sampling(model, device, n, batch, solver, opts["nfe"], opts["gamma"] or 0.0, fast)
+    if log is not None:
+        log(choice.describe())
+    if not choice.program:
+        return choice.batch, None
+    kw = {k: v for k, v in opts.items() if v is not None}
+    return choice.batch, sampling_program(model, choice.batch, **kw)

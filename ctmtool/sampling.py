@@ -93,17 +93,18 @@ def check_solver(model, solver: str) -> None:
 def generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
              solver: str = "gamma", nfe: int = 1, gamma: float = 0.0, steps: int = 18,
              sigmas: list[float] | None = None, class_label: int | None = None,
-             progress: Callable[[int], None] | None = None, noise: str = "edm") -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+             progress: Callable[[int], None] | None = None, noise: str = "edm",
+             program: Callable | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield (x, labels) batches of `n` samples; image i uses seed `seed + i` whatever the batching.
 
     x is float in the data range (images in [-1, 1], clamped); labels are None for unconditional models,
     else `class_label` or a per-image random class. `noise` picks the per-image stream (`ctmtool.noise`):
     "edm" (the default: latents equal to EDM's generate.py) or "philox" (drawn on the device).
+    `program(z, labels) -> x`: the same solve traced for full batches (`ctmtool.fastpath.sampling_program`);
+    a last, smaller batch runs eagerly.
     """
     check_solver(model, solver)
     sched = resolve_schedule(model, solver, nfe, steps, sigmas)
-    net = model.net
-    start = float(sched[0])
     for lo in range(0, n, batch):
         seeds = list(range(seed + lo, seed + min(n, lo + batch)))
         draws = make_noise(noise, seeds, model.data_shape, device)
@@ -112,15 +113,24 @@ def generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.devic
         if model.label_dim:
             labels = (torch.full((len(seeds),), class_label, device=device) if class_label is not None
                       else draws.integers(model.label_dim))
-        if solver == "gamma":
-            x = gamma_sample(net, net.perturb(torch.zeros_like(z), start, z), sched, draws, labels, gamma=gamma)
+        if program is not None and len(seeds) == batch:
+            x = program(z, labels)
         else:
-            x = teacher_sample(net, start * z, sched, labels=labels, solver=solver)
-        if model.is_image:
-            x = x.clamp(-1, 1)
+            x = solve(model, z, sched, draws, labels, solver, gamma)
         if progress is not None:
             progress(len(seeds))
         yield x, labels
+
+
+def solve(model, z: torch.Tensor, sched, draws, labels, solver: str, gamma: float) -> torch.Tensor:
+    """One batch from its standard-normal latents z: gamma-sampling a CTM or solving a teacher's ODE, then
+    clamped to [-1, 1] for images."""
+    net, start = model.net, float(sched[0])
+    if solver == "gamma":
+        x = gamma_sample(net, net.perturb(torch.zeros_like(z), start, z), sched, draws, labels, gamma=gamma)
+    else:
+        x = teacher_sample(net, start * z, sched, labels=labels, solver=solver)
+    return x.clamp(-1, 1) if model.is_image else x
 
 
 def distributed_generate(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",

@@ -12,10 +12,15 @@ from ctmtool.sampling import generate
 
 
 def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torch.Tensor], float], n: int,
-              seed: int = 0, batch: int = 1024, device: torch.device | str = "cpu",
-              teacher_steps: list[int] | None = None, progress: Callable[[str], None] | None = None) -> list[dict]:
+              seed: int = 0, batch: int | None = None, device: torch.device | str = "cpu",
+              teacher_steps: list[int] | None = None, progress: Callable[[str], None] | None = None,
+              fast: bool = True) -> list[dict]:
     """One row per (nfe, gamma): the score of `n` samples (same seeds in every row). Teacher models are
-    swept over Heun steps instead (`teacher_steps`, NFE = 2 steps - 1)."""
+    swept over Heun steps instead (`teacher_steps`, NFE = 2 steps - 1). `batch` None: the preset's, or on the
+    CPU the batch and traced solve `ctmtool.fastpath.choose_sampling` picks (`fast`; the choice goes to
+    `progress`)."""
+    from ctmtool.fastpath import choose_and_build
+
     rows = []
     configs = ([("gamma", nfe, g) for nfe in nfes for g in gammas] if model.is_trajectory
                else [("heun", steps, 0.0) for steps in (teacher_steps or [2, 4, 8, 18])])
@@ -24,7 +29,9 @@ def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torc
             continue  # with one jump gamma changes nothing
         t0 = time.time()
         kw = dict(solver=solver, nfe=k, gamma=gamma) if solver == "gamma" else dict(solver="heun", steps=k)
-        x = torch.cat([b.cpu() for b, _ in generate(model, n, seed=seed, batch=batch, device=device, **kw)])
+        size, program = choose_and_build(model, device, n, batch, kw, fast, progress)
+        x = torch.cat([b.cpu() for b, _ in generate(model, n, seed=seed, batch=size, device=device, program=program,
+                                                    **kw)])
         nfe = k if solver == "gamma" else 2 * k - 1
         row = {"solver": solver, "nfe": nfe, "gamma": gamma if solver == "gamma" else None,
                "score": score(x), "seconds": round(time.time() - t0, 2)}

@@ -44,3 +44,67 @@ def test_conditional_unet_teacher_without_a_final_zero(tmp_path):
     sigmas = karras_sigmas(4, 0.5, model.sigma_max, 7.0)  # stops at 0.5: the last step keeps Heun's correction
     x = torch.randn(2, *model.data_shape, generator=torch.Generator().manual_seed(0)) * model.sigma_max
     _check(model, x, sigmas, labels=torch.tensor([3, 7]))
+
+
+# ------------------------------------------------------------------ the sampling path of sample / fid / sweep
+
+TINY_UNET = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
+             "net.unet.attn_resolutions=[16]"]
+
+
+def test_choice_cpu_batch_program_and_its_reasons(tmp_path):
+    from ctmtool.fastpath import choose_sampling, cpu_batch
+
+    assert cpu_batch((3, 32, 32), 1024) == 16 and cpu_batch((1, 8, 8), 256) == 256 and cpu_batch((3, 64, 64), 256) == 4
+    assert cpu_batch((3, 512, 512), 8) == 1
+    model = load_model(random_checkpoint(tmp_path / "c.safetensors", "cifar10-fast", "ctm", overrides=TINY_UNET))
+    c = choose_sampling(model, "cpu", 10_000, None, "gamma", 1, 0.0)
+    assert (c.batch, c.program) == (16, True) and "traced" in c.describe() and "batch 16" in c.describe()
+    assert choose_sampling(model, "cpu", 10_000, 64, "gamma", 1, 0.0).batch == 64  # a given batch is kept
+    assert not choose_sampling(model, "cpu", 40, None, "gamma", 1, 0.0).program  # fewer than 4 batches
+    assert not choose_sampling(model, "cpu", 10_000, None, "gamma", 2, 0.5).program  # noise between jumps
+    assert choose_sampling(model, "cpu", 10_000, None, "gamma", 1, 0.5).program  # one jump: gamma draws nothing
+    off = choose_sampling(model, "cpu", 10_000, None, "gamma", 1, 0.0, fast=False)
+    assert (off.batch, off.program) == (model.preset.sample.batch, False) and "off" in off.reason
+    cuda = choose_sampling(model, "cuda", 10_000, None, "gamma", 1, 0.0)
+    assert (cuda.batch, cuda.program) == (model.preset.sample.batch, False)
+
+
+@pytest.mark.parametrize("kind,preset,options", [
+    ("ctm", "cifar10-fast", dict(solver="gamma", nfe=1)),
+    ("ctm", "cifar10-fast", dict(solver="gamma", nfe=2, gamma=0.0)),
+    ("teacher", "digits", dict(solver="heun", steps=4)),
+])
+def test_program_samples_are_the_eager_samples_to_float32_rounding(tmp_path, kind, preset, options):
+    from ctmtool.fastpath import sampling_program
+    from ctmtool.sampling import generate
+
+    over = [*TINY_UNET, "net.label_dim=10"] if preset == "cifar10-fast" else []
+    model = load_model(random_checkpoint(tmp_path / "m.safetensors", preset, kind, overrides=over))
+    prog = sampling_program(model, 3, **options)
+    fast = torch.cat([x for x, _ in generate(model, 7, seed=5, batch=3, program=prog, **options)])  # 2 traced + 1 eager
+    eager = torch.cat([x for x, _ in generate(model, 7, seed=5, batch=7, **options)])
+    assert fast.shape == eager.shape
+    assert float((fast - eager).abs().max()) <= RTOL * float(eager.abs().max())
+    assert float(eager.std()) > 0.01  # not a trivial output
+
+
+def test_sample_command_prints_its_path_and_eager_gives_the_same_images(tmp_path):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from ctmtool.cli.app import app
+
+    ckpt = random_checkpoint(tmp_path / "c.safetensors", "cifar10-fast", "ctm", overrides=TINY_UNET)
+    runs = {}
+    for flag in ("--fast", "--eager"):
+        out = tmp_path / f"s{flag}.npz"
+        r = CliRunner().invoke(app, ["sample", "--ckpt", str(ckpt), "--n", "64", "--device", "cpu", "--out", str(out),
+                                     flag], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, r.stderr
+        runs[flag] = (r.stderr, np.load(out)["samples"])
+    assert "sampling path: traced TorchScript program, batch 16" in runs["--fast"][0]
+    assert "sampling path: eager PyTorch, batch 1024 (fast path off)" in runs["--eager"][0]
+    a, b = runs["--fast"][1], runs["--eager"][1]
+    assert a.shape == b.shape == (64, 32, 32, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 images: float32 rounding moves at most one level

@@ -42,7 +42,11 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
         raise UserError(f"{what} must be comma-separated numbers, e.g. 80,2.5,0.002; got {text!r}") from None
 
 
-def _sample(model, dev, rep: Reporter, n, seed, batch, options: dict):
+FastOpt = Annotated[bool, typer.Option("--fast/--eager", help="On the CPU: a cache-sized batch (unless --batch) and the "
+                                        "solve traced once for many batches (within float32 rounding); the choice is printed.")]
+
+
+def _sample(model, dev, rep: Reporter, n, seed, batch, options: dict, fast: bool = True):
     """Samples of the model (None on torchrun ranks other than 0)."""
     from ctmtool.apply import sample
     from ctmtool.train import distributed as ddp
@@ -50,7 +54,8 @@ def _sample(model, dev, rep: Reporter, n, seed, batch, options: dict):
     if not ddp.is_distributed():
         total = n if n is not None else model.preset.sample.n
         with rep.progress(total, "sample", unit="samples") as advance:
-            return sample(model, n=n, seed=seed, batch=batch, device=dev, progress=advance, **options)
+            return sample(model, n=n, seed=seed, batch=batch, device=dev, progress=advance, fast=fast, log=rep.log,
+                          **options)
     try:
         return sample(model, n=n, seed=seed, batch=batch, device=dev, distributed=True, **options)
     finally:
@@ -78,6 +83,7 @@ def sample_cmd(
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="With --analytic: the Gaussian-mixture preset.")] = None,
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
+    fast: FastOpt = True,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -105,7 +111,7 @@ def sample_cmd(
     sample_options(model, **options)  # refuse inapplicable options before checking the output
     check_out(out, model.is_image, force)
     rep.log(f"using {source}")
-    res = _sample(model, dev, rep, n, seed, batch, options)
+    res = _sample(model, dev, rep, n, seed, batch, options, fast)
     if res is None:
         return
     info = write_items(res.x, out, model.is_image, labels=res.labels)
@@ -131,11 +137,13 @@ def sweep_cmd(
     features: Annotated[str | None, typer.Option("--features", help="With --metric fd: inception or a TorchScript feature network.")] = None,
     ref: Annotated[str | None, typer.Option("--ref", help="Reference images/stats for fd metrics (default: the preset's data).")] = None,
     n: Annotated[int, typer.Option("--n", help="Samples per setting.")] = 4096,
-    batch: Annotated[int, typer.Option("--batch", help="Samples per forward pass.")] = 1024,
+    batch: Annotated[int | None, typer.Option("--batch", help="Samples per forward pass (default: the preset's; on the CPU "
+                     "a cache-sized batch, see --fast).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
     out: Annotated[Path, typer.Option("--out", "-o", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
     device: DeviceOpt = "auto",
+    fast: FastOpt = True,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -173,7 +181,7 @@ def sweep_cmd(
     gamma_list = parse_floats(gammas, "--gamma")
     if any(v < 1 for v in nfe_list) or any(not 0 <= g <= 1 for g in gamma_list):
         raise UserError("--nfe values must be >= 1 and --gamma values in [0, 1]")
-    rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log)
+    rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log, fast=fast)
     result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
               "plot": str(plot)}
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))

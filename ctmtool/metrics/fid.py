@@ -93,14 +93,15 @@ def dataset_batches(ds: Dataset, batch: int, n: int | None = None, seed: int = 0
 
 
 def model_batches(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
-                  **sampling) -> Iterator[torch.Tensor]:
-    """uint8 batches of `n` samples from `model` (ctmtool.sampling.generate; image i uses seed + i)."""
+                  program=None, **sampling) -> Iterator[torch.Tensor]:
+    """uint8 batches of `n` samples from `model` (ctmtool.sampling.generate; image i uses seed + i; `program`: a
+    traced solve of full batches, `ctmtool.fastpath`)."""
     from ctmtool.sampling import generate
 
     if not model.is_image:
         raise UserError(f"{model.path or 'the model'} generates points of shape {model.data_shape}, not images; "
                         "FID needs an image model")
-    for x, _ in generate(model, n, seed=seed, batch=batch, device=device, **sampling):
+    for x, _ in generate(model, n, seed=seed, batch=batch, device=device, program=program, **sampling):
         yield to_uint8_images(x)
 
 

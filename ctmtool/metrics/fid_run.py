@@ -50,18 +50,24 @@ def sampling_settings(model, **options) -> dict:
     return out
 
 
-def samples_stats(samples: str, model, extractor, *, n: int | None, seed: int, batch: int, device,
-                  keep_features: bool, sampling: dict, rep=None):
-    """Statistics of SAMPLES: generated in memory from a checkpoint (`n` defaults to its [fid] n), or of images."""
+def samples_stats(samples: str, model, extractor, *, n: int | None, seed: int, batch: int | None, device,
+                  keep_features: bool, sampling: dict, rep=None, fast: bool = True):
+    """Statistics of SAMPLES: generated in memory from a checkpoint (`n` defaults to its [fid] n), or of images.
+    `batch` None: 256 images per feature batch; generating on the CPU, the batch and traced solve that
+    `ctmtool.fastpath.choose_sampling` picks (logged)."""
     from ctmtool.data.images import load_images
+    from ctmtool.fastpath import choose_and_build
     from ctmtool.metrics.fid import compute_stats, dataset_batches, model_batches
 
     rep = rep or Quiet()
     if model is not None:
         n = n or model.preset.fid.n
+        gen_batch, program = choose_and_build(model, device, n, batch or (None if fast else 256), sampling, fast,
+                                              rep.log)
         with rep.progress(n, "generating + features", "images") as advance:
-            return compute_stats(model_batches(model, n, seed, batch, device, **sampling), extractor, device,
-                                 keep_features, advance, samples)
+            return compute_stats(model_batches(model, n, seed, gen_batch, device, program=program, **sampling),
+                                 extractor, device, keep_features, advance, samples)
+    batch = batch or 256
     rep.log(f"reading images from {samples}")
     t0 = time.perf_counter()
     ds = load_images(samples)
