@@ -122,70 +122,94 @@ PROFILE_TOP = 0  # --profile N: the N costliest operators of each side (distill)
 UNET = dict(model_channels=32, channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[16], dropout=0.1)
 
 
-def row_distill(official, batch: int, k: int, reps: int) -> None:
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None = None, res: int = 32,
+                  compiled: bool = False) -> dict:
+    """{name: one training step} for the official code and ctmtool on the same network shape, batch and k
+    (each call ends synchronised with the device); with `compiled`, also ctmtool with its network compiled."""
     from ctmtool.config import load_preset
     from ctmtool.losses.distances import SquaredL2
     from ctmtool.models import build_precond
     from ctmtool.train.trajectory import ctm_objective
 
-    res, grid_n = 32, 18
-    # ---- official
-    args = types.SimpleNamespace(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, rho=7, start_scales=grid_n,
-                                 target_subtract=False, rescaling=False, inner_parametrization="edm",
-                                 outer_parametrization="euler", training_mode="ctm", time_continuous=False,
-                                 loss_norm="l2", large_log=False, self_learn=False, diffusion_mult=0.7,
-                                 diffusion_weight_schedule="karras_weight", apply_adaptive_weight=False,
-                                 weight_schedule="uniform", weight_schedule_multiplier=1.0)
-    kw = dict(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, sigma_min=0.002, sigma_max=80.0,
-              sigma_data=0.5, model_type="SongUNet", arch="ddpmpp", **UNET)
-    torch.manual_seed(0)
-    o_net = official.EDMPrecond_CTM(training_mode="ctm", **kw).train()
-    o_target = copy.deepcopy(o_net).train().requires_grad_(False)  # the official target keeps dropout (ctm.dropout = official)
-    o_ema = copy.deepcopy(o_net).eval().requires_grad_(False)
-    o_teacher = official.EDMPrecond_CTM(training_mode="", **kw).eval().requires_grad_(False)
-    diff = official.KarrasDenoiser(args, None, None)
-    diff.teacher_model = o_teacher
-    diff.diffusion_schedule_sampler = official.Sampler(args)
-    o_opt = torch.optim.RAdam(o_net.parameters(), lr=4e-4, weight_decay=0.0)  # cm/train_util.py: torch's RAdam
-    o_params, t_params, e_params = list(o_net.parameters()), list(o_target.parameters()), list(o_ema.parameters())
+    unet, dev, grid_n = unet or UNET, torch.device(device), 18
+    gen = torch.Generator(dev).manual_seed(1)
+    x0 = torch.rand(batch, 3, res, res, generator=gen, device=dev) * 2 - 1
+    steps = {}
+    if official is not None:
+        args = types.SimpleNamespace(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, rho=7, start_scales=grid_n,
+                                     target_subtract=False, rescaling=False, inner_parametrization="edm",
+                                     outer_parametrization="euler", training_mode="ctm", time_continuous=False,
+                                     loss_norm="l2", large_log=False, self_learn=False, diffusion_mult=0.7,
+                                     diffusion_weight_schedule="karras_weight", apply_adaptive_weight=False,
+                                     weight_schedule="uniform", weight_schedule_multiplier=1.0)
+        kw = dict(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, sigma_min=0.002, sigma_max=80.0,
+                  sigma_data=0.5, model_type="SongUNet", arch="ddpmpp", **unet)
+        torch.manual_seed(0)
+        o_net = official.EDMPrecond_CTM(training_mode="ctm", **kw).to(dev).train()
+        o_target = copy.deepcopy(o_net).train().requires_grad_(False)  # official target keeps dropout (ctm.dropout)
+        o_ema = copy.deepcopy(o_net).eval().requires_grad_(False)
+        o_teacher = official.EDMPrecond_CTM(training_mode="", **kw).to(dev).eval().requires_grad_(False)
+        diff = official.KarrasDenoiser(args, None, None)
+        diff.teacher_model = o_teacher
+        diff.diffusion_schedule_sampler = official.Sampler(args)
+        o_opt = torch.optim.RAdam(o_net.parameters(), lr=4e-4, weight_decay=0.0)  # cm/train_util.py: torch's RAdam
+        o_params, t_params, e_params = list(o_net.parameters()), list(o_target.parameters()), list(o_ema.parameters())
+        cpu_gen = torch.Generator().manual_seed(2)
 
-    gen = torch.Generator().manual_seed(1)
-    x0 = torch.rand(batch, 3, res, res, generator=gen) * 2 - 1
+        def official_step():
+            o_opt.zero_grad()
+            ind = torch.randint(0, grid_n - k, (batch,), generator=cpu_gen)
+            s_ind = ind + k + (torch.rand(batch, generator=cpu_gen) * (grid_n - 1 - (ind + k))).round().long()
+            ind, s_ind = ind.to(dev), s_ind.to(dev)
+            t, t_dt, s = diff.get_t(ind), diff.get_t(ind + k), diff.get_t(s_ind)
+            x_t = x0 + torch.randn(x0.shape, generator=gen, device=dev) * t.view(-1, 1, 1, 1)
+            est = diff.get_ctm_estimate(x_t, t, t_dt, s, o_net, o_target, True, "target_model_sg", "model", False)
+            x_t_dt = diff.heun_solver(o_target, x_t, ind, 4, t, t_dt, ctm=True, num_step=k).detach()
+            tgt = diff.get_ctm_target(x_t_dt, t_dt, s, o_net, o_target, True, "model_sg")
+            l_ctm = official.mean_flat((est - tgt) ** 2)
+            l_dsm = diff.get_DSM_loss(o_net, x0, {}, l_ctm, 0, 0)
+            (l_ctm.mean() + l_dsm.mean()).backward()
+            o_opt.step()
+            official.update_ema(t_params, o_params, rate=0.95)
+            official.update_ema(e_params, o_params, rate=0.999)
+            sync(dev)
 
-    def official_step():
-        o_opt.zero_grad()
-        ind = torch.randint(0, grid_n - k, (batch,), generator=gen)
-        s_ind = ind + k + (torch.rand(batch, generator=gen) * (grid_n - 1 - (ind + k))).round().long()
-        t, t_dt, s = diff.get_t(ind), diff.get_t(ind + k), diff.get_t(s_ind)
-        x_t = x0 + torch.randn(x0.shape, generator=gen) * t.view(-1, 1, 1, 1)
-        est = diff.get_ctm_estimate(x_t, t, t_dt, s, o_net, o_target, True, "target_model_sg", "model", False)
-        x_t_dt = diff.heun_solver(o_target, x_t, ind, 4, t, t_dt, ctm=True, num_step=k).detach()
-        tgt = diff.get_ctm_target(x_t_dt, t_dt, s, o_net, o_target, True, "model_sg")
-        l_ctm = official.mean_flat((est - tgt) ** 2)
-        l_dsm = diff.get_DSM_loss(o_net, x0, {}, l_ctm, 0, 0)
-        (l_ctm.mean() + l_dsm.mean()).backward()
-        o_opt.step()
-        official.update_ema(t_params, o_params, rate=0.95)
-        official.update_ema(e_params, o_params, rate=0.999)
+        steps["official"] = official_step
+        print(f"# distill: official {sum(q.numel() for q in o_net.parameters()) / 1e6:.2f}M parameters", flush=True)
 
-    # ---- ctmtool
-    p = load_preset("cifar10", ["net.kind=unet", *(f"net.unet.{a}={v}" for a, v in UNET.items()),
-                                f"distill.batch={batch}", "distill.compile=false", "ctm.distance=l2",
-                                "ctm.dsm_weight=1", "ctm.target_ema=0.95", "ctm.eval_emas=[0.999]",
-                                "distill.lr=4e-4", "distill.optimizer=radam", "gan.enabled=false",
-                                f"ctm.grid={grid_n}"])
-    shape = (3, res, res)
-    teacher = build_precond("teacher", p, shape).eval().requires_grad_(False)
-    obj = ctm_objective(p, shape, torch.device("cpu"), teacher, distance=SquaredL2())
-    obj.terms.new_step = lambda cpu_gen: setattr(obj.terms, "k", k)
-    batches = [(x0.clone(), None)]
-    n_off = sum(q.numel() for q in o_net.parameters())
-    n_mine = sum(q.numel() for q in obj.net.parameters())
-    print(f"# distill: official {n_off / 1e6:.2f}M parameters, ctmtool {n_mine / 1e6:.2f}M; batch {batch}, k {k}",
-          flush=True)
-    profile("official step", official_step, PROFILE_TOP)
-    profile("ctmtool step", lambda: obj.step(batches, 0.0), PROFILE_TOP)
-    med = interleaved({"official": official_step, "ctmtool": lambda: obj.step(batches, 0.0)}, reps)
+    for name, comp in (("ctmtool", False), *((("ctmtool compiled", True),) if compiled else ())):
+        p = load_preset("cifar10", ["net.kind=unet", *(f"net.unet.{a}={v}" for a, v in unet.items()),
+                                    f"distill.batch={batch}", f"distill.compile={'true' if comp else 'false'}",
+                                    "ctm.distance=l2", "ctm.dsm_weight=1", "ctm.target_ema=0.95",
+                                    "ctm.eval_emas=[0.999]", "distill.lr=4e-4", "distill.optimizer=radam",
+                                    "gan.enabled=false", f"ctm.grid={grid_n}", "distill.precision=fp32"])
+        teacher = build_precond("teacher", p, (3, res, res)).to(dev).eval().requires_grad_(False)
+        obj = ctm_objective(p, (3, res, res), dev, teacher, distance=SquaredL2())
+        if comp and dev.type != "cuda":
+            obj.net.net.compile()  # the objective compiles on CUDA only; here the same call on the CPU
+        obj.terms.new_step = lambda cpu_gen, obj=obj: setattr(obj.terms, "k", k)
+        batches = [(x0.clone(), None)]
+
+        def mine(obj=obj, batches=batches):
+            obj.step(batches, 0.0)
+            sync(dev)
+
+        steps[name] = mine
+        print(f"# distill: {name} {sum(q.numel() for q in obj.net.parameters()) / 1e6:.2f}M parameters; batch {batch}, "
+              f"k {k}, {dev}", flush=True)
+    return steps
+
+
+def row_distill(official, batch: int, k: int, reps: int) -> None:
+    steps = distill_steps(official, batch, k)
+    profile("official step", steps["official"], PROFILE_TOP)
+    profile("ctmtool step", steps["ctmtool"], PROFILE_TOP)
+    med = interleaved(steps, reps)
     report("distill", med, "official")
 
 
