@@ -17,9 +17,9 @@ median over --reps; ratio < 1: ctmtool is faster):
               get_ctm_target, get_DSM_loss, as bench/xcheck_ctm_cifar10.py checks them) with an L2 distance in
               place of LPIPS on both sides, torch's RAdam (cm/train_util.py) and `cm.nn.update_ema`; ctmtool runs
               its real `TrajectoryObjective.step` (distance l2, k forced to the same value).
-  heun        the digits teacher (random weights) with 18 Karras levels and a final 0 (35 NFE): k-diffusion
-              `sample_heun` against ctmtool's default teacher sampler (`solvers.heun` eager, and `fast_heun`)
-              at batch 1 and 64.
+  heun        the digits teacher (--digits-teacher, else random weights) with 18 Karras levels and a final 0
+              (35 NFE): k-diffusion `sample_heun` against ctmtool's `solvers.heun` (eager) and
+              `fastpath.heun_program` (built once, reused; its build time printed) at batch 1 and 64.
   likelihood  PF-ODE log-likelihood of 16 digits, dopri5, rtol = atol = 1e-4, one Rademacher probe:
               k-diffusion `log_likelihood` (in sigma) against ctmtool's `ode_log_prob` (in ln sigma), with
               the NFE of each and the mean |difference| of the estimates.
