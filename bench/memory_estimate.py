@@ -141,7 +141,9 @@ def estimate(name: str, overrides: list[str], sizes=(1, 2), check: int | None = 
             batches = [(torch.rand(b, *shape, generator=g) * 2 - 1, None)]
             obj.step(batches, kimg)  # optimiser moments and gradients exist from here on
             t0 = time.perf_counter()
-            measured[b] = transient_peak(lambda batches=batches: obj.step(batches, kimg))
+            # with the GAN term, generator and discriminator steps alternate (gan.g_period): two steps see both
+            turns = 2 if p.gan.enabled else 1
+            measured[b] = transient_peak(lambda batches=batches: [obj.step(batches, kimg) for _ in range(turns)])
             print(f"# {name}: micro-batch {b}: transient {measured[b] / GIB:.3f} GiB "
                   f"({time.perf_counter() - t0:.1f}s)", flush=True)
     b1, b2 = sizes
