@@ -139,10 +139,11 @@ def estimate(name: str, overrides: list[str], sizes=(1, 2), check: int | None = 
         for b in (*sizes, *([check] if check else [])):
             g = torch.Generator().manual_seed(b)
             batches = [(torch.rand(b, *shape, generator=g) * 2 - 1, None)]
-            obj.step(batches, kimg)  # optimiser moments and gradients exist from here on
-            t0 = time.perf_counter()
             # with the GAN term, generator and discriminator steps alternate (gan.g_period): two steps see both
             turns = 2 if p.gan.enabled else 1
+            for _ in range(turns):  # both optimisers' moments and gradients exist from here on
+                obj.step(batches, kimg)
+            t0 = time.perf_counter()
             measured[b] = transient_peak(lambda batches=batches: [obj.step(batches, kimg) for _ in range(turns)])
             print(f"# {name}: micro-batch {b}: transient {measured[b] / GIB:.3f} GiB "
                   f"({time.perf_counter() - t0:.1f}s)", flush=True)
