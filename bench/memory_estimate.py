@@ -144,7 +144,7 @@ def estimate(name: str, overrides: list[str], sizes=(1, 2), check: int | None = 
             for _ in range(turns):  # both optimisers' moments and gradients exist from here on
                 obj.step(batches, kimg)
             t0 = time.perf_counter()
-            measured[b] = transient_peak(lambda batches=batches: [obj.step(batches, kimg) for _ in range(turns)])
+            measured[b] = transient_peak(lambda batches=batches, turns=turns: [obj.step(batches, kimg) for _ in range(turns)])
             print(f"# {name}: micro-batch {b}: transient {measured[b] / GIB:.3f} GiB "
                   f"({time.perf_counter() - t0:.1f}s)", flush=True)
     b1, b2 = sizes
