@@ -78,7 +78,8 @@ def transient_peak(fn) -> int:
 @contextmanager
 def cpu_bf16():
     """ctmtool.device.autocast as CUDA applies it, on the CPU (bf16 where the preset asks for it)."""
-    from ctmtool.train import objectives, trajectory
+    from ctmtool.train import teacher_objective as objectives
+    from ctmtool.train import trajectory
 
     def autocast(device, precision="fp32"):
         from contextlib import nullcontext
@@ -122,7 +123,7 @@ def discriminator_for(preset, shape):
 def estimate(name: str, overrides: list[str], sizes=(1, 2), check: int | None = None) -> dict:
     """Resident and transient bytes of one step of `name` (with overrides), extended to its micro-batch."""
     from ctmtool.config import load_preset
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
     from ctmtool.train.trajectory import ctm_objective
 
     p = load_preset(name, overrides)

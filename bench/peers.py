@@ -24,8 +24,8 @@ median over --reps; ratio < 1: ctmtool is faster):
               k-diffusion `log_likelihood` (in sigma) against ctmtool's `ode_log_prob` (in ln sigma), with
               the NFE of each and the mean |difference| of the estimates.
   sample      one-step generation of 256 cifar10-fast images (random weights), end to end through
-              `ctmtool.sampling.generate`: the old default (eager, the preset's batch of 1,024) against the path
-              `ctmtool.fastpath.choose_and_build` picks for `ctmtool sample` (its tracing inside the time); ratio
+              `ctmtool.core.sampling.generate`: the old default (eager, the preset's batch of 1,024) against the path
+              `ctmtool.core.fastpath.fast_plan` picks for `ctmtool sample` (its tracing inside the time); ratio
               fast / default.
 Measures only; the load average is printed before and after.
 """
@@ -132,8 +132,8 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
     """{name: one training step} for the official code and ctmtool on the same network shape, batch and k
     (each call ends synchronised with the device); with `compiled`, also ctmtool with its network compiled."""
     from ctmtool.config import load_preset
+    from ctmtool.core.models import build_precond
     from ctmtool.losses.distances import SquaredL2
-    from ctmtool.models import build_precond
     from ctmtool.train.trajectory import ctm_objective
 
     unet, dev, grid_n = unet or UNET, torch.device(device), 18
@@ -217,8 +217,8 @@ DIGITS_TEACHER: str | None = None  # --digits-teacher CKPT (default: random weig
 
 
 def digits_teacher(folder: Path):
-    from ctmtool.export import random_checkpoint
-    from ctmtool.models import load_model
+    from ctmtool.core.models import load_model
+    from ctmtool.jobs.export import random_checkpoint
 
     if DIGITS_TEACHER:
         return load_model(DIGITS_TEACHER)
@@ -226,9 +226,9 @@ def digits_teacher(folder: Path):
 
 
 def row_heun(kd, reps: int, folder: Path) -> None:
-    from ctmtool import solvers
-    from ctmtool.fastpath import heun_program
-    from ctmtool.schedules import karras_sigmas
+    from ctmtool.core import solvers
+    from ctmtool.core.fastpath import heun_program
+    from ctmtool.core.schedules import karras_sigmas
 
     model = digits_teacher(folder)
     net = model.net
@@ -257,7 +257,7 @@ def row_heun(kd, reps: int, folder: Path) -> None:
 def row_likelihood(kd, reps: int, folder: Path) -> None:
     from sklearn.datasets import load_digits
 
-    from ctmtool.likelihood import ODEOptions, ode_log_prob
+    from ctmtool.core.likelihood import ODEOptions, ode_log_prob
 
     model = digits_teacher(folder)
     den = model.net.denoise
@@ -283,22 +283,22 @@ def row_likelihood(kd, reps: int, folder: Path) -> None:
 
 
 def row_sample(reps: int, folder: Path, n: int) -> None:
-    from ctmtool.export import random_checkpoint
-    from ctmtool.fastpath import choose_and_build
-    from ctmtool.models import load_model
-    from ctmtool.sampling import generate
+    from ctmtool.core.fastpath import fast_plan
+    from ctmtool.core.models import load_model
+    from ctmtool.core.sampling import generate
+    from ctmtool.jobs.export import random_checkpoint
+    from ctmtool.jobs.plan import plan_explicit
 
     model = load_model(random_checkpoint(folder / "c10f-ctm.safetensors", "cifar10-fast", "ctm"))
-    default_batch = model.preset.sample.batch
-    options = dict(solver="gamma", nfe=1, gamma=0.0)
+    plan = plan_explicit(model, nfe=1, batch=model.preset.sample.batch)  # the old default: the preset's batch
     choice = []
 
     def default():
-        return torch.cat([x for x, _ in generate(model, n, seed=0, batch=default_batch, **options)])
+        return torch.cat([x for x, _ in generate(model, n, plan, seed=0)])
 
     def fast():  # end to end: the choice and the program's tracing are inside the time
-        batch, program = choose_and_build(model, "cpu", n, None, options, log=choice.append)
-        return torch.cat([x for x, _ in generate(model, n, seed=0, batch=batch, program=program, **options)])
+        chosen, program = fast_plan(model, plan, "cpu", n, False, True, choice.append)
+        return torch.cat([x for x, _ in generate(model, n, chosen, seed=0, program=program)])
 
     d = float((default() - fast()).abs().max())
     print(f"# sample: {choice[-1]}", flush=True)

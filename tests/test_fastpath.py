@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctmtool import solvers
-from ctmtool.export import random_checkpoint
-from ctmtool.fastpath import heun_program
-from ctmtool.models import load_model
-from ctmtool.schedules import karras_sigmas
+from ctmtool.core import solvers
+from ctmtool.core.fastpath import heun_program
+from ctmtool.core.models import load_model
+from ctmtool.core.schedules import karras_sigmas
+from ctmtool.jobs.export import random_checkpoint
 
 # The folded noise embedding is one row instead of B (a GEMM may sum in another order): a few float32 ulps per
 # step, carried through 18 steps of an ODE that contracts them. Stated tolerance: 1e-5 of the output's scale.
@@ -53,21 +53,25 @@ TINY_UNET = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.u
 
 
 def test_choice_cpu_batch_program_and_its_reasons(tmp_path):
-    from ctmtool.fastpath import choose_sampling, cpu_batch
+    from ctmtool.core.fastpath import choose_sampling, cpu_batch
+    from ctmtool.jobs.plan import plan_explicit
 
     assert cpu_batch((3, 32, 32), 1024) == 16 and cpu_batch((1, 8, 8), 256) == 256 and cpu_batch((3, 64, 64), 256) == 4
     assert cpu_batch((3, 512, 512), 8) == 1
     model = load_model(random_checkpoint(tmp_path / "c.safetensors", "cifar10-fast", "ctm", overrides=TINY_UNET))
-    c = choose_sampling(model, "cpu", 10_000, None, "gamma", 1, 0.0)
+    plan = plan_explicit(model, nfe=1, batch=1024)
+    c = choose_sampling(model, "cpu", 10_000, plan, batch_given=False)
     assert (c.batch, c.program) == (16, True) and "traced" in c.describe() and "batch 16" in c.describe()
-    assert choose_sampling(model, "cpu", 10_000, 64, "gamma", 1, 0.0).batch == 64  # a given batch is kept
-    assert not choose_sampling(model, "cpu", 40, None, "gamma", 1, 0.0).program  # fewer than 4 batches
-    assert not choose_sampling(model, "cpu", 10_000, None, "gamma", 2, 0.5).program  # noise between jumps
-    assert choose_sampling(model, "cpu", 10_000, None, "gamma", 1, 0.5).program  # one jump: gamma draws nothing
-    off = choose_sampling(model, "cpu", 10_000, None, "gamma", 1, 0.0, fast=False)
-    assert (off.batch, off.program) == (model.preset.sample.batch, False) and "off" in off.reason
-    cuda = choose_sampling(model, "cuda", 10_000, None, "gamma", 1, 0.0)
-    assert (cuda.batch, cuda.program) == (model.preset.sample.batch, False)
+    assert choose_sampling(model, "cpu", 10_000, plan, batch_given=True).batch == 1024  # a given batch is kept
+    assert not choose_sampling(model, "cpu", 40, plan, batch_given=False).program  # fewer than 4 batches
+    noisy = plan_explicit(model, nfe=2, gamma=0.5, batch=1024)
+    assert not choose_sampling(model, "cpu", 10_000, noisy, batch_given=False).program  # noise between jumps
+    one = plan_explicit(model, nfe=1, gamma=0.5, batch=1024)
+    assert choose_sampling(model, "cpu", 10_000, one, batch_given=False).program  # one jump: gamma draws nothing
+    off = choose_sampling(model, "cpu", 10_000, plan, batch_given=False, fast=False)
+    assert (off.batch, off.program) == (1024, False) and "off" in off.reason
+    cuda = choose_sampling(model, "cuda", 10_000, plan, batch_given=False)
+    assert (cuda.batch, cuda.program) == (1024, False)
 
 
 @pytest.mark.parametrize("kind,preset,options", [
@@ -76,14 +80,16 @@ def test_choice_cpu_batch_program_and_its_reasons(tmp_path):
     ("teacher", "digits", dict(solver="heun", steps=4)),
 ])
 def test_program_samples_are_the_eager_samples_to_float32_rounding(tmp_path, kind, preset, options):
-    from ctmtool.fastpath import sampling_program
-    from ctmtool.sampling import generate
+    from ctmtool.core.fastpath import sampling_program
+    from ctmtool.core.sampling import generate
+    from ctmtool.jobs.plan import plan_explicit
 
     over = [*TINY_UNET, "net.label_dim=10"] if preset == "cifar10-fast" else []
     model = load_model(random_checkpoint(tmp_path / "m.safetensors", preset, kind, overrides=over))
-    prog = sampling_program(model, 3, **options)
-    fast = torch.cat([x for x, _ in generate(model, 7, seed=5, batch=3, program=prog, **options)])  # 2 traced + 1 eager
-    eager = torch.cat([x for x, _ in generate(model, 7, seed=5, batch=7, **options)])
+    plan3, plan7 = plan_explicit(model, batch=3, **options), plan_explicit(model, batch=7, **options)
+    prog = sampling_program(model, plan3)
+    fast = torch.cat([x for x, _ in generate(model, 7, plan3, seed=5, program=prog)])  # 2 traced + 1 eager
+    eager = torch.cat([x for x, _ in generate(model, 7, plan7, seed=5)])
     assert fast.shape == eager.shape
     assert float((fast - eager).abs().max()) <= RTOL * float(eager.abs().max())
     assert float(eager.std()) > 0.01  # not a trivial output

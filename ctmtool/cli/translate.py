@@ -37,7 +37,7 @@ from ctmtool.errors import UserError
 
 def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: bool):
     """The model (checked finite), its device, and the checked outputs (before any work)."""
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.run_dirs import open_model
 
     if grid is not None and Path(grid).suffix.lower() != ".png":
         raise UserError(f"--grid {grid}: give a .png file name")
@@ -48,7 +48,7 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
 
 
 def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
-    from ctmtool.visual import save_png, side_by_side
+    from ctmtool.jobs.plots import save_png, side_by_side
 
     cols = [c[:limit] for c in columns] if model.is_image else columns
     save_png(side_by_side(cols, model.is_image, reference=reference), path)
@@ -74,12 +74,13 @@ def _timed(rep: Reporter, n: int, what: str, fn):
 
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
                seed: int, batch: int, ema: str, device: str, force: bool) -> None:
-    from ctmtool import inputs
-    from ctmtool.apply import check_translatable, translate_items
-    from ctmtool.outputs import check_out, write_items
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import translate_items
+    from ctmtool.jobs.outputs import check_out, write_items
+    from ctmtool.jobs.plan import refuse_translation
 
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    check_translatable(model, nfe, gamma)
+    refuse_translation(model, nfe, gamma)
     out_path = check_out(out, model.is_image, force)
     data = inputs.load_inputs(src, model, split_pairs=True, log=rep.log)
     x = clean = data.x
@@ -103,10 +104,10 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
 def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strokes: str | None, mask: str | None,
           keep_unmasked: bool, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
           device: str, force: bool) -> None:
-    from ctmtool import inputs
-    from ctmtool.apply import edit_items
-    from ctmtool.editing import check_editable, composite, strength_to_level
-    from ctmtool.outputs import check_out, write_items
+    from ctmtool.core.editing import check_editable, composite, strength_to_level
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import edit_items
+    from ctmtool.jobs.outputs import check_out, write_items
 
     if mask is not None and strokes is None:
         raise UserError("--mask goes with --strokes (it marks where the strokes apply)")

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from ctmtool.config import load_preset
-from ctmtool.models import build_precond
+from ctmtool.core.models import build_precond
 from ctmtool.nets.discriminator import Discriminator
-from ctmtool.train import objectives, trajectory
-from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train import teacher_objective as objectives
+from ctmtool.train import trajectory
+from ctmtool.train.teacher_objective import TeacherObjective
 from ctmtool.train.trajectory import ctm_objective
 
 TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
