@@ -132,7 +132,7 @@ def estimate(name: str, overrides: list[str], sizes=(1, 2), check: int | None = 
     teacher = build_precond("teacher", p, shape).eval().requires_grad_(False)
     obj = ctm_objective(p, shape, torch.device("cpu"), teacher, None, distance=distance_for(p, shape),
                         discriminator=discriminator_for(p, shape))
-    obj.terms.new_step = lambda cpu_gen: setattr(obj.terms, "k", 1)
+    obj.terms.new_step = lambda cpu_gen, steps=0: setattr(obj.terms, "k", 1)
     micro = p.distill.micro_batch or p.distill.batch
     kimg = 1e9 if p.gan.enabled else 0.0  # past gan.start_kimg: the generator step with the GAN term
     measured = {}

@@ -184,7 +184,8 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
 
     for name, comp in (("ctmtool", False), *((("ctmtool compiled", True),) if compiled else ())):
         p = load_preset("cifar10", ["net.kind=unet", *(f"net.unet.{a}={v}" for a, v in unet.items()),
-                                    f"distill.batch={batch}", f"distill.compile={'true' if comp else 'false'}",
+                                    f"distill.batch={batch}", f"distill.micro_batch={batch}",
+                                    f"distill.compile={'true' if comp else 'false'}",
                                     "ctm.distance=l2", "ctm.dsm_weight=1", "ctm.target_ema=0.95",
                                     "ctm.eval_emas=[0.999]", "distill.lr=4e-4", "distill.optimizer=radam",
                                     "gan.enabled=false", f"ctm.grid={grid_n}", "distill.precision=fp32"])
@@ -192,7 +193,7 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
         obj = ctm_objective(p, (3, res, res), dev, teacher, distance=SquaredL2())
         if comp and dev.type != "cuda":
             obj.net.net.compile()  # the objective compiles on CUDA only; here the same call on the CPU
-        obj.terms.new_step = lambda cpu_gen, obj=obj: setattr(obj.terms, "k", k)
+        obj.terms.new_step = lambda cpu_gen, steps=0, obj=obj: setattr(obj.terms, "k", k)
         batches = [(x0.clone(), None)]
 
         def mine(obj=obj, batches=batches):
