@@ -60,6 +60,7 @@ class DataConfig(Strict):
     channels: int | None = Field(None, ge=1)  # expected channel count (1 grey, 3 RGB)
     xflip: bool = False  # random horizontal flips during training
     seed: int = 0  # seed for drawing toy data
+    hint: str = ""  # how to get the data (what to download, where it goes), shown when data.path is missing
 
     @model_validator(mode="after")
     def _needs(self) -> DataConfig:
@@ -271,6 +272,7 @@ class GCTMConfig(Strict):
     time_sampler: Literal["official", "ctm"] = "official"  # (t, u, s): GCTM's s ~ 1 - t, t = lambda + (1 - lambda) t_s; or CTM's
     t_ctm_beta: tuple[float, float] = (1.2, 2.0)  # lambda ~ Beta(a, b) of the official sampler (its --t_ctm_dists)
     double_every: int | None = Field(None, ge=1)  # curriculum: the training grid's steps double every this many steps (--double_iter)
+    source: DataConfig | None = None  # the source side's data for couplings dataset / dataset-ot (as [data])
 
 
 class Preset(Strict):

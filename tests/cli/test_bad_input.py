@@ -73,6 +73,11 @@ CASES = [
     ("fid", "`--nfe` for images, not a checkpoint", ["fid", "images", "--nfe", "2", "--ref", "images"], 2),
     ("fid stats", "missing DATA", ["fid", "stats"], 2),
     ("fid stats", "neither `-o` nor `--name`", ["fid", "stats", "images"], 2),
+    ("metrics", "missing SAMPLES", ["metrics", "missing"], 2),
+    ("metrics", "unknown metric", ["metrics", "images", "--metrics", "fid,bogus"], 2),
+    ("metrics", "`--k 0`", ["metrics", "images", "--k", "0"], 2),
+    ("translate", "`--ref` without `--metrics`", ["translate", "points.npz", "--ckpt", GCTM, "--out", "o.npz",
+                                                 "--ref", "images"], 2),
     ("translate", "NaN in the inputs", ["translate", "nan.npz", "--ckpt", GCTM, "--out", "o.npz", *CPU], 2),
     ("translate", "no items in the inputs", ["translate", "empty.npz", "--ckpt", GCTM, "--out", "o.npz", *CPU], 2),
     ("translate", "checkpoint with NaN weights", ["translate", "points.npz", "--ckpt", "nan-gctm.safetensors",
@@ -170,8 +175,8 @@ def test_every_bad_input_is_one_line_and_the_table_is_true(workspace, monkeypatc
             raise AssertionError(f"{' '.join(args)}: {err}") from None
         rows.append((cmd, what, args, code, _message(line)))
     assert not (workspace / "o.npz").exists() and not (workspace / "runs").exists()
-    subcommands = {"presets", "teacher", "teacher import", "import", "distill", "sample", "sample sweep", "likelihood", "fid",
-                   "fid stats", "translate", "translate edit"}
+    subcommands = {"presets", "teacher", "teacher import", "import", "distill", "sample", "sample sweep", "likelihood",
+                   "fid", "fid stats", "metrics", "translate", "translate edit"}
     assert {c for c, *_ in rows} == subcommands
     text = _table(rows)
     if os.environ.get("CTMTOOL_WRITE_DOCS"):
