@@ -20,10 +20,15 @@ from ctmtool.metrics.quality import make_scorer
 
 
 def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torch.Tensor], float], n: int,
-              seed: int = 0, batch: int = 1024, device: torch.device | str = "cpu",
-              teacher_steps: list[int] | None = None, progress: Callable[[str], None] | None = None) -> list[dict]:
+              seed: int = 0, batch: int | None = None, device: torch.device | str = "cpu",
+              teacher_steps: list[int] | None = None, progress: Callable[[str], None] | None = None,
+              fast: bool = True) -> list[dict]:
     """One row per (nfe, gamma): the score of `n` samples (same seeds in every row). Teacher models are
-    swept over Heun steps instead (`teacher_steps`, NFE = 2 steps - 1)."""
+    swept over Heun steps instead (`teacher_steps`, NFE = 2 steps - 1). `batch` None: the preset's, or on the
+    CPU the batch and traced solve `ctmtool.core.fastpath.fast_plan` picks (`fast`; the choice goes to
+    `progress`)."""
+    from ctmtool.core.fastpath import fast_plan
+
     rows = []
     configs = ([("gamma", nfe, g) for nfe in nfes for g in gammas] if model.is_trajectory
                else [("heun", steps, 0.0) for steps in (teacher_steps or [2, 4, 8, 18])])
@@ -35,7 +40,8 @@ def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torc
     plans = [p for p, k in zip(plans, keep, strict=True) if k]
     for (solver, k, gamma), plan in zip(configs, plans, strict=True):
         t0 = time.time()
-        x = torch.cat([b.cpu() for b, _ in generate(model, n, plan, seed=seed, device=device)])
+        plan, program = fast_plan(model, plan, device, n, batch is not None, fast, progress)
+        x = torch.cat([b.cpu() for b, _ in generate(model, n, plan, seed=seed, device=device, program=program)])
         nfe = k if solver == "gamma" else 2 * k - 1
         row = {"solver": solver, "nfe": nfe, "gamma": gamma if solver == "gamma" else None,
                "score": score(x), "seconds": round(time.time() - t0, 2)}
@@ -73,7 +79,7 @@ def scorer(model, metric: str | None, features: str | None, ref: str | None, dev
 
 
 def nfe2_job(model, gamma: float, steps: int, *, metric: str | None, features: str | None, ref: str | None, n: int,
-             seed: int, batch: int, device, out: Path, plot: Path, progress: Callable[[str], None] | None = None) -> dict:
+             seed: int, batch: int | None, device, out: Path, plot: Path, progress: Callable[[str], None] | None = None) -> dict:
     """`ctmtool sample sweep --search-nfe2`: the best intermediate level of two-step sampling
     (`ctmtool.jobs.nfe2_search.search_nfe2`), each candidate scored on `n` samples; the table written to `out`
     (JSON), the plot to `plot`; returns the table."""
@@ -95,13 +101,13 @@ def nfe2_job(model, gamma: float, steps: int, *, metric: str | None, features: s
 
 
 def sweep_job(model, nfes: list[int], gammas: list[float], *, metric: str | None, features: str | None,
-              ref: str | None, n: int, seed: int, batch: int, device, out: Path, plot: Path,
-              progress: Callable[[str], None] | None = None) -> dict:
+              ref: str | None, n: int, seed: int, batch: int | None, device, out: Path, plot: Path,
+              progress: Callable[[str], None] | None = None, fast: bool = True) -> dict:
     """`ctmtool sample sweep`: the metric chosen (logp for Gaussian-mixture toy data, else fd-pixels) and its
     references loaded, `nfe_sweep` run, the table written to `out` (JSON) and the plot to `plot`; returns the
     table."""
     name, score, base = scorer(model, metric, features, ref, device)
-    rows = nfe_sweep(model, nfes, gammas, score, n, seed, batch, device, progress=progress)
+    rows = nfe_sweep(model, nfes, gammas, score, n, seed, batch, device, progress=progress, fast=fast)
     result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
               "plot": str(plot)}
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
