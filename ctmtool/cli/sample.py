@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from ctmtool.cli.common import (
     EmaOpt,
     ForceOpt,
     JsonOpt,
+    NoLimitsOpt,
     OutOpt,
     Reporter,
     RunDirOpt,
@@ -22,8 +24,10 @@ from ctmtool.cli.common import (
     at_least,
     check_output,
     handle_errors,
+    limits,
     select_device,
 )
+from ctmtool.config import shown_value
 from ctmtool.errors import UserError
 
 app = typer.Typer(rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
@@ -37,9 +41,12 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise UserError(f"{what} must be comma-separated numbers, e.g. 80,2.5,0.002; got {text!r}") from None
+        values = None
+    if values is None or not all(math.isfinite(v) for v in values):
+        raise UserError(f"{what} must be comma-separated finite numbers, e.g. 80,2.5,0.002; got {shown_value(text)}")
+    return values
 
 
 def _sample(model, dev, rep: Reporter, n, seed, batch, options: dict):
@@ -79,6 +86,7 @@ def sample_cmd(
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Sample a CTM with gamma-sampling, or a teacher with Heun/Euler; the same seed gives the same images at any --batch.
@@ -94,6 +102,7 @@ def sample_cmd(
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch, nfe=nfe, steps=steps)
+    limits(rep, no_limits, n=n, nfe=nfe, steps=steps)
     if out != "-" and Path(out).suffix in (".npz", ".png"):
         check_output(out, force)  # before loading anything
     dev = select_device(device)
@@ -137,6 +146,7 @@ def sweep_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?).
@@ -153,8 +163,13 @@ def sweep_cmd(
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)
+    nfe_list = [int(v) for v in parse_floats(nfes, "--nfe")]
+    gamma_list = parse_floats(gammas, "--gamma")
+    limits(rep, no_limits, n=n, nfe=max(nfe_list, default=None))
     check_output(out, force)
     plot = out.with_suffix(".png")
+    if plot == out:
+        raise UserError(f"--out {out} is where the plot goes (the table's name with .png); give the table a .json name")
     check_output(plot, force)
     dev = select_device(device)
     model, source = open_model(ckpt, run_dir, ema, dev)
@@ -169,8 +184,6 @@ def sweep_cmd(
 
         reference = load_images(ref) if ref else load_dataset(p.data)
     name, score, base = make_scorer(metric, p, reference, features, ref, dev)
-    nfe_list = [int(v) for v in parse_floats(nfes, "--nfe")]
-    gamma_list = parse_floats(gammas, "--gamma")
     if any(v < 1 for v in nfe_list) or any(not 0 <= g <= 1 for g in gamma_list):
         raise UserError("--nfe values must be >= 1 and --gamma values in [0, 1]")
     rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log)

@@ -25,10 +25,12 @@ from ctmtool.cli.common import (
     EmaOpt,
     ForceOpt,
     JsonOpt,
+    NoLimitsOpt,
     Reporter,
     at_least,
     check_output,
     handle_errors,
+    limits,
     select_device,
     subform_command,
 )
@@ -42,6 +44,8 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
     if grid is not None and Path(grid).suffix.lower() != ".png":
         raise UserError(f"--grid {grid}: give a .png file name")
     grid_path = check_output(grid, force) if grid else None
+    if grid_path is not None and out != "-" and Path(out).resolve() == grid_path.resolve():
+        raise UserError(f"--grid {grid} and --out {out} are the same file; give each its own path")
     dev = select_device(device)
     model, _ = open_model(ckpt, None, ema, dev)
     return model, dev, grid_path
@@ -63,6 +67,21 @@ def _toy_reference(model, n: int):
 
     d = model.preset.data
     return toy_points(d.toy, min(4096, max(n, 512)), 1, d.gmm).values
+
+
+def _write_both(write_out, write_grid) -> dict:
+    """The side-by-side grid, then the outputs: when the second fails, the first is removed (one command's outputs
+    are all written or none)."""
+    grid = write_grid() if write_grid is not None else None
+    try:
+        info = write_out()
+    except BaseException:
+        if grid is not None:
+            Path(grid).unlink(missing_ok=True)
+        raise
+    if grid is not None:
+        info["grid"] = grid
+    return info
 
 
 def _timed(rep: Reporter, n: int, what: str, fn):
@@ -89,10 +108,9 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
     rep.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on {dev}")
     y, seconds = _timed(rep, len(x), "translate", lambda adv: translate_items(
         model, x, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=dev, progress=adv))
-    info = write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False)
-    if grid_path is not None:
-        cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
-        info["grid"] = _grid(cols, grid_path, model, reference=_toy_reference(model, len(y)))
+    cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False),
+                       grid_path and (lambda: _grid(cols, grid_path, model, reference=_toy_reference(model, len(y)))))
     rep.result({**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
                 "degrade": degrade, "seed": seed, "checkpoint": str(model.path),
                 "mean_displacement": round(float((y - x).flatten(1).norm(dim=1).mean()), 6),
@@ -129,9 +147,9 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
         model, x, level, strokes=s, mask=m, keep_unmasked=keep_unmasked, nfe=nfe, gamma=gamma, seed=seed,
         batch=batch, device=dev, progress=adv))
     start = x if painted is None else painted
-    info = write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False)
-    if grid_path is not None:
-        info["grid"] = _grid([x] + ([painted] if painted is not None else []) + [y], grid_path, model)
+    cols = [x] + ([painted] if painted is not None else []) + [y]
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False),
+                       grid_path and (lambda: _grid(cols, grid_path, model)))
     rep.result({**info, "n": len(y), "kind": model.kind, "strength": strength, "level": round(level, 6),
                 "level_unit": unit, "nfe": nfe, "gamma": gamma, "strokes": strokes, "mask": mask, "seed": seed,
                 "checkpoint": str(model.path), "mean_change": round(float((y - start).flatten(1).norm(dim=1).mean()), 6),
@@ -164,6 +182,7 @@ def translate_cmd(
     ema: EmaOpt = "ema",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Translate INPUT with a GCTM in one step (Kim et al. 2024b), or `translate edit IMAGE`: SDEdit / stroke
@@ -173,6 +192,7 @@ def translate_cmd(
     """
     rep = Reporter(json_out)
     at_least(1, nfe=nfe, batch=batch)
+    limits(rep, no_limits, nfe=nfe)
     if source == "edit":
         if image is None:
             raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")
@@ -193,7 +213,7 @@ EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or
              "noise the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is "
              "the start (inside --mask), and --keep-unmasked pastes the original back outside it.")
 EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--nfe", "--gamma", "--grid",
-                "--seed", "--batch", "--ema", "--device", "--force", "--json")
+                "--seed", "--batch", "--ema", "--device", "--force", "--no-limits", "--json")
 
 
 def register(app: typer.Typer) -> None:

@@ -276,9 +276,10 @@ def _restore(objective, order: torch.Generator, resume: Checkpoint, rep) -> _Pos
 def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
         device: torch.device, xflip: bool = False, resume: Checkpoint | None = None,
         snapshot: Callable[[int], None] | None = None, evaluate: Callable[[], dict] | None = None,
-        max_bad_steps: int = 20, clock: Callable[[], float] = time.monotonic) -> FitResult:
+        max_bad_steps: int = 20, clock: Callable[[], float] = time.monotonic, locked: bool = False) -> FitResult:
     """Train `objective` on `data` until cfg.kimg thousand images or cfg.minutes of training time (summed over
-    the sessions of a resumed run), whichever comes first. `clock` (seconds) is the loop's only time source."""
+    the sessions of a resumed run), whichever comes first. `clock` (seconds) is the loop's only time source.
+    `locked`: the caller holds the run directory's `RunLock` (else `fit` takes it for the loop)."""
     run_dir = make_run_dir(Path(run_dir))
     check_finite_data(data)
     micro = cfg.micro_batch or cfg.batch
@@ -303,7 +304,7 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
             raise _Halt(reason)
         lines.heartbeat(at, ips(), budget, f"micro-batch {i + 1} of {accum}")
 
-    with RunLock(run_dir) if main else nullcontext(), StopFlag() as stop, rep.progress(cfg.kimg, "train", unit="kimg") as advance:
+    with RunLock(run_dir) if main and not locked else nullcontext(), StopFlag() as stop, rep.progress(cfg.kimg, "train", unit="kimg") as advance:
         if main:
             remove_leftovers(run_dir)
         advance(at.kimg)
