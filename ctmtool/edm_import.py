@@ -178,7 +178,7 @@ def _np_dtype(spec, align=False, copy=True):
     try:
         return np.dtype(spec)
     except TypeError:
-        raise UserError(f"damaged pickle: unknown NumPy dtype {spec!r}") from None
+        raise UserError(f"damaged pickle: unknown NumPy dtype {spec[:40]!r}") from None
 
 
 def _np_scalar(dtype, data=None):
@@ -244,8 +244,40 @@ def _stub_class(module: str, name: str) -> type:
     return _STUBS[key]
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves no global to real code except the tensor-rebuilding allowlist above."""
+MAX_OPS = 5_000_000     # pickle opcodes in one file (a published EDM pickle has about 10^5)
+MAX_MEMO = 1_000_000    # memoised objects
+MAX_DEPTH = 1_000       # nested MARKs (lists, tuples, dicts being built inside one another)
+MAX_STACK = 1_000_000   # objects on the unpickler's stack at once
+MAX_NODES = 1_000_000   # objects visited when the unpickled tree is walked (shared references count each time)
+
+
+def _bounded(dispatch: dict) -> dict:
+    """The pure-Python unpickler's opcode table with every opcode counted and the memo, stack and nesting checked:
+    a 4 kB pickle of shared references or nested lists is refused in milliseconds instead of burning minutes."""
+    def wrap(op):
+        def counted(self):
+            self._ops += 1
+            if self._ops > MAX_OPS or len(self.memo) > MAX_MEMO or len(self.metastack) > MAX_DEPTH \
+                    or len(self.stack) > MAX_STACK:
+                raise UserError("refusing this pickle: it asks for more work than any network pickle needs "
+                                f"(at most {MAX_OPS} operations, {MAX_MEMO} memo entries, nesting {MAX_DEPTH}); "
+                                "the file may be malicious; nothing was run")
+            return op(self)
+
+        return counted
+
+    return {key: wrap(op) for key, op in dispatch.items()}
+
+
+class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be counted
+    """Unpickler that resolves no global to real code except the tensor-rebuilding allowlist above, and does a
+    bounded amount of work (`MAX_OPS`, `MAX_MEMO`, `MAX_DEPTH`, `MAX_STACK`)."""
+
+    dispatch = _bounded(pickle._Unpickler.dispatch)
+
+    def __init__(self, f, **kwargs):
+        super().__init__(f, **kwargs)
+        self._ops = 0
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
@@ -272,7 +304,7 @@ def safe_load(f) -> Any:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RecursionError, MemoryError, UnicodeDecodeError, OverflowError, RuntimeError) as err:
-        raise UserError(f"damaged or unsupported pickle ({type(err).__name__}: {err})") from None
+        raise UserError(f"damaged or unsupported pickle ({type(err).__name__}: {str(err)[:200]})") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,13 +321,30 @@ def _state_of(node: Any) -> dict:
             st = st[0]
         if isinstance(st, dict):
             return st
-    raise UserError(f"damaged EDM pickle: expected a network module, found {node!r}")
+    raise UserError(f"damaged EDM pickle: expected a network module, found {_kind(node)}")
 
 
-def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents: tuple = ()
-                  ) -> dict[str, torch.Tensor]:
+def _kind(v: Any) -> str:
+    """What an untrusted object is, for a message: its type and size, never its repr (which may be huge)."""
+    if isinstance(v, Stub | PersistentObj):
+        return repr(v)
+    size = f" of {len(v)} items" if isinstance(v, list | tuple | dict | set | frozenset | str | bytes) else ""
+    return f"a {type(v).__name__}{size}"
+
+
+def _visit(budget: list[int]) -> None:
+    budget[0] += 1
+    if budget[0] > MAX_NODES:
+        raise UserError(f"refusing this pickle: its object tree has more than {MAX_NODES} nodes (shared references "
+                        "repeated many times); the file may be malicious")
+
+
+def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents: tuple = (),
+                  _budget: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Parameters and persistent buffers of a pickled module tree, named as `state_dict()` would name them."""
     out = {} if out is None else out
+    _budget = [0] if _budget is None else _budget
+    _visit(_budget)
     if id(node) in _parents or len(_parents) > 64:
         raise UserError(f"damaged or hostile pickle: the module tree loops back on itself at {prefix or 'the top'}")
     st = _state_of(node)
@@ -315,23 +364,31 @@ def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents
         raise UserError(f"damaged EDM pickle: {prefix or 'the network'} has no _modules table")
     for name, child in children.items():
         if child is not None:
-            collect_state(child, f"{prefix}{name}.", out, (*_parents, id(node)))
+            collect_state(child, f"{prefix}{name}.", out, (*_parents, id(node)), _budget)
     return out
 
 
-def _plain(v: Any, depth: int = 0) -> Any:
-    """Constructor arguments as plain JSON-able Python values."""
+def _plain(v: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
+    """Constructor arguments as plain JSON-able Python values (at most `MAX_NODES` visited, shared ones included)."""
+    budget = [0] if budget is None else budget
+    _visit(budget)
     if depth > 16:
         raise UserError("damaged or hostile pickle: constructor arguments nest too deeply")
     if isinstance(v, dict):
-        return {str(k): _plain(x, depth + 1) for k, x in v.items()}
+        return {_short(k): _plain(x, depth + 1, budget) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return [_plain(x, depth + 1) for x in v]
+        return [_plain(x, depth + 1, budget) for x in v]
     if isinstance(v, np.generic):
         return v.item()
-    if isinstance(v, bool | int | float | str) or v is None:
+    if isinstance(v, bool | float | str) or v is None:
         return v
-    return repr(v)
+    if isinstance(v, int):
+        return v if v.bit_length() <= 64 else _kind(v)
+    return _kind(v)
+
+
+def _short(k: Any) -> str:
+    return k[:200] if isinstance(k, str) else _kind(k)
 
 
 def _init_kwargs(obj: PersistentObj) -> dict:
@@ -363,9 +420,9 @@ def read_edm_pickle(path: str | Path) -> dict:
         f.seek(0)
         data = safe_load(f)
     if not isinstance(data, dict):
-        raise UserError(f"{path} is a pickle but not an EDM network pickle: it holds {data!r}, not a dict with 'ema'")
+        raise UserError(f"{path} is a pickle but not an EDM network pickle: it holds {_kind(data)}, not a dict with 'ema'")
     if "ema" not in data:
-        keys = ", ".join(map(str, data)) or "none"
+        keys = ", ".join(_short(k) for k in list(data)[:8]) + (", ..." if len(data) > 8 else "") if data else "none"
         raise UserError(f"{path} has no 'ema' network (its entries: {keys}); is it an EDM network pickle?")
     return data
 
@@ -395,7 +452,7 @@ def checkpoint_from_edm(data: dict, path: str | Path, say: Callable[[str], None]
     path = Path(path)
     ema = data["ema"]
     if not isinstance(ema, PersistentObj):
-        raise UserError(f"{path}: 'ema' is {ema!r}, not an EDM network object")
+        raise UserError(f"{path}: 'ema' is {_kind(ema)}, not an EDM network object")
     if ema.class_name not in PRECONDS:
         raise UserError(f"{path}: the network is preconditioned with {ema.class_name}; ctmtool imports "
                         f"{', '.join(PRECONDS)} only")
