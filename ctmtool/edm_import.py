@@ -328,7 +328,8 @@ def _kind(v: Any) -> str:
     """What an untrusted object is, for a message: its type and size, never its repr (which may be huge)."""
     if isinstance(v, Stub | PersistentObj):
         return repr(v)
-    size = f" of {len(v)} items" if isinstance(v, list | tuple | dict | set | frozenset | str | bytes) else ""
+    n = len(v) if isinstance(v, list | tuple | dict | set | frozenset | str | bytes) else None
+    size = "" if n is None else f" of {n} item{'' if n == 1 else 's'}"
     return f"a {type(v).__name__}{size}"
 
 

@@ -2,9 +2,9 @@
 and a run directory that is a file or cannot be written is a one-line error."""
 
 import errno
-import os
 import multiprocessing
 import multiprocessing.connection
+import os
 import subprocess
 import sys
 import time
