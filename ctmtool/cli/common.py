@@ -168,16 +168,16 @@ def handle_errors(fn: Callable) -> Callable:
             raise _fail(f"interrupted by {name}", 128 + err.signum) from None
         except KeyboardInterrupt:
             raise _fail("interrupted by SIGINT", 130) from None
-        except Exception as err:
-            stopped = _stopped_within(err)  # a signal during an import surfaces as "ImportError: initialization failed"
-            if stopped is None:
-                raise
-            raise _fail(f"interrupted by {signal.Signals(stopped.signum).name}", 128 + stopped.signum) from None
         except (MemoryError, torch_oom()) as err:
             raise _fail(f"out of memory ({type(err).__name__}); lower --batch or --n", 1) from None
         except OSError as err:
             where = f" ({err.filename})" if err.filename else ""
             raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk space", 1) from None
+        except Exception as err:
+            stopped = _stopped_within(err)  # a signal during an import surfaces as "ImportError: initialization failed"
+            if stopped is None:
+                raise
+            raise _fail(f"interrupted by {signal.Signals(stopped.signum).name}", 128 + stopped.signum) from None
 
     return wrapper
 
