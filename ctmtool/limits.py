@@ -10,6 +10,7 @@ meets them.
 from __future__ import annotations
 
 import math
+import os
 
 from ctmtool.errors import UserError
 
@@ -47,3 +48,21 @@ def lifted_note(no_limits: bool) -> str | None:
 
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+
+
+def free_memory() -> int | None:
+    """Bytes of memory free for new allocations on this machine (None when the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_batch_memory(items: int, shape: tuple[int, ...], what: str, copies: int = 4) -> None:
+    """Refuse, before allocating, a batch whose float32 tensors alone (`copies` of `items` x `shape`: inputs, noise,
+    outputs, gradients) exceed the free memory: a floor of what the step needs (activations come on top)."""
+    need = items * math.prod(shape) * 4 * copies
+    free = free_memory()
+    if free is not None and need > 0.8 * free:
+        raise UserError(f"a batch of {items} items of shape {tuple(shape)} needs at least {need / 2**30:.1f} GiB, "
+                        f"more than the {free / 2**30:.1f} GiB of free memory; lower {what}")

@@ -173,6 +173,10 @@ def handle_errors(fn: Callable) -> Callable:
         except OSError as err:
             where = f" ({err.filename})" if err.filename else ""
             raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk space", 1) from None
+        except RuntimeError as err:
+            if "can't allocate memory" not in str(err) and "not enough memory" not in str(err):
+                raise  # torch's CPU allocator reports running out as a RuntimeError
+            raise _fail("out of memory (the CPU allocator refused); lower --batch or --n", 1) from None
         except Exception as err:
             stopped = _stopped_within(err)  # a signal during an import surfaces as "ImportError: initialization failed"
             if stopped is None:

@@ -36,6 +36,7 @@ from ctmtool.checkpoint import Checkpoint, save_checkpoint
 from ctmtool.config import TrainConfig
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
+from ctmtool.limits import check_batch_memory
 from ctmtool.train import distributed as ddp
 from ctmtool.train.rundir import CKPT_GLOB, RunLock, checkpoint_name, make_run_dir, remove_leftovers, rotate
 
@@ -284,6 +285,7 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
     check_finite_data(data)
     micro = cfg.micro_batch or cfg.batch
     accum = cfg.batch // micro
+    check_batch_memory(micro, tuple(data.shape), "the batch (or set micro_batch)")
     ddp.check_batch(micro)
     main = ddp.is_main()
     data = data.to(device) if device.type == "cuda" else data

@@ -202,6 +202,9 @@ def test_requests_are_bounded_unless_no_limits_says_so(tmp_path, monkeypatch):
     _refused(["teacher", "--kimg", "1e12"], "--kimg")
     _refused(["distill", "--set", "distill.kimg=5e6"], "--kimg")  # a --set is a request too
     _refused(["translate", "p.npz", "--ckpt", ctm, "--out", "o.npz", "--nfe", "5000"], "--nfe")
+    # memory estimated before a large allocation (it was torch's "can't allocate memory" traceback)
+    _refused(["teacher", "--set", "teacher.batch=100000000000", "--run-dir", "big"], "GiB of free memory",
+             "lower the batch")
     r = _cli(["sample", "--ckpt", ctm, "--nfe", "1001", "--n", "2", "--out", "s.npz", "--no-limits"])
     assert r.exit_code == 0 and "limits" in r.stderr and "are off" in r.stderr, r.stderr
 
