@@ -168,3 +168,31 @@ def test_the_lock_holds_when_the_process_id_cannot_be_written(tmp_path, monkeypa
             RunLock(tmp_path).__enter__()
     with RunLock(tmp_path):  # released: the folder is usable again
         pass
+
+
+TRY = ("import sys; from pathlib import Path; from ctmtool.errors import UserError; from ctmtool.train.rundir import RunLock\n"
+       "try:\n    RunLock(Path(sys.argv[1])).__enter__(); print('took')\nexcept UserError:\n    print('refused')")
+
+
+def test_the_lock_is_held_from_inspecting_the_folder_to_the_end_of_the_run(tmp_path, monkeypatch):
+    """Two runs started seconds apart both ran: the lock was let go between inspecting the folder and training, so
+    the second passed its checks while the first built its data and networks, then rotated the first's checkpoints."""
+    import torch
+
+    import ctmtool.train.run as run
+    from ctmtool.config import load_preset
+
+    tries = []
+    build = run._teacher_parts
+
+    def parts(*args, **kwargs):  # while the first run builds: another process tries the lock
+        tries.append(subprocess.run([sys.executable, "-c", TRY, str(tmp_path / "run")], capture_output=True,
+                                    text=True, timeout=120).stdout.strip())
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(run, "_teacher_parts", parts)
+    p = load_preset("toy", ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=64", "teacher.batch=32",
+                            "teacher.kimg=0.064"])
+    run.train(p, "teacher", tmp_path / "run", torch.device("cpu"))
+    assert tries == ["refused"]
+    assert not (tmp_path / "run" / ".lock").exists()  # released at the end
