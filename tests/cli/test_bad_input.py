@@ -203,7 +203,7 @@ def _table(rows) -> str:
             "- a full disk while `sample` writes an .npz or a folder (ENOSPC): `error: could not write ...: the disk "
             "is full; free some space or choose another --out (nothing was written)`, exit 2, no file and no "
             "temporary file left;",
-            "- `sample --n 1000000000000`: `error: 1000000000000 items of shape (2,) need about ... GiB, more than "
+            "- `sample --n 1000000000000 --no-limits`: `error: 1000000000000 items of shape (2,) need about ... GiB, more than "
             "the ... GiB of free memory; lower --n`, refused before allocating;",
             "- out of memory during a batch (`torch.OutOfMemoryError`): `error: out of memory (...); lower --batch`;",
             "- a read-only output folder (when not running as root): `error: cannot write ...`.", ""]
