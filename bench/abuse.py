@@ -40,7 +40,7 @@ def tiny_checkpoint(path: Path, kind: str = "ctm", preset: str = "toy") -> Path:
 
     from ctmtool.checkpoint import Checkpoint, save_checkpoint
     from ctmtool.config import load_preset
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
 
     p = load_preset(preset, SMALL)
     torch.manual_seed(0)

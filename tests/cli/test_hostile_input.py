@@ -221,7 +221,7 @@ def _laughs(levels: int = 12, width: int = 200) -> bytes:
 def test_hostile_pickles_are_refused_quickly_without_rendering_them(tmp_path, monkeypatch):
     import pickle
 
-    import ctmtool.edm_import as edm_import
+    import ctmtool.importers.edm_pickle as edm_import
 
     monkeypatch.chdir(tmp_path)
     Path("laughs.pkl").write_bytes(_laughs())
@@ -293,7 +293,7 @@ def test_one_commands_outputs_are_all_written_or_none(tmp_path, monkeypatch):
     r = _cli(["translate", "p.npz", "--ckpt", gctm, "--out", "o.npz", "--grid", "g.png", "--device", "cpu"])
     assert r.exit_code != 0 and not Path("o.npz").exists() and not Path("g.png").exists()
     monkeypatch.setattr(translate_cli, "_grid", grid)
-    import ctmtool.outputs as outputs
+    import ctmtool.jobs.outputs as outputs
 
     monkeypatch.setattr(outputs, "_savez", failing)  # the outputs fail after the grid: the grid is removed
     r = _cli(["translate", "p.npz", "--ckpt", gctm, "--out", "o.npz", "--grid", "g.png", "--device", "cpu"])
