@@ -189,6 +189,7 @@ class CTMConfig(Strict):
     dsm_weight: float | Literal["adaptive"] = "adaptive"  # lambda_DSM: number or adaptive (clamped 0..1e4)
     dsm_high_noise_fraction: float = Field(0.5, ge=0, le=1)  # share of DSM sigmas from the grid's high end
     dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"  # DSM sigmas; halflognormal is the paper's
+    s_sampler: Literal["uniform", "sigma_min"] = "uniform"  # CTM's s: uniform over u..sigma_min; sigma_min: consistency distillation (CD)
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
     eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)

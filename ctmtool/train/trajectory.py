@@ -271,6 +271,7 @@ def ctm_objective(
     for s in data_shape:
         dim *= s
     grid = ctm_grid(preset)
-    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver),
+    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver,
+                             c.s_sampler),
                      DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction, c.dsm_sampler, d.rho))
     return TrajectoryObjective(preset, data_shape, device, "ctm", net, terms, teacher, discriminator)

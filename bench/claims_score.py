@@ -1,0 +1,325 @@
+"""Scores and tables for bench/claims.py: samples through the `ctmtool` CLI, metrics computed here.
+
+Digits metrics (`Judge`): a small classifier trained here on the 1,437-image training split (an MLP 64-256-128-10
+on pixels scaled to [-1, 1], Adam, 60 epochs, 1-pixel random shifts; seed 0, so the same network every time).
+Feature FD: Frechet distance between its 128-wide penultimate features (after ReLU) of the samples and of the
+training split; IS analogue: exp(E_x KL(p(y|x) || p(y))) (10 is the most, for confident and balanced classes).
+Pixel FD: the same distance on the 64 raw pixels, 0..255. The toy mixture's metric is its exact log-density.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_STRIDE = 100_000  # sampling-seed set j uses image seeds j * SEED_STRIDE + i
+
+
+# ---------------------------------------------------------------------------------------------- data and metric
+
+
+def real_digits() -> dict[str, np.ndarray]:
+    """scikit-learn's digits as uint8 (N, 8, 8), 0..16 scaled to 0..255 and rounded (ctmtool's digits source);
+    train = index not a multiple of 5 (1,437), test = the other 360."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    u8 = np.rint(raw.images * (255 / 16)).clip(0, 255).astype(np.uint8)
+    keep = np.arange(len(u8)) % 5 != 0
+    return {"train": u8[keep], "test": u8[~keep], "train_y": raw.target[keep], "test_y": raw.target[~keep]}
+
+
+def _to_input(u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(u8.reshape(len(u8), 64).astype(np.float32)) / 127.5 - 1
+
+
+class Judge:
+    """The digits classifier: penultimate features for FD and class probabilities for the IS analogue."""
+
+    def __init__(self, real: dict, epochs: int = 60):
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU())
+        self.head = torch.nn.Linear(128, 10)
+        net = torch.nn.Sequential(self.body, self.head)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+        x, y = torch.from_numpy(real["train"]), torch.from_numpy(real["train_y"]).long()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=g).split(64):
+                xb = _shift(x[idx], g)
+                loss = torch.nn.functional.cross_entropy(net(_to_input(xb.numpy())), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        net.eval()
+        with torch.no_grad():
+            pred = net(_to_input(real["test"])).argmax(1).numpy()
+        self.test_accuracy = float((pred == real["test_y"]).mean())
+        self.ref_feat = self.features(real["train"])[0]
+        self.ref_pix = real["train"].reshape(len(real["train"]), 64).astype(np.float64)
+
+    @torch.no_grad()
+    def features(self, u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f = self.body(_to_input(u8))
+        return f.double().numpy(), torch.softmax(self.head(f), 1).double().numpy()
+
+    def measure(self, u8: np.ndarray) -> dict:
+        feat, prob = self.features(u8)
+        return {"fd": frechet(feat, self.ref_feat), "pixel_fd": frechet(u8.reshape(len(u8), 64).astype(np.float64), self.ref_pix),
+                "is": inception_score(prob)}
+
+
+def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random shifts by -1, 0 or 1 pixel in each direction (zero fill), one per batch."""
+    dy, dx = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
+    x = torch.roll(x, (dy, dx), (1, 2))
+    if dy:
+        x[:, 0 if dy > 0 else -1] = 0
+    if dx:
+        x[:, :, 0 if dx > 0 else -1] = 0
+    return x
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to the rows of a and of b."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        eps = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
+
+
+def inception_score(p: np.ndarray) -> float:
+    py = p.mean(0, keepdims=True)
+    return float(np.exp((p * (np.log(p + 1e-12) - np.log(py + 1e-12))).sum(1).mean()))
+
+
+# ---------------------------------------------------------------------------------------------- sampling (CLI)
+
+
+def _env() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def cli(args: list[str], log: Path) -> None:
+    cmd = [sys.executable, "-m", "ctmtool", *args]
+    with open(log, "a") as f:
+        f.write(f"$ ctmtool {' '.join(args)}\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env())
+    if r.returncode != 0:
+        raise SystemExit(f"error: `ctmtool {' '.join(args)}` failed (exit {r.returncode}); see {log}")
+
+
+def draw(ckpt: Path, npz: Path, n: int, seed: int, opts: list[str], log: Path) -> np.ndarray:
+    """`ctmtool sample` -> samples (N, H, W) uint8 for images or (N, 2) floats for points; cached in npz."""
+    if not npz.exists():
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        cli(["sample", "--ckpt", str(ckpt), "--n", str(n), "--seed", str(seed), *opts, "-o", str(npz), "--device", "cpu",
+             "--force"], log)
+    x = np.load(npz)["samples"]
+    return x[..., 0] if x.ndim == 4 else x
+
+
+# ---------------------------------------------------------------------------------------------- what is scored
+
+
+def digits_samplers(row: str, L: dict) -> list[tuple[str, list[str]]]:
+    nfes, gammas = L["nfes"], L["gammas"]
+
+    def g(nfe, gamma):
+        return (f"nfe{nfe}_g{gamma:g}", ["--nfe", str(nfe), "--gamma", str(gamma)])
+
+    if row == "teacher":
+        return [("heun18", ["--solver", "heun", "--steps", "18"])]
+    if row == "ctm":  # the gamma figure
+        return [g(k, x) for k in nfes for x in (gammas if k > 1 else gammas[:1])]
+    if row in ("cd", "ctm_nodsm"):  # many-step quality without s < ... (CD) or without DSM
+        return [g(k, 0.0) for k in nfes] + ([g(k, 1.0) for k in nfes if k > 1] if row == "cd" else [])
+    return [g(1, 0.0), g(2, 0.0)]
+
+
+def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
+    path = out / "scores.json"
+    S = json.loads(path.read_text()) if path.exists() else {}
+
+    def save():
+        path.write_text(json.dumps(S, indent=1))
+
+    real = real_digits()
+    t0 = time.time()
+    judge = Judge(real, epochs=5 if tiny else 60)
+    S["judge"] = {"test_accuracy": judge.test_accuracy, "epochs": 5 if tiny else 60}
+    S["real"] = {"test_n360": judge.measure(real["test"]), "train_is": judge.measure(real["train"])["is"]}
+    S["settings"] = {"n": L["n"], "seeds": L["seeds"], "seed_stride": SEED_STRIDE, "kimg": {k: L[k] for k in
+                     ("teacher", "ctm", "extra", "toy_ctm", "gctm")}}
+    save()
+    print(f"[claims] judge: held-out accuracy {judge.test_accuracy:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    n, seeds = L["n"], L["seeds"]
+    for row in rows:
+        d = out / row
+        if not (d / "done.json").exists():
+            print(f"[claims] {row}: not trained, skipped", flush=True)
+            continue
+        if row == "toy_ctm":
+            S[row] = score_toy(d, L)
+        elif row == "gctm_sr":
+            S[row] = score_sr(d, real, judge)
+        elif row in ("gctm_ind", "gctm_ot"):
+            S[row] = score_curve(d, judge, L)
+        else:
+            S.setdefault(row, {})
+            for name, opts in digits_samplers(row, L):
+                if name in S[row]:
+                    continue
+                per = []
+                for j in range(seeds):
+                    x = draw(d, d / "samples" / f"{name}_s{j}.npz", n, j * SEED_STRIDE, opts, d / "score.log")
+                    per.append({"n2000": judge.measure(x), "n360": judge.measure(x[:360])})
+                    if j == 0:
+                        grid_png(x[:100], d / f"grid-{name}.png")
+                S[row][name] = per
+                save()
+                print(f"[claims] {row} {name}: FD {np.mean([p['n2000']['fd'] for p in per]):.2f}", flush=True)
+        save()
+    return S
+
+
+def score_toy(d: Path, L: dict) -> dict:
+    """Gamma figure on the mixture: mean log p of samples minus the true samples' (exact density), per NFE/gamma."""
+    pre = tomllib.loads((ROOT / "presets" / "toy.toml").read_text())["data"]["gmm"]
+    means, std = np.asarray(pre["means"], dtype=np.float64), float(pre["std"])
+    w = np.asarray(pre["weights"], dtype=np.float64)
+    w = w / w.sum()
+
+    def logp(x):
+        d2 = ((x[:, None, :] - means[None]) ** 2).sum(-1)
+        lc = np.log(w)[None] - d2 / (2 * std**2) - np.log(2 * math.pi * std**2)
+        m = lc.max(1, keepdims=True)
+        return (m + np.log(np.exp(lc - m).sum(1, keepdims=True)))[:, 0]
+
+    rng = np.random.default_rng(12345)
+    comp = rng.choice(len(w), size=1_000_000, p=w)
+    base = float(logp(means[comp] + std * rng.standard_normal((len(comp), 2))).mean())
+    res = {"true_mean_logp": base}
+    for k in L["nfes"]:
+        for gamma in (L["gammas"] if k > 1 else L["gammas"][:1]):
+            gaps = []
+            for j in range(L["seeds"]):
+                x = draw(d, d / "samples" / f"nfe{k}_g{gamma:g}_s{j}.npz", L["toy_n"], j * SEED_STRIDE,
+                         ["--nfe", str(k), "--gamma", str(gamma)], d / "score.log").astype(np.float64)
+                lp = logp(x)
+                gaps.append({"gap": float(lp.mean()) - base, "se": float(lp.std() / math.sqrt(len(lp)))})
+            res[f"nfe{k}_g{gamma:g}"] = gaps
+    return res
+
+
+def score_sr(d: Path, real: dict, judge: Judge) -> dict:
+    """x2 super-resolution of the 360 held-out digits (4x4 block means, the model's own degradation): PSNR and
+    SSIM (scikit-image, 3x3 window) against the clean digits, feature FD against the training split."""
+    from skimage.metrics import structural_similarity
+
+    test = d / "samples" / "test.npz"
+    test.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(test, samples=real["test"][..., None])
+    res = {}
+    for k in (1, 2, 4):
+        npz = d / "samples" / f"sr_nfe{k}.npz"
+        if not npz.exists():
+            cli(["translate", str(test), "--ckpt", str(d), "--degrade", "--nfe", str(k), "-o", str(npz), "--device", "cpu",
+                 "--force"], d / "score.log")
+        z = np.load(npz)
+        for name, x in ((f"nfe{k}", z["samples"][..., 0]), ("input", z["inputs"][..., 0])):
+            if name in res:
+                continue
+            ref = real["test"].astype(np.float64)
+            mse = ((x.astype(np.float64) - ref) ** 2).reshape(len(x), -1).mean(1)
+            psnr = float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+            ssim = float(np.mean([structural_similarity(a, b, win_size=3, data_range=255.0) for a, b in
+                                  zip(x.astype(np.float64), ref, strict=True)]))
+            res[name] = {"psnr": psnr, "ssim": ssim, **judge.measure(x)}
+            if name != "input":
+                grid_png(np.concatenate([real["test"][:10], z["inputs"][:10, ..., 0], x[:10]]), d / f"grid-sr-{name}.png", 10)
+    return res
+
+
+def score_curve(d: Path, judge: Judge, L: dict) -> dict:
+    """FD (NFE 1, n samples, seed set 0) of every checkpoint of a GCTM generation run, against images seen."""
+    res = {}
+    for ck in sorted(d.glob("ckpt-*.safetensors")):
+        x = draw(ck, d / "samples" / f"{ck.stem}.npz", L["n"], 0, ["--nfe", "1"], d / "score.log")
+        res[ck.stem] = {"step": int(ck.stem.split("-")[1]), **judge.measure(x)}
+    grid_png(x[:100], d / "grid-nfe1.png")
+    return res
+
+
+def grid_png(u8: np.ndarray, path: Path, cols: int = 10, scale: int = 4) -> None:
+    from PIL import Image
+
+    n = len(u8)
+    rows = math.ceil(n / cols)
+    canvas = np.full((rows * 9 + 1, cols * 9 + 1), 255, np.uint8)  # a 1-pixel white border between digits
+    for i, im in enumerate(u8):
+        r, c = divmod(i, cols)
+        canvas[1 + r * 9:1 + r * 9 + 8, 1 + c * 9:1 + c * 9 + 8] = 255 - im  # dark ink on white
+    Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST).save(path)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _agg(per: list[dict], size: str, key: str) -> tuple[float, float, float]:
+    v = [p[size][key] for p in per]
+    return float(np.mean(v)), float(min(v)), float(max(v))
+
+
+def _fmt(m: tuple[float, float, float], nd: int = 1) -> str:
+    return f"{m[0]:.{nd}f} ({m[1]:.{nd}f}-{m[2]:.{nd}f})" if m[1] != m[2] else f"{m[0]:.{nd}f}"
+
+
+def table(out: Path) -> str:
+    S = json.loads((out / "scores.json").read_text())
+    lines = [f"classifier held-out accuracy: {S['judge']['test_accuracy']:.4f}", "",
+             "| row | sampler | feature FD, n = 2,000 | / teacher | IS analogue | pixel FD, n = 2,000 | feature FD, n = 360 |",
+             "|---|---|---|---|---|---|---|"]
+    r = S["real"]["test_n360"]
+    teacher = None
+    if "teacher" in S and "heun18" in S["teacher"]:
+        teacher = _agg(S["teacher"]["heun18"], "n2000", "fd")[0]
+    for row in ["teacher", "ctm", "ctm_more", "ctm_gan", "cd", "ctm_nodsm", "ctm_self"]:
+        for name, per in S.get(row, {}).items():
+            fd = _agg(per, "n2000", "fd")
+            ratio = f"{fd[0] / teacher:.2f}x" if teacher else ""
+            lines.append(f"| {row} | {name} | {_fmt(fd, 2)} | {ratio} | {_fmt(_agg(per, 'n2000', 'is'), 2)} | "
+                         f"{_fmt(_agg(per, 'n2000', 'pixel_fd'), 0)} | {_fmt(_agg(per, 'n360', 'fd'), 2)} |")
+    lines.append(f"| real (held-out split) | n = 360 | | | {r['is']:.2f} | {r['pixel_fd']:.0f} | {r['fd']:.2f} |")
+    if "toy_ctm" in S:
+        lines += ["", "toy mixture, mean log p gap (nats; mean of seed sets, +- their spread):", "",
+                  "| NFE | gamma | gap |", "|---|---|---|"]
+        for k, v in S["toy_ctm"].items():
+            if k.startswith("nfe"):
+                gaps = [x["gap"] for x in v]
+                lines.append(f"| {k.split('_')[0][3:]} | {k.split('_g')[1]} | {np.mean(gaps):+.4f} ({min(gaps):+.4f}..{max(gaps):+.4f}) |")
+    if "gctm_sr" in S:
+        lines += ["", "| GCTM x2 SR (360 held-out) | PSNR | SSIM | feature FD | pixel FD |", "|---|---|---|---|---|"]
+        for k, v in S["gctm_sr"].items():
+            lines.append(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['fd']:.2f} | {v['pixel_fd']:.0f} |")
+    for row in ("gctm_ind", "gctm_ot"):
+        if row in S:
+            lines += ["", f"{row}: " + ", ".join(f"step {v['step']}: FD {v['fd']:.2f}" for v in S[row].values())]
+    return "\n".join(lines)
