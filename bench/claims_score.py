@@ -23,7 +23,7 @@ import torch
 from scipy import linalg
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED_STRIDE = 100_000  # sampling-seed set j uses image seeds j * SEED_STRIDE + i
+# sampling-seed set j of n samples is image seeds j * n ... (j + 1) * n - 1: one `ctmtool sample` call draws all sets
 
 
 # ---------------------------------------------------------------------------------------------- data and metric
@@ -47,21 +47,26 @@ def _to_input(u8: np.ndarray) -> torch.Tensor:
 class Judge:
     """The digits classifier: penultimate features for FD and class probabilities for the IS analogue."""
 
-    def __init__(self, real: dict, epochs: int = 60):
+    def __init__(self, real: dict, epochs: int = 60, cache: Path | None = None):
         g = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         self.body = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU())
         self.head = torch.nn.Linear(128, 10)
         net = torch.nn.Sequential(self.body, self.head)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
-        x, y = torch.from_numpy(real["train"]), torch.from_numpy(real["train_y"]).long()
-        for _ in range(epochs):
-            for idx in torch.randperm(len(x), generator=g).split(64):
-                xb = _shift(x[idx], g)
-                loss = torch.nn.functional.cross_entropy(net(_to_input(xb.numpy())), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        if cache is not None and cache.exists():  # the same network for every later `score` of this folder
+            net.load_state_dict(torch.load(cache, weights_only=True))
+        else:
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+            x, y = torch.from_numpy(real["train"]), torch.from_numpy(real["train_y"]).long()
+            for _ in range(epochs):
+                for idx in torch.randperm(len(x), generator=g).split(64):
+                    xb = _shift(x[idx], g)
+                    loss = torch.nn.functional.cross_entropy(net(_to_input(xb.numpy())), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            if cache is not None:
+                torch.save(net.state_dict(), cache)
         net.eval()
         with torch.no_grad():
             pred = net(_to_input(real["test"])).argmax(1).numpy()
@@ -163,10 +168,11 @@ def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
 
     real = real_digits()
     t0 = time.time()
-    judge = Judge(real, epochs=5 if tiny else 60)
+    out.mkdir(parents=True, exist_ok=True)
+    judge = Judge(real, epochs=5 if tiny else 60, cache=out / "judge.pt")
     S["judge"] = {"test_accuracy": judge.test_accuracy, "epochs": 5 if tiny else 60}
     S["real"] = {"test_n360": judge.measure(real["test"]), "train_is": judge.measure(real["train"])["is"]}
-    S["settings"] = {"n": L["n"], "seeds": L["seeds"], "seed_stride": SEED_STRIDE, "kimg": {k: L[k] for k in
+    S["settings"] = {"n": L["n"], "seeds": L["seeds"], "kimg": {k: L[k] for k in
                      ("teacher", "ctm", "extra", "toy_ctm", "gctm")}}
     save()
     print(f"[claims] judge: held-out accuracy {judge.test_accuracy:.4f} ({time.time() - t0:.0f} s)", flush=True)
@@ -187,12 +193,9 @@ def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
             for name, opts in digits_samplers(row, L):
                 if name in S[row]:
                     continue
-                per = []
-                for j in range(seeds):
-                    x = draw(d, d / "samples" / f"{name}_s{j}.npz", n, j * SEED_STRIDE, opts, d / "score.log")
-                    per.append({"n2000": judge.measure(x), "n360": judge.measure(x[:360])})
-                    if j == 0:
-                        grid_png(x[:100], d / f"grid-{name}.png")
+                xs = draw(d, d / "samples" / f"{name}.npz", n * seeds, 0, opts, d / "score.log")
+                per = [{"n2000": judge.measure(x), "n360": judge.measure(x[:360])} for x in np.split(xs, seeds)]
+                grid_png(xs[:100], d / f"grid-{name}.png")
                 S[row][name] = per
                 save()
                 print(f"[claims] {row} {name}: FD {np.mean([p['n2000']['fd'] for p in per]):.2f}", flush=True)
@@ -219,10 +222,10 @@ def score_toy(d: Path, L: dict) -> dict:
     res = {"true_mean_logp": base}
     for k in L["nfes"]:
         for gamma in (L["gammas"] if k > 1 else L["gammas"][:1]):
+            xs = draw(d, d / "samples" / f"nfe{k}_g{gamma:g}.npz", L["toy_n"] * L["seeds"], 0,
+                      ["--nfe", str(k), "--gamma", str(gamma)], d / "score.log").astype(np.float64)
             gaps = []
-            for j in range(L["seeds"]):
-                x = draw(d, d / "samples" / f"nfe{k}_g{gamma:g}_s{j}.npz", L["toy_n"], j * SEED_STRIDE,
-                         ["--nfe", str(k), "--gamma", str(gamma)], d / "score.log").astype(np.float64)
+            for x in np.split(xs, L["seeds"]):
                 lp = logp(x)
                 gaps.append({"gap": float(lp.mean()) - base, "se": float(lp.std() / math.sqrt(len(lp)))})
             res[f"nfe{k}_g{gamma:g}"] = gaps
