@@ -74,6 +74,14 @@ class Judge:
         self.ref_feat = self.features(real["train"])[0]
         self.ref_pix = real["train"].reshape(len(real["train"]), 64).astype(np.float64)
 
+    def export(self, path: Path) -> Path:
+        """The feature layer as TorchScript (uint8/float NCHW in [0, 255] -> (B, 128)), for `ctmtool sample sweep
+        --metric fd --features` (its figure, and a check of ctmtool's FD against this file's on the same features)."""
+        if not path.exists():
+            module = torch.jit.trace(_Features(self.body).eval(), torch.zeros(2, 1, 8, 8))
+            module.save(str(path))
+        return path
+
     @torch.no_grad()
     def features(self, u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = self.body(_to_input(u8))
@@ -83,6 +91,15 @@ class Judge:
         feat, prob = self.features(u8)
         return {"fd": frechet(feat, self.ref_feat), "pixel_fd": frechet(u8.reshape(len(u8), 64).astype(np.float64), self.ref_pix),
                 "is": inception_score(prob)}
+
+
+class _Features(torch.nn.Module):
+    def __init__(self, body: torch.nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.float().reshape(x.shape[0], 64) / 127.5 - 1)
 
 
 def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -182,6 +199,9 @@ def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
         if not (d / "done.json").exists():
             print(f"[claims] {row}: not trained, skipped", flush=True)
             continue
+        if row in ("ctm", "toy_ctm") and f"sweep_{row}" not in S:  # ctmtool's own gamma figure (a PNG beside the JSON)
+            S[f"sweep_{row}"] = sweep(row, d, out, judge, real, L)
+            save()
         if row == "toy_ctm":
             S[row] = score_toy(d, L)
         elif row == "gctm_sr":
@@ -201,6 +221,26 @@ def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
                 print(f"[claims] {row} {name}: FD {np.mean([p['n2000']['fd'] for p in per]):.2f}", flush=True)
         save()
     return S
+
+
+def sweep(row: str, d: Path, out: Path, judge: Judge, real: dict, L: dict) -> dict:
+    """`ctmtool sample sweep`: quality against NFE for each gamma, with its plot. Digits: FD in the judge's
+    features (exported as TorchScript) against the training split; its NFE-1 figure is on seed set 0, the same
+    samples as this file's own FD, so the two implementations can be compared. Toy: the exact mean log-density."""
+    nfe, gamma = ",".join(map(str, L["nfes"])), ",".join(f"{g:g}" for g in L["gammas"])
+    js = d / "sweep.json"
+    if row == "toy_ctm":
+        metric = ["--metric", "logp", "--n", str(L["toy_n"])]
+    else:
+        ref = out / "digits-train.npz"
+        if not ref.exists():
+            np.savez(ref, samples=real["train"][..., None])
+        metric = ["--metric", "fd", "--features", str(judge.export(out / "judge-features.pt")), "--ref", str(ref),
+                  "--n", str(L["n"])]
+    if not js.exists():
+        cli(["sample", "sweep", "--ckpt", str(d), "--nfe", nfe, "--gamma", gamma, *metric, "--seed", "0", "-o", str(js),
+             "--device", "cpu", "--force"], d / "score.log")
+    return json.loads(js.read_text())
 
 
 def score_toy(d: Path, L: dict) -> dict:
@@ -295,15 +335,19 @@ def _fmt(m: tuple[float, float, float], nd: int = 1) -> str:
     return f"{m[0]:.{nd}f} ({m[1]:.{nd}f}-{m[2]:.{nd}f})" if m[1] != m[2] else f"{m[0]:.{nd}f}"
 
 
+def _mean(S: dict, row: str, name: str, key: str = "fd", size: str = "n2000") -> float | None:
+    per = S.get(row, {}).get(name)
+    return None if not per or not isinstance(per, list) else float(np.mean([p[size][key] for p in per]))
+
+
 def table(out: Path) -> str:
     S = json.loads((out / "scores.json").read_text())
-    lines = [f"classifier held-out accuracy: {S['judge']['test_accuracy']:.4f}", "",
+    kimg = S["settings"]["kimg"]
+    lines = [f"classifier held-out accuracy: {S['judge']['test_accuracy']:.4f} (360 test digits)", "",
              "| row | sampler | feature FD, n = 2,000 | / teacher | IS analogue | pixel FD, n = 2,000 | feature FD, n = 360 |",
              "|---|---|---|---|---|---|---|"]
     r = S["real"]["test_n360"]
-    teacher = None
-    if "teacher" in S and "heun18" in S["teacher"]:
-        teacher = _agg(S["teacher"]["heun18"], "n2000", "fd")[0]
+    teacher = _mean(S, "teacher", "heun18")
     for row in ["teacher", "ctm", "ctm_more", "ctm_gan", "cd", "ctm_nodsm", "ctm_self"]:
         for name, per in S.get(row, {}).items():
             fd = _agg(per, "n2000", "fd")
@@ -311,18 +355,74 @@ def table(out: Path) -> str:
             lines.append(f"| {row} | {name} | {_fmt(fd, 2)} | {ratio} | {_fmt(_agg(per, 'n2000', 'is'), 2)} | "
                          f"{_fmt(_agg(per, 'n2000', 'pixel_fd'), 0)} | {_fmt(_agg(per, 'n360', 'fd'), 2)} |")
     lines.append(f"| real (held-out split) | n = 360 | | | {r['is']:.2f} | {r['pixel_fd']:.0f} | {r['fd']:.2f} |")
+    lines.append(f"| real (training split, the reference) | n = 1,437 | | | {S['real']['train_is']:.2f} | 0 | 0 |")
+
+    gammas = sorted({float(k.split("_g")[1]) for k in S.get("ctm", {}) if k.startswith("nfe")})
+    nfes = sorted({int(k.split("_")[0][3:]) for k in S.get("ctm", {}) if k.startswith("nfe")})
+    if gammas:
+        lines += ["", "digits gamma figure (row ctm; feature FD, n = 2,000, mean over seed sets):", "",
+                  "| NFE | " + " | ".join(f"gamma {g:g}" for g in gammas) + " | ctm_nodsm, gamma 0 | cd, gamma 0 | cd, gamma 1 |",
+                  "|---|" + "---|" * (len(gammas) + 3)]
+        for k in nfes:
+            cells = [_fmt(_agg(S["ctm"][f"nfe{k}_g{g:g}" if k > 1 else "nfe1_g0"], "n2000", "fd"), 2) for g in gammas]
+            other = []
+            for row, g in (("ctm_nodsm", 0), ("cd", 0), ("cd", 1)):
+                per = S.get(row, {}).get(f"nfe{k}_g{g}" if k > 1 else "nfe1_g0")
+                other.append(_fmt(_agg(per, "n2000", "fd"), 2) if per else "")
+            lines.append(f"| {k} | " + " | ".join(cells + other) + " |")
+    sw = S.get("sweep_ctm")
+    if sw and "ctm" in S and "nfe1_g0" in S["ctm"]:
+        one = next(x["score"] for x in sw["rows"] if x["nfe"] == 1)
+        lines += ["", f"`ctmtool sample sweep` on the same features and samples, NFE 1: {one:.6f}; this script's FD of "
+                  f"seed set 0: {S['ctm']['nfe1_g0'][0]['n2000']['fd']:.6f}"]
     if "toy_ctm" in S:
-        lines += ["", "toy mixture, mean log p gap (nats; mean of seed sets, +- their spread):", "",
+        lines += ["", "toy mixture (row toy_ctm), mean log p of samples minus the true samples' (nats), per seed set of "
+                  f"{S['settings'].get('toy_n', '')} (mean; min..max; standard error of one set):", "",
                   "| NFE | gamma | gap |", "|---|---|---|"]
         for k, v in S["toy_ctm"].items():
             if k.startswith("nfe"):
                 gaps = [x["gap"] for x in v]
-                lines.append(f"| {k.split('_')[0][3:]} | {k.split('_g')[1]} | {np.mean(gaps):+.4f} ({min(gaps):+.4f}..{max(gaps):+.4f}) |")
+                lines.append(f"| {k.split('_')[0][3:]} | {k.split('_g')[1]} | {np.mean(gaps):+.4f} "
+                             f"({min(gaps):+.4f}..{max(gaps):+.4f}; se {v[0]['se']:.4f}) |")
     if "gctm_sr" in S:
-        lines += ["", "| GCTM x2 SR (360 held-out) | PSNR | SSIM | feature FD | pixel FD |", "|---|---|---|---|---|"]
+        lines += ["", "| GCTM x2 SR from 4x4 (360 held-out digits) | PSNR dB | SSIM | feature FD | pixel FD |",
+                  "|---|---|---|---|---|"]
         for k, v in S["gctm_sr"].items():
             lines.append(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['fd']:.2f} | {v['pixel_fd']:.0f} |")
     for row in ("gctm_ind", "gctm_ot"):
         if row in S:
-            lines += ["", f"{row}: " + ", ".join(f"step {v['step']}: FD {v['fd']:.2f}" for v in S[row].values())]
+            lines += ["", f"{row} (NFE 1, n = {S['settings']['n']}, seed set 0): "
+                      + ", ".join(f"step {v['step']}: FD {v['fd']:.2f}" for v in S[row].values())]
+    lines += ["", "goals:"] + goals(S, kimg)
     return "\n".join(lines)
+
+
+def goals(S: dict, kimg: dict) -> list[str]:
+    out = []
+    t, g, m = _mean(S, "teacher", "heun18"), _mean(S, "ctm_gan", "nfe1_g0"), _mean(S, "ctm_more", "nfe1_g0")
+    if t and g:
+        out.append(f"- CTM + GAN NFE 1 / teacher 35 NFE: {g:.2f} / {t:.2f} = {g / t:.2f}x (goal <= 1.0x: "
+                   f"{'met' if g <= t else 'not met'}); the no-GAN control at the same images: {m / t:.2f}x" if m else "")
+    c, d = _mean(S, "ctm", "nfe1_g0"), _mean(S, "cd", "nfe1_g0")
+    if c and d:
+        out.append(f"- CTM NFE 1 / CD NFE 1 ({kimg['ctm']:g} kimg each): {c:.2f} / {d:.2f} = {c / d:.2f}x "
+                   f"(goal <= 0.7x: {'met' if c <= 0.7 * d else 'not met'})")
+    seq = [(k, _mean(S, "ctm", f"nfe{k}_g0" if k > 1 else "nfe1_g0")) for k in (1, 2, 4, 8)]
+    seq = [(k, v) for k, v in seq if v is not None]
+    if len(seq) > 1:
+        worse = [f"{a}->{b}" for (a, x), (b, y) in zip(seq, seq[1:], strict=False) if y > x]
+        out.append("- digits gamma 0, FD by NFE: " + ", ".join(f"{k}: {v:.2f}" for k, v in seq)
+                   + (f" (worse at {', '.join(worse)})" if worse else " (never worse)"))
+    toy = S.get("toy_ctm", {})
+    tseq = [(k, float(np.mean([x["gap"] for x in toy[f"nfe{k}_g0"]]))) for k in (1, 2, 4, 8) if f"nfe{k}_g0" in toy]
+    if len(tseq) > 1:
+        worse = [f"{a}->{b}" for (a, x), (b, y) in zip(tseq, tseq[1:], strict=False) if y < x]
+        out.append("- toy gamma 0, gap by NFE: " + ", ".join(f"{k}: {v:+.4f}" for k, v in tseq)
+                   + (f" (worse at {', '.join(worse)})" if worse else " (never worse)"))
+    ind, ot = S.get("gctm_ind"), S.get("gctm_ot")
+    if ind and ot:
+        final = list(ind.values())[-1]
+        reach = next((v["step"] for v in ot.values() if v["fd"] <= final["fd"]), None)
+        out.append(f"- OT reaches independent's final FD {final['fd']:.2f} (step {final['step']}) at step {reach}"
+                   + (f" = {reach / final['step']:.2f}x (goal <= 0.7x)" if reach else " (not within the run)"))
+    return [x for x in out if x]
