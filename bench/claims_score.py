@@ -230,6 +230,8 @@ def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
                 S[row][name] = per
                 save()
                 print(f"[claims] {row} {name}: FD {np.mean([p['n2000']['fd'] for p in per]):.2f}", flush=True)
+            if row != "teacher":  # FD against training steps: NFE 1 at every kept checkpoint
+                S[f"curve_{row}"] = score_curve(d, judge, L, grid=False)
         save()
     return S
 
@@ -312,13 +314,14 @@ def score_sr(d: Path, real: dict, judge: Judge) -> dict:
     return res
 
 
-def score_curve(d: Path, judge: Judge, L: dict) -> dict:
+def score_curve(d: Path, judge: Judge, L: dict, grid: bool = True) -> dict:
     """FD (NFE 1, n samples, seed set 0) of every checkpoint of a GCTM generation run, against images seen."""
     res = {}
     for ck in sorted(d.glob("ckpt-*.safetensors")):
         x = draw(ck, d / "samples" / f"{ck.stem}.npz", L["n"], 0, ["--nfe", "1"], d / "score.log")
         res[ck.stem] = {"step": int(ck.stem.split("-")[1]), **judge.measure(x)}
-    grid_png(x[:100], d / "grid-nfe1.png")
+    if grid:
+        grid_png(x[:100], d / "grid-nfe1.png")
     return res
 
 
@@ -402,6 +405,10 @@ def table(out: Path) -> str:
                   "|---|---|---|---|---|"]
         for k, v in S["gctm_sr"].items():
             lines.append(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['fd']:.2f} | {v['pixel_fd']:.0f} |")
+    curves = [k for k in S if k.startswith("curve_")]
+    if curves:
+        lines += ["", "FD (NFE 1, n = 2,000, seed set 0) at the kept checkpoints, by optimiser step (batch 128):", ""]
+        lines += [f"- {k[6:]}: " + ", ".join(f"step {v['step']}: {v['fd']:.2f}" for v in S[k].values()) for k in curves]
     for row in ("gctm_ind", "gctm_ot"):
         if row in S:
             lines += ["", f"{row} (NFE 1, n = {S['settings']['n']}, seed set 0): "
