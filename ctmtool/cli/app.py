@@ -7,7 +7,19 @@ from typing import Annotated
 import typer
 
 from ctmtool import __version__
-from ctmtool.cli import distill, export, fid, import_, likelihood, presets, sample, serve, teacher, translate
+from ctmtool.cli import (
+    distill,
+    export,
+    fid,
+    import_,
+    likelihood,
+    metrics,
+    presets,
+    sample,
+    serve,
+    teacher,
+    translate,
+)
 from ctmtool.cli.common import Group
 
 app = typer.Typer(
@@ -37,7 +49,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """
 
 
-for module in (presets, teacher, import_, distill, sample, likelihood, fid, translate, export, serve):
+for module in (presets, teacher, import_, distill, sample, likelihood, fid, metrics, translate, export, serve):
     module.register(app)
 
 

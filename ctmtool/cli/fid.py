@@ -30,7 +30,7 @@ from ctmtool.cli.common import (
     subform_command,
 )
 from ctmtool.errors import UserError
-from ctmtool.metrics.fid_run import CHECKPOINT_SUFFIX, is_checkpoint
+from ctmtool.jobs.fid_run import CHECKPOINT_SUFFIX, is_checkpoint
 
 PRESET = "Default for a checkpoint: its preset's [sample]"
 STATS_HELP = ("Compute reference statistics (feature mean, covariance and, up to 50,000 images, the raw features) "
@@ -67,7 +67,7 @@ def _check_form(samples: str, data, ref, kid_flag: bool, out, name, no_features:
 def _model(target: str, ema: str, dev, rep: Reporter):
     if not is_checkpoint(target):
         return None
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.run_dirs import open_model
 
     model, source = open_model(target, None, ema, dev)
     rep.log(f"using {source}: {model.kind}, preset {model.preset.name}, data {tuple(model.data_shape)}")
@@ -123,8 +123,8 @@ def fid_cmd(
 
     Samples from a checkpoint are generated in memory batch by batch (image i from seed + i) and go to the feature network as uint8, never written to disk. With Inception, images are resized as clean-fid's "clean" mode does; other feature networks see the images at their own size.
     """
+    from ctmtool.jobs.fid_run import default_features, fid_plan
     from ctmtool.metrics.features import make_extractor
-    from ctmtool.metrics.fid_run import default_features, sampling_settings
 
     rep = Reporter(json_out)
     at_least(2, n=n, kid_subset_size=kid_subset_size)
@@ -132,31 +132,31 @@ def fid_cmd(
     target = _check_form(samples, data, ref, kid_flag, out, name, no_features, force)
     dev = select_device(device)
     model = _model(target, ema, dev, rep)
-    sampling = sampling_settings(model, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
+    plan = fid_plan(model, batch, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
     extractor = make_extractor(default_features(features, model), dev, cache, progress=rep.progress)
     rep.log(f"feature network {extractor.name} (sha256 {extractor.short_sha}, mode {extractor.mode}) on {dev}")
     if samples == "stats":
         _stats(target, model, extractor, rep, n=n, seed=seed, batch=batch, device=dev, out=out, name=name,
-               cache=cache, force=force, keep=not no_features, sampling=sampling)
+               cache=cache, force=force, keep=not no_features, plan=plan)
         return
     _fid(target, model, extractor, rep, ref=ref, n=n, seed=seed, batch=batch, device=dev, cache=cache,
-         kid_flag=kid_flag, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, sampling=sampling)
+         kid_flag=kid_flag, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, plan=plan)
 
 
 def _fid(samples: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, device, cache, kid_flag,
-         kid_subsets, kid_subset_size, sampling) -> None:
+         kid_subsets, kid_subset_size, plan) -> None:
+    from ctmtool.jobs.fid_run import describe, reference, samples_stats
     from ctmtool.metrics.fid import fid_from_stats
-    from ctmtool.metrics.fid_run import reference, samples_stats
 
     t0 = time.perf_counter()
     ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache, batch=batch, kid=kid_flag, rep=rep)
     t1 = time.perf_counter()
     stats = samples_stats(samples, model, extractor, n=n, seed=seed, batch=batch, device=device,
-                          keep_features=kid_flag, sampling=sampling, rep=rep)
+                          keep_features=kid_flag, plan=plan, rep=rep)
     t2 = time.perf_counter()
     result = fid_from_stats(stats, ref_stats, kid_flag, kid_subsets, kid_subset_size, seed)
     result.update({"ref": ref, "samples": samples, "source": "checkpoint" if model is not None else "images",
-                   **sampling, "device": str(device), "seconds": round(t2 - t1, 3),
+                   **describe(plan), "device": str(device), "seconds": round(t2 - t1, 3),
                    "images_per_s": round(stats.n / max(t2 - t1, 1e-9), 1), "ref_seconds": round(t1 - t0, 3)})
     if "note" in result:
         rep.warn(result["note"])
@@ -164,16 +164,16 @@ def _fid(samples: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, 
 
 
 def _stats(data: str, model, extractor, rep: Reporter, *, n, seed, batch, device, out, name, cache, force, keep,
-           sampling) -> None:
+           plan) -> None:
+    from ctmtool.jobs.fid_run import describe, samples_stats
     from ctmtool.metrics.fid import KEEP_FEATURES_MAX, named_stats_path, save_stats
-    from ctmtool.metrics.fid_run import samples_stats
 
     path = Path(out) if out is not None else named_stats_path(name, extractor, cache)
     if out is None:
         check_output(path, force)
     t0 = time.perf_counter()
     stats = samples_stats(data, model, extractor, n=n, seed=seed, batch=batch, device=device,
-                          keep_features=keep, sampling=sampling, rep=rep)
+                          keep_features=keep, plan=plan, rep=rep)
     seconds = time.perf_counter() - t0
     if stats.feats is not None and stats.n > KEEP_FEATURES_MAX:
         rep.warn(f"{stats.n} images > {KEEP_FEATURES_MAX}: raw features not stored (KID against these statistics "
@@ -184,7 +184,7 @@ def _stats(data: str, model, extractor, rep: Reporter, *, n, seed, batch, device
     rep.result({"stats": str(path), "n": stats.n, "features": stats.features,
                 "features_sha256": stats.features_sha256[:12], "mode": stats.mode,
                 "dim": int(stats.mu.shape[0]), "raw_features": stats.feats is not None, "source": stats.source,
-                "seed": seed, **sampling, "seconds": round(seconds, 3),
+                "seed": seed, **describe(plan), "seconds": round(seconds, 3),
                 "images_per_s": round(stats.n / max(seconds, 1e-9), 1)}, title="FID statistics")
 
 

@@ -21,7 +21,7 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.nll import EXACT_MAX_DIM, SOLVERS, NLLOptions
+from ctmtool.jobs.likelihood import EXACT_MAX_DIM, SOLVERS, NLLOptions
 
 
 @handle_errors
@@ -35,6 +35,9 @@ def likelihood_cmd(
     preset: Annotated[str | None, typer.Option(
         "--preset", "-p", help="Preset whose [data.gmm] mixture is the model (with --analytic).")] = None,
     analytic: Annotated[bool, typer.Option("--analytic", help="Use the exact Gaussian-mixture denoiser of --preset.")] = False,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="exact: ctmtool's PF-ODE / ELBO bound of dequantised data; ctm-paper: the CTM paper's "
+                           "estimate (sony/ctm eval_bpd.py; uses only --n, --batch, --seed, --rtol, --atol).")] = "exact",
     method: Annotated[str, typer.Option(
         "--method", help="ode: probability-flow ODE; elbo: variational bound (an upper bound on the NLL).")] = "ode",
     divergence: Annotated[str, typer.Option(
@@ -64,10 +67,14 @@ def likelihood_cmd(
     Images are uniformly dequantised and reported in bits/dim of 8-bit data; points in nats (and bits) per item.
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used, and named on stderr.
     """
-    from ctmtool.nll import check_per_item_path, likelihood_of, load_data, write_per_item
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.likelihood import check_per_item_path, likelihood_of, load_data, write_per_item
+    from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out)
+    if protocol not in ("exact", "ctm-paper"):
+        raise UserError(f"--protocol must be exact or ctm-paper, got {protocol!r}")
+    if protocol == "ctm-paper" and per_item is not None:
+        raise UserError("--per-item goes with --protocol exact")
     opts = NLLOptions(method, divergence, probes, probe_dist, solver, steps, rtol, atol, elbo_samples, dequant_draws,
                       draw_average).check()
     if data is None:
@@ -79,6 +86,17 @@ def likelihood_cmd(
     model, source = open_model(ckpt, run_dir, ema, dev, analytic=analytic, preset=preset)
     rep.log(f"using {source}")
     ds = load_data(data, model)
+    if protocol == "ctm-paper":
+        from ctmtool.jobs.likelihood import paper_likelihood_of
+
+        total = len(ds) if n is None else min(max(n, 0), len(ds))
+        rep.log(f"ctm-paper likelihood of {total} items of {ds.name} on {dev}")
+        with rep.progress(total, "likelihood", "items") as advance:
+            out = paper_likelihood_of(model, ds, n=n, batch=batch, seed=seed, rtol=rtol, atol=atol, device=dev,
+                                      progress=advance)
+        out["model"] = str(model.path) if model.path else source
+        rep.result(out, title="likelihood")
+        return
     rep.log(f"{opts.method} likelihood of {len(ds) if n is None else min(n, len(ds))} items of {ds.name} on {dev}")
     with rep.progress(len(ds) if n is None else min(max(n, 0), len(ds)), "likelihood", "items") as advance:
         out, ev = likelihood_of(model, ds, opts, n=n, batch=batch, seed=seed, device=dev, progress=advance)

@@ -37,7 +37,7 @@ from ctmtool.errors import UserError
 
 def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: bool):
     """The model (checked finite), its device, and the checked outputs (before any work)."""
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.run_dirs import open_model
 
     if grid is not None and Path(grid).suffix.lower() != ".png":
         raise UserError(f"--grid {grid}: give a .png file name")
@@ -48,7 +48,7 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
 
 
 def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
-    from ctmtool.visual import save_png, side_by_side
+    from ctmtool.jobs.plots import save_png, side_by_side
 
     cols = [c[:limit] for c in columns] if model.is_image else columns
     save_png(side_by_side(cols, model.is_image, reference=reference), path)
@@ -73,40 +73,63 @@ def _timed(rep: Reporter, n: int, what: str, fn):
 
 
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
-               seed: int, batch: int, ema: str, device: str, force: bool) -> None:
-    from ctmtool import inputs
-    from ctmtool.apply import check_translatable, translate_items
-    from ctmtool.outputs import check_out, write_items
+               seed: int, batch: int, ema: str, device: str, force: bool, metrics: str | None = None,
+               ref: str | None = None, class_label: int | None = None) -> None:
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import class_labels, translate_items
+    from ctmtool.jobs.outputs import check_out, write_items
+    from ctmtool.jobs.plan import refuse_translation
+    from ctmtool.jobs.restoration_refs import references
+    from ctmtool.metrics.restoration import parse_restoration_metrics
 
+    wanted = parse_restoration_metrics(metrics) if metrics is not None else None
+    if ref is not None and wanted is None:
+        raise UserError("--ref gives the references of --metrics; add --metrics psnr,ssim (or drop --ref)")
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    check_translatable(model, nfe, gamma)
+    refuse_translation(model, nfe, gamma)
     out_path = check_out(out, model.is_image, force)
     data = inputs.load_inputs(src, model, split_pairs=True, log=rep.log)
     x = clean = data.x
     check_out(out, model.is_image, force, one_png_for=len(x))
+    refs = references(model, data, ref, degrade, log=rep.log) if wanted is not None else None
+    labels = class_labels(model, len(x), class_label, data.labels)
     if degrade:
         x = inputs.degrade(x, model, seed)
     rep.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on {dev}")
     y, seconds = _timed(rep, len(x), "translate", lambda adv: translate_items(
-        model, x, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=dev, progress=adv))
+        model, x, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=dev, progress=adv, labels=labels))
+    scores = {}
+    if refs is not None:
+        from ctmtool.metrics.restoration import restoration_metrics
+
+        scores = restoration_metrics(y, refs[0], wanted)
+        scores.pop("per_image")
+        scores["metrics_ref"] = refs[1]
     info = write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False)
     if grid_path is not None:
         cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
         info["grid"] = _grid(cols, grid_path, model, reference=_toy_reference(model, len(y)))
     rep.result({**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
-                "degrade": degrade, "seed": seed, "checkpoint": str(model.path),
+                "degrade": degrade, "seed": seed, "checkpoint": str(model.path), **scores,
+                **({"class": class_label if class_label is not None else "from the inputs"} if labels is not None else {}),
                 "mean_displacement": round(float((y - x).flatten(1).norm(dim=1).mean()), 6),
                 "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)},
                title="translate")
 
 
-def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strokes: str | None, mask: str | None,
-          keep_unmasked: bool, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
-          device: str, force: bool) -> None:
-    from ctmtool import inputs
-    from ctmtool.apply import edit_items
-    from ctmtool.editing import check_editable, composite, strength_to_level
-    from ctmtool.outputs import check_out, write_items
+def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float | None, strokes: str | None,
+          mask: str | None, keep_unmasked: bool, nfe: int, gamma: float | None, grid: str | None, seed: int,
+          batch: int, ema: str, device: str, force: bool, restore: str | None = None, factor: int = 8) -> None:
+    if restore is not None:
+        _restore(rep, image, ckpt, out, restore, factor, 1.0 if strength is None else strength, mask, nfe,
+                 1.0 if gamma is None else gamma, grid, seed, batch, ema, device, force, strokes, keep_unmasked)
+        return
+    strength = 0.5 if strength is None else strength
+    gamma = 0.0 if gamma is None else gamma
+    from ctmtool.core.editing import check_editable, composite, strength_to_level
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import edit_items
+    from ctmtool.jobs.outputs import check_out, write_items
 
     if mask is not None and strokes is None:
         raise UserError("--mask goes with --strokes (it marks where the strokes apply)")
@@ -139,6 +162,51 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
                title="edit")
 
 
+def _restore(rep: Reporter, image: str, ckpt: str, out: str, task: str, factor: int, strength: float,
+             mask: str | None, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
+             device: str, force: bool, strokes: str | None, keep_unmasked: bool) -> None:
+    """`translate edit IMAGE --restore TASK`: zero-shot inpainting / colourisation / super-resolution."""
+    from ctmtool.core.editing import check_editable, strength_to_level
+    from ctmtool.core.zero_shot import TASKS, centre_hole, check_task, observed
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import restore_items
+    from ctmtool.jobs.outputs import check_out, write_items
+
+    if task not in TASKS:
+        raise UserError(f"--restore {task}: choose among {', '.join(TASKS)}")
+    if strokes is not None or keep_unmasked:
+        raise UserError("--strokes and --keep-unmasked are for stroke editing, not --restore")
+    if mask is not None and task != "inpaint":
+        raise UserError("--mask marks the hole of --restore inpaint; drop it for colorize / superres")
+    model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
+    check_editable(model)
+    level = strength_to_level(model, strength)
+    check_editable(model, level)
+    out_path = check_out(out, model.is_image, force)
+    data = inputs.load_inputs(image, model, log=rep.log)
+    y = data.x
+    check_out(out, model.is_image, force, one_png_for=len(y))
+    hole = inputs.load_mask(mask, model, len(y), rep.log) if mask is not None else (
+        centre_hole(tuple(model.data_shape)) if task == "inpaint" else None)
+    check_task(task, tuple(model.data_shape), factor, hole)
+    rep.log(f"zero-shot {task} of {len(y)} images with {model.path} ({model.kind}), {nfe} jumps from level "
+            f"{level:.4g}, gamma {gamma}")
+    x, seconds = _timed(rep, len(y), task, lambda adv: restore_items(
+        model, y, task, level, hole=hole, factor=factor, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=dev,
+        progress=adv))
+    seen = observed(task, y, None if hole is None else hole.expand(len(y), -1, -1, -1), factor)
+    info = write_items(x, out_path, model.is_image, inputs=seen, names=data.names, grid=False)
+    if grid_path is not None:
+        info["grid"] = _grid([y, seen, x], grid_path, model)
+    rep.result({**info, "n": len(x), "kind": model.kind, "restore": task, "level": round(level, 6), "nfe": nfe,
+                "gamma": gamma, "factor": factor if task == "superres" else None, "mask": mask, "seed": seed,
+                "checkpoint": str(model.path),
+                "known_part_error": round(float((observed(task, x, None if hole is None else hole.expand(
+                    len(x), -1, -1, -1), factor) - seen).abs().max()), 6),
+                "seconds": round(seconds, 3), "items_per_second": round(len(x) / max(seconds, 1e-9), 1)},
+               title="restore")
+
+
 @handle_errors
 def translate_cmd(
     source: Annotated[str, typer.Argument(metavar="INPUT", help="Items to translate: folder, .zip, .npz, image file, "
@@ -147,14 +215,27 @@ def translate_cmd(
     ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoint (.safetensors) or run directory (its newest checkpoint).")] = ...,
     out: Annotated[str, typer.Option("--out", "-o", help="A folder (one PNG per item), an .npz (key samples) or one .png.")] = ...,
     nfe: Annotated[int, typer.Option("--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0)).")] = 1,
-    gamma: Annotated[float, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully "
-                                "between jumps (Gaussian sources and editing only).")] = 0.0,
+    gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully "
+                                "between jumps (Gaussian sources and editing only) [default: 0; 1 with --restore].")] = None,
     degrade: Annotated[bool, typer.Option("--degrade", help="Apply the model's own degradation (coupling corrupt:<op>) "
                                  "to clean inputs first, to see before/after.")] = False,
     grid: Annotated[str | None, typer.Option("--grid", help="Also write a side-by-side PNG: input | output "
                                     "(clean | degraded | output with --degrade).")] = None,
-    strength: Annotated[float, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; for a "
-                                   "CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio).")] = 0.5,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Score the outputs against references: comma-"
+                                       "separated among psnr, ssim, lpips (GCTM's eval_inverse). References: --ref, "
+                                       "else the clean inputs (--degrade), else the target halves of paired inputs.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="--metrics: reference images (folder, .zip, .npz), matched "
+                                   "to the inputs by file name, else by order.")] = None,
+    class_label: Annotated[int | None, typer.Option("--class", help="Class label for a class-conditional GCTM "
+                                   "[default: the inputs' class sub-folders].")] = None,
+    strength: Annotated[float | None, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; "
+                                   "for a CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio) [default: 0.5; 1 "
+                                   "with --restore].")] = None,
+    restore: Annotated[str | None, typer.Option("--restore", help="edit: zero-shot restoration by iterative jumps "
+                                   "(CTM code's application_sample, GCTM Alg. 4): inpaint (hole: --mask, white = "
+                                   "missing; default the centre box), colorize, superres.")] = None,
+    factor: Annotated[int, typer.Option("--factor", help="edit --restore superres: patch size whose means are "
+                                   "kept (the official code: 8).")] = 8,
     strokes: Annotated[str | None, typer.Option("--strokes", help="edit: the image with painted strokes (SDEdit stroke editing).")] = None,
     mask: Annotated[str | None, typer.Option("--mask", help="edit: white where the strokes apply "
                                     "[default: wherever STROKES differs from IMAGE].")] = None,
@@ -176,23 +257,27 @@ def translate_cmd(
     if source == "edit":
         if image is None:
             raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")
-        if degrade:
-            raise UserError("--degrade belongs to `ctmtool translate INPUT`, not to `translate edit`")
+        if degrade or metrics is not None or ref is not None or class_label is not None:
+            raise UserError("--degrade, --metrics, --ref and --class belong to `ctmtool translate INPUT`, not to "
+                            "`translate edit`")
         _edit(rep, image, ckpt, out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
-              device, force)
+              device, force, restore, factor)
         return
     if image is not None:
         raise UserError(f"unexpected second argument {image!r}; `ctmtool translate` takes one INPUT "
                         "(use `ctmtool translate edit IMAGE` to edit)")
-    if strokes is not None or mask is not None or keep_unmasked:
-        raise UserError("--strokes, --mask and --keep-unmasked belong to `ctmtool translate edit IMAGE`")
-    _translate(rep, source, ckpt, out, nfe, gamma, degrade, grid, seed, batch, ema, device, force)
+    if strokes is not None or mask is not None or keep_unmasked or restore is not None or strength is not None:
+        raise UserError("--strokes, --mask, --keep-unmasked, --strength and --restore belong to "
+                        "`ctmtool translate edit IMAGE`")
+    _translate(rep, source, ckpt, out, nfe, 0.0 if gamma is None else gamma, degrade, grid, seed, batch, ema,
+               device, force, metrics, ref, class_label)
 
 
 EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: "
              "noise the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is "
              "the start (inside --mask), and --keep-unmasked pastes the original back outside it.")
-EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--nfe", "--gamma", "--grid",
+EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--restore", "--factor",
+                "--nfe", "--gamma", "--grid",
                 "--seed", "--batch", "--ema", "--device", "--force", "--json")
 
 

@@ -9,6 +9,7 @@ from ctmtool.config import DataConfig
 from ctmtool.data.base import Dataset, to_uint8_images
 from ctmtool.data.cifar10 import default_data_dir, is_cifar10, load_cifar10
 from ctmtool.data.digits import load_digits
+from ctmtool.data.imagenet64 import load_imagenet64
 from ctmtool.data.images import load_image_folder, load_image_zip, load_images, load_npz
 from ctmtool.data.toy import toy_points
 from ctmtool.errors import UserError
@@ -57,12 +58,12 @@ def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = Fals
     elif cfg.source == "cifar10":
         ds = load_cifar10(path, cfg.split, download, progress)
     elif cfg.source == "imagenet64":  # streamed from disk (ctmtool.data.imagenet64)
-        from ctmtool.data.imagenet64 import load_imagenet64
 
         ds = load_imagenet64(path)
     else:
-        if path is None:
+        if path is None or (cfg.hint and not Path(path).expanduser().exists()):
             what = "a folder or .zip of images" if cfg.source == "folder" else "an .npz file"
-            raise UserError(f"data.source = {cfg.source!r} needs data.path: {what}")
+            where = "needs data.path" if path is None else f"data.path {path} does not exist; it needs"
+            raise UserError(f"data.source = {cfg.source!r} {where}: {what}" + (f" ({cfg.hint})" if cfg.hint else ""))
         ds = load_images(path, progress) if cfg.source == "folder" else load_npz(path)
     return check_shape(ds, cfg.resolution, cfg.channels)

@@ -8,7 +8,7 @@ Contract of a format module (listed in `FORMAT_MODULES`):
 
 `load_foreign(path)` reads a file without running code from it: torch files with
 `torch.load(weights_only=True, map_location="cpu")`, NVIDIA EDM pickles with the restricted unpickler of
-`ctmtool.edm_import`. `import_file(path, out)` finds the format whose `sniff` accepts the object,
+`ctmtool.importers.edm_pickle`. `import_file(path, out)` finds the format whose `sniff` accepts the object,
 converts it and writes a ctmtool checkpoint atomically (the weights go to the `ema` group, which
 `sample`, `fid` and `load_model` use by default).
 """
@@ -50,7 +50,7 @@ def load_foreign(path: str | Path) -> Any:
     if not head.startswith(b"\x80"):
         raise UserError(f"{path} is neither a torch file nor a pickle; ctmtool imports EDM .pkl, ctm-cifar10 and "
                         "GCTM .pt checkpoints (ctmtool's own .safetensors need no import)")
-    from ctmtool.edm_import import safe_load
+    from ctmtool.importers.edm_pickle import safe_load
 
     try:
         with open(path, "rb") as f:
@@ -106,13 +106,28 @@ def convert_file(path: str | Path, fmt: str | None = None, **options) -> tuple[I
         module = next((m for m in formats() if m.NAME == fmt), None)
         if module is None:
             raise UserError(f"unknown import format {fmt!r}; known: {', '.join(m.NAME for m in formats())}")
+    check_options(module, options)
     return module.convert(obj, source=path, **options), module
+
+
+def check_options(module: ModuleType, options: dict) -> None:
+    """Refuse options the format's `convert` does not take (a GCTM-only option given for an ADM file, ...)."""
+    import inspect
+
+    params = inspect.signature(module.convert).parameters
+    takes = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    takes -= {"obj", "source"}
+    unknown = sorted(k for k in options if k not in takes)
+    if unknown:
+        what = ", ".join(f"`{k}`" for k in unknown)
+        fits = ", ".join(f"`{k}`" for k in sorted(takes - {"base"})) or "none"
+        raise UserError(f"{what} does not apply to a {module.NAME} file (its options: {fits}); leave it out")
 
 
 def import_file(path: str | Path, out: str | Path, fmt: str | None = None, **options) -> tuple[ImportResult, Path]:
     """Detect the format of `path`, convert it, and write the ctmtool checkpoint `out` atomically."""
     from ctmtool.checkpoint import Checkpoint, load_state, save_checkpoint
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
 
     path = Path(path)
     res, module = convert_file(path, fmt, **options)

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 
 import torch
 
-from ctmtool import solvers
+from ctmtool.core import solvers
+from ctmtool.core.schedules import sample_ctm_indices
 from ctmtool.losses.edm import edm_weight
-from ctmtool.schedules import sample_ctm_indices
 
 
 def has_dropout(net: torch.nn.Module) -> bool:
@@ -47,11 +47,13 @@ class CTMLoss:
         max_steps: int,                 # K: most solver steps from t to u, P(k) ~ k
         distance: Callable,             # d(x, y) -> (B,)
         solver: str = "heun",           # heun | euler
+        self_jump: bool = False,        # no teacher: x_u = G_target(x_t, t, u), the official `self_learn`
         s_sampler: str = "uniform",     # uniform over u..sigma_min (CTM) | sigma_min (consistency distillation)
     ):
         if s_sampler not in ("uniform", "sigma_min"):
             raise ValueError(f"s_sampler {s_sampler!r} is not one of uniform, sigma_min")
         self.grid, self.max_steps, self.distance = grid.double().cpu(), max_steps, distance
+        self.self_jump = self_jump
         self.s_at_min = s_sampler == "sigma_min"
         self.solver = solvers.SOLVERS[solver]
         self.sigma_min = float(grid[-1])
@@ -67,8 +69,11 @@ class CTMLoss:
         x_est = self._estimate(online, target, x_t, t, s, smin, labels, dropout_seed)
 
         with torch.no_grad():
-            path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample levels
-            x_u = self.solver(teacher, x_t, path, labels).to(x_t.dtype)  # levels stay on the CPU
+            if self.self_jump:  # ctm-cifar10 karras_diffusion.py 184-193 (self_learn): one jump of the target
+                x_u = teacher.jump(x_t, t, u, labels).to(x_t.dtype)
+            else:
+                path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample levels
+                x_u = self.solver(teacher, x_t, path, labels).to(x_t.dtype)  # levels stay on the CPU
             with fixed_dropout(dropout_seed, dev):
                 x_s_tgt = online.jump(x_u, u, s, labels)
             with fixed_dropout(seed2, dev):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ctmtool.config import load_preset
+from ctmtool.core.schedules import karras_sigmas
 from ctmtool.losses.ctm import CTMLoss
-from ctmtool.schedules import karras_sigmas
 
 
 class Recorder:
