@@ -36,6 +36,8 @@ PRESET = "Default for a checkpoint: its preset's [sample]"
 STATS_HELP = ("Compute reference statistics (feature mean, covariance and, up to 50,000 images, the raw features) "
               "of DATA: real images (folder, .zip, .npz, image file) or a checkpoint (sampled in memory); write "
               "them to -o FILE.npz or, with --name NAME, to the cache as the named reference NAME.")
+FEATURE_BATCH = 256  # images per feature batch when --batch is not given
+
 STATS_OPTIONS = ("--out", "--name", "--no-features", "--features", "--n", "--batch", "--seed", "--device",
                  "--cache-dir", "--ema", "--force", "--json")
 
@@ -97,7 +99,8 @@ def fid_cmd(
     kid_flag: Annotated[bool, typer.Option("--kid", help="Also compute KID (needs raw reference features).")] = False,
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID: number of random subsets.")] = 100,
     kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", help="KID: images per subset (at most n).")] = 1000,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Images per generation and feature batch.")] = 256,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", help="Images per generation and feature batch (default: 256; "
+                     "generating on the CPU, a cache-sized batch and a traced solve, printed).")] = None,
     device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="First per-image seed (checkpoints), or the subset seed (--n on images).")] = 0,
     solver: Annotated[str | None, typer.Option("--solver", help=f"gamma (CTM), heun or euler (teachers). {PRESET}.")] = None,
@@ -149,7 +152,8 @@ def _fid(samples: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, 
     from ctmtool.metrics.fid import fid_from_stats
 
     t0 = time.perf_counter()
-    ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache, batch=batch, kid=kid_flag, rep=rep)
+    ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache, batch=batch or FEATURE_BATCH,
+                               kid=kid_flag, rep=rep)
     t1 = time.perf_counter()
     stats = samples_stats(samples, model, extractor, n=n, seed=seed, batch=batch, device=device,
                           keep_features=kid_flag, plan=plan, rep=rep)
