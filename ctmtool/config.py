@@ -211,6 +211,7 @@ class CTMConfig(Strict):
     dsm_weight: float | Literal["adaptive"] = "adaptive"  # lambda_DSM: number or adaptive (clamped 0..1e4)
     dsm_high_noise_fraction: float = Field(0.5, ge=0, le=1)  # share of DSM sigmas from the grid's high end
     dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"  # DSM sigmas; halflognormal is the paper's
+    s_sampler: Literal["uniform", "sigma_min"] = "uniform"  # CTM's s: uniform over u..sigma_min; sigma_min: consistency distillation (CD)
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
     eval_emas: list[Rate] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
     eval_ema_warmup: bool = False  # False: fixed rates from step 0 as the official code (ctm-cifar10 train_util.py 282-284); True: min(r, (1+n)/(10+n))
