@@ -7,6 +7,11 @@ progress, EMA rates, ...). A checkpoint alone is enough to rebuild its network a
 
 Writes are atomic: a temporary file in the same folder, fsync, then rename over the target, so a
 crash leaves either the old file or the new one, never a torn one.
+
+Checkpoints prove themselves: the header's `checksum` holds SHA-256 digests of the header's other entries and
+of each tensor group (names, dtypes, shapes and bytes, in name order; `integrity.py`), checked on load for the
+groups loaded, so flipped bytes or an edited `kind` are refused instead of sampled. Checkpoints written before
+the checksum existed (no `checksum` entry) still load, unchecked.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from safetensors.torch import save_file
 
 from ctmtool.config import Preset, preset_from_dict
 from ctmtool.errors import UserError
+from ctmtool.integrity import checksum_entry, verify_checksum
 
 FORMAT = "ctmtool"
 FORMAT_VERSION = "1"
@@ -93,10 +99,14 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "data_shape": json.dumps(list(ckpt.data_shape)),
         "meta": json.dumps(ckpt.meta),
     }
+    tensors = _dedup(tensors)
+    header["checksum"] = checksum_entry(header, tensors)
     try:
-        atomic_write(path, lambda tmp: save_file(_dedup(tensors), tmp, metadata=header))
-    except OSError as err:
-        raise UserError(f"could not write checkpoint {path}: {err.strerror or err}; check free space and permissions") from None
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
+        why = getattr(err, "strerror", None) or str(err)
+        raise UserError(f"could not write checkpoint {path}: {why}; check free space and permissions (the previous "
+                        "checkpoint is untouched)") from None
     return Path(path)
 
 
@@ -151,6 +161,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", groups
     path = Path(path)
     header = read_header(path)
     kind, preset, data_shape, meta = _parse_header(header, path)
+    verify_checksum(path, header, groups)
     out: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
@@ -179,6 +190,8 @@ def _parse_header(header: dict[str, str], path: Path) -> tuple[str, Preset, tupl
         raise damaged(f"no {err.args[0]!r} entry") from None
     except json.JSONDecodeError as err:
         raise damaged(f"JSON that does not parse: {err}") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise damaged("a number too large for any setting") from None
     if kind not in KINDS:
         raise damaged(f"kind {kind!r} is none of {', '.join(KINDS)}")
     shape = raw["data_shape"]
@@ -186,6 +199,8 @@ def _parse_header(header: dict[str, str], path: Path) -> tuple[str, Preset, tupl
         raise damaged(f"data_shape {shape!r} is not a list of positive integers")
     if not isinstance(meta, dict):
         raise damaged(f"meta is {type(meta).__name__}, not an object")
+    if not _finite_json(meta):
+        raise damaged("meta holds NaN or infinite numbers (moments, label range or progress)")
     if not isinstance(raw["preset"], dict):
         raise damaged(f"preset is {type(raw['preset']).__name__}, not an object")
     try:
@@ -193,6 +208,16 @@ def _parse_header(header: dict[str, str], path: Path) -> tuple[str, Preset, tupl
     except UserError as err:
         raise damaged(str(err)) from None
     return kind, preset, tuple(shape), meta
+
+
+def _finite_json(v) -> bool:
+    if isinstance(v, float):
+        return v == v and v not in (float("inf"), float("-inf"))
+    if isinstance(v, dict):
+        return all(_finite_json(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_finite_json(x) for x in v)
+    return True
 
 
 def _check_finite(groups: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
@@ -206,9 +231,10 @@ def _check_finite(groups: dict[str, dict[str, torch.Tensor]], path: Path) -> Non
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
-               allow_missing: tuple[str, ...] = ()) -> list[str]:
+               allow_missing: tuple[str, ...] = (), check_only: bool = False) -> list[str]:
     """Load weights by name; shapes must match. Names in the module that start with one of
-    `allow_missing` may be absent (they keep their fresh initialisation) and are returned."""
+    `allow_missing` may be absent (they keep their fresh initialisation) and are returned. `check_only`
+    compares names and shapes without loading (for a module built on the meta device)."""
     own = module.state_dict()
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and state[k].shape != v.shape]
@@ -226,5 +252,7 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         raise UserError(f"{source} does not fit this network: {'; '.join(parts)}; "
                         "was it written for another preset or network size?")
+    if check_only:
+        return fresh
     module.load_state_dict({k: v for k, v in state.items()}, strict=False)
     return fresh

@@ -13,17 +13,37 @@ import math
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ctmtool.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+INT64 = 2**63  # integers are stored as 64-bit values (tensors, seeds, JSON headers): |value| < 2^63
+
+Rate = Annotated[float, Field(ge=0, lt=1)]  # a moment decay or EMA rate: [0, 1)
+
+
+def _int64(value: Any, key: str) -> Any:
+    """Integers (also inside lists) beyond 64 bits are refused: no setting means them and torch cannot hold them."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        raise ValueError(f"{key} is an integer of {value.bit_length()} bits; at most 64 bits (|value| < 2^63)")
+    if isinstance(value, list | tuple):
+        for v in value:
+            _int64(v, key)
+    return value
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Every settings section: unknown keys refused, NaN and infinities refused in every float, integers 64-bit."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _in_64_bits(cls, value: Any, info) -> Any:
+        return _int64(value, info.field_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,7 +175,7 @@ class TrainConfig(Strict):
     micro_batch: int | None = Field(None, ge=1)  # per-pass batch; batch/micro_batch passes are accumulated
     lr: float = Field(1e-3, gt=0)  # learning rate
     optimizer: Literal["adam", "radam"] = "adam"  # RAdam is the CTM paper's choice
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    betas: tuple[Rate, Rate] = (0.9, 0.999)  # Adam betas, each in [0, 1)
     weight_decay: float = Field(0.0, ge=0)  # decoupled weight decay
     lr_rampup_kimg: float = Field(0.0, ge=0)  # linear warm-up of the learning rate
     lr_decay: Literal["none", "cosine"] = "none"  # cosine decay to 0 over the run (by images or minutes)
@@ -191,8 +211,9 @@ class CTMConfig(Strict):
     dsm_weight: float | Literal["adaptive"] = "adaptive"  # lambda_DSM: number or adaptive (clamped 0..1e4)
     dsm_high_noise_fraction: float = Field(0.5, ge=0, le=1)  # share of DSM sigmas from the grid's high end
     dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"  # DSM sigmas; halflognormal is the paper's
+    s_sampler: Literal["uniform", "sigma_min"] = "uniform"  # CTM's s: uniform over u..sigma_min; sigma_min: consistency distillation (CD)
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
-    eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
+    eval_emas: list[Rate] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
     eval_ema_warmup: bool = False  # False: fixed rates from step 0 as the official code (ctm-cifar10 train_util.py 282-284); True: min(r, (1+n)/(10+n))
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
     self_solver: Literal["jump", "heun"] = "jump"  # teacher = "self": jump = the target's own G(x_t, t, u) (official self_learn); heun: Heun on its denoiser
@@ -228,7 +249,7 @@ class GANConfig(Strict):
     channels: int = Field(64, ge=8)  # width of the discriminator heads
     discriminator: Literal["scratch", "projected"] = "scratch"  # projected: the paper's Projected GAN (timm DeiT + EfficientNet)
     feature_weights: str | None = None  # projected: folder of <timm name>.safetensors (None: the Hugging Face cache)
-    betas: tuple[float, float] = (0.9, 0.999)  # discriminator Adam/RAdam betas (the paper: 0.5, 0.9)
+    betas: tuple[Rate, Rate] = (0.9, 0.999)  # discriminator Adam/RAdam betas (the paper: 0.5, 0.9)
     cutout: float = Field(0.5, gt=0, le=1)  # DiffAugment cutout size as a fraction of the side (the paper: 0.2)
     g_period: int = Field(1, ge=1)  # g_learning_period: 1 steps G and D every step; p > 1: G on steps k % p == 0, D otherwise
 
@@ -318,6 +339,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise UserError(f"override {key}: the value has {len(raw)} digits; no setting takes a number that large") from None
     return key.split("."), value
 
 
@@ -348,6 +371,19 @@ def _section_fields(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def shown_value(value: Any, limit: int = 80) -> str:
+    """A value for a message: its repr, cut to `limit` characters; a huge integer by its size (never rendered)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, list | tuple) and len(value) > 16:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_validation_error(err: ValidationError, origin: str) -> str:
     parts = []
     for e in err.errors():
@@ -358,7 +394,7 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
             close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
             msg = (f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; allowed here: {', '.join(allowed)}")
         value = e.get("input")
-        shown = "" if e["type"] == "missing" or isinstance(value, dict) else f" = {value!r}"
+        shown = "" if e["type"] == "missing" or isinstance(value, dict) else f" = {shown_value(value)}"
         parts.append(f"{loc}{shown}: {msg}")
     return f"invalid preset {origin}: " + "; ".join(parts)
 
@@ -387,9 +423,13 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
     """Load a preset by name (from `presets/`) or path, apply `key=value` overrides, validate."""
     path = resolve_preset_path(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"preset {path} is not UTF-8 text (byte {err.start}: {err.reason}); give a TOML text file") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"preset {path} is not valid TOML: {err}") from None
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise UserError(f"preset {path} holds a number no setting takes ({err}); fix the file") from None
     raw.setdefault("name", path.stem)
     apply_overrides(raw, overrides or [])
     return preset_from_dict(raw, f"{path.name}" + (f" with --set {' '.join(overrides)}" if overrides else ""))

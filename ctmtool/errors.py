@@ -29,3 +29,12 @@ class Interrupted(UserError):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived while a command ran (raised by the command line's signal handler): not an
+    Exception, so no `except Exception` in a loop or a server swallows it; exit code 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

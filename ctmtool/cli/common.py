@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +37,7 @@ from typer.core import TyperCommand, TyperGroup
 from typer.core import _click as click  # typer 0.29 parses with its own copy of click
 
 from ctmtool.device import select_device  # noqa: F401  (re-exported for the commands)
-from ctmtool.errors import UserError, as_flags
+from ctmtool.errors import Stopped, UserError, as_flags
 
 # Options shared by several subcommands (typer reads these Annotated aliases).
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
@@ -50,6 +53,8 @@ RunDirOpt = Annotated[Path | None, typer.Option(
 EmaOpt = Annotated[str, typer.Option("--ema", help="Which weights of the checkpoint: ema, net, target, or ema_<rate>.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the first item; item i uses seed + i.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch", help="Items per forward pass (does not change the results).")]
+NoLimitsOpt = Annotated[bool, typer.Option(
+    "--no-limits", help="Lift the per-request limits (NFE, steps, kimg, ...; ctmtool/limits.py) for this command.")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="An .npz, a .png, a folder (one PNG per item) or - (stdout).")]
 
 
@@ -153,18 +158,73 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with stop_on_signals():
+                check_option_values(kwargs)
+                return fn(*args, **kwargs)
         except UserError as err:
             raise _fail(flags(str(err)), err.exit_code) from None
+        except Stopped as err:
+            name = signal.Signals(err.signum).name
+            raise _fail(f"interrupted by {name}", 128 + err.signum) from None
         except KeyboardInterrupt:
-            raise _fail("interrupted", 130) from None
+            raise _fail("interrupted by SIGINT", 130) from None
         except (MemoryError, torch_oom()) as err:
             raise _fail(f"out of memory ({type(err).__name__}); lower --batch or --n", 1) from None
         except OSError as err:
             where = f" ({err.filename})" if err.filename else ""
             raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk space", 1) from None
+        except RuntimeError as err:
+            if "can't allocate memory" not in str(err) and "not enough memory" not in str(err):
+                raise  # torch's CPU allocator reports running out as a RuntimeError
+            raise _fail("out of memory (the CPU allocator refused); lower --batch or --n", 1) from None
+        except Exception as err:
+            stopped = _stopped_within(err)  # a signal during an import surfaces as "ImportError: initialization failed"
+            if stopped is None:
+                raise
+            raise _fail(f"interrupted by {signal.Signals(stopped.signum).name}", 128 + stopped.signum) from None
 
     return wrapper
+
+
+@contextmanager
+def stop_on_signals():
+    """While a command runs, SIGINT and SIGTERM raise `Stopped` (exit 130 / 143 and one line), in every command:
+    servers, solvers and samplers alike. Training replaces these handlers with its own (save, then stop) and
+    puts them back. Only the main thread can own signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _stopped_within(err: BaseException) -> Stopped | None:
+    seen = 0
+    while err is not None and seen < 16:
+        if isinstance(err, Stopped):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def check_option_values(options: dict[str, Any]) -> None:
+    """Every number on the command line is finite and fits 64 bits (`--kimg inf`, `--n 1e30` are refused here,
+    before any work): the one check of the options' types shared by every command."""
+    for name, value in options.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"`{name}` must be a finite number, got {v}")
+            if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+                raise UserError(f"`{name}` is an integer of {v.bit_length()} bits; at most 64 bits")
 
 
 def torch_oom() -> type[BaseException]:
@@ -186,6 +246,15 @@ def check_output(path: str | Path, force: bool) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {p}: {parent} is not a writable folder; choose another path")
     return p
+
+
+def limits(rep: Reporter, no_limits: bool, **values) -> None:
+    """`limits.check_limits` for a command; with --no-limits a warning says the limits are off."""
+    from ctmtool.limits import check_limits, lifted_note
+
+    check_limits(no_limits, **values)
+    if no_limits:
+        rep.warn(lifted_note(True))
 
 
 def at_least(least: int, **values: int | None) -> None:

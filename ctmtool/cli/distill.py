@@ -12,13 +12,14 @@ from ctmtool.cli.common import (
     DeviceOpt,
     ForceOpt,
     JsonOpt,
+    NoLimitsOpt,
     PresetOpt,
     Reporter,
     SetOpt,
     handle_errors,
     select_device,
 )
-from ctmtool.cli.teacher import AutoResumeOpt, DownloadOpt, prepare, training_overrides
+from ctmtool.cli.teacher import AutoResumeOpt, DownloadOpt, check_run_limits, prepare, training_overrides
 
 
 @handle_errors
@@ -37,6 +38,7 @@ def distill_cmd(
     overrides: SetOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Distill a CTM G(x_t, t, s) (Kim et al. 2024): CTM + DSM losses, optional GAN phase; checkpoints in --run-dir."""
@@ -46,6 +48,7 @@ def distill_cmd(
 
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("distill", kimg, minutes, overrides))
+    check_run_limits(p, "distill", no_limits, rep)
     run_dir = run_dir or default_run_dir(p.name, "gctm" if p.gctm is not None else "ctm")
     resume = prepare(p, run_dir, data, download, resume, auto_resume, rep)
     res = train(p, "distill", run_dir, select_device(device), rep, teacher=teacher, data_path=data, resume=resume,

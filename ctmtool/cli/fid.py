@@ -51,6 +51,10 @@ def _check_form(samples: str, data, ref, kid_flag: bool, out, name, no_features:
             raise UserError("--ref and --kid belong to `ctmtool fid SAMPLES`, not to `fid stats`")
         if (out is None) == (name is None):
             raise UserError("`ctmtool fid stats` needs exactly one of -o FILE.npz or --name NAME")
+        if name is not None:
+            from ctmtool.metrics.fid import check_reference_name
+
+            check_reference_name(name)
         if out is not None:
             check_output(out, force)
     else:

@@ -14,10 +14,12 @@ from ctmtool.cli.common import (
     EmaOpt,
     ForceOpt,
     JsonOpt,
+    NoLimitsOpt,
     Reporter,
     RunDirOpt,
     check_output,
     handle_errors,
+    limits,
     select_device,
 )
 from ctmtool.errors import UserError
@@ -60,6 +62,7 @@ def likelihood_cmd(
     per_item: Annotated[Path | None, typer.Option(
         "--per-item", help="Write one row per item (name, nll, bpd, stderr) to a .csv or .jsonl file.")] = None,
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Negative log-likelihood and bits/dim of DATA (Song et al. 2021, App. D.2; see docs/likelihood.md).
@@ -71,6 +74,7 @@ def likelihood_cmd(
     from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out)
+    limits(rep, no_limits, n=n, steps=steps, probes=probes, elbo_samples=elbo_samples, dequant_draws=dequant_draws)
     if protocol not in ("exact", "ctm-paper"):
         raise UserError(f"--protocol must be exact or ctm-paper, got {protocol!r}")
     if protocol == "ctm-paper" and per_item is not None:

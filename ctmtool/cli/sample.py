@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from ctmtool.cli.common import (
     EmaOpt,
     ForceOpt,
     JsonOpt,
+    NoLimitsOpt,
     OutOpt,
     Reporter,
     RunDirOpt,
@@ -22,8 +24,10 @@ from ctmtool.cli.common import (
     at_least,
     check_output,
     handle_errors,
+    limits,
     select_device,
 )
+from ctmtool.config import shown_value
 from ctmtool.errors import UserError
 
 app = typer.Typer(rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
@@ -37,9 +41,12 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise UserError(f"{what} must be comma-separated numbers, e.g. 80,2.5,0.002; got {text!r}") from None
+        values = None
+    if values is None or not all(math.isfinite(v) for v in values):
+        raise UserError(f"{what} must be comma-separated finite numbers, e.g. 80,2.5,0.002; got {shown_value(text)}")
+    return values
 
 
 FastOpt = Annotated[bool, typer.Option("--fast/--eager", help="On the CPU: a cache-sized batch (unless --batch) and the "
@@ -90,6 +97,7 @@ def sample_cmd(
     device: DeviceOpt = "auto",
     fast: FastOpt = True,
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Sample a CTM with gamma-sampling, or a teacher with Heun/Euler; the same seed gives the same images at any --batch.
@@ -106,6 +114,7 @@ def sample_cmd(
 
     rep = Reporter(json_out)
     at_least(1, n=n)  # nfe, steps, batch: checked once, by plan_sampling
+    limits(rep, no_limits, n=n, nfe=nfe, steps=steps)
     if out != "-" and Path(out).suffix in (".npz", ".png"):
         check_output(out, force)  # before loading anything
     dev = select_device(device)
@@ -195,6 +204,7 @@ def sweep_cmd(
     device: DeviceOpt = "auto",
     fast: FastOpt = True,
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?);
@@ -207,16 +217,19 @@ def sweep_cmd(
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)
+    nfe_list = [int(v) for v in parse_floats(nfes, "--nfe")]
+    gamma_list = parse_floats(gammas, "--gamma")
+    limits(rep, no_limits, n=n, nfe=max(nfe_list, default=None))
     at_least(3, search_steps=search_steps)
     check_output(out, force)
     plot = out.with_suffix(".png")
+    if plot == out:
+        raise UserError(f"--out {out} is where the plot goes (the table's name with .png); give the table a .json name")
     check_output(plot, force)
     dev = select_device(device)
     model, source = open_model(ckpt, run_dir, ema, dev)
     check_memory(n, model.data_shape)
     rep.log(f"using {source}")
-    nfe_list = [int(v) for v in parse_floats(nfes, "--nfe")]
-    gamma_list = parse_floats(gammas, "--gamma")
     if search_nfe2:
         result = nfe2_job(model, gamma_list[0], search_steps, metric=metric, features=features, ref=ref, n=n,
                           seed=seed, batch=batch, device=dev, out=out, plot=plot, progress=rep.log)

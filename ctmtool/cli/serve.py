@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -20,6 +21,12 @@ def serve_cmd(
     ema: str = typer.Option("ema", "--ema", help="Which weights: ema, net, ema_<rate>."),
     max_clients: int = typer.Option(8, "--max-clients", help="Pages connected at once; more are told the server is busy."),
     max_upload_mb: float = typer.Option(2.0, "--max-upload-mb", help="Largest image upload accepted, in MB."),
+    expose: bool = typer.Option(False, "--expose", help="Allow a --host other than this machine's loopback address: "
+                                "anyone who can reach it can use the model (a warning is printed)."),
+    allow_origin: list[str] | None = typer.Option(None, "--allow-origin", help="A page origin besides the server's "
+                                                  "own that may open the WebSocket, e.g. http://myhost:3000 (repeatable)."),
+    idle_timeout: float = typer.Option(300.0, "--idle-timeout", help="Seconds without a request after which a page "
+                                       "is disconnected (it frees its slot)."),
 ) -> None:
     """Serve one page at http://HOST:PORT/: a seed and a latent walk streamed over a WebSocket, NFE / gamma /
     class controls, stroke and upload editing (SDEdit), GCTM translation, and the model and end-to-end latency."""
@@ -39,8 +46,16 @@ def serve_cmd(
 
     if not 0 < port < 65536:
         raise UserError(f"--port must be in 1..65535, got {port}")
-    if threads < 1 or max_clients < 1 or not max_upload_mb > 0:
-        raise UserError("--threads and --max-clients must be at least 1 and --max-upload-mb positive")
+    if threads < 1 or max_clients < 1 or not 0 < max_upload_mb <= 1000 or not idle_timeout > 0:
+        raise UserError("--threads and --max-clients must be at least 1, --max-upload-mb in (0, 1000] and "
+                        "--idle-timeout positive")
+    loopback = is_loopback(host)
+    if not loopback and not expose:
+        raise UserError(f"--host {host!r} serves the model to every machine that can reach this one; pass --expose "
+                        "if you mean it, or use the default --host 127.0.0.1")
+    if not loopback:
+        rep.warn(f"--expose: the model is served on {host or 'every interface'}:{port} to anyone who can reach it; "
+                 "there is no authentication")
     import socket
 
     try:  # uvicorn reports a busy port only in its log: check first
@@ -52,12 +67,30 @@ def serve_cmd(
     model = load_model(ckpt, which=ema)
     engine = Engine(model, backend=backend, threads=threads, log=rep.log)
     max_upload = int(max_upload_mb * 1e6)
-    app = create_app(engine, max_clients=max_clients, max_upload=max_upload)
-    rep.log(f"serving {model.kind} model {model.path} ({engine.backend}) at http://{host}:{port}/  (Ctrl-C stops)")
+    app = create_app(engine, max_clients=max_clients, max_upload=max_upload,
+                     allowed_hosts=() if loopback else None, allowed_origins=tuple(allow_origin or ()),
+                     idle_timeout=idle_timeout)
+    shown = host if loopback else (host or "0.0.0.0")
+    rep.log(f"serving {model.kind} model {model.path} ({engine.backend}) at http://{shown}:{port}/  (Ctrl-C stops)")
+    # a signal can stop the event loop between a coroutine's creation and its first await: nothing is lost, and
+    # the interpreter's "never awaited" warning would only follow the one `error:` line
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     try:
         run_server(app, host=host, port=port, max_message=2 * max_upload + 65536)
     except OSError as err:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this machine only ('' and 0.0.0.0 bind every interface)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def register(app: typer.Typer) -> None:

@@ -12,10 +12,12 @@ from ctmtool.cli.common import (
     DeviceOpt,
     ForceOpt,
     JsonOpt,
+    NoLimitsOpt,
     PresetOpt,
     Reporter,
     SetOpt,
     handle_errors,
+    limits,
     select_device,
 )
 from ctmtool.cli.import_ import import_cmd
@@ -26,6 +28,17 @@ app = typer.Typer(rich_markup_mode=None, help="Train a diffusion teacher (EDM), 
                   invoke_without_command=True, no_args_is_help=False)
 
 
+BUILT_IN = ("toy", "digits")  # data sources that read no files: --data would be ignored
+LIFTED = 1e9  # kimg or minutes when the other one alone bounds the run
+
+
+def check_run_limits(p, section: str, no_limits: bool, rep: Reporter) -> None:
+    """The run's duration against `ctmtool.limits` (a --set of kimg or minutes included)."""
+    cfg = getattr(p, section)
+    limits(rep, no_limits, kimg=None if cfg.kimg == LIFTED else cfg.kimg,
+           minutes=None if cfg.minutes in (None, LIFTED) else cfg.minutes)
+
+
 def training_overrides(section: str, kimg: float | None, minutes: float | None, overrides: list[str] | None) -> list[str]:
     """--kimg / --minutes as preset overrides (a given --kimg alone lifts the preset's time limit)."""
     out = list(overrides or [])
@@ -34,13 +47,13 @@ def training_overrides(section: str, kimg: float | None, minutes: float | None, 
             raise UserError(f"--kimg must be positive, got {kimg}")
         out.append(f"{section}.kimg={kimg}")
         if minutes is None:
-            out.append(f"{section}.minutes=1e9")
+            out.append(f"{section}.minutes={LIFTED:g}")
     if minutes is not None:
         if minutes <= 0:
             raise UserError(f"--minutes must be positive, got {minutes}")
         out.append(f"{section}.minutes={minutes}")
         if kimg is None:
-            out.append(f"{section}.kimg=1e9")
+            out.append(f"{section}.kimg={LIFTED:g}")
     return out
 
 
@@ -59,6 +72,9 @@ def prepare(p, run_dir: Path, data: str | None, download: bool, resume: bool, au
                         "--auto-resume uses them when present; give one")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file, not a folder; choose another --run-dir")
+    if data is not None and p.data.source in BUILT_IN:
+        raise UserError(f"--data {data} given, but preset {p.name!r} draws its own data (data.source = "
+                        f"{p.data.source!r}); drop --data, or use a preset that reads files (e.g. cifar10)")
     if download:
         if p.data.source != "cifar10":
             raise UserError(f"--download fetches the CIFAR-10 archive, but preset {p.name!r} reads data.source = "
@@ -86,6 +102,7 @@ def teacher_cmd(
     overrides: SetOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a denoiser with the EDM loss (Karras et al. 2022); leaves checkpoints and a sample grid in --run-dir."""
@@ -97,6 +114,7 @@ def teacher_cmd(
 
     rep = Reporter(json_out)
     p = load_preset(preset, training_overrides("teacher", kimg, minutes, overrides))
+    check_run_limits(p, "teacher", no_limits, rep)
     run_dir = run_dir or default_run_dir(p.name, "teacher")
     resume = prepare(p, run_dir, data, download, resume, auto_resume, rep)
     res = train(p, "teacher", run_dir, select_device(device), rep, data_path=data, resume=resume, force=force)

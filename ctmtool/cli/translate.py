@@ -24,9 +24,11 @@ from ctmtool.cli.common import (
     EmaOpt,
     ForceOpt,
     JsonOpt,
+    NoLimitsOpt,
     Reporter,
     check_output,
     handle_errors,
+    limits,
     select_device,
     subform_command,
 )
@@ -40,6 +42,8 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
     if grid is not None and Path(grid).suffix.lower() != ".png":
         raise UserError(f"--grid {grid}: give a .png file name")
     grid_path = check_output(grid, force) if grid else None
+    if grid_path is not None and out != "-" and Path(out).resolve() == grid_path.resolve():
+        raise UserError(f"--grid {grid} and --out {out} are the same file; give each its own path")
     dev = select_device(device)
     model, _ = open_model(ckpt, None, ema, dev)
     return model, dev, grid_path
@@ -138,6 +142,7 @@ def translate_cmd(
     ema: EmaOpt = "ema",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Translate INPUT with a GCTM in one step (Kim et al. 2024b), or `translate edit IMAGE`: SDEdit / stroke
@@ -146,6 +151,7 @@ def translate_cmd(
     The same --seed gives the same outputs at any --batch. Results go to --out; the summary to stdout.
     """
     rep = Reporter(json_out)
+    limits(rep, no_limits, nfe=nfe)
     if source == "edit":
         if image is None:
             raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")
@@ -170,7 +176,7 @@ EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or
              "the start (inside --mask), and --keep-unmasked pastes the original back outside it.")
 EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--restore", "--factor",
                 "--nfe", "--gamma", "--grid",
-                "--seed", "--batch", "--ema", "--device", "--force", "--json")
+                "--seed", "--batch", "--ema", "--device", "--force", "--no-limits", "--json")
 
 
 def register(app: typer.Typer) -> None:

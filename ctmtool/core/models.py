@@ -86,7 +86,15 @@ def analytic_model(preset: Preset) -> Model:
 
 
 def model_from_checkpoint(ckpt: Checkpoint, which: str = "ema", device: str | torch.device = "cpu") -> Model:
-    """Rebuild the network a checkpoint describes and load its `which` weights (ema, net, ema_0.9999, ...)."""
+    """Rebuild the network a checkpoint describes and load its `which` weights (ema, net, ema_0.9999, ...).
+
+    The header's network (kind, widths, levels, data shape) is first built on the meta device, where nothing is
+    allocated, and checked against the stored tensors: a header edited to describe a network of terabytes is
+    refused before any memory is taken."""
+    state = ckpt.state(which)
+    with torch.device("meta"):
+        probe = build_precond(ckpt.kind, ckpt.preset, ckpt.data_shape, ckpt.meta)
+    load_state(probe, state, source=f"{ckpt.path} [{which}]", check_only=True)
     net = build_precond(ckpt.kind, ckpt.preset, ckpt.data_shape, ckpt.meta)
     load_state(net, ckpt.state(which), source=f"{ckpt.path} [{which}]")
     net.to(device).eval().requires_grad_(False)

@@ -177,7 +177,10 @@ def load_image_zip(path: str | os.PathLike, progress: Progress = None) -> Datase
 
 def _npz_values(samples: np.ndarray, path: Path) -> torch.Tensor:
     """`samples` as uint8 NCHW images (from NHWC, NCHW or NHW) or float32 (N, D) points."""
-    if samples.ndim == 2 and np.issubdtype(samples.dtype, np.number):
+    if np.issubdtype(samples.dtype, np.complexfloating):
+        raise UserError(f"{path}: 'samples' is complex ({samples.dtype}); ctmtool takes real numbers: save the real "
+                        "and imaginary parts as separate dimensions (np.stack([z.real, z.imag], -1))")
+    if samples.ndim == 2 and (np.issubdtype(samples.dtype, np.floating) or np.issubdtype(samples.dtype, np.integer)):
         return torch.from_numpy(samples.astype(np.float32))
     if samples.dtype == np.uint8 and samples.ndim == 3:
         return torch.from_numpy(np.ascontiguousarray(samples[:, None]))

@@ -28,7 +28,7 @@ from typing import Any
 from ctmtool.checkpoint import Checkpoint, load_state, save_checkpoint
 from ctmtool.config import Preset, list_presets, load_preset, preset_from_dict
 from ctmtool.errors import UserError
-from ctmtool.importers.pickle_tree import _attr, _init_kwargs, collect_state
+from ctmtool.importers.pickle_tree import _attr, _init_kwargs, _kind, _short, collect_state
 from ctmtool.importers.safe_pickle import PersistentObj, SafeUnpickler, safe_load
 
 EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
@@ -42,7 +42,6 @@ SONGUNET_DEFAULTS: dict[str, Any] = dict(
 PRECONDS = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
 VP_DEFAULTS = dict(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5)  # what ctmtool's VPPrecond implements
 EDM_SAMPLER_RANGE = (0.002, 80.0)  # EDM's generate.py clamps the precond's range to this
-
 
 
 def read_edm_pickle(path: str | Path) -> dict:
@@ -60,9 +59,9 @@ def read_edm_pickle(path: str | Path) -> dict:
         f.seek(0)
         data = safe_load(f)
     if not isinstance(data, dict):
-        raise UserError(f"{path} is a pickle but not an EDM network pickle: it holds {data!r}, not a dict with 'ema'")
+        raise UserError(f"{path} is a pickle but not an EDM network pickle: it holds {_kind(data)}, not a dict with 'ema'")
     if "ema" not in data:
-        keys = ", ".join(map(str, data)) or "none"
+        keys = ", ".join(_short(k) for k in list(data)[:8]) + (", ..." if len(data) > 8 else "") if data else "none"
         raise UserError(f"{path} has no 'ema' network (its entries: {keys}); is it an EDM network pickle?")
     return data
 
@@ -92,7 +91,7 @@ def checkpoint_from_edm(data: dict, path: str | Path, say: Callable[[str], None]
     path = Path(path)
     ema = data["ema"]
     if not isinstance(ema, PersistentObj):
-        raise UserError(f"{path}: 'ema' is {ema!r}, not an EDM network object")
+        raise UserError(f"{path}: 'ema' is {_kind(ema)}, not an EDM network object")
     if ema.class_name not in PRECONDS:
         raise UserError(f"{path}: the network is preconditioned with {ema.class_name}; ctmtool imports "
                         f"{', '.join(PRECONDS)} only")

@@ -12,6 +12,9 @@ import torch
 from ctmtool.errors import UserError
 from ctmtool.importers.safe_pickle import PersistentObj, Stub
 
+MAX_NODES = 1_000_000   # objects visited when the unpickled tree is walked (shared references count each time)
+
+
 
 def _state_of(node: Any) -> dict:
     """The `__dict__` a module was pickled with (persistent objects and plain torch modules alike)."""
@@ -23,13 +26,31 @@ def _state_of(node: Any) -> dict:
             st = st[0]
         if isinstance(st, dict):
             return st
-    raise UserError(f"damaged EDM pickle: expected a network module, found {node!r}")
+    raise UserError(f"damaged EDM pickle: expected a network module, found {_kind(node)}")
 
 
-def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents: tuple = ()
-                  ) -> dict[str, torch.Tensor]:
+def _kind(v: Any) -> str:
+    """What an untrusted object is, for a message: its type and size, never its repr (which may be huge)."""
+    if isinstance(v, Stub | PersistentObj):
+        return repr(v)
+    n = len(v) if isinstance(v, list | tuple | dict | set | frozenset | str | bytes) else None
+    size = "" if n is None else f" of {n} item{'' if n == 1 else 's'}"
+    return f"a {type(v).__name__}{size}"
+
+
+def _visit(budget: list[int]) -> None:
+    budget[0] += 1
+    if budget[0] > MAX_NODES:
+        raise UserError(f"refusing this pickle: its object tree has more than {MAX_NODES} nodes (shared references "
+                        "repeated many times); the file may be malicious")
+
+
+def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents: tuple = (),
+                  _budget: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Parameters and persistent buffers of a pickled module tree, named as `state_dict()` would name them."""
     out = {} if out is None else out
+    _budget = [0] if _budget is None else _budget
+    _visit(_budget)
     if id(node) in _parents or len(_parents) > 64:
         raise UserError(f"damaged or hostile pickle: the module tree loops back on itself at {prefix or 'the top'}")
     st = _state_of(node)
@@ -49,23 +70,31 @@ def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents
         raise UserError(f"damaged EDM pickle: {prefix or 'the network'} has no _modules table")
     for name, child in children.items():
         if child is not None:
-            collect_state(child, f"{prefix}{name}.", out, (*_parents, id(node)))
+            collect_state(child, f"{prefix}{name}.", out, (*_parents, id(node)), _budget)
     return out
 
 
-def _plain(v: Any, depth: int = 0) -> Any:
-    """Constructor arguments as plain JSON-able Python values."""
+def _plain(v: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
+    """Constructor arguments as plain JSON-able Python values (at most `MAX_NODES` visited, shared ones included)."""
+    budget = [0] if budget is None else budget
+    _visit(budget)
     if depth > 16:
         raise UserError("damaged or hostile pickle: constructor arguments nest too deeply")
     if isinstance(v, dict):
-        return {str(k): _plain(x, depth + 1) for k, x in v.items()}
+        return {_short(k): _plain(x, depth + 1, budget) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return [_plain(x, depth + 1) for x in v]
+        return [_plain(x, depth + 1, budget) for x in v]
     if isinstance(v, np.generic):
         return v.item()
-    if isinstance(v, bool | int | float | str) or v is None:
+    if isinstance(v, bool | float | str) or v is None:
         return v
-    return repr(v)
+    if isinstance(v, int):
+        return v if v.bit_length() <= 64 else _kind(v)
+    return _kind(v)
+
+
+def _short(k: Any) -> str:
+    return k[:200] if isinstance(k, str) else _kind(k)
 
 
 def _init_kwargs(obj: PersistentObj) -> dict:
@@ -76,7 +105,6 @@ def _init_kwargs(obj: PersistentObj) -> dict:
 def _attr(obj: PersistentObj, kwargs: dict, name: str, default: Any) -> Any:
     v = obj.state.get(name, kwargs.get(name, default))
     return _plain(v)
-
 
 
 __all__ = ["collect_state"]

@@ -153,7 +153,7 @@ def _np_dtype(spec, align=False, copy=True):
     try:
         return np.dtype(spec)
     except TypeError:
-        raise UserError(f"damaged pickle: unknown NumPy dtype {spec!r}") from None
+        raise UserError(f"damaged pickle: unknown NumPy dtype {spec[:40]!r}") from None
 
 
 def _np_scalar(dtype, data=None):
@@ -219,8 +219,39 @@ def _stub_class(module: str, name: str) -> type:
     return _STUBS[key]
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves no global to real code except the tensor-rebuilding allowlist above."""
+MAX_OPS = 5_000_000     # pickle opcodes in one file (a published EDM pickle has about 10^5)
+MAX_MEMO = 1_000_000    # memoised objects
+MAX_DEPTH = 1_000       # nested MARKs (lists, tuples, dicts being built inside one another)
+MAX_STACK = 1_000_000   # objects on the unpickler's stack at once
+
+
+def _bounded(dispatch: dict) -> dict:
+    """The pure-Python unpickler's opcode table with every opcode counted and the memo, stack and nesting checked:
+    a 4 kB pickle of shared references or nested lists is refused in milliseconds instead of burning minutes."""
+    def wrap(op):
+        def counted(self):
+            self._ops += 1
+            if self._ops > MAX_OPS or len(self.memo) > MAX_MEMO or len(self.metastack) > MAX_DEPTH \
+                    or len(self.stack) > MAX_STACK:
+                raise UserError("refusing this pickle: it asks for more work than any network pickle needs "
+                                f"(at most {MAX_OPS} operations, {MAX_MEMO} memo entries, nesting {MAX_DEPTH}); "
+                                "the file may be malicious; nothing was run")
+            return op(self)
+
+        return counted
+
+    return {key: wrap(op) for key, op in dispatch.items()}
+
+
+class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be counted
+    """Unpickler that resolves no global to real code except the tensor-rebuilding allowlist above, and does a
+    bounded amount of work (`MAX_OPS`, `MAX_MEMO`, `MAX_DEPTH`, `MAX_STACK`)."""
+
+    dispatch = _bounded(pickle._Unpickler.dispatch)
+
+    def __init__(self, f, **kwargs):
+        super().__init__(f, **kwargs)
+        self._ops = 0
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
@@ -247,8 +278,8 @@ def safe_load(f) -> Any:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RecursionError, MemoryError, UnicodeDecodeError, OverflowError, RuntimeError) as err:
-        raise UserError(f"damaged or unsupported pickle ({type(err).__name__}: {err})") from None
+        raise UserError(f"damaged or unsupported pickle ({type(err).__name__}: {str(err)[:200]})") from None
 
 
-
-__all__ = ["EasyDictStub", "PersistentObj", "SafeUnpickler", "Stub", "safe_load"]
+__all__ = ["MAX_DEPTH", "MAX_MEMO", "MAX_OPS", "MAX_STACK", "EasyDictStub", "PersistentObj", "SafeUnpickler", "Stub",
+           "safe_load"]

@@ -44,6 +44,21 @@ def _timed(report: Progress, n: int, what: str, fn):
     return y, time.time() - t0
 
 
+def _write_both(write_out, write_grid) -> dict:
+    """The side-by-side grid, then the outputs: when the second fails, the first is removed (one command's outputs
+    are all written or none)."""
+    grid = write_grid() if write_grid is not None else None
+    try:
+        info = write_out()
+    except BaseException:
+        if grid is not None:
+            Path(grid).unlink(missing_ok=True)
+        raise
+    if grid is not None:
+        info["grid"] = grid
+    return info
+
+
 def _norm_mean(d: torch.Tensor) -> float:
     return round(float(d.flatten(1).norm(dim=1).mean()), 6)
 
@@ -70,10 +85,9 @@ def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrad
         scores = restoration_metrics(y, refs[0], metrics)
         scores.pop("per_image")
         scores["metrics_ref"] = refs[1]
-    info = write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False)
-    if grid is not None:
-        cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
-        info["grid"] = _grid(cols, grid, model, reference=_toy_reference(model, len(y)))
+    cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False),
+                       grid and (lambda: _grid(cols, grid, model, reference=_toy_reference(model, len(y)))))
     return {**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
             "degrade": degrade, "seed": seed, "checkpoint": str(model.path), **scores,
             **({"class": class_label if class_label is not None else "from the inputs"} if labels is not None else {}),
@@ -101,9 +115,9 @@ def edit_job(model, image: str, out: str, *, strength: float, strokes: str | Non
         model, x, level, plan, strokes=s, mask=m, keep_unmasked=keep_unmasked, seed=seed, device=device,
         progress=adv))
     start = x if painted is None else painted
-    info = write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False)
-    if grid is not None:
-        info["grid"] = _grid([x] + ([painted] if painted is not None else []) + [y], grid, model)
+    cols = [x] + ([painted] if painted is not None else []) + [y]
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False),
+                       grid and (lambda: _grid(cols, grid, model)))
     return {**info, "n": len(y), "kind": model.kind, "strength": strength, "level": round(level, 6),
             "level_unit": unit, "nfe": nfe, "gamma": gamma, "strokes": strokes, "mask": mask, "seed": seed,
             "checkpoint": str(model.path), "mean_change": _norm_mean(y - start),
@@ -128,9 +142,8 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
         model, y, task, level, hole=hole, factor=factor, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=device,
         progress=adv))
     seen = observed(task, y, None if hole is None else hole.expand(len(y), -1, -1, -1), factor)
-    info = write_items(x, out_path, model.is_image, inputs=seen, names=data.names, grid=False)
-    if grid is not None:
-        info["grid"] = _grid([y, seen, x], grid, model)
+    info = _write_both(lambda: write_items(x, out_path, model.is_image, inputs=seen, names=data.names, grid=False),
+                       grid and (lambda: _grid([y, seen, x], grid, model)))
     known = observed(task, x, None if hole is None else hole.expand(len(x), -1, -1, -1), factor)
     return {**info, "n": len(x), "kind": model.kind, "restore": task, "level": round(level, 6), "nfe": nfe,
             "gamma": gamma, "factor": factor if task == "superres" else None, "mask": mask, "seed": seed,

@@ -48,9 +48,13 @@ class CTMLoss:
         distance: Callable,             # d(x, y) -> (B,)
         solver: str = "heun",           # heun | euler
         self_jump: bool = False,        # no teacher: x_u = G_target(x_t, t, u), the official `self_learn`
+        s_sampler: str = "uniform",     # uniform over u..sigma_min (CTM) | sigma_min (consistency distillation)
     ):
+        if s_sampler not in ("uniform", "sigma_min"):
+            raise ValueError(f"s_sampler {s_sampler!r} is not one of uniform, sigma_min")
         self.grid, self.max_steps, self.distance = grid.double().cpu(), max_steps, distance
         self.self_jump = self_jump
+        self.s_at_min = s_sampler == "sigma_min"
         self.solver = solvers.SOLVERS[solver]
         self.sigma_min = float(grid[-1])
 
@@ -80,6 +84,8 @@ class CTMLoss:
         """Indices (t, u, s, k) on the grid, their levels, x_t = x0 + t n, and sigma_min per sample."""
         dev = x0.device
         idx = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator, k=k)
+        if self.s_at_min:  # CD: every jump ends at sigma_min (the same draws otherwise, so the streams match CTM's)
+            idx = (idx[0], idx[1], torch.full_like(idx[2], self.grid.numel() - 1), idx[3])
         # non_blocking: a host-to-device copy from pageable memory is staged at once, and skips the stream sync
         t, u, s = (self.grid[i].to(dev, torch.float32, non_blocking=True) for i in idx[:3])
         noise = torch.randn(x0.shape, device=dev, generator=generator)

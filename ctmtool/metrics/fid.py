@@ -14,6 +14,7 @@ Samples are quantised to uint8 (as if saved as PNG) and go to the feature networ
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -218,9 +219,26 @@ def load_stats(path: str | os.PathLike, features: str = "inception", mode: str =
         raise UserError(f"cannot read statistics {path} ({err}); check the file or recompute it") from None
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_reference_name(name: str) -> str:
+    """A reference name is letters, digits, '.', '_' and '-', without '..': it names a file inside the cache."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"`name` {name[:80]!r} is not a reference name: use letters, digits, '.', '_' and '-' "
+                        "(no '..' or '/'), e.g. cifar10-train")
+    return name
+
+
 def named_stats_path(name: str, extractor: FeatureExtractor, cache: str | os.PathLike | None = None) -> Path:
-    """Where `ctmtool fid stats --name NAME` keeps a named reference: <cache>/stats/<NAME>_<features>.npz."""
-    return cache_dir(cache) / "stats" / f"{name}_{extractor.name}.npz"
+    """Where `ctmtool fid stats --name NAME` keeps a named reference: <cache>/stats/<NAME>_<features>.npz. A name
+    is letters, digits, '.', '_' and '-' (no '..', no separator): the file stays inside the cache's stats folder."""
+    check_reference_name(name)
+    folder = cache_dir(cache) / "stats"
+    path = folder / f"{name}_{extractor.name}.npz"
+    if path.resolve().parent != folder.resolve():
+        raise UserError(f"`name` {name!r} would leave the cache folder {folder}; choose a plain name")
+    return path
 
 
 def _cleanfid_stats(name: str) -> tuple[Path, int] | None:

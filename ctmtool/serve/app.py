@@ -10,6 +10,12 @@ Protocol (JSON text messages). Page -> server:
 Server -> page: {"op": "hello", "info"}, {"op": "frame", "target": "gen" | "edit", "id", "pixels" | "points",
   "model_ms", "server_ms", "phase"}, {"op": "input", "pixels"} (a decoded upload), {"op": "error", "id", "message"}.
 
+The page serves only its user: every HTTP request must name a loopback host (or one of `allowed_hosts`) in its
+Host header, against DNS rebinding, and a WebSocket must come from the page's own origin (or one of
+`allowed_origins`), against cross-site WebSocket hijacking. Messages to the page carry no filesystem paths.
+A page that sends nothing for `idle_timeout` seconds is closed; when every slot is taken, the page idle the longest
+(for at least `EVICT_IDLE_S`) gives its slot to the newcomer, so idle pages cannot lock the user out.
+
 Requests are coalesced per connection (only the newest edit and the newest generate wait), and the walk
 keeps at most two frames unacknowledged, so a slow client never piles work up. Any bad request is answered
 with an error message; the server keeps serving.
@@ -23,6 +29,7 @@ import binascii
 import io
 import json
 import math
+import re
 import time
 from importlib import resources
 
@@ -34,6 +41,42 @@ from ctmtool.errors import UserError
 WALK_CREDITS = 2        # walk frames in flight before the page acknowledges one
 MAX_POINTS = 4096       # points per 2-D request
 GEN_POINTS = 1000       # points per generated 2-D frame
+MAX_PIXELS = 4096 * 4096  # largest upload decoded
+EVICT_IDLE_S = 10.0     # a full server hands the slot of a page idle this long to a new page
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+_PATH = re.compile(r"(?:[A-Za-z]:|\.{1,2}|~)?(?:[\\/][^\s\\/'\"():,;]+)+[\\/]([^\s\\/'\"():,;]+)")
+
+
+def no_paths(message: str) -> str:
+    """A message for the page with every filesystem path cut to its last part (the page never learns paths)."""
+    return _PATH.sub(lambda m: m.group(1), message)
+
+
+def host_name(host_header: str) -> str:
+    """The name part of a Host header (`127.0.0.1:8000` -> `127.0.0.1`, `[::1]:80` -> `[::1]`)."""
+    if host_header.startswith("["):
+        return host_header.split("]")[0] + "]"
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def host_allowed(host_header: str | None, allowed_hosts: tuple[str, ...] | None) -> bool:
+    """Whether a request's Host header names this server: a loopback name, or one of `allowed_hosts`
+    (None: any, for a deliberately exposed server)."""
+    if allowed_hosts is None:
+        return True
+    if not host_header:
+        return False
+    return host_name(host_header.lower()) in LOOPBACK_NAMES + tuple(h.lower() for h in allowed_hosts)
+
+
+def origin_allowed(origin: str | None, host_header: str | None, allowed_origins: tuple[str, ...]) -> bool:
+    """A WebSocket's Origin: none (not a browser), the page's own (http://<Host>), or one allowed explicitly."""
+    if origin is None:
+        return True
+    origin = origin.lower().rstrip("/")
+    if host_header and origin in (f"http://{host_header.lower()}", f"https://{host_header.lower()}"):
+        return True
+    return origin in {o.lower().rstrip("/") for o in allowed_origins} or "*" in allowed_origins
 
 
 class BadRequest(UserError):
@@ -113,16 +156,20 @@ class Codec:
         except (binascii.Error, ValueError):
             raise BadRequest("upload: the file data is not valid base64") from None
         try:
-            with Image.open(io.BytesIO(raw)) as im:
+            with Image.open(io.BytesIO(raw)) as im:  # reads the header only: the size is known before decoding
                 w, h = im.size
-                if w * h > 4096 * 4096:
-                    raise BadRequest(f"upload: a {w}x{h} image is too large (at most 4096x4096)")
+                if w * h > MAX_PIXELS:
+                    raise BadRequest(f"upload: a {w}x{h} image is too large to decode (at most 4096x4096 pixels); "
+                                     "send a smaller image")
                 c, mh, mw = self.shape
                 if w != h:
                     raise BadRequest(f"upload: the image is {w}x{h}; this model works on square {mw}x{mh} images, crop it square")
                 im = im.convert("L" if c == 1 else "RGB").resize((mw, mh), Image.Resampling.BOX)
                 a = np.asarray(im, dtype=np.uint8).reshape(mh, mw, c)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        except Image.DecompressionBombError:
+            raise BadRequest("upload: the image declares more pixels than PIL decodes safely (a decompression "
+                             "bomb?); at most 4096x4096 pixels") from None
+        except (UnidentifiedImageError, OSError):
             raise BadRequest("upload: the file is not an image PIL can read (use PNG, JPEG or WebP)") from None
         return (torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 127.5 - 1)[None]
 
@@ -132,13 +179,24 @@ class Session:
 
     def __init__(self, ws, engine, codec: Codec):
         self.ws, self.engine, self.codec = ws, engine, codec
+        self.last_heard = time.monotonic()  # when the page last sent a message
         self.slots: dict[str, dict] = {}     # target -> newest pending request
         self.walk: dict | None = None        # walk settings while playing
         self.credits = WALK_CREDITS
         self.wake = asyncio.Event()
 
     async def send(self, data: dict) -> None:
+        if "message" in data:
+            data = {**data, "message": no_paths(str(data["message"]))}
         await self.ws.send_text(json.dumps(data))
+
+    async def close(self, message: str) -> None:
+        """Tell the page why, then close its socket (an idle page, or one whose slot went to another page)."""
+        try:
+            await self.send({"op": "error", "id": None, "fatal": True, "message": message})
+            await self.ws.close(code=1001)
+        except Exception:  # noqa: BLE001 - already closed by the page
+            pass
 
     async def receive(self, msg: dict) -> None:
         op = msg.get("op")
@@ -232,37 +290,67 @@ def index_html() -> str:
     return resources.files("ctmtool.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000):
-    """The Starlette app serving `engine`: GET / (the page), GET /info (JSON), WebSocket /ws."""
+def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000, allowed_hosts: tuple[str, ...] | None = (),
+               allowed_origins: tuple[str, ...] = (), idle_timeout: float = 300.0):
+    """The Starlette app serving `engine`: GET / (the page), GET /info (JSON), WebSocket /ws.
+
+    allowed_hosts: Host names accepted besides the loopback ones (None: any, for `serve --expose`);
+    allowed_origins: page origins besides the server's own that may open the WebSocket (`--allow-origin`);
+    idle_timeout: seconds without a message after which a page's socket is closed."""
     from starlette.applications import Starlette
-    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
     page = index_html()
     codec = Codec(engine, max_upload)
-    clients = {"n": 0}  # per app, not global
+    sessions: list[Session] = []  # per app, not global
+    hello = {k: v for k, v in engine.info().items() if k != "path"}  # the page is not told where the file is
+
+    def wrong_host(headers) -> bool:
+        return not host_allowed(headers.get("host"), allowed_hosts)
 
     async def index(request):
+        if wrong_host(request.headers):
+            return PlainTextResponse("unknown host: this server answers to its own address only", status_code=421)
         return HTMLResponse(page)
 
     async def info(request):
-        return JSONResponse({**engine.info(), "max_upload": max_upload, "max_clients": max_clients})
+        if wrong_host(request.headers):
+            return PlainTextResponse("unknown host: this server answers to its own address only", status_code=421)
+        return JSONResponse({**hello, "max_upload": max_upload, "max_clients": max_clients})
+
+    async def refuse(ws: WebSocket, message: str, code: int) -> None:
+        await ws.accept()
+        await ws.send_text(json.dumps({"op": "error", "id": None, "fatal": True, "message": message}))
+        await ws.close(code=code)
 
     async def socket(ws: WebSocket):
-        await ws.accept()
-        if clients["n"] >= max_clients:
-            await ws.send_text(json.dumps({"op": "error", "id": None, "fatal": True,
-                                           "message": f"server busy: {clients['n']} pages are connected (limit {max_clients}); close one and reload"}))
-            await ws.close(code=1013)
+        if wrong_host(ws.headers) or not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"),
+                                                         allowed_origins):
+            await ws.close(code=1008)  # policy violation: before accepting, so a foreign page learns nothing
             return
-        clients["n"] += 1
+        if len(sessions) >= max_clients:
+            idle = max(sessions, key=lambda s: time.monotonic() - s.last_heard)
+            if time.monotonic() - idle.last_heard < EVICT_IDLE_S:
+                await refuse(ws, f"server busy: {len(sessions)} pages are connected (limit {max_clients}); close one "
+                                 "and reload", 1013)
+                return
+            sessions.remove(idle)
+            await idle.close("this page was idle and another page needed its slot; reload to reconnect")
+        await ws.accept()
         session = Session(ws, engine, codec)
+        sessions.append(session)
         worker = asyncio.create_task(session.work())
         try:
-            await session.send({"op": "hello", "info": {**engine.info(), "max_upload": max_upload}})
+            await session.send({"op": "hello", "info": {**hello, "max_upload": max_upload}})
             while True:
-                text = await ws.receive_text()
+                try:
+                    text = await asyncio.wait_for(ws.receive_text(), idle_timeout)
+                except TimeoutError:
+                    await session.close(f"closed after {idle_timeout:g} s without a request; reload to reconnect")
+                    break
+                session.last_heard = time.monotonic()
                 try:
                     msg = json.loads(text)
                     if not isinstance(msg, dict):
@@ -275,7 +363,8 @@ def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000):
         except (WebSocketDisconnect, RuntimeError, KeyError):  # closed socket, or a binary / odd frame
             pass
         finally:
-            clients["n"] -= 1
+            if session in sessions:
+                sessions.remove(session)
             worker.cancel()
 
     return Starlette(routes=[Route("/", index), Route("/info", info), WebSocketRoute("/ws", socket)])

@@ -37,6 +37,7 @@ from ctmtool.config import TrainConfig
 from ctmtool.core import distributed as ddp
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
+from ctmtool.limits import check_batch_memory
 from ctmtool.train.rundir import CKPT_GLOB, RunLock, checkpoint_name, make_run_dir, remove_leftovers, rotate
 
 __all__ = ["CKPT_GLOB", "FitResult", "RunLock", "StopFlag", "fit"]
@@ -276,13 +277,15 @@ def _restore(objective, order: torch.Generator, resume: Checkpoint, rep) -> _Pos
 def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
         device: torch.device, xflip: bool = False, resume: Checkpoint | None = None,
         snapshot: Callable[[int], None] | None = None, evaluate: Callable[[], dict] | None = None,
-        max_bad_steps: int = 20, clock: Callable[[], float] = time.monotonic) -> FitResult:
+        max_bad_steps: int = 20, clock: Callable[[], float] = time.monotonic, locked: bool = False) -> FitResult:
     """Train `objective` on `data` until cfg.kimg thousand images or cfg.minutes of training time (summed over
-    the sessions of a resumed run), whichever comes first. `clock` (seconds) is the loop's only time source."""
+    the sessions of a resumed run), whichever comes first. `clock` (seconds) is the loop's only time source.
+    `locked`: the caller holds the run directory's `RunLock` (else `fit` takes it for the loop)."""
     run_dir = make_run_dir(Path(run_dir))
     check_finite_data(data)
     micro = cfg.micro_batch or cfg.batch
     accum = cfg.batch // micro
+    check_batch_memory(micro, tuple(data.shape), "the batch (or set micro_batch)")
     ddp.check_batch(micro)
     main = ddp.is_main()
     data = data.to(device) if device.type == "cuda" else data
@@ -303,7 +306,7 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
             raise _Halt(reason)
         lines.heartbeat(at, ips(), budget, f"micro-batch {i + 1} of {accum}")
 
-    with RunLock(run_dir) if main else nullcontext(), StopFlag() as stop, rep.progress(cfg.kimg, "train", unit="kimg") as advance:
+    with RunLock(run_dir) if main and not locked else nullcontext(), StopFlag() as stop, rep.progress(cfg.kimg, "train", unit="kimg") as advance:
         if main:
             remove_leftovers(run_dir)
         advance(at.kimg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import signal
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from ctmtool.nets.projected_gan import ProjectedDiscriminator
 from ctmtool.progress import Quiet
 from ctmtool.train.gctm_run import gctm_parts
 from ctmtool.train.loop import FitResult, fit
+from ctmtool.train.rundir import RunLock, make_run_dir
 from ctmtool.train.setup import (
     RunParts,
     check_labels,
@@ -63,13 +65,23 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
         build = _ctm_parts
     run_dir = Path(run_dir)
     device, rep = rank_setup(device, rep or Quiet())
-    resume_path = prepare_run_dir(run_dir, resume, force)
+    if resume is not True:  # a new run: an unusable folder is found before the data and networks are built
+        make_run_dir(run_dir)
+    # one lock from before the folder is inspected until the run ends: a second run into it is refused before it
+    # reads, deletes or rotates anything
+    with RunLock(run_dir) if run_dir.is_dir() and ddp.is_main() else nullcontext():
+        return _train_locked(build, preset, run_dir, device, rep, teacher, data, data_path, resume, force)
+
+
+def _train_locked(build, preset: Preset, run_dir: Path, device, rep, teacher, data, data_path, resume,
+                  force) -> FitResult:
+    resume_path = prepare_run_dir(run_dir, resume, force, locked=True)
     resume_ckpt = load_checkpoint(resume_path) if resume_path else None
     parts = build(preset, device, rep, run_dir, data=data, data_path=data_path, teacher=teacher, resume=resume_ckpt)
     rep.log(parts.describe)
     with cpu_threads(device, parts.objective.net):
         result = fit(parts.objective, parts.data, parts.cfg, run_dir, rep, device=device, xflip=parts.xflip,
-                     resume=resume_ckpt, snapshot=parts.snapshot, evaluate=parts.evaluate)
+                     resume=resume_ckpt, snapshot=parts.snapshot, evaluate=parts.evaluate, locked=True)
     if result.signum:  # saved; a job scheduler must still see that the run did not finish
         raise Interrupted(f"training stopped by {signal.Signals(result.signum).name} at {result.kimg:.3f} kimg "
                           f"(step {result.steps}); saved {result.checkpoint}; continue it with `resume`", result.signum)

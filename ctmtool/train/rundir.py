@@ -1,13 +1,15 @@
 """The run directory: its lock, its periodic checkpoints and their rotation, and what a killed writer left.
 
-One process trains in a run directory at a time: `RunLock` is an exclusive `.lock` file holding the writer's
-process id; a lock whose process is gone (kill -9) is taken over. Everything that deletes files in a run
+One process trains in a run directory at a time: `RunLock` is an `flock` on `.lock` (which holds the writer's
+process id), held from before the directory is inspected until the run ends; a lock whose process is gone
+(kill -9) is taken over. Everything that deletes files in a run
 directory (`--force`, rotation, leftover temporary files) does so only while holding the lock, so a live run's
 checkpoints are never deleted by another process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -33,40 +35,60 @@ def make_run_dir(run_dir: Path) -> Path:
 
 
 class RunLock:
-    """An exclusive lock file in the run directory: a second writer is refused with a clear message."""
+    """The run directory's writer lock: `flock` on `.lock`, which holds the writer's process id for messages.
+
+    The kernel owns the lock: it is atomic (one holder, always), released when the holder dies however it dies
+    (kill -9 included), so a stale lock is taken over by simply locking it, and a `.lock` left empty (a full disk
+    when the id was written) refuses nothing. A holder checks, after locking, that the file it locked is still the
+    one at `.lock` (another holder may have removed it on release) and otherwise locks again."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
+        self.fd: int | None = None
 
     def __enter__(self):
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as err:  # read-only folder or file system, no room for the lock file
+                raise UserError(f"cannot write in run directory {self.path.parent}: {err.strerror or err}; "
+                                "choose a writable `run_dir`") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                pid = _holder(self.path)
+                raise UserError(f"run directory {self.path.parent} is in use by process {pid}; wait for it to "
+                                "finish, or choose another `run_dir`") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the file was removed by the holder we waited on: lock the new one
+        self.fd = fd
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = self.path.read_text().strip() or "?"
-            if pid.isdigit() and not _alive(int(pid)):
-                self.path.unlink(missing_ok=True)
-                return self.__enter__()
-            raise UserError(f"run directory {self.path.parent} is in use by process {pid}; wait for it, "
-                            f"or delete {self.path} if that process is gone") from None
-        except OSError as err:  # read-only folder or file system, no space for the lock file
-            raise UserError(f"cannot write in run directory {self.path.parent}: {err.strerror or err}; "
-                            "choose a writable `run_dir`") from None
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:  # a full disk: the lock holds anyway; the id is only for messages
+            pass
         return self
 
     def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked: a waiter then finds the file gone and retries
+        os.close(self.fd)
+        self.fd = None
 
 
-def _alive(pid: int) -> bool:
+def _holder(path: Path) -> str:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        pid = path.read_text().strip()
+    except OSError:
+        pid = ""
+    return pid if pid.isdigit() else "(unknown id)"
 
 
 def remove_leftovers(run_dir: Path) -> list[Path]:

@@ -36,17 +36,18 @@ class RunParts:
     describe: str = ""                  # one line for the log
 
 
-def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool) -> Path | None:
+def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool, locked: bool = False) -> Path | None:
     """Return the checkpoint to resume from (or None); refuse to train over an existing run without a flag.
 
     resume="auto" continues the run when the directory holds checkpoints and starts a new one otherwise. A run
-    directory that a live process holds is refused before anything in it is read or deleted."""
+    directory that a live process holds is refused before anything in it is read or deleted. `locked`: the
+    caller already holds the directory's `RunLock` (and keeps it for the whole run)."""
     run_dir = Path(run_dir)
     if resume is not True:  # a new run: an unusable folder is found before the data and networks are built
         make_run_dir(run_dir)
     elif run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"`run_dir` {run_dir} is a file, not a directory; choose another `run_dir`")
-    with RunLock(run_dir) if run_dir.is_dir() and ddp.is_main() else nullcontext():
+    with RunLock(run_dir) if run_dir.is_dir() and ddp.is_main() and not locked else nullcontext():
         existing = sorted(run_dir.glob(CKPT_GLOB)) if run_dir.is_dir() else []
         if resume == "auto":
             return existing[-1] if existing else None

@@ -276,6 +276,7 @@ def ctm_objective(
         dim *= s
     grid = ctm_grid(preset)
     self_jump = c.teacher == "self" and c.self_solver == "jump"
-    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver, self_jump),
+    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver, self_jump,
+                             c.s_sampler),
                      DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction, c.dsm_sampler, d.rho))
     return TrajectoryObjective(preset, data_shape, device, "ctm", net, terms, teacher, discriminator)
