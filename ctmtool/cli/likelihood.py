@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -21,37 +21,40 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.nll import EXACT_MAX_DIM, SOLVERS, NLLOptions
+from ctmtool.streams import input_path
+
+# ctmtool.nll's choices (tests/cli/test_grammar.py checks they agree), spelled here so `--help` imports no torch
+Solver = Literal["dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2", "rk4", "midpoint", "heun3", "euler"]
 
 
 @handle_errors
 def likelihood_cmd(
-    data: Annotated[Path | None, typer.Argument(
-        metavar="DATA", show_default=False, help="Folder/.zip of images, an image file, or an .npz with 'samples' "
-                                 "(uint8 NHWC images or float (N, D) points).")] = None,
+    data: Annotated[str | None, typer.Argument(
+        metavar="DATA", show_default=False, help="Folder/.zip of images, an image file, an .npz with 'samples' "
+                                 "(uint8 NHWC images or float (N, D) points), or - (.npz/.npy bytes on stdin).")] = None,
     ckpt: CkptOpt = None,
     run_dir: RunDirOpt = None,
     ema: EmaOpt = "ema",
     preset: Annotated[str | None, typer.Option(
         "--preset", "-p", help="Preset whose [data.gmm] mixture is the model (with --analytic).")] = None,
     analytic: Annotated[bool, typer.Option("--analytic", help="Use the exact Gaussian-mixture denoiser of --preset.")] = False,
-    method: Annotated[str, typer.Option(
+    method: Annotated[Literal["ode", "elbo"], typer.Option(
         "--method", help="ode: probability-flow ODE; elbo: variational bound (an upper bound on the NLL).")] = "ode",
-    divergence: Annotated[str, typer.Option(
-        "--divergence", help=f"auto|exact|hutchinson; auto = exact up to {EXACT_MAX_DIM} dimensions.")] = "auto",
+    divergence: Annotated[Literal["auto", "exact", "hutchinson"], typer.Option(
+        "--divergence", help="auto = exact up to 16 dimensions (ctmtool.nll.EXACT_MAX_DIM), Hutchinson beyond.")] = "auto",
     probes: Annotated[int, typer.Option("--probes", help="Hutchinson probes per item (2+ give a standard error).")] = 4,
-    probe_dist: Annotated[str, typer.Option("--probe-dist", help="rademacher|gaussian Hutchinson probes.")] = "rademacher",
-    solver: Annotated[str, typer.Option(
-        "--solver", help=f"ODE method: {'|'.join(SOLVERS)} (the last four with fixed steps).")] = "dopri5",
+    probe_dist: Annotated[Literal["rademacher", "gaussian"], typer.Option("--probe-dist", help="rademacher|gaussian Hutchinson probes.")] = "rademacher",
+    solver: Annotated[Solver, typer.Option(
+        "--solver", help="ODE method (the last four with fixed steps).")] = "dopri5",
     steps: Annotated[int, typer.Option("--steps", help="Steps in ln(sigma) for fixed-step solvers.")] = 100,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance of adaptive solvers.")] = 1e-3,
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance of adaptive solvers.")] = 1e-3,
     elbo_samples: Annotated[int, typer.Option("--elbo-samples", help="(sigma, noise) pairs per item for --method elbo.")] = 128,
     dequant_draws: Annotated[int, typer.Option("--dequant-draws", help="Uniform dequantisation draws per image.")] = 1,
-    draw_average: Annotated[str, typer.Option(
+    draw_average: Annotated[Literal["logmeanexp", "mean"], typer.Option(
         "--draw-average", help="logmeanexp (tighter bound) | mean (of the logs): how draws are combined.")] = "logmeanexp",
-    n: Annotated[int | None, typer.Option("--n", help="Evaluate the first N items (default: all).")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Items per ODE solve.")] = 64,
+    n: Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Evaluate the first N items (default: all).")] = None,
+    batch: Annotated[int, typer.Option("--batch", "-b", metavar="N", help="Items per ODE solve.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the dequantisation and probe noise.")] = 0,
     device: DeviceOpt = "auto",
     per_item: Annotated[Path | None, typer.Option(
@@ -64,7 +67,7 @@ def likelihood_cmd(
     Images are uniformly dequantised and reported in bits/dim of 8-bit data; points in nats (and bits) per item.
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used, and named on stderr.
     """
-    from ctmtool.nll import check_per_item_path, likelihood_of, load_data, write_per_item
+    from ctmtool.nll import NLLOptions, check_per_item_path, likelihood_of, load_data, write_per_item
     from ctmtool.runs import open_model
 
     rep = Reporter(json_out)
@@ -78,7 +81,8 @@ def likelihood_cmd(
     dev = select_device(device)
     model, source = open_model(ckpt, run_dir, ema, dev, analytic=analytic, preset=preset)
     rep.log(f"using {source}")
-    ds = load_data(data, model)
+    with input_path(data) as staged:
+        ds = load_data(staged, model)
     rep.log(f"{opts.method} likelihood of {len(ds) if n is None else min(n, len(ds))} items of {ds.name} on {dev}")
     with rep.progress(len(ds) if n is None else min(max(n, 0), len(ds)), "likelihood", "items") as advance:
         out, ev = likelihood_of(model, ds, opts, n=n, batch=batch, seed=seed, device=dev, progress=advance)

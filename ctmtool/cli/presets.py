@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from ctmtool.cli.common import Command, JsonOpt, Reporter, SetOpt, handle_errors
-from ctmtool.config import PRESETS_ENV, list_presets, load_preset, preset_dir, preset_to_toml
 from ctmtool.errors import UserError
 
 
@@ -19,6 +18,8 @@ def presets_cmd(
 ) -> None:
     """List the presets shipped in the package (and in the folders of $CTMTOOL_PRESETS, which come first), or
     show one with every default filled in."""
+    from ctmtool.config import PRESETS_ENV, list_presets, load_preset, preset_dir, preset_to_toml
+
     rep = Reporter(json_out)
     if name is None:
         rows = {n: load_preset(n).description for n in list_presets()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -66,13 +66,13 @@ def sample_cmd(
     nfe: Annotated[int | None, typer.Option("--nfe", help="CTM network evaluations (gamma-sampling jumps)" + PRESET_DEFAULT + ".")] = None,
     gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 CM-style multistep (Kim et al. 2024, Sec. 5).")] = None,
     sigmas: Annotated[str | None, typer.Option("--sigmas", help="Explicit decreasing schedule inside the model's range, e.g. 80,2.515,0.002 (instead of --nfe/--steps).")] = None,
-    solver: Annotated[str | None, typer.Option("--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise).")] = None,
+    solver: Annotated[Literal["gamma", "heun", "euler"] | None, typer.Option("--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Grid points for heun/euler (18 -> 35 NFE with Heun).")] = None,
-    n: Annotated[int | None, typer.Option("--n", "--num-samples", help="Number of samples (--num-samples under torchrun, whose own parser takes --n).")] = None,
+    n: Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Number of samples (-n or --num-samples under torchrun, whose own parser takes --n)" + PRESET_DEFAULT + ".")] = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
     class_label: Annotated[int | None, typer.Option("--class", help="Class index for a conditional model (default: random per image).")] = None,
-    noise: Annotated[str | None, typer.Option("--noise", help="Per-image noise stream: edm (latents equal to EDM's generate.py) or philox (drawn on the device, fast on a GPU)" + PRESET_DEFAULT + ".")] = None,
+    noise: Annotated[Literal["edm", "philox"] | None, typer.Option("--noise", help="Per-image noise stream: edm (latents equal to EDM's generate.py) or philox (drawn on the device, fast on a GPU)" + PRESET_DEFAULT + ".")] = None,
     ema: EmaOpt = "ema",
     analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of --preset.")] = False,
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="With --analytic: the Gaussian-mixture preset.")] = None,
@@ -92,7 +92,7 @@ def sample_cmd(
     from ctmtool.runs import open_model
     from ctmtool.train import distributed as ddp
 
-    rep = Reporter(json_out)
+    rep = Reporter(json_out, data_on_stdout=out == "-")
     at_least(1, n=n, batch=batch, nfe=nfe, steps=steps)
     if out != "-" and Path(out).suffix in (".npz", ".png"):
         check_output(out, force)  # before loading anything
@@ -110,9 +110,6 @@ def sample_cmd(
         return
     info = write_items(res.x, out, model.is_image, labels=res.labels)
     result = {**info, **res.summary(), "checkpoint": str(model.path) if model.path else "analytic"}
-    if out == "-":
-        rep.log("sampled " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "schedule"))
-        return
     rep.result(result, title="samples")
 
 
@@ -127,14 +124,14 @@ def sweep_cmd(
     run_dir: RunDirOpt = None,
     nfes: Annotated[str, typer.Option("--nfe", help="Comma-separated NFE values.")] = "1,2,3,4,6,8",
     gammas: Annotated[str, typer.Option("--gamma", help="Comma-separated gamma values.")] = "0,0.5,1",
-    metric: Annotated[str | None, typer.Option("--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd (default: logp for toy GMM data, else fd-pixels).")] = None,
+    metric: Annotated[Literal["logp", "fd-pixels", "fd"] | None, typer.Option("--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd (default: logp for toy GMM data, else fd-pixels).")] = None,
     features: Annotated[str | None, typer.Option("--features", help="With --metric fd: inception or a TorchScript feature network.")] = None,
     ref: Annotated[str | None, typer.Option("--ref", help="Reference images/stats for fd metrics (default: the preset's data).")] = None,
-    n: Annotated[int, typer.Option("--n", help="Samples per setting.")] = 4096,
-    batch: Annotated[int, typer.Option("--batch", help="Samples per forward pass.")] = 1024,
+    n: Annotated[int, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Samples per setting.")] = 4096,
+    batch: BatchOpt = 1024,
     seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.json", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,

@@ -1,14 +1,14 @@
 """`ctmtool translate`: one-step translation with a GCTM; `ctmtool translate edit`: SDEdit / stroke editing.
 
-One command, two forms (as `ctmtool fid`: a Typer group with a positional argument on its callback
-clashes with click's sub-command parsing, so `edit` is recognised as the first argument instead):
+A group whose sub-command is `edit`; any other first argument is INPUT of the default command:
 
     ctmtool translate INPUT --ckpt CKPT --out OUTPUT [--nfe N] [--gamma G] [--degrade] [--grid FILE] ...
     ctmtool translate edit IMAGE --ckpt CKPT --strength S --out OUTPUT [--strokes FILE [--mask FILE]] ...
 
 INPUT / IMAGE: a folder of images, a .zip, an .npz (key `samples`), one image file, or for 2-D models an
 .npz of float points (N, D). OUTPUT: a folder (one PNG per item, named after the inputs), an .npz (key
-`samples`, plus `inputs`), one .png (a single image, or a scatter plot of 2-D points). To edit an input
+`samples`, plus `inputs`), one .png (a single image, or a scatter plot of 2-D points), or - (.npz bytes on
+stdout; the summary then goes to stderr). INPUT / IMAGE `-` reads .npz bytes on stdin. To translate an input
 literally named `edit`, write `./edit`.
 """
 
@@ -21,18 +21,23 @@ from typing import Annotated
 import typer
 
 from ctmtool.cli.common import (
+    BatchOpt,
+    DefaultCommand,
+    DefaultGroup,
     DeviceOpt,
     EmaOpt,
     ForceOpt,
     JsonOpt,
+    OutOpt,
     Reporter,
+    RequiredCkptOpt,
     at_least,
     check_output,
     handle_errors,
     select_device,
-    subform_command,
 )
 from ctmtool.errors import UserError
+from ctmtool.streams import input_path
 
 
 def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: bool):
@@ -81,7 +86,8 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
     check_translatable(model, nfe, gamma)
     out_path = check_out(out, model.is_image, force)
-    data = inputs.load_inputs(src, model, split_pairs=True, log=rep.log)
+    with input_path(src) as staged:
+        data = inputs.load_inputs(staged, model, split_pairs=True, log=rep.log)
     x = clean = data.x
     check_out(out, model.is_image, force, one_png_for=len(x))
     if degrade:
@@ -117,7 +123,8 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
     level = strength_to_level(model, strength)
     check_editable(model, level)
     out_path = check_out(out, model.is_image, force)
-    data = inputs.load_inputs(image, model, log=rep.log)
+    with input_path(image) as staged:
+        data = inputs.load_inputs(staged, model, log=rep.log)
     x = data.x
     check_out(out, model.is_image, force, one_png_for=len(x))
     s = inputs.load_strokes(strokes, model, len(x), rep.log) if strokes is not None else None
@@ -139,64 +146,79 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
                title="edit")
 
 
+app = typer.Typer(cls=DefaultGroup, rich_markup_mode=None, no_args_is_help=False,
+                  short_help="One-step GCTM translation of inputs; `translate edit` for SDEdit / stroke editing.")
+
+NfeOpt = Annotated[int, typer.Option("--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0)).")]
+GammaOpt = Annotated[float, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between jumps "
+                                                         "(Gaussian sources and editing only).")]
+GridOpt = Annotated[str | None, typer.Option("--grid", metavar="FILE.png", help="Also write a side-by-side PNG: "
+                                             "input | output (clean | degraded | output with --degrade).")]
+ItemSeedOpt = Annotated[int, typer.Option("--seed", help="Item i uses seed + i (source noise, re-noising, random "
+                                                         "degradations).")]
+
+
+@app.command("run", cls=DefaultCommand, hidden=True)
 @handle_errors
 def translate_cmd(
     source: Annotated[str, typer.Argument(metavar="INPUT", help="Items to translate: folder, .zip, .npz, image file, "
-                                 "or .npz of points; or `edit` followed by IMAGE.")],
-    image: Annotated[str | None, typer.Argument(metavar="IMAGE", help="`translate edit`: the image(s) to edit.")] = None,
-    ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoint (.safetensors) or run directory (its newest checkpoint).")] = ...,
-    out: Annotated[str, typer.Option("--out", "-o", help="A folder (one PNG per item), an .npz (key samples) or one .png.")] = ...,
-    nfe: Annotated[int, typer.Option("--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0)).")] = 1,
-    gamma: Annotated[float, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully "
-                                "between jumps (Gaussian sources and editing only).")] = 0.0,
+                                 ".npz of points, or - (.npz/.npy bytes on stdin).")],
+    ckpt: RequiredCkptOpt = ...,
+    out: Annotated[str, OutOpt.__metadata__[0]] = ...,
+    nfe: NfeOpt = 1,
+    gamma: GammaOpt = 0.0,
     degrade: Annotated[bool, typer.Option("--degrade", help="Apply the model's own degradation (coupling corrupt:<op>) "
                                  "to clean inputs first, to see before/after.")] = False,
-    grid: Annotated[str | None, typer.Option("--grid", help="Also write a side-by-side PNG: input | output "
-                                    "(clean | degraded | output with --degrade).")] = None,
-    strength: Annotated[float, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; for a "
-                                   "CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio).")] = 0.5,
-    strokes: Annotated[str | None, typer.Option("--strokes", help="edit: the image with painted strokes (SDEdit stroke editing).")] = None,
-    mask: Annotated[str | None, typer.Option("--mask", help="edit: white where the strokes apply "
-                                    "[default: wherever STROKES differs from IMAGE].")] = None,
-    keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked", help="edit: paste the original back outside the mask.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Item i uses seed + i (source noise, re-noising, random degradations).")] = 0,
-    batch: Annotated[int, typer.Option("--batch", help="Items per forward pass (does not change the results).")] = 256,
+    grid: GridOpt = None,
+    seed: ItemSeedOpt = 0,
+    batch: BatchOpt = 256,
     ema: EmaOpt = "ema",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Translate INPUT with a GCTM in one step (Kim et al. 2024b), or `translate edit IMAGE`: SDEdit / stroke
-    editing with a CTM or a GCTM trained from Gaussian noise.
+    """Translate INPUT with a GCTM in one step (Kim et al. 2024b); `ctmtool translate edit IMAGE` edits (SDEdit).
 
-    The same --seed gives the same outputs at any --batch. Results go to --out; the summary to stdout.
+    The same --seed gives the same outputs at any --batch. Results go to --out; the summary to stdout (to stderr
+    with --out -).
     """
-    rep = Reporter(json_out)
+    rep = Reporter(json_out, data_on_stdout=out == "-")
     at_least(1, nfe=nfe, batch=batch)
-    if source == "edit":
-        if image is None:
-            raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")
-        if degrade:
-            raise UserError("--degrade belongs to `ctmtool translate INPUT`, not to `translate edit`")
-        _edit(rep, image, ckpt, out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
-              device, force)
-        return
-    if image is not None:
-        raise UserError(f"unexpected second argument {image!r}; `ctmtool translate` takes one INPUT "
-                        "(use `ctmtool translate edit IMAGE` to edit)")
-    if strokes is not None or mask is not None or keep_unmasked:
-        raise UserError("--strokes, --mask and --keep-unmasked belong to `ctmtool translate edit IMAGE`")
-    _translate(rep, source, ckpt, out, nfe, gamma, degrade, grid, seed, batch, ema, device, force)
+    _translate(rep, source, str(ckpt), out, nfe, gamma, degrade, grid, seed, batch, ema, device, force)
 
 
-EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: "
-             "noise the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is "
-             "the start (inside --mask), and --keep-unmasked pastes the original back outside it.")
-EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--nfe", "--gamma", "--grid",
-                "--seed", "--batch", "--ema", "--device", "--force", "--json")
+@app.command("edit", cls=DefaultCommand, short_help="SDEdit / stroke editing with a CTM or a Gaussian-source GCTM.")
+@handle_errors
+def edit_cmd(
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="The image(s) to edit: image file, folder, .zip, "
+                                         ".npz, or - (.npz/.npy bytes on stdin).")],
+    ckpt: RequiredCkptOpt = ...,
+    out: Annotated[str, OutOpt.__metadata__[0]] = ...,
+    strength: Annotated[float, typer.Option("--strength", help="How far to noise, in (0, 1]: GCTM time t0; for a "
+                                   "CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio).")] = 0.5,
+    strokes: Annotated[str | None, typer.Option("--strokes", metavar="FILE",
+                                                help="The image with painted strokes (SDEdit stroke editing).")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", metavar="FILE", help="White where the strokes apply "
+                                    "[default: wherever STROKES differs from IMAGE].")] = None,
+    keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked", help="Paste the original back outside the mask.")] = False,
+    nfe: NfeOpt = 1,
+    gamma: GammaOpt = 0.0,
+    grid: GridOpt = None,
+    seed: ItemSeedOpt = 0,
+    batch: BatchOpt = 256,
+    ema: EmaOpt = "ema",
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: noise
+    the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is the start (inside
+    --mask), and --keep-unmasked pastes the original back outside it."""
+    rep = Reporter(json_out, data_on_stdout=out == "-")
+    at_least(1, nfe=nfe, batch=batch)
+    _edit(rep, image, str(ckpt), out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
+          device, force)
 
 
-def register(app: typer.Typer) -> None:
-    cls = subform_command("edit", "IMAGE --ckpt CKPT --out OUT [OPTIONS]", EDIT_HELP, EDIT_OPTIONS)
-    app.command("translate", cls=cls,
-                short_help="One-step GCTM translation of inputs; `translate edit` for SDEdit / stroke editing.")(translate_cmd)
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="translate")
