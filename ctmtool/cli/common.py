@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -67,6 +68,44 @@ CkptOrData = ("Images (folder, .zip, .npz, image file), - for .npz/.npy bytes on
               "(.safetensors, or a run directory: its newest checkpoint)")
 
 
+LOGGER = "ctmtool"
+
+
+class _PlainHandler(logging.Handler):
+    """Timestamped lines on whatever sys.stderr is at the time (a pipe, a file, a test's capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            line = f"warning: {msg}"
+        else:
+            line = f"[{time.strftime('%H:%M:%S', time.localtime(record.created))}] {msg}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def configure_logging(verbosity: int = 0) -> logging.Logger:
+    """The `ctmtool` logger: -q (verbosity -1) warnings only, default info, -v (1) debug; rich's handler on a
+    terminal, plain timestamped lines otherwise. Called by the root command on every invocation."""
+    log = logging.getLogger(LOGGER)
+    log.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        log.addHandler(RichHandler(console=Console(stderr=True, highlight=False), show_path=False, markup=False))
+    else:
+        log.addHandler(_PlainHandler())
+    log.propagate = False
+    return log
+
+
+def logger() -> logging.Logger:
+    """The `ctmtool` logger, configured with the defaults when the root command has not done it (library use)."""
+    log = logging.getLogger(LOGGER)
+    return log if log.handlers else configure_logging(0)
+
+
 class Reporter:
     """Progress and results for one command invocation; nothing global."""
 
@@ -74,23 +113,20 @@ class Reporter:
         self.json_mode = json_mode
         self.data_on_stdout = data_on_stdout  # stdout carries data (`--out -`): the result goes to stderr
         self.rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
-        self.quiet = quiet or self.rank != 0
+        self.quiet = quiet or self.rank != 0 or not logger().isEnabledFor(logging.INFO)  # -q: warnings only
         self.err = Console(stderr=True, highlight=False)
         self.tty = self.err.is_terminal
 
     def log(self, msg: str) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            self.err.print(msg)
-        else:
-            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+        if not self.quiet:
+            logger().info(msg)
+
+    def debug(self, msg: str) -> None:
+        if not self.quiet:
+            logger().debug(msg)
 
     def warn(self, msg: str) -> None:
-        if self.tty:
-            self.err.print(f"[yellow]warning:[/yellow] {msg}")
-        else:
-            print(f"warning: {msg}", file=sys.stderr, flush=True)
+        logger().warning(msg)
 
     @contextmanager
     def progress(self, total: float, description: str, unit: str = "") -> Iterator[Callable[..., None]]:
@@ -109,10 +145,12 @@ class Reporter:
 
         def advance(n: float = 1, status: str = "") -> None:
             state["done"] += n
-            if state["done"] >= state["next"] or state["done"] >= total:
-                pct = 100.0 * state["done"] / total if total else 100.0
+            if state["done"] >= state["next"] or (state["done"] >= total and not state.get("ended")):
+                done = min(state["done"], total)  # never past 100%
+                state["ended"] = done >= total
+                pct = 100.0 * done / total if total else 100.0
                 el = time.time() - state["t0"]
-                self.log(f"{description}: {state['done']:g}/{total:g}{(' ' + unit) if unit else ''} ({pct:.0f}%, {el:.0f}s) {status}".rstrip())
+                self.log(f"{description}: {done:g}/{total:g}{(' ' + unit) if unit else ''} ({pct:.0f}%, {el:.0f}s) {status}".rstrip())
                 state["next"] = state["done"] + max(total / 10, 1e-9)
 
         yield advance

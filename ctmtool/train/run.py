@@ -25,6 +25,7 @@ from ctmtool.progress import Quiet
 from ctmtool.train import distributed as ddp
 from ctmtool.train.loop import FitResult, fit
 from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.record import RunRecord
 from ctmtool.train.setup import (
     RunParts,
     check_labels,
@@ -59,6 +60,8 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
     device, rep = rank_setup(device, rep or Quiet())
     resume_path = prepare_run_dir(run_dir, resume, force)
     resume_ckpt = load_checkpoint(resume_path) if resume_path else None
+    if ddp.is_main():  # log.txt and stats.jsonl in the run directory (rank 0 writes)
+        rep = RunRecord(run_dir, rep, fresh=resume_path is None)
     parts = build(preset, device, rep, run_dir, data=data, data_path=data_path, teacher=teacher, resume=resume_ckpt)
     rep.log(parts.describe)
     with cpu_threads(device, parts.objective.net):
