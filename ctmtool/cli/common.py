@@ -350,6 +350,17 @@ class DefaultCommand(Command):
                 formatter.write_dl(rows)
 
 
+class CommandGroup(TyperGroup):
+    """A group that is also a command (`sample` and `sample sweep`): readable metavars and plain usage too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        plain_metavars(self.params)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return _plain_usage(super().collect_usage_pieces(ctx))
+
+
 class DefaultGroup(TyperGroup):
     """A group with real sub-commands (`fid stats`, `translate edit`) whose other first arguments belong to
     its default command (`fid SAMPLES`); `GROUP --help` is the default command's help."""

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from ctmtool.cli.common import (
+    CKPT_HELP,
     BatchOpt,
     CkptOrData,
     DefaultCommand,
@@ -40,6 +41,8 @@ CHECKPOINT_SUFFIX = ".safetensors"
 app = typer.Typer(cls=DefaultGroup, rich_markup_mode=None, no_args_is_help=False,
                   short_help="FID/KID of images or a checkpoint's samples; `fid stats` for references.")
 
+ModelOpt = Annotated[Path | None, typer.Option("--ckpt", metavar="FILE|RUN_DIR",
+                                               help=CKPT_HELP + " Sampled in memory; instead of the argument.")]
 FeaturesOpt = Annotated[str | None, typer.Option(
     "--features", "-f", metavar="inception|inception-legacy|FILE.pt",
     help="Feature network: `inception` (clean-fid), `inception-legacy` (clean-fid's legacy_tensorflow mode, as "
@@ -60,16 +63,23 @@ CacheOpt = Annotated[str | None, typer.Option(
                                        "(default $CTMTOOL_CACHE or ~/.cache/ctmtool).")]
 
 
+def _target(given: str | None, ckpt, what: str) -> str:
+    """SAMPLES / DATA, or --ckpt (a checkpoint file or a run directory): exactly one of them."""
+    if (given is None) == (ckpt is None):
+        raise UserError(f"give {what} (images, - for stdin, or a checkpoint) or --ckpt FILE|RUN_DIR, one of them")
+    return str(ckpt) if ckpt is not None else given
+
+
 def _exists(target: str) -> None:
     if target != STDIO and not Path(target).expanduser().exists():
         raise UserError(f"{target} does not exist; give a folder, .zip or .npz of images, an image file, a "
                         f"{CHECKPOINT_SUFFIX} checkpoint or a run directory, or - for .npz bytes on stdin")
 
 
-def _model(target: str, ema: str, dev, rep: Reporter):
+def _model(target: str, ema: str, dev, rep: Reporter, is_model: bool = False):
     from ctmtool.metrics.fid_run import is_checkpoint
 
-    if not (is_checkpoint(target) or _is_run_dir(target)):
+    if not (is_model or is_checkpoint(target) or _is_run_dir(target)):
         return None
     from ctmtool.runs import open_model
 
@@ -84,12 +94,12 @@ def _is_run_dir(target: str) -> bool:
     return p.is_dir() and any(p.glob(f"*{CHECKPOINT_SUFFIX}"))
 
 
-def _setup(target, ema, device, features, cache, rep, solver, nfe, gamma, steps, class_label):
+def _setup(target, ema, device, features, cache, rep, solver, nfe, gamma, steps, class_label, is_model=False):
     from ctmtool.metrics.features import make_extractor
     from ctmtool.metrics.fid_run import default_features, sampling_settings
 
     dev = select_device(device)
-    model = _model(target, ema, dev, rep)
+    model = _model(target, ema, dev, rep, is_model)
     sampling = sampling_settings(model, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
     extractor = make_extractor(default_features(features, model), dev, cache, progress=rep.progress)
     rep.log(f"feature network {extractor.name} (sha256 {extractor.short_sha}, mode {extractor.mode}) on {dev}")
@@ -99,7 +109,9 @@ def _setup(target, ema, device, features, cache, rep, solver, nfe, gamma, steps,
 @app.command("run", cls=DefaultCommand, hidden=True)
 @handle_errors
 def fid_cmd(
-    samples: Annotated[str, typer.Argument(metavar="SAMPLES", help=CkptOrData + " (sampled in memory).")],
+    samples: Annotated[str | None, typer.Argument(metavar="SAMPLES", show_default=False,
+                                                  help=CkptOrData + " (sampled in memory).")] = None,
+    ckpt: ModelOpt = None,
     ref: Annotated[str | None, typer.Option("--ref", "-r", metavar="NAME|STATS.npz|IMAGES",
                                    help="Reference: a name (e.g. cifar10-train: statistics in the cache, made with "
                                         "`fid stats --name`), a statistics .npz, or a folder/zip/npz of real images. "
@@ -128,10 +140,11 @@ def fid_cmd(
     rep = Reporter(json_out)
     at_least(2, n=n, kid_subset_size=kid_subset_size)
     at_least(1, batch=batch, kid_subsets=kid_subsets)
+    samples = _target(samples, ckpt, "SAMPLES")
     _exists(samples)
     with input_path(samples) as staged:
         dev, model, sampling, extractor = _setup(str(staged), ema, device, features, cache, rep, solver, nfe, gamma,
-                                                 steps, class_label)
+                                                 steps, class_label, is_model=ckpt is not None)
         _fid(str(staged), samples, model, extractor, rep, ref=ref, n=n, seed=seed, batch=batch, device=dev,
              cache=cache, kid_flag=kid_flag, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
              sampling=sampling)
@@ -140,7 +153,9 @@ def fid_cmd(
 @app.command("stats", cls=DefaultCommand, short_help="Save reference statistics of real images (or a checkpoint).")
 @handle_errors
 def stats_cmd(
-    data: Annotated[str, typer.Argument(metavar="DATA", help=CkptOrData + " (sampled in memory).")],
+    data: Annotated[str | None, typer.Argument(metavar="DATA", show_default=False,
+                                               help=CkptOrData + " (sampled in memory).")] = None,
+    ckpt: ModelOpt = None,
     out: Annotated[str | None, typer.Option("--out", "-o", metavar="FILE.npz", help="The statistics file to write.")] = None,
     name: Annotated[str | None, typer.Option("--name", metavar="NAME",
                                     help="Save as the named reference NAME in the cache "
@@ -169,6 +184,7 @@ def stats_cmd(
     rep = Reporter(json_out)
     at_least(2, n=n)
     at_least(1, batch=batch)
+    data = _target(data, ckpt, "DATA")
     if (out is None) == (name is None):
         raise UserError("`ctmtool fid stats` needs exactly one of -o FILE.npz or --name NAME")
     if out is not None:
@@ -176,7 +192,7 @@ def stats_cmd(
     _exists(data)
     with input_path(data) as staged:
         dev, model, sampling, extractor = _setup(str(staged), ema, device, features, cache, rep, solver, nfe, gamma,
-                                                 steps, class_label)
+                                                 steps, class_label, is_model=ckpt is not None)
         _stats(str(staged), model, extractor, rep, n=n, seed=seed, batch=batch, device=dev, out=out, name=name,
                cache=cache, force=force, keep=not no_features, sampling=sampling)
 

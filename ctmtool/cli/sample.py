@@ -11,6 +11,7 @@ from ctmtool.cli.common import (
     BatchOpt,
     CkptOpt,
     Command,
+    CommandGroup,
     DeviceOpt,
     EmaOpt,
     ForceOpt,
@@ -26,7 +27,7 @@ from ctmtool.cli.common import (
 )
 from ctmtool.errors import UserError
 
-app = typer.Typer(rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
+app = typer.Typer(cls=CommandGroup, rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
                   short_help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
                   invoke_without_command=True, no_args_is_help=False)
 

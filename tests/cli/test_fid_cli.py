@@ -145,7 +145,7 @@ def test_cache_dir_option_is_where_inception_is_expected(env):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["stats"], "Missing argument 'DATA'"),
+    (["stats"], "give DATA (images, - for stdin, or a checkpoint) or --ckpt"),
     (["stats", "x.npz"], "exactly one of -o"),
     (["stats", "x.npz", "-o", "o.npz", "--ref", "r"], "No such option: --ref"),  # a real sub-command: its own options
     (["a.npz", "b.npz"], "unexpected extra argument"),

@@ -115,3 +115,15 @@ def test_tables_are_tab_separated_off_a_terminal(files):
     rows = [ln.split("\t") for ln in r.stdout.decode().splitlines()]
     assert rows and all(len(row) == 2 for row in rows)
     assert dict(rows)["n"] == "4" and dict(rows)["format"] == "npz"
+
+
+def test_fid_takes_ckpt_as_a_file_or_a_run_directory(files):
+    run = files / "run"
+    run.mkdir(exist_ok=True)
+    (run / "ckpt-000001.safetensors").write_bytes((files / "img.safetensors").read_bytes())
+    r = sh(f"{CT} fid stats real.npz -o ref2.npz --features feat.pt --force >/dev/null\n"
+           f"{CT} fid --ckpt run --ref ref2.npz --features feat.pt -n 32 --json\n"
+           f"{CT} fid img.safetensors --ref ref2.npz --features feat.pt -n 32 --json", files)
+    assert r.returncode == 0, r.stderr.decode()
+    by_dir, by_file = (json.loads(line) for line in r.stdout.decode().splitlines())
+    assert by_dir["source"] == "checkpoint" and by_dir["fid"] == pytest.approx(by_file["fid"], rel=1e-9)

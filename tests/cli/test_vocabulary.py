@@ -44,7 +44,7 @@ def test_usage_lines_are_plain(cmd):
 
 def test_second_forms_have_their_own_help():
     stats = _help("fid", "stats")
-    assert "Usage: ctmtool fid stats [OPTIONS] DATA" in stats
+    assert "Usage: ctmtool fid stats [OPTIONS] [DATA]" in stats
     assert "--name" in stats and "--no-features" in stats
     assert not re.search(r"^\s+(-r, )?--(kid|ref)\b", stats, flags=re.M)  # options of the other form
     edit = _help("translate", "edit")
