@@ -75,3 +75,19 @@ def test_package_is_typed():
 
 def test_all_lists_the_api():
     assert sorted(ctmtool.__all__) == sorted(["__version__", *ctmtool._API])
+
+
+def test_docs_python_md_runs_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "python.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    tiny_checkpoint(tmp_path / "runs/toy/ctm/ckpt-00001000.safetensors")
+    scope: dict = {}
+    for code in blocks:
+        exec(compile(code, "docs/python.md", "exec"), scope)  # noqa: S102 - run as written
+    assert scope["one_step"].shape == scope["four"].shape == (1000, 2)
+    assert torch.isfinite(scope["four"]).all() and (tmp_path / "samples.npz").is_file()
