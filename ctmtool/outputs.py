@@ -92,11 +92,13 @@ def stream_arrays(x: torch.Tensor, is_image: bool, labels: torch.Tensor | None =
 
 
 def write_items(x: torch.Tensor, out: str | Path, is_image: bool, *, labels: torch.Tensor | None = None,
-                inputs: torch.Tensor | None = None, names: list[str] | None = None, grid: bool = True) -> dict:
+                inputs: torch.Tensor | None = None, names: list[str] | None = None, grid: bool = True,
+                title: str | None = None, extent: float | None = None) -> dict:
     """Write `x` (images in [-1, 1] or points) to `out` (checked by `check_out`); all or nothing.
 
     .npz: key `samples` (uint8 NHWC images or float32 points), plus `labels` / `inputs` when given;
-    .png: a grid of images (`grid`; else exactly one image) or a scatter plot of points; a folder: one PNG
+    .png: a grid of images (`grid`; else exactly one image) or a scatter plot of points (with `title`, on
+    [-extent, extent]); a folder: one PNG
     per image, named `names[i]` or the index."""
     from ctmtool.checkpoint import atomic_write
     from ctmtool.visual import save_png, save_samples_png, scatter_image
@@ -112,7 +114,7 @@ def write_items(x: torch.Tensor, out: str | Path, is_image: bool, *, labels: tor
             return {"out": str(path), "format": "npz"}
         if path.suffix.lower() == ".png":
             if not is_image:
-                save_png(scatter_image(x), path)
+                save_png(scatter_image(x, extent=extent, title=title), path)
                 return {"out": str(path), "format": "png"}
             if grid:
                 save_samples_png(x, path, is_image)

@@ -43,6 +43,18 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
         raise UserError(f"{what} must be comma-separated numbers, e.g. 80,2.5,0.002; got {text!r}") from None
 
 
+def _plot_text(model, res) -> dict:
+    """Title and range of a scatter plot of samples: what, how many, how; the preset's range (plots compare)."""
+    if model.is_image:
+        return {}
+    from ctmtool.visual import preset_view
+
+    s = res.summary()
+    how = f"NFE {s['nfe']}, gamma {s['gamma']:g}" if s.get("solver") == "gamma" else f"{s.get('solver')}, NFE {s['nfe']}"
+    name = Path(str(model.path)).name if model.path else "analytic teacher"
+    return {"title": f"{len(res.x)} samples of {name} ({how})", "extent": preset_view(model.preset)[1]}
+
+
 def _sample(model, dev, rep: Reporter, n, seed, batch, options: dict):
     """Samples of the model (None on torchrun ranks other than 0)."""
     from ctmtool.apply import sample
@@ -109,7 +121,7 @@ def sample_cmd(
     res = _sample(model, dev, rep, n, seed, batch, options)
     if res is None:
         return
-    info = write_items(res.x, out, model.is_image, labels=res.labels)
+    info = write_items(res.x, out, model.is_image, labels=res.labels, **_plot_text(model, res))
     result = {**info, **res.summary(), "checkpoint": str(model.path) if model.path else "analytic"}
     rep.result(result, title="samples")
 
@@ -184,7 +196,9 @@ def sweep_cmd(
         for key in series:
             if first and all(x != first["nfe"] for x, _ in series[key]):
                 series[key].insert(0, (first["nfe"], first["score"]))
-    save_png(line_chart(series, f"{Path(str(model.path)).name}: {name}", "NFE", "score"), plot)
+    ref_line = (("true samples", base["true_samples_logp"]) if "true_samples_logp" in base else None)
+    title = f"{Path(str(model.path)).name}: {name}, {n} samples per point"
+    save_png(line_chart(series, title, "NFE", "score", reference=ref_line), plot)
     if json_out:
         rep.result({**result, "out": str(out)})
     else:

@@ -52,22 +52,16 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
     return model, dev, grid_path
 
 
-def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
-    from ctmtool.visual import save_png, side_by_side
+def _grid(columns, path: Path, model, titles: list[str], target: bool = False, limit: int = 64) -> str:
+    """The --grid picture: images side by side, or one scatter panel per column on the preset's range (the
+    target data in grey under the last panel for a toy preset)."""
+    from ctmtool.visual import preset_view, save_png, side_by_side
 
     cols = [c[:limit] for c in columns] if model.is_image else columns
-    save_png(side_by_side(cols, model.is_image, reference=reference), path)
+    reference, extent = (None, None) if model.is_image else preset_view(model.preset)
+    save_png(side_by_side(cols, model.is_image, reference=reference if target else None,
+                          titles=titles, extent=extent), path)
     return str(path)
-
-
-def _toy_reference(model, n: int):
-    """Points of the model's target data (grey in a 2-D grid), when the preset's data are a toy set."""
-    if model.is_image or model.preset.data.source != "toy":
-        return None
-    from ctmtool.data import toy_points
-
-    d = model.preset.data
-    return toy_points(d.toy, min(4096, max(n, 512)), 1, d.gmm).values
 
 
 def _timed(rep: Reporter, n: int, what: str, fn):
@@ -98,7 +92,8 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
     info = write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False)
     if grid_path is not None:
         cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
-        info["grid"] = _grid(cols, grid_path, model, reference=_toy_reference(model, len(y)))
+        titles = (["clean"] if degrade else []) + ["input", "translated"] + (["paired"] if data.other is not None else [])
+        info["grid"] = _grid(cols, grid_path, model, titles, target=True)
     rep.result({**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
                 "degrade": degrade, "seed": seed, "checkpoint": str(model.path),
                 "mean_displacement": round(float((y - x).flatten(1).norm(dim=1).mean()), 6),
@@ -138,7 +133,8 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strok
     start = x if painted is None else painted
     info = write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False)
     if grid_path is not None:
-        info["grid"] = _grid([x] + ([painted] if painted is not None else []) + [y], grid_path, model)
+        titles = ["input"] + (["painted"] if painted is not None else []) + [f"edited at strength {strength:g}"]
+        info["grid"] = _grid([x] + ([painted] if painted is not None else []) + [y], grid_path, model, titles)
     rep.result({**info, "n": len(y), "kind": model.kind, "strength": strength, "level": round(level, 6),
                 "level_unit": unit, "nfe": nfe, "gamma": gamma, "strokes": strokes, "mask": mask, "seed": seed,
                 "checkpoint": str(model.path), "mean_change": round(float((y - start).flatten(1).norm(dim=1).mean()), 6),

@@ -27,7 +27,7 @@ from ctmtool.gctm.objective import gctm_objective
 from ctmtool.gctm.translate import translate
 from ctmtool.models import Model, analytic_model
 from ctmtool.train.setup import RunParts, check_labels
-from ctmtool.visual import save_png, side_by_side
+from ctmtool.visual import preset_view, save_png, side_by_side
 
 MOMENT_ITEMS = 2048  # data items paired to estimate Var x0, Var x1, Cov(x0, x1)
 
@@ -78,7 +78,8 @@ def _snapshotter(obj, preset: Preset, shape, pairs, run_dir: Path):
         model = Model("gctm", obj.sampling_model(), preset, tuple(shape))
         out = translate(model, x1)
         cols = [x1, out, x0] if model.is_image else [x1, out]
-        pic = side_by_side(cols, model.is_image, reference=None if model.is_image else x0)
+        pic = side_by_side(cols, model.is_image, reference=None if model.is_image else x0,
+                           titles=[f"step {step}: source x1", "translated G(x1, 1, 0)"], extent=preset_view(preset)[1])
         return save_png(pic, run_dir / f"samples-{step:08d}.png")
 
     return snapshot

@@ -20,7 +20,7 @@ from ctmtool.quality import make_scorer
 from ctmtool.sampling import generate
 from ctmtool.train import distributed as ddp
 from ctmtool.train.rundir import CKPT_GLOB, RunLock, make_run_dir
-from ctmtool.visual import save_samples_png
+from ctmtool.visual import preset_view, save_samples_png
 
 
 @dataclass
@@ -99,7 +99,10 @@ def sample_snapshotter(objective, preset: Preset, data_shape, run_dir: Path, n: 
         xs = _one_step(objective, preset, data_shape, count, seed=0)
         path = run_dir / f"samples-{step:08d}.png"
         try:
-            return save_samples_png(xs, path, len(data_shape) == 3)
+            _, extent = preset_view(preset)  # one range for every picture of the run
+            what = "one-step samples" if objective.kind != "teacher" else "Heun samples (18 levels)"
+            return save_samples_png(xs, path, len(data_shape) == 3, title=f"step {step}: {count} {what}",
+                                    extent=extent)
         except OSError as err:
             raise UserError(f"could not write sample picture {path}: {err.strerror or err}; check free space and "
                             "permissions") from None

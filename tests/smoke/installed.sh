@@ -33,7 +33,7 @@ ctmtool presets toy >/dev/null
 
 step "the README main job, shortened"
 ctmtool teacher --preset toy --kimg 26 --json >teacher.json
-ctmtool distill --preset toy --teacher runs/toy/teacher --kimg 13 --set distill.eval_every_kimg=0 --json >distill.json
+ctmtool distill --preset toy --teacher runs/toy/teacher --kimg 13 --json >distill.json
 ctmtool sample --ckpt runs/toy/ctm --nfe 1 --n 4096 --out toy-ctm-nfe1.png --json >/dev/null
 test -s toy-ctm-nfe1.png
 test -s runs/toy/ctm/stats.jsonl && test -s runs/toy/ctm/log.txt
