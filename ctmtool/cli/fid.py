@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -52,7 +52,7 @@ FidNumOpt = Annotated[int | None, typer.Option(
     "--num-samples", "-n", "--n", metavar="N",
     help="Number of images: samples generated from a checkpoint (default: preset fid.n), or a seeded random "
          "subset of the images (default: all).")]
-SolverOpt = Annotated[str | None, typer.Option("--solver", metavar="gamma|heun|euler",
+SolverOpt = Annotated[Literal["gamma", "heun", "euler"] | None, typer.Option("--solver",
                                                help=f"gamma (CTM), heun or euler (teachers). {PRESET}.")]
 NfeOpt = Annotated[int | None, typer.Option("--nfe", help=f"CTM network evaluations per sample (gamma-sampling). {PRESET}.")]
 GammaOpt = Annotated[float | None, typer.Option("--gamma", help=f"CTM gamma: 0 deterministic, 1 CM-like. {PRESET}.")]

@@ -36,7 +36,7 @@ def likelihood_cmd(
     run_dir: RunDirOpt = None,
     ema: EmaOpt = "ema",
     preset: Annotated[str | None, typer.Option(
-        "--preset", "-p", help="Preset whose [data.gmm] mixture is the model (with --analytic).")] = None,
+        "--preset", "-p", metavar="NAME|FILE.toml", help="Preset whose [data.gmm] mixture is the model (with --analytic).")] = None,
     analytic: Annotated[bool, typer.Option("--analytic", help="Use the exact Gaussian-mixture denoiser of --preset.")] = False,
     method: Annotated[Literal["ode", "elbo"], typer.Option(
         "--method", help="ode: probability-flow ODE; elbo: variational bound (an upper bound on the NLL).")] = "ode",

@@ -125,3 +125,10 @@ def test_help_and_version_import_no_torch():
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["runs"] == 2 + len(ALL) and res["torch"] is False, res
+
+
+@pytest.mark.parametrize("path, cmd", ALL, ids=[" ".join(p) for p, _ in ALL])
+def test_preset_option_reads_the_same(path, cmd):
+    for opt in _options(cmd):
+        if "--preset" in opt.opts:
+            assert opt.metavar == "NAME|FILE.toml", path

@@ -61,7 +61,7 @@ ctmtool translate moons.npz --ckpt runs/toy-translate/gctm --out moved.npz --jso
 ctmtool translate moons.npz --ckpt runs/toy-translate/gctm --out - | "$py" -c "import io,sys,numpy as np; assert np.load(io.BytesIO(sys.stdin.buffer.read()))['samples'].shape == (32, 2)"
 
 step "fid with a TorchScript feature network"
-"$py" - <<'PY'
+cat >make_feat.py <<'PY'  # TorchScript needs the source in a file
 import numpy as np, torch
 class Feat(torch.nn.Module):
     def forward(self, x):
@@ -71,6 +71,7 @@ rng = np.random.default_rng(0)
 np.savez("real.npz", samples=rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8))
 np.savez("fake.npz", samples=rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8))
 PY
+"$py" make_feat.py
 ctmtool fid stats real.npz -o ref.npz --features feat.pt --json >/dev/null
 ctmtool fid fake.npz --ref ref.npz --features feat.pt --json >/dev/null
 cat fake.npz | ctmtool fid - --ref ref.npz --features feat.pt --json >/dev/null
