@@ -80,6 +80,8 @@ class _PlainHandler(logging.Handler):
             line = f"warning: {msg}"
         else:
             line = f"[{time.strftime('%H:%M:%S', time.localtime(record.created))}] {msg}"
+        if record.exc_info:
+            line += "\n" + logging.Formatter().formatException(record.exc_info)
         print(line, file=sys.stderr, flush=True)
 
 
@@ -232,8 +234,10 @@ def handle_errors(fn: Callable) -> Callable:
         except BrokenPipeError:
             exit_as_killed_by_sigpipe()
         except (MemoryError, torch_oom()) as err:
+            logger().debug("the error in full (-v):", exc_info=True)
             raise _fail(f"out of memory ({type(err).__name__}); lower --batch or --n", 1) from None
         except OSError as err:
+            logger().debug("the error in full (-v):", exc_info=True)
             where = f" ({err.filename})" if err.filename else ""
             raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk space", 1) from None
 

@@ -202,6 +202,13 @@ def sweep_cmd(
     if json_out:
         rep.result({**result, "out": str(out)})
     else:
-        for r in rows:
-            print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma {'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
-        print(f"wrote {out} and {plot}")
+        import sys
+
+        if sys.stdout.isatty():
+            for r in rows:
+                print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma {'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
+        else:  # a plain tab-separated table for scripts
+            print("solver\tnfe\tgamma\tscore")
+            for r in rows:
+                print(f"{r['solver']}\t{r['nfe']}\t{'' if r['gamma'] is None else r['gamma']}\t{r['score']:.6g}")
+        rep.log(f"wrote {out} and {plot}")

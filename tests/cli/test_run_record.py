@@ -52,3 +52,19 @@ def test_quiet_and_verbose(tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "img/s" not in r.stderr and "[" not in r.stderr  # no progress, no log lines
     assert len((tmp_path / "q" / "stats.jsonl").read_text().splitlines()) == 3  # the record is still kept
+
+
+def test_verbose_shows_the_whole_system_error(monkeypatch):
+    import errno
+
+    import ctmtool.config as config
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(config, "list_presets", full)
+    quiet = CliRunner().invoke(app, ["presets"])
+    loud = CliRunner().invoke(app, ["-v", "presets"])
+    assert quiet.exit_code == loud.exit_code == 1
+    assert "Traceback" not in quiet.stderr and quiet.stderr.count("\n") == 1
+    assert "Traceback" in loud.stderr and loud.stderr.strip().splitlines()[-1].startswith("error: No space left")
