@@ -101,7 +101,7 @@ def gctm_parts(preset: Preset, device: torch.device, rep, run_dir: Path, *, data
     """A GCTM run (Kim et al. 2024b, Alg. 1) on preset.gctm's coupling with preset.distill's optimiser and
     duration, for `ctmtool.train.run.train`: moments from the resumed checkpoint or estimated from the data."""
     if preset.gctm is None:
-        raise UserError(f"preset {preset.name!r} has no [gctm] section; GCTM training needs one (see presets/toy-translate.toml)")
+        raise UserError(f"preset {preset.name!r} has no [gctm] section; GCTM training needs one (see ctmtool/presets/toy-translate.toml)")
     if teacher is not None:
         raise UserError("GCTM training has no teacher (the model's own EMA velocity is integrated); drop `teacher`")
     data = data if data is not None else load_gctm_data(preset, data_path)
