@@ -55,13 +55,11 @@ RequiredCkptOpt = Annotated[Path, typer.Option("--ckpt", metavar="FILE|RUN_DIR",
 RunDirOpt = Annotated[Path | None, typer.Option(
     "--run-dir", metavar="DIR", help="Run directory whose newest checkpoint is used without --ckpt (default: "
                                      "runs/toy/ctm, where `ctmtool distill` writes with its default preset).")]
-EMA_CHOICES = ("ema", "net", "target")
 EmaOpt = Annotated[str, typer.Option("--ema", metavar="ema|net|target|ema_RATE",
                                      help="Which weights of the checkpoint: ema, net, target, or ema_<rate>.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the first item; item i uses seed + i.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch", "-b", metavar="N",
                                               help="Items per forward pass (does not change the results).")]
-NumOpt = Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Number of items.")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", metavar="FILE.npz|FILE.png|DIR|-",
                                      help="An .npz, a .png, a folder (one PNG per item) or - (.npz bytes on stdout).")]
 CkptOrData = ("Images (folder, .zip, .npz, image file), - for .npz/.npy bytes on stdin, or a checkpoint "
@@ -116,7 +114,9 @@ class Reporter:
         self.data_on_stdout = data_on_stdout  # stdout carries data (`--out -`): the result goes to stderr
         self.rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
         self.quiet = quiet or self.rank != 0 or not logger().isEnabledFor(logging.INFO)  # -q: warnings only
-        self.err = Console(stderr=True, highlight=False)
+        # on a terminal the bars share the log handler's console, so log lines print above a live bar
+        self.err = next((h.console for h in logger().handlers if hasattr(h, "console")), None) \
+            or Console(stderr=True, highlight=False)
         self.tty = self.err.is_terminal
 
     def log(self, msg: str) -> None:
