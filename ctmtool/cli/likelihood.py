@@ -87,6 +87,8 @@ def likelihood_cmd(
     with rep.progress(len(ds) if n is None else min(max(n, 0), len(ds)), "likelihood", "items") as advance:
         out, ev = likelihood_of(model, ds, opts, n=n, batch=batch, seed=seed, device=dev, progress=advance)
     out["model"] = str(model.path) if model.path else source
+    if str(data) == "-":
+        out["data"] = "-"  # standard input, not the temporary file it was staged in
     if per_item is not None:
         out["per_item"] = str(write_per_item(per_item, ev))
     rep.result(out, title="likelihood")

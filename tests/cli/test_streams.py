@@ -55,7 +55,7 @@ def test_sample_into_likelihood(files):
            f"{CT} likelihood - --ckpt ctm.safetensors -n 8 --json", files)
     assert r.returncode == 0, r.stderr.decode()
     out = json.loads(r.stdout)  # stdout: only the likelihood's JSON
-    assert out["n"] == 8 and np.isfinite(out["nll_nats"])
+    assert out["n"] == 8 and np.isfinite(out["nll_nats"]) and out["data"] == "-"
     summaries = [json.loads(ln) for ln in r.stderr.decode().splitlines() if ln.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["out"] == "-" and summaries[0]["n"] == 32  # sample's, on stderr
 
