@@ -372,7 +372,8 @@ class DefaultGroup(TyperGroup):
     default_name = "run"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or args[0] not in self.commands:
+        completing = ctx.resilient_parsing and not args  # shell completion of the next word: offer sub-commands
+        if not completing and (not args or args[0] not in self.commands):
             args = [self.default_name, *args]
         return super().parse_args(ctx, args)
 

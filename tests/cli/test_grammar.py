@@ -4,6 +4,7 @@ as choices, docs/cli.md current, and `--help` / `--version` fast (no torch impor
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import typing
@@ -132,3 +133,17 @@ def test_preset_option_reads_the_same(path, cmd):
     for opt in _options(cmd):
         if "--preset" in opt.opts:
             assert opt.metavar == "NAME|FILE.toml", path
+
+
+@pytest.mark.parametrize("words, cword, expected", [
+    ("ctmtool likelihood --method ", 3, {"ode", "elbo"}),
+    ("ctmtool fid st", 2, {"stats"}),
+    ("ctmtool translate e", 2, {"edit"}),
+    ("ctmtool fid x.npz --solver ", 4, {"gamma", "heun", "euler"}),
+])
+def test_the_shell_completes_choices_and_sub_commands(words, cword, expected):
+    env = {"_CTMTOOL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    code = "import sys; sys.argv = ['ctmtool']; from ctmtool.cli.app import main; main()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, **env})
+    assert set(r.stdout.split()) == expected, (r.stdout, r.stderr)
