@@ -25,7 +25,6 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
@@ -137,7 +136,8 @@ class Reporter:
             yield lambda n=1, status="": None
             return
         if self.tty:
-            cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+            cols = [TextColumn("[bold]{task.description}"), BarColumn(),
+                    TextColumn("{task.completed:.4g}/{task.total:.4g}"), TextColumn(unit),
                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
             with Progress(*cols, console=self.err, transient=False) as bar:
                 task = bar.add_task(description, total=total, status="")
