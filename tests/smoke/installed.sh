@@ -76,12 +76,17 @@ ctmtool fid stats real.npz -o ref.npz --features feat.pt --json >/dev/null
 ctmtool fid fake.npz --ref ref.npz --features feat.pt --json >/dev/null
 cat fake.npz | ctmtool fid - --ref ref.npz --features feat.pt --json >/dev/null
 
-step "import refuses a file in no known format"
+step "import and teacher import refuse a file in no known format (one error line, exit 2)"
 echo "not a checkpoint" >junk.pt
-set +e
-ctmtool import junk.pt --out junk.safetensors 2>import.err; rc=$?
-set -e
-test "$rc" = 2 && test "$(wc -l <import.err)" = 1 && grep -q "^error: " import.err
+echo "not a pickle" >junk.pkl
+for cmd in "import junk.pt --out junk.safetensors" "teacher import junk.pkl --out junk2.safetensors"; do
+  set +e
+  ctmtool $cmd 2>import.err; rc=$?
+  set -e
+  test "$rc" = 2 && test "$(wc -l <import.err)" = 1 && grep -q "^error: " import.err \
+    || { echo "ctmtool $cmd: exit $rc, stderr:" >&2; cat import.err >&2; exit 1; }
+done
+test ! -e junk.safetensors && test ! -e junk2.safetensors
 
 step "export and serve"
 ctmtool export --ckpt runs/toy/ctm --out toy.onnx --json >/dev/null
