@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ctmtool.export import export_graph, model_graphs, ort_session, random_checkpoint
-from ctmtool.models import load_model
+from ctmtool.core.models import load_model
+from ctmtool.jobs.export import export_graph, model_graphs, ort_session, random_checkpoint
 
 
 def time_backends(fns: dict, reps: int, warmup: int = 3) -> dict[str, float]:

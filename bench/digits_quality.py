@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from ctmtool.config import DataConfig
+from ctmtool.core.models import load_model
+from ctmtool.core.sampling import generate
 from ctmtool.data import load_dataset
 from ctmtool.data.base import to_uint8_images
-from ctmtool.models import load_model
-from ctmtool.quality import pixel_fd_to
-from ctmtool.sampling import generate
-from ctmtool.visual import save_samples_png
+from ctmtool.jobs.plan import plan_explicit
+from ctmtool.jobs.plots import save_samples_png
+from ctmtool.metrics.quality import pixel_fd_to
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         runs += [(f"ctm_nfe{k}", a.ctm, dict(solver="gamma", nfe=int(k), gamma=0.0)) for k in a.nfe.split(",")]
     for name, path, kw in runs:
         model = load_model(path)
-        x = torch.cat([b for b, _ in generate(model, 2000, seed=1000, batch=500, **kw)])
+        x = torch.cat([b for b, _ in generate(model, 2000, plan_explicit(model, batch=500, **kw), seed=1000)])
         u8 = to_uint8_images(x)
         out[name] = {"n360": round(to_train(u8[:360])), "n2000": round(to_train(u8))}
         if a.grids:

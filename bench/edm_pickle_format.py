@@ -1,4 +1,4 @@
-"""Check tests/test_edm_import.py's stand-in EDM pickles against NVIDIA's real code, and the importer on real ones.
+"""Check tests/importers/test_edm_pickle.py's stand-in EDM pickles against NVIDIA's real code, and the importer on real ones.
 
     git --git-dir=/work/.mirror/NVlabs+edm/repo archive HEAD | tar -x -C /tmp/edm   # a checkout of NVlabs/edm
     python bench/edm_pickle_format.py --edm /tmp/edm
@@ -8,7 +8,7 @@ network twice from the same arguments: with EDM's own `training/networks.py` (it
 pickles it) and with the test file's stand-in classes. It prints
 - whether the two have the same parameter/buffer names, shapes and dtypes, the same recorded constructor
   arguments, and pickles naming the same globals;
-- for EDM's real pickle run through `ctmtool.edm_import`: whether every tensor arrives unchanged, and the
+- for EDM's real pickle run through `ctmtool.importers.edm_pickle`: whether every tensor arrives unchanged, and the
   largest difference between EDM's own forward `net(x, sigma, labels)` and ctmtool's imported teacher's
   `denoise(x, sigma, labels)` on the same inputs (float32, CPU).
 Not part of CI (it needs the EDM checkout); it asserts nothing, it prints what it finds.
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ctmtool.edm_import import SafeUnpickler, import_edm_pickle
-from ctmtool.models import model_from_checkpoint
+from ctmtool.core.models import model_from_checkpoint
+from ctmtool.importers.edm_pickle import SafeUnpickler, import_edm_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 

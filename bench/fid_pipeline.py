@@ -18,17 +18,18 @@ from pathlib import Path
 
 import torch
 
+from ctmtool.core.sampling import generate
 from ctmtool.data.base import to_uint8_images
+from ctmtool.jobs.plan import plan_explicit
 from ctmtool.metrics.features import make_extractor
 from ctmtool.metrics.frechet import Moments
-from ctmtool.sampling import generate
 
 DEFAULT_FEATURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "fd-cifar10" / "fd_a.pt"
 
 
 def build_model(args, device: torch.device):
     """The checkpoint's model, or a random-init CTM of the preset (data shape from the preset or --shape)."""
-    from ctmtool.models import Model, build_precond, load_model
+    from ctmtool.core.models import Model, build_precond, load_model
 
     if args.ckpt:
         return load_model(args.ckpt, "ema", device)
@@ -59,7 +60,7 @@ def run(args) -> dict:
 
     def batches(n: int):
         with autocast:
-            yield from generate(model, n, seed=0, batch=args.batch, device=device, nfe=args.nfe)
+            yield from generate(model, n, plan_explicit(model, nfe=args.nfe, batch=args.batch), seed=0, device=device)
 
     for x, _ in batches(min(args.batch, args.n)):  # warm-up: kernels, allocator, lazy init
         extractor(to_uint8_images(x.float()))

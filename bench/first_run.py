@@ -29,11 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_quality import gap  # noqa: E402
 
-from ctmtool.analytic import ExactTrajectory  # noqa: E402
+from ctmtool.core.analytic import ExactTrajectory  # noqa: E402
+from ctmtool.core.models import analytic_model, load_model  # noqa: E402
+from ctmtool.core.schedules import ctm_grid  # noqa: E402
+from ctmtool.metrics.quality import make_scorer  # noqa: E402
 from ctmtool.metrics.trajectory import trajectory_error  # noqa: E402
-from ctmtool.models import analytic_model, load_model  # noqa: E402
-from ctmtool.quality import make_scorer  # noqa: E402
-from ctmtool.schedules import ctm_grid  # noqa: E402
 
 
 def stage(name: str, args: list[str], cwd: Path) -> tuple[dict, float]:

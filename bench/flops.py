@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ctmtool.config import load_preset
-from ctmtool.models import build_precond
+from ctmtool.core.models import build_precond
 
 
 def data_shape(preset) -> tuple[int, ...]:

@@ -32,7 +32,7 @@ def _objective(micro: int, mlp: bool):
     import timm
 
     from ctmtool.config import load_preset
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
     from ctmtool.nets.projected_gan import ProjectedDiscriminator
     from ctmtool.train.trajectory import ctm_objective
 
@@ -72,7 +72,7 @@ def _state(obj) -> dict[str, torch.Tensor]:
 
 
 def _worker(r: int, port: int, out: str, steps: int, micro: int, double: bool, mlp: bool, plain_bn: bool):
-    from ctmtool.train import distributed as ddp
+    from ctmtool.core import distributed as ddp
 
     if plain_bn:  # what the official DDP does: each rank's batch norm sees only its rows
         import ctmtool.train.trajectory as trajectory

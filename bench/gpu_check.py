@@ -223,7 +223,7 @@ def ctm_model(a, name: str, dev, kind: str = "ctm"):
     """A CTM (or teacher) of the preset with random weights, near-zero layers made non-trivial (seeded)."""
     import torch
 
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
 
     torch.manual_seed(0)
     net = build_precond(kind, preset(a, name), (3, 32, 32))
@@ -240,7 +240,7 @@ def jump_sampler(jump, ctm, nfe: int, batch: int, dev, graphs: bool = False):
     per-sample level tensors, so one compiled graph serves every step and every NFE."""
     import torch
 
-    from ctmtool.schedules import ctm_default_schedule
+    from ctmtool.core.schedules import ctm_default_schedule
 
     levels = [torch.full((batch,), float(v), device=dev) for v in ctm_default_schedule(nfe, ctm.sigma_min, ctm.sigma_max)]
 
@@ -255,8 +255,8 @@ def jump_sampler(jump, ctm, nfe: int, batch: int, dev, graphs: bool = False):
 
 
 def sampler(ctm, nfe: int):
-    from ctmtool.sampling import gamma_sample
-    from ctmtool.schedules import ctm_default_schedule
+    from ctmtool.core.sampling import gamma_sample
+    from ctmtool.core.schedules import ctm_default_schedule
 
     sched = [float(s) for s in ctm_default_schedule(nfe, ctm.sigma_min, ctm.sigma_max)]
     return lambda x: gamma_sample(ctm, x, sched)
@@ -298,8 +298,8 @@ def stage_env(a, st: Stage) -> None:
 def stage_correctness(a, st: Stage) -> None:
     import torch
 
+    from ctmtool.core.noise import PhiloxNoise
     from ctmtool.kernels.philox import philox_bits
-    from ctmtool.noise import PhiloxNoise
 
     dev = device_of(a)
     n = 4 if a.tiny else 16
@@ -399,7 +399,7 @@ def stage_sampling(a, st: Stage) -> None:
     measure("eager bf16-cl", lambda nfe: sampler(ctm_bf, nfe), torch.bfloat16)
     # the teacher's deterministic Heun sampler at 35 NFE (18 levels), eager bf16 channels-last; before the compiled
     # modes, whose compile (and max-autotune's autotuning) may use up the stage's budget
-    from ctmtool.sampling import teacher_sample, teacher_schedule
+    from ctmtool.core.sampling import teacher_sample, teacher_schedule
 
     def heun():
         teacher = ctm_model(a, name, dev, kind="teacher")
@@ -512,9 +512,9 @@ def feature_net(a, dev):
 def stage_fid_pipeline(a, st: Stage) -> None:
     import torch
 
+    from ctmtool.core.noise import PhiloxNoise
     from ctmtool.data.base import to_uint8_images
     from ctmtool.metrics.frechet import Moments
-    from ctmtool.noise import PhiloxNoise
 
     dev = device_of(a)
     n, batch = (16, 8) if a.tiny else (a.fid_n, a.batch)
@@ -580,9 +580,10 @@ def stage_real_run(a, st: Stage) -> None:
     import torch
 
     from ctmtool.cli.common import Reporter
+    from ctmtool.core.models import load_model
     from ctmtool.data.images import load_images
+    from ctmtool.jobs.plan import plan_sampling
     from ctmtool.metrics.fid import compute_stats, dataset_batches, fid_from_model
-    from ctmtool.models import load_model
     from ctmtool.train.run import train
 
     dev = device_of(a)
@@ -624,7 +625,8 @@ def stage_real_run(a, st: Stage) -> None:
         n = 64 if a.tiny else min(10000, len(data))
         ref = compute_stats(dataset_batches(data, 1024, n=n), extractor, dev, source="train")
         model = load_model(res["ctm"].checkpoint, "ema", dev)
-        out = fid_from_model(model, ref, extractor, n=n, seed=0, batch=8 if a.tiny else 1024, device=dev, nfe=1)
+        plan = plan_sampling(model, nfe=1, gamma=0.0, noise="edm", batch=8 if a.tiny else 1024)
+        out = fid_from_model(model, ref, extractor, n=n, plan=plan, seed=0, device=dev)
         st.row(f"Frechet distance, CTM NFE-1 vs training images, n={n}", float(out["fid"]), f"({what}; {out['seconds']:.0f} s)")
 
     st.attempt("teacher", teacher, 5)

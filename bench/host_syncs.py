@@ -38,9 +38,9 @@ SITES = {
     ("trajectory.py", "_dropout_seed"): (False, "dropout seed drawn with the CPU index generator"),
     ("solvers.py", "heun"): (False, "bool(any(level > 0)) on the schedule's own CPU tensor"),
     ("trajectory.py", "_apply_step"): (True, "bool(isfinite(loss)): the step's one deliberate sync (skip non-finite steps)"),
-    ("objectives.py", "step"): (True, "bool(isfinite(total)) of the teacher step"),
+    ("teacher_objective.py", "step"): (True, "bool(isfinite(total)) of the teacher step"),
     ("loop.py", "fit"): (True, "float(log value) at log lines only (every log_every_kimg), not per step"),
-    ("objectives.py", "_step_optimizer"): (False, "optimizer step counters: CPU tensors (not capturable/fused RAdam)"),
+    ("teacher_objective.py", "_step_optimizer"): (False, "optimizer step counters: CPU tensors (not capturable/fused RAdam)"),
 }
 # Tensor.to(device) sites: True where the tensor is on the CPU when training on CUDA (a blocking H2D copy)
 COPY_SITES = {
@@ -100,7 +100,7 @@ class SyncRecorder(TorchDispatchMode):
 
 def build(preset_name: str, device: torch.device, batch: int, overrides: list[str]):
     from ctmtool.config import load_preset
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
     from ctmtool.train.trajectory import ctm_objective
 
     p = load_preset(preset_name, [f"distill.batch={batch}", *overrides])

@@ -1,5 +1,5 @@
 """Per-image noise cost: today's `sampling.ImageNoise` (one CPU generator per image) against the Philox
-source (`ctmtool.noise.PhiloxNoise`), side by side in one run, with plain `torch.randn` for scale.
+source (`ctmtool.core.noise.PhiloxNoise`), side by side in one run, with plain `torch.randn` for scale.
 
     python bench/noise.py                                  # CPU, 2,048 CIFAR-size images, 1 thread
     python bench/noise.py --device cuda --repeats 20       # on a GPU: the Triton kernel
@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from ctmtool.noise import PhiloxNoise
-from ctmtool.sampling import ImageNoise
+from ctmtool.core.noise import PhiloxNoise
+from ctmtool.core.sampling import ImageNoise
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:

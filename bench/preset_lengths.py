@@ -25,13 +25,13 @@ import tomllib
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import ctmtool.gctm.objective as gctm_obj
 import ctmtool.losses.ctm as ctm_losses
-from ctmtool import schedules
+import ctmtool.train.gctm_objective as gctm_obj
 from ctmtool.config import load_preset, resolve_preset_path
+from ctmtool.core import schedules
+from ctmtool.core.models import build_precond
 from ctmtool.gctm.couplings import coupling_from_config, item_shape
-from ctmtool.models import build_precond
-from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.teacher_objective import TeacherObjective
 from ctmtool.train.trajectory import ctm_objective
 
 H100_SXM_BF16_DENSE_TFLOPS = 989.0

@@ -18,9 +18,9 @@ import time
 import torch
 
 from ctmtool.config import load_preset
-from ctmtool.models import build_precond
-from ctmtool.sampling import gamma_sample, teacher_sample, teacher_schedule
-from ctmtool.schedules import ctm_default_schedule
+from ctmtool.core.models import build_precond
+from ctmtool.core.sampling import gamma_sample, teacher_sample, teacher_schedule
+from ctmtool.core.schedules import ctm_default_schedule
 
 
 def prepare(preset_name: str, kind: str, mode: str, device: torch.device):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ctmtool.export import random_checkpoint
-from ctmtool.models import load_model
+from ctmtool.core.models import load_model
+from ctmtool.jobs.export import random_checkpoint
 from ctmtool.serve import BackgroundServer
 from ctmtool.serve.app import create_app
 from ctmtool.serve.engine import Engine

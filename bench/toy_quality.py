@@ -20,21 +20,22 @@ import math
 
 import torch
 
-from ctmtool import solvers
-from ctmtool.analytic import ExactTrajectory, GaussianMixture
 from ctmtool.config import load_preset
+from ctmtool.core import solvers
+from ctmtool.core.analytic import ExactTrajectory, GaussianMixture
+from ctmtool.core.models import analytic_model, load_model
+from ctmtool.core.sampling import generate
+from ctmtool.core.schedules import ctm_grid, karras_sigmas
+from ctmtool.jobs.plan import plan_explicit
+from ctmtool.metrics.quality import make_scorer
 from ctmtool.metrics.trajectory import trajectory_error
-from ctmtool.models import analytic_model, load_model
-from ctmtool.quality import make_scorer
-from ctmtool.sampling import generate
-from ctmtool.schedules import ctm_grid, karras_sigmas
 
 
 def gap(model, gmm, base: float, n: int, repeats: int, **kw) -> dict:
     """Mean log p of n * repeats model samples minus the true samples', with the standard error of the mean
     (per-sample std / sqrt(count): log p is heavy-tailed, points between modes score -20 nats and below), and
     the samples' `mode_shape` (a positive gap can also mean samples too tight on the modes)."""
-    xs = torch.cat([torch.cat([x for x, _ in generate(model, n, seed=n * r, batch=n, **kw)]) for r in range(repeats)])
+    xs = torch.cat([torch.cat([x for x, _ in generate(model, n, plan_explicit(model, batch=n, **kw), seed=n * r)]) for r in range(repeats)])
     lp = gmm.log_prob(xs)
     return {"gap": round(float(lp.mean()) - base, 4), "se": round(float(lp.std()) / math.sqrt(len(lp)), 4),
             "samples": len(lp), **mode_shape(gmm, xs)}

@@ -4,7 +4,7 @@
     python bench/train.py --presets cifar10-fast --kinds teacher,ctm --device cpu --batch 4 --steps 2 \
         --warmup 1 --set ctm.max_steps=2                                                            # CPU smoke
 
-Each step is the real `TeacherObjective.step` / `TrajectoryObjective.step` of ctmtool.train.objectives (forward,
+Each step is the real `TeacherObjective.step` / `TrajectoryObjective.step` of ctmtool.train.teacher_objective (forward,
 backward, optimiser, EMA updates) on one batch of random images of the preset's shape; networks are randomly
 initialised (speed does not depend on the weights). Precision comes from the preset (bf16 autocast on CUDA;
 the CPU always runs fp32). torch.compile follows the preset's `compile` flag unless --compile on/off says
@@ -34,11 +34,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ctmtool.losses.ctm as ctm_losses
-from ctmtool import solvers
 from ctmtool.config import load_preset
+from ctmtool.core import solvers
+from ctmtool.core.models import build_precond
 from ctmtool.device import autocast
-from ctmtool.models import build_precond
-from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.teacher_objective import TeacherObjective
 from ctmtool.train.trajectory import ctm_objective
 
 H100_SXM_BF16_DENSE_TFLOPS = 989.0

@@ -32,8 +32,8 @@ from types import SimpleNamespace
 import torch
 
 from ctmtool.config import ADMConfig, NetConfig, Preset
+from ctmtool.core.models import build_precond, model_from_checkpoint
 from ctmtool.importers import import_file
-from ctmtool.models import build_precond, model_from_checkpoint
 
 CFG = dict(res=32, model_channels=64, mult=(1, 2, 2), blocks=2, attn=(16, 8), head=32, classes=10)
 CASES = [(80.0, 0.002), (10.0, 2.0), (1.0, 1.0), (0.5, 0.002), (0.02, 0.01)]

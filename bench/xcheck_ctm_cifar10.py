@@ -61,13 +61,14 @@ def main(checkout: str) -> None:
     from cm.resample import HalfLogNormalHalfUniformSampler
 
     import ctmtool.losses.ctm as ctm_losses
+    from ctmtool.core.models import build_precond, load_model
+    from ctmtool.core.precond import EDMPrecond
+    from ctmtool.core.sampling import generate
+    from ctmtool.core.schedules import karras_sigmas
     from ctmtool.importers import import_file
+    from ctmtool.jobs.plan import plan_explicit
     from ctmtool.losses.ctm import CTMLoss, DSMLoss
     from ctmtool.losses.lpips import PaperLPIPS
-    from ctmtool.models import build_precond, load_model
-    from ctmtool.precond import EDMPrecond
-    from ctmtool.sampling import generate
-    from ctmtool.schedules import karras_sigmas
 
     torch.set_grad_enabled(False)
     tmp = Path(tempfile.mkdtemp(prefix="xcheck-"))
@@ -110,7 +111,7 @@ def main(checkout: str) -> None:
             print(f"  t={t:<6} s={s:<6} abs {a:.3e}  rel {r:.3e}")
 
         print(f"== label_dim {label_dim}: one-step sample of the imported checkpoint (ctmtool generate, nfe 1)")
-        got, _ = next(generate(mine, 4, seed=0, batch=4, nfe=1, class_label=3 if label_dim else None))
+        got, _ = next(generate(mine, 4, plan_explicit(mine, nfe=1, class_label=3 if label_dim else None, batch=4), seed=0))
         z = torch.stack([torch.randn(3, res, res, generator=torch.Generator().manual_seed(i)) for i in range(4)])
         kw4 = {"y": torch.full((4,), 3)} if label_dim else {}
         want = diff.get_denoised_and_G(off, 80.0 * z, torch.full((4,), 80.0), s=torch.full((4,), 0.002), ctm=True,

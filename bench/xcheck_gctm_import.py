@@ -22,8 +22,8 @@ def main(checkout: str) -> None:
     sys.path.insert(0, str(Path(checkout).resolve()))
     from networks import SongUNet
 
+    from ctmtool.core.models import load_model
     from ctmtool.importers import import_file
-    from ctmtool.models import load_model
 
     torch.set_grad_enabled(False)
     var0, var1, cov01, smin, smax = 0.23, 0.01 + 0.05**2, 0.02, 0.002, 80.0

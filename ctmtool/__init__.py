@@ -20,27 +20,29 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "Model": "ctmtool.models",
-    "load_model": "ctmtool.models",
-    "analytic_model": "ctmtool.models",
-    "open_model": "ctmtool.runs",
-    "generate": "ctmtool.sampling",
-    "gamma_sample": "ctmtool.sampling",
-    "teacher_sample": "ctmtool.sampling",
-    "sample": "ctmtool.apply",
-    "translate_items": "ctmtool.apply",
-    "edit_items": "ctmtool.apply",
-    "sdedit": "ctmtool.editing",
-    "likelihood_of": "ctmtool.nll",
-    "NLLOptions": "ctmtool.nll",
+    "Model": "ctmtool.core.models",
+    "load_model": "ctmtool.core.models",
+    "analytic_model": "ctmtool.core.models",
+    "generate": "ctmtool.core.sampling",
+    "gamma_sample": "ctmtool.core.sampling",
+    "teacher_sample": "ctmtool.core.sampling",
+    "SamplingPlan": "ctmtool.core.sampling",
+    "sdedit": "ctmtool.core.editing",
+    "plan_sampling": "ctmtool.jobs.plan",
+    "open_model": "ctmtool.jobs.run_dirs",
+    "sample": "ctmtool.jobs.items",
+    "translate_items": "ctmtool.jobs.items",
+    "edit_items": "ctmtool.jobs.items",
+    "likelihood_of": "ctmtool.jobs.likelihood",
+    "NLLOptions": "ctmtool.jobs.likelihood",
+    "write_items": "ctmtool.jobs.outputs",
     "load_preset": "ctmtool.config",
     "Preset": "ctmtool.config",
-    "write_items": "ctmtool.outputs",
     "UserError": "ctmtool.errors",
 }
-__all__ = ["Model", "NLLOptions", "Preset", "UserError", "__version__", "analytic_model", "edit_items", "gamma_sample",
-           "generate", "likelihood_of", "load_model", "load_preset", "open_model", "sample", "sdedit", "teacher_sample",
-           "translate_items", "write_items"]
+__all__ = ["Model", "NLLOptions", "Preset", "SamplingPlan", "UserError", "__version__", "analytic_model", "edit_items",
+           "gamma_sample", "generate", "likelihood_of", "load_model", "load_preset", "open_model", "plan_sampling",
+           "sample", "sdedit", "teacher_sample", "translate_items", "write_items"]
 
 def __getattr__(name: str) -> Any:
     module = _API.get(name)

@@ -184,7 +184,7 @@ class TrainConfig(Strict):
 
 
 class CTMConfig(Strict):
-    """The CTM objective (paper Sec. 4; ctm-notes Sec. 3)."""
+    """The CTM objective (paper Sec. 4)."""
 
     grid: int = Field(18, ge=2)  # N, Karras grid points for (t, u, s)
     max_steps: int = Field(17, ge=1)  # K, most teacher Heun steps from t to u
@@ -253,7 +253,7 @@ class FIDConfig(Strict):
 
 
 class GCTMConfig(Strict):
-    """Generalised CTM between two distributions (GCTM paper; ctm-notes Sec. 6)."""
+    """Generalised CTM between two distributions (GCTM paper, Kim et al. 2024b)."""
 
     coupling: str = "independent"  # independent | ot | paired[:left|right] | corrupt:<op> | toy:<name> | toy-ot:<name>
     source_noise: float = Field(0.0, ge=0)  # std of Gaussian noise added to the source x1

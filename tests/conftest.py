@@ -5,11 +5,11 @@ Fixtures (use these rather than building presets and checkpoints by hand in a te
 - `tiny_preset(name="toy", *overrides, net="mlp")`: a preset with a tiny network (`SMALL_MLP` or
   `SMALL_UNET`) and any further `key=value` overrides.
 
-The sampling, schedule and CLI tests are written against EDM's noise range 0.002..80 (the schedules of
-docs/ctm-notes, the CIFAR-10 presets); the toy preset itself trains on 0.002..2 (docs/results.md), so tiny toy
+The sampling, schedule and CLI tests are written against EDM's noise range 0.002..80 (the CTM reference
+code's default schedules, the CIFAR-10 presets); the toy preset itself trains on 0.002..2 (docs/results.md), so tiny toy
 presets and checkpoints get `EDM_RANGE` unless a test overrides it; `toy_preset` is the real preset.
 - `make_model(kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)`: a freshly built tiny
-  model of that kind as a `ctmtool.models.Model` (eval mode, no gradients); `scale` perturbs every weight.
+  model of that kind as a `ctmtool.core.models.Model` (eval mode, no gradients); `scale` perturbs every weight.
 - `make_checkpoint(path, kind, shape, preset, meta, scale, seed)`: the same model saved as a ctmtool
   checkpoint; returns the path.
 """
@@ -52,7 +52,7 @@ def build_model(
     seed: int = 0,                      # initialisation and perturbation seed
 ):
     """(preset, a freshly built tiny preconditioned network of `kind`); seeded, global RNG untouched."""
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
 
     if preset is None:
         preset = tiny_preset("toy-translate" if kind == "gctm" else "toy")
@@ -78,8 +78,8 @@ def write_checkpoint(path: str | Path, kind: str = "ctm", shape: Sequence[int] =
 
 def load_tiny_model(kind: str = "ctm", shape: Sequence[int] = (2,), preset=None, meta: dict | None = None,
                     scale: float | None = None, seed: int = 0):
-    """`build_model(...)` as an in-memory `ctmtool.models.Model` in eval mode without gradients."""
-    from ctmtool.models import Model
+    """`build_model(...)` as an in-memory `ctmtool.core.models.Model` in eval mode without gradients."""
+    from ctmtool.core.models import Model
 
     preset, net = build_model(kind, shape, preset, meta, scale, seed)
     return Model(kind, net.eval().requires_grad_(False), preset, tuple(shape))
@@ -109,3 +109,12 @@ def make_model():
 def make_checkpoint():
     """`write_checkpoint(path, kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)` -> path."""
     return write_checkpoint
+
+
+def plan_and_generate(model, n, seed=0, batch=256, device="cpu", progress=None, **settings):
+    """`ctmtool.core.sampling.generate` with a plan from explicit settings (`ctmtool.jobs.plan.plan_explicit`):
+    the keyword form the sampler tests use."""
+    from ctmtool.core.sampling import generate
+    from ctmtool.jobs.plan import plan_explicit
+
+    return generate(model, n, plan_explicit(model, batch=batch, **settings), seed=seed, device=device, progress=progress)

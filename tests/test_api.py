@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import ctmtool
-from ctmtool import UserError, gamma_sample, generate, load_model
-from ctmtool.noise import ImageNoise
+from ctmtool import UserError, gamma_sample, generate, load_model, plan_sampling
+from ctmtool.core.noise import ImageNoise
 from tests.cli.conftest import tiny_checkpoint
 
 
@@ -41,7 +41,7 @@ def test_k_diffusion_style_gamma_sample_equals_generate(ctm):
     sigmas = ctm.sigmas(nfe=2)
     z = ImageNoise(range(6), ctm.data_shape)()  # the per-image streams of seeds 0..5
     ours = gamma_sample(ctm, z * sigmas[0], sigmas)  # the Model where the library expects one
-    lib, _ = next(generate(ctm, 6, seed=0, batch=6, nfe=2))
+    lib, _ = next(generate(ctm, 6, plan_sampling(ctm, nfe=2, batch=6), seed=0))
     assert torch.allclose(ours, lib, atol=1e-6)
     assert torch.equal(gamma_sample(ctm.net, z * sigmas[0], sigmas), ours)
 
@@ -49,7 +49,8 @@ def test_k_diffusion_style_gamma_sample_equals_generate(ctm):
 def test_generator_where_seeds_are(ctm):
     def draw(seed, gamma=0.0):
         g = torch.Generator().manual_seed(seed)
-        return torch.cat([x for x, _ in generate(ctm, 8, batch=8, nfe=3, gamma=gamma, generator=g)])
+        plan = plan_sampling(ctm, nfe=3, gamma=gamma, batch=8)
+        return torch.cat([x for x, _ in generate(ctm, 8, plan, generator=g)])
 
     assert torch.equal(draw(3), draw(3)) and not torch.equal(draw(3), draw(4))
     assert torch.equal(draw(3, 0.5), draw(3, 0.5))

@@ -12,13 +12,13 @@ import torch
 import torch._dynamo as dynamo
 from torch._dynamo.testing import CompileCounter
 
-from ctmtool import solvers
+from ctmtool.core import solvers
+from ctmtool.core.noise import PhiloxNoise
+from ctmtool.core.precond import CTMPrecond, EDMPrecond
+from ctmtool.core.sampling import gamma_sample
+from ctmtool.core.schedules import ctm_default_schedule
 from ctmtool.nets.mlp import MLP
 from ctmtool.nets.songunet import SongUNet
-from ctmtool.noise import PhiloxNoise
-from ctmtool.precond import CTMPrecond, EDMPrecond
-from ctmtool.sampling import gamma_sample
-from ctmtool.schedules import ctm_default_schedule
 
 UNET = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.1)
 

@@ -46,7 +46,7 @@ def test_every_preset_validates(name):
 
 
 def test_paper_defaults():
-    """ctm-notes sec. 1-3: EDM noise range, rho 7, sigma_data 0.5, N = 18 / K = 17 for CIFAR-10, N = 40 for ImageNet-64."""
+    """Karras et al. 2022 and Kim et al. 2024: EDM noise range, rho 7, sigma_data 0.5, N = 18 / K = 17 for CIFAR-10, N = 40 for ImageNet-64."""
     d = DiffusionConfig()
     assert (d.sigma_min, d.sigma_max, d.rho, d.sigma_data) == (0.002, 80.0, 7.0, 0.5)
     assert (d.p_mean, d.p_std) == (-1.2, 1.2)

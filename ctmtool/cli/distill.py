@@ -41,7 +41,7 @@ def distill_cmd(
 ) -> None:
     """Distill a CTM G(x_t, t, s) (Kim et al. 2024): CTM + DSM losses, optional GAN phase; checkpoints in --run-dir."""
     from ctmtool.config import load_preset
-    from ctmtool.runs import default_run_dir
+    from ctmtool.jobs.run_dirs import default_run_dir
     from ctmtool.train.run import train
 
     rep = Reporter(json_out)

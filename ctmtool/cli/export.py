@@ -31,8 +31,8 @@ def export_cmd(
     except ImportError as err:
         raise UserError(f"export needs onnx, onnxscript and onnxruntime ({err.name} is missing); "
                         "install them with `pip install 'ctmtool[export]'`") from None
-    from ctmtool.export import export_model
-    from ctmtool.models import load_model
+    from ctmtool.core.models import load_model
+    from ctmtool.jobs.export import export_model
 
     if not tol > 0:
         raise UserError(f"--tol must be positive, got {tol}")

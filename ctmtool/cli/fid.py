@@ -33,7 +33,7 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.streams import STDIO, input_path
+from ctmtool.jobs.streams import STDIO, input_path
 
 PRESET = "Default for a checkpoint: its preset's [sample]"
 CHECKPOINT_SUFFIX = ".safetensors"
@@ -77,11 +77,11 @@ def _exists(target: str) -> None:
 
 
 def _model(target: str, ema: str, dev, rep: Reporter, is_model: bool = False):
-    from ctmtool.metrics.fid_run import is_checkpoint
+    from ctmtool.jobs.fid_run import is_checkpoint
 
     if not (is_model or is_checkpoint(target) or _is_run_dir(target)):
         return None
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.run_dirs import open_model
 
     model, source = open_model(target, None, ema, dev)
     rep.log(f"using {source}: {model.kind}, preset {model.preset.name}, data {tuple(model.data_shape)}")
@@ -94,16 +94,16 @@ def _is_run_dir(target: str) -> bool:
     return p.is_dir() and any(p.glob(f"*{CHECKPOINT_SUFFIX}"))
 
 
-def _setup(target, ema, device, features, cache, rep, solver, nfe, gamma, steps, class_label, is_model=False):
+def _setup(target, ema, device, features, cache, rep, batch, solver, nfe, gamma, steps, class_label, is_model=False):
+    from ctmtool.jobs.fid_run import default_features, fid_plan
     from ctmtool.metrics.features import make_extractor
-    from ctmtool.metrics.fid_run import default_features, sampling_settings
 
     dev = select_device(device)
     model = _model(target, ema, dev, rep, is_model)
-    sampling = sampling_settings(model, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
+    plan = fid_plan(model, batch, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
     extractor = make_extractor(default_features(features, model), dev, cache, progress=rep.progress)
     rep.log(f"feature network {extractor.name} (sha256 {extractor.short_sha}, mode {extractor.mode}) on {dev}")
-    return dev, model, sampling, extractor
+    return dev, model, plan, extractor
 
 
 @app.command("run", cls=DefaultCommand, hidden=True)
@@ -143,11 +143,11 @@ def fid_cmd(
     samples = _target(samples, ckpt, "SAMPLES")
     _exists(samples)
     with input_path(samples) as staged:
-        dev, model, sampling, extractor = _setup(str(staged), ema, device, features, cache, rep, solver, nfe, gamma,
-                                                 steps, class_label, is_model=ckpt is not None)
+        dev, model, plan, extractor = _setup(str(staged), ema, device, features, cache, rep, batch, solver, nfe,
+                                             gamma, steps, class_label, is_model=ckpt is not None)
         _fid(str(staged), samples, model, extractor, rep, ref=ref, n=n, seed=seed, batch=batch, device=dev,
              cache=cache, kid_flag=kid_flag, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-             sampling=sampling)
+             plan=plan)
 
 
 @app.command("stats", cls=DefaultCommand, short_help="Save reference statistics of real images (or a checkpoint).")
@@ -191,26 +191,26 @@ def stats_cmd(
         check_output(out, force)
     _exists(data)
     with input_path(data) as staged:
-        dev, model, sampling, extractor = _setup(str(staged), ema, device, features, cache, rep, solver, nfe, gamma,
-                                                 steps, class_label, is_model=ckpt is not None)
+        dev, model, plan, extractor = _setup(str(staged), ema, device, features, cache, rep, batch, solver, nfe,
+                                             gamma, steps, class_label, is_model=ckpt is not None)
         _stats(str(staged), model, extractor, rep, n=n, seed=seed, batch=batch, device=dev, out=out, name=name,
-               cache=cache, force=force, keep=not no_features, sampling=sampling)
+               cache=cache, force=force, keep=not no_features, plan=plan)
 
 
 def _fid(samples: str, shown: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, device, cache, kid_flag,
-         kid_subsets, kid_subset_size, sampling) -> None:
+         kid_subsets, kid_subset_size, plan) -> None:
+    from ctmtool.jobs.fid_run import describe, reference, samples_stats
     from ctmtool.metrics.fid import fid_from_stats
-    from ctmtool.metrics.fid_run import reference, samples_stats
 
     t0 = time.perf_counter()
     ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache, batch=batch, kid=kid_flag, rep=rep)
     t1 = time.perf_counter()
     stats = samples_stats(samples, model, extractor, n=n, seed=seed, batch=batch, device=device,
-                          keep_features=kid_flag, sampling=sampling, rep=rep)
+                          keep_features=kid_flag, plan=plan, rep=rep)
     t2 = time.perf_counter()
     result = fid_from_stats(stats, ref_stats, kid_flag, kid_subsets, kid_subset_size, seed)
     result.update({"ref": ref, "samples": shown, "source": "checkpoint" if model is not None else "images",
-                   **sampling, "device": str(device), "seconds": round(t2 - t1, 3),
+                   **describe(plan), "device": str(device), "seconds": round(t2 - t1, 3),
                    "images_per_s": round(stats.n / max(t2 - t1, 1e-9), 1), "ref_seconds": round(t1 - t0, 3)})
     if "note" in result:
         rep.warn(result["note"])
@@ -218,16 +218,16 @@ def _fid(samples: str, shown: str, model, extractor, rep: Reporter, *, ref, n, s
 
 
 def _stats(data: str, model, extractor, rep: Reporter, *, n, seed, batch, device, out, name, cache, force, keep,
-           sampling) -> None:
+           plan) -> None:
+    from ctmtool.jobs.fid_run import describe, samples_stats
     from ctmtool.metrics.fid import KEEP_FEATURES_MAX, named_stats_path, save_stats
-    from ctmtool.metrics.fid_run import samples_stats
 
     path = Path(out) if out is not None else named_stats_path(name, extractor, cache)
     if out is None:
         check_output(path, force)
     t0 = time.perf_counter()
     stats = samples_stats(data, model, extractor, n=n, seed=seed, batch=batch, device=device,
-                          keep_features=keep, sampling=sampling, rep=rep)
+                          keep_features=keep, plan=plan, rep=rep)
     seconds = time.perf_counter() - t0
     if stats.feats is not None and stats.n > KEEP_FEATURES_MAX:
         rep.warn(f"{stats.n} images > {KEEP_FEATURES_MAX}: raw features not stored (KID against these statistics "
@@ -238,7 +238,7 @@ def _stats(data: str, model, extractor, rep: Reporter, *, n, seed, batch, device
     rep.result({"stats": str(path), "n": stats.n, "features": stats.features,
                 "features_sha256": stats.features_sha256[:12], "mode": stats.mode,
                 "dim": int(stats.mu.shape[0]), "raw_features": stats.feats is not None, "source": stats.source,
-                "seed": seed, **sampling, "seconds": round(seconds, 3),
+                "seed": seed, **describe(plan), "seconds": round(seconds, 3),
                 "images_per_s": round(stats.n / max(seconds, 1e-9), 1)}, title="FID statistics")
 
 

@@ -21,9 +21,9 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.streams import input_path
+from ctmtool.jobs.streams import input_path
 
-# ctmtool.nll's choices (tests/cli/test_grammar.py checks they agree), spelled here so `--help` imports no torch
+# ctmtool.jobs.likelihood's choices (tests/cli/test_grammar.py checks they agree), spelled here so `--help` imports no torch
 Solver = Literal["dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2", "rk4", "midpoint", "heun3", "euler"]
 
 
@@ -41,7 +41,7 @@ def likelihood_cmd(
     method: Annotated[Literal["ode", "elbo"], typer.Option(
         "--method", help="ode: probability-flow ODE; elbo: variational bound (an upper bound on the NLL).")] = "ode",
     divergence: Annotated[Literal["auto", "exact", "hutchinson"], typer.Option(
-        "--divergence", help="auto = exact up to 16 dimensions (ctmtool.nll.EXACT_MAX_DIM), Hutchinson beyond.")] = "auto",
+        "--divergence", help="auto = exact up to 16 dimensions (ctmtool.jobs.likelihood.EXACT_MAX_DIM), Hutchinson beyond.")] = "auto",
     probes: Annotated[int, typer.Option("--probes", help="Hutchinson probes per item (2+ give a standard error).")] = 4,
     probe_dist: Annotated[Literal["rademacher", "gaussian"], typer.Option("--probe-dist", help="rademacher|gaussian Hutchinson probes.")] = "rademacher",
     solver: Annotated[Solver, typer.Option(
@@ -67,8 +67,14 @@ def likelihood_cmd(
     Images are uniformly dequantised and reported in bits/dim of 8-bit data; points in nats (and bits) per item.
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used, and named on stderr.
     """
-    from ctmtool.nll import NLLOptions, check_per_item_path, likelihood_of, load_data, write_per_item
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.likelihood import (
+        NLLOptions,
+        check_per_item_path,
+        likelihood_of,
+        load_data,
+        write_per_item,
+    )
+    from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out)
     opts = NLLOptions(method, divergence, probes, probe_dist, solver, steps, rtol, atol, elbo_samples, dequant_draws,

@@ -47,7 +47,7 @@ def _plot_text(model, res) -> dict:
     """Title and range of a scatter plot of samples: what, how many, how; the preset's range (plots compare)."""
     if model.is_image:
         return {}
-    from ctmtool.visual import preset_view
+    from ctmtool.jobs.plots import preset_view
 
     s = res.summary()
     how = f"NFE {s['nfe']}, gamma {s['gamma']:g}" if s.get("solver") == "gamma" else f"{s.get('solver')}, NFE {s['nfe']}"
@@ -55,17 +55,17 @@ def _plot_text(model, res) -> dict:
     return {"title": f"{len(res.x)} samples of {name} ({how})", "extent": preset_view(model.preset)[1]}
 
 
-def _sample(model, dev, rep: Reporter, n, seed, batch, options: dict):
+def _sample(model, plan, dev, rep: Reporter, n, seed):
     """Samples of the model (None on torchrun ranks other than 0)."""
-    from ctmtool.apply import sample
-    from ctmtool.train import distributed as ddp
+    from ctmtool.core import distributed as ddp
+    from ctmtool.jobs.items import sample
 
     if not ddp.is_distributed():
         total = n if n is not None else model.preset.sample.n
         with rep.progress(total, "sample", unit="samples") as advance:
-            return sample(model, n=n, seed=seed, batch=batch, device=dev, progress=advance, **options)
+            return sample(model, plan, n=n, seed=seed, device=dev, progress=advance)
     try:
-        return sample(model, n=n, seed=seed, batch=batch, device=dev, distributed=True, **options)
+        return sample(model, plan, n=n, seed=seed, device=dev, distributed=True)
     finally:
         ddp.teardown()
 
@@ -100,25 +100,24 @@ def sample_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ctmtool.apply import sample_options
-    from ctmtool.outputs import check_out, write_items
-    from ctmtool.runs import open_model
-    from ctmtool.train import distributed as ddp
+    from ctmtool.core import distributed as ddp
+    from ctmtool.jobs.outputs import check_out, write_items
+    from ctmtool.jobs.plan import plan_sampling
+    from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out, data_on_stdout=out == "-")
-    at_least(1, n=n, batch=batch, nfe=nfe, steps=steps)
+    at_least(1, n=n)  # nfe, steps, batch: checked once, by plan_sampling
     if out != "-" and Path(out).suffix in (".npz", ".png"):
         check_output(out, force)  # before loading anything
     dev = select_device(device)
     if ddp.env_world_size() > 1:  # under torchrun: each rank draws its own index range, rank 0 writes
         dev = ddp.setup(dev)
     model, source = open_model(ckpt, run_dir, ema, dev, analytic=analytic, preset=preset)
-    options = dict(solver=solver, nfe=nfe, gamma=gamma, steps=steps, sigmas=parse_floats(sigmas, "--sigmas"),
-                   class_label=class_label, noise=noise)
-    sample_options(model, **options)  # refuse inapplicable options before checking the output
+    plan = plan_sampling(model, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label,
+                         sigmas=parse_floats(sigmas, "--sigmas"), noise=noise, batch=batch)  # before the output
     check_out(out, model.is_image, force)
     rep.log(f"using {source}")
-    res = _sample(model, dev, rep, n, seed, batch, options)
+    res = _sample(model, plan, dev, rep, n, seed)
     if res is None:
         return
     info = write_items(res.x, out, model.is_image, labels=res.labels, **_plot_text(model, res))
@@ -154,12 +153,12 @@ def sweep_cmd(
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used."""
     import json
 
-    from ctmtool.apply import check_memory
     from ctmtool.checkpoint import atomic_write
-    from ctmtool.quality import make_scorer
-    from ctmtool.runs import open_model
-    from ctmtool.sweep import nfe_sweep
-    from ctmtool.visual import line_chart, save_png
+    from ctmtool.jobs.items import check_memory
+    from ctmtool.jobs.plots import line_chart, save_png
+    from ctmtool.jobs.run_dirs import open_model
+    from ctmtool.jobs.sweep import nfe_sweep
+    from ctmtool.metrics.quality import make_scorer
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)

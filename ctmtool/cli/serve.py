@@ -32,7 +32,7 @@ def serve_cmd(
                         "`pip install 'ctmtool[serve]'`") from None
     import torch
 
-    from ctmtool.models import load_model
+    from ctmtool.core.models import load_model
     from ctmtool.serve import run_server
     from ctmtool.serve.app import create_app
     from ctmtool.serve.engine import Engine

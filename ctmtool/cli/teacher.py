@@ -93,7 +93,7 @@ def teacher_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from ctmtool.config import load_preset
-    from ctmtool.runs import default_run_dir
+    from ctmtool.jobs.run_dirs import default_run_dir
     from ctmtool.train.run import train
 
     rep = Reporter(json_out)
@@ -118,7 +118,7 @@ def import_cmd(
 
     Download from https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/ (e.g. edm-cifar10-32x32-uncond-vp.pkl).
     """
-    from ctmtool.edm_import import import_edm_pickle
+    from ctmtool.importers.edm_pickle import import_edm_pickle
 
     rep = Reporter(json_out)
     out = check_output(out or pickle_path.with_suffix(".safetensors"), force)

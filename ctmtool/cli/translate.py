@@ -37,12 +37,12 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.streams import input_path
+from ctmtool.jobs.streams import input_path
 
 
 def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: bool):
     """The model (checked finite), its device, and the checked outputs (before any work)."""
-    from ctmtool.runs import open_model
+    from ctmtool.jobs.run_dirs import open_model
 
     if grid is not None and Path(grid).suffix.lower() != ".png":
         raise UserError(f"--grid {grid}: give a .png file name")
@@ -55,7 +55,7 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
 def _grid(columns, path: Path, model, titles: list[str], target: bool = False, limit: int = 64) -> str:
     """The --grid picture: images side by side, or one scatter panel per column on the preset's range (the
     target data in grey under the last panel for a toy preset)."""
-    from ctmtool.visual import preset_view, save_png, side_by_side
+    from ctmtool.jobs.plots import preset_view, save_png, side_by_side
 
     cols = [c[:limit] for c in columns] if model.is_image else columns
     reference, extent = (None, None) if model.is_image else preset_view(model.preset)
@@ -73,12 +73,13 @@ def _timed(rep: Reporter, n: int, what: str, fn):
 
 def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
                seed: int, batch: int, ema: str, device: str, force: bool) -> None:
-    from ctmtool import inputs
-    from ctmtool.apply import check_translatable, translate_items
-    from ctmtool.outputs import check_out, write_items
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import translate_items
+    from ctmtool.jobs.outputs import check_out, write_items
+    from ctmtool.jobs.plan import refuse_translation
 
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    check_translatable(model, nfe, gamma)
+    refuse_translation(model, nfe, gamma)
     out_path = check_out(out, model.is_image, force)
     with input_path(src) as staged:
         data = inputs.load_inputs(staged, model, split_pairs=True, log=rep.log)
@@ -104,10 +105,10 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
 def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float, strokes: str | None, mask: str | None,
           keep_unmasked: bool, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
           device: str, force: bool) -> None:
-    from ctmtool import inputs
-    from ctmtool.apply import edit_items
-    from ctmtool.editing import check_editable, composite, strength_to_level
-    from ctmtool.outputs import check_out, write_items
+    from ctmtool.core.editing import check_editable, composite, strength_to_level
+    from ctmtool.jobs import inputs
+    from ctmtool.jobs.items import edit_items
+    from ctmtool.jobs.outputs import check_out, write_items
 
     if mask is not None and strokes is None:
         raise UserError("--mask goes with --strokes (it marks where the strokes apply)")

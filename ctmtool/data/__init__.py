@@ -9,6 +9,7 @@ from ctmtool.config import DataConfig
 from ctmtool.data.base import Dataset, to_uint8_images
 from ctmtool.data.cifar10 import default_data_dir, is_cifar10, load_cifar10
 from ctmtool.data.digits import load_digits
+from ctmtool.data.imagenet64 import load_imagenet64
 from ctmtool.data.images import load_image_folder, load_image_zip, load_images, load_npz
 from ctmtool.data.toy import toy_points
 from ctmtool.errors import UserError
@@ -57,7 +58,6 @@ def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = Fals
     elif cfg.source == "cifar10":
         ds = load_cifar10(path, cfg.split, download, progress)
     elif cfg.source == "imagenet64":  # streamed from disk (ctmtool.data.imagenet64)
-        from ctmtool.data.imagenet64 import load_imagenet64
 
         ds = load_imagenet64(path)
     else:

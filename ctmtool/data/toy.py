@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from ctmtool.analytic import GaussianMixture
 from ctmtool.config import GMMConfig
+from ctmtool.core.analytic import GaussianMixture
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
 

@@ -8,7 +8,7 @@ Contract of a format module (listed in `FORMAT_MODULES`):
 
 `load_foreign(path)` reads a file without running code from it: torch files with
 `torch.load(weights_only=True, map_location="cpu")`, NVIDIA EDM pickles with the restricted unpickler of
-`ctmtool.edm_import`. `import_file(path, out)` finds the format whose `sniff` accepts the object,
+`ctmtool.importers.edm_pickle`. `import_file(path, out)` finds the format whose `sniff` accepts the object,
 converts it and writes a ctmtool checkpoint atomically (the weights go to the `ema` group, which
 `sample`, `fid` and `load_model` use by default).
 """
@@ -50,7 +50,7 @@ def load_foreign(path: str | Path) -> Any:
     if not head.startswith(b"\x80"):
         raise UserError(f"{path} is neither a torch file nor a pickle; ctmtool imports EDM .pkl, ctm-cifar10 and "
                         "GCTM .pt checkpoints (ctmtool's own .safetensors need no import)")
-    from ctmtool.edm_import import safe_load
+    from ctmtool.importers.edm_pickle import safe_load
 
     try:
         with open(path, "rb") as f:
@@ -112,7 +112,7 @@ def convert_file(path: str | Path, fmt: str | None = None, **options) -> tuple[I
 def import_file(path: str | Path, out: str | Path, fmt: str | None = None, **options) -> tuple[ImportResult, Path]:
     """Detect the format of `path`, convert it, and write the ctmtool checkpoint `out` atomically."""
     from ctmtool.checkpoint import Checkpoint, load_state, save_checkpoint
-    from ctmtool.models import build_precond
+    from ctmtool.core.models import build_precond
 
     path = Path(path)
     res, module = convert_file(path, fmt, **options)

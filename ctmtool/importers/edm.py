@@ -11,14 +11,14 @@ NAME = "edm-pickle"
 
 
 def sniff(obj: Any) -> bool:
-    from ctmtool.edm_import import PersistentObj
+    from ctmtool.importers.edm_pickle import PersistentObj
 
     return isinstance(obj, dict) and isinstance(obj.get("ema"), PersistentObj)
 
 
 def convert(obj: Any, source: str | Path = "edm.pkl", base=None, **options) -> ImportResult:
-    """The `ema` network of an EDM pickle read by `load_foreign` (see `ctmtool.edm_import`)."""
-    from ctmtool.edm_import import checkpoint_from_edm
+    """The `ema` network of an EDM pickle read by `load_foreign` (see `ctmtool.importers.edm_pickle`)."""
+    from ctmtool.importers.edm_pickle import checkpoint_from_edm
 
     ckpt = checkpoint_from_edm(obj, Path(source), base=base)
     return ImportResult(kind="teacher", preset=ckpt.preset, data_shape=ckpt.data_shape,

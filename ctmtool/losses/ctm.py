@@ -13,9 +13,9 @@ from contextlib import contextmanager
 
 import torch
 
-from ctmtool import solvers
+from ctmtool.core import solvers
+from ctmtool.core.schedules import sample_ctm_indices
 from ctmtool.losses.edm import edm_weight
-from ctmtool.schedules import sample_ctm_indices
 
 
 def has_dropout(net: torch.nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""The CTM distance d(x_est, x_tgt) (paper Sec. 4; ctm-notes Sec. 3 item 5): one value per sample.
+"""The CTM distance d(x_est, x_tgt) (paper Sec. 4): one value per sample.
 
 Pixel-space choices: pseudo-Huber (iCT, Song & Dhariwal 2023) and squared L2; feature-space choices:
 LPIPS with a VGG16 backbone (Zhang et al. 2018, the CTM paper's choice) and a user-given frozen network.

@@ -1,4 +1,4 @@
-"""Adversarial terms of CTM (CTM paper; ctm-notes Sec. 3 items 7-8): hinge losses and the adaptive weight."""
+"""Adversarial terms of CTM (CTM paper, Kim et al. 2024): hinge losses and the adaptive weight."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
 def adaptive_weight(loss_main: torch.Tensor, loss_other: torch.Tensor,
                     last_layer: torch.Tensor | nn.Module | Sequence[torch.Tensor],
                     lo: float, hi: float) -> torch.Tensor:
-    """lambda = ||grad_last L_main|| / (||grad_last L_other|| + 1e-4), detached, clamped to [lo, hi] (CTM paper; ctm-notes Sec. 3 item 8).
+    """lambda = ||grad_last L_main|| / (||grad_last L_other|| + 1e-4), detached, clamped to [lo, hi] (CTM paper, Kim et al. 2024).
 
     `last_layer` is the weight tensor of the network's last layer (or a module: all its parameters, or a list
     of tensors). Both graphs are kept (retain_graph), so the losses can still be back-propagated afterwards.

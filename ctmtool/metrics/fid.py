@@ -4,7 +4,8 @@ Used by `ctmtool fid` and callable from a training loop:
 
     extractor = make_extractor("fd_a.pt", device)            # or "inception"
     ref = reference_stats("cifar10-train", extractor, device=device)
-    result = fid_from_model(model, ref, extractor, n=10000, seed=0, batch=512, device=device, nfe=1)
+    plan = plan_sampling(model, nfe=1, batch=512)  # ctmtool.jobs.plan
+    result = fid_from_model(model, ref, extractor, n=10000, plan=plan, seed=0, device=device)
 
 Samples are quantised to uint8 (as if saved as PNG) and go to the feature network batch by batch on
 `device`; nothing is written to disk. Statistics files are .npz (see `save_stats`).
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ctmtool.checkpoint import atomic_write
+from ctmtool.core.sampling import SamplingPlan, generate
 from ctmtool.data.base import Dataset, to_uint8_images
 from ctmtool.errors import UserError
 from ctmtool.metrics.features import FeatureExtractor, cache_dir
@@ -92,15 +94,14 @@ def dataset_batches(ds: Dataset, batch: int, n: int | None = None, seed: int = 0
         yield ds.values[lo:lo + batch] if idx is None else ds.values[idx[lo:lo + batch]]
 
 
-def model_batches(model, n: int, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
-                  **sampling) -> Iterator[torch.Tensor]:
-    """uint8 batches of `n` samples from `model` (ctmtool.sampling.generate; image i uses seed + i)."""
-    from ctmtool.sampling import generate
-
+def model_batches(model, n: int, plan: SamplingPlan, seed: int = 0,
+                  device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """uint8 batches of `n` samples from `model` drawn with `plan` (ctmtool.core.sampling.generate; image i
+    uses seed + i)."""
     if not model.is_image:
         raise UserError(f"{model.path or 'the model'} generates points of shape {model.data_shape}, not images; "
                         "FID needs an image model")
-    for x, _ in generate(model, n, seed=seed, batch=batch, device=device, **sampling):
+    for x, _ in generate(model, n, plan, seed=seed, device=device):
         yield to_uint8_images(x)
 
 
@@ -124,14 +125,12 @@ def fid_from_stats(stats: Stats, ref: Stats, kid_score: bool = False, kid_subset
     return out
 
 
-def fid_from_model(model, ref_stats: Stats, extractor: FeatureExtractor, n: int, seed: int = 0, batch: int = 256,
-                   device: torch.device | str = "cpu", kid_score: bool = False, progress: Progress = None,
-                   **sampling) -> dict:
-    """Generate `n` samples in memory (seeds seed..seed+n-1) and score them against `ref_stats`.
-
-    `sampling` goes to ctmtool.sampling.generate (solver, nfe, gamma, steps, sigmas, class_label)."""
+def fid_from_model(model, ref_stats: Stats, extractor: FeatureExtractor, n: int, plan: SamplingPlan, seed: int = 0,
+                   device: torch.device | str = "cpu", kid_score: bool = False, progress: Progress = None) -> dict:
+    """Generate `n` samples in memory with `plan` (`ctmtool.jobs.plan.plan_sampling`; seeds seed..seed+n-1)
+    and score them against `ref_stats`."""
     t0 = time.perf_counter()
-    stats = compute_stats(model_batches(model, n, seed, batch, device, **sampling), extractor, device,
+    stats = compute_stats(model_batches(model, n, plan, seed, device), extractor, device,
                           keep_features=kid_score, progress=progress, source=str(model.path or "model"))
     out = fid_from_stats(stats, ref_stats, kid_score, seed=seed)
     out["seconds"] = time.perf_counter() - t0

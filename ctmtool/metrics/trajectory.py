@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ctmtool.analytic import ExactTrajectory
+from ctmtool.core.analytic import ExactTrajectory
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Multi-scale discriminator for CTM's GAN term (CTM paper; ctm-notes Sec. 3 item 7).
+"""Multi-scale discriminator for CTM's GAN term (CTM paper, Kim et al. 2024).
 
 With a frozen pretrained feature network, small trainable heads judge its features at several scales, in
 the style of Projected GANs (Sauer et al. 2021); without one, a small strided conv pyramid is trained from

@@ -1,7 +1,7 @@
 """EDM's SongUNet (DDPM++ / NCSN++, Karras et al. 2022, App. F.2) with the CTM second noise input s.
 
 Parameter and buffer names and shapes follow NVlabs/edm `training/networks.py`, so the `model.*` state
-of a published EDM pickle loads one-to-one (see `ctmtool.edm_import`). The CTM student (Kim et al. 2024,
+of a published EDM pickle loads one-to-one (see `ctmtool.importers.edm_pickle`). The CTM student (Kim et al. 2024,
 Sec. 4) adds `map_s_layer0/1` (an MLP on the embedding of noise_s) and one `affine_s` per block, whose
 output joins the t-affine's before `norm1`; `affine_s` starts at zero, so a student initialised from a
 teacher computes exactly the teacher's function.
@@ -164,7 +164,9 @@ class UNetBlock(nn.Module):
         b, c, hh, ww = h.shape
         q, k, v = self.qkv(h).reshape(b, self.num_heads, c // self.num_heads, 3, hh * ww).unbind(3)
         a = nn.functional.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return a.transpose(-1, -2).reshape(b, c, hh, ww)  # 4-D (batch, heads, HW, c) as ONNX export needs
+        # 4-D (batch, heads, HW, c) as ONNX export needs; SDPA's output viewed as NCHW is channels-last, and every
+        # later GroupNorm is several times slower on that layout: back to contiguous NCHW (bench/songunet_layout.py)
+        return a.transpose(-1, -2).reshape(b, c, hh, ww).contiguous()
 
 
 class SongUNet(nn.Module):

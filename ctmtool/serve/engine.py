@@ -3,10 +3,10 @@
 `Engine` holds a loaded model and answers the page's three requests, each one item at a time:
 - `generate`: gamma-sampling (Kim et al. 2024, Alg. 1) from the noise z(phase) = cos(phase) z_a + sin(phase) z_b
   (z_a, z_b seeded; a great circle keeps z ~ N(0, I), so every frame of the latent walk is a sample);
-- `edit`: SDEdit with one (or nfe) jumps (`ctmtool.gctm.translate.sdedit`) at a strength in (0, 1];
-- `translate`: GCTM translation G(x1, 1, 0) (`ctmtool.gctm.translate.translate`).
+- `edit`: SDEdit with one (or nfe) jumps (`ctmtool.core.translate.sdedit`) at a strength in (0, 1];
+- `translate`: GCTM translation G(x1, 1, 0) (`ctmtool.core.translate.translate`).
 
-The network runs in eager PyTorch or, when it exports and verifies (`ctmtool.export`), in ONNX Runtime: the
+The network runs in eager PyTorch or, when it exports and verifies (`ctmtool.jobs.export`), in ONNX Runtime: the
 `OrtNet` below has the `jump` / `denoise` interface the samplers call, so the samplers stay the library's.
 """
 
@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctmtool.core.sampling import sample_from
 from ctmtool.errors import UserError
+from ctmtool.jobs.plan import plan_sampling, refuse_translation
 
 MAX_NFE = 8  # the page's NFE slider stops here (interactive use)
 
@@ -65,7 +67,7 @@ class OrtNet:
 
 def onnx_net(model, threads: int = 1, tol: float = 1e-4, folder: str | Path | None = None, log=lambda m: None) -> OrtNet:
     """Export the model's jump (a teacher: its denoiser) to ONNX, verify it, and open it in ONNX Runtime."""
-    from ctmtool.export import export_graph, model_graphs, ort_session, verify
+    from ctmtool.jobs.export import export_graph, model_graphs, ort_session, verify
 
     graphs = model_graphs(model)
     graph = next((g for g in graphs if g.name in ("jump", "denoiser")), graphs[0])
@@ -139,33 +141,21 @@ class Engine:
     def generate(self, seed: int = 0, phase: float = 0.0, nfe: int = 1, gamma: float = 0.0, label: int | None = None,
                  n: int = 1) -> tuple[torch.Tensor, float]:
         """(samples (n, *shape) in the data range, model milliseconds) from the walk's noise at `phase`."""
-        from ctmtool.sampling import default_schedule, gamma_sample, teacher_sample, teacher_schedule
-
-        m, fast = self.model, self.fast
-        if not self.info()["generate"]:
-            raise UserError(f"this GCTM maps {m.preset.gctm.coupling!r} sources to data; it translates, it does not generate")
+        m = self.model
+        plan = (plan_sampling(m, solver="gamma", nfe=nfe, gamma=gamma, noise="edm", batch=n) if m.is_trajectory
+                else plan_sampling(m, solver="heun", steps=nfe, noise="edm", batch=n))  # a teacher: nfe = Heun steps
         z, labels = self.noise(seed, phase, n), self._labels(label, n)
         gen = torch.Generator().manual_seed(seed + 12345)
 
         def renoise() -> torch.Tensor:
             return torch.randn(z.shape, generator=gen)
 
-        def run():
-            if m.is_trajectory:  # as sampling.generate: the model's own start and schedule
-                sched = default_schedule(fast, nfe)
-                x = fast.net.perturb(torch.zeros_like(z), float(sched[0]), z)
-                x = gamma_sample(fast.net, x, sched, renoise, labels, gamma=gamma)
-            else:
-                sched = teacher_schedule(fast, nfe)
-                x = teacher_sample(fast.net, z * float(sched[0]), sched, labels=labels, solver="heun")
-            return x.clamp(-1, 1) if m.is_image else x
-
-        return self._timed(run)
+        return self._timed(lambda: sample_from(self.fast, z, plan, renoise, labels))
 
     def edit(self, x: torch.Tensor, strength: float, seed: int = 0, nfe: int = 1, gamma: float = 0.0,
              label: int | None = None) -> tuple[torch.Tensor, float]:
         """SDEdit of x (N, *shape) in the data range: noise to the strength's level, jump back."""
-        from ctmtool.editing import sdedit, strength_to_level
+        from ctmtool.core.editing import sdedit, strength_to_level
 
         if "edit" not in self.info()["editor"]:
             raise UserError(f"a {self.model.kind} model cannot edit (SDEdit needs a CTM, or a GCTM with a Gaussian source)")
@@ -177,10 +167,9 @@ class Engine:
 
     def translate(self, x1: torch.Tensor, nfe: int = 1, label: int | None = None) -> tuple[torch.Tensor, float]:
         """GCTM translation of x1 (N, *shape) from the source side."""
-        from ctmtool.gctm.translate import translate
+        from ctmtool.core.translate import translate
 
-        if "translate" not in self.info()["editor"]:
-            raise UserError(f"translation needs a GCTM; this is a {self.model.kind} model")
+        refuse_translation(self.model, nfe)
         self._check(x1)
         labels = self._labels(label, len(x1))
         return self._timed(lambda: translate(self.fast, x1, nfe=nfe, labels=labels))

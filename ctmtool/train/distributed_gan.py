@@ -25,8 +25,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ctmtool.core.distributed import Shard, is_distributed, rows
 from ctmtool.losses.gan import Logits, _heads, d_hinge_loss, g_hinge_loss
-from ctmtool.train.distributed import Shard, is_distributed, rows
 
 
 class _SumOverRanks(torch.autograd.Function):

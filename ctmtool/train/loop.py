@@ -34,10 +34,10 @@ import torch
 
 from ctmtool.checkpoint import Checkpoint, save_checkpoint
 from ctmtool.config import TrainConfig
+from ctmtool.core import distributed as ddp
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
 from ctmtool.progress import Quiet
-from ctmtool.train import distributed as ddp
 from ctmtool.train.rundir import CKPT_GLOB, RunLock, checkpoint_name, make_run_dir, remove_leftovers, rotate
 
 __all__ = ["CKPT_GLOB", "FitResult", "RunLock", "StopFlag", "fit"]

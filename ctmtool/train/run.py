@@ -1,7 +1,7 @@
 """Whole training runs, callable from Python: `train(preset, role, run_dir, device)` for teacher, CTM and GCTM.
 
 `role` is "teacher" (an EDM denoiser) or "distill" (a trajectory model). For "distill" the choice between
-CTM and GCTM is made once, here: a preset with a [gctm] section trains a GCTM (`ctmtool.gctm.train`), any
+CTM and GCTM is made once, here: a preset with a [gctm] section trains a GCTM (`ctmtool.train.gctm_run`), any
 other a CTM student of a teacher. Each builder returns `RunParts`; the run directory, torchrun, resume, the
 loop and the final snapshot are the same for all three.
 """
@@ -16,15 +16,17 @@ import torch
 
 from ctmtool.checkpoint import Checkpoint, load_checkpoint
 from ctmtool.config import Preset
+from ctmtool.core import distributed as ddp
+from ctmtool.core.models import Model, analytic_model, load_model
 from ctmtool.data import load_dataset
 from ctmtool.data.base import Dataset
 from ctmtool.device import cpu_threads
 from ctmtool.errors import Interrupted, UserError
-from ctmtool.models import Model, analytic_model, load_model
+from ctmtool.nets.discriminator import Discriminator, VectorDiscriminator, load_backbone
+from ctmtool.nets.projected_gan import ProjectedDiscriminator
 from ctmtool.progress import Quiet
-from ctmtool.train import distributed as ddp
+from ctmtool.train.gctm_run import gctm_parts
 from ctmtool.train.loop import FitResult, fit
-from ctmtool.train.objectives import TeacherObjective
 from ctmtool.train.record import RunRecord
 from ctmtool.train.setup import (
     RunParts,
@@ -34,6 +36,7 @@ from ctmtool.train.setup import (
     rank_setup,
     sample_snapshotter,
 )
+from ctmtool.train.teacher_objective import TeacherObjective
 from ctmtool.train.trajectory import ctm_objective
 
 ROLES = ("teacher", "distill")
@@ -50,10 +53,13 @@ def train(preset: Preset, role: str, run_dir: str | Path, device: torch.device, 
     by SIGINT/SIGTERM saves, then raises `Interrupted` (exit code 128 + the signal number on the command line)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; use one of {ROLES}")
+    if role == "distill" and preset.gctm is not None and preset.gan.enabled:
+        raise UserError(f"gan.enabled = true does nothing for preset {preset.name!r}: GCTM training ([gctm]) has no "
+                        "GAN term; drop gan.enabled")
     if role == "teacher":
         build = _teacher_parts
     elif preset.gctm is not None:
-        from ctmtool.gctm.train import gctm_parts as build
+        build = gctm_parts
     else:
         build = _ctm_parts
     run_dir = Path(run_dir)
@@ -143,7 +149,6 @@ def _ctm_parts(preset: Preset, device, rep, run_dir: Path, *, data=None, data_pa
 
 
 def _discriminator(preset: Preset, data: Dataset):
-    from ctmtool.nets.discriminator import Discriminator, VectorDiscriminator, load_backbone
 
     if not data.is_image:
         if preset.gan.backbone:
@@ -151,11 +156,9 @@ def _discriminator(preset: Preset, data: Dataset):
                             "scratch: remove gan.backbone")
         return VectorDiscriminator(math.prod(data.shape), hidden=preset.gan.channels * 4)
     if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
-        from ctmtool.nets.projected_gan import ProjectedDiscriminator
 
         return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
     if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
-        from ctmtool.nets.projected_gan import ProjectedDiscriminator
 
         return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
     backbone = load_backbone(preset.gan.backbone) if preset.gan.backbone else None

@@ -1,5 +1,5 @@
 """What every training run needs before and after the loop: the run directory, torchrun ranks, label checks,
-snapshots and evaluations. Used by `ctmtool.train.run` (teacher, CTM) and `ctmtool.gctm.train` (GCTM)."""
+snapshots and evaluations. Used by `ctmtool.train.run` (teacher, CTM) and `ctmtool.train.gctm_run` (GCTM)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 
 from ctmtool.config import Preset, TrainConfig
+from ctmtool.core import distributed as ddp
+from ctmtool.core.models import Model, analytic_model
+from ctmtool.core.sampling import SamplingPlan, default_schedule, generate, teacher_schedule
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
-from ctmtool.models import Model, analytic_model
+from ctmtool.jobs.plots import preset_view, save_samples_png
+from ctmtool.metrics.quality import make_scorer
 from ctmtool.progress import Quiet
-from ctmtool.quality import make_scorer
-from ctmtool.sampling import generate
-from ctmtool.train import distributed as ddp
 from ctmtool.train.rundir import CKPT_GLOB, RunLock, make_run_dir
-from ctmtool.visual import preset_view, save_samples_png
 
 
 @dataclass
@@ -88,8 +88,9 @@ def _one_step(objective, preset: Preset, data_shape, n: int, seed: int) -> torch
     model = Model(objective.kind, objective.sampling_model(), preset, tuple(data_shape))
     solver = "gamma" if model.is_trajectory else "heun"
     dev = next(objective.sampling_model().parameters()).device
-    return torch.cat([x.cpu() for x, _ in generate(model, n, seed=seed, batch=n, device=dev, solver=solver,
-                                                   nfe=1, steps=18)])
+    plan = SamplingPlan(solver, default_schedule(model, 1) if model.is_trajectory else teacher_schedule(model, 18),
+                        batch=n)  # fixed settings, nothing from the user to check
+    return torch.cat([x.cpu() for x, _ in generate(model, n, plan, seed=seed, device=dev)])
 
 
 def sample_snapshotter(objective, preset: Preset, data_shape, run_dir: Path, n: int = 64):

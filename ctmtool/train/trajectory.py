@@ -2,13 +2,15 @@
 
     L = L_CTM + lambda_DSM L_DSM (+ lambda_GAN L_GAN)
 
-What differs between CTM and GCTM is the loss object it is given, with one interface:
+What differs between CTM and GCTM is the loss object it is given, with one interface
+(`ctmtool.core.interfaces.TrainingTerms`):
     pair(x, labels, gen, cpu_gen) -> tuple         the training pair; pair[0] is the data side x0
     ctm(online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed) -> (per-sample loss, x_est)
     dsm(online, pair, labels, gen) -> per-sample loss
     meta() -> dict                                  what checkpoints must record to rebuild the model
     new_step(cpu_gen)                               draws shared by one optimiser step's micro-batches (CTM: k)
-`CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.gctm.objective.GCTMTerms` (pairs from a
+    estimate(online, target, pair, labels, gen, cpu_gen, dropout_seed) -> x_est   fakes of a GAN D-only step
+`CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.train.gctm_objective.GCTMTerms` (pairs from a
 coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
 weights, the optional GAN term, the EMAs and the checkpoint groups.
 """
@@ -22,15 +24,18 @@ from torch import nn
 
 from ctmtool.checkpoint import Checkpoint, load_state
 from ctmtool.config import Preset
+from ctmtool.core.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
+from ctmtool.core.interfaces import TrainingTerms
+from ctmtool.core.models import build_precond, student_from_teacher
+from ctmtool.core.schedules import ctm_grid, sample_teacher_steps
+from ctmtool.data.augment import diff_augment
 from ctmtool.device import autocast
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, has_dropout
+from ctmtool.losses.distances import make_distance
 from ctmtool.losses.gan import Alternation, adaptive_weight
-from ctmtool.models import build_precond, student_from_teacher
-from ctmtool.schedules import ctm_grid, sample_teacher_steps
-from ctmtool.train.distributed import all_reduce_grads, all_reduce_sum, global_adaptive_weight
 from ctmtool.train.distributed_gan import discriminator_loss, generator_gan_loss, global_batch_norm
-from ctmtool.train.objectives import ObjectiveBase, frozen_copy, last_layer, maybe_compile
 from ctmtool.train.optim import Averager, make_optimizer, warmup_rate
+from ctmtool.train.teacher_objective import ObjectiveBase, frozen_copy, last_layer, maybe_compile
 
 
 def ema_group(rate: float) -> str:
@@ -78,7 +83,7 @@ class TrajectoryObjective(ObjectiveBase):
         device: torch.device,
         kind: str,                      # checkpoint kind: ctm | gctm
         net: nn.Module,                 # the freshly built (or teacher-initialised) trajectory model
-        terms,                          # CTMTerms | GCTMTerms (module docstring)
+        terms: TrainingTerms,           # CTMTerms | GCTMTerms (module docstring)
         teacher: nn.Module | None = None,  # denoiser solving t -> u; None: the model's own target EMA
         discriminator: nn.Module | None = None,  # GAN discriminator when preset.gan.enabled
     ):
@@ -123,7 +128,6 @@ class TrajectoryObjective(ObjectiveBase):
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """DiffAugment for image batches (both D inputs and the G term); vector data goes in unchanged."""
-        from ctmtool.augment import diff_augment
 
         return diff_augment(x, self.preset.gan.augment, self.gen, self.preset.gan.cutout) if x.ndim == 4 else x
 
@@ -259,7 +263,6 @@ def ctm_objective(
     discriminator: nn.Module | None = None,  # GAN discriminator when preset.gan.enabled
 ) -> TrajectoryObjective:
     """CTM distillation (Kim et al. 2024, Eq. 11): the student initialised from the teacher's weights."""
-    from ctmtool.losses.distances import make_distance
 
     c, d = preset.ctm, preset.diffusion
     if teacher is None and c.teacher != "self":

@@ -10,7 +10,7 @@ import torch
 
 from ctmtool.checkpoint import Checkpoint, save_checkpoint
 from ctmtool.config import load_preset
-from ctmtool.models import build_precond
+from ctmtool.core.models import build_precond
 from tests.conftest import EDM_RANGE
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8"]

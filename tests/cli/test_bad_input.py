@@ -172,7 +172,7 @@ def test_every_bad_input_is_one_line_and_the_table_is_true(workspace, monkeypatc
 
 
 def test_full_disk_during_sample_output_leaves_nothing(tmp_path, monkeypatch):
-    import ctmtool.outputs as outputs
+    import ctmtool.jobs.outputs as outputs
 
     ctm = tiny_checkpoint(tmp_path / "c.safetensors")
 
@@ -187,12 +187,13 @@ def test_full_disk_during_sample_output_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_full_disk_during_a_folder_of_pngs_leaves_nothing(tmp_path, monkeypatch):
-    from ctmtool.apply import sample
-    from ctmtool.models import load_model
-    from ctmtool.outputs import write_items
+    from ctmtool.core.models import load_model
+    from ctmtool.jobs.items import sample
+    from ctmtool.jobs.outputs import write_items
+    from ctmtool.jobs.plan import plan_sampling
 
     model = load_model(tiny_checkpoint(tmp_path / "c.safetensors", shape=(1, 4, 4), overrides=["net.mlp.hidden=8"]))
-    x = sample(model, n=3, batch=3).x
+    x = sample(model, plan_sampling(model, batch=3), n=3).x
     calls = []
 
     def save(self, fp, *args, **kwargs):
@@ -223,7 +224,7 @@ def test_read_only_output_folder(tmp_path):
 def test_out_of_memory_in_a_batch_is_one_line(tmp_path, monkeypatch):
     import torch
 
-    import ctmtool.sampling as sampling
+    import ctmtool.core.sampling as sampling
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")

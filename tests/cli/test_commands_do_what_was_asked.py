@@ -1,4 +1,4 @@
-"""Issue 16 item 5: one rule for finding a checkpoint (ctmtool.runs), the user's own examples as written,
+"""Issue 16 item 5: one rule for finding a checkpoint (ctmtool.jobs.run_dirs), the user's own examples as written,
 options that do not apply refused, and the [sample] preset section as the defaults of `ctmtool sample`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from ctmtool.cli.app import app
 from ctmtool.config import load_preset
-from ctmtool.runs import find_checkpoint
+from ctmtool.jobs.run_dirs import find_checkpoint
 from tests.cli.conftest import one_error_line, tiny_checkpoint, toy_points
 
 
@@ -110,8 +110,8 @@ def test_sample_section_of_the_preset_is_the_default(in_tmp):
 
 
 def test_fid_takes_sampling_defaults_from_the_preset(in_tmp):
-    from ctmtool.metrics.fid_run import sampling_settings
-    from ctmtool.models import load_model
+    from ctmtool.core.models import load_model
+    from ctmtool.jobs.fid_run import sampling_settings
 
     model = load_model(tiny_checkpoint(in_tmp / "c.safetensors", overrides=["sample.nfe=2", "sample.gamma=0.3"]))
     assert sampling_settings(model) == {"solver": "gamma", "nfe": 2, "gamma": 0.3}

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ctmtool.cli.app import app
-from ctmtool.export import random_checkpoint
+from ctmtool.jobs.export import random_checkpoint
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -80,7 +80,7 @@ def test_choices_are_checked_before_any_work(tmp_path):
 
 def test_cli_choices_are_the_library_choices():
     from ctmtool.cli import likelihood
-    from ctmtool.nll import DIVERGENCES, DRAW_AVERAGES, METHODS, PROBE_DISTS, SOLVERS
+    from ctmtool.jobs.likelihood import DIVERGENCES, DRAW_AVERAGES, METHODS, PROBE_DISTS, SOLVERS
 
     assert typing.get_args(likelihood.Solver) == SOLVERS
     hints = typing.get_type_hints(likelihood.likelihood_cmd, include_extras=True)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from ctmtool.checkpoint import Checkpoint, save_checkpoint
 from ctmtool.cli.app import app
 from ctmtool.config import load_preset, override_preset
-from ctmtool.models import build_precond
+from ctmtool.core.models import build_precond
 
 
 def _run(*args, env=None):

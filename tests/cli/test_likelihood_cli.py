@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ctmtool.cli.common import Group
 from ctmtool.cli.likelihood import register
 from ctmtool.config import load_preset
-from ctmtool.models import analytic_model
+from ctmtool.core.models import analytic_model
 
 KEYS = {"bits_per_dim", "nll_nats", "nll_per_dim", "n", "ci95", "method", "seconds_per_item", "bound", "dim"}
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ctmtool.analytic import GaussianMixture
 from ctmtool.config import GMMConfig
+from ctmtool.core.analytic import GaussianMixture
 from ctmtool.data.toy import toy_points
 from ctmtool.errors import UserError
 

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from ctmtool.config import GCTMConfig, load_preset
+from ctmtool.core.precond import GCTMPrecond
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
 from ctmtool.gctm import couplings as C
-from ctmtool.precond import GCTMPrecond
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ctmtool.checkpoint import load_checkpoint
+from ctmtool.core.models import load_model
 from ctmtool.errors import UserError
 from ctmtool.importers import convert_file, import_file, openai_adm, sony_ctm
-from ctmtool.models import load_model
 from ctmtool.nets.adm import ADMUNet
 
 LAYOUT = dict(model_channels=32, channel_mult=(1, 2, 3), num_res_blocks=2, attn_resolutions=(8,), head_channels=16)

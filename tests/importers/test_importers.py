@@ -5,23 +5,19 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import test_edm_pickle as edm_t  # the EDM-pickle writer of the EDM importer's tests (same folder)
 import torch
 from typer.testing import CliRunner
 
 from ctmtool.cli.app import app
 from ctmtool.config import load_preset
+from ctmtool.core.models import build_precond, load_model
 from ctmtool.errors import UserError
 from ctmtool.importers import ImportResult, detect, formats, import_file, load_foreign
 from ctmtool.importers.ctm_cifar10 import RENAMES
-from ctmtool.models import build_precond, load_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import test_edm_import as edm_t  # noqa: E402  (the EDM-pickle writer of the EDM importer's tests)
 
 UNET = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.13)
 
@@ -129,7 +125,7 @@ def test_gctm_checkpoint_round_trip_and_options(tmp_path):
 
 
 def test_edm_pickle_through_the_registry(tmp_path):
-    """An EDM network-snapshot pickle in NVIDIA's format (the stand-ins of tests/test_edm_import.py) goes
+    """An EDM network-snapshot pickle in NVIDIA's format (the stand-ins of tests/importers/test_edm_pickle.py) goes
     through `ctmtool import`'s registry: detected, converted, every tensor unchanged, nothing run."""
     sentinel = tmp_path / "code-was-run"
     ema = edm_t.build(edm_t.VPPrecond, **edm_t.DDPMPP)

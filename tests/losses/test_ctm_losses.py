@@ -2,14 +2,14 @@
 
 import torch
 
-from ctmtool.analytic import GaussianMixture
 from ctmtool.config import load_preset
+from ctmtool.core.analytic import GaussianMixture
+from ctmtool.core.models import build_precond
+from ctmtool.core.schedules import karras_sigmas
 from ctmtool.losses.ctm import CTMLoss, DSMLoss, fixed_dropout, has_dropout
 from ctmtool.losses.distances import squared_l2
 from ctmtool.losses.edm import EDMLoss, edm_weight
-from ctmtool.models import build_precond
-from ctmtool.schedules import karras_sigmas
-from ctmtool.train.objectives import frozen_copy
+from ctmtool.train.teacher_objective import frozen_copy
 
 
 def _nets(seed=0):
@@ -42,7 +42,7 @@ def test_ctm_loss_gradient_reaches_online_but_not_target_or_teacher():
 
 def test_ctm_loss_is_zero_for_the_exact_trajectory_map():
     """If the student's G is the teacher's own ODE map, estimate and target coincide: zero loss."""
-    from ctmtool.analytic import ExactTrajectory
+    from ctmtool.core.analytic import ExactTrajectory
 
     _, _, _, gmm = _nets()
     exact = ExactTrajectory(gmm, steps=64)

@@ -141,12 +141,14 @@ def test_fid_from_data_subset_is_seeded(extractor):
 
 def test_fid_from_model_is_batch_independent(extractor, tmp_path, make_checkpoint, tiny_preset):
     """FID of a checkpoint's samples (a tiny CTM U-Net on 3x16x16) does not depend on the batch size."""
-    from ctmtool.models import load_model
+    from ctmtool.core.models import load_model
+    from ctmtool.jobs.plan import plan_sampling
 
     model = load_model(make_checkpoint(tmp_path / "tiny.safetensors", "ctm", (3, 16, 16),
                                        tiny_preset("digits", net="unet")))
     ref = M.compute_stats([_images(40, size=16)], extractor)
-    a = M.fid_from_model(model, ref, extractor, n=6, seed=3, batch=4, device="cpu", nfe=1)
-    b = M.fid_from_model(model, ref, extractor, n=6, seed=3, batch=6, device="cpu", nfe=1)
+    plan = {b: plan_sampling(model, nfe=1, gamma=0.0, noise="edm", batch=b) for b in (4, 6)}
+    a = M.fid_from_model(model, ref, extractor, n=6, plan=plan[4], seed=3, device="cpu")
+    b = M.fid_from_model(model, ref, extractor, n=6, plan=plan[6], seed=3, device="cpu")
     assert np.isfinite(a["fid"]) and a["n"] == 6 and a["seed"] == 3
     assert a["fid"] == pytest.approx(b["fid"], rel=1e-6)

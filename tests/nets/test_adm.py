@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ctmtool.config import ADMConfig, NetConfig, Preset
-from ctmtool.models import build_precond, student_from_teacher
+from ctmtool.core.models import build_precond, student_from_teacher
 from ctmtool.nets.adm import ADMUNet, AttentionBlock, timestep_embedding
 
 TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), head_channels=16)
@@ -129,7 +129,7 @@ def test_bad_head_width_refused():
 
 def test_adaptive_weight_layer_is_sonys():
     """output_blocks[15][0].out_layers[3] at paper size (16 output blocks): the last block's ResBlock conv."""
-    from ctmtool.train.objectives import last_layer
+    from ctmtool.train.teacher_objective import last_layer
 
     student = build_precond("ctm", _preset(), (3, 16, 16))
     assert last_layer(student) is student.net.output_blocks[-1][0].out_layers[3].weight

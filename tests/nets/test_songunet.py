@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ctmtool.checkpoint import load_state
-from ctmtool.models import S_LAYER_PREFIXES
+from ctmtool.core.models import S_LAYER_PREFIXES
 from ctmtool.nets.songunet import Conv2d, SongUNet, UNetBlock
 
 DDPMPP = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)

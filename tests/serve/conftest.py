@@ -10,14 +10,14 @@ SMALL_MLP = ["net.mlp.hidden=64", "net.mlp.depth=2", "net.mlp.emb=32"]
 @pytest.fixture(scope="session")
 def digits_ckpt(tmp_path_factory):
     """A digits-shaped (1x8x8) CTM with random weights (a small MLP: the page's behaviour, not its quality)."""
-    from ctmtool.export import random_checkpoint
+    from ctmtool.jobs.export import random_checkpoint
 
     return random_checkpoint(tmp_path_factory.mktemp("ck") / "digits.safetensors", "digits", "ctm", overrides=SMALL_MLP)
 
 
 @pytest.fixture(scope="session")
 def digits_engine(digits_ckpt):
-    from ctmtool.models import load_model
+    from ctmtool.core.models import load_model
     from ctmtool.serve.engine import Engine
 
     return Engine(load_model(digits_ckpt), backend="torch")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from ctmtool.core.models import load_model
 from ctmtool.errors import UserError
-from ctmtool.models import load_model
 from ctmtool.serve.engine import Engine
 
 
@@ -29,7 +29,7 @@ def test_walk_noise_is_a_great_circle(digits_engine):
 
 
 def test_edit_is_the_library_sdedit(digits_engine):
-    from ctmtool.editing import sdedit, strength_to_level
+    from ctmtool.core.editing import sdedit, strength_to_level
 
     m = digits_engine.model
     x = torch.rand((1, *m.data_shape)) * 2 - 1
@@ -53,7 +53,7 @@ def test_onnxruntime_backend_matches_torch(tmp_path):
     """The served fast path (exported, verified, run in ONNX Runtime) gives PyTorch's samples and edits."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from ctmtool.export import random_checkpoint
+    from ctmtool.jobs.export import random_checkpoint
 
     model = load_model(random_checkpoint(tmp_path / "toy.safetensors", "toy", "ctm"))
     slow, fast = Engine(model, backend="torch"), Engine(model, backend="onnxruntime")
@@ -67,7 +67,7 @@ def test_onnxruntime_backend_matches_torch(tmp_path):
 
 
 def test_teacher_generates_but_does_not_edit(tmp_path):
-    from ctmtool.export import random_checkpoint
+    from ctmtool.jobs.export import random_checkpoint
 
     eng = Engine(load_model(random_checkpoint(tmp_path / "t.safetensors", "toy", "teacher")), backend="torch")
     assert eng.info()["editor"] == [] and eng.info()["generate"]
@@ -78,7 +78,7 @@ def test_teacher_generates_but_does_not_edit(tmp_path):
 
 
 def test_class_choice_of_a_conditional_model(tmp_path):
-    from ctmtool.export import random_checkpoint
+    from ctmtool.jobs.export import random_checkpoint
 
     over = ["net.label_dim=10", "net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16"]
     eng = Engine(load_model(random_checkpoint(tmp_path / "c.safetensors", "digits", "ctm", overrides=over)), backend="torch")

@@ -10,13 +10,13 @@ the toy preset's choices (with the preset's `noise_scale = 10` this small net pl
 
 import torch
 
-from ctmtool.analytic import ExactTrajectory
 from ctmtool.cli.common import Reporter
 from ctmtool.config import load_preset
+from ctmtool.core.analytic import ExactTrajectory
+from ctmtool.core.models import analytic_model
+from ctmtool.core.schedules import karras_sigmas
 from ctmtool.data import load_dataset
 from ctmtool.metrics.trajectory import trajectory_error
-from ctmtool.models import analytic_model
-from ctmtool.schedules import karras_sigmas
 from ctmtool.train.loop import fit
 from ctmtool.train.trajectory import ctm_objective
 

@@ -9,12 +9,13 @@ import torch.distributed as dist
 
 from ctmtool.cli.common import Reporter
 from ctmtool.config import load_preset
+from ctmtool.core import distributed as ddp
+from ctmtool.core.models import Model, analytic_model
+from ctmtool.core.sampling import distributed_generate
 from ctmtool.data import load_dataset
-from ctmtool.models import Model, analytic_model
-from ctmtool.sampling import distributed_generate
-from ctmtool.train import distributed as ddp
+from ctmtool.jobs.plan import plan_explicit
 from ctmtool.train.loop import fit
-from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.teacher_objective import TeacherObjective
 from ctmtool.train.trajectory import ctm_objective
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
@@ -41,7 +42,7 @@ def _train(kind: str, run_dir):
 
 def _sample(obj):
     model = Model("teacher", obj.ema, obj.preset, obj.data_shape)
-    return distributed_generate(model, 7, seed=3, batch=3, solver="heun", steps=4)
+    return distributed_generate(model, 7, plan_explicit(model, solver="heun", steps=4, batch=3), seed=3)
 
 
 def _worker(r: int, world: int, port: int, out: str):

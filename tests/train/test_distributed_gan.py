@@ -11,10 +11,10 @@ from torch import nn
 import ctmtool.losses.ctm as ctm_losses
 from ctmtool.cli.common import Reporter
 from ctmtool.config import load_preset
+from ctmtool.core import distributed as ddp
+from ctmtool.core.models import build_precond
 from ctmtool.data import load_dataset
-from ctmtool.models import build_precond
 from ctmtool.nets.projected_gan import SingleDisc
-from ctmtool.train import distributed as ddp
 from ctmtool.train.distributed_gan import GlobalBatchNorm, d_hinge_share, g_hinge_share, global_batch_norm
 from ctmtool.train.loop import fit
 from ctmtool.train.trajectory import ctm_objective

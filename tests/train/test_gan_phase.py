@@ -5,8 +5,8 @@ import torch
 from ctmtool.checkpoint import load_checkpoint
 from ctmtool.cli.common import Reporter
 from ctmtool.config import load_preset
+from ctmtool.core.models import build_precond
 from ctmtool.data import load_dataset
-from ctmtool.models import build_precond
 from ctmtool.nets.discriminator import Discriminator
 from ctmtool.train.loop import fit
 from ctmtool.train.trajectory import ctm_objective

@@ -95,7 +95,7 @@ from ctmtool.config import load_preset
 from ctmtool.data import load_dataset
 from ctmtool.progress import Quiet
 from ctmtool.train.loop import fit
-from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.teacher_objective import TeacherObjective
 
 torch.set_num_threads(1)
 run_dir, resume = Path(sys.argv[1]), len(sys.argv) > 2

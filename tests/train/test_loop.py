@@ -13,7 +13,7 @@ from ctmtool.config import load_preset
 from ctmtool.data import load_dataset
 from ctmtool.errors import UserError
 from ctmtool.train.loop import RunLock, fit
-from ctmtool.train.objectives import TeacherObjective
+from ctmtool.train.teacher_objective import TeacherObjective
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
 

@@ -3,7 +3,7 @@
 import torch
 
 from ctmtool.config import load_preset
-from ctmtool.models import build_precond
+from ctmtool.core.models import build_precond
 from ctmtool.train.trajectory import ctm_objective
 
 TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",

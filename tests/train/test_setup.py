@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctmtool.analytic import GaussianMixture
+from ctmtool.core.analytic import GaussianMixture
+from ctmtool.core.models import analytic_model
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
-from ctmtool.models import analytic_model
 from ctmtool.progress import Quiet
 from ctmtool.train.setup import check_labels, gmm_evaluator, prepare_run_dir, rank_setup
 

@@ -8,8 +8,8 @@ import torch
 
 from ctmtool.checkpoint import load_checkpoint
 from ctmtool.cli.common import Reporter
+from ctmtool.core.models import analytic_model
 from ctmtool.data import load_dataset
-from ctmtool.models import analytic_model
 from ctmtool.train.loop import fit
 from ctmtool.train.trajectory import ctm_objective, ema_group
 
@@ -103,7 +103,7 @@ def test_k_is_drawn_once_per_optimiser_step(preset, monkeypatch):
     """The teacher steps k: one draw per optimiser step, the step's first index draw, shared by its micro-batches
     (as ctm-cifar10 cm/train_util.py forward_backward); drawn per micro-batch, 10 steps of 3 would differ."""
     import ctmtool.losses.ctm as ctm_losses
-    from ctmtool.schedules import sample_teacher_steps
+    from ctmtool.core.schedules import sample_teacher_steps
 
     ks, draw = [], ctm_losses.sample_ctm_indices
 

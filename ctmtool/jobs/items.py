@@ -1,0 +1,165 @@
+"""Running a model over many items, batch by batch, with per-item seeds: sampling, translation and editing.
+
+Sampling takes a `SamplingPlan` settled once by `ctmtool.jobs.plan.plan_sampling`.
+`draw`, `translate_items` and `edit_items` collect results on the CPU; item i always uses seed + i, so
+the batch size never changes a result.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ctmtool.core.editing import sdedit, stroke_edit
+from ctmtool.core.noise import ImageNoise
+from ctmtool.core.sampling import SamplingPlan, distributed_generate, generate
+from ctmtool.core.translate import translate
+from ctmtool.errors import UserError
+from ctmtool.jobs.plan import refuse_translation
+
+Advance = Callable[[int], None] | None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations on this machine (None when the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(n: int, shape: tuple[int, ...], what: str = "`n`", copies: int = 2) -> None:
+    """Refuse to hold `n` float32 items of `shape` (`copies` times) when that exceeds the free memory."""
+    need = n * math.prod(shape) * 4 * copies
+    free = available_memory()
+    if free is not None and need > 0.8 * free:
+        raise UserError(f"{n} items of shape {tuple(shape)} need about {need / 2**30:.1f} GiB, more than the "
+                        f"{free / 2**30:.1f} GiB of free memory; lower {what}")
+
+
+def _out_of_memory(err: BaseException) -> UserError:
+    return UserError(f"out of memory ({type(err).__name__}); lower `batch` (items per forward pass)")
+
+
+def draw(model, n: int, plan: SamplingPlan, *, seed: int = 0, device: torch.device | str = "cpu",
+         progress: Advance = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`n` >= 1 samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i."""
+    check_memory(n, model.data_shape)
+    xs, ys = [], []
+    try:
+        for x, y in generate(model, n, plan, seed=seed, device=device, progress=progress):
+            xs.append(x.cpu())
+            ys.append(None if y is None else y.cpu())
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        raise _out_of_memory(err) from None
+    labels = None if ys[0] is None else torch.cat(ys)
+    return torch.cat(xs), labels
+
+
+@dataclass
+class Samples:
+    x: torch.Tensor  # (n, *data_shape) on the CPU; images in [-1, 1]
+    labels: torch.Tensor | None  # class labels of a conditional model
+    n: int
+    seed: int
+    plan: SamplingPlan  # how they were drawn (`ctmtool.jobs.plan.plan_sampling`)
+    seconds: float
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample."""
+        return self.plan.nfe
+
+    @property
+    def schedule(self) -> list[float]:
+        """The noise levels visited."""
+        return [round(float(v), 6) for v in self.plan.schedule]
+
+    def summary(self) -> dict:
+        p = self.plan
+        return {"n": self.n, "seed": self.seed, "solver": p.solver, "nfe": p.nfe,
+                "gamma": p.gamma if p.solver == "gamma" else None, "schedule": self.schedule,
+                "class": p.class_label, "seconds": round(self.seconds, 3),
+                "samples_per_second": round(self.n / max(self.seconds, 1e-9), 1)}
+
+
+def sample(model, plan: SamplingPlan, *, n: int | None = None, seed: int | None = None,
+           device: torch.device | str = "cpu", progress: Advance = None, distributed: bool = False) -> Samples | None:
+    """Draw samples with `plan` (`ctmtool.jobs.plan.plan_sampling`); n and seed default to the preset's [sample].
+
+    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others None)."""
+    s = model.preset.sample
+    n, seed = s.n if n is None else n, s.seed if seed is None else seed
+    if n < 1:
+        raise UserError(f"`n` and `batch` must be at least 1 (got {n} and {plan.batch})")
+    t0 = time.time()
+    if distributed:
+        check_memory(n, model.data_shape)
+        x, labels = distributed_generate(model, n, plan, seed, device), None  # labels are not gathered
+        if x is None:
+            return None
+        x = x.cpu()
+    else:
+        x, labels = draw(model, n, plan, seed=seed, device=device, progress=progress)
+    return Samples(x, labels, n, seed, plan, time.time() - t0)
+
+
+def _batched(fn, x: torch.Tensor, model, seed: int, batch: int, device, progress: Advance) -> torch.Tensor:
+    """fn(x_batch, noise, lo, hi) over batches of x; item i's noise stream is seeded with seed + i."""
+    if len(x) < 1 or batch < 1:
+        raise UserError(f"nothing to do: {len(x)} items, `batch` {batch}")
+    outs = []
+    try:
+        for lo in range(0, len(x), batch):
+            hi = min(len(x), lo + batch)
+            noise = ImageNoise(list(range(seed + lo, seed + hi)), model.data_shape, device)
+            outs.append(fn(x[lo:hi].to(device), noise, lo, hi).cpu())
+            if progress is not None:
+                progress(hi - lo)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        raise _out_of_memory(err) from None
+    return check_finite(torch.cat(outs), "the model's outputs", "the checkpoint's weights may hold NaN/inf")
+
+
+def translate_items(model, x: torch.Tensor, *, nfe: int = 1, gamma: float = 0.0, seed: int = 0, batch: int = 256,
+                    device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
+    """GCTM translation of every row of x (GCTM paper, Sec. 4: one jump G(x1, 1, 0) when nfe = 1)."""
+    refuse_translation(model, nfe, gamma)
+    return _batched(lambda xb, noise, lo, hi: translate(model, xb, nfe=nfe, gamma=gamma, noise=noise),
+                    x, model, seed, batch, device, progress)
+
+
+def edit_items(model, x: torch.Tensor, level: float, *, strokes: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None, keep_unmasked: bool = False, nfe: int = 1, gamma: float = 0.0,
+               seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
+               progress: Advance = None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022) of every row of x from `level`, or stroke editing when `strokes` are given."""
+    def one(xb, noise, lo, hi):
+        if strokes is None:
+            return sdedit(model, xb, level, noise=noise, nfe=nfe, gamma=gamma)
+        mb = None if mask is None else mask[lo:hi].to(xb.device)
+        return stroke_edit(model, xb, strokes[lo:hi].to(xb.device), mb, level, noise=noise, nfe=nfe, gamma=gamma,
+                           keep_unmasked=keep_unmasked)
+
+    return _batched(one, x, model, seed, batch, device, progress)
+
+
+def check_finite(x: torch.Tensor, what: str, fix: str) -> torch.Tensor:
+    """Refuse NaN or infinite values, naming where they are."""
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x.flatten(1) if x.ndim > 1 else x)).any(-1).sum()) if x.ndim > 1 else 1
+        raise UserError(f"{what} hold NaN or infinite values (items with them: {bad}); {fix}")
+    return x
+
+
+def check_model_finite(model) -> None:
+    """Refuse a model whose weights hold NaN or infinite values (an edited or damaged checkpoint)."""
+    bad = [name for name, t in model.net.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UserError(f"checkpoint {model.path} holds NaN or infinite weights ({bad[0]}"
+                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); use another checkpoint")
