@@ -31,6 +31,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ctmtool.checkpoint import load_checkpoint
 from ctmtool.config import ADMConfig, NetConfig, Preset
 from ctmtool.core.models import build_precond, model_from_checkpoint
 from ctmtool.importers import import_file
@@ -156,8 +157,9 @@ def check_openai(root: Path, gen: torch.Generator) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "edm_tiny_ema.pt"
         torch.save(official.state_dict(), path)
-        ckpt = import_file(path, Path(tmp) / "edm_tiny_ema.safetensors", resolution=CFG["res"], head_channels=CFG["head"])
-    model = model_from_checkpoint(ckpt)
+        _, written = import_file(path, Path(tmp) / "edm_tiny_ema.safetensors", resolution=CFG["res"],
+                                 head_channels=CFG["head"])
+        model = model_from_checkpoint(load_checkpoint(written))
     print("OpenAI UNetModel (torch.save state dict -> ctmtool import) vs ctmtool EDMPrecond(ADMUNet)")
     worst = 0.0
     b = 4

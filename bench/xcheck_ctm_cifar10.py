@@ -92,7 +92,7 @@ def main(checkout: str) -> None:
         f2 = tmp / "ema_0.999_000100.pt"
         f.rename(f2)
         out = tmp / f"ctm{label_dim}.safetensors"
-        import_file(f2, out, force=True)
+        import_file(f2, out)
         f2.rename(f)
         mine = load_model(out, device="cpu")
         diff = KarrasDenoiser(args, None, None)
@@ -200,6 +200,51 @@ def _losses(tmp, args, *, off_cls, KarrasDenoiser, Sampler, res, kw, ctm_losses,
     got = DSMLoss(grid, -1.2, 1.2, 0.5, sampler="halflognormal")(mine.net, x0)
     a, r = _rel(got, want)
     print(f"  DSM (5 samples): official {[round(v, 6) for v in want.tolist()]}  abs {a:.3e} rel {r:.3e}")
+    _adaptive_micro_batches(diff, off, teacher, mine, my_lpips, grid, res, ctm_losses, CTMLoss, DSMLoss)
+
+
+def _adaptive_micro_batches(diff, off, teacher, mine, my_lpips, grid, res, ctm_losses, CTMLoss, DSMLoss):
+    """lambda_DSM per micro-batch (karras_diffusion.py 384-392: calculate_adaptive_weight of the micro-batch's mean
+    CTM and DSM losses at the last layer, inside train_util.py 1043's micro-batch loop) vs ctmtool's
+    `adaptive_weight` at `last_layer(net)` on the same two micro-batches of 3 rows; and the whole 6-row batch's."""
+    from ctmtool.losses.gan import adaptive_weight
+    from ctmtool.train.teacher_objective import last_layer
+
+    print("\n== adaptive lambda_DSM on two micro-batches of 3 rows (official calculate_adaptive_weight vs ctmtool)")
+    off_last = off.model.dec[f"{res}x{res}_aux_conv"].weight  # the official CIFAR-10 choice, dec['32x32_aux_conv']
+    mine.net.requires_grad_(True)
+    my_last = last_layer(mine.net)
+    print(f"  last layer: official dec.{res}x{res}_aux_conv.weight {tuple(off_last.shape)}; ctmtool "
+          f"{next(n for n, p in mine.net.named_parameters() if p is my_last)} {tuple(my_last.shape)}")
+    x0 = torch.rand(6, 3, res, res, generator=torch.Generator().manual_seed(13)) * 2 - 1
+    t_i, k, s_i = 3, 5, 10
+    with torch.enable_grad():
+        for m in (0, 1, None):
+            rows = x0 if m is None else x0[3 * m:3 * m + 3]
+            b = rows.shape[0]
+            noise = torch.randn(rows.shape, generator=torch.Generator().manual_seed(30 + (m or 0)))
+            ind = torch.full((b,), float(t_i))
+            t, t_dt, s = diff.get_t(ind), diff.get_t(ind + k), diff.get_t(torch.full((b,), float(s_i)))
+            x_t = rows + noise * t.view(-1, 1, 1, 1)
+            est = diff.get_ctm_estimate(x_t, t, t_dt, s, off, off, True, "target_model_sg", "model", False)
+            with torch.no_grad():
+                x_t_dt = diff.heun_solver(off, x_t, ind, 4, t, t_dt, ctm=True, num_step=k)
+                tgt = diff.get_ctm_target(x_t_dt, t_dt, s, off, off, True, "model_sg")
+            ctm_off = diff.get_CTM_loss(est, tgt, torch.ones(b), 0)
+            torch.manual_seed(40 + (m or 0))
+            dsm_off = diff.get_DSM_loss(off, rows, {}, None, 0, 0)
+            w_off = diff.calculate_adaptive_weight(ctm_off.mean(), dsm_off.mean(), last_layer=off_last)
+
+            idx = (torch.full((b,), t_i), torch.full((b,), t_i + k), torch.full((b,), s_i), k)
+            ctm_losses.sample_ctm_indices = lambda *a, idx=idx, **kw2: idx
+            gen = torch.Generator().manual_seed(30 + (m or 0))
+            ctm_me, _ = CTMLoss(grid, 17, my_lpips, "heun")(mine.net, mine.net, teacher, rows, None, gen, None, None)
+            torch.manual_seed(40 + (m or 0))
+            dsm_me = DSMLoss(grid, -1.2, 1.2, 0.5, sampler="halflognormal")(mine.net, rows)
+            w_me = adaptive_weight(ctm_me.mean(), dsm_me.mean(), my_last, 0.0, 1e4)
+            what = "whole batch (6 rows)" if m is None else f"micro-batch {m} (rows {3 * m}-{3 * m + 2})"
+            print(f"  {what:<28} official {float(w_off):.7g}  ctmtool {float(w_me):.7g}  "
+                  f"rel {abs(float(w_me) - float(w_off)) / abs(float(w_off)):.2e}")
 
 
 def _discriminator():

@@ -65,6 +65,7 @@ class DataConfig(Strict):
     channels: int | None = Field(None, ge=1)  # expected channel count (1 grey, 3 RGB)
     xflip: bool = False  # random horizontal flips during training
     seed: int = 0  # seed for drawing toy data
+    hint: str = ""  # how to get the data (what to download, where it goes), shown when data.path is missing
 
     @model_validator(mode="after")
     def _needs(self) -> DataConfig:
@@ -116,6 +117,7 @@ class ADMConfig(Strict):
     scale_shift: bool = True  # FiLM conditioning (use_scale_shift_norm)
     resblock_updown: bool = True  # residual blocks for up/downsampling
     qkv_order: Literal["three", "heads"] = "three"  # qkv channel split: flash-attention checkpoints use "three"
+    time_scale: float = Field(1000.0, gt=0)  # noise labels ln(sigma)/4 times this enter the embedding (EDM's ADM: 1)
 
     @field_validator("head_channels")
     @classmethod
@@ -196,7 +198,9 @@ class CTMConfig(Strict):
     dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"  # DSM sigmas; halflognormal is the paper's
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
     eval_emas: list[float] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
+    eval_ema_warmup: bool = False  # False: fixed rates from step 0 as the official code (ctm-cifar10 train_util.py 282-284); True: min(r, (1+n)/(10+n))
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
+    self_solver: Literal["jump", "heun"] = "jump"  # teacher = "self": jump = the target's own G(x_t, t, u) (official self_learn); heun: Heun on its denoiser
     solver: Literal["heun", "euler"] = "heun"  # teacher ODE steps
     teacher_hint: str = ""  # which published teacher this preset expects and where to get it (shown if --teacher is missing)
     dropout: Literal["matched", "official"] = "matched"  # matched: online passes share masks, target without dropout; official: target in train mode, every pass its own masks
@@ -268,6 +272,12 @@ class GCTMConfig(Strict):
     var1: float | None = Field(None, gt=0)  # override the estimated Var x1
     cov01: float | None = None  # override the estimated Cov(x0, x1)
     dsm_times: Literal["lognormal", "uniform", "beta_3_1"] = "lognormal"  # how DSM training times are drawn
+    dsm_grid: int = Field(1024, ge=0)  # DSM times snapped up to this fine grid's points (the reference's disc_steps); 0: continuous
+    dsm_grid_fraction: float = Field(0.0, ge=0, le=1)  # share of DSM times drawn from the training grid instead (0: the reference)
+    time_sampler: Literal["official", "ctm"] = "official"  # (t, u, s): GCTM's s ~ 1 - t, t = lambda + (1 - lambda) t_s; or CTM's
+    t_ctm_beta: tuple[float, float] = (1.2, 2.0)  # lambda ~ Beta(a, b) of the official sampler (its --t_ctm_dists)
+    double_every: int | None = Field(None, ge=1)  # curriculum: the training grid's steps double every this many steps (--double_iter)
+    source: DataConfig | None = None  # the source side's data for couplings dataset / dataset-ot (as [data])
 
 
 class Preset(Strict):

@@ -7,7 +7,19 @@ from typing import Annotated
 import typer
 
 from ctmtool import __version__
-from ctmtool.cli import distill, export, fid, import_, likelihood, presets, sample, serve, teacher, translate
+from ctmtool.cli import (
+    distill,
+    export,
+    fid,
+    import_,
+    likelihood,
+    metrics,
+    presets,
+    sample,
+    serve,
+    teacher,
+    translate,
+)
 from ctmtool.cli.common import Group, configure_logging
 
 app = typer.Typer(
@@ -43,7 +55,7 @@ def _root(
     configure_logging(-1 if quiet else 1 if verbose else 0)
 
 
-for module in (presets, teacher, import_, distill, sample, likelihood, fid, translate, export, serve):
+for module in (presets, teacher, import_, distill, sample, likelihood, fid, metrics, translate, export, serve):
     module.register(app)
 
 

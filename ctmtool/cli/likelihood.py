@@ -38,6 +38,9 @@ def likelihood_cmd(
     preset: Annotated[str | None, typer.Option(
         "--preset", "-p", metavar="NAME|FILE.toml", help="Preset whose [data.gmm] mixture is the model (with --analytic).")] = None,
     analytic: Annotated[bool, typer.Option("--analytic", help="Use the exact Gaussian-mixture denoiser of --preset.")] = False,
+    protocol: Annotated[Literal["exact", "ctm-paper"], typer.Option(
+        "--protocol", help="exact: ctmtool's PF-ODE / ELBO bound of dequantised data; ctm-paper: the CTM paper's "
+                           "estimate (sony/ctm eval_bpd.py; uses only -n, --batch, --seed, --rtol, --atol).")] = "exact",
     method: Annotated[Literal["ode", "elbo"], typer.Option(
         "--method", help="ode: probability-flow ODE; elbo: variational bound (an upper bound on the NLL).")] = "ode",
     divergence: Annotated[Literal["auto", "exact", "hutchinson"], typer.Option(
@@ -77,6 +80,10 @@ def likelihood_cmd(
     from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out)
+    if protocol not in ("exact", "ctm-paper"):
+        raise UserError(f"--protocol must be exact or ctm-paper, got {protocol!r}")
+    if protocol == "ctm-paper" and per_item is not None:
+        raise UserError("--per-item goes with --protocol exact")
     opts = NLLOptions(method, divergence, probes, probe_dist, solver, steps, rtol, atol, elbo_samples, dequant_draws,
                       draw_average).check()
     if data is None:
@@ -89,6 +96,17 @@ def likelihood_cmd(
     rep.log(f"using {source}")
     with input_path(data) as staged:
         ds = load_data(staged, model)
+    if protocol == "ctm-paper":
+        from ctmtool.jobs.likelihood import paper_likelihood_of
+
+        total = len(ds) if n is None else min(max(n, 0), len(ds))
+        rep.log(f"ctm-paper likelihood of {total} items of {ds.name} on {dev}")
+        with rep.progress(total, "likelihood", "items") as advance:
+            out = paper_likelihood_of(model, ds, n=n, batch=batch, seed=seed, rtol=rtol, atol=atol, device=dev,
+                                      progress=advance)
+        out["model"] = str(model.path) if model.path else source
+        rep.result(out, title="likelihood")
+        return
     rep.log(f"{opts.method} likelihood of {len(ds) if n is None else min(n, len(ds))} items of {ds.name} on {dev}")
     with rep.progress(len(ds) if n is None else min(max(n, 0), len(ds)), "likelihood", "items") as advance:
         out, ev = likelihood_of(model, ds, opts, n=n, batch=batch, seed=seed, device=dev, progress=advance)

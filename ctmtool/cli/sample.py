@@ -89,6 +89,11 @@ def sample_cmd(
     ema: EmaOpt = "ema",
     analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of --preset.")] = False,
     preset: Annotated[str | None, typer.Option("--preset", "-p", metavar="NAME|FILE.toml", help="With --analytic: the Gaussian-mixture preset.")] = None,
+    reject_with: Annotated[str | None, typer.Option("--reject-with", metavar="FILE.pt", help="Classifier-rejection sampling: a TorchScript "
+                                                    "file with classify(x) logits on uint8 images; draws (1 + "
+                                                    "--rejection-ratio) x n samples and keeps the n best-scored.")] = None,
+    rejection_ratio: Annotated[float, typer.Option("--rejection-ratio", help="With --reject-with: extra fraction "
+                                                   "drawn and rejected (the official script: 0.1 .. 1).")] = 0.2,
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -103,6 +108,7 @@ def sample_cmd(
     from ctmtool.core import distributed as ddp
     from ctmtool.jobs.outputs import check_out, write_items
     from ctmtool.jobs.plan import plan_sampling
+    from ctmtool.jobs.rejection import draw_count
     from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out, data_on_stdout=out == "-")
@@ -117,12 +123,52 @@ def sample_cmd(
                          sigmas=parse_floats(sigmas, "--sigmas"), noise=noise, batch=batch)  # before the output
     check_out(out, model.is_image, force)
     rep.log(f"using {source}")
+    classify = _classifier(reject_with, rejection_ratio, model, dev)
+    wanted = n if n is not None else model.preset.sample.n
+    if classify is not None:
+        n = draw_count(wanted, rejection_ratio)
     res = _sample(model, plan, dev, rep, n, seed)
     if res is None:
         return
+    rejection = {}
+    if classify is not None:
+        res, rejection = _reject(res, classify, rejection_ratio, wanted, reject_with, rep)
     info = write_items(res.x, out, model.is_image, labels=res.labels, **_plot_text(model, res))
-    result = {**info, **res.summary(), "checkpoint": str(model.path) if model.path else "analytic"}
+    result = {**info, **res.summary(), **rejection, "checkpoint": str(model.path) if model.path else "analytic"}
     rep.result(result, title="samples")
+
+
+def _classifier(path: str | None, ratio: float, model, dev):
+    """The classify(x) method of a TorchScript classifier for --reject-with, or None."""
+    if path is None:
+        return None
+    from ctmtool.metrics.features import make_extractor
+
+    if ratio < 0:
+        raise UserError(f"--rejection-ratio must be >= 0 (got {ratio})")
+    if not model.is_image:
+        raise UserError("--reject-with scores images with a classifier; this model makes points")
+    if path.lower().startswith("inception"):
+        raise UserError("--reject-with takes a TorchScript classifier file (classify(x) logits), not Inception")
+    ex = make_extractor(path, dev)
+    if not ex.has_head("logits"):
+        raise UserError(f"--reject-with {path}: {ex.missing_head('logits')}")
+    return lambda x: ex.heads(x, ("logits",))["logits"]
+
+
+def _reject(res, classify, ratio: float, wanted: int, path: str, rep: Reporter):
+    """The samples that survive classifier rejection, and what the result reports about it."""
+    import dataclasses
+
+    from ctmtool.jobs.rejection import classifier_scores, keep_best
+
+    scores, classes = classifier_scores(res.x, res.labels, classify)
+    kept = keep_best(scores, classes, ratio, wanted)
+    rep.log(f"classifier rejection: kept {len(kept)} of {len(res.x)} samples (mean log p {float(scores.mean()):.4g} "
+            f"-> {float(scores[kept].mean()):.4g})")
+    res = dataclasses.replace(res, x=res.x[kept], labels=None if res.labels is None else res.labels[kept], n=len(kept))
+    return res, {"rejected_with": path, "rejection_ratio": ratio, "drawn": len(scores),
+                 "mean_logp_drawn": round(float(scores.mean()), 6), "mean_logp_kept": round(float(scores[kept].mean()), 6)}
 
 
 def register(root: typer.Typer) -> None:
@@ -144,11 +190,17 @@ def sweep_cmd(
     seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.json", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
+    search_nfe2: Annotated[bool, typer.Option("--search-nfe2", help="Instead of the table: ternary search of NFE 2's "
+                                              "intermediate level over a --search-steps grid (the CTM code's "
+                                              "ternary_search.py), with the first --gamma value.")] = False,
+    search_steps: Annotated[int, typer.Option("--search-steps", help="--search-nfe2: levels of the grid searched "
+                                              "(the official script: 40).")] = 40,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?).
+    """Quality against NFE for several gamma values: a table and a plot (does quality hold up as NFE grows?);
+    or, with --search-nfe2, the best intermediate level for two-step sampling.
 
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used."""
     import json
@@ -162,6 +214,7 @@ def sweep_cmd(
 
     rep = Reporter(json_out)
     at_least(1, n=n, batch=batch)
+    at_least(3, search_steps=search_steps)
     check_output(out, force)
     plot = out.with_suffix(".png")
     check_output(plot, force)
@@ -182,6 +235,10 @@ def sweep_cmd(
     gamma_list = parse_floats(gammas, "--gamma")
     if any(v < 1 for v in nfe_list) or any(not 0 <= g <= 1 for g in gamma_list):
         raise UserError("--nfe values must be >= 1 and --gamma values in [0, 1]")
+    if search_nfe2:
+        _search_nfe2(rep, model, name, score, base, n, seed, batch, dev, gamma_list[0], search_steps, out, plot,
+                     json_out)
+        return
     rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log)
     result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
               "plot": str(plot)}
@@ -211,3 +268,36 @@ def sweep_cmd(
             for r in rows:
                 print(f"{r['solver']}\t{r['nfe']}\t{'' if r['gamma'] is None else r['gamma']}\t{r['score']:.6g}")
         rep.log(f"wrote {out} and {plot}")
+
+
+def _search_nfe2(rep: Reporter, model, name: str, score, base: dict, n: int, seed: int, batch: int, dev,
+                 gamma: float, steps: int, out: Path, plot: Path, json_out: bool) -> None:
+    import json
+
+    import torch
+
+    from ctmtool.checkpoint import atomic_write
+    from ctmtool.core.sampling import generate
+    from ctmtool.jobs.nfe2_search import search_nfe2
+    from ctmtool.jobs.plan import plan_sampling
+    from ctmtool.jobs.plots import line_chart, save_png
+
+    def sample_score(schedule) -> float:
+        plan = plan_sampling(model, solver="gamma", gamma=gamma, sigmas=[float(v) for v in schedule], noise="edm",
+                             batch=batch)
+        x = torch.cat([b.cpu() for b, _ in generate(model, n, plan, seed=seed, device=dev)])
+        return score(x)
+
+    found = search_nfe2(model, sample_score, steps, gamma, "higher" not in name, rep.log)
+    result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, **found, "plot": str(plot)}
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    pts = [(e["level"], e["score"]) for e in found["evaluated"]]
+    save_png(line_chart({f"NFE 2, gamma {gamma:g}": sorted(pts)}, f"{Path(str(model.path)).name}: {name}",
+                        "intermediate level", "score"), plot)
+    if json_out:
+        rep.result({**result, "out": str(out)})
+    else:
+        for e in found["evaluated"]:
+            print(f"index {e['index']:3d}  level {e['level']:.5g}  {e['score']:.5g}")
+        print(f"best: index {found['best_index']} (level {found['best_level']:.5g}), score {found['best_score']:.5g}")
+        print(f"wrote {out} and {plot}")

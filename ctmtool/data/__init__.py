@@ -61,8 +61,9 @@ def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = Fals
 
         ds = load_imagenet64(path)
     else:
-        if path is None:
+        if path is None or (cfg.hint and not Path(path).expanduser().exists()):
             what = "a folder or .zip of images" if cfg.source == "folder" else "an .npz file"
-            raise UserError(f"data.source = {cfg.source!r} needs data.path: {what}")
+            where = "needs data.path" if path is None else f"data.path {path} does not exist; it needs"
+            raise UserError(f"data.source = {cfg.source!r} {where}: {what}" + (f" ({cfg.hint})" if cfg.hint else ""))
         ds = load_images(path, progress) if cfg.source == "folder" else load_npz(path)
     return check_shape(ds, cfg.resolution, cfg.channels)

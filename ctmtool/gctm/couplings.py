@@ -16,6 +16,9 @@ Specs for `make_coupling` (GCTMConfig.coupling):
     toy:<name>             2-D: x1 drawn independently from another toy distribution (moons, checkerboard,
                            swissroll, gmm, gaussian)
     toy-ot:<name>          the same, paired with x0 by minibatch OT
+    dataset                x1 drawn independently from another data set ([gctm.source], e.g. a folder of
+                           images): unpaired image-to-image translation between two data sets
+    dataset-ot             the same, paired with x0 by minibatch OT
 """
 
 from __future__ import annotations
@@ -284,7 +287,9 @@ def load_paired(path: str | Path, size: int | None = None) -> Dataset:
 # --------------------------------------------------------------------------------------------------
 # Spec parser
 
-COUPLINGS = ("independent", "ot", "paired[:left|right]", "corrupt:<degradation>", "toy:<name>", "toy-ot:<name>")
+COUPLINGS = ("independent", "ot", "paired[:left|right]", "corrupt:<degradation>", "toy:<name>", "toy-ot:<name>",
+             "dataset", "dataset-ot")
+DATASET_SOURCES = ("dataset", "dataset-ot")  # couplings whose source x1 comes from [gctm.source]
 
 
 def make_coupling(spec: str,
@@ -293,11 +298,12 @@ def make_coupling(spec: str,
     sinkhorn_iters: int = 500,          # most Sinkhorn passes (ot, toy-ot)
     gmm=None,                           # GMMConfig for a toy:gmm source
     sinkhorn_normalize: str = "spread", # GCTMConfig.sinkhorn_normalize (ot, toy-ot)
+    source: Dataset | None = None,      # the source data set of dataset / dataset-ot
 ) -> Coupling:
     """Parse a coupling spec (module docstring) into a Coupling; unknown specs raise SpecError."""
     kind, _, arg = spec.strip().partition(":")
     valid = "valid couplings: " + ", ".join(COUPLINGS)
-    if kind in ("independent", "ot") and arg:
+    if kind in ("independent", "ot", *DATASET_SOURCES) and arg:
         raise SpecError(f"coupling {spec!r}: {kind!r} takes no argument; {valid}")
     if kind == "independent":
         return IndependentCoupling(source_noise=source_noise)
@@ -318,20 +324,36 @@ def make_coupling(spec: str,
         return DistributionCoupling(toy_sampler(arg, gmm=gmm), ot=kind == "toy-ot", reg=sinkhorn_reg,
                                     iters=sinkhorn_iters, source_noise=source_noise, name=arg,
                                     normalize=sinkhorn_normalize)
+    if kind in DATASET_SOURCES:
+        if source is None:
+            raise SpecError(f"coupling {spec!r} draws the source from another data set: give a [gctm.source] "
+                            "table (as [data], e.g. source = \"folder\", path = \"horses/\")")
+        return DistributionCoupling(dataset_sampler(source), ot=kind == "dataset-ot", reg=sinkhorn_reg,
+                                    iters=sinkhorn_iters, source_noise=source_noise, name=source.name,
+                                    normalize=sinkhorn_normalize)
     raise SpecError(f"unknown coupling {spec!r}; {valid}")
 
 
-def coupling_from_config(cfg, gmm=None) -> Coupling:
-    """The Coupling a preset's [gctm] section (GCTMConfig) describes."""
+def dataset_sampler(ds: Dataset) -> Callable[[int, torch.Generator | None], torch.Tensor]:
+    """Items of `ds` uniformly with replacement, as floats (images in [-1, 1])."""
+    def sample(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        idx = torch.randint(0, len(ds), (n,), generator=generator,
+                            device=generator.device if generator is not None else "cpu")
+        return ds.get(idx.cpu())[0]
+    return sample
+
+
+def coupling_from_config(cfg, gmm=None, source: Dataset | None = None) -> Coupling:
+    """The Coupling a preset's [gctm] section (GCTMConfig) describes (`source`: the loaded [gctm.source])."""
     return make_coupling(cfg.coupling, cfg.source_noise, cfg.sinkhorn_reg, cfg.sinkhorn_iters, gmm=gmm,
-                         sinkhorn_normalize=cfg.sinkhorn_normalize)
+                         sinkhorn_normalize=cfg.sinkhorn_normalize, source=source)
 
 
 GAUSSIAN_SOURCES = ("independent", "ot")  # couplings whose source x1 is N(0, I) noise
 
 
 def coupling_kind(spec: str) -> str:
-    """The kind of a coupling spec: independent, ot, paired, corrupt, toy or toy-ot."""
+    """The kind of a coupling spec: independent, ot, paired, corrupt, toy, toy-ot, dataset or dataset-ot."""
     return spec.strip().partition(":")[0]
 
 

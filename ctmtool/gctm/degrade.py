@@ -17,6 +17,19 @@ is `name[:arg[:arg]]`:
     noise[:std]                             additive Gaussian noise (default 0.1)
     colorize                                luminance replicated on every channel (source for colourisation)
     edges[:threshold]                       black Sobel edges on white, like the edges2shoes sketches
+
+The GCTM code's own operators (`ctmtool.gctm.operators`; DDRM's matrices, holes filled white):
+
+    srN_bicubic                             DDRM bicubic down-sampling by N, nearest up-sampling back
+    blur_uni, blur_gauss[:sigma]            DDRM's 5-tap uniform / Gaussian (sigma 0.8) deblurring operators
+    blur_uni:official, blur_gauss:S:official  the same, applied as the GCTM code applies them (see operators)
+    jpeg[:quality]                          PIL JPEG round trip (default quality 10)
+    freeform[:lo[:hi[:white|noise]]]        free-form brush-stroke holes covering U[lo, hi] (default 0.1..0.2)
+    random_mask[:lo[:hi[:white|noise]]]     random missing pixels, fraction U[lo, hi] (default 0.8..0.92)
+    center_white                            the H/2 x W/2 centre box filled white
+
+and the official names themselves: sr4x-bicubic, sr2x-pool, blur-uni, blur-gauss, jpeg-10, inpaint-center,
+inpaint-random, inpaint-freeform1020, inpaint-freeform2030 (holes filled with noise, as the official coupling).
 """
 
 from __future__ import annotations
@@ -248,7 +261,61 @@ class Degradation:
 
 DEGRADATIONS = ("sr2", "sr4", "srN[:nearest|bicubic]", "blur[:sigma]", "inpaint[:fraction[:zero|noise]]",
                 "inpaint_anywhere[:fraction[:fill]]", "inpaint_random[:fraction[:fill]]", "noise[:std]",
-                "colorize", "edges[:threshold]")
+                "colorize", "edges[:threshold]", "srN_bicubic", "blur_uni", "blur_gauss[:sigma]", "jpeg[:quality]",
+                "freeform[:lo[:hi]]", "random_mask[:lo[:hi]]", "center_white", "the GCTM code's names (sr4x-bicubic, "
+                "blur-gauss, jpeg-10, inpaint-center, ...)")
+# the GCTM code's corruption names (corruption/__init__.py) as ctmtool specs
+# (the GCTM code's InverseCoupling fills the holes of its inpaint-* operators with Gaussian noise: so do these)
+OFFICIAL_NAMES = {"blur-uni": "blur_uni:official", "blur-gauss": "blur_gauss:0.8:official",
+                  "inpaint-center": "inpaint:0.25:noise", "inpaint-random": "random_mask:0.8:0.92:noise",
+                  "inpaint-freeform1020": "freeform:0.1:0.2:noise", "inpaint-freeform2030": "freeform:0.2:0.3:noise"}
+
+
+def _official(spec: str) -> str:
+    """A GCTM code corruption name (sr4x-pool, jpeg-10, ...) as a ctmtool spec; other specs unchanged."""
+    name = spec.strip()
+    if name in OFFICIAL_NAMES:
+        return OFFICIAL_NAMES[name]
+    if name.startswith("sr") and "x-" in name and name[2:name.index("x-")].isdigit():
+        factor, kind = name[2:name.index("x-")], name[name.index("x-") + 2:]
+        return {"pool": f"sr{factor}", "bicubic": f"sr{factor}_bicubic"}.get(kind, spec)
+    if name.startswith("jpeg-") and name[5:].isdigit():
+        return f"jpeg:{name[5:]}"
+    return spec
+
+
+def _gctm_operator(spec: str, name: str, args: list[str], nargs) -> Degradation | None:
+    """The operators of ctmtool.gctm.operators, or None for other names."""
+    import ctmtool.gctm.operators as op
+
+    if name.startswith("sr") and name.endswith("_bicubic") and name[2:-8].isdigit():
+        nargs(0)
+        factor = int(name[2:-8])
+        if factor < 2:
+            raise SpecError(f"degradation {spec!r}: the factor must be at least 2")
+        return Degradation(spec, op.sr_bicubic, (factor,))
+    if name in ("blur_uni", "blur_gauss"):
+        official = bool(args) and args[-1] == "official"
+        nargs((0 if name == "blur_uni" else 1) + official)
+        args = args[:-1] if official else args
+        sigma = _float(spec, args[0], 1e-3, 1e3) if args else op.GAUSS_SIGMA
+        return Degradation(spec, op.ddrm_blur, (name[5:], sigma, official))
+    if name == "jpeg":
+        nargs(1)
+        return Degradation(spec, op.jpeg, (int(_float(spec, args[0], 1, 100)) if args else 10,))
+    if name in ("freeform", "random_mask"):
+        nargs(3)
+        fill = args[2] if len(args) > 2 else "white"
+        if fill not in ("white", "noise"):
+            raise SpecError(f"degradation {spec!r}: fill must be 'white' or 'noise', got {fill!r}")
+        lo = _float(spec, args[0], 0, 1) if args else (0.1 if name == "freeform" else 0.8)
+        hi = _float(spec, args[1], lo, 1) if len(args) > 1 else max(lo, 0.2 if name == "freeform" else 0.92)
+        return Degradation(spec, op.inpaint_freeform if name == "freeform" else op.inpaint_random_range,
+                           (lo, hi, fill))
+    if name == "center_white":
+        nargs(0)
+        return Degradation(spec, op.inpaint_center_white)
+    return None
 
 
 def _float(spec: str, text: str, lo: float, hi: float) -> float:
@@ -269,13 +336,15 @@ def _fill(spec: str, text: str) -> str:
 
 def make_degradation(spec: str) -> Degradation:
     """Parse `name[:arg[:arg]]` (see the module docstring) into a callable `(x, generator=None) -> x1`."""
-    name, *args = spec.strip().split(":")
+    name, *args = _official(spec).strip().split(":")
     valid = "valid degradations: " + ", ".join(DEGRADATIONS)
 
     def nargs(most: int) -> None:
         if len(args) > most:
             raise SpecError(f"degradation {spec!r} takes at most {most} argument(s); {valid}")
 
+    if (found := _gctm_operator(spec, name, args, nargs)) is not None:
+        return found
     if name.startswith("sr") and name[2:].isdigit():
         nargs(1)
         factor = int(name[2:])

@@ -106,7 +106,22 @@ def convert_file(path: str | Path, fmt: str | None = None, **options) -> tuple[I
         module = next((m for m in formats() if m.NAME == fmt), None)
         if module is None:
             raise UserError(f"unknown import format {fmt!r}; known: {', '.join(m.NAME for m in formats())}")
+    check_options(module, options)
     return module.convert(obj, source=path, **options), module
+
+
+def check_options(module: ModuleType, options: dict) -> None:
+    """Refuse options the format's `convert` does not take (a GCTM-only option given for an ADM file, ...)."""
+    import inspect
+
+    params = inspect.signature(module.convert).parameters
+    takes = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    takes -= {"obj", "source"}
+    unknown = sorted(k for k in options if k not in takes)
+    if unknown:
+        what = ", ".join(f"`{k}`" for k in unknown)
+        fits = ", ".join(f"`{k}`" for k in sorted(takes - {"base"})) or "none"
+        raise UserError(f"{what} does not apply to a {module.NAME} file (its options: {fits}); leave it out")
 
 
 def import_file(path: str | Path, out: str | Path, fmt: str | None = None, **options) -> tuple[ImportResult, Path]:

@@ -6,7 +6,7 @@ Download the pickles from https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/ :
     edm-cifar10-32x32-cond-vp.pkl     edm-cifar10-32x32-cond-ve.pkl
     edm-afhqv2-64x64-uncond-vp.pkl    edm-afhqv2-64x64-uncond-ve.pkl
     edm-ffhq-64x64-uncond-vp.pkl      edm-ffhq-64x64-uncond-ve.pkl
-    edm-imagenet-64x64-cond-adm.pkl   (ADM / DhariwalUNet: not supported by ctmtool)
+    edm-imagenet-64x64-cond-adm.pkl   (ADM / DhariwalUNet: converted by ctmtool.importers.edm_adm)
 
 An EDM pickle is `dict(ema=<precond>, loss_fn=..., augment_pipe=..., dataset_kwargs=...)`. Every network
 object is a "persistent" object reduced to `torch_utils.persistence._reconstruct_persistent_obj(meta)`,
@@ -402,8 +402,11 @@ def checkpoint_from_edm(data: dict, path: str | Path, say: Callable[[str], None]
     model = (ema.state.get("_modules") or {}).get("model")
     if not isinstance(model, PersistentObj):
         raise UserError(f"{path}: the {ema.class_name} object has no 'model' network")
+    if model.class_name == "DhariwalUNet":
+        raise UserError(f"{path}: its network is EDM's ADM (DhariwalUNet, as in edm-imagenet-64x64-cond-adm.pkl), "
+                        "which this SongUNet reader does not convert; `ctmtool import` does (importers/edm_adm.py)")
     if model.class_name != "SongUNet":
-        extra = " (ADM, as in edm-imagenet-64x64-cond-adm.pkl)" if model.class_name == "DhariwalUNet" else ""
+        extra = ""
         raise UserError(f"{path}: network class {model.class_name}{extra} is not supported; ctmtool imports "
                         "EDM's SongUNet (DDPM++/NCSN++) networks only")
 

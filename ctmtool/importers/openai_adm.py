@@ -84,7 +84,8 @@ def adm_preset(name: str, description: str, adm: dict, label_dim: int, shape: tu
     return preset_from_dict(raw, f"built from {name}")
 
 
-def convert(obj, source: str | Path = "", resolution: int = 64, head_channels: int = 64, dropout: float | None = None) -> ImportResult:
+def convert(obj, source: str | Path = "", resolution: int = 64, head_channels: int = 64,
+            dropout: float | None = None) -> ImportResult:
     """OpenAI ADM teacher state dict -> a ctmtool EDM teacher (`net.` + the official names)."""
     sd = tensor_state(obj)
     if sd is None or not sniff(sd):

@@ -21,6 +21,7 @@ class Inputs:
     x: torch.Tensor  # items fitted to the model (images in [-1, 1], or points)
     names: list[str] | None  # unique file stems, to name output files (None when not unique)
     other: torch.Tensor | None = None  # the target halves of side-by-side pairs (for a before/after grid)
+    labels: torch.Tensor | None = None  # class labels of the items (class sub-folders, an npz's `labels`)
 
 
 def _log(log, msg: str) -> None:
@@ -86,7 +87,7 @@ def load_inputs(path: str | Path, model, split_pairs: bool = False, log=None) ->
         v, other = (left, right) if source_left else (right, left)
         _log(log, f"{p}: side-by-side pairs; translating the {'left' if source_left else 'right'} (source) halves")
         other = fit_images(other, model, str(p), log)
-    return Inputs(fit_images(v, model, str(p), log), names, other)
+    return Inputs(fit_images(v, model, str(p), log), names, other, ds.labels)
 
 
 def _paired(model) -> bool:

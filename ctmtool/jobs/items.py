@@ -19,6 +19,7 @@ from ctmtool.core.editing import sdedit, stroke_edit
 from ctmtool.core.noise import ImageNoise
 from ctmtool.core.sampling import SamplingPlan, distributed_generate, generate
 from ctmtool.core.translate import translate
+from ctmtool.core.zero_shot import restore
 from ctmtool.errors import UserError
 from ctmtool.jobs.plan import refuse_translation
 
@@ -127,11 +128,46 @@ def _batched(fn, x: torch.Tensor, model, seed: int, batch: int, device, progress
 
 
 def translate_items(model, x: torch.Tensor, *, nfe: int = 1, gamma: float = 0.0, seed: int = 0, batch: int = 256,
-                    device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
-    """GCTM translation of every row of x (GCTM paper, Sec. 4: one jump G(x1, 1, 0) when nfe = 1)."""
+                    device: torch.device | str = "cpu", progress: Advance = None,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    """GCTM translation of every row of x (GCTM paper, Sec. 4: one jump G(x1, 1, 0) when nfe = 1); `labels`:
+    class labels per row for a class-conditional model."""
     refuse_translation(model, nfe, gamma)
-    return _batched(lambda xb, noise, lo, hi: translate(model, xb, nfe=nfe, gamma=gamma, noise=noise),
-                    x, model, seed, batch, device, progress)
+    return _batched(lambda xb, noise, lo, hi: translate(
+        model, xb, nfe=nfe, gamma=gamma, noise=noise, labels=None if labels is None else labels[lo:hi].to(xb.device)),
+        x, model, seed, batch, device, progress)
+
+
+def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Labels for a class-conditional model: `class_label` for every item, else the inputs' own (class
+    sub-folders); None for an unconditional model (where `class_label` is refused)."""
+    if not model.label_dim:
+        if class_label is not None:
+            raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; drop `class`")
+        return None
+    if class_label is not None:
+        if not 0 <= class_label < model.label_dim:
+            raise UserError(f"`class` {class_label} is outside the model's {model.label_dim} classes "
+                            f"(0..{model.label_dim - 1})")
+        return torch.full((n,), class_label, dtype=torch.long)
+    if data_labels is None:
+        raise UserError(f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give `class` K, "
+                        "or inputs in class sub-folders")
+    if int(data_labels.max()) >= model.label_dim:
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {model.label_dim}; "
+                        "give `class` K")
+    return data_labels.long()
+
+
+def restore_items(model, y: torch.Tensor, task: str, level: float, *, hole: torch.Tensor | None = None,
+                  factor: int = 8, nfe: int = 1, gamma: float = 1.0, seed: int = 0, batch: int = 256,
+                  device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
+    """Zero-shot restoration (`ctmtool.core.zero_shot.restore`) of every row of y; item i's noise from seed + i."""
+    def one(yb, noise, lo, hi):
+        hb = None if hole is None else (hole if len(hole) == 1 else hole[lo:hi]).to(yb.device)
+        return restore(model, yb, task, level, nfe, noise, gamma=gamma, hole=hb, factor=factor)
+
+    return _batched(one, y, model, seed, batch, device, progress)
 
 
 def edit_items(model, x: torch.Tensor, level: float, *, strokes: torch.Tensor | None = None,

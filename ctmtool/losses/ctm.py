@@ -47,8 +47,10 @@ class CTMLoss:
         max_steps: int,                 # K: most solver steps from t to u, P(k) ~ k
         distance: Callable,             # d(x, y) -> (B,)
         solver: str = "heun",           # heun | euler
+        self_jump: bool = False,        # no teacher: x_u = G_target(x_t, t, u), the official `self_learn`
     ):
         self.grid, self.max_steps, self.distance = grid.double().cpu(), max_steps, distance
+        self.self_jump = self_jump
         self.solver = solvers.SOLVERS[solver]
         self.sigma_min = float(grid[-1])
 
@@ -63,8 +65,11 @@ class CTMLoss:
         x_est = self._estimate(online, target, x_t, t, s, smin, labels, dropout_seed)
 
         with torch.no_grad():
-            path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample levels
-            x_u = self.solver(teacher, x_t, path, labels).to(x_t.dtype)  # levels stay on the CPU
+            if self.self_jump:  # ctm-cifar10 karras_diffusion.py 184-193 (self_learn): one jump of the target
+                x_u = teacher.jump(x_t, t, u, labels).to(x_t.dtype)
+            else:
+                path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample levels
+                x_u = self.solver(teacher, x_t, path, labels).to(x_t.dtype)  # levels stay on the CPU
             with fixed_dropout(dropout_seed, dev):
                 x_s_tgt = online.jump(x_u, u, s, labels)
             with fixed_dropout(seed2, dev):

@@ -35,6 +35,8 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 INCEPTION_SHA256: str | None = None
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048
+SPATIAL_CHANNELS = 7  # sFID: the first 7 channels of the spatial map (ADM's evaluator: mixed_6/conv[..., :7])
+SPATIAL_BLOCK = "mixed_6"  # the Inception block whose `conv` branch gives the spatial features
 
 ProgressFactory = Callable[..., AbstractContextManager[Callable[..., None]]]  # like Reporter.progress
 
@@ -105,19 +107,52 @@ class FeatureExtractor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float32 (B, D) on self.device."""
+    # Heads beyond the pooled features, for `ctmtool metrics`: class logits (Inception Score) and a spatial
+    # map (sFID). A TorchScript file provides them as methods `classify(x) -> (B, K)` and
+    # `spatial(x) -> (B, C, H, W)`; the first SPATIAL_CHANNELS channels of the map are used, flattened.
+    def has_head(self, head: str) -> bool:
+        return head == "pool" or hasattr(self.net, {"logits": "classify", "spatial": "spatial"}[head])
+
+    def _heads(self, x: torch.Tensor, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        out = {}
+        if "pool" in heads:
+            out["pool"] = self._forward(x)
+        if "logits" in heads:
+            out["logits"] = self.net.classify(x)
+        if "spatial" in heads:
+            out["spatial"] = self.net.spatial(x)[:, :SPATIAL_CHANNELS]
+        return out
+
+    def missing_head(self, head: str) -> str:
+        """Why `head` is not available: a sentence for an error message."""
+        method = {"logits": "classify(x) -> (B, classes) logits", "spatial": "spatial(x) -> (B, C, H, W) maps"}[head]
+        return f"feature network {self.path.name} has no method {method}"
+
+    def _run(self, fn, images: torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"feature networks take uint8 NCHW images, got {images.dtype} {tuple(images.shape)}")
         try:
-            f = self._forward(images.to(self.device, non_blocking=True))
+            return fn(images.to(self.device, non_blocking=True))
         except (RuntimeError, ValueError, TypeError) as err:  # TorchScript shape errors are RuntimeErrors
             last = [ln for ln in str(err).strip().splitlines() if ln.strip()][-1:] or [type(err).__name__]
             _, c, h, w = images.shape
             raise UserError(f"feature network {self.path.name} failed on {c}x{h}x{w} (CxHxW) images: {last[0].strip()}; "
                             "give images of the size and channel count it was made for") from None
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float32 (B, D) on self.device."""
+        f = self._run(self._forward, images)
         return f.reshape(f.shape[0], -1).float()
+
+    @torch.no_grad()
+    def heads(self, images: torch.Tensor, heads: tuple[str, ...] = ("pool",)) -> dict[str, torch.Tensor]:
+        """uint8 (B, C, H, W) -> {head: float32 (B, D_head)} for heads among pool, logits, spatial."""
+        for h in heads:
+            if not self.has_head(h):
+                raise UserError(self.missing_head(h))
+        out = self._run(lambda x: self._heads(x, heads), images)
+        return {k: v.reshape(v.shape[0], -1).float() for k, v in out.items()}
 
 
 class InceptionFeatures(FeatureExtractor):
@@ -150,6 +185,34 @@ class InceptionFeatures(FeatureExtractor):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._resized(x).to(self.device, non_blocking=True)
         return self.net.layers.forward((x - 128) / 128).reshape(x.shape[0], INCEPTION_DIM)
+
+    def has_head(self, head: str) -> bool:
+        if head == "logits":
+            return hasattr(self.net, "output")
+        if head == "spatial":
+            return hasattr(getattr(self.net.layers, SPATIAL_BLOCK, None), "conv")
+        return head == "pool"
+
+    def missing_head(self, head: str) -> str:
+        what = "its `output` layer (logits)" if head == "logits" else f"layer {SPATIAL_BLOCK} (spatial features)"
+        return f"{self.path} has no {what}; it is not the TF-FID Inception file {INCEPTION_FILE} ({INCEPTION_URL})"
+
+    def _heads(self, x: torch.Tensor, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """One pass through the Inception layers: pool3 features, the 1008 logits without output bias (as
+        torch-fidelity's `logits_unbiased` and StyleGAN's IS), and mixed_6's `conv` branch (ADM's sFID)."""
+        x = self._resized(x).to(self.device, non_blocking=True)
+        h = (x - 128) / 128
+        out = {}
+        for name, layer in self.net.layers.named_children():
+            if name == SPATIAL_BLOCK and "spatial" in heads:
+                out["spatial"] = layer.conv(h)[:, :SPATIAL_CHANNELS]
+            h = layer(h)
+        pool = h.reshape(x.shape[0], INCEPTION_DIM)
+        if "pool" in heads:
+            out["pool"] = pool
+        if "logits" in heads:
+            out["logits"] = pool @ self.net.output.weight.T
+        return out
 
 
 def find_inception(cache: str | os.PathLike | None = None, download: bool | None = None,
@@ -227,11 +290,30 @@ class LegacyInceptionFeatures(FeatureExtractor):
             raise UserError(f"{self.path} loads as TorchScript but is not the TF-FID Inception file (no `layers`)")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._rgb(x), return_features=True).reshape(x.shape[0], INCEPTION_DIM)
+
+    @staticmethod
+    def _rgb(x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[1] != 3:
             raise UserError(f"Inception needs RGB or grey images, got {x.shape[1]} channels")
-        return self.net(x.float(), return_features=True).reshape(x.shape[0], INCEPTION_DIM)
+        return x.float()
+
+    def has_head(self, head: str) -> bool:
+        return head in ("pool", "logits")
+
+    def missing_head(self, head: str) -> str:
+        return ("sFID's spatial features are taken in the clean mode only: use `features` inception "
+                "(inception-legacy resizes inside the network, where its mixed_6 map cannot be read)")
+
+    def _heads(self, x: torch.Tensor, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        out = {}
+        if "pool" in heads:
+            out["pool"] = self._forward(x)
+        if "logits" in heads:  # StyleGAN2-ADA's IS: softmax without the output bias; log gives logits up to a constant
+            out["logits"] = self.net(self._rgb(x), no_output_bias=True).clamp_min(1e-30).log()
+        return out
 
 
 def make_extractor(features: str, device: torch.device | str = "cpu", cache: str | os.PathLike | None = None,

@@ -41,7 +41,7 @@ def build_net(cfg: NetConfig, data_shape: tuple[int, ...], use_s: bool) -> nn.Mo
             label_dim=cfg.label_dim, model_channels=a.model_channels, channel_mult=a.channel_mult,
             num_res_blocks=a.num_res_blocks, attn_resolutions=a.attn_resolutions, dropout=a.dropout,
             num_heads=a.num_heads, head_channels=a.head_channels, scale_shift=a.scale_shift,
-            resblock_updown=a.resblock_updown, qkv_order=a.qkv_order, use_s=use_s,
+            resblock_updown=a.resblock_updown, qkv_order=a.qkv_order, time_scale=a.time_scale, use_s=use_s,
         )
     raise ValueError(f"unknown network kind {cfg.kind!r}")
 

@@ -29,6 +29,7 @@ from ctmtool.config import Preset
 from ctmtool.core import solvers
 from ctmtool.core.models import build_precond
 from ctmtool.core.schedules import gctm_times, sample_ctm_indices
+from ctmtool.gctm.times import curriculum_steps, official_indices, snap_up
 from ctmtool.losses.ctm import fixed_dropout
 from ctmtool.losses.distances import PseudoHuber, SquaredL2, make_distance, pseudo_huber
 from ctmtool.train.trajectory import TrajectoryObjective
@@ -74,6 +75,9 @@ class GCTMLoss:
         rho: float = 7.0,               # Karras curvature for dsm_times = uniform
         grid_fraction: float = 0.25,    # share of DSM times drawn from the training grid (t = 1 included)
         compare_zero: bool = False,     # compare at time 0 through the EMA net instead of at s
+        time_sampler: str = "ctm",      # official: the reference's (t, u, s) (`gctm.times`); ctm: CTM's, K-capped
+        beta: tuple[float, float] = (1.2, 2.0),  # official sampler: lambda ~ Beta(a, b)
+        fine_grid: torch.Tensor | None = None,  # DSM times snapped up to this grid (the reference's 1024 steps)
     ):
         if dsm_times not in ("lognormal", "uniform", "beta_3_1"):
             raise ValueError(f"unknown dsm_times {dsm_times!r}; use lognormal, uniform or beta_3_1")
@@ -82,12 +86,22 @@ class GCTMLoss:
         self.dsm_times, self.p_mean, self.p_std = dsm_times, p_mean, p_std
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
         self.grid_fraction, self.compare_zero = grid_fraction, compare_zero
+        if time_sampler not in ("official", "ctm"):
+            raise ValueError(f"unknown time_sampler {time_sampler!r}; use official or ctm")
+        self.time_sampler, self.beta = time_sampler, tuple(beta)
+        self.fine_grid = None if fine_grid is None else fine_grid.double().cpu()
 
     def ctm(self, online, target, x0: torch.Tensor, x1: torch.Tensor, labels=None,
             index_generator: torch.Generator | None = None, dropout_seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-sample CTM term, x_est) for indices t < u <= s drawn as in CTM (`sample_ctm_indices`)."""
+        """(per-sample CTM term, x_est) for indices t < u <= s drawn as the reference (`gctm.times.official_indices`,
+        per-sample step counts) or as in CTM (`sample_ctm_indices`, one k per batch)."""
         dev = x0.device
-        t_i, u_i, s_i, k = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator)
+        if self.time_sampler == "official":
+            t_i, u_i, s_i = official_indices(x0.shape[0], self.grid, self.beta, index_generator)
+            k = int((u_i - t_i).max())
+        else:
+            t_i, u_i, s_i, k = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps,
+                                                  generator=index_generator)
         t, u, s = (self.grid[i].to(dev, torch.float32) for i in (t_i, u_i, s_i))
         x_t = interpolate(x0, x1, t)
         zero = torch.zeros_like(s)
@@ -97,7 +111,9 @@ class GCTMLoss:
         if self.compare_zero:
             x_est = target.jump(x_est, s, zero, labels)
         with torch.no_grad():
-            path = torch.stack([self.grid[t_i + j] for j in range(k + 1)])  # (k + 1, B) per-sample times
+            # (k + 1, B) per-sample times; a sample with fewer steps starts with zero-length steps at t (> 0: they
+            # leave x as it is; repeating u instead would divide by u = 0)
+            path = torch.stack([self.grid[torch.maximum(u_i - k + j, t_i)] for j in range(k + 1)])
             x_u = self.solver(target, x_t, path.to(dev), labels).to(x_t.dtype)
             with fixed_dropout(dropout_seed, dev):
                 x_tgt = online.jump(x_u, u, s, labels)
@@ -120,6 +136,8 @@ class GCTMLoss:
                 a, b = self.sigma_max ** (1 / self.rho), self.sigma_min ** (1 / self.rho)
                 sigma = (a + r * (b - a)) ** self.rho
             t = sigma / (1 + sigma)
+        if self.fine_grid is not None:  # the reference draws an index of its 1024-step grid with this mass
+            t = snap_up(t, self.fine_grid)
         n_grid = int(round(n * self.grid_fraction))
         if n_grid:
             idx = torch.randint(0, self.grid.numel() - 1, (n_grid,), generator=generator, device=where)
@@ -145,12 +163,25 @@ class GCTMTerms:
         moments: dict,                  # {var0, var1, cov01} of the coupling, stored in every checkpoint
         flip_pairs: bool = False,       # random horizontal flips applied to x0 and x1 together (paired data)
         spec: str = "",                 # the coupling's spec, recorded in checkpoints
+        double_every: int | None = None,  # curriculum: the grid's steps double every this many optimiser steps
+        fine_steps: int = 1024,         # ... up to this many (the reference's disc_steps)
+        grid_range: tuple[float, float, float] = (0.002, 80.0, 7.0),  # sigma_min, sigma_max, rho of the grids
     ):
         self.loss, self.coupling, self.flip_pairs, self.spec = loss, coupling, flip_pairs, spec
         self.moments = {k: float(moments[k]) for k in ("var0", "var1", "cov01")}
+        if "label_range" in moments:
+            self.moments["label_range"] = [float(v) for v in moments["label_range"]]
+        self.double_every, self.fine_steps, self.grid_range = double_every, fine_steps, grid_range
+        self.base_steps = loss.grid.numel() - 1
 
-    def new_step(self, cpu_gen) -> None:
-        """Nothing shared by a step's micro-batches: GCTM draws its times per sample (1202kbs/GCTM)."""
+    def new_step(self, cpu_gen, steps: int = 0) -> None:
+        """GCTM draws its times per sample (1202kbs/GCTM); with the curriculum (`double_every`) the training grid
+        of this step has min(fine, base * 2^(steps // double_every)) steps (train_gctm.py 94-95)."""
+        if self.double_every is None:
+            return
+        n = curriculum_steps(self.base_steps, steps, self.double_every, self.fine_steps)
+        if n + 1 != self.loss.grid.numel():
+            self.loss.grid = gctm_times(n + 1, *self.grid_range).double()
 
     def pair(self, x, labels, gen, cpu_gen):
         x0, x1 = self.coupling.pair(x, labels, gen)
@@ -190,9 +221,14 @@ def gctm_objective(
         raise ValueError(f"preset {preset.name!r} has no [gctm] section")
     c, g, d = preset.ctm, preset.gctm, preset.diffusion
     torch.manual_seed(preset.distill.seed)
+    # noise labels ln(t / (1 - t))/4 with t = 0 -> sigma_min and t = 1 -> sigma_max, as the reference's network
+    moments = {**moments, "label_range": [d.sigma_min, d.sigma_max]}
     net = build_precond("gctm", preset, data_shape, {"moments": moments})
     distance = make_distance(c, math.prod(data_shape))  # pseudo-Huber c defaults to 0.00054 sqrt(D), as the reference
+    fine = gctm_times(g.dsm_grid + 1, d.sigma_min, d.sigma_max, d.rho) if g.dsm_grid else None
     loss = GCTMLoss(gctm_times(g.grid, d.sigma_min, d.sigma_max, d.rho), g.max_steps, distance.to(device), c.solver,
-                    g.dsm_times, d.p_mean, d.p_std, d.sigma_min, d.sigma_max, d.rho, compare_zero=compare_zero)
-    terms = GCTMTerms(loss, coupling, moments, flip_pairs, spec=g.coupling)
+                    g.dsm_times, d.p_mean, d.p_std, d.sigma_min, d.sigma_max, d.rho, grid_fraction=g.dsm_grid_fraction,
+                    compare_zero=compare_zero, time_sampler=g.time_sampler, beta=g.t_ctm_beta, fine_grid=fine)
+    terms = GCTMTerms(loss, coupling, moments, flip_pairs, spec=g.coupling, double_every=g.double_every,
+                      fine_steps=g.dsm_grid or 1024, grid_range=(d.sigma_min, d.sigma_max, d.rho))
     return TrajectoryObjective(preset, data_shape, device, "gctm", net, terms)

@@ -24,7 +24,15 @@ from ctmtool.core.translate import translate
 from ctmtool.data import load_dataset, toy_points
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
-from ctmtool.gctm.couplings import Coupling, coupling_from_config, coupling_kind, item_shape, load_paired
+from ctmtool.gctm.couplings import (
+    DATASET_SOURCES,
+    Coupling,
+    coupling_from_config,
+    coupling_kind,
+    item_shape,
+    load_paired,
+)
+from ctmtool.gctm.source_data import load_source
 from ctmtool.jobs.plots import preset_view, save_png, side_by_side
 from ctmtool.train.gctm_objective import gctm_objective
 from ctmtool.train.setup import RunParts, check_labels
@@ -44,9 +52,11 @@ def load_gctm_data(preset: Preset, data_path: str | None = None) -> Dataset:
     return load_dataset(preset.data, path=data_path)
 
 
-def make_coupling_for(preset: Preset) -> Coupling:
-    """The preset's coupling (toy sources drawn from preset.data.gmm where they name 'gmm')."""
-    return coupling_from_config(preset.gctm, gmm=preset.data.gmm)
+def make_coupling_for(preset: Preset, data: Dataset | None = None) -> Coupling:
+    """The preset's coupling (toy sources drawn from preset.data.gmm where they name 'gmm'; a dataset source
+    loaded from [gctm.source] and checked against the target items of `data`)."""
+    source = load_source(preset, data) if coupling_kind(preset.gctm.coupling) in DATASET_SOURCES else None
+    return coupling_from_config(preset.gctm, gmm=preset.data.gmm, source=source)
 
 
 def estimate_moments(preset: Preset, coupling: Coupling, data: Dataset, device: torch.device,
@@ -67,7 +77,7 @@ def eval_pairs(preset: Preset, coupling: Coupling, data: Dataset, n: int, device
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
     x, y = data.get(idx, device)
     gen, micro = torch.Generator(device).manual_seed(0), preset.distill.micro_batch or preset.distill.batch
-    pairs = [coupling.pair(x[i:i + micro], None if y is None else y[i:i + micro], gen) for i in range(0, n, micro)]
+    pairs = [coupling.pair(x[i:i + micro], None if y is None else y[i:i + micro], gen) for i in range(0, len(x), micro)]
     return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
@@ -106,7 +116,7 @@ def gctm_parts(preset: Preset, device: torch.device, rep, run_dir: Path, *, data
         raise UserError("GCTM training has no teacher (the model's own EMA velocity is integrated); drop `teacher`")
     data = data if data is not None else load_gctm_data(preset, data_path)
     check_labels(preset, data)
-    coupling = make_coupling_for(preset)
+    coupling = make_coupling_for(preset, data)
     shape = item_shape(preset.gctm.coupling, data.shape)
     if resume is not None:
         if resume.kind != "gctm" or "moments" not in resume.meta:

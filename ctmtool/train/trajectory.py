@@ -8,7 +8,7 @@ What differs between CTM and GCTM is the loss object it is given, with one inter
     ctm(online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed) -> (per-sample loss, x_est)
     dsm(online, pair, labels, gen) -> per-sample loss
     meta() -> dict                                  what checkpoints must record to rebuild the model
-    new_step(cpu_gen)                               draws shared by one optimiser step's micro-batches (CTM: k)
+    new_step(cpu_gen, steps)                        draws shared by one step's micro-batches (CTM: k; GCTM: curriculum)
     estimate(online, target, pair, labels, gen, cpu_gen, dropout_seed) -> x_est   fakes of a GAN D-only step
 `CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.train.gctm_objective.GCTMTerms` (pairs from a
 coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
@@ -52,7 +52,7 @@ class CTMTerms:
         self.ctm_loss, self.dsm_loss = ctm_loss, dsm_loss
         self.k: int | None = None  # this optimiser step's teacher steps (None: drawn per call)
 
-    def new_step(self, cpu_gen) -> None:
+    def new_step(self, cpu_gen, steps: int = 0) -> None:
         """Draw k once per optimiser step, shared by its micro-batches (and ranks: same generator), as the
         official code does (ctm-cifar10 cm/train_util.py 1024-1035: drawn in forward_backward, broadcast)."""
         self.k = sample_teacher_steps(self.ctm_loss.max_steps, cpu_gen)
@@ -138,7 +138,7 @@ class TrajectoryObjective(ObjectiveBase):
         c, g = self.preset.ctm, self.preset.gan
         gan = self._gan_active(kimg)
         turn = self.alternation.step_of(self.steps, self.d_steps)
-        self.terms.new_step(self.cpu_gen)
+        self.terms.new_step(self.cpu_gen, self.steps)
         if gan and not self.alternation.generator(turn):
             return self._d_only_step(batches, kimg)
         self.optimizers["net"].zero_grad(set_to_none=True)
@@ -183,8 +183,9 @@ class TrajectoryObjective(ObjectiveBase):
         # the solver's target EMA has no warm-up: a target that follows the online net closely from the start
         # feeds the net its own errors (GCTM diverged within tens of steps on toy-translate)
         self._averagers["target"](self.preset.ctm.target_ema)
+        warm = self.preset.ctm.eval_ema_warmup  # official: fixed rates from the first step
         for rate in self.emas:
-            self._averagers[rate](warmup_rate(rate, self.steps))
+            self._averagers[rate](warmup_rate(rate, self.steps) if warm else rate)
         return True
 
     def _d_cfg(self):
@@ -274,6 +275,7 @@ def ctm_objective(
     for s in data_shape:
         dim *= s
     grid = ctm_grid(preset)
-    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver),
+    self_jump = c.teacher == "self" and c.self_solver == "jump"
+    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver, self_jump),
                      DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction, c.dsm_sampler, d.rho))
     return TrajectoryObjective(preset, data_shape, device, "ctm", net, terms, teacher, discriminator)

@@ -37,6 +37,9 @@ CASES = [
      ["teacher", "--preset", "cifar10", "--data", "small", "--run-dir", "r2"], 2),
     ("teacher import", "missing pickle", ["teacher", "import", "missing.pkl"], 2),
     ("teacher import", "not a pickle", ["teacher", "import", "garbage.pkl", "-o", "g.safetensors"], 2),
+    ("import", "an option the file's format does not take (ctm-cifar10 file)",
+     ["import", "ctm10.pt", "--var0", "0.2", "-o", "i1.safetensors"], 2),
+    ("import", "GCTM file without its moments", ["import", "gctm.pt", "-o", "i2.safetensors"], 2),
     ("distill", "`--kimg -1`", ["distill", "--kimg", "-1"], 2),
     ("distill", "missing teacher checkpoint", ["distill", "--teacher", "missing.safetensors", "--run-dir", "r3"], 2),
     ("distill", "`--resume` with `--auto-resume`", ["distill", "--resume", "--auto-resume"], 2),
@@ -70,6 +73,11 @@ CASES = [
     ("fid", "`--nfe` for images, not a checkpoint", ["fid", "images", "--nfe", "2", "--ref", "images"], 2),
     ("fid stats", "missing DATA", ["fid", "stats"], 2),
     ("fid stats", "neither `-o` nor `--name`", ["fid", "stats", "images"], 2),
+    ("metrics", "missing SAMPLES", ["metrics", "missing"], 2),
+    ("metrics", "unknown metric", ["metrics", "images", "--metrics", "fid,bogus"], 2),
+    ("metrics", "`--k 0`", ["metrics", "images", "--k", "0"], 2),
+    ("translate", "`--ref` without `--metrics`", ["translate", "points.npz", "--ckpt", GCTM, "--out", "o.npz",
+                                                 "--ref", "images"], 2),
     ("translate", "NaN in the inputs", ["translate", "nan.npz", "--ckpt", GCTM, "--out", "o.npz", *CPU], 2),
     ("translate", "no items in the inputs", ["translate", "empty.npz", "--ckpt", GCTM, "--out", "o.npz", *CPU], 2),
     ("translate", "checkpoint with NaN weights", ["translate", "points.npz", "--ckpt", "nan-gctm.safetensors",
@@ -114,6 +122,11 @@ def workspace(tmp_path_factory):
     np.savez(root / "exists.npz", samples=np.zeros((1, 2), np.float32))
     (root / "afile").write_text("a file")
     (root / "garbage.pkl").write_bytes(b"not a pickle at all")
+    import torch
+
+    torch.save({"model.map_layer0_s.weight": torch.zeros(2, 2)}, root / "ctm10.pt")  # sniffed as ctm-cifar10
+    gctm_net = {"t_map_layer0.weight": torch.zeros(2, 2)}
+    torch.save({"net": gctm_net, "net_ema": gctm_net}, root / "gctm.pt")  # sniffed as GCTM
     for folder, size in (("images", 8), ("small", 16)):
         (root / folder).mkdir()
         for i in range(3):
@@ -162,8 +175,8 @@ def test_every_bad_input_is_one_line_and_the_table_is_true(workspace, monkeypatc
             raise AssertionError(f"{' '.join(args)}: {err}") from None
         rows.append((cmd, what, args, code, _message(line)))
     assert not (workspace / "o.npz").exists() and not (workspace / "runs").exists()
-    subcommands = {"presets", "teacher", "teacher import", "distill", "sample", "sample sweep", "likelihood", "fid",
-                   "fid stats", "translate", "translate edit"}
+    subcommands = {"presets", "teacher", "teacher import", "import", "distill", "sample", "sample sweep", "likelihood",
+                   "fid", "fid stats", "metrics", "translate", "translate edit"}
     assert {c for c, *_ in rows} == subcommands
     text = _table(rows)
     if os.environ.get("CTMTOOL_WRITE_DOCS"):

@@ -43,7 +43,7 @@ def _options(cmd):
 def test_every_command_is_listed():
     names = {" ".join(path) for path, _ in ALL}
     assert names == {"presets", "import", "distill", "likelihood", "export", "serve", "teacher", "teacher import",
-                     "sample", "sample sweep", "fid", "fid stats", "translate", "translate edit"}
+                     "sample", "sample sweep", "fid", "fid stats", "translate", "translate edit", "metrics"}
 
 
 @pytest.mark.parametrize("path, cmd", ALL, ids=[" ".join(p) for p, _ in ALL])

@@ -129,3 +129,22 @@ def test_bad_inputs_give_one_line_errors(app, points, images, tmp_path, make_che
     assert "no checkpoint" in _one_error_line(_run(app, str(points), "--run-dir", str(tmp_path / "empty")))
     assert ".csv or .jsonl" in _one_error_line(_run(app, str(points), "-p", "toy", "--analytic", "--per-item",
                                                     str(tmp_path / "x.txt")))
+
+
+def test_ctm_paper_protocol_from_the_command_line(app, images, tmp_path, make_checkpoint):
+    """--protocol ctm-paper: the CTM paper's estimate (sony/ctm eval_bpd.py) of the same images, seeded; the exact
+    protocol's figure is a different quantity (docs/likelihood.md)."""
+    from ctmtool.core.likelihood_paper import ctm_paper_bpd
+    from ctmtool.core.models import load_model
+
+    ckpt = make_checkpoint(tmp_path / "ctm.safetensors", "ctm", (1, 8, 8))
+    res = _run(app, str(images), "--ckpt", str(ckpt), "--protocol", "ctm-paper", "--seed", "3", "--batch", "5", "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["protocol"] == "ctm-paper" and r["n"] == 5 and r["dim"] == 64 and r["nfe"] > 0
+    m = load_model(ckpt)
+    x = torch.from_numpy(np.load(images)["samples"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    want, _ = ctm_paper_bpd(m.net.denoise, x, torch.Generator().manual_seed(3))
+    assert r["bits_per_dim"] == pytest.approx(float(want.mean()), rel=1e-6)
+    err = _one_error_line(_run(app, str(images), "--ckpt", str(ckpt), "--protocol", "paper"))
+    assert "--protocol" in err

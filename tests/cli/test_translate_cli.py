@@ -79,7 +79,8 @@ def test_train_gctm_writes_a_gctm_checkpoint_with_moments(trained):
     ckpt = load_checkpoint(res.checkpoint)
     assert ckpt.kind == "gctm" and ckpt.data_shape == (2,)
     m = ckpt.meta["moments"]
-    assert set(m) == {"var0", "var1", "cov01"}
+    assert set(m) == {"var0", "var1", "cov01", "label_range"}
+    assert m["label_range"] == [ckpt.preset.diffusion.sigma_min, ckpt.preset.diffusion.sigma_max]
     assert m["var0"] == pytest.approx(0.2475, rel=0.1) and m["cov01"] > 0.1  # OT pairs correlate x0 and x1
     assert ckpt.meta["grid"][0] == 1.0 and ckpt.meta["grid"][-1] == 0.0
     assert (res.checkpoint.parent / f"samples-{res.steps:08d}.png").is_file()

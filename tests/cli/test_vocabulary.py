@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from ctmtool.cli.app import app
 
 COMMANDS = [["presets"], ["teacher"], ["teacher", "import"], ["distill"], ["sample"], ["sample", "sweep"],
-            ["likelihood"], ["fid"], ["fid", "stats"], ["translate"], ["translate", "edit"]]
-READS_A_CHECKPOINT = [["sample"], ["sample", "sweep"], ["likelihood"], ["fid"], ["translate"], ["translate", "edit"]]
+            ["likelihood"], ["fid"], ["fid", "stats"], ["metrics"], ["translate"], ["translate", "edit"]]
+READS_A_CHECKPOINT = [["sample"], ["sample", "sweep"], ["likelihood"], ["fid"], ["metrics"], ["translate"],
+                      ["translate", "edit"]]
 WRITES_AN_OUTPUT = [["teacher", "import"], ["sample"], ["sample", "sweep"], ["fid", "stats"], ["translate"],
                     ["translate", "edit"]]
 
@@ -28,7 +29,7 @@ def test_top_level_list_is_not_cut():
     commands = text.split("Commands:")[1]
     assert "..." not in commands
     entries = re.findall(r"^  (\S+)\s+(.*(?:\n {4,}\S.*)*)", commands, flags=re.M)
-    assert {name for name, _ in entries} == {"presets", "teacher", "distill", "sample", "likelihood", "fid",
+    assert {name for name, _ in entries} == {"presets", "teacher", "distill", "sample", "likelihood", "fid", "metrics",
                                               "translate", "import", "export", "serve"}
     for name, desc in entries:
         desc = " ".join(desc.split())

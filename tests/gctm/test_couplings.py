@@ -265,7 +265,7 @@ def test_make_coupling_builds_each_kind(spec, cls):
 
 
 @pytest.mark.parametrize("spec", ["", "gaussian", "ot:3", "independent:x", "paired:top", "corrupt", "corrupt:",
-                                  "corrupt:jpeg", "toy", "toy:spiral", "toy-ot:"])
+                                  "corrupt:webp", "toy", "toy:spiral", "toy-ot:"])
 def test_make_coupling_refuses_bad_specs(spec):
     with pytest.raises(UserError) as err:
         C.make_coupling(spec)

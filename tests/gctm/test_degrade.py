@@ -211,7 +211,7 @@ def test_make_degradation_reads_the_parameters():
     assert D.make_degradation("inpaint").args == (0.25, False, "zero")
 
 
-@pytest.mark.parametrize("spec", ["jpeg", "sr", "sr1", "blur:abc", "blur:1:2", "noise:-1", "inpaint:1.5",
+@pytest.mark.parametrize("spec", ["webp", "sr", "sr1", "blur:abc", "blur:1:2", "noise:-1", "inpaint:1.5",
                                   "inpaint:0.2:white", "colorize:1", "sr4:bilinear", ""])
 def test_make_degradation_refuses_bad_specs(spec):
     with pytest.raises(UserError) as err:

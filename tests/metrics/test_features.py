@@ -160,3 +160,51 @@ def test_inception_file_without_layers_is_refused(no_inception):
     _save(_Tiny(), no_inception / "cache" / F.INCEPTION_FILE)
     with pytest.raises(UserError, match="not clean-fid's Inception"):
         F.make_extractor("inception", "cpu")
+
+
+class _Mixed(torch.nn.Module):
+    """An Inception block: a 1x1 `conv` branch and another, concatenated (as mixed_6 with its `conv` branch)."""
+
+    def __init__(self, cin: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, 9, 1)
+        self.other = torch.nn.Conv2d(cin, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.relu(self.conv(x)), torch.relu(self.other(x))], 1)
+
+
+class _LayeredInception(torch.nn.Module):
+    """The layout the IS / sFID heads read: `layers` with a `mixed_6` child, an `output` layer of 1008 logits."""
+
+    def __init__(self):
+        super().__init__()
+        from collections import OrderedDict
+
+        torch.manual_seed(0)
+        self.layers = torch.nn.Sequential(OrderedDict([
+            ("conv", torch.nn.Conv2d(3, 4, 3, stride=16)), ("mixed_6", _Mixed(4)),
+            ("pool", torch.nn.AdaptiveAvgPool2d(1)), ("expand", torch.nn.Conv2d(12, 2048, 1))]))
+        self.output = torch.nn.Linear(2048, 1008)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def test_inception_heads_read_mixed_6_conv_and_the_unbiased_logits(tmp_path, no_inception):
+    """On a stand-in of the Inception file's layout (the real file is not on this machine)."""
+    pytest.importorskip("cleanfid.resize")
+    (no_inception / "cache").mkdir()
+    _save(_LayeredInception(), no_inception / "cache" / F.INCEPTION_FILE)
+    ex = F.make_extractor("inception", "cpu")
+    imgs = _images(2, size=20)
+    out = ex.heads(imgs, ("pool", "logits", "spatial"))
+    x = (ex._resized(imgs) - 128) / 128
+    with torch.no_grad():
+        h = ex.net.layers.conv(x)
+        spatial = ex.net.layers.mixed_6.conv(h)[:, :F.SPATIAL_CHANNELS]
+        pool = ex.net.layers(x).reshape(2, 2048)
+    torch.testing.assert_close(out["spatial"], spatial.reshape(2, -1))
+    torch.testing.assert_close(out["pool"], pool)
+    torch.testing.assert_close(out["logits"], pool @ ex.net.output.weight.T)  # no output bias
+    torch.testing.assert_close(out["pool"], ex(imgs))

@@ -20,7 +20,7 @@ from ctmtool.train.trajectory import ctm_objective
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
 TEACHER = TINY + ["teacher.batch=32", "teacher.micro_batch=16", "teacher.kimg=0.096", "teacher.lr_decay=none"]
-CTM = TINY + ["distill.batch=16", "distill.kimg=0.048", "ctm.grid=6", "ctm.max_steps=3", "ctm.dsm_weight=adaptive"]
+CTM = TINY + ["distill.batch=16", "distill.micro_batch=8", "distill.kimg=0.048", "ctm.grid=6", "ctm.max_steps=3", "ctm.dsm_weight=adaptive"]
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
 

@@ -163,7 +163,9 @@ def test_objective_step_and_moments_round_trip(tmp_path):
     assert set(logs) == {"loss", "ctm", "dsm", "w_dsm"} and all(torch.isfinite(v) for v in logs.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, obj.net.parameters(), strict=True))
     ckpt = obj.checkpoint({"step": 1, "kimg": 0.064})
-    assert ckpt.kind == "gctm" and ckpt.meta["moments"] == moments
+    # the labels as the reference's network: t = 0 -> sigma_min, t = 1 -> sigma_max (ln(sigma_max)/4, not ln(9999)/4)
+    want = {**moments, "label_range": [p.diffusion.sigma_min, p.diffusion.sigma_max]}
+    assert ckpt.kind == "gctm" and ckpt.meta["moments"] == want
     path = save_checkpoint(tmp_path / "g.safetensors", ckpt)
     model = load_model(path)
     assert model.kind == "gctm"

@@ -1,5 +1,6 @@
 """Recipe switches of the CTM objective: the official target dropout and the halflognormal DSM sampler."""
 
+import pytest
 import torch
 
 from ctmtool.config import load_preset
@@ -34,3 +35,25 @@ def test_halflognormal_dsm_sampler_is_wired():
     assert obj.terms.dsm_loss.sampler == "halflognormal"
     s = obj.terms.dsm_loss.sigmas(1000, "cpu", torch.Generator().manual_seed(0))
     assert float(s[500:].min()) > 0.3 and float(s[:500].min()) < 0.05
+
+
+def test_adaptive_dsm_weight_is_computed_per_micro_batch(monkeypatch):
+    """As ctm-cifar10 (karras_diffusion.py 384-392 inside train_util.py 1043's micro-batch loop): one lambda_DSM per
+    micro-batch, from that micro-batch's mean losses; the step logs their mean."""
+    import ctmtool.train.trajectory as traj
+
+    obj = _objective("distill.batch=8", "distill.micro_batch=4", "ctm.dsm_weight=adaptive", "net.unet.dropout=0")
+    calls = []
+    real = traj.adaptive_weight
+
+    def spy(main, other, last, lo, hi):
+        w = real(main, other, last, lo, hi)
+        calls.append((float(main.detach()), float(other.detach()), float(w)))
+        return w
+
+    monkeypatch.setattr(traj, "adaptive_weight", spy)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(4, 1, 8, 8, generator=g) * 2 - 1, None) for _ in range(2)]
+    logs = obj.step(batches, 0.0)
+    assert len(calls) == 2 and calls[0][2] != calls[1][2]
+    assert float(logs["w_dsm"]) == pytest.approx((calls[0][2] + calls[1][2]) / 2, rel=1e-6)

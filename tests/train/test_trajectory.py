@@ -97,6 +97,34 @@ def test_ctm_objective_needs_a_teacher_unless_self(preset, tiny_preset):
     selfish = tiny_preset("toy", *RUN, 'ctm.teacher="self"')
     obj = ctm_objective(selfish, (2,), torch.device("cpu"), None)
     assert obj.teacher is obj.target  # the model's own target EMA solves t -> u
+    assert obj.terms.ctm_loss.self_jump  # with one jump G_target(x_t, t, u), the official self_learn
+    heun = ctm_objective(tiny_preset("toy", *RUN, 'ctm.teacher="self"', 'ctm.self_solver="heun"'), (2,),
+                         torch.device("cpu"), None)
+    assert not heun.terms.ctm_loss.self_jump
+
+
+def test_self_learn_target_is_the_targets_own_jump(preset, tiny_preset):
+    """ctm.teacher = self (ctm-cifar10 karras_diffusion.py 184-193, self_learn): x_u = G_target(x_t, t, u)."""
+    from ctmtool.losses.ctm import CTMLoss
+
+    obj = ctm_objective(tiny_preset("toy", *RUN, 'ctm.teacher="self"'), (2,), torch.device("cpu"), None)
+    loss = obj.terms.ctm_loss
+    calls = []
+
+    class Spy:
+        def jump(self, x, t, s, labels=None):
+            calls.append((t.clone(), s.clone()))
+            return obj.target.jump(x, t, s, labels)
+
+        def denoise(self, *a, **k):
+            raise AssertionError("no Heun solve without a teacher in self_learn mode")
+
+    x0 = torch.randn(16, 2)
+    g = torch.Generator().manual_seed(0)
+    l, _ = loss(obj.net, obj.target, Spy(), x0, None, g, torch.Generator().manual_seed(1), None, k=2)
+    assert len(calls) == 1 and torch.isfinite(l).all()
+    t, u = calls[0]
+    assert isinstance(loss, CTMLoss) and (u < t).all()
 
 
 def test_k_is_drawn_once_per_optimiser_step(preset, monkeypatch):
