@@ -17,6 +17,10 @@ skipped, saying so). `gpu_check.json` and `gpu_check.md` under --out are rewritt
                 (FlopCounterMode), peak memory, eager then compiled; synchronisations per step (sync debug mode)
   fid_pipeline  50,000 samples generated (NFE 1, Philox noise, compiled sampler) + features (fd_a.pt if given,
                 else a random stand-in network, said so)
+  peers         bench/peers.py's comparisons on the device: one CTM distillation step of the official ctm-cifar10
+                code (--official CHECKOUT) against ctmtool's, and ctmtool's eager against compiled; the digits
+                teacher's 35-NFE Heun with k-diffusion's sample_heun (--kdiffusion CHECKOUT) against ctmtool's
+                solvers.heun, eager and with the denoiser compiled, at batch 1 and 64 (ratios, medians)
   real_run      cifar10-fast on the CIFAR-10 JPEGs: teacher, then distillation, then the Frechet distance in
                 fd_a.pt features of NFE-1 samples against the training images, in the minutes left
 Never asserts a target: it measures and reports.
@@ -36,9 +40,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # ctmtool from this checkout, however the script is started
-STAGES = ["env", "correctness", "noise", "sampling", "train", "fid_pipeline", "real_run"]
-BUDGET = {"env": 25, "correctness": 40, "noise": 25, "sampling": 180, "train": 100, "fid_pipeline": 75, "real_run": 10**6}
-MIN_S = {"env": 5, "correctness": 15, "noise": 10, "sampling": 40, "train": 40, "fid_pipeline": 30, "real_run": 45}
+STAGES = ["env", "correctness", "noise", "sampling", "train", "fid_pipeline", "peers", "real_run"]
+BUDGET = {"env": 25, "correctness": 40, "noise": 25, "sampling": 180, "train": 100, "fid_pipeline": 75, "peers": 90,
+          "real_run": 10**6}
+MIN_S = {"env": 5, "correctness": 15, "noise": 10, "sampling": 40, "train": 40, "fid_pipeline": 30, "peers": 20,
+         "real_run": 45}
 TINY_BUDGET = {s: 60 for s in STAGES}
 TINY_MIN = {s: 3 for s in STAGES}
 TINY_NET = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
@@ -475,6 +481,76 @@ def stage_train(a, st: Stage) -> None:
         st.attempt(f"CTM step compile {comp}", go, 0 if comp == "off" else 60)
 
 
+def stage_peers(a, st: Stage) -> None:
+    """Ratios to the peers on the device (bench/peers.py): medians of interleaved calls."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import peers
+
+    dev = device_of(a)
+    compiled = dev.type == "cuda" or a.tiny_compile  # CPU Inductor takes minutes: only when asked
+    reps = 2 if a.tiny else 7
+    official = peers.load_official(a.official) if a.official else None
+    if official is None:
+        st.row("official ctm-cifar10 step", "skipped", "(no --official CHECKOUT)")
+    unet = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[8], dropout=0.1) if a.tiny \
+        else peers.UNET
+    batch, res = (2, 16) if a.tiny else (128, 32)
+
+    def distill():
+        steps = peers.distill_steps(official, batch, 1 if a.tiny else 4, dev, unet, res, compiled=compiled)
+        med = peers.interleaved(steps, reps)
+        st.set(distill_ms={k: 1000 * v for k, v in med.items()})
+        for k, v in med.items():
+            st.row(f"CTM step {k}, batch {batch}, {res}x{res}", round(1000 * v, 2),
+                   "ms" + ("" if official is None else f"; ratio to official {v / med['official']:.3f}")
+                   + ("" if "ctmtool compiled" not in med else f"; compiled / eager {med['ctmtool compiled'] / med['ctmtool']:.3f}"
+                      if k == "ctmtool compiled" else ""))
+
+    st.attempt("distillation step vs official", distill, 10)
+
+    def heun():
+        from ctmtool.core import solvers
+        from ctmtool.core.models import load_model
+        from ctmtool.core.schedules import karras_sigmas
+        from ctmtool.jobs.export import random_checkpoint
+
+        kd = peers.load_kdiffusion(a.kdiffusion) if a.kdiffusion else None
+        model = load_model(random_checkpoint(work_dir(a) / "digits-teacher.safetensors", "digits", "teacher"),
+                           device=dev)
+        net = model.net
+        sig = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0), torch.zeros(1, dtype=torch.float64)])
+        fast = types_ns(denoise=torch.compile(net.denoise)) if compiled else None
+        for b in (1, 64):
+            z = torch.randn(b, *model.data_shape, generator=torch.Generator().manual_seed(b)).to(dev) * model.sigma_max
+            fns = {}
+            if kd is not None:
+                s32 = sig.float().to(dev)
+                fns["k-diffusion sample_heun"] = lambda z=z, s32=s32: kd.sample_heun(
+                    lambda x, s: net.denoise(x, s, None), z, s32, disable=True)
+            fns["ctmtool eager"] = lambda z=z: solvers.heun(net, z, sig)
+            if fast is not None:
+                fns["ctmtool compiled denoiser"] = lambda z=z: solvers.heun(fast, z, sig)
+            timed_fns = {k: (lambda f=f: (f(), peers.sync(dev))) for k, f in fns.items()}
+            with torch.no_grad():
+                med = peers.interleaved(timed_fns, reps, warmup=2)
+            base = med.get("k-diffusion sample_heun", med["ctmtool eager"])
+            for k, v in med.items():
+                st.row(f"Heun 35 NFE digits teacher, batch {b}: {k}", round(1000 * v, 2),
+                       f"ms; ratio to {'k-diffusion' if kd else 'ctmtool eager'} {v / base:.3f}")
+        if kd is None:
+            st.row("k-diffusion sample_heun", "skipped", "(no --kdiffusion CHECKOUT)")
+
+    st.attempt("teacher Heun vs k-diffusion", heun, 3)
+
+
+def types_ns(**kw):
+    import types
+
+    return types.SimpleNamespace(**kw)
+
+
 def work_dir(a) -> Path:
     """Scratch space outside --out (the device tool brings back only a few small files from $OUT)."""
     import tempfile
@@ -668,6 +744,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch.compile modes of the sampling stage (reduce-overhead = CUDA graphs)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: by device name)")
     ap.add_argument("--only", default=None, help="comma-separated stages to run (default: all)")
+    ap.add_argument("--official", default=None, help="peers: a checkout of Kim-Dongjun/ctm-cifar10 (.devcarry/ctm-cifar10)")
+    ap.add_argument("--kdiffusion", default=None, help="peers: a checkout of crowsonkb/k-diffusion (.devcarry/k-diffusion)")
     ap.add_argument("--inprocess", action=argparse.BooleanOptionalAction, default=None,
                     help="run stages in this process (default with --tiny; overruns cannot then be killed)")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)

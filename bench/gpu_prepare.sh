@@ -24,5 +24,12 @@ python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:
   --platform manylinux_2_28_x86_64 -d .whl "${SPECS[@]}" 2> >(grep -v "^WARNING: Location" >&2)
 mkdir -p .devcarry
 cp "$SHARED/data/fd-cifar10/fd_a.pt" "$SHARED/data/cifar10-jpeg/cifar10-jpeg-q75.tar.gz" .devcarry/
+# the peers stage's checkouts (optional): OFFICIAL=/path/to/ctm-cifar10 KDIFFUSION=/path/to/k-diffusion; then add
+#   --official .devcarry/ctm-cifar10 --kdiffusion .devcarry/k-diffusion to the gpu_check command
+if [ -n "${OFFICIAL:-}" ]; then rm -rf .devcarry/ctm-cifar10 && mkdir -p .devcarry/ctm-cifar10 && \
+  cp -r "$OFFICIAL"/cm "$OFFICIAL"/pg_modules "$OFFICIAL"/feature_networks "$OFFICIAL"/torch_utils .devcarry/ctm-cifar10/ 2>/dev/null || \
+  cp -r "$OFFICIAL"/. .devcarry/ctm-cifar10/; fi
+if [ -n "${KDIFFUSION:-}" ]; then rm -rf .devcarry/k-diffusion && mkdir -p .devcarry/k-diffusion && \
+  cp -r "$KDIFFUSION"/k_diffusion .devcarry/k-diffusion/; fi
 ls -la .whl .devcarry
 du -shc .whl .devcarry | tail -1

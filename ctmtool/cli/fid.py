@@ -17,7 +17,6 @@ import typer
 
 from ctmtool.cli.common import (
     CKPT_HELP,
-    BatchOpt,
     CkptOrData,
     DefaultCommand,
     DefaultGroup,
@@ -37,6 +36,7 @@ from ctmtool.jobs.streams import STDIO, input_path
 
 PRESET = "Default for a checkpoint: its preset's [sample]"
 CHECKPOINT_SUFFIX = ".safetensors"
+FEATURE_BATCH = 256  # images per feature batch when --batch is not given
 
 app = typer.Typer(cls=DefaultGroup, rich_markup_mode=None, no_args_is_help=False,
                   short_help="FID/KID of images or a checkpoint's samples; `fid stats` for references.")
@@ -121,7 +121,8 @@ def fid_cmd(
     kid_flag: Annotated[bool, typer.Option("--kid", help="Also compute KID (needs raw reference features).")] = False,
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID: number of random subsets.")] = 100,
     kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", help="KID: images per subset (at most n).")] = 1000,
-    batch: BatchOpt = 256,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Images per generation and feature "
+                     "batch (default: 256; generating on the CPU, a cache-sized batch and a traced solve, printed).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     solver: SolverOpt = None,
@@ -165,7 +166,8 @@ def stats_cmd(
                                           "Raw features are stored by default up to 50,000 images.")] = False,
     features: FeaturesOpt = None,
     n: FidNumOpt = None,
-    batch: BatchOpt = 256,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Images per generation and feature "
+                     "batch (default: 256; generating on the CPU, a cache-sized batch and a traced solve, printed).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     solver: SolverOpt = None,
@@ -203,7 +205,8 @@ def _fid(samples: str, shown: str, model, extractor, rep: Reporter, *, ref, n, s
     from ctmtool.metrics.fid import fid_from_stats
 
     t0 = time.perf_counter()
-    ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache, batch=batch, kid=kid_flag, rep=rep)
+    ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache, batch=batch or FEATURE_BATCH,
+                               kid=kid_flag, rep=rep)
     t1 = time.perf_counter()
     stats = samples_stats(samples, model, extractor, n=n, seed=seed, batch=batch, device=device,
                           keep_features=kid_flag, plan=plan, rep=rep)

@@ -55,7 +55,11 @@ def _plot_text(model, res) -> dict:
     return {"title": f"{len(res.x)} samples of {name} ({how})", "extent": preset_view(model.preset)[1]}
 
 
-def _sample(model, plan, dev, rep: Reporter, n, seed):
+FastOpt = Annotated[bool, typer.Option("--fast/--eager", help="On the CPU: a cache-sized batch (unless --batch) and the "
+                                        "solve traced once for many batches (within float32 rounding); the choice is printed.")]
+
+
+def _sample(model, plan, dev, rep: Reporter, n, seed, fast: bool = True, batch_given: bool = True):
     """Samples of the model (None on torchrun ranks other than 0)."""
     from ctmtool.core import distributed as ddp
     from ctmtool.jobs.items import sample
@@ -63,7 +67,8 @@ def _sample(model, plan, dev, rep: Reporter, n, seed):
     if not ddp.is_distributed():
         total = n if n is not None else model.preset.sample.n
         with rep.progress(total, "sample", unit="samples") as advance:
-            return sample(model, plan, n=n, seed=seed, device=dev, progress=advance)
+            return sample(model, plan, n=n, seed=seed, device=dev, progress=advance, fast=fast,
+                          batch_given=batch_given, log=rep.log)
     try:
         return sample(model, plan, n=n, seed=seed, device=dev, distributed=True)
     finally:
@@ -94,6 +99,7 @@ def sample_cmd(
                                                     "--rejection-ratio) x n samples and keeps the n best-scored.")] = None,
     rejection_ratio: Annotated[float, typer.Option("--rejection-ratio", help="With --reject-with: extra fraction "
                                                    "drawn and rejected (the official script: 0.1 .. 1).")] = 0.2,
+    fast: FastOpt = True,
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -127,7 +133,7 @@ def sample_cmd(
     wanted = n if n is not None else model.preset.sample.n
     if classify is not None:
         n = draw_count(wanted, rejection_ratio)
-    res = _sample(model, plan, dev, rep, n, seed)
+    res = _sample(model, plan, dev, rep, n, seed, fast, batch is not None)
     if res is None:
         return
     rejection = {}
@@ -186,7 +192,8 @@ def sweep_cmd(
     features: Annotated[str | None, typer.Option("--features", metavar="inception|FILE.pt", help="With --metric fd: inception or a TorchScript feature network.")] = None,
     ref: Annotated[str | None, typer.Option("--ref", metavar="IMAGES|STATS.npz", help="Reference images/stats for fd metrics (default: the preset's data).")] = None,
     n: Annotated[int, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Samples per setting.")] = 4096,
-    batch: BatchOpt = 1024,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Samples per forward pass (default: "
+                     "the preset's; on the CPU a cache-sized batch, see --fast).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.json", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
@@ -195,6 +202,7 @@ def sweep_cmd(
                                               "ternary_search.py), with the first --gamma value.")] = False,
     search_steps: Annotated[int, typer.Option("--search-steps", help="--search-nfe2: levels of the grid searched "
                                               "(the official script: 40).")] = 40,
+    fast: FastOpt = True,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -239,7 +247,7 @@ def sweep_cmd(
         _search_nfe2(rep, model, name, score, base, n, seed, batch, dev, gamma_list[0], search_steps, out, plot,
                      json_out)
         return
-    rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log)
+    rows = nfe_sweep(model, nfe_list, gamma_list, score, n, seed, batch, dev, progress=rep.log, fast=fast)
     result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
               "plot": str(plot)}
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))

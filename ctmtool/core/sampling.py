@@ -96,13 +96,16 @@ def sample_from(model, z: torch.Tensor, plan: SamplingPlan, noise: Callable[[], 
 @torch.no_grad()
 def generate(model, n: int, plan: SamplingPlan, seed: int = 0, device: torch.device | str = "cpu",
              progress: Callable[[int], None] | None = None,
+             program: Callable | None = None,
              generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield (x, labels) batches of `n` samples drawn with `plan`; image i uses seed `seed + i` whatever the batching.
 
     x is float in the data range (images in [-1, 1], clamped); labels are None for unconditional models,
     else the plan's class or a per-image random class. The plan's `noise` picks the per-image stream
-    (`ctmtool.core.noise`): "edm" (latents equal to EDM's generate.py) or "philox" (drawn on the device). A
-    `generator` (torch.Generator) replaces the per-image seeds: every draw comes from it, in batch order.
+    (`ctmtool.core.noise`): "edm" (latents equal to EDM's generate.py) or "philox" (drawn on the device).
+    `program(z, labels) -> x`: the same solve traced for full batches (`ctmtool.core.fastpath.sampling_program`);
+    a last, smaller batch runs eagerly. A `generator` (torch.Generator) replaces the per-image seeds: every draw
+    comes from it, in batch order.
     """
     for lo in range(0, n, plan.batch):
         seeds = list(range(seed + lo, seed + min(n, lo + plan.batch)))
@@ -113,7 +116,8 @@ def generate(model, n: int, plan: SamplingPlan, seed: int = 0, device: torch.dev
         if model.label_dim:
             labels = (torch.full((len(seeds),), plan.class_label, device=device) if plan.class_label is not None
                       else draws.integers(model.label_dim))
-        x = sample_from(model, z, plan, draws, labels)
+        x = program(z, labels) if program is not None and len(seeds) == plan.batch else \
+            sample_from(model, z, plan, draws, labels)
         if progress is not None:
             progress(len(seeds))
         yield x, labels

@@ -63,18 +63,23 @@ def sampling_settings(model, **options) -> dict:
     return describe(fid_plan(model, **options))
 
 
-def samples_stats(samples: str, model, extractor, *, n: int | None, seed: int, batch: int, device,
-                  keep_features: bool, plan: SamplingPlan | None, rep=None):
-    """Statistics of SAMPLES: generated in memory from a checkpoint (`n` defaults to its [fid] n), or of images."""
+def samples_stats(samples: str, model, extractor, *, n: int | None, seed: int, batch: int | None, device,
+                  keep_features: bool, plan: SamplingPlan | None, rep=None, fast: bool = True):
+    """Statistics of SAMPLES: generated in memory from a checkpoint (`n` defaults to its [fid] n), or of images.
+    Generating, `ctmtool.core.fastpath.fast_plan` picks the CPU batch (where `batch` is None) and a traced solve
+    (logged); images are read in batches of `batch` (default 256)."""
+    from ctmtool.core.fastpath import fast_plan
     from ctmtool.data.images import load_images
     from ctmtool.metrics.fid import compute_stats, dataset_batches, model_batches
 
     rep = rep or Quiet()
     if model is not None:
         n = n or model.preset.fid.n
+        plan, program = fast_plan(model, plan, device, n, batch is not None, fast, rep.log)
         with rep.progress(n, "generating + features", "images") as advance:
-            return compute_stats(model_batches(model, n, plan, seed, device), extractor, device,
+            return compute_stats(model_batches(model, n, plan, seed, device, program), extractor, device,
                                  keep_features, advance, samples)
+    batch = batch or 256
     rep.log(f"reading images from {samples}")
     t0 = time.perf_counter()
     ds = load_images(samples)

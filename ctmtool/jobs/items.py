@@ -48,12 +48,13 @@ def _out_of_memory(err: BaseException) -> UserError:
 
 
 def draw(model, n: int, plan: SamplingPlan, *, seed: int = 0, device: torch.device | str = "cpu",
-         progress: Advance = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`n` >= 1 samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i."""
+         progress: Advance = None, program=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`n` >= 1 samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i; `program`:
+    a traced solve of full batches (`ctmtool.core.fastpath`)."""
     check_memory(n, model.data_shape)
     xs, ys = [], []
     try:
-        for x, y in generate(model, n, plan, seed=seed, device=device, progress=progress):
+        for x, y in generate(model, n, plan, seed=seed, device=device, progress=progress, program=program):
             xs.append(x.cpu())
             ys.append(None if y is None else y.cpu())
     except (torch.OutOfMemoryError, MemoryError) as err:
@@ -90,10 +91,13 @@ class Samples:
 
 
 def sample(model, plan: SamplingPlan, *, n: int | None = None, seed: int | None = None,
-           device: torch.device | str = "cpu", progress: Advance = None, distributed: bool = False) -> Samples | None:
+           device: torch.device | str = "cpu", progress: Advance = None, distributed: bool = False,
+           fast: bool = False, batch_given: bool = True, log=None) -> Samples | None:
     """Draw samples with `plan` (`ctmtool.jobs.plan.plan_sampling`); n and seed default to the preset's [sample].
 
-    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others None)."""
+    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others None).
+    fast: on the CPU, `ctmtool.core.fastpath.fast_plan` picks a cache-sized batch (unless `batch_given`) and a
+    traced solve; `log` receives the choice in one line."""
     s = model.preset.sample
     n, seed = s.n if n is None else n, s.seed if seed is None else seed
     if n < 1:
@@ -106,7 +110,12 @@ def sample(model, plan: SamplingPlan, *, n: int | None = None, seed: int | None 
             return None
         x = x.cpu()
     else:
-        x, labels = draw(model, n, plan, seed=seed, device=device, progress=progress)
+        program = None
+        if fast or log is not None:  # the choice is printed either way
+            from ctmtool.core.fastpath import fast_plan
+
+            plan, program = fast_plan(model, plan, device, n, batch_given, fast, log)
+        x, labels = draw(model, n, plan, seed=seed, device=device, progress=progress, program=program)
     return Samples(x, labels, n, seed, plan, time.time() - t0)
 
 

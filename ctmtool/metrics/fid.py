@@ -95,13 +95,13 @@ def dataset_batches(ds: Dataset, batch: int, n: int | None = None, seed: int = 0
 
 
 def model_batches(model, n: int, plan: SamplingPlan, seed: int = 0,
-                  device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+                  device: torch.device | str = "cpu", program=None) -> Iterator[torch.Tensor]:
     """uint8 batches of `n` samples from `model` drawn with `plan` (ctmtool.core.sampling.generate; image i
-    uses seed + i)."""
+    uses seed + i; `program`: a traced solve of full batches, `ctmtool.core.fastpath`)."""
     if not model.is_image:
         raise UserError(f"{model.path or 'the model'} generates points of shape {model.data_shape}, not images; "
                         "FID needs an image model")
-    for x, _ in generate(model, n, plan, seed=seed, device=device):
+    for x, _ in generate(model, n, plan, seed=seed, device=device, program=program):
         yield to_uint8_images(x)
 
 

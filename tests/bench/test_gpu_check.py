@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
-STAGES = ["env", "correctness", "noise", "sampling", "train", "fid_pipeline", "real_run"]
+STAGES = ["env", "correctness", "noise", "sampling", "train", "fid_pipeline", "peers", "real_run"]
 
 
 def _shared(rel: str) -> str | None:
@@ -55,3 +55,15 @@ def test_overrun_stage_is_killed_and_reported(tmp_path):
     assert list(rep["stages"]) == ["noise"]
     assert rep["stages"]["noise"]["status"] == "timeout"
     assert rep["stages"]["noise"]["rows"][0]["what"] == "hang (test hook)"  # what it wrote before it was killed
+
+
+def test_tiny_peers_stage_without_checkouts_measures_ctmtool_and_says_what_it_skipped(tmp_path):
+    r = _run(["--tiny", "--only", "peers", "--budget", "100", "--out", str(tmp_path), "--work", str(tmp_path / "work")])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    st = json.loads((tmp_path / "gpu_check.json").read_text())["stages"]["peers"]
+    assert st["status"] == "ok", st
+    rows = {row["what"]: row for row in st["rows"]}
+    assert rows["official ctm-cifar10 step"]["value"] == "skipped"
+    assert rows["k-diffusion sample_heun"]["value"] == "skipped"
+    assert rows["CTM step ctmtool, batch 2, 16x16"]["value"] > 0
+    assert any(w.startswith("Heun 35 NFE digits teacher, batch 64: ctmtool eager") for w in rows)

@@ -1,0 +1,154 @@
+"""Fast paths for repeated network calls on the CPU: a traced, frozen Heun solve whose per-level work is folded.
+
+`heun_program(net, sigmas, example)` traces the whole teacher solve for a fixed schedule and freezes it with the
+network's weights (TorchScript). Each level enters the trace as a constant one-element tensor, so everything that
+depends only on the level (the preconditioning coefficients, the noise embedding and the layers that map it) is
+computed once when the program is frozen, and Python's per-operation dispatch is gone: what runs per step is the
+denoiser's data path alone. The arithmetic is that of `solvers.heun`, step for step; results agree with it to
+float32 rounding (the folded embedding is computed for one row instead of B, which a matrix library may sum in
+another order), see tests/test_fastpath.py.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class _HeunSolve(nn.Module):
+    """Heun steps over fixed levels (Karras et al. 2022, Alg. 1, S_churn = 0), Euler into a final 0."""
+
+    def __init__(self, net: nn.Module, sigmas: list[float], with_labels: bool):
+        super().__init__()
+        self.net, self.sigmas, self.with_labels = net, sigmas, with_labels
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = labels if self.with_labels else None
+        x = x.float()
+        levels = [torch.tensor([s], dtype=torch.float32) for s in self.sigmas]  # constants of the trace
+        for t, nxt in zip(levels[:-1], levels[1:], strict=True):
+            d = (x - self.net.denoise(x, t, labels)) / t
+            x_next = x + (nxt - t) * d
+            if float(nxt) > 0:
+                d2 = (x_next - self.net.denoise(x_next, nxt, labels)) / nxt
+                x_next = x + (nxt - t) * 0.5 * (d + d2)
+            x = x_next
+        return x
+
+
+def heun_program(net: nn.Module, sigmas, example: torch.Tensor,
+                 labels: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
+    """A frozen TorchScript program x -> Heun solve of `net` over `sigmas` (decreasing, optionally ending at 0),
+    for inputs shaped like `example` (and `labels` of the same batch when the model is conditional)."""
+    levels = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
+    solve = _HeunSolve(net, levels, labels is not None).eval()
+    args = (example,) if labels is None else (example, labels)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks taken as constants: shapes are fixed
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.compile, still here
+        prog = torch.jit.freeze(torch.jit.trace(solve, args, check_trace=False))
+
+    def run(x: torch.Tensor, lab: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return prog(x) if labels is None else prog(x, lab)
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling many images on the CPU: a cache-sized batch and the whole solve traced once
+
+CPU_BATCH_VALUES = 1 << 16  # input values per CPU batch (16 CIFAR images): a U-Net's activations stay in the cache
+PROGRAM_MIN_BATCHES = 4  # tracing cifar10-fast's solve costs about 6 s (loaded CPU); it pays back from a few batches
+
+
+@dataclass(frozen=True)
+class SamplingChoice:
+    """How `generate` runs a job: images per batch, and whether full batches go through a traced program."""
+
+    batch: int
+    program: bool
+    reason: str
+
+    def describe(self) -> str:
+        how = "traced TorchScript program" if self.program else "eager PyTorch"
+        return f"sampling path: {how}, batch {self.batch} ({self.reason})"
+
+
+def cpu_batch(data_shape: tuple[int, ...], most: int) -> int:
+    """The largest power of two of images whose inputs hold at most CPU_BATCH_VALUES values (1 at least, `most` at most).
+    One batch of 256 CIFAR images overflowed the cache: 73.7 ms per image against 45.7 at batch 16 (docs/performance.md)."""
+    per_item = math.prod(data_shape)
+    b = 1 << max(0, int(math.log2(max(1, CPU_BATCH_VALUES // per_item))))
+    return max(1, min(b, most))
+
+
+def choose_sampling(model, device, n: int, plan, batch_given: bool, fast: bool = True) -> SamplingChoice:
+    """The sampling path for `n` samples with `plan` (a `SamplingPlan`): on the CPU (unless `fast` is off) a
+    cache-sized batch where the user gave none (`batch_given`), and a traced program when the solve draws no noise
+    (gamma = 0 or one jump; teacher ODE solvers), the model is an image network and the job has at least
+    PROGRAM_MIN_BATCHES full batches; elsewhere the plan's batch eagerly."""
+    if torch.device(device).type != "cpu":
+        return SamplingChoice(plan.batch, False, "not on the CPU")
+    if not fast:
+        return SamplingChoice(plan.batch, False, "fast path off")
+    b = plan.batch if batch_given else cpu_batch(model.data_shape, plan.batch)
+    why = "given batch" if batch_given else f"cache-sized CPU batch for {tuple(model.data_shape)}"
+    deterministic = plan.solver != "gamma" or plan.gamma == 0 or len(plan.schedule) == 2
+    if model.kind == "analytic" or not model.is_image:
+        return SamplingChoice(b, False, f"{why}; only image networks are traced")
+    if not deterministic:
+        return SamplingChoice(b, False, f"{why}; gamma > 0 draws noise between jumps: eager")
+    if n < PROGRAM_MIN_BATCHES * b:
+        return SamplingChoice(b, False, f"{why}; {n} samples are fewer than {PROGRAM_MIN_BATCHES} batches: "
+                                        "tracing would not pay")
+    return SamplingChoice(b, True, f"{why}; {n // b} full batches through one traced solve")
+
+
+class _Solve(nn.Module):
+    def __init__(self, model, plan, with_labels: bool):
+        super().__init__()
+        self.model, self.net, self.plan, self.with_labels = model, model.net, plan, with_labels
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        from ctmtool.core.sampling import sample_from
+
+        return sample_from(self.model, z, self.plan, None, labels if self.with_labels else None)
+
+
+def sampling_program(model, plan) -> Callable[..., torch.Tensor]:
+    """The sampler's solve of one full batch of `plan.batch` items, (z, labels) -> x, traced and frozen
+    (TorchScript): the same operations without Python's per-operation dispatch, within float32 rounding of the
+    eager solve. Only for plans that draw no noise between jumps (`choose_sampling`)."""
+    conditional = bool(model.label_dim)
+    solve = _Solve(model, plan, conditional).eval()
+    z = torch.randn(plan.batch, *model.data_shape, generator=torch.Generator().manual_seed(0))
+    args = (z, torch.zeros(plan.batch, dtype=torch.long)) if conditional else (z,)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.compile, still here
+        prog = torch.jit.freeze(torch.jit.trace(solve, args, check_trace=False))
+
+    def run(x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return prog(x, labels) if conditional else prog(x)
+
+    return run
+
+
+def fast_plan(model, plan, device, n: int, batch_given: bool, fast: bool = True,
+              log: Callable[[str], None] | None = None):
+    """(plan with the chosen batch, program or None) for a job of `n` samples; the choice logged in one line.
+    The one call `sample`, `fid` and `sweep` make (`ctmtool.jobs`)."""
+    import dataclasses
+
+    choice = choose_sampling(model, device, n, plan, batch_given, fast)
+    if log is not None:
+        log(choice.describe())
+    plan = dataclasses.replace(plan, batch=choice.batch)
+    return plan, (sampling_program(model, plan) if choice.program else None)

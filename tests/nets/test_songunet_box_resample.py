@@ -1,0 +1,63 @@
+"""The box filter's resampling as pooling / nearest upsampling: the FIR convolutions' results within float32 rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctmtool.nets.songunet import Conv2d, SongUNet
+
+# the FIR path and the pooling path sum the same four products x * 1/4 in another order: at most a few ulps apart
+DOWN_RTOL = 4 * torch.finfo(torch.float32).eps
+
+
+def _fir(conv: Conv2d) -> Conv2d:
+    """The same layer forced onto the FIR convolution path."""
+    twin = Conv2d(conv.in_channels, conv.out_channels, conv.weight.shape[-1] if conv.weight is not None else 0,
+                  up=conv.up, down=conv.down, fused_resample=conv.fused_resample)
+    twin.load_state_dict(conv.state_dict())
+    twin.box = False
+    return twin
+
+
+@pytest.mark.parametrize("kernel,up,down,fused", [(0, False, True, False), (0, True, False, False),
+                                                  (1, False, True, False), (3, True, False, False),
+                                                  (3, False, True, True)])
+def test_box_resampling_matches_the_fir_convolution(kernel, up, down, fused):
+    torch.manual_seed(0)
+    conv = Conv2d(6, 6 if kernel == 0 else 5, kernel, up=up, down=down, fused_resample=fused)
+    assert conv.box
+    fir = _fir(conv)
+    x = torch.randn(3, 6, 8, 8, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    a, b = conv(x), fir(x2)
+    assert a.shape == b.shape
+    if up and kernel == 0:
+        assert torch.equal(a, b)  # nearest upsampling: every output is one input times 1
+    torch.testing.assert_close(a, b, rtol=DOWN_RTOL, atol=1e-6 * float(b.detach().abs().max()))
+    g = torch.randn_like(a)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=DOWN_RTOL, atol=1e-6 * float(x2.grad.abs().max()))
+
+
+def test_other_filters_keep_the_fir_path():
+    assert not Conv2d(4, 4, 0, down=True, resample_filter=[1, 3, 3, 1]).box
+
+
+def test_whole_ddpmpp_network_within_float32_rounding():
+    torch.manual_seed(0)
+    net = SongUNet(16, 3, 3, model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8]).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    x, noise = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, generator=g)
+    with torch.no_grad():
+        fast = net(x, noise)
+        for m in net.modules():
+            if isinstance(m, Conv2d):
+                m.box = False
+        slow = net(x, noise)
+    assert (fast - slow).abs().max() <= 1e-5 * slow.abs().max()
+    assert not torch.equal(fast, torch.zeros_like(fast))
