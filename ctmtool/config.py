@@ -1,4 +1,4 @@
-"""Presets: pydantic models of every setting, loading `presets/*.toml`, and `--set key=value` overrides.
+"""Presets: pydantic models of every setting, loading `ctmtool/presets/*.toml`, and `--set key=value` overrides.
 
 A preset is one TOML file; every section below is a model with `extra="forbid"`, so an unknown key, a
 wrong type or an out-of-range value is refused with a message naming the key, the value and what is
@@ -12,6 +12,8 @@ import json
 import math
 import os
 import tomllib
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ctmtool.errors import UserError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 INT64 = 2**63  # integers are stored as 64-bit values (tensors, seeds, JSON headers): |value| < 2^63
 
 Rate = Annotated[float, Field(ge=0, lt=1)]  # a moment decay or EMA rate: [0, 1)
@@ -33,6 +34,10 @@ def _int64(value: Any, key: str) -> Any:
         for v in value:
             _int64(v, key)
     return value
+# The presets ship inside the package (package data, read with importlib.resources); $CTMTOOL_PRESETS adds
+# folders (os.pathsep-separated) whose presets come first and shadow packaged ones of the same name.
+PACKAGED_PRESETS: Traversable = resources.files("ctmtool") / "presets"
+PRESETS_ENV = "CTMTOOL_PRESETS"
 
 
 class Strict(BaseModel):
@@ -315,15 +320,30 @@ class Preset(Strict):
 # Loading and overrides
 
 
-def preset_dir() -> Path:
-    """Where named presets are looked up: $CTMTOOL_PRESETS, else the repository's presets/ folder."""
-    env = os.environ.get("CTMTOOL_PRESETS")
-    return Path(env) if env else PRESET_DIR
+def preset_dirs() -> list[Traversable]:
+    """Where named presets are looked up, first match wins: the folders of $CTMTOOL_PRESETS, then the package's."""
+    extra = [Path(d).expanduser() for d in os.environ.get(PRESETS_ENV, "").split(os.pathsep) if d]
+    return [*extra, PACKAGED_PRESETS]
+
+
+def preset_dir() -> str:
+    """The preset folders as one line (for listings and messages)."""
+    return os.pathsep.join(str(d) for d in preset_dirs())
+
+
+def _preset_files() -> dict[str, Traversable]:
+    found: dict[str, Traversable] = {}
+    for d in preset_dirs():
+        if not d.is_dir():
+            continue
+        for f in sorted(d.iterdir(), key=lambda f: f.name):
+            if f.name.endswith(".toml") and f.is_file():
+                found.setdefault(f.name[: -len(".toml")], f)
+    return found
 
 
 def list_presets() -> list[str]:
-    d = preset_dir()
-    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
+    return sorted(_preset_files())
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -399,17 +419,17 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
     return f"invalid preset {origin}: " + "; ".join(parts)
 
 
-def resolve_preset_path(name_or_path: str) -> Path:
+def resolve_preset_path(name_or_path: str) -> Traversable:
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
             raise UserError(f"preset file {p} does not exist; give an existing .toml or a name from `ctmtool presets`")
         return p
-    cand = preset_dir() / f"{name_or_path}.toml"
-    if not cand.is_file():
-        known = ", ".join(list_presets()) or "(none found)"
+    found = _preset_files()
+    if name_or_path not in found:
+        known = ", ".join(sorted(found)) or f"(none found in {preset_dir()}; reinstall ctmtool or set ${PRESETS_ENV})"
         raise UserError(f"unknown preset {name_or_path!r}; known presets: {known}")
-    return cand
+    return found[name_or_path]
 
 
 def preset_from_dict(raw: dict, origin: str = "(dict)") -> Preset:
@@ -420,7 +440,7 @@ def preset_from_dict(raw: dict, origin: str = "(dict)") -> Preset:
 
 
 def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset:
-    """Load a preset by name (from `presets/`) or path, apply `key=value` overrides, validate."""
+    """Load a preset by name (see `preset_dirs`) or path, apply `key=value` overrides, validate."""
     path = resolve_preset_path(name_or_path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -430,7 +450,7 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
         raise UserError(f"preset {path} is not valid TOML: {err}") from None
     except ValueError as err:  # an integer of more digits than Python converts
         raise UserError(f"preset {path} holds a number no setting takes ({err}); fix the file") from None
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", path.name.removesuffix(".toml"))
     apply_overrides(raw, overrides or [])
     return preset_from_dict(raw, f"{path.name}" + (f" with --set {' '.join(overrides)}" if overrides else ""))
 

@@ -18,13 +18,12 @@ from ctmtool.config import (
     load_preset,
     override_preset,
     parse_override,
-    preset_dir,
     preset_from_dict,
     preset_to_toml,
 )
 from ctmtool.errors import UserError
 
-SHIPPED = sorted(p.stem for p in preset_dir().glob("*.toml"))
+SHIPPED = list_presets()
 TOY = load_preset("toy")
 
 

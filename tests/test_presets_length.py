@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ctmtool.cli.teacher import training_overrides
-from ctmtool.config import TrainConfig, list_presets, load_preset, preset_dir
+from ctmtool.config import TrainConfig, list_presets, load_preset, resolve_preset_path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 # Presets allowed to stop on the clock by default, with the reason. None: a result must not depend on the load.
@@ -28,7 +28,7 @@ def _training_sections(p) -> dict[str, TrainConfig]:
 
 @pytest.mark.parametrize("name", list_presets())
 def test_no_preset_stops_on_the_clock(name):
-    raw = tomllib.loads((preset_dir() / f"{name}.toml").read_text())
+    raw = tomllib.loads(resolve_preset_path(name).read_text(encoding="utf-8"))
     timed = sorted(k for k, v in raw.items() if isinstance(v, dict) and "minutes" in v)
     p = load_preset(name)
     sections = _training_sections(p)

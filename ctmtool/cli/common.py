@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import signal
@@ -26,7 +27,6 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
@@ -36,51 +36,102 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 from typer.core import _click as click  # typer 0.29 parses with its own copy of click
 
-from ctmtool.device import select_device  # noqa: F401  (re-exported for the commands)
 from ctmtool.errors import Stopped, UserError, as_flags
 
-# Options shared by several subcommands (typer reads these Annotated aliases).
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+# Options shared by several subcommands (typer reads these Annotated aliases): the same idea has the same
+# name and short form in every command (tests/cli/test_grammar.py checks it).
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout (on stderr "
+                                                      "when stdout carries data: --out -).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a preset field, e.g. --set teacher.batch=64 (repeatable).")]
-PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `ctmtool presets`) or a .toml path.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda|cuda:N",
+                                        help="cpu, cuda, cuda:N or auto (CUDA when available).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
+                                                  help="Override a preset field, e.g. --set teacher.batch=64 (repeatable).")]
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", metavar="NAME|FILE.toml",
+                                        help="Preset name (see `ctmtool presets`) or a .toml path.")]
+CKPT_HELP = "Checkpoint file, or a run directory (its newest checkpoint)."
 CkptOpt = Annotated[Path | None, typer.Option(
-    "--ckpt", help="Checkpoint file, or a run directory (its newest checkpoint). Default: the newest in --run-dir.")]
+    "--ckpt", metavar="FILE|RUN_DIR", help=CKPT_HELP + " Default: the newest in --run-dir.")]
+RequiredCkptOpt = Annotated[Path, typer.Option("--ckpt", metavar="FILE|RUN_DIR", help=CKPT_HELP)]
 RunDirOpt = Annotated[Path | None, typer.Option(
-    "--run-dir", help="Run directory whose newest checkpoint is used without --ckpt (default: runs/toy/ctm, where "
-                      "`ctmtool distill` writes with its default preset).")]
-EmaOpt = Annotated[str, typer.Option("--ema", help="Which weights of the checkpoint: ema, net, target, or ema_<rate>.")]
+    "--run-dir", metavar="DIR", help="Run directory whose newest checkpoint is used without --ckpt (default: "
+                                     "runs/toy/ctm, where `ctmtool distill` writes with its default preset).")]
+EmaOpt = Annotated[str, typer.Option("--ema", metavar="ema|net|target|ema_RATE",
+                                     help="Which weights of the checkpoint: ema, net, target, or ema_<rate>.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the first item; item i uses seed + i.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch", help="Items per forward pass (does not change the results).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch", "-b", metavar="N",
+                                              help="Items per forward pass (does not change the results).")]
 NoLimitsOpt = Annotated[bool, typer.Option(
     "--no-limits", help="Lift the per-request limits (NFE, steps, kimg, ...; ctmtool/limits.py) for this command.")]
-OutOpt = Annotated[str, typer.Option("--out", "-o", help="An .npz, a .png, a folder (one PNG per item) or - (stdout).")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", metavar="FILE.npz|FILE.png|DIR|-",
+                                     help="An .npz, a .png, a folder (one PNG per item) or - (.npz bytes on stdout).")]
+CkptOrData = ("Images (folder, .zip, .npz, image file), - for .npz/.npy bytes on stdin, or a checkpoint "
+              "(.safetensors, or a run directory: its newest checkpoint)")
+
+
+LOGGER = "ctmtool"
+
+
+class _PlainHandler(logging.Handler):
+    """Timestamped lines on whatever sys.stderr is at the time (a pipe, a file, a test's capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            line = f"warning: {msg}"
+        else:
+            line = f"[{time.strftime('%H:%M:%S', time.localtime(record.created))}] {msg}"
+        if record.exc_info:
+            line += "\n" + logging.Formatter().formatException(record.exc_info)
+        print(line, file=sys.stderr, flush=True)
+
+
+def configure_logging(verbosity: int = 0) -> logging.Logger:
+    """The `ctmtool` logger: -q (verbosity -1) warnings only, default info, -v (1) debug; rich's handler on a
+    terminal, plain timestamped lines otherwise. Called by the root command on every invocation."""
+    log = logging.getLogger(LOGGER)
+    log.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        log.addHandler(RichHandler(console=Console(stderr=True, highlight=False), show_path=False, markup=False))
+    else:
+        log.addHandler(_PlainHandler())
+    log.propagate = False
+    return log
+
+
+def logger() -> logging.Logger:
+    """The `ctmtool` logger, configured with the defaults when the root command has not done it (library use)."""
+    log = logging.getLogger(LOGGER)
+    return log if log.handlers else configure_logging(0)
 
 
 class Reporter:
     """Progress and results for one command invocation; nothing global."""
 
-    def __init__(self, json_mode: bool = False, quiet: bool = False):
+    def __init__(self, json_mode: bool = False, quiet: bool = False, data_on_stdout: bool = False):
         self.json_mode = json_mode
+        self.data_on_stdout = data_on_stdout  # stdout carries data (`--out -`): the result goes to stderr
         self.rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
-        self.quiet = quiet or self.rank != 0
-        self.err = Console(stderr=True, highlight=False)
+        self.quiet = quiet or self.rank != 0 or not logger().isEnabledFor(logging.INFO)  # -q: warnings only
+        # on a terminal the bars share the log handler's console, so log lines print above a live bar
+        self.err = next((h.console for h in logger().handlers if hasattr(h, "console")), None) \
+            or Console(stderr=True, highlight=False)
         self.tty = self.err.is_terminal
 
     def log(self, msg: str) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            self.err.print(msg)
-        else:
-            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+        if not self.quiet:
+            logger().info(msg)
+
+    def debug(self, msg: str) -> None:
+        if not self.quiet:
+            logger().debug(msg)
 
     def warn(self, msg: str) -> None:
-        if self.tty:
-            self.err.print(f"[yellow]warning:[/yellow] {msg}")
-        else:
-            print(f"warning: {msg}", file=sys.stderr, flush=True)
+        logger().warning(msg)
 
     @contextmanager
     def progress(self, total: float, description: str, unit: str = "") -> Iterator[Callable[..., None]]:
@@ -89,7 +140,8 @@ class Reporter:
             yield lambda n=1, status="": None
             return
         if self.tty:
-            cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+            cols = [TextColumn("[bold]{task.description}"), BarColumn(),
+                    TextColumn("{task.completed:.4g}/{task.total:.4g}"), TextColumn(unit),
                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
             with Progress(*cols, console=self.err, transient=False) as bar:
                 task = bar.add_task(description, total=total, status="")
@@ -99,32 +151,45 @@ class Reporter:
 
         def advance(n: float = 1, status: str = "") -> None:
             state["done"] += n
-            if state["done"] >= state["next"] or state["done"] >= total:
-                pct = 100.0 * state["done"] / total if total else 100.0
+            if state["done"] >= state["next"] or (state["done"] >= total and not state.get("ended")):
+                done = min(state["done"], total)  # never past 100%
+                state["ended"] = done >= total
+                pct = 100.0 * done / total if total else 100.0
                 el = time.time() - state["t0"]
-                self.log(f"{description}: {state['done']:g}/{total:g}{(' ' + unit) if unit else ''} ({pct:.0f}%, {el:.0f}s) {status}".rstrip())
+                self.log(f"{description}: {done:g}/{total:g}{(' ' + unit) if unit else ''} ({pct:.0f}%, {el:.0f}s) {status}".rstrip())
                 state["next"] = state["done"] + max(total / 10, 1e-9)
 
         yield advance
 
     def result(self, data: dict[str, Any], title: str = "result") -> None:
-        """The command's result: JSON on stdout with --json, else a two-column table."""
+        """The command's result: JSON with --json, else a table (tab-separated lines when not on a terminal);
+        on stdout, or on stderr when stdout carries data (`--out -`), so that stdout holds nothing but data."""
         if self.rank != 0:
             return
+        stream = sys.stderr if self.data_on_stdout else sys.stdout
         if self.json_mode:
-            print(json.dumps(data, default=_jsonable), flush=True)
+            print(json.dumps(data, default=_jsonable), file=stream, flush=True)
+            return
+        rows = [(str(k), _cell(v)) for k, v in data.items()]
+        if not stream.isatty():
+            stream.write("".join(f"{k}\t{' '.join(v.split())}\n" for k, v in rows))
+            stream.flush()
             return
         table = Table(title=title, show_header=False)
         table.add_column("key", style="bold")
         table.add_column("value")
-        for k, v in data.items():
-            if isinstance(v, float):
-                v = f"{v:.6g}"
-            elif isinstance(v, list | dict):
-                v = json.dumps(v, default=_jsonable)
-                v = v if len(v) < 200 else v[:197] + "..."
-            table.add_row(str(k), str(v))
-        Console(highlight=False).print(table)
+        for k, v in rows:
+            table.add_row(k, v)
+        Console(file=stream, highlight=False).print(table)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list | dict):
+        v = json.dumps(v, default=_jsonable)
+        return v if len(v) < 200 else v[:197] + "..."
+    return str(v)
 
 
 def _jsonable(o: Any):
@@ -144,6 +209,13 @@ def flags(message: str) -> str:
     for param, flag in FLAG_NAMES.items():
         message = message.replace(param, flag)
     return " ".join(message.split())  # one line
+
+
+def select_device(name: str):
+    """ctmtool.device.select_device, imported when a command runs (`--help` imports no torch)."""
+    from ctmtool.device import select_device as select
+
+    return select(name)
 
 
 def _fail(message: str, code: int):
@@ -168,9 +240,13 @@ def handle_errors(fn: Callable) -> Callable:
             raise _fail(f"interrupted by {name}", 128 + err.signum) from None
         except KeyboardInterrupt:
             raise _fail("interrupted by SIGINT", 130) from None
+        except BrokenPipeError:
+            exit_as_killed_by_sigpipe()
         except (MemoryError, torch_oom()) as err:
+            logger().debug("the error in full (-v):", exc_info=True)
             raise _fail(f"out of memory ({type(err).__name__}); lower --batch or --n", 1) from None
         except OSError as err:
+            logger().debug("the error in full (-v):", exc_info=True)
             where = f" ({err.filename})" if err.filename else ""
             raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk space", 1) from None
         except RuntimeError as err:
@@ -225,6 +301,17 @@ def check_option_values(options: dict[str, Any]) -> None:
                 raise UserError(f"`{name}` must be a finite number, got {v}")
             if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
                 raise UserError(f"`{name}` is an integer of {v.bit_length()} bits; at most 64 bits")
+def exit_as_killed_by_sigpipe() -> None:
+    """The reader of our stdout went away (`| head`): end quietly, as a writer killed by SIGPIPE does (the
+    shell sees 141), with no error text and no second error while Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    os._exit(128 + signal.SIGPIPE)  # not reached where the signal ends the process
 
 
 def torch_oom() -> type[BaseException]:
@@ -276,38 +363,90 @@ def _plain_usage(pieces: list[str]) -> list[str]:
     return out
 
 
-class Command(TyperCommand):
-    """A subcommand with plain usage lines and, optionally, a second form `CMD WORD ...` with its own help
-    (`subform` = (word, usage arguments, help text, option names shown))."""
+TYPE_METAVARS = {"int": "INT", "float": "FLOAT", "str": "TEXT", "Path": "PATH", "path": "PATH", "bool": "BOOL"}
 
-    subform: tuple[str, str, str, tuple[str, ...]] | None = None
+
+def _plain_type(label: str | None) -> str | None:
+    """typer's `<int>`, `<list[str]>`, `<ode|elbo>` as INT, TEXT, ode|elbo."""
+    if not label:
+        return label
+    label = label.strip("<>")
+    if label.startswith("list[") and label.endswith("]"):
+        label = label[5:-1]
+    return TYPE_METAVARS.get(label, label)
+
+
+def plain_metavars(params: list) -> None:
+    """Readable metavars: `--steps INT`, `--method ode|elbo`, `INPUT` (not `<int>`, `<str>`, `<list[str]>`)."""
+    for p in params:
+        if p.param_type_name == "argument":
+            p.display_type_rich = lambda ctx: None  # the argument's metavar names it
+        elif p.metavar is None:
+            p.display_type = lambda ctx, _orig=p.display_type: _plain_type(_orig(ctx))
+
+
+class Command(TyperCommand):
+    """A subcommand with plain usage lines and readable metavars."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        plain_metavars(self.params)
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         return _plain_usage(super().collect_usage_pieces(ctx))
 
+
+class DefaultCommand(Command):
+    """A command of a `DefaultGroup`; the default one (run when the group's first argument is not a sub-command)
+    has the group's name in its usage and errors (`ctmtool fid SAMPLES`), and its help lists the sub-commands."""
+
+    @staticmethod
+    def _default_of(ctx: click.Context):
+        group = ctx.parent.command if ctx.parent else None
+        return group if isinstance(group, DefaultGroup) and ctx.info_name == group.default_name else None
+
+    def format_usage(self, ctx: click.Context, formatter) -> None:
+        if self._default_of(ctx) is None:
+            return super().format_usage(ctx, formatter)
+        formatter.write_usage(ctx.parent.command_path, " ".join(self.collect_usage_pieces(ctx)))
+
+    def format_help(self, ctx: click.Context, formatter) -> None:
+        super().format_help(ctx, formatter)
+        group = self._default_of(ctx)
+        if group is not None:
+            rows = [(name, cmd.get_short_help_str(80)) for name, cmd in group.commands.items()
+                    if name != group.default_name and not cmd.hidden]
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class CommandGroup(TyperGroup):
+    """A group that is also a command (`sample` and `sample sweep`): readable metavars and plain usage too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        plain_metavars(self.params)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return _plain_usage(super().collect_usage_pieces(ctx))
+
+
+class DefaultGroup(TyperGroup):
+    """A group with real sub-commands (`fid stats`, `translate edit`) whose other first arguments belong to
+    its default command (`fid SAMPLES`); `GROUP --help` is the default command's help."""
+
+    default_name = "run"
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if self.subform and args and args[0] == self.subform[0] and any(a in ctx.help_option_names for a in args):
-            click.echo(self.subform_help(ctx), color=ctx.color)
-            ctx.exit()
+        completing = ctx.resilient_parsing and not args  # shell completion of the next word: offer sub-commands
+        if not completing and (not args or args[0] not in self.commands):
+            args = [self.default_name, *args]
         return super().parse_args(ctx, args)
 
-    def subform_help(self, ctx: click.Context) -> str:
-        word, usage, text, names = self.subform
-        f = ctx.make_formatter()
-        f.write_usage(f"{ctx.command_path} {word}", usage)
-        f.write_paragraph()
-        with f.indentation():
-            f.write_text(text)
-        records = [p.get_help_record(ctx) for p in self.get_params(ctx)
-                   if p.param_type_name == "option" and (set(p.opts) & set(names) or p.name == "help")]
-        with f.section("Options"):
-            f.write_dl([r for r in records if r])
-        return f.getvalue().rstrip("\n")
-
-
-def subform_command(word: str, usage: str, text: str, names: tuple[str, ...]) -> type[Command]:
-    """A `Command` class whose `CMD WORD --help` prints the help of that form."""
-    return type(f"{word.title()}Command", (Command,), {"subform": (word, usage, text, names)})
+    def get_help(self, ctx: click.Context) -> str:  # `ctmtool fid --help` without arguments reaches here too
+        cmd = self.commands[self.default_name]
+        with cmd.make_context(self.default_name, ["--help"], parent=ctx, resilient_parsing=True) as sub:
+            return cmd.get_help(sub)
 
 
 class Group(TyperGroup):
@@ -322,10 +461,15 @@ class Group(TyperGroup):
             err.show()
             sys.exit(err.exit_code)
         except click.ClickException as err:
-            hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
+            ctx = getattr(err, "ctx", None)
+            if ctx is not None and isinstance(ctx.command, DefaultCommand) and DefaultCommand._default_of(ctx):
+                ctx = ctx.parent  # `ctmtool fid`, not `ctmtool fid run`
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             print(f"error: {' '.join(err.format_message().split())}{hint}", file=sys.stderr, flush=True)
             sys.exit(err.exit_code)
         except typer.Abort:
             print("error: aborted", file=sys.stderr, flush=True)
             sys.exit(1)
+        except BrokenPipeError:
+            exit_as_killed_by_sigpipe()
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -25,10 +25,10 @@ from ctmtool.cli.teacher import AutoResumeOpt, DownloadOpt, check_run_limits, pr
 @handle_errors
 def distill_cmd(
     preset: PresetOpt = "toy",
-    teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
+    teacher: Annotated[str | None, typer.Option("--teacher", metavar="FILE|RUN_DIR", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
                                        "toy uses the exact mixture denoiser by default.")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Data path; overrides data.path.")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/ctm).")] = None,
+    data: Annotated[str | None, typer.Option("--data", metavar="PATH", help="Data path; overrides data.path.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", metavar="DIR", help="Where checkpoints and samples go (default: runs/<preset>/ctm).")] = None,
     kimg: Annotated[float | None, typer.Option("--kimg", help="Train for this many thousand images.")] = None,
     minutes: Annotated[float | None, typer.Option("--minutes", help="Train for this many minutes.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --run-dir "

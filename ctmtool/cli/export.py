@@ -6,15 +6,16 @@ from pathlib import Path
 
 import typer
 
-from ctmtool.cli.common import Command, ForceOpt, JsonOpt, Reporter, handle_errors
+from ctmtool.cli.common import Command, EmaOpt, ForceOpt, JsonOpt, Reporter, RequiredCkptOpt, handle_errors
 from ctmtool.errors import UserError
 
 
 @handle_errors
 def export_cmd(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (.safetensors) or a run folder (its newest checkpoint)."),
-    out: Path = typer.Option(..., "--out", help="Main ONNX file, e.g. model.onnx; other graphs go beside it as model.<graph>.onnx."),
-    ema: str = typer.Option("ema", "--ema", help="Which weights: ema, net, ema_<rate>."),
+    ckpt: RequiredCkptOpt = ...,
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE.onnx",
+                             help="Main ONNX file, e.g. model.onnx; other graphs go beside it as model.<graph>.onnx."),
+    ema: EmaOpt = "ema",
     tol: float = typer.Option(1e-4, "--tol", help="Allowed max |onnxruntime - torch| relative to max(1, max |torch|)."),
     program: bool = typer.Option(True, "--program/--no-program", help="Also save torch.export programs (.pt2)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -11,10 +12,11 @@ from ctmtool.cli.common import Command, ForceOpt, JsonOpt, Reporter, check_outpu
 
 @handle_errors
 def import_cmd(
-    path: Path = typer.Argument(..., help="A published checkpoint: EDM .pkl, ctm-cifar10 model*.pt / ema_*.pt, GCTM .pt, "
+    path: Path = typer.Argument(..., metavar="FILE", help="A published checkpoint: EDM .pkl, ctm-cifar10 model*.pt / ema_*.pt, GCTM .pt, "
                                 "OpenAI ADM edm_imagenet64_ema.pt, Sony CTM ema_0.999_*.pt."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output checkpoint (default: <name>.safetensors beside it)."),
-    ema: str | None = typer.Option(None, "--ema", help="GCTM only: which weights of the file, net_ema (default) or net."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE.safetensors", help="Output checkpoint (default: <name>.safetensors beside it)."),
+    ema: Literal["ema", "net"] | None = typer.Option(None, "--ema", help="GCTM only: which weights of the file: ema "
+                                                     "(its net_ema, the default) or net."),
     var0: float | None = typer.Option(None, "--var0", help="GCTM only: Var x0 per dimension (its --vars[0])."),
     var1: float | None = typer.Option(None, "--var1", help="GCTM only: Var x1 per dimension (its --vars[1]; "
                                       "X1_eps_std^2 is added as train_gctm.py does)."),
@@ -42,7 +44,7 @@ def import_cmd(
 
     rep = Reporter(json_out)
     out = check_output(out or path.with_suffix(".safetensors"), force)
-    given = dict(ema=ema, var0=var0, var1=var1, cov01=cov01, x1_eps_std=x1_eps_std, smin=smin, smax=smax,
+    given = dict(ema={"ema": "net_ema", "net": "net", None: None}[ema], var0=var0, var1=var1, cov01=cov01, x1_eps_std=x1_eps_std, smin=smin, smax=smax,
                  grid=grid, rho=rho, dropout=dropout, resolution=resolution, head_channels=head_channels)
     res, written = import_file(path, out, **{k: v for k, v in given.items() if v is not None})
     rep.result({"checkpoint": str(written), "format": res.meta.get("format") or res.meta.get("source"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -23,40 +23,43 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.jobs.likelihood import EXACT_MAX_DIM, SOLVERS, NLLOptions
+from ctmtool.jobs.streams import input_path
+
+# ctmtool.jobs.likelihood's choices (tests/cli/test_grammar.py checks they agree), spelled here so `--help` imports no torch
+Solver = Literal["dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2", "rk4", "midpoint", "heun3", "euler"]
 
 
 @handle_errors
 def likelihood_cmd(
-    data: Annotated[Path | None, typer.Argument(
-        metavar="DATA", show_default=False, help="Folder/.zip of images, an image file, or an .npz with 'samples' "
-                                 "(uint8 NHWC images or float (N, D) points).")] = None,
+    data: Annotated[str | None, typer.Argument(
+        metavar="DATA", show_default=False, help="Folder/.zip of images, an image file, an .npz with 'samples' "
+                                 "(uint8 NHWC images or float (N, D) points), or - (.npz/.npy bytes on stdin).")] = None,
     ckpt: CkptOpt = None,
     run_dir: RunDirOpt = None,
     ema: EmaOpt = "ema",
     preset: Annotated[str | None, typer.Option(
-        "--preset", "-p", help="Preset whose [data.gmm] mixture is the model (with --analytic).")] = None,
+        "--preset", "-p", metavar="NAME|FILE.toml", help="Preset whose [data.gmm] mixture is the model (with --analytic).")] = None,
     analytic: Annotated[bool, typer.Option("--analytic", help="Use the exact Gaussian-mixture denoiser of --preset.")] = False,
-    protocol: Annotated[str, typer.Option(
+    protocol: Annotated[Literal["exact", "ctm-paper"], typer.Option(
         "--protocol", help="exact: ctmtool's PF-ODE / ELBO bound of dequantised data; ctm-paper: the CTM paper's "
-                           "estimate (sony/ctm eval_bpd.py; uses only --n, --batch, --seed, --rtol, --atol).")] = "exact",
-    method: Annotated[str, typer.Option(
+                           "estimate (sony/ctm eval_bpd.py; uses only -n, --batch, --seed, --rtol, --atol).")] = "exact",
+    method: Annotated[Literal["ode", "elbo"], typer.Option(
         "--method", help="ode: probability-flow ODE; elbo: variational bound (an upper bound on the NLL).")] = "ode",
-    divergence: Annotated[str, typer.Option(
-        "--divergence", help=f"auto|exact|hutchinson; auto = exact up to {EXACT_MAX_DIM} dimensions.")] = "auto",
+    divergence: Annotated[Literal["auto", "exact", "hutchinson"], typer.Option(
+        "--divergence", help="auto = exact up to 16 dimensions (ctmtool.jobs.likelihood.EXACT_MAX_DIM), Hutchinson beyond.")] = "auto",
     probes: Annotated[int, typer.Option("--probes", help="Hutchinson probes per item (2+ give a standard error).")] = 4,
-    probe_dist: Annotated[str, typer.Option("--probe-dist", help="rademacher|gaussian Hutchinson probes.")] = "rademacher",
-    solver: Annotated[str, typer.Option(
-        "--solver", help=f"ODE method: {'|'.join(SOLVERS)} (the last four with fixed steps).")] = "dopri5",
+    probe_dist: Annotated[Literal["rademacher", "gaussian"], typer.Option("--probe-dist", help="rademacher|gaussian Hutchinson probes.")] = "rademacher",
+    solver: Annotated[Solver, typer.Option(
+        "--solver", help="ODE method (the last four with fixed steps).")] = "dopri5",
     steps: Annotated[int, typer.Option("--steps", help="Steps in ln(sigma) for fixed-step solvers.")] = 100,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance of adaptive solvers.")] = 1e-3,
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance of adaptive solvers.")] = 1e-3,
     elbo_samples: Annotated[int, typer.Option("--elbo-samples", help="(sigma, noise) pairs per item for --method elbo.")] = 128,
     dequant_draws: Annotated[int, typer.Option("--dequant-draws", help="Uniform dequantisation draws per image.")] = 1,
-    draw_average: Annotated[str, typer.Option(
+    draw_average: Annotated[Literal["logmeanexp", "mean"], typer.Option(
         "--draw-average", help="logmeanexp (tighter bound) | mean (of the logs): how draws are combined.")] = "logmeanexp",
-    n: Annotated[int | None, typer.Option("--n", help="Evaluate the first N items (default: all).")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Items per ODE solve.")] = 64,
+    n: Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Evaluate the first N items (default: all).")] = None,
+    batch: Annotated[int, typer.Option("--batch", "-b", metavar="N", help="Items per ODE solve.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the dequantisation and probe noise.")] = 0,
     device: DeviceOpt = "auto",
     per_item: Annotated[Path | None, typer.Option(
@@ -70,7 +73,13 @@ def likelihood_cmd(
     Images are uniformly dequantised and reported in bits/dim of 8-bit data; points in nats (and bits) per item.
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used, and named on stderr.
     """
-    from ctmtool.jobs.likelihood import check_per_item_path, likelihood_of, load_data, write_per_item
+    from ctmtool.jobs.likelihood import (
+        NLLOptions,
+        check_per_item_path,
+        likelihood_of,
+        load_data,
+        write_per_item,
+    )
     from ctmtool.jobs.run_dirs import open_model
 
     rep = Reporter(json_out)
@@ -89,7 +98,8 @@ def likelihood_cmd(
     dev = select_device(device)
     model, source = open_model(ckpt, run_dir, ema, dev, analytic=analytic, preset=preset)
     rep.log(f"using {source}")
-    ds = load_data(data, model)
+    with input_path(data) as staged:
+        ds = load_data(staged, model)
     if protocol == "ctm-paper":
         from ctmtool.jobs.likelihood import paper_likelihood_of
 
@@ -105,6 +115,8 @@ def likelihood_cmd(
     with rep.progress(len(ds) if n is None else min(max(n, 0), len(ds)), "likelihood", "items") as advance:
         out, ev = likelihood_of(model, ds, opts, n=n, batch=batch, seed=seed, device=dev, progress=advance)
     out["model"] = str(model.path) if model.path else source
+    if str(data) == "-":
+        out["data"] = "-"  # standard input, not the temporary file it was staged in
     if per_item is not None:
         out["per_item"] = str(write_per_item(per_item, ev))
     rep.result(out, title="likelihood")

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ctmtool.cli.common import (
+    CKPT_HELP,
     Command,
     DeviceOpt,
     EmaOpt,
@@ -22,7 +23,12 @@ from ctmtool.cli.common import (
     select_device,
 )
 from ctmtool.errors import UserError
-from ctmtool.jobs.fid_run import CHECKPOINT_SUFFIX, is_checkpoint
+
+CHECKPOINT_SUFFIX = ".safetensors"  # ctmtool.jobs.fid_run's; not imported here so that --help imports no torch
+
+
+def is_checkpoint(path: str) -> bool:
+    return str(path).lower().endswith(CHECKPOINT_SUFFIX)
 
 PRESET = "Default for a checkpoint: its preset's [sample]"
 
@@ -49,8 +55,10 @@ def _exists(path: str, what: str) -> str:
 
 @handle_errors
 def metrics_cmd(
-    samples: Annotated[str, typer.Argument(metavar="SAMPLES", help="Images (folder, .zip, .npz, image file) or a "
-                                           "checkpoint (.safetensors, sampled in memory).")],
+    samples: Annotated[str | None, typer.Argument(metavar="SAMPLES", show_default=False, help="Images (folder, .zip, "
+                                           ".npz, image file) or a checkpoint (.safetensors, sampled in memory).")] = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", metavar="FILE|RUN_DIR", help=CKPT_HELP + " Sampled in "
+                                              "memory; instead of SAMPLES.")] = None,
     ref: Annotated[str | None, typer.Option("--ref", "-r", help="Reference images (folder, .zip, .npz, image file) "
                                             "or a checkpoint; not needed for `--metrics is` alone.")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", "-m", help="Comma-separated among fid, kid, is, pr "
@@ -60,7 +68,7 @@ def metrics_cmd(
                                                  "`inception-legacy` or a TorchScript file whose classify(x) gives "
                                                  "logits (IS) and spatial(x) maps (sFID). Default: inception, or "
                                                  "the checkpoint preset's fid.features.")] = None,
-    n: Annotated[int | None, typer.Option("--n", "-n", help="Samples generated from a checkpoint (default: preset "
+    n: Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Samples generated from a checkpoint (default: preset "
                                           "fid.n), or a seeded random subset of SAMPLES images (default: all).")] = None,
     n_ref: Annotated[int | None, typer.Option("--n-ref", help="A seeded random subset of the reference images "
                                               "(default: all; a checkpoint reference: its preset's fid.n).")] = None,
@@ -95,11 +103,14 @@ def metrics_cmd(
     at_least(2, n=n, n_ref=n_ref, kid_subset_size=kid_subset_size)
     at_least(1, batch=batch, kid_subsets=kid_subsets, k=k, is_split_size=is_split_size)
     metric_names(metrics)  # names checked before any file is read
+    if (samples is None) == (ckpt is None):
+        raise UserError("give SAMPLES (images or a checkpoint) or --ckpt FILE|RUN_DIR, one of them")
+    samples = str(ckpt) if ckpt is not None else samples
     _exists(samples, "SAMPLES")
     if ref is not None:
         _exists(ref, "--ref")
     dev = select_device(device)
-    model = _open(samples, ema, dev, rep)
+    model = _open(samples, ema, dev, rep, is_model=ckpt is not None)
     plan = fid_plan(model, batch, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
     extractor = make_extractor(default_features(features, model), dev, cache, progress=rep.progress)
     names = parse_metrics(metrics, extractor)
@@ -131,8 +142,8 @@ def metrics_cmd(
     rep.result(result, title="metrics")
 
 
-def _open(target: str, ema: str, dev, rep: Reporter):
-    if not is_checkpoint(target):
+def _open(target: str, ema: str, dev, rep: Reporter, is_model: bool = False):
+    if not (is_model or is_checkpoint(target)):
         return None
     from ctmtool.jobs.run_dirs import open_model
 

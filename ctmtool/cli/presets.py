@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ctmtool.cli.common import Command, JsonOpt, Reporter, SetOpt, handle_errors
-from ctmtool.config import list_presets, load_preset, preset_dir, preset_to_toml
+from ctmtool.errors import UserError
 
 
 @handle_errors
@@ -16,13 +16,16 @@ def presets_cmd(
     overrides: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List the presets in presets/ (or $CTMTOOL_PRESETS), or show one with every default filled in."""
+    """List the presets shipped in the package (and in the folders of $CTMTOOL_PRESETS, which come first), or
+    show one with every default filled in."""
+    from ctmtool.config import PRESETS_ENV, list_presets, load_preset, preset_dir, preset_to_toml
+
     rep = Reporter(json_out)
     if name is None:
-        rows = {}
-        for n in list_presets():
-            p = load_preset(n)
-            rows[n] = p.description
+        rows = {n: load_preset(n).description for n in list_presets()}
+        if not rows:
+            raise UserError(f"no presets found in {preset_dir()}; the install is incomplete: reinstall ctmtool "
+                            f"(or put .toml presets in a folder named by ${PRESETS_ENV})")
         if json_out:
             rep.result({"presets": rows, "dir": str(preset_dir())})
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -12,6 +12,7 @@ from ctmtool.cli.common import (
     BatchOpt,
     CkptOpt,
     Command,
+    CommandGroup,
     DeviceOpt,
     EmaOpt,
     ForceOpt,
@@ -30,7 +31,7 @@ from ctmtool.cli.common import (
 from ctmtool.config import shown_value
 from ctmtool.errors import UserError
 
-app = typer.Typer(rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
+app = typer.Typer(cls=CommandGroup, rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
                   short_help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
                   invoke_without_command=True, no_args_is_help=False)
 
@@ -47,6 +48,18 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
     if values is None or not all(math.isfinite(v) for v in values):
         raise UserError(f"{what} must be comma-separated finite numbers, e.g. 80,2.5,0.002; got {shown_value(text)}")
     return values
+
+
+def _plot_text(model, res) -> dict:
+    """Title and range of a scatter plot of samples: what, how many, how; the preset's range (plots compare)."""
+    if model.is_image:
+        return {}
+    from ctmtool.jobs.plots import preset_view
+
+    s = res.summary()
+    how = f"NFE {s['nfe']}, gamma {s['gamma']:g}" if s.get("solver") == "gamma" else f"{s.get('solver')}, NFE {s['nfe']}"
+    name = Path(str(model.path)).name if model.path else "analytic teacher"
+    return {"title": f"{len(res.x)} samples of {name} ({how})", "extent": preset_view(model.preset)[1]}
 
 
 FastOpt = Annotated[bool, typer.Option("--fast/--eager", help="On the CPU: a cache-sized batch (unless --batch) and the "
@@ -77,25 +90,25 @@ def sample_cmd(
     run_dir: RunDirOpt = None,
     nfe: Annotated[int | None, typer.Option("--nfe", help="CTM network evaluations (gamma-sampling jumps)" + PRESET_DEFAULT + ".")] = None,
     gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 CM-style multistep (Kim et al. 2024, Sec. 5).")] = None,
-    sigmas: Annotated[str | None, typer.Option("--sigmas", help="Explicit decreasing schedule inside the model's range, e.g. 80,2.515,0.002 (instead of --nfe/--steps).")] = None,
-    solver: Annotated[str | None, typer.Option("--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise).")] = None,
+    sigmas: Annotated[str | None, typer.Option("--sigmas", metavar="S0,S1,...", help="Explicit decreasing schedule inside the model's range, e.g. 80,2.515,0.002 (instead of --nfe/--steps).")] = None,
+    solver: Annotated[Literal["gamma", "heun", "euler"] | None, typer.Option("--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Grid points for heun/euler (18 -> 35 NFE with Heun).")] = None,
-    n: Annotated[int | None, typer.Option("--n", "--num-samples", help="Number of samples (--num-samples under torchrun, whose own parser takes --n).")] = None,
+    n: Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Number of samples (-n or --num-samples under torchrun, whose own parser takes --n)" + PRESET_DEFAULT + ".")] = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
     class_label: Annotated[int | None, typer.Option("--class", help="Class index for a conditional model (default: random per image).")] = None,
-    noise: Annotated[str | None, typer.Option("--noise", help="Per-image noise stream: edm (latents equal to EDM's generate.py) or philox (drawn on the device, fast on a GPU)" + PRESET_DEFAULT + ".")] = None,
+    noise: Annotated[Literal["edm", "philox"] | None, typer.Option("--noise", help="Per-image noise stream: edm (latents equal to EDM's generate.py) or philox (drawn on the device, fast on a GPU)" + PRESET_DEFAULT + ".")] = None,
     ema: EmaOpt = "ema",
     analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of --preset.")] = False,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="With --analytic: the Gaussian-mixture preset.")] = None,
-    reject_with: Annotated[str | None, typer.Option("--reject-with", help="Classifier-rejection sampling: a TorchScript "
+    preset: Annotated[str | None, typer.Option("--preset", "-p", metavar="NAME|FILE.toml", help="With --analytic: the Gaussian-mixture preset.")] = None,
+    reject_with: Annotated[str | None, typer.Option("--reject-with", metavar="FILE.pt", help="Classifier-rejection sampling: a TorchScript "
                                                     "file with classify(x) logits on uint8 images; draws (1 + "
                                                     "--rejection-ratio) x n samples and keeps the n best-scored.")] = None,
     rejection_ratio: Annotated[float, typer.Option("--rejection-ratio", help="With --reject-with: extra fraction "
                                                    "drawn and rejected (the official script: 0.1 .. 1).")] = 0.2,
+    fast: FastOpt = True,
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
-    fast: FastOpt = True,
     force: ForceOpt = False,
     no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
@@ -112,7 +125,7 @@ def sample_cmd(
     from ctmtool.jobs.rejection import draw_count
     from ctmtool.jobs.run_dirs import open_model
 
-    rep = Reporter(json_out)
+    rep = Reporter(json_out, data_on_stdout=out == "-")
     at_least(1, n=n)  # nfe, steps, batch: checked once, by plan_sampling
     limits(rep, no_limits, n=n, nfe=nfe, steps=steps)
     if out != "-" and Path(out).suffix in (".npz", ".png"):
@@ -135,11 +148,8 @@ def sample_cmd(
     rejection = {}
     if classify is not None:
         res, rejection = _reject(res, classify, rejection_ratio, wanted, reject_with, rep)
-    info = write_items(res.x, out, model.is_image, labels=res.labels)
+    info = write_items(res.x, out, model.is_image, labels=res.labels, **_plot_text(model, res))
     result = {**info, **res.summary(), **rejection, "checkpoint": str(model.path) if model.path else "analytic"}
-    if out == "-":
-        rep.log("sampled " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "schedule"))
-        return
     rep.result(result, title="samples")
 
 
@@ -185,24 +195,24 @@ def register(root: typer.Typer) -> None:
 def sweep_cmd(
     ckpt: CkptOpt = None,
     run_dir: RunDirOpt = None,
-    nfes: Annotated[str, typer.Option("--nfe", help="Comma-separated NFE values.")] = "1,2,3,4,6,8",
-    gammas: Annotated[str, typer.Option("--gamma", help="Comma-separated gamma values.")] = "0,0.5,1",
-    metric: Annotated[str | None, typer.Option("--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd (default: logp for toy GMM data, else fd-pixels).")] = None,
-    features: Annotated[str | None, typer.Option("--features", help="With --metric fd: inception or a TorchScript feature network.")] = None,
-    ref: Annotated[str | None, typer.Option("--ref", help="Reference images/stats for fd metrics (default: the preset's data).")] = None,
-    n: Annotated[int, typer.Option("--n", help="Samples per setting.")] = 4096,
-    batch: Annotated[int | None, typer.Option("--batch", help="Samples per forward pass (default: the preset's; on the CPU "
-                     "a cache-sized batch, see --fast).")] = None,
+    nfes: Annotated[str, typer.Option("--nfe", metavar="N,N,...", help="Comma-separated NFE values.")] = "1,2,3,4,6,8",
+    gammas: Annotated[str, typer.Option("--gamma", metavar="G,G,...", help="Comma-separated gamma values.")] = "0,0.5,1",
+    metric: Annotated[Literal["logp", "fd-pixels", "fd"] | None, typer.Option("--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd (default: logp for toy GMM data, else fd-pixels).")] = None,
+    features: Annotated[str | None, typer.Option("--features", metavar="inception|FILE.pt", help="With --metric fd: inception or a TorchScript feature network.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", metavar="IMAGES|STATS.npz", help="Reference images/stats for fd metrics (default: the preset's data).")] = None,
+    n: Annotated[int, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Samples per setting.")] = 4096,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Samples per forward pass (default: "
+                     "the preset's; on the CPU a cache-sized batch, see --fast).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.json", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
     search_nfe2: Annotated[bool, typer.Option("--search-nfe2", help="Instead of the table: ternary search of NFE 2's "
                                               "intermediate level over a --search-steps grid (the CTM code's "
                                               "ternary_search.py), with the first --gamma value.")] = False,
     search_steps: Annotated[int, typer.Option("--search-steps", help="--search-nfe2: levels of the grid searched "
                                               "(the official script: 40).")] = 40,
-    device: DeviceOpt = "auto",
     fast: FastOpt = True,
+    device: DeviceOpt = "auto",
     force: ForceOpt = False,
     no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
@@ -248,8 +258,15 @@ def sweep_cmd(
     if json_out:
         rep.result({**result, "out": str(out)})
     else:
-        for r in rows:
-            print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma {'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
-        print(f"wrote {out} and {plot}")
+        import sys
+
+        if sys.stdout.isatty():
+            for r in rows:
+                print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma {'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
+        else:  # a plain tab-separated table for scripts
+            print("solver\tnfe\tgamma\tscore")
+            for r in rows:
+                print(f"{r['solver']}\t{r['nfe']}\t{'' if r['gamma'] is None else r['gamma']}\t{r['score']:.6g}")
+        rep.log(f"wrote {out} and {plot}")
 
 

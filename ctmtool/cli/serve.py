@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
+from typing import Literal
 
 import typer
 
-from ctmtool.cli.common import Command, Reporter, handle_errors
+from ctmtool.cli.common import Command, EmaOpt, Reporter, RequiredCkptOpt, handle_errors
 from ctmtool.errors import UserError
 
 
 @handle_errors
 def serve_cmd(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint (.safetensors) or a run folder (its newest checkpoint)."),
+    ckpt: RequiredCkptOpt = ...,
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this machine only (0.0.0.0: every interface)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (ONNX Runtime when it exports and verifies, else PyTorch), onnxruntime or torch."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to bind; the default serves this machine only (0.0.0.0: every interface)."),
+    backend: Literal["auto", "onnxruntime", "torch"] = typer.Option("auto", "--backend", help="auto (ONNX Runtime when it exports and verifies, else PyTorch), onnxruntime or torch."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for the network (PyTorch and ONNX Runtime)."),
-    ema: str = typer.Option("ema", "--ema", help="Which weights: ema, net, ema_<rate>."),
+    ema: EmaOpt = "ema",
     max_clients: int = typer.Option(8, "--max-clients", help="Pages connected at once; more are told the server is busy."),
     max_upload_mb: float = typer.Option(2.0, "--max-upload-mb", help="Largest image upload accepted, in MB."),
     expose: bool = typer.Option(False, "--expose", help="Allow a --host other than this machine's loopback address: "

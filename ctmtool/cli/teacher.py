@@ -9,6 +9,7 @@ import typer
 
 from ctmtool.cli.common import (
     Command,
+    CommandGroup,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -23,7 +24,7 @@ from ctmtool.cli.common import (
 from ctmtool.cli.import_ import import_cmd
 from ctmtool.errors import UserError
 
-app = typer.Typer(rich_markup_mode=None, help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
+app = typer.Typer(cls=CommandGroup, rich_markup_mode=None, help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
                   short_help="Train an EDM teacher, or `teacher import` a published EDM checkpoint.",
                   invoke_without_command=True, no_args_is_help=False)
 
@@ -92,8 +93,8 @@ def prepare(p, run_dir: Path, data: str | None, download: bool, resume: bool, au
 def teacher_cmd(
     ctx: typer.Context,
     preset: PresetOpt = "toy",
-    data: Annotated[str | None, typer.Option("--data", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path.")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where checkpoints and samples go (default: runs/<preset>/teacher).")] = None,
+    data: Annotated[str | None, typer.Option("--data", metavar="PATH", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", metavar="DIR", help="Where checkpoints and samples go (default: runs/<preset>/teacher).")] = None,
     kimg: Annotated[float | None, typer.Option("--kimg", help="Train for this many thousand images.")] = None,
     minutes: Annotated[float | None, typer.Option("--minutes", help="Train for this many minutes.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --run-dir.")] = False,

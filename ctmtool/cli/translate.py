@@ -1,36 +1,41 @@
 """`ctmtool translate`: one-step translation with a GCTM; `ctmtool translate edit`: SDEdit / stroke editing.
 
-One command, two forms (as `ctmtool fid`: a Typer group with a positional argument on its callback
-clashes with click's sub-command parsing, so `edit` is recognised as the first argument instead):
+A group whose sub-command is `edit`; any other first argument is INPUT of the default command:
 
     ctmtool translate INPUT --ckpt CKPT --out OUTPUT [--nfe N] [--gamma G] [--degrade] [--grid FILE] ...
     ctmtool translate edit IMAGE --ckpt CKPT --strength S --out OUTPUT [--strokes FILE [--mask FILE]] ...
 
 INPUT / IMAGE: a folder of images, a .zip, an .npz (key `samples`), one image file, or for 2-D models an
 .npz of float points (N, D). OUTPUT: a folder (one PNG per item, named after the inputs), an .npz (key
-`samples`, plus `inputs`), one .png (a single image, or a scatter plot of 2-D points). To edit an input
+`samples`, plus `inputs`), one .png (a single image, or a scatter plot of 2-D points), or - (.npz bytes on
+stdout; the summary then goes to stderr). INPUT / IMAGE `-` reads .npz bytes on stdin. To translate an input
 literally named `edit`, write `./edit`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from ctmtool.cli.common import (
+    BatchOpt,
+    DefaultCommand,
+    DefaultGroup,
     DeviceOpt,
     EmaOpt,
     ForceOpt,
     JsonOpt,
     NoLimitsOpt,
+    OutOpt,
     Reporter,
+    RequiredCkptOpt,
+    at_least,
     check_output,
     handle_errors,
     limits,
     select_device,
-    subform_command,
 )
 from ctmtool.errors import UserError
 
@@ -104,82 +109,100 @@ def _restore(rep: Reporter, image: str, ckpt: str, out: str, task: str, factor: 
                title="restore")
 
 
+
+app = typer.Typer(cls=DefaultGroup, rich_markup_mode=None, no_args_is_help=False,
+                  short_help="One-step GCTM translation of inputs; `translate edit` for SDEdit / stroke editing.")
+
+NfeOpt = Annotated[int, typer.Option("--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0)).")]
+GridOpt = Annotated[str | None, typer.Option("--grid", metavar="FILE.png", help="Also write a side-by-side PNG: "
+                                             "input | output (clean | degraded | output with --degrade).")]
+ItemSeedOpt = Annotated[int, typer.Option("--seed", help="Item i uses seed + i (source noise, re-noising, random "
+                                                         "degradations).")]
+
+
+@app.command("run", cls=DefaultCommand, hidden=True)
 @handle_errors
 def translate_cmd(
     source: Annotated[str, typer.Argument(metavar="INPUT", help="Items to translate: folder, .zip, .npz, image file, "
-                                 "or .npz of points; or `edit` followed by IMAGE.")],
-    image: Annotated[str | None, typer.Argument(metavar="IMAGE", help="`translate edit`: the image(s) to edit.")] = None,
-    ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoint (.safetensors) or run directory (its newest checkpoint).")] = ...,
-    out: Annotated[str, typer.Option("--out", "-o", help="A folder (one PNG per item), an .npz (key samples) or one .png.")] = ...,
-    nfe: Annotated[int, typer.Option("--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0)).")] = 1,
-    gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully "
-                                "between jumps (Gaussian sources and editing only) [default: 0; 1 with --restore].")] = None,
+                                 ".npz of points, or - (.npz/.npy bytes on stdin).")],
+    ckpt: RequiredCkptOpt = ...,
+    out: Annotated[str, OutOpt.__metadata__[0]] = ...,
+    nfe: NfeOpt = 1,
+    gamma: Annotated[float, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between jumps "
+                                                         "(Gaussian sources only).")] = 0.0,
     degrade: Annotated[bool, typer.Option("--degrade", help="Apply the model's own degradation (coupling corrupt:<op>) "
                                  "to clean inputs first, to see before/after.")] = False,
-    grid: Annotated[str | None, typer.Option("--grid", help="Also write a side-by-side PNG: input | output "
-                                    "(clean | degraded | output with --degrade).")] = None,
-    metrics: Annotated[str | None, typer.Option("--metrics", help="Score the outputs against references: comma-"
-                                       "separated among psnr, ssim, lpips (GCTM's eval_inverse). References: --ref, "
-                                       "else the clean inputs (--degrade), else the target halves of paired inputs.")] = None,
-    ref: Annotated[str | None, typer.Option("--ref", help="--metrics: reference images (folder, .zip, .npz), matched "
-                                   "to the inputs by file name, else by order.")] = None,
+    grid: GridOpt = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", metavar="psnr,ssim,lpips", help="Score the outputs "
+                                       "against references: comma-separated among psnr, ssim, lpips (GCTM's "
+                                       "eval_inverse). References: --ref, else the clean inputs (--degrade), else the "
+                                       "target halves of paired inputs.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", metavar="IMAGES", help="--metrics: reference images (folder, "
+                                   ".zip, .npz), matched to the inputs by file name, else by order.")] = None,
     class_label: Annotated[int | None, typer.Option("--class", help="Class label for a class-conditional GCTM "
                                    "[default: the inputs' class sub-folders].")] = None,
-    strength: Annotated[float | None, typer.Option("--strength", help="edit: how far to noise, in (0, 1]: GCTM time t0; "
-                                   "for a CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio) [default: 0.5; 1 "
-                                   "with --restore].")] = None,
-    restore: Annotated[str | None, typer.Option("--restore", help="edit: zero-shot restoration by iterative jumps "
-                                   "(CTM code's application_sample, GCTM Alg. 4): inpaint (hole: --mask, white = "
-                                   "missing; default the centre box), colorize, superres.")] = None,
-    factor: Annotated[int, typer.Option("--factor", help="edit --restore superres: patch size whose means are "
-                                   "kept (the official code: 8).")] = 8,
-    strokes: Annotated[str | None, typer.Option("--strokes", help="edit: the image with painted strokes (SDEdit stroke editing).")] = None,
-    mask: Annotated[str | None, typer.Option("--mask", help="edit: white where the strokes apply "
-                                    "[default: wherever STROKES differs from IMAGE].")] = None,
-    keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked", help="edit: paste the original back outside the mask.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Item i uses seed + i (source noise, re-noising, random degradations).")] = 0,
-    batch: Annotated[int, typer.Option("--batch", help="Items per forward pass (does not change the results).")] = 256,
+    seed: ItemSeedOpt = 0,
+    batch: BatchOpt = 256,
     ema: EmaOpt = "ema",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Translate INPUT with a GCTM in one step (Kim et al. 2024b), or `translate edit IMAGE`: SDEdit / stroke
-    editing with a CTM or a GCTM trained from Gaussian noise.
+    """Translate INPUT with a GCTM in one step (Kim et al. 2024b); `ctmtool translate edit IMAGE` edits (SDEdit).
 
-    The same --seed gives the same outputs at any --batch. Results go to --out; the summary to stdout.
+    The same --seed gives the same outputs at any --batch. Results go to --out; the summary to stdout (to stderr
+    with --out -).
     """
-    rep = Reporter(json_out)
+    rep = Reporter(json_out, data_on_stdout=out == "-")
+    at_least(1, nfe=nfe, batch=batch)
     limits(rep, no_limits, nfe=nfe)
-    if source == "edit":
-        if image is None:
-            raise UserError("`ctmtool translate edit` needs IMAGE: an image file, folder or .npz to edit")
-        if degrade or metrics is not None or ref is not None or class_label is not None:
-            raise UserError("--degrade, --metrics, --ref and --class belong to `ctmtool translate INPUT`, not to "
-                            "`translate edit`")
-        _edit(rep, image, ckpt, out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
-              device, force, restore, factor)
-        return
-    if image is not None:
-        raise UserError(f"unexpected second argument {image!r}; `ctmtool translate` takes one INPUT "
-                        "(use `ctmtool translate edit IMAGE` to edit)")
-    if strokes is not None or mask is not None or keep_unmasked or restore is not None or strength is not None:
-        raise UserError("--strokes, --mask, --keep-unmasked, --strength and --restore belong to "
-                        "`ctmtool translate edit IMAGE`")
-    _translate(rep, source, ckpt, out, nfe, 0.0 if gamma is None else gamma, degrade, grid, seed, batch, ema,
-               device, force, metrics, ref, class_label)
+    _translate(rep, source, str(ckpt), out, nfe, gamma, degrade, grid, seed, batch, ema, device, force, metrics, ref,
+               class_label)
 
 
-EDIT_HELP = ("SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: "
-             "noise the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is "
-             "the start (inside --mask), and --keep-unmasked pastes the original back outside it.")
-EDIT_OPTIONS = ("--ckpt", "--out", "--strength", "--strokes", "--mask", "--keep-unmasked", "--restore", "--factor",
-                "--nfe", "--gamma", "--grid",
-                "--seed", "--batch", "--ema", "--device", "--force", "--no-limits", "--json")
+@app.command("edit", cls=DefaultCommand, short_help="SDEdit / stroke editing / zero-shot restoration with a CTM or a "
+                                                    "Gaussian-source GCTM.")
+@handle_errors
+def edit_cmd(
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="The image(s) to edit: image file, folder, .zip, "
+                                         ".npz, or - (.npz/.npy bytes on stdin).")],
+    ckpt: RequiredCkptOpt = ...,
+    out: Annotated[str, OutOpt.__metadata__[0]] = ...,
+    strength: Annotated[float | None, typer.Option("--strength", help="How far to noise, in (0, 1]: GCTM time t0; for "
+                                   "a CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio) [default: 0.5; 1 with "
+                                   "--restore].")] = None,
+    restore: Annotated[Literal["inpaint", "colorize", "superres"] | None, typer.Option(
+        "--restore", help="Zero-shot restoration by iterative jumps (CTM code's application_sample, GCTM Alg. 4): "
+                          "inpaint (hole: --mask, white = missing; default the centre box), colorize, superres.")] = None,
+    factor: Annotated[int, typer.Option("--factor", help="--restore superres: patch size whose means are kept (the "
+                                        "official code: 8).")] = 8,
+    strokes: Annotated[str | None, typer.Option("--strokes", metavar="FILE",
+                                                help="The image with painted strokes (SDEdit stroke editing).")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", metavar="FILE", help="White where the strokes apply "
+                                    "[default: wherever STROKES differs from IMAGE]; with --restore inpaint: the hole.")] = None,
+    keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked", help="Paste the original back outside the mask.")] = False,
+    nfe: NfeOpt = 1,
+    gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between "
+                                                "jumps [default: 0; 1 with --restore].")] = None,
+    grid: GridOpt = None,
+    seed: ItemSeedOpt = 0,
+    batch: BatchOpt = 256,
+    ema: EmaOpt = "ema",
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    no_limits: NoLimitsOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: noise
+    the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is the start (inside
+    --mask), and --keep-unmasked pastes the original back outside it; --restore: zero-shot restoration."""
+    rep = Reporter(json_out, data_on_stdout=out == "-")
+    at_least(1, nfe=nfe, batch=batch)
+    limits(rep, no_limits, nfe=nfe)
+    _edit(rep, image, str(ckpt), out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
+          device, force, restore, factor)
 
 
-def register(app: typer.Typer) -> None:
-    cls = subform_command("edit", "IMAGE --ckpt CKPT --out OUT [OPTIONS]", EDIT_HELP, EDIT_OPTIONS)
-    app.command("translate", cls=cls,
-                short_help="One-step GCTM translation of inputs; `translate edit` for SDEdit / stroke editing.")(translate_cmd)
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="translate")

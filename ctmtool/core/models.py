@@ -53,6 +53,33 @@ class Model:
     def sigma_max(self) -> float:
         return float(self.net.sigma_max)
 
+    # The model where the library (or k-diffusion-style code) expects one: model(x, t, s) is the jump.
+    def __call__(self, x: torch.Tensor, t, s=None, labels=None) -> torch.Tensor:
+        """A trajectory model's jump G(x_t, t, s) (s = None: to the last level of its schedule, sigma_min for a
+        CTM, 0 for a GCTM, whose t, s lie in [0, 1]); a teacher's denoiser D(x, t) (s must be None)."""
+        if not self.is_trajectory:
+            if s is not None:
+                raise UserError(f"{self.path or 'this model'} is a {self.kind} (a denoiser D(x, sigma)): call it as "
+                                "model(x, sigma); the jump model(x, t, s) needs a CTM or a GCTM")
+            return self.net.denoise(x, t, labels)
+        return self.net.jump(x, t, float(self.net.default_schedule(1)[-1]) if s is None else s, labels)
+
+    def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
+        return self.net.jump(x, t, s, labels)
+
+    def denoise(self, x: torch.Tensor, sigma, labels=None) -> torch.Tensor:
+        return self.net.denoise(x, sigma, labels)
+
+    def renoise(self, x: torch.Tensor, s, t, z: torch.Tensor) -> torch.Tensor:
+        return self.net.renoise(x, s, t, z)
+
+    def perturb(self, x0: torch.Tensor, t, z: torch.Tensor) -> torch.Tensor:
+        return self.net.perturb(x0, t, z)
+
+    def sigmas(self, nfe: int = 1) -> torch.Tensor:
+        """The trajectory model's own schedule for `nfe` jumps (from sigma_max down to the last level)."""
+        return self.net.default_schedule(nfe)
+
 
 # checkpoint kind -> the trajectory model class that rebuilds it (`TrajectoryModel.from_preset`)
 TRAJECTORY_MODELS = {cls.checkpoint_kind: cls for cls in (CTMPrecond, GCTMPrecond)}

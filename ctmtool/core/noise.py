@@ -41,6 +41,22 @@ class ImageNoise:
         return torch.stack([torch.randint(high, (), generator=g) for g in self.gens]).to(self.device)
 
 
+class GeneratorNoise:
+    """A batch drawn from one caller-given `torch.Generator` (k-diffusion style `generator=`): reproducible for
+    that generator's state, but, unlike the per-image streams, dependent on the batch size."""
+
+    def __init__(self, generator: torch.Generator, n: int, shape: tuple[int, ...],
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.generator, self.n, self.shape, self.device, self.dtype = generator, n, tuple(shape), device, dtype
+
+    def __call__(self) -> torch.Tensor:
+        z = torch.randn((self.n, *self.shape), generator=self.generator, device=self.generator.device)
+        return z.to(device=self.device, dtype=self.dtype)
+
+    def integers(self, high: int) -> torch.Tensor:
+        return torch.randint(high, (self.n,), generator=self.generator, device=self.generator.device).to(self.device)
+
+
 def _use_triton(device: torch.device) -> bool:
     if device.type != "cuda":
         return False

@@ -15,15 +15,21 @@ import torch
 
 from ctmtool.core import distributed as ddp
 from ctmtool.core import solvers
-from ctmtool.core.noise import ImageNoise, make_noise  # noqa: F401  (ImageNoise: the EDM-equal stream)
+from ctmtool.core.noise import GeneratorNoise, ImageNoise, make_noise  # noqa: F401  (ImageNoise: the EDM-equal stream)
 from ctmtool.core.schedules import karras_sigmas
 
 
 @torch.no_grad()
 def gamma_sample(net, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tensor] | None = None,
-                 labels=None, gamma: float = 0.0) -> torch.Tensor:
+                 labels=None, gamma: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Kim et al. 2024, Alg. 1 (gamma-sampling) for any trajectory network: jump sigma_i -> s with
-    s = sqrt(1-gamma^2)(sigma_{i+1} - sigma_last) + sigma_last, then `net.renoise` s -> sigma_{i+1}."""
+    s = sqrt(1-gamma^2)(sigma_{i+1} - sigma_last) + sigma_last, then `net.renoise` s -> sigma_{i+1}.
+
+    `net`: a preconditioned network, or a loaded `Model` (anything with `jump` and `renoise`); `x` starts at
+    sigmas[0] (k-diffusion style: `x = torch.randn(...) * sigmas[0]`). The re-noising draws come from `noise`,
+    else from `generator` (a torch.Generator on x's device), else from torch's global generator."""
+    if noise is None and gamma > 0:
+        noise = lambda: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # noqa: E731
     if not 0.0 <= gamma <= 1.0:  # a programming error: user settings are checked by ctmtool.jobs.plan
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     sig = [float(s) for s in sigmas]
@@ -32,8 +38,6 @@ def gamma_sample(net, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tensor]
         s = math.sqrt(1 - gamma**2) * (sig[i + 1] - last) + last
         x = net.jump(x, sig[i], s, labels)
         if i < n - 1 and gamma > 0:
-            if noise is None:
-                raise ValueError("gamma > 0 with more than one step needs a noise source")
             x = net.renoise(x, s, sig[i + 1], noise())
     return x
 
@@ -92,18 +96,21 @@ def sample_from(model, z: torch.Tensor, plan: SamplingPlan, noise: Callable[[], 
 @torch.no_grad()
 def generate(model, n: int, plan: SamplingPlan, seed: int = 0, device: torch.device | str = "cpu",
              progress: Callable[[int], None] | None = None,
-             program: Callable | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+             program: Callable | None = None,
+             generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield (x, labels) batches of `n` samples drawn with `plan`; image i uses seed `seed + i` whatever the batching.
 
     x is float in the data range (images in [-1, 1], clamped); labels are None for unconditional models,
     else the plan's class or a per-image random class. The plan's `noise` picks the per-image stream
     (`ctmtool.core.noise`): "edm" (latents equal to EDM's generate.py) or "philox" (drawn on the device).
     `program(z, labels) -> x`: the same solve traced for full batches (`ctmtool.core.fastpath.sampling_program`);
-    a last, smaller batch runs eagerly.
+    a last, smaller batch runs eagerly. A `generator` (torch.Generator) replaces the per-image seeds: every draw
+    comes from it, in batch order.
     """
     for lo in range(0, n, plan.batch):
         seeds = list(range(seed + lo, seed + min(n, lo + plan.batch)))
-        draws = make_noise(plan.noise, seeds, model.data_shape, device)
+        draws = (make_noise(plan.noise, seeds, model.data_shape, device) if generator is None
+                 else GeneratorNoise(generator, len(seeds), model.data_shape, device))
         z = draws()
         labels = None
         if model.label_dim:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ctmtool.data.base import Dataset
+from ctmtool.errors import UserError
 
 
 def load_digits(split: str | None = None) -> Dataset:
@@ -13,7 +14,11 @@ def load_digits(split: str | None = None) -> Dataset:
 
     split None: all 1,797; "train": the 1,437 whose index is not a multiple of 5; "test": the other 360
     (held out, e.g. for a real-vs-real baseline of a Frechet distance)."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError:
+        raise UserError("the digits data come with scikit-learn, which is not installed; install it with "
+                        "`pip install 'ctmtool[digits]'`") from None
 
     raw = sk_load_digits()
     pixels = np.rint(raw.images * (255 / 16)).clip(0, 255).astype(np.uint8)

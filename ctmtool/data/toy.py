@@ -1,7 +1,7 @@
 """2-D toy distributions: the configured Gaussian mixture (exact) and three classic shapes.
 
 Every shape is centred near 0 with a per-dimension standard deviation of roughly 0.5, like the
-mixture in presets/toy.toml, and is a pure function of (name, n, seed).
+mixture in ctmtool/presets/toy.toml, and is a pure function of (name, n, seed).
 """
 
 from __future__ import annotations

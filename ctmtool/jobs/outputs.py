@@ -1,4 +1,4 @@
-"""Writing generated items (samples, translations, edits): an .npz, one .png, a folder of PNGs, or a text stream.
+"""Writing generated items (samples, translations, edits): an .npz, one .png, a folder of PNGs, or .npz bytes on stdout.
 
 `check_out` refuses an output before any work is done (an existing file without `force`, a wrong suffix,
 a folder for 2-D points, a read-only place); `write_items` writes all or nothing: files go through a
@@ -11,16 +11,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 import torch
 
 from ctmtool.data.base import to_uint8_images
 from ctmtool.errors import UserError
+from ctmtool.jobs.streams import write_npz
 
 FILE_SUFFIXES = (".npz", ".png")
 STDOUT = "-"
@@ -81,41 +80,41 @@ def _uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     return to_uint8_images(x).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def write_stream(x: torch.Tensor, is_image: bool, stream: TextIO | None = None) -> dict:
-    """One item per line: uint8 pixel values for images, 6-decimal floats for points."""
-    arr = x.float().cpu().numpy().reshape(len(x), -1)
-    if is_image:
-        np.savetxt(stream or sys.stdout, ((arr + 1) * 127.5).round().clip(0, 255).astype(np.uint8), fmt="%d")
-    else:
-        np.savetxt(stream or sys.stdout, arr, fmt="%.6f")
-    return {"out": STDOUT}
+def stream_arrays(x: torch.Tensor, is_image: bool, labels: torch.Tensor | None = None,
+                  inputs: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz output: `samples` (uint8 NHWC images or float32 points), `labels`, `inputs`."""
+    arrays = {"samples": _uint8_nhwc(x) if is_image else x.float().cpu().numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    if inputs is not None:
+        arrays["inputs"] = _uint8_nhwc(inputs) if is_image else inputs.float().cpu().numpy()
+    return arrays
 
 
 def write_items(x: torch.Tensor, out: str | Path, is_image: bool, *, labels: torch.Tensor | None = None,
-                inputs: torch.Tensor | None = None, names: list[str] | None = None, grid: bool = True) -> dict:
+                inputs: torch.Tensor | None = None, names: list[str] | None = None, grid: bool = True,
+                title: str | None = None, extent: float | None = None) -> dict:
     """Write `x` (images in [-1, 1] or points) to `out` (checked by `check_out`); all or nothing.
 
     .npz: key `samples` (uint8 NHWC images or float32 points), plus `labels` / `inputs` when given;
-    .png: a grid of images (`grid`; else exactly one image) or a scatter plot of points; a folder: one PNG
+    .png: a grid of images (`grid`; else exactly one image) or a scatter plot of points (with `title`, on
+    [-extent, extent]); a folder: one PNG
     per image, named `names[i]` or the index."""
     from ctmtool.checkpoint import atomic_write
     from ctmtool.jobs.plots import save_png, save_samples_png, scatter_image
 
-    if str(out) == STDOUT:
-        return write_stream(x, is_image)
+    if str(out) == STDOUT:  # the same arrays as an .npz file, as bytes on stdout (ctmtool.jobs.streams)
+        write_npz(stream_arrays(x, is_image, labels, inputs))
+        return {"out": STDOUT, "format": "npz"}
     path = Path(out)
     try:
         if path.suffix.lower() == ".npz":
-            arrays = {"samples": _uint8_nhwc(x) if is_image else x.float().cpu().numpy()}
-            if labels is not None:
-                arrays["labels"] = labels.cpu().numpy()
-            if inputs is not None:
-                arrays["inputs"] = _uint8_nhwc(inputs) if is_image else inputs.float().cpu().numpy()
+            arrays = stream_arrays(x, is_image, labels, inputs)
             atomic_write(path, lambda tmp: _savez(tmp, arrays))
             return {"out": str(path), "format": "npz"}
         if path.suffix.lower() == ".png":
             if not is_image:
-                save_png(scatter_image(x), path)
+                save_png(scatter_image(x, extent=extent, title=title), path)
                 return {"out": str(path), "format": "png"}
             if grid:
                 save_samples_png(x, path, is_image)

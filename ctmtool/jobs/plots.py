@@ -38,34 +38,84 @@ def save_png(arr: np.ndarray, path: str | Path, scale: int = 1) -> Path:
     return Path(path)
 
 
-def scatter_image(points: torch.Tensor, size: int = 512, extent: float | None = None,
-                  reference: torch.Tensor | None = None) -> np.ndarray:
-    """2-D points as a white-background RGB scatter plot (reference points, if given, in light grey)."""
-    pts = points.detach().float().cpu()
-    lim = extent or float(max(1.0, pts.abs().quantile(0.995).item() * 1.1))
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    draw.line([(size // 2, 0), (size // 2, size)], fill=(230, 230, 230))
-    draw.line([(0, size // 2), (size, size // 2)], fill=(230, 230, 230))
+def nice_extent(points: torch.Tensor) -> float:
+    """A round half-width holding the points (99.9% quantile of |coordinate|, 10% more, up to a 0.25 step): the
+    same data give the same range, so plots of one preset compare."""
+    q = float(points.detach().float().abs().quantile(0.999).item()) if len(points) else 1.0
+    return max(0.25, math.ceil(q * 1.1 / 0.25) * 0.25)
 
-    def plot(p: torch.Tensor, color) -> None:
-        xy = ((p[:, :2] / lim + 1) * size / 2).numpy()
-        for x, y in xy:
-            if 0 <= x < size and 0 <= y < size:
-                draw.point((float(x), float(size - 1 - y)), fill=color)
+
+def preset_view(preset, n: int = 4096) -> tuple[torch.Tensor | None, float | None]:
+    """(target points, plot half-width) of a 2-D toy preset, the same on every call: scatter plots of one preset
+    share their range (and can show the target in grey); (None, None) for other data."""
+    d = preset.data
+    if d.source != "toy":
+        return None, None
+    from ctmtool.data.toy import toy_points
+
+    target = toy_points(d.toy, n, 1, d.gmm).values
+    return target, nice_extent(target)
+
+
+def _ticks(lim: float) -> list[float]:
+    step = next((st for st in (0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10, 20, 50, 100) if lim / st <= 4), lim / 2)
+    k = int(lim // step)
+    return [i * step for i in range(-k, k + 1)]
+
+
+def scatter_image(points: torch.Tensor, size: int = 512, extent: float | None = None,
+                  reference: torch.Tensor | None = None, title: str | None = None) -> np.ndarray:
+    """2-D points as a scatter plot people can read: axes with ticks and values, a title (default: how many
+    points), reference points (e.g. the target data) in light grey under the points in blue; `extent` fixes the
+    range [-extent, extent] on both axes (pass the same one to plots that should compare)."""
+    pts = points.detach().float().cpu()
+    lim = extent or nice_extent(pts)
+    left, right, top, bottom = 44, 16, 26, 30
+    img = Image.new("RGB", (left + size + right, top + size + bottom), "white")
+    draw = ImageDraw.Draw(img)
+
+    def to_px(v: torch.Tensor) -> np.ndarray:
+        xy = ((v[:, :2] / lim + 1) * size / 2).numpy()
+        return np.stack([left + xy[:, 0], top + size - 1 - xy[:, 1]], 1)
+
+    for t in _ticks(lim):  # grid, ticks and values on both axes
+        p = (t / lim + 1) * size / 2
+        x, y = left + p, top + size - 1 - p
+        draw.line([(x, top), (x, top + size)], fill=(238, 238, 238))
+        draw.line([(left, y), (left + size, y)], fill=(238, 238, 238))
+        draw.line([(x, top + size), (x, top + size + 4)], fill=(0, 0, 0))
+        draw.line([(left - 4, y), (left, y)], fill=(0, 0, 0))
+        draw.text((x - 8, top + size + 7), f"{t:g}", fill=(0, 0, 0))
+        draw.text((4, y - 5), f"{t:g}", fill=(0, 0, 0))
+    draw.rectangle([left, top, left + size, top + size], outline=(0, 0, 0))
+
+    def plot(p: torch.Tensor, color) -> int:
+        shown = 0
+        for x, y in to_px(p):
+            if left <= x < left + size and top <= y < top + size:
+                draw.point((float(x), float(y)), fill=color)
+                shown += 1
+        return shown
 
     if reference is not None:
-        plot(reference.detach().float().cpu(), (190, 190, 190))
-    plot(pts, (31, 119, 180))
+        plot(reference.detach().float().cpu(), (185, 185, 185))
+    shown = plot(pts, (31, 119, 180))
+    head = title or f"{len(pts)} points"
+    if shown < len(pts):
+        head += f" ({len(pts) - shown} outside the plot)"
+    if reference is not None:
+        head += "; grey: target"
+    draw.text((left, 7), head, fill=(0, 0, 0))
     return np.asarray(img)
 
 
-def save_samples_png(x: torch.Tensor, path: str | Path, is_image: bool, nrow: int | None = None) -> Path:
-    """A grid (images, x float in [-1, 1]) or a scatter plot (points) as one PNG."""
+def save_samples_png(x: torch.Tensor, path: str | Path, is_image: bool, nrow: int | None = None,
+                     title: str | None = None, extent: float | None = None) -> Path:
+    """A grid (images, x float in [-1, 1]) or a scatter plot (points; `title`, `extent`) as one PNG."""
     if is_image:
         scale = max(1, 256 // (x.shape[-1] * (nrow or math.ceil(math.sqrt(len(x))))) + 1)
         return save_png(make_grid(to_uint8_images(x), nrow), path, scale=min(scale, 8))
-    return save_png(scatter_image(x), path)
+    return save_png(scatter_image(x, extent=extent, title=title), path)
 
 
 def save_npz(x: torch.Tensor, path: str | Path, is_image: bool, labels: torch.Tensor | None = None) -> Path:
@@ -95,14 +145,17 @@ def save_png_folder(x: torch.Tensor, folder: str | Path, start: int = 0) -> list
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
-               size: tuple[int, int] = (640, 420)) -> np.ndarray:
-    """A small line chart (one line per series) as an RGB array: enough to see a trend without matplotlib."""
+               size: tuple[int, int] = (640, 420), reference: tuple[str, float] | None = None) -> np.ndarray:
+    """A small line chart (one line per series) as an RGB array: enough to see a trend without matplotlib;
+    `reference` = (label, value) is drawn as a dashed grey line (e.g. the score of true samples)."""
     w, h = size
     left, right, top, bottom = 70, 150, 30, 45
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     xs = [x for pts in series.values() for x, _ in pts]
     ys = [y for pts in series.values() for _, y in pts if math.isfinite(y)]
+    if reference is not None and math.isfinite(reference[1]):
+        ys.append(reference[1])
     if not xs or not ys:
         return np.asarray(img)
     x0, x1 = min(xs), max(xs)
@@ -130,6 +183,11 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel:
     d.text((left, 8), title, fill=(0, 0, 0))
     d.text(((w - right + left) / 2 - 20, h - 18), xlabel, fill=(0, 0, 0))
     d.text((4, top - 22), ylabel, fill=(0, 0, 0))
+    if reference is not None and math.isfinite(reference[1]):
+        (a, yr), (b, _) = px(x0, reference[1]), px(x1, reference[1])
+        for xa in range(int(a), int(b), 12):
+            d.line([(xa, yr), (min(xa + 6, b), yr)], fill=(150, 150, 150), width=2)
+        d.text((w - right + 10, yr - 5), reference[0], fill=(120, 120, 120))
     colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
     for i, (name, pts) in enumerate(series.items()):
         c = colors[i % len(colors)]
@@ -144,16 +202,20 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel:
 
 
 def side_by_side(columns: list[torch.Tensor], is_image: bool, reference: torch.Tensor | None = None,
-                 per_row: int | None = None) -> np.ndarray:
+                 per_row: int | None = None, titles: list[str] | None = None,
+                 extent: float | None = None) -> np.ndarray:
     """One picture of items next to their translations: images as [col 1 | col 2 | ...] per item, in rows of
-    `per_row` items; 2-D points as one scatter panel per column on a common scale (reference in grey)."""
+    `per_row` items; 2-D points as one scatter panel per column on a common scale, each with its title (the
+    target data, if given, in grey under the last panel)."""
     if is_image:
         n, k = columns[0].shape[0], len(columns)
         per_row = per_row or max(1, round((n / k) ** 0.5))
         stack = torch.stack([to_uint8_images(c.cpu()) for c in columns], 1).flatten(0, 1)  # item-major
         return make_grid(stack, nrow=per_row * k)
     pts = torch.cat([c.detach().float().cpu() for c in columns])
-    lim = float(max(1.0, pts.abs().quantile(0.995).item() * 1.1))
-    panels = [scatter_image(c, size=384, extent=lim, reference=reference if i == len(columns) - 1 else None)
-              for i, c in enumerate(columns)]
+    lim = extent or nice_extent(torch.cat([pts, reference.float().cpu()]) if reference is not None else pts)
+    titles = titles or [f"column {i + 1}" for i in range(len(columns))]
+    panels = [scatter_image(c, size=384, extent=lim, reference=reference if i == len(columns) - 1 else None,
+                            title=f"{t}: {len(c)} points")
+              for i, (c, t) in enumerate(zip(columns, titles, strict=True))]
     return np.concatenate(panels, axis=1)

@@ -111,5 +111,7 @@ def sweep_job(model, nfes: list[int], gammas: list[float], *, metric: str | None
     result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, "rows": rows,
               "plot": str(plot)}
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    save_png(line_chart(sweep_series(model, rows), f"{Path(str(model.path)).name}: {name}", "NFE", "score"), plot)
+    ref_line = (("true samples", base["true_samples_logp"]) if "true_samples_logp" in base else None)
+    title = f"{Path(str(model.path)).name}: {name}, {n} samples per point"
+    save_png(line_chart(sweep_series(model, rows), title, "NFE", "score", reference=ref_line), plot)
     return result

@@ -12,29 +12,25 @@ import torch
 
 from ctmtool.core.editing import composite
 from ctmtool.core.zero_shot import centre_hole, check_task, observed
-from ctmtool.data import toy_points
 from ctmtool.jobs import inputs
 from ctmtool.jobs.items import class_labels, edit_items, restore_items, translate_items
 from ctmtool.jobs.outputs import check_out, write_items
 from ctmtool.jobs.plan import editing_level, plan_editing, plan_translation
-from ctmtool.jobs.plots import save_png, side_by_side
+from ctmtool.jobs.plots import preset_view, save_png, side_by_side
 from ctmtool.jobs.restoration_refs import references
+from ctmtool.jobs.streams import input_path
 from ctmtool.metrics.restoration import restoration_metrics
 from ctmtool.progress import Progress
 
 
-def _grid(columns, path: Path, model, reference=None, limit: int = 64) -> str:
+def _grid(columns, path: Path, model, titles: list[str], target: bool = False, limit: int = 64) -> str:
+    """The --grid picture: images side by side, or one scatter panel per column on the preset's range (the
+    target data in grey under the last panel for a toy preset)."""
     cols = [c[:limit] for c in columns] if model.is_image else columns
-    save_png(side_by_side(cols, model.is_image, reference=reference), path)
+    reference, extent = (None, None) if model.is_image else preset_view(model.preset)
+    save_png(side_by_side(cols, model.is_image, reference=reference if target else None,
+                          titles=titles, extent=extent), path)
     return str(path)
-
-
-def _toy_reference(model, n: int):
-    """Points of the model's target data (grey in a 2-D grid), when the preset's data are a toy set."""
-    if model.is_image or model.preset.data.source != "toy":
-        return None
-    d = model.preset.data
-    return toy_points(d.toy, min(4096, max(n, 512)), 1, d.gmm).values
 
 
 def _timed(report: Progress, n: int, what: str, fn):
@@ -70,7 +66,8 @@ def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrad
     restoration `metrics` (parsed names) against `ref` (or the clean / target inputs) when asked."""
     plan = plan_translation(model, nfe=nfe, gamma=gamma, batch=batch)
     out_path = check_out(out, model.is_image, force)
-    data = inputs.load_inputs(src, model, split_pairs=True, log=report.log)
+    with input_path(src) as staged:
+        data = inputs.load_inputs(staged, model, split_pairs=True, log=report.log)
     x = clean = data.x
     check_out(out, model.is_image, force, one_png_for=len(x))
     refs = references(model, data, ref, degrade, log=report.log) if metrics is not None else None
@@ -86,8 +83,9 @@ def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrad
         scores.pop("per_image")
         scores["metrics_ref"] = refs[1]
     cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
+    titles = (["clean"] if degrade else []) + ["input", "translated"] + (["paired"] if data.other is not None else [])
     info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False),
-                       grid and (lambda: _grid(cols, grid, model, reference=_toy_reference(model, len(y)))))
+                       grid and (lambda: _grid(cols, grid, model, titles, target=True)))
     return {**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
             "degrade": degrade, "seed": seed, "checkpoint": str(model.path), **scores,
             **({"class": class_label if class_label is not None else "from the inputs"} if labels is not None else {}),
@@ -102,7 +100,8 @@ def edit_job(model, image: str, out: str, *, strength: float, strokes: str | Non
     level = editing_level(model, strength)
     plan = plan_editing(model, level, nfe=nfe, gamma=gamma, batch=batch)
     out_path = check_out(out, model.is_image, force)
-    data = inputs.load_inputs(image, model, log=report.log)
+    with input_path(image) as staged:
+        data = inputs.load_inputs(staged, model, log=report.log)
     x = data.x
     check_out(out, model.is_image, force, one_png_for=len(x))
     s = inputs.load_strokes(strokes, model, len(x), report.log) if strokes is not None else None
@@ -116,8 +115,9 @@ def edit_job(model, image: str, out: str, *, strength: float, strokes: str | Non
         progress=adv))
     start = x if painted is None else painted
     cols = [x] + ([painted] if painted is not None else []) + [y]
+    titles = ["input"] + (["painted"] if painted is not None else []) + [f"edited at strength {strength:g}"]
     info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False),
-                       grid and (lambda: _grid(cols, grid, model)))
+                       grid and (lambda: _grid(cols, grid, model, titles)))
     return {**info, "n": len(y), "kind": model.kind, "strength": strength, "level": round(level, 6),
             "level_unit": unit, "nfe": nfe, "gamma": gamma, "strokes": strokes, "mask": mask, "seed": seed,
             "checkpoint": str(model.path), "mean_change": _norm_mean(y - start),
@@ -130,7 +130,8 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
     `image` into `out`; returns the summary."""
     level = editing_level(model, strength)
     out_path = check_out(out, model.is_image, force)
-    data = inputs.load_inputs(image, model, log=report.log)
+    with input_path(image) as staged:
+        data = inputs.load_inputs(staged, model, log=report.log)
     y = data.x
     check_out(out, model.is_image, force, one_png_for=len(y))
     hole = inputs.load_mask(mask, model, len(y), report.log) if mask is not None else (
@@ -143,7 +144,7 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
         progress=adv))
     seen = observed(task, y, None if hole is None else hole.expand(len(y), -1, -1, -1), factor)
     info = _write_both(lambda: write_items(x, out_path, model.is_image, inputs=seen, names=data.names, grid=False),
-                       grid and (lambda: _grid([y, seen, x], grid, model)))
+                       grid and (lambda: _grid([y, seen, x], grid, model, ["input", "observed", f"restored ({task})"])))
     known = observed(task, x, None if hole is None else hole.expand(len(x), -1, -1, -1), factor)
     return {**info, "n": len(x), "kind": model.kind, "restore": task, "level": round(level, 6), "nfe": nfe,
             "gamma": gamma, "factor": factor if task == "superres" else None, "mask": mask, "seed": seed,

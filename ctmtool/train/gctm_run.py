@@ -35,7 +35,7 @@ from ctmtool.gctm.couplings import (
 )
 from ctmtool.gctm.source_data import load_source
 from ctmtool.jobs.plan import plan_translation
-from ctmtool.jobs.plots import save_png, side_by_side
+from ctmtool.jobs.plots import preset_view, save_png, side_by_side
 from ctmtool.train.gctm_objective import gctm_objective
 from ctmtool.train.setup import RunParts, check_labels
 
@@ -90,7 +90,8 @@ def _snapshotter(obj, preset: Preset, shape, pairs, run_dir: Path):
         model = Model("gctm", obj.sampling_model(), preset, tuple(shape))
         out = translate(model, x1, plan_translation(model))
         cols = [x1, out, x0] if model.is_image else [x1, out]
-        pic = side_by_side(cols, model.is_image, reference=None if model.is_image else x0)
+        pic = side_by_side(cols, model.is_image, reference=None if model.is_image else x0,
+                           titles=[f"step {step}: source x1", "translated G(x1, 1, 0)"], extent=preset_view(preset)[1])
         return save_png(pic, run_dir / f"samples-{step:08d}.png")
 
     return snapshot
@@ -112,7 +113,7 @@ def gctm_parts(preset: Preset, device: torch.device, rep, run_dir: Path, *, data
     """A GCTM run (Kim et al. 2024b, Alg. 1) on preset.gctm's coupling with preset.distill's optimiser and
     duration, for `ctmtool.train.run.train`: moments from the resumed checkpoint or estimated from the data."""
     if preset.gctm is None:
-        raise UserError(f"preset {preset.name!r} has no [gctm] section; GCTM training needs one (see presets/toy-translate.toml)")
+        raise UserError(f"preset {preset.name!r} has no [gctm] section; GCTM training needs one (see ctmtool/presets/toy-translate.toml)")
     if teacher is not None:
         raise UserError("GCTM training has no teacher (the model's own EMA velocity is integrated); drop `teacher`")
     data = data if data is not None else load_gctm_data(preset, data_path)

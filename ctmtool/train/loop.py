@@ -38,6 +38,7 @@ from ctmtool.core import distributed as ddp
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
 from ctmtool.limits import check_batch_memory
+from ctmtool.progress import Quiet
 from ctmtool.train.rundir import CKPT_GLOB, RunLock, checkpoint_name, make_run_dir, remove_leftovers, rotate
 
 __all__ = ["CKPT_GLOB", "FitResult", "RunLock", "StopFlag", "fit"]
@@ -159,6 +160,7 @@ class _Lines:
 
     def __init__(self, rep, clock: Callable[[], float], total_kimg: float, every: float | None):
         self.rep, self.clock, self.total_kimg, self.every = rep, clock, total_kimg, every
+        self.rep_tty = every is None  # a terminal shows the bar (with the losses) instead of lines
         self.sums: dict[str, torch.Tensor] = {}
         self.n = 0
         self.last: dict = {}
@@ -169,10 +171,17 @@ class _Lines:
             self.sums[k] = self.sums.get(k, 0) + v.detach()
         self.n += 1
 
-    def flush(self, at: _Position, ips: float) -> None:
+    def flush(self, at: _Position, ips: float, lrs: dict | None = None, seconds: float | None = None,
+              advance: Callable[..., None] | None = None) -> None:
         self.last = {k: float(v) / self.n for k, v in self.sums.items()}
-        self._say(f"kimg {at.kimg:8.1f}  step {at.step:7d}  " + "  ".join(f"{k} {v:.4g}" for k, v in self.last.items())
-                  + f"  {ips:.0f} img/s")
+        means = "  ".join(f"{k} {v:.4g}" for k, v in self.last.items())
+        if advance is not None:  # the bar's status on a terminal: the latest losses and the speed
+            advance(0, status=f"{means}  {ips:.0f} img/s")
+        self._say(f"kimg {at.kimg:8.1f}  step {at.step:7d}  {means}  {ips:.0f} img/s")
+        if hasattr(self.rep, "stats"):  # stats.jsonl: one object per log point (ctmtool.train.record)
+            self.rep.stats({"step": at.step, "kimg": round(at.kimg, 6), **self.last, "img_per_s": round(ips, 2),
+                            **{f"lr_{k}": v for k, v in (lrs or {}).items()},
+                            "seconds": round(seconds if seconds is not None else 0.0, 3)})
         self.sums, self.n = {}, 0
 
     def heartbeat(self, at: _Position, ips: float, budget: _Budget, where: str = "") -> None:
@@ -306,7 +315,12 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
             raise _Halt(reason)
         lines.heartbeat(at, ips(), budget, f"micro-batch {i + 1} of {accum}")
 
-    with RunLock(run_dir) if main and not locked else nullcontext(), StopFlag() as stop, rep.progress(cfg.kimg, "train", unit="kimg") as advance:
+    def lrs() -> dict:
+        return {name: opt.param_groups[0]["lr"] for name, opt in objective.optimizers.items()}
+
+    # a bar on a terminal; elsewhere the log lines alone (one line format, see _Lines)
+    bar = rep.progress(cfg.kimg, "train", unit="kimg") if lines.rep_tty else Quiet().progress(cfg.kimg, "train")
+    with RunLock(run_dir) if main and not locked else nullcontext(), StopFlag() as stop, bar as advance:
         if main:
             remove_leftovers(run_dir)
         advance(at.kimg)
@@ -338,7 +352,7 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
             lines.add(out)
             advance(cfg.batch / 1000)
             if _crossed(cfg.log_every_kimg, before, at.kimg) or at.kimg >= cfg.kimg:
-                lines.flush(at, ips())
+                lines.flush(at, ips(), lrs(), budget.total(), advance)
             else:
                 lines.heartbeat(at, ips(), budget)
             if _crossed(cfg.ckpt_every_kimg, before, at.kimg) or saver.due(total):
@@ -349,7 +363,7 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
                 res = evaluate()
                 rep.log(f"eval at {at.kimg:.1f} kimg: " + "  ".join(f"{k} {v:.5g}" for k, v in res.items()))
         if lines.n:  # stopped by the clock or a signal between two log lines: log what was not yet
-            lines.flush(at, ips())
+            lines.flush(at, ips(), lrs(), budget.total(), advance)
         if saver.step != at.step or saver.path is None:
             saver.save(at, budget.total())
     ddp.barrier()

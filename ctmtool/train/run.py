@@ -28,6 +28,7 @@ from ctmtool.nets.projected_gan import ProjectedDiscriminator
 from ctmtool.progress import Quiet
 from ctmtool.train.gctm_run import gctm_parts
 from ctmtool.train.loop import FitResult, fit
+from ctmtool.train.record import RunRecord
 from ctmtool.train.rundir import RunLock, make_run_dir
 from ctmtool.train.setup import (
     RunParts,
@@ -77,6 +78,8 @@ def _train_locked(build, preset: Preset, run_dir: Path, device, rep, teacher, da
                   force) -> FitResult:
     resume_path = prepare_run_dir(run_dir, resume, force, locked=True)
     resume_ckpt = load_checkpoint(resume_path) if resume_path else None
+    if ddp.is_main():  # log.txt and stats.jsonl in the run directory (rank 0 writes)
+        rep = RunRecord(run_dir, rep, fresh=resume_path is None)
     parts = build(preset, device, rep, run_dir, data=data, data_path=data_path, teacher=teacher, resume=resume_ckpt)
     rep.log(parts.describe)
     with cpu_threads(device, parts.objective.net):

@@ -17,7 +17,7 @@ from ctmtool.core.models import Model, analytic_model
 from ctmtool.core.sampling import SamplingPlan, default_schedule, generate, teacher_schedule
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
-from ctmtool.jobs.plots import save_samples_png
+from ctmtool.jobs.plots import preset_view, save_samples_png
 from ctmtool.metrics.quality import make_scorer
 from ctmtool.progress import Quiet
 from ctmtool.train.rundir import CKPT_GLOB, RunLock, make_run_dir
@@ -101,7 +101,10 @@ def sample_snapshotter(objective, preset: Preset, data_shape, run_dir: Path, n: 
         xs = _one_step(objective, preset, data_shape, count, seed=0)
         path = run_dir / f"samples-{step:08d}.png"
         try:
-            return save_samples_png(xs, path, len(data_shape) == 3)
+            _, extent = preset_view(preset)  # one range for every picture of the run
+            what = "one-step samples" if objective.kind != "teacher" else "Heun samples (18 levels)"
+            return save_samples_png(xs, path, len(data_shape) == 3, title=f"step {step}: {count} {what}",
+                                    extent=extent)
         except OSError as err:
             raise UserError(f"could not write sample picture {path}: {err.strerror or err}; check free space and "
                             "permissions") from None

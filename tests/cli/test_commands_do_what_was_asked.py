@@ -3,6 +3,7 @@ options that do not apply refused, and the [sample] preset section as the defaul
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -102,7 +103,7 @@ def test_sample_section_of_the_preset_is_the_default(in_tmp):
     res = json.loads(r.stdout)
     assert (res["nfe"], res["n"], res["seed"], res["gamma"]) == (3, 5, 7, 0.5)
     r = _run("sample", "--ckpt", ctm, "--nfe", "1", "--n", "2", "--out", "-", "--json")
-    assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 2  # given options win
+    assert r.exit_code == 0 and len(np.load(io.BytesIO(r.stdout_bytes))["samples"]) == 2  # given options win
     sig = tiny_checkpoint(in_tmp / "s.safetensors", overrides=["sample.sigmas=[80.0, 1.0, 0.002]", "sample.n=2"])
     r = _run("sample", "--ckpt", sig, "--out", "s2.npz", "--json")
     assert json.loads(r.stdout)["schedule"] == [80.0, 1.0, 0.002]

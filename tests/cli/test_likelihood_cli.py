@@ -13,6 +13,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from ctmtool.cli.common import Group
 from ctmtool.cli.likelihood import register
 from ctmtool.config import load_preset
 from ctmtool.core.models import analytic_model
@@ -23,7 +24,7 @@ KEYS = {"bits_per_dim", "nll_nats", "nll_per_dim", "n", "ci95", "method", "secon
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
     """The subcommand on its own app (the same registration as `ctmtool.cli.app`)."""
-    app = typer.Typer(pretty_exceptions_enable=False)
+    app = typer.Typer(cls=Group, pretty_exceptions_enable=False)  # usage errors as one `error:` line
 
     @app.callback()
     def _root() -> None:

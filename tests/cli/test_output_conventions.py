@@ -3,6 +3,7 @@ line on stderr with exit code 2, no overwriting without --force; exercised throu
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -130,26 +131,31 @@ def test_sample_png(tmp_path):
     assert _run(*ANALYTIC, "--out", str(out)).exit_code == 2
 
 
-def test_sample_stdout_text(tmp_path):
-    r = _run(*ANALYTIC, "--out", "-")
+def _npz(data: bytes) -> dict:
+    with np.load(io.BytesIO(data)) as z:
+        return dict(z)
+
+
+def test_sample_stdout_is_npz_bytes(tmp_path):
+    """`--out -` writes the bytes of the .npz it would write to a file: typed (dtype, shape), nothing else."""
+    r = _run(*ANALYTIC, "--out", "-", "--json")
     assert r.exit_code == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert len(lines) == 16
-    rows = [[float(v) for v in ln.split()] for ln in lines]
-    assert all(len(row) == 2 for row in rows)
-    # the same numbers as the npz
+    arrays = _npz(r.stdout_bytes)
+    assert arrays["samples"].shape == (16, 2) and arrays["samples"].dtype == np.float32
+    summary = json.loads(r.stderr.strip().splitlines()[-1])  # --json: one JSON line on stderr
+    assert summary["out"] == "-" and summary["n"] == 16
     out = tmp_path / "x.npz"
     assert _run(*ANALYTIC, "--out", str(out)).exit_code == 0
-    assert np.allclose(np.load(out)["samples"], np.array(rows), atol=1e-6)
+    assert np.array_equal(np.load(out)["samples"], arrays["samples"])
 
 
 def test_sample_stdout_via_subprocess(tmp_path):
-    """stdout holds exactly the samples; progress goes to stderr."""
+    """stdout holds exactly the samples; progress and the summary go to stderr."""
     r = subprocess.run([sys.executable, "-m", "ctmtool", *ANALYTIC, "--n", "4", "--out", "-"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                       capture_output=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.strip().splitlines()) == 4
-    assert all(len(ln.split()) == 2 for ln in r.stdout.strip().splitlines())
+    assert _npz(r.stdout)["samples"].shape == (4, 2)
+    assert b"out\t-" in r.stderr  # the summary as a plain table on stderr
 
 
 def test_sample_output_refusals(tmp_path):
@@ -196,7 +202,7 @@ def test_sample_ctm_gamma(tmp_path, ctm_ckpt):
 def test_sample_ctm_explicit_sigmas(ctm_ckpt):
     r = _run("sample", "--ckpt", str(ctm_ckpt), "--sigmas", "80,2.515,0.002", "--n", "2", "--out", "-")
     assert r.exit_code == 0, r.stderr
-    assert len(r.stdout.strip().splitlines()) == 2
+    assert len(_npz(r.stdout_bytes)["samples"]) == 2
 
 
 @pytest.mark.parametrize("gamma", ["2", "-0.5"])

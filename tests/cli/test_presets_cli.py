@@ -8,9 +8,9 @@ import tomllib
 from typer.testing import CliRunner
 
 from ctmtool.cli.app import app
-from ctmtool.config import load_preset, preset_dir, preset_from_dict
+from ctmtool.config import list_presets, load_preset, preset_dir, preset_from_dict
 
-SHIPPED = sorted(p.stem for p in preset_dir().glob("*.toml"))
+SHIPPED = list_presets()
 
 
 def _run(*args, env=None):
@@ -87,7 +87,12 @@ def test_preset_dir_from_environment(tmp_path):
     (tmp_path / "mine.toml").write_text('description = "my own"\n[data]\nsource = "digits"\n')
     r = _run("--json", env={"CTMTOOL_PRESETS": str(tmp_path)})
     assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["presets"] == {"mine": "my own"}
+    listed = json.loads(r.stdout)["presets"]
+    assert listed["mine"] == "my own"  # the folder adds to the packaged presets
+    assert sorted(listed) == sorted([*SHIPPED, "mine"])
+    (tmp_path / "toy.toml").write_text('description = "my toy"\n[data]\nsource = "digits"\n')
+    r = _run("--json", env={"CTMTOOL_PRESETS": str(tmp_path)})
+    assert json.loads(r.stdout)["presets"]["toy"] == "my toy"  # ... and comes first
     r = _run(str(tmp_path / "mine.toml"), "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["name"] == "mine"
 
@@ -97,3 +102,24 @@ def test_broken_preset_file_is_one_error_line(tmp_path):
     bad.write_text("[data]\nsource = 'digits'\n[teacher]\nbatch = 'many'\n")
     line = _single_error_line(_run(str(bad)))
     assert "teacher.batch" in line and "many" in line
+
+
+def test_presets_ship_inside_the_package():
+    from importlib import resources
+
+    packaged = sorted(f.name.removesuffix(".toml") for f in (resources.files("ctmtool") / "presets").iterdir()
+                      if f.name.endswith(".toml"))
+    assert packaged == SHIPPED and "toy" in packaged
+
+
+def test_no_presets_found_exits_non_zero(tmp_path, monkeypatch):
+    """An install without its presets (as the old wheel was) says so and fails, instead of an empty table."""
+    import ctmtool.config as config
+
+    monkeypatch.setattr(config, "PACKAGED_PRESETS", tmp_path / "missing")
+    r = _run()
+    assert r.exit_code == 2
+    line = _single_error_line(r)
+    assert "no presets found" in line and "reinstall" in line
+    r = CliRunner().invoke(app, ["teacher", "--preset", "toy"])
+    assert r.exit_code == 2 and "none found" in r.stderr

@@ -45,13 +45,15 @@ def test_usage_lines_are_plain(cmd):
 
 def test_second_forms_have_their_own_help():
     stats = _help("fid", "stats")
-    assert "Usage: ctmtool fid stats DATA (-o FILE.npz | --name NAME)" in stats
+    assert "Usage: ctmtool fid stats [OPTIONS] [DATA]" in stats
     assert "--name" in stats and "--no-features" in stats
     assert not re.search(r"^\s+(-r, )?--(kid|ref)\b", stats, flags=re.M)  # options of the other form
     edit = _help("translate", "edit")
-    assert "Usage: ctmtool translate edit IMAGE" in edit
+    assert "Usage: ctmtool translate edit [OPTIONS] IMAGE" in edit
     assert "--strength" in edit and "--strokes" in edit and not re.search(r"^\s+--degrade\b", edit, flags=re.M)
     assert "--kid" in _help("fid") and "--degrade" in _help("translate")
+    # real sub-commands: listed in the group's help, and the root lists the groups
+    assert re.search(r"^  stats\s", _help("fid"), flags=re.M) and re.search(r"^  edit\s", _help("translate"), flags=re.M)
 
 
 @pytest.mark.parametrize("cmd", READS_A_CHECKPOINT, ids=" ".join)

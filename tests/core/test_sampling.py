@@ -100,8 +100,10 @@ def test_gamma_sample_refusals():
         gamma_sample(Recorder(), torch.zeros(1, 2), SIG, noise=Ones((1, 2)), gamma=1.5)
     with pytest.raises(ValueError, match="gamma"):
         gamma_sample(Recorder(), torch.zeros(1, 2), SIG, noise=Ones((1, 2)), gamma=-0.1)
-    with pytest.raises(ValueError, match="noise"):
-        gamma_sample(Recorder(), torch.zeros(1, 2), SIG, noise=None, gamma=0.5)
+    # without `noise`, the re-noising draws come from `generator` (k-diffusion style), reproducibly
+    a, b = (gamma_sample(Recorder(), torch.zeros(1, 2), SIG, gamma=0.5, generator=torch.Generator().manual_seed(0))
+            for _ in range(2))
+    assert torch.equal(a, b)
     # one step never needs noise
     gamma_sample(Recorder(), torch.zeros(1, 2), [80.0, 0.002], noise=None, gamma=0.5)
 

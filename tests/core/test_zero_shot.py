@@ -118,6 +118,8 @@ def test_cli_restore_writes_outputs_and_keeps_patch_means(tmp_path, make_checkpo
     assert r.exit_code == 0 and json.loads(r.stdout)["known_part_error"] == 0.0
     assert "divide the image size" in one_error_line(run("--restore", "superres", "--factor", "5", "-o",
                                                          str(tmp_path / "x")))
-    assert "choose among" in one_error_line(run("--restore", "deblur", "-o", str(tmp_path / "y")))
+    # a fixed choice, refused by the command line before any work (issue 24)
+    assert "'deblur' is not one of 'inpaint', 'colorize', 'superres'" in one_error_line(
+        run("--restore", "deblur", "-o", str(tmp_path / "y")))
     assert "--mask marks the hole" in one_error_line(run("--restore", "colorize", "--mask", str(src / "im0.png"),
                                                          "-o", str(tmp_path / "z")))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from ctmtool.errors import UserError
 from ctmtool.jobs.outputs import check_out, write_items
 
 
-def test_formats(tmp_path, capsys):
+def test_formats(tmp_path, capsysbinary):
     img = torch.rand(3, 3, 4, 4) * 2 - 1
     assert write_items(img, tmp_path / "s.npz", True, labels=torch.arange(3))["format"] == "npz"
     z = np.load(tmp_path / "s.npz")
@@ -24,8 +26,9 @@ def test_formats(tmp_path, capsys):
     write_items(img[:1], tmp_path / "one.png", True, grid=False)
     with Image.open(tmp_path / "one.png") as im:
         assert im.size == (4, 4)
-    write_items(torch.tensor([[0.5, -0.25]]), "-", False)
-    assert capsys.readouterr().out.split() == ["0.500000", "-0.250000"]
+    assert write_items(torch.tensor([[0.5, -0.25]]), "-", False) == {"out": "-", "format": "npz"}
+    with np.load(io.BytesIO(capsysbinary.readouterr().out)) as z:  # .npz bytes on stdout: typed, with shape
+        assert z["samples"].dtype == np.float32 and z["samples"].tolist() == [[0.5, -0.25]]
 
 
 def test_refusals(tmp_path):
