@@ -71,12 +71,12 @@ def serve_cmd(
                      allowed_hosts=() if loopback else None, allowed_origins=tuple(allow_origin or ()),
                      idle_timeout=idle_timeout)
     shown = host if loopback else (host or "0.0.0.0")
-    rep.log(f"serving {model.kind} model {model.path} ({engine.backend}) at http://{shown}:{port}/  (Ctrl-C stops)")
+    started = f"serving {model.kind} model {model.path} ({engine.backend}) at http://{shown}:{port}/  (Ctrl-C stops)"
     # a signal can stop the event loop between a coroutine's creation and its first await: nothing is lost, and
     # the interpreter's "never awaited" warning would only follow the one `error:` line
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     try:
-        run_server(app, host=host, port=port, max_message=2 * max_upload + 65536)
+        run_server(app, host=host, port=port, max_message=2 * max_upload + 65536, on_start=lambda: rep.log(started))
     except OSError as err:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from None
 
