@@ -63,6 +63,9 @@ CacheOpt = Annotated[str | None, typer.Option(
                                        "(default $CTMTOOL_CACHE or ~/.cache/ctmtool).")]
 
 
+FidBatchOpt = Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Images per generation and feature "
+                        "batch (default: 256; generating on the CPU, a cache-sized batch and a traced solve, printed).")]
+
 def _target(given: str | None, ckpt, what: str) -> str:
     """SAMPLES / DATA, or --ckpt (a checkpoint file or a run directory): exactly one of them."""
     if (given is None) == (ckpt is None):
@@ -121,8 +124,7 @@ def fid_cmd(
     kid_flag: Annotated[bool, typer.Option("--kid", help="Also compute KID (needs raw reference features).")] = False,
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID: number of random subsets.")] = 100,
     kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", help="KID: images per subset (at most n).")] = 1000,
-    batch: Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Images per generation and feature "
-                     "batch (default: 256; generating on the CPU, a cache-sized batch and a traced solve, printed).")] = None,
+    batch: FidBatchOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     solver: SolverOpt = None,
@@ -166,8 +168,7 @@ def stats_cmd(
                                           "Raw features are stored by default up to 50,000 images.")] = False,
     features: FeaturesOpt = None,
     n: FidNumOpt = None,
-    batch: Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Images per generation and feature "
-                     "batch (default: 256; generating on the CPU, a cache-sized batch and a traced solve, printed).")] = None,
+    batch: FidBatchOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     solver: SolverOpt = None,
