@@ -46,6 +46,11 @@ FULL = dict(teacher=1000.0, ctm=200.0, extra=100.0, toy_ctm=1792.0, gctm=150.0, 
             n=2000, seeds=3, nfes=(1, 2, 4, 8), gammas=(0.0, 0.5, 1.0), toy_n=65536)
 TINY = dict(teacher=2.0, ctm=1.0, extra=0.5, toy_ctm=1.0, gctm=1.0, gctm_ckpt=0.5,
             n=200, seeds=1, nfes=(1, 2), gammas=(0.0, 1.0), toy_n=4096)
+# Phase 2's discriminator (scratch, spectral norm): the paper's D optimiser (lr 2e-3, betas 0.5/0.9) at a
+# constant lr (the official code's; resumed at 2/3 of the cosine schedule, the decayed lr left D at chance,
+# hinge loss 2.00), translation only (a 4x4 cutout or colour jitter of an 8x8 digit hides what D should see).
+GAN_SETS = ["gan.enabled=true", "gan.lr=2e-3", "gan.betas=[0.5, 0.9]", "gan.lr_decay='none'",
+            "gan.augment=['translation']"]
 DIGIT_ROWS = ["teacher", "ctm", "cd", "ctm_gan", "ctm_more", "ctm_nodsm", "ctm_self"]
 OTHER_ROWS = ["toy_ctm", "gctm_sr", "gctm_ind", "gctm_ot"]
 TINY_ROWS = ["teacher", "ctm"]
@@ -68,7 +73,8 @@ def row_commands(row: str, out: Path, L: dict) -> list[list[str]]:
     if row == "ctm_more":  # phase 2's control: the same extra images without the GAN term
         return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume")]
     if row == "ctm_gan":  # phase 2: resumed from the CTM checkpoint with the GAN term (scratch discriminator)
-        return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume", "--set", "gan.enabled=true")]
+        sets = [x for kv in GAN_SETS for x in ("--set", kv)]
+        return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume", *sets)]
     if row == "cd":
         return [ctmtool(*base, "--teacher", t, "--kimg", str(a), "--auto-resume", "--set", "ctm.s_sampler=sigma_min")]
     if row == "ctm_nodsm":
@@ -138,8 +144,20 @@ def main() -> None:
     ap.add_argument("--rows", help="comma-separated rows (default: all; --tiny: " + ",".join(TINY_ROWS) + ")")
     ap.add_argument("--out", default="runs/claims", help="folder of the row run directories and scores.json")
     ap.add_argument("--tiny", action="store_true", help="seconds-long rows and few samples (CI)")
+    ap.add_argument("--length", action="append", default=[], metavar="KEY=KIMG",
+                    help="override a run length in kimg, e.g. gctm=600 gctm_ckpt=50 (keys: "
+                         + ", ".join(k for k, v in FULL.items() if isinstance(v, float)) + ")")
     a = ap.parse_args()
-    L = TINY if a.tiny else FULL
+    L = dict(TINY if a.tiny else FULL)
+    for item in a.length:
+        key, _, val = item.partition("=")
+        if not isinstance(L.get(key), float):
+            raise SystemExit(f"error: --length {item!r}: key must be one of "
+                             + ", ".join(k for k, v in L.items() if isinstance(v, float)) + " (KEY=KIMG)")
+        try:
+            L[key] = float(val)
+        except ValueError:
+            raise SystemExit(f"error: --length {item!r}: {val!r} is not a number (KEY=KIMG)") from None
     out = Path(a.out)
     rows = a.rows.split(",") if a.rows else (TINY_ROWS if a.tiny else DIGIT_ROWS + OTHER_ROWS)
     unknown = [r for r in rows if r not in DIGIT_ROWS + OTHER_ROWS]

@@ -248,6 +248,7 @@ class GANConfig(Strict):
     start_kimg: float = Field(0.0, ge=0)  # images seen before the GAN term switches on
     backbone: str | None = None  # TorchScript/torch feature network for the discriminator (None: train one)
     lr: float = Field(2e-4, gt=0)  # discriminator learning rate
+    lr_decay: Literal["distill", "none", "cosine"] = "distill"  # D's lr schedule (distill: distill.lr_decay)
     augment: list[Literal["color", "translation", "cutout"]] = Field(
         default_factory=lambda: ["color", "translation", "cutout"]
     )  # DiffAugment policies

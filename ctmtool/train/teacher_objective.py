@@ -62,9 +62,11 @@ class ObjectiveBase:
         self.progress = 0.0  # done fraction of the run, set by the loop (drives lr decay)
         self.shard = Shard()  # this rank's rows of each micro-batch (everything when single-process)
 
-    def _step_optimizer(self, name: str, params, kimg: float, lr: float | None = None) -> None:
+    def _step_optimizer(self, name: str, params, kimg: float, lr: float | None = None,
+                        decay: str | None = None) -> None:
         opt = self.optimizers[name]
-        set_lr(opt, lr or self.cfg.lr, kimg, self.cfg.lr_rampup_kimg, self.cfg.lr_decay, self.progress)
+        decay = decay or self.cfg.lr_decay
+        set_lr(opt, lr or self.cfg.lr, kimg, self.cfg.lr_rampup_kimg, decay, self.progress)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()

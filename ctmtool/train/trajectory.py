@@ -219,7 +219,9 @@ class TrajectoryObjective(ObjectiveBase):
             logs["disc"] = logs.get("disc", 0) + l_d.detach() / n
         all_reduce_sum(logs["disc"])
         all_reduce_grads(self.disc.parameters())
-        self._step_optimizer("disc", self.disc.parameters(), kimg, lr=self.preset.gan.lr)
+        g = self.preset.gan  # lr_decay "none": a constant D lr (the official code's), even in a late phase 2
+        self._step_optimizer("disc", self.disc.parameters(), kimg, lr=g.lr,
+                             decay=None if g.lr_decay == "distill" else g.lr_decay)
 
     def checkpoint(self, meta: dict) -> Checkpoint:
         """net, target, `ema` (the first evaluation rate), `ema_<rate>` for the others, disc, optimisers, RNG."""

@@ -82,3 +82,33 @@ def test_alternating_gan_steps_update_ema_and_target_on_generator_steps_only(tmp
     assert (obj.steps, obj.d_steps) == (2, 2)
     ckpt = obj.checkpoint({})
     assert ckpt.meta["d_steps"] == 2
+
+
+def _late_phase2_disc_losses(decay: str, steps: int) -> tuple[list[float], float]:
+    """D's hinge losses over `steps` GAN steps of a phase 2 resumed late (progress 0.95) in a cosine schedule,
+    against an untrained student's fakes (easy to tell from digits), and D's lr at the end."""
+    p = load_preset("digits", ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "distill.batch=16",
+                               "ctm.grid=4", "ctm.max_steps=2", "ctm.eval_emas=[0.9]", "gan.enabled=true",
+                               "gan.lr=2e-3", "gan.betas=[0.5, 0.9]", "gan.augment=['translation']",
+                               f"gan.lr_decay='{decay}'"])
+    data = load_dataset(p.data)
+    torch.manual_seed(0)
+    teacher = build_precond("teacher", p, data.shape).eval().requires_grad_(False)
+    obj = ctm_objective(p, data.shape, torch.device("cpu"), teacher, teacher.state_dict(),
+                        discriminator=Discriminator(1, 8, channels=8))
+    obj.progress = 0.95  # what the loop sets 95% into the run: the cosine factor is 0.006
+    g = torch.Generator().manual_seed(0)
+    losses = [float(obj.step([data.get(torch.randint(0, len(data), (16,), generator=g))], kimg=0.0)["disc"])
+              for _ in range(steps)]
+    return losses, obj.optimizers["disc"].param_groups[0]["lr"]
+
+
+def test_discriminator_with_a_constant_lr_learns_in_a_late_phase2_and_the_decayed_one_does_not():
+    """gan.lr_decay 'none' keeps D at gan.lr however far the generator's cosine schedule has gone: a fresh D
+    resumed into a decayed schedule otherwise sits at the hinge loss's chance value 2 (the digits bench's
+    phase 2 logged 1.999-2.003 throughout)."""
+    lossy, lr_none = _late_phase2_disc_losses("none", 40)
+    stuck, lr_decayed = _late_phase2_disc_losses("distill", 40)
+    assert lr_none == 2e-3 and lr_decayed < 2e-5
+    assert sum(lossy[-10:]) / 10 < 1.8  # D separates real digits from the untrained student's samples
+    assert sum(stuck[-10:]) / 10 > 1.98
