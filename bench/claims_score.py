@@ -180,11 +180,22 @@ def digits_samplers(row: str, L: dict) -> list[tuple[str, list[str]]]:
 
     if row == "teacher":
         return [("heun18", ["--solver", "heun", "--steps", "18"])]
-    if row == "ctm":  # the gamma figure
-        return [g(k, x) for k in nfes for x in (gammas if k > 1 else gammas[:1])]
+    if row == "ctm":  # the gamma figure, and gamma 0 on the training grid's levels
+        return ([g(k, x) for k in nfes for x in (gammas if k > 1 else gammas[:1])]
+                + [(f"grid{k}_g0", ["--sigmas", on_grid(k), "--gamma", "0"]) for k in nfes if k > 1])
     if row in ("cd", "ctm_nodsm"):  # many-step quality without s < ... (CD) or without DSM
         return [g(k, 0.0) for k in nfes] + ([g(k, 1.0) for k in nfes if k > 1] if row == "cd" else [])
     return [g(1, 0.0), g(2, 0.0)]
+
+
+def on_grid(nfe: int, grid: int = 18, smin: float = 0.002, smax: float = 80.0, rho: float = 7.0) -> str:
+    """An NFE-step schedule on the levels of the digits preset's 18-point training grid: indices
+    round(linspace(0, grid - 1, nfe + 1)), the official sampler's `ts` convention (ctm-cifar10
+    sample_util.py: sigma(ts_i) with ts_i / (steps - 1)). ctmtool's --nfe schedule is Karras over nfe + 1
+    points, whose inner levels lie between the grid's: jumps to them are never trained."""
+    idx = np.round(np.linspace(0, grid - 1, nfe + 1)).astype(int)
+    a, b = smax ** (1 / rho), smin ** (1 / rho)
+    return ",".join(f"{(a + i / (grid - 1) * (b - a)) ** rho:.6g}" for i in idx)
 
 
 def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
@@ -344,6 +355,14 @@ def table(out: Path) -> str:
                  f"{r['nn']:.0f} |")
     lines.append(f"| real (training split, the reference) | n = 1,437 | | | {S['real']['train_is']:.2f} | | | |")
 
+    grid = [(int(k[4:].split("_")[0]), k) for k in S.get("ctm", {}) if k.startswith("grid")]
+    if grid:
+        lines += ["", "digits gamma 0 on the training grid's levels (row ctm; `--sigmas`, indices "
+                  "round(linspace(0, 17, NFE + 1))) against the --nfe schedule:", "",
+                  "| NFE | on-grid | --nfe |", "|---|---|---|"]
+        for k, name in sorted(grid):
+            lines.append(f"| {k} | {_fmt(_agg(S['ctm'][name], 'n2000', 'fd'), 2)} | "
+                         f"{_fmt(_agg(S['ctm'][f'nfe{k}_g0'], 'n2000', 'fd'), 2)} |")
     gammas = sorted({float(k.split("_g")[1]) for k in S.get("ctm", {}) if k.startswith("nfe")})
     nfes = sorted({int(k.split("_")[0][3:]) for k in S.get("ctm", {}) if k.startswith("nfe")})
     if gammas:
@@ -402,6 +421,12 @@ def goals(S: dict, kimg: dict) -> list[str]:
     if len(seq) > 1:
         worse = [f"{a}->{b}" for (a, x), (b, y) in zip(seq, seq[1:], strict=False) if y > x]
         out.append("- digits gamma 0, FD by NFE: " + ", ".join(f"{k}: {v:.2f}" for k, v in seq)
+                   + (f" (worse at {', '.join(worse)})" if worse else " (never worse)"))
+    seq = [(k, _mean(S, "ctm", f"grid{k}_g0" if k > 1 else "nfe1_g0")) for k in (1, 2, 4, 8)]
+    seq = [(k, v) for k, v in seq if v is not None]
+    if len(seq) > 1:
+        worse = [f"{a}->{b}" for (a, x), (b, y) in zip(seq, seq[1:], strict=False) if y > x]
+        out.append("- digits gamma 0 on grid levels, FD by NFE: " + ", ".join(f"{k}: {v:.2f}" for k, v in seq)
                    + (f" (worse at {', '.join(worse)})" if worse else " (never worse)"))
     toy = {x["nfe"]: x["score"] - TOY_TRUE_LOGP for x in S.get("sweep_toy_ctm", {}).get("rows", []) if x["gamma"] == 0}
     tseq = sorted(toy.items())
