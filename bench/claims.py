@@ -51,7 +51,7 @@ TINY = dict(teacher=2.0, ctm=1.0, extra=0.5, toy_ctm=1.0, gctm=1.0, gctm_ckpt=0.
 # hinge loss 2.00), translation only (a 4x4 cutout or colour jitter of an 8x8 digit hides what D should see).
 GAN_SETS = ["gan.enabled=true", "gan.lr=2e-3", "gan.betas=[0.5, 0.9]", "gan.lr_decay='none'",
             "gan.augment=['translation']"]
-DIGIT_ROWS = ["teacher", "ctm", "cd", "ctm_gan", "ctm_more", "ctm_nodsm", "ctm_self"]
+DIGIT_ROWS = ["teacher", "ctm", "cd", "ctm_gan", "ctm_more", "ctm_nodsm", "ctm_self", "ctm_gan_nosn"]
 OTHER_ROWS = ["toy_ctm", "gctm_sr", "gctm_ind", "gctm_ot"]
 TINY_ROWS = ["teacher", "ctm"]
 
@@ -74,6 +74,9 @@ def row_commands(row: str, out: Path, L: dict) -> list[list[str]]:
         return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume")]
     if row == "ctm_gan":  # phase 2: resumed from the CTM checkpoint with the GAN term (scratch discriminator)
         sets = [x for kv in GAN_SETS for x in ("--set", kv)]
+        return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume", *sets)]
+    if row == "ctm_gan_nosn":  # the same without spectral norm in D (a stronger D on 8x8 digits)
+        sets = [x for kv in GAN_SETS + ["gan.spectral_norm=false"] for x in ("--set", kv)]
         return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume", *sets)]
     if row == "cd":
         return [ctmtool(*base, "--teacher", t, "--kimg", str(a), "--auto-resume", "--set", "ctm.s_sampler=sigma_min")]
@@ -101,7 +104,7 @@ def gctm_args(row: str, d: str, L: dict) -> list[str]:
 def seed_phase2(row: str, out: Path) -> None:
     """ctm_more / ctm_gan start from ctm's newest checkpoint (copied once, so each branch resumes on its own)."""
     dst = out / row
-    if row not in ("ctm_more", "ctm_gan") or any(dst.glob("ckpt-*")):
+    if row not in ("ctm_more", "ctm_gan", "ctm_gan_nosn") or any(dst.glob("ckpt-*")):
         return
     src = sorted((out / "ctm").glob("ckpt-*.safetensors"))
     if not src:

@@ -253,6 +253,7 @@ class GANConfig(Strict):
         default_factory=lambda: ["color", "translation", "cutout"]
     )  # DiffAugment policies
     channels: int = Field(64, ge=8)  # width of the discriminator heads
+    spectral_norm: bool = True  # scratch/backbone/vector D: spectral norm on every trainable layer
     discriminator: Literal["scratch", "projected"] = "scratch"  # projected: the paper's Projected GAN (timm DeiT + EfficientNet)
     feature_weights: str | None = None  # projected: folder of <timm name>.safetensors (None: the Hugging Face cache)
     betas: tuple[Rate, Rate] = (0.9, 0.999)  # discriminator Adam/RAdam betas (the paper: 0.5, 0.9)

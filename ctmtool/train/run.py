@@ -166,7 +166,8 @@ def _discriminator(preset: Preset, data: Dataset):
         if preset.gan.backbone:
             raise UserError("gan.backbone is an image feature network; vector data trains its discriminator from "
                             "scratch: remove gan.backbone")
-        return VectorDiscriminator(math.prod(data.shape), hidden=preset.gan.channels * 4)
+        return VectorDiscriminator(math.prod(data.shape), hidden=preset.gan.channels * 4,
+                                   spectral_norm=preset.gan.spectral_norm)
     if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
 
         return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
@@ -175,4 +176,5 @@ def _discriminator(preset: Preset, data: Dataset):
         return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
     backbone = load_backbone(preset.gan.backbone) if preset.gan.backbone else None
     c, h, _ = data.shape
-    return Discriminator(c, h, backbone=backbone, channels=preset.gan.channels)
+    return Discriminator(c, h, backbone=backbone, channels=preset.gan.channels,
+                         spectral_norm=preset.gan.spectral_norm)
