@@ -51,7 +51,8 @@ TINY = dict(teacher=2.0, ctm=1.0, extra=0.5, toy_ctm=1.0, gctm=1.0, gctm_ckpt=0.
 # hinge loss 2.00), translation only (a 4x4 cutout or colour jitter of an 8x8 digit hides what D should see).
 GAN_SETS = ["gan.enabled=true", "gan.lr=2e-3", "gan.betas=[0.5, 0.9]", "gan.lr_decay='none'",
             "gan.augment=['translation']"]
-DIGIT_ROWS = ["teacher", "ctm", "cd", "ctm_gan", "ctm_more", "ctm_nodsm", "ctm_self", "ctm_gan_nosn"]
+DIGIT_ROWS = ["teacher", "ctm", "cd", "ctm_gan", "ctm_more", "ctm_nodsm", "ctm_self", "ctm_gan_nosn",
+              "cd_more"]
 OTHER_ROWS = ["toy_ctm", "gctm_sr", "gctm_ind", "gctm_ot"]
 TINY_ROWS = ["teacher", "ctm"]
 
@@ -78,6 +79,9 @@ def row_commands(row: str, out: Path, L: dict) -> list[list[str]]:
     if row == "ctm_gan_nosn":  # the same without spectral norm in D (a stronger D on 8x8 digits)
         sets = [x for kv in GAN_SETS + ["gan.spectral_norm=false"] for x in ("--set", kv)]
         return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume", *sets)]
+    if row == "cd_more":  # CD for the same images as the GAN phase (resumed from cd), to compare with ctm_gan
+        return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume", "--set",
+                        "ctm.s_sampler=sigma_min")]
     if row == "cd":
         return [ctmtool(*base, "--teacher", t, "--kimg", str(a), "--auto-resume", "--set", "ctm.s_sampler=sigma_min")]
     if row == "ctm_nodsm":
@@ -104,11 +108,13 @@ def gctm_args(row: str, d: str, L: dict) -> list[str]:
 def seed_phase2(row: str, out: Path) -> None:
     """ctm_more / ctm_gan start from ctm's newest checkpoint (copied once, so each branch resumes on its own)."""
     dst = out / row
-    if row not in ("ctm_more", "ctm_gan", "ctm_gan_nosn") or any(dst.glob("ckpt-*")):
+    if row not in ("ctm_more", "ctm_gan", "ctm_gan_nosn", "cd_more") or any(dst.glob("ckpt-*")):
         return
-    src = sorted((out / "ctm").glob("ckpt-*.safetensors"))
+    first = "cd" if row == "cd_more" else "ctm"
+    src = sorted((out / first).glob("ckpt-*.safetensors"))
     if not src:
-        raise SystemExit(f"error: {row} resumes from row ctm, which has no checkpoint in {out / 'ctm'}; train ctm first")
+        raise SystemExit(f"error: {row} resumes from row {first}, which has no checkpoint in {out / first}; "
+                         f"train {first} first")
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src[-1], dst / src[-1].name)
 

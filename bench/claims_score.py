@@ -344,7 +344,8 @@ def table(out: Path) -> str:
              "| nearest training digit |", "|---|---|---|---|---|---|---|---|"]
     r = S["real"]["test_n360"]
     teacher = _mean(S, "teacher", "heun18")
-    for row in ["teacher", "ctm", "ctm_more", "ctm_gan", "ctm_gan_nosn", "cd", "ctm_nodsm", "ctm_self"]:
+    for row in ["teacher", "ctm", "ctm_more", "ctm_gan", "ctm_gan_nosn", "cd", "cd_more", "ctm_nodsm",
+                "ctm_self"]:
         for name, per in S.get(row, {}).items():
             fd = _agg(per, "n2000", "fd")
             ratio = f"{fd[0] / teacher:.2f}x" if teacher else ""
