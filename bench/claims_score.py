@@ -413,6 +413,13 @@ def goals(S: dict, kimg: dict) -> list[str]:
     if t and g:
         out.append(f"- CTM + GAN NFE 1 / teacher 35 NFE: {g:.2f} / {t:.2f} = {g / t:.2f}x (goal <= 1.0x: "
                    f"{'met' if g <= t else 'not met'}); the no-GAN control at the same images: {m / t:.2f}x" if m else "")
+    for row in ("ctm_gan", "ctm_gan_nosn"):
+        g, d = _mean(S, row, "nfe1_g0"), _mean(S, "cd_more", "nfe1_g0")
+        if g and t:
+            out.append(f"- {row} NFE 1 / teacher: {g / t:.2f}x")
+        if g and d:
+            out.append(f"- {row} NFE 1 / CD NFE 1 at the same images (cd_more): {g:.2f} / {d:.2f} = "
+                       f"{g / d:.2f}x (goal <= 0.7x: {'met' if g <= 0.7 * d else 'not met'})")
     c, d = _mean(S, "ctm", "nfe1_g0"), _mean(S, "cd", "nfe1_g0")
     if c and d:
         out.append(f"- CTM NFE 1 / CD NFE 1 ({kimg['ctm']:g} kimg each): {c:.2f} / {d:.2f} = {c / d:.2f}x "
