@@ -1,5 +1,6 @@
-"""bench/memory_estimate.py on a tiny preset: the linear extension of the step's transient memory from micro-batches
-1 and 2 predicts the measured one at 8, and the resident part is the sizes of what lives between steps."""
+"""bench/memory_estimate.py on a tiny preset: the linear extension of the step's transient memory from
+micro-batches 1 and 2 predicts the measured one at 8, and the resident part is the sizes of what lives between
+steps."""
 
 from __future__ import annotations
 
