@@ -117,7 +117,7 @@ def compare(name: str, real_cls, stand_cls, test, label_dim: int, kwargs: dict, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--edm", type=Path, required=True, help="a checkout of github.com/NVlabs/edm")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/edm-pickle-format"))
     args = ap.parse_args()

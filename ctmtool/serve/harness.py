@@ -33,8 +33,8 @@ def open_page(browser, url: str, timeout_ms: int = 30000):
     page = browser.new_page(viewport={"width": 1000, "height": 720})
     page.goto(url)
     page.wait_for_function("window.ctmStats && window.ctmStats.ready && "
-                           "(window.ctmStats.frames > 0 || !document.getElementById('useGen') || document.getElementById('useGen').disabled "
-                           "|| window.ctmStats.errors.length > 0)",
+                           "(window.ctmStats.frames > 0 || !document.getElementById('useGen') || "
+                           "document.getElementById('useGen').disabled || window.ctmStats.errors.length > 0)",
                            timeout=timeout_ms)
     return page
 
@@ -72,7 +72,8 @@ def wait_idle(page, target: str = "edit", timeout_s: float = 10.0) -> None:
 
 
 def slider_steps(page, slider: str = "#strength", presses: int = 10, timeout_s: float = 10.0) -> list[float]:
-    """Press ArrowRight/Left on a slider `presses` times, each time waiting for the new image; the latencies."""
+    """Press ArrowRight/Left on a slider `presses` times, each time waiting for the new image; the
+    latencies."""
     page.focus(slider)
     out = []
     for i in range(presses):
@@ -106,6 +107,6 @@ def measure(page, strokes: int = 3, presses: int = 15, walk_s: float = 4.0) -> d
     m0 = len(stats(page)["model"])
     fps = play_walk(page, walk_s)
     model = stats(page)["model"][m0:]
-    return {"stroke_ms_median": statistics.median(stroke_ms) if stroke_ms else float("nan"), "stroke_events": len(stroke_ms),
-            "slider_ms_median": statistics.median(slider_ms), "walk_fps": fps,
-            "walk_model_ms_median": statistics.median(model) if model else float("nan")}
+    return {"stroke_ms_median": statistics.median(stroke_ms) if stroke_ms else float("nan"),
+            "stroke_events": len(stroke_ms), "slider_ms_median": statistics.median(slider_ms),
+            "walk_fps": fps, "walk_model_ms_median": statistics.median(model) if model else float("nan")}
