@@ -2,8 +2,7 @@
 
     python bench/train.py --presets cifar10,cifar10-fast --kinds teacher,ctm --device cuda            # H100
     python bench/train.py --presets cifar10-fast --kinds teacher,ctm --device cpu --batch 4 --steps 2 \
-        --warmup 1 --set ctm.max_steps=2                                                            # CPU
-                                                                                                    # smoke
+        --warmup 1 --set ctm.max_steps=2                                                      # CPU smoke
 
 Each step is the real `TeacherObjective.step` / `TrajectoryObjective.step` of ctmtool.train.teacher_objective
 (forward, backward, optimiser, EMA updates) on one batch of random images of the preset's shape; networks are

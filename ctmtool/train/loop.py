@@ -207,9 +207,8 @@ class _Saver:
 
     def __init__(self, objective, order: torch.Generator, run_dir: Path, cfg: TrainConfig, budget: _Budget,
                  main: bool):
-        self.objective, self.order, self.run_dir, self.cfg, self.budget, self.main = (objective, order,
-                                                                                      run_dir, cfg, budget,
-                                                                                      main)
+        (self.objective, self.order, self.run_dir, self.cfg, self.budget,
+         self.main) = objective, order, run_dir, cfg, budget, main
         self.path: Path | None = None  # the last checkpoint written
         self.step = -1  # its step
         self.at_seconds = budget.before  # its training time
