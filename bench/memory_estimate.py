@@ -1,20 +1,21 @@
-"""Peak memory of one training step of the paper presets at their batch sizes, estimated on the CPU, against 80 GB.
+"""Peak memory of one training step of the paper presets at their batch sizes, estimated on the CPU, against
+80 GB.
 
-    OMP_NUM_THREADS=1 python bench/memory_estimate.py                        # cifar10 (LPIPS), cifar10-gan
-    python bench/memory_estimate.py --presets imagenet64 --gib 80            # needs about 8 GB of RAM
-    python bench/memory_estimate.py --tiny                                   # a tiny preset (what the test runs)
+    OMP_NUM_THREADS=1 python bench/memory_estimate.py                   # cifar10 (LPIPS), cifar10-gan
+    python bench/memory_estimate.py --presets imagenet64 --gib 80       # needs about 8 GB of RAM
+    python bench/memory_estimate.py --tiny                              # a tiny preset (what the test runs)
 
 Method. The step is the real one (`TrajectoryObjective.step`, with the preset's distance: piq LPIPS at 224 for
 cifar10, random VGG16/LPIPS weights of the real shapes; the Projected-GAN discriminator with random timm
 DeiT-base/EfficientNet-lite0 for cifar10-gan) under bf16 autocast, the dtypes CUDA runs
 (`precision = "bf16"`). Memory splits into
-  resident  what lives across steps: the online network, its gradients, the optimiser's two moments, the target,
-            the evaluation EMAs, the teacher (and the discriminator with its gradients and moments), counted
-            from their parameter and buffer sizes;
+  resident  what lives across steps: the online network, its gradients, the optimiser's two moments, the
+            target, the evaluation EMAs, the teacher (and the discriminator with its gradients and moments),
+            counted from their parameter and buffer sizes;
   transient what one step allocates beyond that (activations kept for the backward pass, the LPIPS and
-            discriminator passes, temporaries), measured with torch.profiler's allocation events at micro-batches
-            1 and 2 (their peak of live bytes) and extended linearly: transient(B) = a + B b (activations
-            are linear in the batch; checked at 8 by the test on a tiny preset).
+            discriminator passes, temporaries), measured with torch.profiler's allocation events at
+            micro-batches 1 and 2 (their peak of live bytes) and extended linearly: transient(B) = a + B b
+            (activations are linear in the batch; checked at 8 by the test on a tiny preset).
 peak(B) = resident + transient(B) at the preset's micro-batch. Not counted: the CUDA context (~0.5 GB), cuDNN
 workspaces, allocator fragmentation (PyTorch's caching allocator typically holds 5-20% more than live bytes),
 torch.compile's buffers; so a preset is called safe with a 20% margin (peak <= 0.8 x the GPU's memory).
@@ -37,7 +38,8 @@ GIB = 1024**3
 MARGIN = 0.8  # a preset is "safe" when its estimated peak is at most this fraction of the GPU's memory
 
 TINY = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
-        "net.unet.attn_resolutions=[4]", "ctm.grid=6", "ctm.max_steps=3", "ctm.eval_emas=[0.9]", "distill.batch=8", "distill.precision=bf16"]
+        "net.unet.attn_resolutions=[4]", "ctm.grid=6", "ctm.max_steps=3", "ctm.eval_emas=[0.9]",
+        "distill.batch=8", "distill.precision=bf16"]
 SHAPES = {"cifar10": (3, 32, 32), "cifar10-gan": (3, 32, 32), "imagenet64": (3, 64, 64), "digits": (1, 8, 8)}
 
 
@@ -52,8 +54,8 @@ def module_bytes(m: torch.nn.Module) -> int:
 def resident_bytes(obj, teacher) -> dict[str, int]:
     """Bytes alive between steps (and the gradients a step creates), by part."""
     net = sum(p.numel() * 4 for p in obj.net.parameters())
-    parts = {"net": module_bytes(obj.net), "grads": net, "optimiser": 2 * net, "target": module_bytes(obj.target),
-             "emas": sum(module_bytes(e) for e in obj.emas.values())}
+    parts = {"net": module_bytes(obj.net), "grads": net, "optimiser": 2 * net,
+             "target": module_bytes(obj.target), "emas": sum(module_bytes(e) for e in obj.emas.values())}
     if teacher is not None and teacher is not obj.target:
         parts["teacher"] = module_bytes(teacher)
     if obj.disc is not None:
@@ -64,7 +66,8 @@ def resident_bytes(obj, teacher) -> dict[str, int]:
 
 def transient_peak(fn) -> int:
     """The largest excess of live bytes over the start during fn(), from the profiler's allocation events."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
@@ -102,7 +105,8 @@ def distance_for(preset, shape):
         from ctmtool.losses.lpips import PaperLPIPS, vgg16_features
 
         g = torch.Generator().manual_seed(0)
-        return PaperLPIPS(vgg16_features(), [torch.rand(1, c, 1, 1, generator=g) for c in (64, 128, 256, 512, 512)])
+        return PaperLPIPS(vgg16_features(),
+                          [torch.rand(1, c, 1, 1, generator=g) for c in (64, 128, 256, 512, 512)])
     return make_distance(preset.ctm, math.prod(shape))
 
 
@@ -140,12 +144,14 @@ def estimate(name: str, overrides: list[str], sizes=(1, 2), check: int | None = 
         for b in (*sizes, *([check] if check else [])):
             g = torch.Generator().manual_seed(b)
             batches = [(torch.rand(b, *shape, generator=g) * 2 - 1, None)]
-            # with the GAN term, generator and discriminator steps alternate (gan.g_period): two steps see both
+            # with the GAN term, generator and discriminator steps alternate (gan.g_period): two steps see
+            # both
             turns = 2 if p.gan.enabled else 1
             for _ in range(turns):  # both optimisers' moments and gradients exist from here on
                 obj.step(batches, kimg)
             t0 = time.perf_counter()
-            measured[b] = transient_peak(lambda batches=batches, turns=turns: [obj.step(batches, kimg) for _ in range(turns)])
+            measured[b] = transient_peak(lambda batches=batches,
+                                         turns=turns: [obj.step(batches, kimg) for _ in range(turns)])
             print(f"# {name}: micro-batch {b}: transient {measured[b] / GIB:.3f} GiB "
                   f"({time.perf_counter() - t0:.1f}s)", flush=True)
     b1, b2 = sizes
@@ -164,10 +170,11 @@ def estimate(name: str, overrides: list[str], sizes=(1, 2), check: int | None = 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", default="cifar10,cifar10-gan")
     ap.add_argument("--gib", type=float, default=80.0, help="the GPU's memory (an H100: 80)")
-    ap.add_argument("--tiny", action="store_true", help="a tiny digits U-Net preset instead (seconds; the test)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a tiny digits U-Net preset instead (seconds; the test)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -177,15 +184,16 @@ def main() -> None:
         if name not in SHAPES:
             sys.exit(f"error: no data shape known for preset {name!r}; choose from {', '.join(SHAPES)}")
         rows.append(estimate(name, over + a.set))
-    print(f"\nload {os.getloadavg()[0]:.2f}; bf16 autocast as on CUDA; safe = peak <= {MARGIN:.0%} of {a.gib:g} GiB")
-    print("| preset | net params | distance | GAN | micro-batch | resident GiB | transient GiB/image | peak GiB | "
-          "safe |")
+    print(f"\nload {os.getloadavg()[0]:.2f}; bf16 autocast as on CUDA; safe = peak <= {MARGIN:.0%} of "
+          f"{a.gib:g} GiB")
+    print("| preset | net params | distance | GAN | micro-batch | resident GiB | transient GiB/image | peak "
+          "GiB | safe |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         peak = r["peak"] / GIB
-        print(f"| {r['preset']} | {r['params_net_m']:.1f}M | {r['distance']} | {'yes' if r['gan'] else 'no'} | "
-              f"{r['micro_batch']} | {r['resident_total'] / GIB:.2f} | {r['transient_per_item'] / GIB:.4f} | "
-              f"{peak:.1f} | {'yes' if peak <= MARGIN * a.gib else 'NO'} |")
+        print(f"| {r['preset']} | {r['params_net_m']:.1f}M | {r['distance']} | {'yes' if r['gan'] else 'no'} "
+              f"| {r['micro_batch']} | {r['resident_total'] / GIB:.2f} | {r['transient_per_item'] / GIB:.4f} "
+              f"| {peak:.1f} | {'yes' if peak <= MARGIN * a.gib else 'NO'} |")
 
 
 if __name__ == "__main__":

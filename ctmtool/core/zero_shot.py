@@ -57,7 +57,8 @@ def project(task: str, x: torch.Tensor, hole: torch.Tensor | None = None, factor
     raise UserError(f"unknown zero-shot task {task!r}; choose among {', '.join(TASKS)}")
 
 
-def merge(task: str, y: torch.Tensor, x: torch.Tensor, hole: torch.Tensor | None = None, factor: int = 8) -> torch.Tensor:
+def merge(task: str, y: torch.Tensor, x: torch.Tensor, hole: torch.Tensor | None = None,
+          factor: int = 8) -> torch.Tensor:
     """P y + (I - P) x: y's known part, x's rest (inpainting by selection, so the known pixels are exact)."""
     if task == "inpaint":
         return torch.where(hole > 0.5, x, y) if hole.dtype != torch.bool else torch.where(hole, x, y)
@@ -79,7 +80,8 @@ def check_task(task: str, shape: tuple[int, ...], factor: int, hole: torch.Tenso
     if task == "colorize" and c != 3:
         raise UserError(f"colourisation needs an RGB model, this one makes {c}-channel images")
     if task == "superres" and (factor < 2 or h % factor or w % factor):
-        raise UserError(f"super-resolution factor {factor} must be at least 2 and divide the image size {h}x{w}")
+        raise UserError(f"super-resolution factor {factor} must be at least 2 and divide the image size "
+                        f"{h}x{w}")
     if task == "inpaint" and hole is None:
         raise UserError("inpainting needs a hole: give `mask` (white = missing), or none for the centre box")
 
@@ -94,9 +96,10 @@ def centre_hole(shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def restore(model, y: torch.Tensor, task: str, level: float, nfe: int, noise: Callable[[], torch.Tensor],
-            gamma: float = 1.0, hole: torch.Tensor | None = None, factor: int = 8, labels=None) -> torch.Tensor:
-    """Zero-shot restoration of reference images y (their known part) with `nfe` jumps from `level` (a level the
-    model can edit from: `ctmtool.jobs.plan.check_editable`, which `jobs/items.restore_items` calls)."""
+            gamma: float = 1.0, hole: torch.Tensor | None = None, factor: int = 8,
+            labels=None) -> torch.Tensor:
+    """Zero-shot restoration of reference images y (their known part) with `nfe` jumps from `level` (a level
+    the model can edit from: `ctmtool.jobs.plan.check_editable`, which `jobs/items.restore_items` calls)."""
     from ctmtool.core.editing import edit_schedule
 
     check_task(task, tuple(model.data_shape), factor, hole)
@@ -112,7 +115,8 @@ def restore(model, y: torch.Tensor, task: str, level: float, nfe: int, noise: Ca
     def keep(x0: torch.Tensor, at: float) -> torch.Tensor:
         return merge(task, net.perturb(y, at, noise()) if at > end else y, x0, hole, factor)
 
-    clamp = gamma == 1.0 and task != "inpaint"  # as the official loops: colourisation and super-resolution at gamma 1
+    # as the official loops: colourisation and super-resolution at gamma 1
+    clamp = gamma == 1.0 and task != "inpaint"
     x = net.perturb(known, levels[0], noise())
     for i in range(len(levels) - 1):
         s = math.sqrt(1 - gamma**2) * (levels[i + 1] - end) + end
