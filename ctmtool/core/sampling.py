@@ -29,7 +29,8 @@ def gamma_sample(net, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tensor]
     sigmas[0] (k-diffusion style: `x = torch.randn(...) * sigmas[0]`). The re-noising draws come from `noise`,
     else from `generator` (a torch.Generator on x's device), else from torch's global generator."""
     if noise is None and gamma > 0:
-        noise = lambda: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # noqa: E731
+        noise = lambda: torch.randn(x.shape, generator=generator, device=x.device,  # noqa: E731
+                                    dtype=x.dtype)
     if not 0.0 <= gamma <= 1.0:  # a programming error: user settings are checked by ctmtool.jobs.plan
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     sig = [float(s) for s in sigmas]

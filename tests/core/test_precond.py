@@ -368,8 +368,8 @@ def test_gctm_jump():
 def test_gctm_coefficients_at_the_ends(var0, var1, cov01):
     """t = 0: x_t is x0 itself (c_skip 1, c_out 0); t = 1: x_t = x1 and E[x0 | x1] = cov/var1 x1 with residual
     variance var0 - cov^2/var1 (0 and sqrt(var0) for the independent coupling)."""
-    c_skip, c_out, c_in, _ = GCTMPrecond(Probe(), var0, var1, cov01).coefficients(torch.tensor([0.0, 1.0],
-                                                                                                dtype=torch.float64))
+    c_skip, c_out, c_in, _ = GCTMPrecond(Probe(), var0, var1, cov01).coefficients(
+        torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert c_skip[0].item() == pytest.approx(1.0, rel=1e-12) and c_out[0].item() <= 1e-6
     assert c_in[0].item() == pytest.approx(var0**-0.5) and c_in[1].item() == pytest.approx(var1**-0.5)
     assert c_skip[1].item() == pytest.approx(cov01 / var1, abs=1e-12)
