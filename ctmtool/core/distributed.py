@@ -16,8 +16,6 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from ctmtool.errors import UserError
-
 
 def env_world_size() -> int:
     """The world size torchrun announced in the environment (1 without torchrun)."""
@@ -49,12 +47,12 @@ def setup(device: torch.device) -> torch.device:
     if env_world_size() <= 1 or is_distributed():
         return _local_device(device) if is_distributed() else device
     if not dist.is_available():
-        raise UserError("torchrun started several processes but this torch build has no torch.distributed")
+        raise ValueError("torchrun started several processes but this torch build has no torch.distributed")
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
         dist.init_process_group(backend=backend, init_method="env://")
     except (RuntimeError, ValueError) as err:
-        raise UserError(f"could not join the torchrun process group ({backend}): {err}") from None
+        raise ValueError(f"could not join the torchrun process group ({backend}): {err}") from None
     return _local_device(device)
 
 
@@ -85,14 +83,6 @@ def rows(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]:
     r = rank() if r is None else r
     w = world_size() if w is None else w
     return r * n // w, (r + 1) * n // w
-
-
-def check_batch(micro: int) -> None:
-    """Refuse micro-batches that leave a rank without rows."""
-    w = world_size()
-    if micro < w:
-        raise UserError(f"the micro-batch ({micro}) is smaller than the number of ranks ({w}); "
-                        f"raise batch / micro_batch to at least {w} or use fewer processes")
 
 
 class RowShard:
