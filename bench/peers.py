@@ -193,7 +193,7 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
         obj = ctm_objective(p, (3, res, res), dev, teacher, distance=SquaredL2())
         student = obj.net  # the student's preconditioned net; its raw network F is `student.net`
         if comp and dev.type != "cuda":
-            student.net.compile()  # the objective compiles F on CUDA only (`maybe_compile`); the same call here
+            student.net.compile()  # the objective compiles F on CUDA only (`maybe_compile`); same call
         obj.terms.new_step = lambda cpu_gen, steps=0, obj=obj: setattr(obj.terms, "k", k)
         batches = [(x0.clone(), None)]
 

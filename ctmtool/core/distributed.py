@@ -43,8 +43,8 @@ def is_main() -> bool:
 
 
 def setup(device: torch.device) -> torch.device:
-    """Join the process group torchrun describes (env://) and return this rank's device; no-op without torchrun.
-    A torch without torch.distributed, or a group that cannot be joined, is a ValueError
+    """Join the process group torchrun describes (env://) and return this rank's device; no-op without
+    torchrun. A torch without torch.distributed, or a group that cannot be joined, is a ValueError
     (`ctmtool.jobs.items.join_process_group` says it to a user)."""
     if env_world_size() <= 1 or is_distributed():
         return _local_device(device) if is_distributed() else device

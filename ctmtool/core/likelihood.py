@@ -74,9 +74,11 @@ class ODEOptions:
 
     def __post_init__(self):
         if self.divergence not in DIVERGENCES:
-            raise ValueError(f"unknown divergence {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+            raise ValueError(f"unknown divergence {self.divergence!r}; choose one of "
+                             f"{', '.join(DIVERGENCES)}")
         if self.probe_dist not in PROBE_DISTS:
-            raise ValueError(f"unknown probe distribution {self.probe_dist!r}; choose one of {', '.join(PROBE_DISTS)}")
+            raise ValueError(f"unknown probe distribution {self.probe_dist!r}; choose one of "
+                             f"{', '.join(PROBE_DISTS)}")
         if self.method not in ADAPTIVE_METHODS + FIXED_METHODS:
             raise ValueError(f"unknown ODE method {self.method!r}; choose one of "
                              f"{', '.join(ADAPTIVE_METHODS + FIXED_METHODS)}")
@@ -91,12 +93,12 @@ class ODEOptions:
 
 
 def model_denoiser(model) -> Denoiser:
-    """The denoiser D(x, sigma, labels) of a loaded `Model`: a teacher's D, a CTM's g(x, t, t) (Kim et al. 2024, Eq. 7).
-    A model without a data density (a GCTM) is a ValueError (`ctmtool.jobs.likelihood.check_density` refuses it
-    for a user first)."""
+    """The denoiser D(x, sigma, labels) of a loaded `Model`: a teacher's D, a CTM's g(x, t, t) (Kim et al.
+    2024, Eq. 7). A model without a data density (a GCTM) is a ValueError
+    (`ctmtool.jobs.likelihood.check_density` refuses it for a user first)."""
     if not getattr(model.net, "has_density", True):
-        raise ValueError(f"a {model.kind.upper()} defines no data density (`has_density` is False): it has no "
-                         "denoiser to take likelihoods with")
+        raise ValueError(f"a {model.kind.upper()} defines no data density (`has_density` is False): it "
+                         "has no denoiser to take likelihoods with")
     return model.net.denoise
 
 

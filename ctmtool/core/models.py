@@ -58,8 +58,8 @@ class Model:
         CTM, 0 for a GCTM, whose t, s lie in [0, 1]); a teacher's denoiser D(x, t) (s must be None)."""
         if not self.is_trajectory:
             if s is not None:
-                raise ValueError(f"{self.path or 'this model'} is a {self.kind} (a denoiser D(x, sigma)): call it as "
-                                 "model(x, sigma); the jump model(x, t, s) needs a CTM or a GCTM")
+                raise ValueError(f"{self.path or 'this model'} is a {self.kind} (a denoiser D(x, sigma)): "
+                                 "call it as model(x, sigma); the jump model(x, t, s) needs a CTM or a GCTM")
             return self.net.denoise(x, t, labels)
         return self.net.jump(x, t, float(self.net.default_schedule(1)[-1]) if s is None else s, labels)
 
@@ -106,12 +106,14 @@ def analytic_problem(preset: Preset) -> str | None:
     """Why `preset` has no analytic model (its data is not a toy Gaussian mixture), else None: the jobs layer
     refuses a user's preset with this message before `analytic_model` is called."""
     if preset.data.source != "toy" or preset.data.toy != "gmm" or preset.data.gmm is None:
-        return f"preset {preset.name!r} has no Gaussian-mixture data; the analytic teacher needs data.toy = 'gmm'"
+        return (f"preset {preset.name!r} has no Gaussian-mixture data; the analytic teacher needs "
+                "data.toy = 'gmm'")
     return None
 
 
 def analytic_model(preset: Preset) -> Model:
-    """The exact Gaussian-mixture denoiser of a toy GMM preset (ValueError for any other: `analytic_problem`)."""
+    """The exact Gaussian-mixture denoiser of a toy GMM preset (a ValueError for any other preset:
+    `analytic_problem`)."""
     problem = analytic_problem(preset)
     if problem is not None:
         raise ValueError(problem)

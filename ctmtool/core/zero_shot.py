@@ -71,9 +71,9 @@ def observed(task: str, y: torch.Tensor, hole: torch.Tensor | None = None, facto
 
 
 def check_task(task: str, shape: tuple[int, ...], factor: int = 8) -> None:
-    """What each task needs of the model's data shape: images; RGB to colourise; a super-resolution `factor` of
-    2 or more that divides the image size (ValueError otherwise; `ctmtool.jobs.plan.plan_restoration` checks a
-    user's request with it once)."""
+    """What each task needs of the model's data shape: images; RGB to colourise; a super-resolution
+    `factor` of 2 or more that divides the image size. A ValueError otherwise: the jobs layer's
+    `plan_restoration` checks a user's request with it once."""
     if task not in TASKS:
         raise ValueError(f"unknown zero-shot task {task!r}; choose among {', '.join(TASKS)}")
     if len(shape) != 3:

@@ -44,9 +44,9 @@ def check_memory(n: int, shape: tuple[int, ...], what: str = "`n`", copies: int 
 
 
 def join_process_group(device: torch.device) -> torch.device:
-    """Under torchrun: join its process group (`ctmtool.core.distributed.setup`) and return this rank's device;
-    the device unchanged without torchrun. A torch without torch.distributed, or a group that cannot be joined,
-    is a UserError."""
+    """Under torchrun: join its process group (`ctmtool.core.distributed.setup`) and return this rank's
+    device; the device unchanged without torchrun. A torch without torch.distributed, or a group that cannot
+    be joined, is a UserError."""
     try:
         return ddp.setup(device)
     except ValueError as err:

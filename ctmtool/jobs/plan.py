@@ -107,9 +107,10 @@ def plan_editing(model, level: float, *, nfe: int = 1, gamma: float = 0.0, batch
 
 def plan_restoration(model, level: float, task: str, *, factor: int = 8, nfe: int = 1, gamma: float = 1.0,
                      batch: int = 256) -> SamplingPlan:
-    """The plan of zero-shot restoration (`ctmtool.core.zero_shot.restore`) from `level` (`editing_level`): the
-    task checked against the model (`zero_shot.check_task`: an image model, RGB to colourise, a `factor` that
-    divides the image), then `nfe` jumps down to the end of the trajectory, as `plan_editing` plans them."""
+    """The plan of zero-shot restoration (`ctmtool.core.zero_shot.restore`) from `level` (`editing_level`):
+    the task checked against the model (`zero_shot.check_task`: an image model, RGB to colourise, a `factor`
+    that divides the image), then `nfe` jumps down to the end of the trajectory, as `plan_editing` plans
+    them."""
     if task not in TASKS:
         raise UserError(f"`restore` {task}: choose among {', '.join(TASKS)}")
     try:

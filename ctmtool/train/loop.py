@@ -297,9 +297,10 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
     micro = cfg.micro_batch or cfg.batch
     accum = cfg.batch // micro
     check_batch_memory(micro, tuple(data.shape), "the batch (or set micro_batch)")
-    if micro < ddp.world_size():  # every rank needs rows of its own
-        raise UserError(f"the micro-batch ({micro}) is smaller than the number of ranks ({ddp.world_size()}); "
-                        f"raise batch / micro_batch to at least {ddp.world_size()} or use fewer processes")
+    ranks = ddp.world_size()
+    if micro < ranks:  # every rank needs rows of its own
+        raise UserError(f"the micro-batch ({micro}) is smaller than the number of ranks ({ranks}); "
+                        f"raise batch / micro_batch to at least {ranks} or use fewer processes")
     main = ddp.is_main()
     data = data.to(device) if device.type == "cuda" else data
     order = torch.Generator().manual_seed(cfg.seed)

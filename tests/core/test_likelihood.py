@@ -240,7 +240,7 @@ def test_ctm_network_runs_through_g_and_gctm_is_refused():
 @pytest.mark.parametrize("kw", [dict(divergence="trace"), dict(probe_dist="uniform"), dict(method="rk45"),
                                 dict(probes=0), dict(rtol=0.0)])
 def test_bad_options_are_value_errors_of_the_maths(kw):
-    with pytest.raises(ValueError) as info:  # a user's options are checked by jobs/likelihood.NLLOptions.check
+    with pytest.raises(ValueError) as info:  # a user's options: jobs/likelihood.NLLOptions.check
         ODEOptions(**kw)
     assert not isinstance(info.value, UserError)
 

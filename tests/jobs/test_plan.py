@@ -22,6 +22,8 @@ from ctmtool.errors import UserError
 from ctmtool.jobs.likelihood import check_density
 from ctmtool.jobs.plan import plan_editing, plan_restoration, plan_translation
 from ctmtool.jobs.run_dirs import analytic_preset, checkpoint_file
+from ctmtool.metrics.quality import make_scorer
+from ctmtool.train.run import resolve_teacher
 from tests.cli.conftest import one_error_line, tiny_checkpoint, toy_points
 
 GREY, RGB = (1, 8, 8), (3, 8, 8)
@@ -51,8 +53,8 @@ def test_user_error_is_a_value_error():
     (RGB, "superres", 3, "super-resolution factor 3 must be at least 2 and divide the image size 8x8"),
     (RGB, "superres", 1, "super-resolution factor 1 must be at least 2"),
 ])
-def test_restoration_task_refused_once_by_the_plan_in_the_words_of_the_maths(make_model, tiny_preset, shape, task,
-                                                                          factor, words):
+def test_restoration_task_refused_once_by_the_plan_in_the_words_of_the_maths(make_model, tiny_preset, shape,
+                                                                          task, factor, words):
     model = make_model("ctm", shape, tiny_preset("digits", net="unet") if len(shape) == 3 else None)
     assert words in _maths_error(check_task, task, tuple(model.data_shape), factor)
     level = model.net.strength_level(1.0)
@@ -63,11 +65,16 @@ def test_restoration_plan_is_the_edit_schedule_and_checks_its_settings(make_mode
     model = make_model("ctm", RGB, tiny_preset("digits", net="unet"))
     level = model.net.strength_level(0.7)
     plan = plan_restoration(model, level, "superres", factor=4, nfe=3, gamma=0.5, batch=5)
-    assert torch.equal(plan.schedule, edit_schedule(model, level, 3)) and plan.gamma == 0.5 and plan.batch == 5
-    assert _user_error(plan_restoration, model, level, "inpaint", nfe=0) == "`nfe` must be at least 1 (got 0)"
-    assert _user_error(plan_restoration, model, level, "inpaint", batch=0) == "`batch` must be at least 1 (got 0)"
-    assert _user_error(plan_restoration, model, level, "inpaint", gamma=1.5) == "`gamma` must be in [0, 1], got 1.5"
-    assert _user_error(plan_restoration, model, level, "deblur").startswith("`restore` deblur: choose among")
+    assert torch.equal(plan.schedule, edit_schedule(model, level, 3))
+    assert (plan.solver, plan.gamma, plan.batch) == ("gamma", 0.5, 5)
+
+    def refused(task="inpaint", **settings):
+        return _user_error(plan_restoration, model, level, task, **settings)
+
+    assert refused(nfe=0) == "`nfe` must be at least 1 (got 0)"
+    assert refused(batch=0) == "`batch` must be at least 1 (got 0)"
+    assert refused(gamma=1.5) == "`gamma` must be in [0, 1], got 1.5"
+    assert refused("deblur").startswith("`restore` deblur: choose among")
     teacher = make_model("teacher", RGB, tiny_preset("digits", net="unet"))
     assert "editing needs a CTM or a GCTM" in _user_error(plan_restoration, teacher, 1.0, "inpaint")
     # the maths trusts the plan: an inpainting without a hole is a caller's mistake
@@ -85,7 +92,8 @@ def test_translation_and_editing_plans_word_counts_as_the_command_line_did(make_
     assert isinstance(plan_editing(ctm, level, nfe=2), SamplingPlan)
 
 
-def test_likelihood_analytic_and_run_directory_refused_by_jobs_not_by_the_maths(make_model, tiny_preset, tmp_path):
+def test_likelihood_analytic_and_run_directory_refused_by_jobs_not_by_the_maths(make_model, tiny_preset,
+                                                                                tmp_path):
     gctm = make_model("gctm", (2,), tiny_preset("toy-translate"))
     assert "no data density" in _maths_error(model_denoiser, gctm)
     assert _user_error(check_density, gctm).startswith("a GCTM transports one distribution to another")
@@ -93,6 +101,9 @@ def test_likelihood_analytic_and_run_directory_refused_by_jobs_not_by_the_maths(
     digits = load_preset("digits")
     assert _maths_error(analytic_model, digits) == _user_error(analytic_preset, digits)
     assert analytic_preset(load_preset("toy")).name == "toy"
+    problem = _maths_error(analytic_model, digits)
+    assert _user_error(make_scorer, "logp", digits) == problem  # `sample sweep --metric logp`
+    assert _user_error(resolve_teacher, load_preset("digits", ["ctm.teacher=analytic"]), None, "cpu") == problem
     (tmp_path / "empty").mkdir()
     assert _maths_error(load_model, tmp_path / "empty") == _user_error(checkpoint_file, tmp_path / "empty")
     ckpt = tiny_checkpoint(tmp_path / "run" / "c.safetensors")
