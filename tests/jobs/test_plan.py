@@ -132,6 +132,9 @@ def test_the_command_line_says_each_refusal_in_one_line(tmp_path, monkeypatch, m
     tr = ["translate", "p.npz", "--ckpt", str(gctm), "--out", "o.npz"]
     assert _cli([*tr, "--nfe", "0"]) == "error: --nfe must be at least 1 (got 0)"
     assert _cli([*tr, "--batch", "0"]) == "error: --batch must be at least 1 (got 0)"
+    points_ctm = tiny_checkpoint(tmp_path / "c.safetensors")  # before issue 23 a traceback (the centre hole of 2-D)
+    assert _cli(["translate", "edit", "p.npz", "--ckpt", str(points_ctm), "--out", "o.npz", "--restore",
+                 "inpaint"]) == "error: zero-shot restoration is for image models"
     assert _cli(["likelihood", "p.npz", "--ckpt", str(gctm), "--device", "cpu"]).startswith(
         "error: a GCTM transports one distribution to another and defines no data density")
     (tmp_path / "empty").mkdir()
