@@ -103,7 +103,8 @@ def test_likelihood_analytic_and_run_directory_refused_by_jobs_not_by_the_maths(
     assert analytic_preset(load_preset("toy")).name == "toy"
     problem = _maths_error(analytic_model, digits)
     assert _user_error(make_scorer, "logp", digits) == problem  # `sample sweep --metric logp`
-    assert _user_error(resolve_teacher, load_preset("digits", ["ctm.teacher=analytic"]), None, "cpu") == problem
+    analytic_digits = load_preset("digits", ["ctm.teacher=analytic"])
+    assert _user_error(resolve_teacher, analytic_digits, None, "cpu") == problem
     (tmp_path / "empty").mkdir()
     assert _maths_error(load_model, tmp_path / "empty") == _user_error(checkpoint_file, tmp_path / "empty")
     ckpt = tiny_checkpoint(tmp_path / "run" / "c.safetensors")
@@ -132,7 +133,7 @@ def test_the_command_line_says_each_refusal_in_one_line(tmp_path, monkeypatch, m
     tr = ["translate", "p.npz", "--ckpt", str(gctm), "--out", "o.npz"]
     assert _cli([*tr, "--nfe", "0"]) == "error: --nfe must be at least 1 (got 0)"
     assert _cli([*tr, "--batch", "0"]) == "error: --batch must be at least 1 (got 0)"
-    points_ctm = tiny_checkpoint(tmp_path / "c.safetensors")  # before issue 23 a traceback (the centre hole of 2-D)
+    points_ctm = tiny_checkpoint(tmp_path / "c.safetensors")  # before: a traceback (a 2-D centre hole)
     assert _cli(["translate", "edit", "p.npz", "--ckpt", str(points_ctm), "--out", "o.npz", "--restore",
                  "inpaint"]) == "error: zero-shot restoration is for image models"
     assert _cli(["likelihood", "p.npz", "--ckpt", str(gctm), "--device", "cpu"]).startswith(
