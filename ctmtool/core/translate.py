@@ -2,12 +2,19 @@
 Sec. 3), or `nfe` jumps along the model's time grid with gamma-sampling (`ctmtool.core.sampling.gamma_sample`).
 
 Editing (SDEdit, strokes) works for CTMs and GCTMs alike and lives in `ctmtool.core.editing`.
+
+Latent manipulation (`manipulate`): a GCTM trained with the class-Gaussian `latent` coupling (1202kbs/GCTM
+couplings.py 118-130) sends the Gaussian N(mu_c, diag s_c^2) of class c to the class's data. An input x0 of
+class a is encoded to its source point x1 by solving the model's own ODE from t = 0 up to t = 1 (`encode`),
+x1 is moved into class b's Gaussian (`move_latent`: mu_b + (s_b / s_a)(x1 - mu_a), a shift by mu_b - mu_a
+when the stds agree), and decoded by one jump G(x1', 1, 0) (or `nfe` jumps).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ctmtool.core import solvers
 from ctmtool.core.editing import Noise, finish
 from ctmtool.core.sampling import SamplingPlan, gamma_sample
 
@@ -33,3 +40,33 @@ def translate(model, x1: torch.Tensor, plan: SamplingPlan, noise: Noise | None =
     if source_noise > 0 and noise is not None:
         x = x + source_noise * noise()
     return finish(model, gamma_sample(model.net, x, plan.schedule, noise, labels, plan.gamma))
+
+
+def encode_schedule(model, steps: int) -> torch.Tensor:
+    """Levels of `steps` ODE steps from the smallest positive level of the model's grid up to its start
+    (t_min ~ 0.002 -> 1 for a GCTM): the grid of `steps` + 1 jumps, reversed, without its final 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    grid = model.net.default_schedule(steps + 1)
+    return grid[grid > 0].flip(0)
+
+
+@torch.no_grad()
+def encode(model, x0: torch.Tensor, steps: int = 18, labels=None) -> torch.Tensor:
+    """The source point of x0: Heun steps of the model's ODE dx/dt = (x - g(x, t, t)) / t from the data end
+    up to the source end (`encode_schedule`; x0 stands for x at t_min, an error of t_min |x1 - x0|); 2 `steps`
+    network evaluations. The trained jump G only goes down (s <= t), so encoding solves the ODE."""
+    if tuple(x0.shape[1:]) != tuple(model.data_shape):
+        raise ValueError(f"inputs of shape {tuple(x0.shape[1:])} do not match the model's {tuple(model.data_shape)}")
+    return solvers.heun(model.net, x0.float(), encode_schedule(model, steps), labels)
+
+
+@torch.no_grad()
+def manipulate(model, x0: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor, plan: SamplingPlan,
+               encode_steps: int = 18) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latent manipulation (module docstring): (x1 = encode(x0), x1 moved from class a to class b, the decoded
+    image of the moved latent along `plan` (`plan_translation`)). `model.net.move_latent` raises ValueError for a
+    model whose source has no classes."""
+    x1 = encode(model, x0, encode_steps)
+    moved = model.net.move_latent(x1, from_labels, to_labels)
+    return x1, moved, translate(model, moved, plan)
