@@ -4,7 +4,7 @@ A group whose sub-command is `edit`; any other first argument is INPUT of the de
 
     ctmtool translate INPUT --ckpt CKPT --out OUTPUT [--nfe N] [--gamma G] [--degrade] [--grid FILE] ...
     ctmtool translate edit IMAGE --ckpt CKPT --strength S --out OUTPUT [--strokes FILE [--mask FILE]] ...
-    ctmtool translate edit IMAGE --ckpt CKPT --to-class B [--from-class A] --out OUTPUT   (latent manipulation)
+    ctmtool translate edit IMAGE --ckpt CKPT --to-class B [--from-class A] --out OUTPUT  (latent manipulation)
 
 INPUT / IMAGE: a folder of images, a .zip, an .npz (key `samples`), one image file, or for 2-D models an
 .npz of float points (N, D). OUTPUT: a folder (one PNG per item, named after the inputs), an .npz (key
@@ -77,26 +77,31 @@ def _manipulate(rep: Reporter, image: str, ckpt: str, out: str, to_class: int, f
     from ctmtool.jobs.translation import manipulation_job
 
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
+    steps = 18 if encode_steps is None else encode_steps
     rep.result(manipulation_job(model, image, out, to_class=to_class, from_class=from_class,
-                                encode_steps=18 if encode_steps is None else encode_steps, nfe=nfe, grid=grid_path,
-                                batch=batch, device=dev, force=force, report=rep), title="latent manipulation")
+                                encode_steps=steps, nfe=nfe, grid=grid_path, batch=batch, device=dev,
+                                force=force, report=rep),
+               title="latent manipulation")
 
 
 def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float | None, strokes: str | None,
           mask: str | None, keep_unmasked: bool, nfe: int, gamma: float | None, grid: str | None, seed: int,
           batch: int, ema: str, device: str, force: bool, restore: str | None = None, factor: int = 8,
-          to_class: int | None = None, from_class: int | None = None, encode_steps: int | None = None) -> None:
+          to_class: int | None = None, from_class: int | None = None,
+          encode_steps: int | None = None) -> None:
     if to_class is not None:
         others = {"--strength": strength, "--strokes": strokes, "--mask": mask, "--restore": restore,
                   "--gamma": gamma, "--keep-unmasked": keep_unmasked or None}
         given = [k for k, v in others.items() if v is not None]
         if given:
-            raise UserError(f"latent manipulation (--to-class) takes no {', '.join(given)} (SDEdit / restoration "
-                            "options); drop them")
-        _manipulate(rep, image, ckpt, out, to_class, from_class, encode_steps, nfe, grid, batch, ema, device, force)
+            raise UserError(f"latent manipulation (--to-class) takes no {', '.join(given)} (SDEdit / "
+                            "restoration options); drop them")
+        _manipulate(rep, image, ckpt, out, to_class, from_class, encode_steps, nfe, grid, batch, ema, device,
+                    force)
         return
     if from_class is not None or encode_steps is not None:
-        raise UserError("--from-class and --encode-steps go with --to-class (latent manipulation); add --to-class B")
+        raise UserError("--from-class and --encode-steps go with --to-class (latent manipulation); "
+                        "add --to-class B")
     if restore is not None:
         _restore(rep, image, ckpt, out, restore, factor, 1.0 if strength is None else strength, mask, nfe,
                  1.0 if gamma is None else gamma, grid, seed, batch, ema, device, force, strokes, keep_unmasked)
@@ -207,13 +212,16 @@ def edit_cmd(
     mask: Annotated[str | None, typer.Option("--mask", metavar="FILE", help="White where the strokes apply "
                                     "[default: wherever STROKES differs from IMAGE]; with --restore inpaint: the hole.")] = None,
     keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked", help="Paste the original back outside the mask.")] = False,
-    to_class: Annotated[int | None, typer.Option("--to-class", metavar="B", help="Latent manipulation (a GCTM of "
-                        "coupling 'latent'): encode IMAGE to its latent by the model's ODE, move it from its class's "
-                        "Gaussian to class B's, decode in --nfe jumps.")] = None,
-    from_class: Annotated[int | None, typer.Option("--from-class", metavar="A", help="--to-class: the class of the "
-                          "inputs [default: their class sub-folders, or an .npz's labels].")] = None,
-    encode_steps: Annotated[int | None, typer.Option("--encode-steps", help="--to-class: Heun steps of the encoding "
-                            "ODE, 2 evaluations each [default: 18].")] = None,
+    to_class: Annotated[int | None, typer.Option(
+        "--to-class", metavar="B", help="Latent manipulation (a GCTM of coupling 'latent'): encode IMAGE "
+        "to its latent by the model's ODE, move it from its class's Gaussian to class B's, decode in --nfe "
+        "jumps.")] = None,
+    from_class: Annotated[int | None, typer.Option(
+        "--from-class", metavar="A", help="--to-class: the class of the inputs [default: their class "
+        "sub-folders, or an .npz's labels].")] = None,
+    encode_steps: Annotated[int | None, typer.Option(
+        "--encode-steps", help="--to-class: Heun steps of the encoding ODE, 2 evaluations each "
+        "[default: 18].")] = None,
     nfe: NfeOpt = 1,
     gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between "
                                                 "jumps [default: 0; 1 with --restore].")] = None,

@@ -179,10 +179,11 @@ class TrajectoryModel(nn.Module):
         """An editing strength in (0, 1] as this model's level (the same signal-to-noise ratio for every model)."""
         raise NotImplementedError
 
-    def move_latent(self, x: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor) -> torch.Tensor:
+    def move_latent(self, x: torch.Tensor, from_labels: torch.Tensor,
+                    to_labels: torch.Tensor) -> torch.Tensor:
         """Source points x of classes `from_labels` moved to classes `to_labels` (latent manipulation)."""
-        raise ValueError("this model's source has no classes to move a latent between; latent manipulation needs "
-                         "a GCTM trained with coupling 'latent'")
+        raise ValueError("this model's source has no classes to move a latent between; latent manipulation "
+                         "needs a GCTM trained with coupling 'latent'")
 
     def edit_schedule(self, level: float, nfe: int) -> torch.Tensor:
         """Levels of `nfe` jumps from `level` to the end of the trajectory."""
@@ -276,7 +277,7 @@ class GCTMPrecond(TrajectoryModel):
         gaussian_source: bool = True,   # the source x1 is Gaussian noise (independent / ot couplings)
         source_std: float = 1.0,        # per-dimension std of a Gaussian source (sqrt(1 + source_noise^2))
         label_range: tuple[float, float] | None = None,  # clamp t/(1-t) to [smin, smax] instead (official GCTM)
-        class_source: tuple[int, ...] | None = None,  # (K, *item shape): buffers for K class Gaussians (`latent`)
+        class_source: tuple[int, ...] | None = None,  # (K, *item shape): K class Gaussians (`latent`)
     ):
         super().__init__(net)
         self.var0, self.var1, self.cov01, self.t_min = var0, var1, cov01, t_min
@@ -328,8 +329,8 @@ class GCTMPrecond(TrajectoryModel):
         self.source_stds.copy_(source_stds)
 
     def move_latent(self, x, from_labels, to_labels):
-        """The affine map between class Gaussians, mu_b + (s_b / s_a)(x - mu_a): the optimal transport map from
-        N(mu_a, diag s_a^2) to N(mu_b, diag s_b^2); a shift by mu_b - mu_a when the stds are equal."""
+        """The affine map between class Gaussians, mu_b + (s_b / s_a)(x - mu_a): the optimal transport map
+        from N(mu_a, diag s_a^2) to N(mu_b, diag s_b^2); a shift by mu_b - mu_a when the stds are equal."""
         if not self.source_classes:
             return super().move_latent(x, from_labels, to_labels)
         a, b = (y.reshape(-1).long().to(x.device) for y in (from_labels, to_labels))

@@ -57,16 +57,17 @@ def encode(model, x0: torch.Tensor, steps: int = 18, labels=None) -> torch.Tenso
     up to the source end (`encode_schedule`; x0 stands for x at t_min, an error of t_min |x1 - x0|); 2 `steps`
     network evaluations. The trained jump G only goes down (s <= t), so encoding solves the ODE."""
     if tuple(x0.shape[1:]) != tuple(model.data_shape):
-        raise ValueError(f"inputs of shape {tuple(x0.shape[1:])} do not match the model's {tuple(model.data_shape)}")
+        raise ValueError(f"inputs of shape {tuple(x0.shape[1:])} do not match the model's "
+                         f"{tuple(model.data_shape)}")
     return solvers.heun(model.net, x0.float(), encode_schedule(model, steps), labels)
 
 
 @torch.no_grad()
-def manipulate(model, x0: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor, plan: SamplingPlan,
-               encode_steps: int = 18) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Latent manipulation (module docstring): (x1 = encode(x0), x1 moved from class a to class b, the decoded
-    image of the moved latent along `plan` (`plan_translation`)). `model.net.move_latent` raises ValueError for a
-    model whose source has no classes."""
+def manipulate(model, x0: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor,
+               plan: SamplingPlan, encode_steps: int = 18) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latent manipulation (module docstring): (x1 = encode(x0), x1 moved from class a to class b, the
+    decoded image of the moved latent along `plan` (`plan_translation`)). `model.net.move_latent` raises
+    ValueError for a model whose source has no classes."""
     x1 = encode(model, x0, encode_steps)
     moved = model.net.move_latent(x1, from_labels, to_labels)
     return x1, moved, translate(model, moved, plan)

@@ -19,9 +19,9 @@ Specs for `make_coupling` (GCTMConfig.coupling):
     dataset                x1 drawn independently from another data set ([gctm.source], e.g. a folder of
                            images): unpaired image-to-image translation between two data sets
     dataset-ot             the same, paired with x0 by minibatch OT
-    latent[:<sigma>]       x1 ~ N(mu_c, diag(s_c^2)) for an item of class c (GCTM's `latent` coupling, for latent
-                           manipulation): mu_c the mean of the class's items, s_c their per-dimension std, or
-                           the one number sigma for every class and dimension; needs labelled data
+    latent[:<sigma>]       x1 ~ N(mu_c, diag(s_c^2)) for an item of class c (GCTM's `latent` coupling, for
+                           latent manipulation): mu_c the mean of the class's items, s_c their per-dimension
+                           std, or the one number sigma for every class and dimension; needs labelled data
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ MIN_CLASS_STD = 1e-3  # floor of the per-dimension class stds of `latent` (image
 
 @torch.no_grad()
 def class_statistics(values: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None,
-                     sigma: float | None = None, min_std: float = MIN_CLASS_STD) -> tuple[torch.Tensor, torch.Tensor]:
+                     sigma: float | None = None,
+                     min_std: float = MIN_CLASS_STD) -> tuple[torch.Tensor, torch.Tensor]:
     """(means, stds), each (K, *item shape): the mean of each class's items and their per-dimension standard
     deviation (unbiased, at least `min_std`: a pixel constant over a class, such as a digit's border, keeps a
     proper Gaussian), or `sigma` everywhere when given; computed in float64, returned as float32."""
@@ -244,14 +245,16 @@ class LatentCoupling(Coupling):
     ):
         super().__init__(source_noise)
         if means.shape[0] != stds.shape[0] or means.shape[0] < 1:
-            raise ValueError(f"means {tuple(means.shape)} and stds {tuple(stds.shape)} must give the same classes")
+            raise ValueError(f"means {tuple(means.shape)} and stds {tuple(stds.shape)} must give the same "
+                             "classes")
         if not (stds > 0).all():
             raise ValueError("class stds must be positive")
         self.classes = int(means.shape[0])
         self._means, self._stds = means.float(), stds.float().expand_as(means).contiguous()
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, sigma: float | None = None, source_noise: float = 0.0) -> LatentCoupling:
+    def from_dataset(cls, ds: Dataset, sigma: float | None = None,
+                     source_noise: float = 0.0) -> LatentCoupling:
         """Class statistics of all of `ds`'s items (floats, images in [-1, 1]), as the training data."""
         if ds.labels is None:
             raise ValueError(f"{ds.name} has no labels")
@@ -415,8 +418,9 @@ def make_coupling(spec: str,
         sigma = _latent_sigma(spec, arg, valid)
         if data is None or data.labels is None:
             what = "the data" if data is None else data.name
-            raise SpecError(f"coupling {spec!r} pairs each item with a Gaussian around its class's mean, but {what} "
-                            "has no labels; use labelled data (class sub-folders, digits, cifar10) or another coupling")
+            raise SpecError(f"coupling {spec!r} pairs each item with a Gaussian around its class's mean, "
+                            f"but {what} has no labels; use labelled data (class sub-folders, digits, "
+                            "cifar10) or another coupling")
         try:
             return LatentCoupling.from_dataset(data, sigma, source_noise)
         except ValueError as err:
@@ -446,7 +450,8 @@ def dataset_sampler(ds: Dataset) -> Callable[[int, torch.Generator | None], torc
     return sample
 
 
-def coupling_from_config(cfg, gmm=None, source: Dataset | None = None, data: Dataset | None = None) -> Coupling:
+def coupling_from_config(cfg, gmm=None, source: Dataset | None = None,
+                         data: Dataset | None = None) -> Coupling:
     """The Coupling a preset's [gctm] section (GCTMConfig) describes (`source`: the loaded [gctm.source];
     `data`: the target data, whose class statistics the `latent` coupling takes)."""
     return make_coupling(cfg.coupling, cfg.source_noise, cfg.sinkhorn_reg, cfg.sinkhorn_iters, gmm=gmm,
@@ -454,11 +459,11 @@ def coupling_from_config(cfg, gmm=None, source: Dataset | None = None, data: Dat
 
 
 GAUSSIAN_SOURCES = ("independent", "ot")  # couplings whose source x1 is N(0, I) noise
-CLASS_SOURCES = ("latent",)  # couplings whose source is one Gaussian per class (latent manipulation)
 
 
 def coupling_kind(spec: str) -> str:
-    """The kind of a coupling spec: independent, ot, paired, corrupt, toy, toy-ot, dataset, dataset-ot or latent."""
+    """The kind of a coupling spec: independent, ot, paired, corrupt, toy, toy-ot, dataset, dataset-ot or
+    latent."""
     return spec.strip().partition(":")[0]
 
 
@@ -471,5 +476,6 @@ def item_shape(spec: str, data_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 __all__ = ["Coupling", "IndependentCoupling", "OTCoupling", "CorruptCoupling", "PairedCoupling",
-           "DistributionCoupling", "LatentCoupling", "Degradation", "class_statistics", "batch_moments", "split_side_by_side", "load_paired",
+           "DistributionCoupling", "LatentCoupling", "Degradation", "class_statistics", "batch_moments",
+           "split_side_by_side", "load_paired",
            "make_coupling", "coupling_from_config", "toy_sampler", "pool_sampler", "item_shape"]

@@ -174,26 +174,28 @@ def source_class_labels(model, n: int, class_label: int | None, data_labels: tor
     item, else the inputs' own (class sub-folders, an npz's `labels`); sub-folders named by numbers give those
     numbers (3/ and 7/ are classes 3 and 7, not 0 and 1)."""
     k = model.net.source_classes
-    if class_label is None and data_labels is not None and class_names and all(c.isdigit() for c in class_names):
+    numbered = bool(class_names) and all(c.isdigit() for c in class_names)
+    if class_label is None and data_labels is not None and numbered:
         data_labels = torch.tensor([int(c) for c in class_names], dtype=torch.long)[data_labels.long()]
     if class_label is not None:
         if not 0 <= class_label < k:
             raise UserError(f"`{option}` {class_label} is outside the model's {k} classes (0..{k - 1})")
         return torch.full((n,), class_label, dtype=torch.long)
     if data_labels is None:
-        raise UserError(f"the inputs carry no classes: give `{option}` K (the class they show), or inputs in class "
-                        "sub-folders (0/, 1/, ...)")
+        raise UserError(f"the inputs carry no classes: give `{option}` K (the class they show), or inputs in "
+                        "class sub-folders (0/, 1/, ...)")
     if int(data_labels.max()) >= k:
-        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {k}; give `{option}` K")
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {k}; "
+                        f"give `{option}` K")
     return data_labels.long()
 
 
-def manipulate_items(model, x: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor, plan: SamplingPlan,
-                     *, encode_steps: int = 18, device: torch.device | str = "cpu",
+def manipulate_items(model, x: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor,
+                     plan: SamplingPlan, *, encode_steps: int = 18, device: torch.device | str = "cpu",
                      progress: Advance = None) -> dict[str, torch.Tensor]:
-    """Latent manipulation (`ctmtool.core.translate.manipulate`) of every row of x, `plan.batch` rows at a time:
-    {latent, moved, output, round_trip} on the CPU (round_trip: the unmoved latent decoded, for the error of
-    encoding and decoding)."""
+    """Latent manipulation (`ctmtool.core.translate.manipulate`) of every row of x, `plan.batch` rows at a
+    time: {latent, moved, output, round_trip} on the CPU (round_trip: the unmoved latent decoded, for the
+    error of encoding and decoding)."""
     def one(xb, noise, lo, hi):
         a, b = from_labels[lo:hi].to(xb.device), to_labels[lo:hi].to(xb.device)
         x1, moved, out = manipulate(model, xb, a, b, plan, encode_steps)

@@ -74,8 +74,8 @@ def check_manipulation(model, to_class: int, encode_steps: int = 18) -> int:
     if not k:
         coupling = model.preset.gctm.coupling if model.preset.gctm is not None else None
         how = f"coupling {coupling!r}" if coupling else f"a {model.kind} checkpoint"
-        raise UserError(f"{what(model)} is {how}: `to_class` moves a latent between the class Gaussians of a GCTM "
-                        "trained with coupling 'latent' (e.g. `ctmtool distill --preset digits-latent`)")
+        raise UserError(f"{what(model)} is {how}: `to_class` moves a latent between the class Gaussians of a "
+                        "GCTM trained with coupling 'latent' (e.g. `ctmtool distill --preset digits-latent`)")
     if not 0 <= to_class < k:
         raise UserError(f"`to_class` {to_class} is outside the model's {k} classes (0..{k - 1})")
     if encode_steps < 1:

@@ -180,13 +180,15 @@ def manipulation_job(model, image: str, out: str, *, to_class: int, from_class: 
     y = res["output"]
     cols = [x, res["latent"], res["moved"], y]
     titles = ["input", "latent x1 (encoded)", f"moved to class {to_class}", "decoded"]
-    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False),
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names,
+                                           grid=False),
                        grid and (lambda: _grid(cols, grid, model, titles)))
     rmse = (res["round_trip"] - x).flatten(1).square().mean(1).sqrt()
     return {**info, "n": len(y), "to_class": to_class,
             "from_class": from_class if from_class is not None else "from the inputs",
             "moved_items": int((a != b).sum()), "encode_steps": encode_steps, "encode_nfe": 2 * encode_steps,
             "nfe": nfe, "coupling": model.preset.gctm.coupling, "checkpoint": str(model.path),
-            "round_trip_rmse": round(float(rmse.mean()), 6), "latent_shift": _norm_mean(res["moved"] - res["latent"]),
+            "round_trip_rmse": round(float(rmse.mean()), 6),
+            "latent_shift": _norm_mean(res["moved"] - res["latent"]),
             "mean_change": _norm_mean(y - x),
             "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}

@@ -236,5 +236,6 @@ def gctm_objective(
                     g.dsm_times, d.p_mean, d.p_std, d.sigma_min, d.sigma_max, d.rho, grid_fraction=g.dsm_grid_fraction,
                     compare_zero=compare_zero, time_sampler=g.time_sampler, beta=g.t_ctm_beta, fine_grid=fine)
     terms = GCTMTerms(loss, coupling, moments, flip_pairs, spec=g.coupling, double_every=g.double_every,
-                      fine_steps=g.dsm_grid or 1024, grid_range=(d.sigma_min, d.sigma_max, d.rho), extra_meta=extra)
+                      fine_steps=g.dsm_grid or 1024, grid_range=(d.sigma_min, d.sigma_max, d.rho),
+                      extra_meta=extra)
     return TrajectoryObjective(preset, data_shape, device, "gctm", net, terms)

@@ -45,8 +45,8 @@ def _digits(root, classes=(3, 7), per_class=3, sub_folders=True):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("latent")
-    r = _run("distill", "--preset", "digits-latent", "--run-dir", root / "run", "--kimg", "0.128", "--device", "cpu",
-             "--json", *_sets(*TINY))
+    r = _run("distill", "--preset", "digits-latent", "--run-dir", root / "run", "--kimg", "0.128",
+             "--device", "cpu", "--json", *_sets(*TINY))
     assert r.exit_code == 0, r.stderr
     return root, json.loads(r.stdout)["checkpoint"]
 
@@ -72,8 +72,8 @@ def test_to_class_moves_every_input_and_writes_outputs_and_grid(trained, tmp_pat
     assert res["from_class"] == "from the inputs" and res["latent_shift"] > 0 and res["round_trip_rmse"] >= 0
     assert len(list((tmp_path / "out").iterdir())) == 6 and (tmp_path / "grid.png").stat().st_size > 0
     # sub-folders named 3/ and 7/ are classes 3 and 7: moving to 7 leaves the 7s where they are
-    r = _run("translate", "edit", src, "--ckpt", ckpt, "--to-class", 7, "-o", tmp_path / "o7", "--encode-steps", 2,
-             "--device", "cpu", "--json")
+    r = _run("translate", "edit", src, "--ckpt", ckpt, "--to-class", 7, "-o", tmp_path / "o7",
+             "--encode-steps", 2, "--device", "cpu", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["moved_items"] == 3
 
@@ -98,17 +98,17 @@ def test_moving_to_the_own_class_is_the_round_trip(trained, tmp_path):
 def test_refusals_are_one_line(trained, tmp_path):
     root, ckpt = trained
     flat = _digits(tmp_path / "flat", sub_folders=False)
-    line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--to-class", 1, "-o", tmp_path / "o1",
-                               "--device", "cpu"))
+    line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--to-class", 1,
+                               "-o", tmp_path / "o1", "--device", "cpu"))
     assert "--from-class" in line and "sub-folders" in line
-    line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--to-class", 10, "-o", tmp_path / "o2",
-                               "--device", "cpu"))
+    line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--to-class", 10,
+                               "-o", tmp_path / "o2", "--device", "cpu"))
     assert "0..9" in line
     line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--to-class", 1, "--strength", 0.5,
                                "-o", tmp_path / "o3", "--device", "cpu"))
     assert "--strength" in line
-    line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--from-class", 1, "-o", tmp_path / "o4",
-                               "--device", "cpu"))
+    line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--from-class", 1,
+                               "-o", tmp_path / "o4", "--device", "cpu"))
     assert "--to-class" in line
     # a GCTM without a class source (toy-translate), and a CTM
     for kind, preset in (("gctm", "toy-translate"), ("ctm", "toy")):
@@ -123,6 +123,7 @@ def test_refusals_are_one_line(trained, tmp_path):
 
 def test_training_on_unlabelled_data_is_refused_in_one_line(tmp_path):
     flat = _digits(tmp_path / "flat", sub_folders=False)
-    line = one_error_line(_run("distill", "--preset", "digits-latent", "--data", flat, "--run-dir", tmp_path / "run",
-                               "--kimg", "0.064", "--device", "cpu", *_sets(*TINY, "data.source=folder")))
+    line = one_error_line(_run("distill", "--preset", "digits-latent", "--data", flat, "--run-dir",
+                               tmp_path / "run", "--kimg", "0.064", "--device", "cpu",
+                               *_sets(*TINY, "data.source=folder")))
     assert "no labels" in line and "latent" in line

@@ -48,7 +48,8 @@ def test_class_statistics_are_the_per_class_mean_and_unbiased_std():
 
 
 def test_pairs_follow_the_official_formula_draw_for_draw():
-    """1202kbs/GCTM: X1 = mus[y0] + randn_like(X0) * stds[y0]; the same noise gives the same x1, bit for bit."""
+    """1202kbs/GCTM: X1 = mus[y0] + randn_like(X0) * stds[y0]; the same noise gives the same x1, bit for
+    bit."""
     ds = class_toy(512)
     means, stds = C.class_statistics(ds.values, ds.labels, 3)
     cp = C.LatentCoupling(means, stds)
@@ -63,7 +64,8 @@ def test_pairs_follow_the_official_formula_draw_for_draw():
 
 def test_pairs_have_the_class_conditional_moments_in_closed_form():
     """Given class c, x1 ~ N(mu_c, diag s_c^2) independent of x0: mean, variance and Cov(x0, x1 | c) = 0,
-    within 5 standard errors; overall Cov(x0, x1) is the spread of the class means (the law of total covariance)."""
+    within 5 standard errors; overall Cov(x0, x1) is the spread of the class means (the law of total
+    covariance)."""
     ds = class_toy()
     cp = C.make_coupling("latent", data=ds)
     x0, y = ds.get(torch.arange(len(ds)))
