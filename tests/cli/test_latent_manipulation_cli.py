@@ -107,6 +107,9 @@ def test_refusals_are_one_line(trained, tmp_path):
     line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--to-class", 1, "--strength", 0.5,
                                "-o", tmp_path / "o3", "--device", "cpu"))
     assert "--strength" in line
+    line = one_error_line(_run("translate", flat, "--ckpt", ckpt, "--class", 1, "-o", tmp_path / "o5",
+                               "--device", "cpu"))
+    assert "--to-class" in line and "source" in line
     line = one_error_line(_run("translate", "edit", flat, "--ckpt", ckpt, "--from-class", 1,
                                "-o", tmp_path / "o4", "--device", "cpu"))
     assert "--to-class" in line
@@ -118,7 +121,7 @@ def test_refusals_are_one_line(trained, tmp_path):
         line = one_error_line(_run("translate", "edit", pts, "--ckpt", other, "--to-class", 1, "-o",
                                    tmp_path / f"{kind}.npz", "--device", "cpu"))
         assert "coupling 'latent'" in line
-    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4", "gctm.npz", "ctm.npz"))
+    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4", "o5", "gctm.npz", "ctm.npz"))
 
 
 def test_training_on_unlabelled_data_is_refused_in_one_line(tmp_path):
