@@ -26,6 +26,7 @@ Specs for `make_coupling` (GCTMConfig.coupling):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -202,34 +203,56 @@ class DistributionCoupling(Coupling):
 MIN_CLASS_STD = 1e-3  # floor of the per-dimension class stds of `latent` (images in [-1, 1])
 
 
+STATS_CHUNK = 4096  # items per chunk of the class statistics (CIFAR-10 in float64 at once would be 1.2 GB)
+
+
 @torch.no_grad()
 def class_statistics(values: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None,
                      sigma: float | None = None,
                      min_std: float = MIN_CLASS_STD) -> tuple[torch.Tensor, torch.Tensor]:
     """(means, stds), each (K, *item shape): the mean of each class's items and their per-dimension standard
     deviation (unbiased, at least `min_std`: a pixel constant over a class, such as a digit's border, keeps a
-    proper Gaussian), or `sigma` everywhere when given; computed in float64, returned as float32."""
+    proper Gaussian), or `sigma` everywhere when given; in float64, STATS_CHUNK items at a time (two passes),
+    returned as float32."""
     labels = labels.reshape(-1).long().cpu()
     if values.shape[0] != labels.shape[0]:
         raise ValueError(f"{values.shape[0]} items but {labels.shape[0]} labels")
+    n = values.shape[0]
+
+    def chunks():
+        for i in range(0, n, STATS_CHUNK):
+            yield values[i:i + STATS_CHUNK], labels[i:i + STATS_CHUNK]
+
     k = int(labels.max()) + 1 if num_classes is None else num_classes
-    counts = torch.bincount(labels, minlength=k)
-    if labels.min() < 0 or counts.numel() > k:
-        raise ValueError(f"labels must lie in 0..{k - 1}")
+    return _class_statistics(chunks, k, tuple(values.shape[1:]), sigma, min_std)
+
+
+def _class_statistics(chunks: Callable, k: int, shape: tuple[int, ...], sigma: float | None,
+                      min_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """class_statistics over `chunks()` -> (x, labels) pieces (called once, or twice for the stds)."""
+    d = math.prod(shape)
+    counts = torch.zeros(k, dtype=torch.long)
+    sums = torch.zeros(k, d, dtype=torch.float64)
+    for x, y in chunks():
+        y = y.reshape(-1).long().cpu()
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise ValueError(f"labels must lie in 0..{k - 1}")
+        counts += torch.bincount(y, minlength=k)
+        sums.index_add_(0, y, x.detach().cpu().double().reshape(len(y), d))
     few = [c for c in range(k) if counts[c] < (1 if sigma is not None else 2)]
     if few:
         raise ValueError(f"class(es) {few} have too few items for a class Gaussian (each class needs "
                          f"{1 if sigma is not None else 2})")
-    x = values.detach().cpu().double().flatten(1)
-    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
     means = sums / counts[:, None]
     if sigma is not None:
         stds = torch.full_like(means, float(sigma))
     else:
-        sq = torch.zeros_like(means).index_add_(0, labels, (x - means[labels]).square())
+        sq = torch.zeros_like(means)
+        for x, y in chunks():
+            y = y.reshape(-1).long().cpu()
+            sq.index_add_(0, y, (x.detach().cpu().double().reshape(len(y), d) - means[y]).square())
         stds = (sq / (counts[:, None] - 1)).sqrt().clamp_min(min_std)
-    shape = (k, *values.shape[1:])
-    return means.float().reshape(shape), stds.float().reshape(shape)
+    return means.float().reshape(k, *shape), stds.float().reshape(k, *shape)
 
 
 class LatentCoupling(Coupling):
@@ -256,10 +279,16 @@ class LatentCoupling(Coupling):
     def from_dataset(cls, ds: Dataset, sigma: float | None = None,
                      source_noise: float = 0.0) -> LatentCoupling:
         """Class statistics of all of `ds`'s items (floats, images in [-1, 1]), as the training data."""
-        if ds.labels is None:
+        if ds.labels is None or len(ds) == 0:
             raise ValueError(f"{ds.name} has no labels")
-        x, y = ds.get(torch.arange(len(ds)))
-        return cls(*class_statistics(x, y, max(ds.num_classes or 0, int(y.max()) + 1), sigma), source_noise)
+        n = len(ds)
+
+        def chunks():  # float items (images in [-1, 1]) a chunk at a time, as class_statistics takes them
+            for i in range(0, n, STATS_CHUNK):
+                yield ds.get(torch.arange(i, min(n, i + STATS_CHUNK)))
+
+        k = max(ds.num_classes or 0, int(ds.labels.max()) + 1)
+        return cls(*_class_statistics(chunks, k, ds.shape, sigma, MIN_CLASS_STD), source_noise)
 
     def source_state(self) -> dict[str, torch.Tensor]:
         return {"source_means": self._means, "source_stds": self._stds}

@@ -47,6 +47,22 @@ def test_class_statistics_are_the_per_class_mean_and_unbiased_std():
     assert bool((sd == C.MIN_CLASS_STD).all())
 
 
+def test_statistics_in_chunks_match_and_the_dataset_path_agrees(monkeypatch):
+    """Chunked two-pass statistics (CIFAR-10 does not fit in float64 at once) equal the one-shot numpy ones;
+    LatentCoupling.from_dataset (chunks of ds.get) gives the same tensors as class_statistics."""
+    monkeypatch.setattr(C, "STATS_CHUNK", 7)
+    ds = class_toy(300)
+    means, stds = C.class_statistics(ds.values, ds.labels, 3)
+    x, y = ds.values.double().numpy(), ds.labels.numpy()
+    for c in range(3):
+        assert np.allclose(means[c].numpy(), x[y == c].mean(0), atol=1e-6)
+        assert np.allclose(stds[c].numpy(), x[y == c].std(0, ddof=1), atol=1e-6)
+    st = C.LatentCoupling.from_dataset(ds).source_state()
+    assert torch.equal(st["source_means"], means) and torch.equal(st["source_stds"], stds)
+    with pytest.raises(ValueError, match="too few items"):
+        C.class_statistics(ds.values[:5], torch.zeros(5, dtype=torch.long), 2)
+
+
 def test_pairs_follow_the_official_formula_draw_for_draw():
     """1202kbs/GCTM: X1 = mus[y0] + randn_like(X0) * stds[y0]; the same noise gives the same x1, bit for
     bit."""
