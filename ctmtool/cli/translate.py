@@ -220,8 +220,8 @@ def edit_cmd(
         "--from-class", metavar="A", help="--to-class: the class of the inputs [default: their class "
         "sub-folders, or an .npz's labels].")] = None,
     encode_steps: Annotated[int | None, typer.Option(
-        "--encode-steps", help="--to-class: Heun steps of the encoding ODE, 2 evaluations each "
-        "[default: 18].")] = None,
+        "--encode-steps", help="--to-class: Heun steps of the encoding ODE (2 evaluations each, plus "
+        "one) [default: 18].")] = None,
     nfe: NfeOpt = 1,
     gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between "
                                                 "jumps [default: 0; 1 with --restore].")] = None,

@@ -53,13 +53,17 @@ def encode_schedule(model, steps: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(model, x0: torch.Tensor, steps: int = 18, labels=None) -> torch.Tensor:
-    """The source point of x0: Heun steps of the model's ODE dx/dt = (x - g(x, t, t)) / t from the data end
-    up to the source end (`encode_schedule`; x0 stands for x at t_min, an error of t_min |x1 - x0|); 2 `steps`
-    network evaluations. The trained jump G only goes down (s <= t), so encoding solves the ODE."""
+    """The source point of x0: the model's ODE dx/dt = (x - g(x, t, t)) / t solved from the data end t = 0 up
+    to the source end t = 1 (the trained jump G only goes down, s <= t): an Euler step from 0 to the grid's
+    first level t_1 with the velocity at (x0, t_1) (at t = 0 it is 0/0), then `steps` Heun steps along
+    `encode_schedule`; 2 `steps` + 1 network evaluations."""
     if tuple(x0.shape[1:]) != tuple(model.data_shape):
         raise ValueError(f"inputs of shape {tuple(x0.shape[1:])} do not match the model's "
                          f"{tuple(model.data_shape)}")
-    return solvers.heun(model.net, x0.float(), encode_schedule(model, steps), labels)
+    sched, x = encode_schedule(model, steps), x0.float()
+    t1 = sched[:1].to(device=x.device, dtype=torch.float32).expand(x.shape[0])
+    x = 2 * x - model.net.denoise(x, t1, labels).float()  # x + t_1 (x - g(x, t_1, t_1)) / t_1
+    return solvers.heun(model.net, x, sched, labels)
 
 
 @torch.no_grad()

@@ -68,7 +68,7 @@ def test_to_class_moves_every_input_and_writes_outputs_and_grid(trained, tmp_pat
              "--grid", tmp_path / "grid.png", "--encode-steps", 4, "--device", "cpu", "--json")
     assert r.exit_code == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res["n"] == 6 and res["to_class"] == 1 and res["moved_items"] == 6 and res["encode_nfe"] == 8
+    assert res["n"] == 6 and res["to_class"] == 1 and res["moved_items"] == 6 and res["encode_nfe"] == 9
     assert res["from_class"] == "from the inputs" and res["latent_shift"] > 0 and res["round_trip_rmse"] >= 0
     assert len(list((tmp_path / "out").iterdir())) == 6 and (tmp_path / "grid.png").stat().st_size > 0
     # sub-folders named 3/ and 7/ are classes 3 and 7: moving to 7 leaves the 7s where they are
