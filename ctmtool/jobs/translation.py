@@ -186,7 +186,8 @@ def manipulation_job(model, image: str, out: str, *, to_class: int, from_class: 
     rmse = (res["round_trip"] - x).flatten(1).square().mean(1).sqrt()
     return {**info, "n": len(y), "to_class": to_class,
             "from_class": from_class if from_class is not None else "from the inputs",
-            "moved_items": int((a != b).sum()), "encode_steps": encode_steps, "encode_nfe": 2 * encode_steps + 1,
+            "moved_items": int((a != b).sum()), "encode_steps": encode_steps,
+            "encode_nfe": 2 * encode_steps + 1,
             "nfe": nfe, "coupling": model.preset.gctm.coupling, "checkpoint": str(model.path),
             "round_trip_rmse": round(float(rmse.mean()), 6),
             "latent_shift": _norm_mean(res["moved"] - res["latent"]),
