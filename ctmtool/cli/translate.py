@@ -32,7 +32,6 @@ from ctmtool.cli.common import (
     OutOpt,
     Reporter,
     RequiredCkptOpt,
-    at_least,
     check_output,
     handle_errors,
     limits,
@@ -124,11 +123,8 @@ def _restore(rep: Reporter, image: str, ckpt: str, out: str, task: str, factor: 
              mask: str | None, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
              device: str, force: bool, strokes: str | None, keep_unmasked: bool) -> None:
     """`translate edit IMAGE --restore TASK`: zero-shot inpainting / colourisation / super-resolution."""
-    from ctmtool.core.zero_shot import TASKS
     from ctmtool.jobs.translation import restore_job
 
-    if task not in TASKS:
-        raise UserError(f"--restore {task}: choose among {', '.join(TASKS)}")
     if strokes is not None or keep_unmasked:
         raise UserError("--strokes and --keep-unmasked are for stroke editing, not --restore")
     if mask is not None and task != "inpaint":
@@ -185,8 +181,7 @@ def translate_cmd(
     with --out -).
     """
     rep = Reporter(json_out, data_on_stdout=out == "-")
-    at_least(1, nfe=nfe, batch=batch)
-    limits(rep, no_limits, nfe=nfe)
+    limits(rep, no_limits, nfe=nfe)  # --nfe and --batch below 1: refused once, by the plan (jobs/plan.py)
     _translate(rep, source, str(ckpt), out, nfe, gamma, degrade, grid, seed, batch, ema, device, force, metrics, ref,
                class_label)
 
@@ -239,8 +234,7 @@ def edit_cmd(
     --mask), and --keep-unmasked pastes the original back outside it; --restore: zero-shot restoration;
     --to-class B: latent manipulation with a GCTM of coupling 'latent'."""
     rep = Reporter(json_out, data_on_stdout=out == "-")
-    at_least(1, nfe=nfe, batch=batch, encode_steps=encode_steps)
-    limits(rep, no_limits, nfe=nfe)
+    limits(rep, no_limits, nfe=nfe)  # --nfe and --batch below 1: refused once, by the plan (jobs/plan.py)
     _edit(rep, image, str(ckpt), out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
           device, force, restore, factor, to_class, from_class, encode_steps)
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ctmtool.core import distributed as ddp
 from ctmtool.core.editing import sdedit, stroke_edit
 from ctmtool.core.noise import ImageNoise
 from ctmtool.core.sampling import SamplingPlan, distributed_generate, generate
 from ctmtool.core.translate import manipulate, translate
 from ctmtool.core.zero_shot import restore
 from ctmtool.errors import UserError
-from ctmtool.jobs.plan import check_editable
 
 Advance = Callable[[int], None] | None
 
@@ -41,6 +41,16 @@ def check_memory(n: int, shape: tuple[int, ...], what: str = "`n`", copies: int 
     if free is not None and need > 0.8 * free:
         raise UserError(f"{n} items of shape {tuple(shape)} need about {need / 2**30:.1f} GiB, more than the "
                         f"{free / 2**30:.1f} GiB of free memory; lower {what}")
+
+
+def join_process_group(device: torch.device) -> torch.device:
+    """Under torchrun: join its process group (`ctmtool.core.distributed.setup`) and return this rank's
+    device; the device unchanged without torchrun. A torch without torch.distributed, or a group that cannot
+    be joined, is a UserError."""
+    try:
+        return ddp.setup(device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def _out_of_memory(err: BaseException) -> UserError:
@@ -210,17 +220,16 @@ def manipulate_items(model, x: torch.Tensor, from_labels: torch.Tensor, to_label
     return dict(zip(("latent", "moved", "output", "round_trip"), y.unbind(1), strict=True))
 
 
-def restore_items(model, y: torch.Tensor, task: str, level: float, *, hole: torch.Tensor | None = None,
-                  factor: int = 8, nfe: int = 1, gamma: float = 1.0, seed: int = 0, batch: int = 256,
-                  device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
-    """Zero-shot restoration (`ctmtool.core.zero_shot.restore`) of every row of y; item i's noise from seed + i."""
-    check_editable(model, level)
-
+def restore_items(model, y: torch.Tensor, task: str, plan: SamplingPlan, *, hole: torch.Tensor | None = None,
+                  factor: int = 8, seed: int = 0, device: torch.device | str = "cpu",
+                  progress: Advance = None) -> torch.Tensor:
+    """Zero-shot restoration (`ctmtool.core.zero_shot.restore`) of every row of y along `plan`
+    (`plan_restoration`), `plan.batch` rows at a time; item i's noise from seed + i."""
     def one(yb, noise, lo, hi):
         hb = None if hole is None else (hole if len(hole) == 1 else hole[lo:hi]).to(yb.device)
-        return restore(model, yb, task, level, nfe, noise, gamma=gamma, hole=hb, factor=factor)
+        return restore(model, yb, task, plan, noise, hole=hb, factor=factor)
 
-    return _batched(one, y, model, seed, batch, device, progress)
+    return _batched(one, y, model, seed, plan.batch, device, progress)
 
 
 def edit_items(model, x: torch.Tensor, level: float, plan: SamplingPlan, *, strokes: torch.Tensor | None = None,

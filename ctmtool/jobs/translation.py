@@ -1,6 +1,7 @@
-"""Translation and editing as jobs: inputs loaded and fitted to the model, the plan settled once
-(`plan_translation`, `editing_level` + `plan_editing`), every item run with its own seed, the outputs (and
-an optional side-by-side grid) written, and the summary statistics returned as one dict for the CLI to show.
+"""Translation, editing and zero-shot restoration as jobs: inputs loaded and fitted to the model, the plan
+settled once (`plan_translation`; `editing_level` + `plan_editing` or `plan_restoration`), every item run with
+its own seed, the outputs (and an optional side-by-side grid) written, and the summary statistics returned as
+one dict for the CLI to show.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ctmtool.core.editing import composite
-from ctmtool.core.zero_shot import centre_hole, check_task, observed
+from ctmtool.core.zero_shot import centre_hole, observed
 from ctmtool.jobs import inputs
 from ctmtool.jobs.items import (
     class_labels,
@@ -22,7 +23,13 @@ from ctmtool.jobs.items import (
     translate_items,
 )
 from ctmtool.jobs.outputs import check_out, write_items
-from ctmtool.jobs.plan import check_manipulation, editing_level, plan_editing, plan_translation
+from ctmtool.jobs.plan import (
+    check_manipulation,
+    editing_level,
+    plan_editing,
+    plan_restoration,
+    plan_translation,
+)
 from ctmtool.jobs.plots import preset_view, save_png, side_by_side
 from ctmtool.jobs.restoration_refs import references
 from ctmtool.jobs.streams import input_path
@@ -136,6 +143,7 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
     """`ctmtool translate edit --restore TASK`: zero-shot restoration (`ctmtool.core.zero_shot`) of the images of
     `image` into `out`; returns the summary."""
     level = editing_level(model, strength)
+    plan = plan_restoration(model, level, task, factor=factor, nfe=nfe, gamma=gamma, batch=batch)
     out_path = check_out(out, model.is_image, force)
     with input_path(image) as staged:
         data = inputs.load_inputs(staged, model, log=report.log)
@@ -143,12 +151,10 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
     check_out(out, model.is_image, force, one_png_for=len(y))
     hole = inputs.load_mask(mask, model, len(y), report.log) if mask is not None else (
         centre_hole(tuple(model.data_shape)) if task == "inpaint" else None)
-    check_task(task, tuple(model.data_shape), factor, hole)
     report.log(f"zero-shot {task} of {len(y)} images with {model.path} ({model.kind}), {nfe} jumps from level "
                f"{level:.4g}, gamma {gamma}")
     x, seconds = _timed(report, len(y), task, lambda adv: restore_items(
-        model, y, task, level, hole=hole, factor=factor, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=device,
-        progress=adv))
+        model, y, task, plan, hole=hole, factor=factor, seed=seed, device=device, progress=adv))
     seen = observed(task, y, None if hole is None else hole.expand(len(y), -1, -1, -1), factor)
     info = _write_both(lambda: write_items(x, out_path, model.is_image, inputs=seen, names=data.names, grid=False),
                        grid and (lambda: _grid([y, seen, x], grid, model, ["input", "observed", f"restored ({task})"])))
