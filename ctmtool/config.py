@@ -306,8 +306,7 @@ class FIDConfig(Strict):
 class GCTMConfig(Strict):
     """Generalised CTM between two distributions (GCTM paper, Kim et al. 2024b)."""
 
-    # independent | ot | paired[:left|right] | corrupt:<op> | toy:<name> | toy-ot:<name>
-    coupling: str = "independent"
+    coupling: str = "independent"  # a couplings.make_coupling spec: independent | ot | paired | latent | ...
     source_noise: float = Field(0.0, ge=0)  # std of Gaussian noise added to the source x1
     # Karras sigmas (diffusion.sigma_min/max/rho) mapped to t = sigma / (1 + sigma)
     grid: int = Field(18, ge=2)

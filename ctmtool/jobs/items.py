@@ -19,7 +19,7 @@ from ctmtool.core import distributed as ddp
 from ctmtool.core.editing import sdedit, stroke_edit
 from ctmtool.core.noise import ImageNoise
 from ctmtool.core.sampling import SamplingPlan, distributed_generate, generate
-from ctmtool.core.translate import translate
+from ctmtool.core.translate import manipulate, translate
 from ctmtool.core.zero_shot import restore
 from ctmtool.errors import UserError
 
@@ -163,6 +163,10 @@ def class_labels(model, n: int, class_label: int | None,
     """Labels for a class-conditional model: `class_label` for every item, else the inputs' own (class
     sub-folders); None for an unconditional model (where `class_label` is refused)."""
     if not model.label_dim:
+        if class_label is not None and getattr(model.net, "source_classes", 0):
+            raise UserError(f"`class` {class_label}: the classes of {model.path or 'the model'} (coupling "
+                            "'latent') are its source's Gaussians, not a network input; move images between "
+                            "them with `translate edit --to-class`")
         if class_label is not None:
             raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; "
                             "drop `class`")
@@ -179,6 +183,44 @@ def class_labels(model, n: int, class_label: int | None,
         raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model "
                         f"{model.label_dim}; give `class` K")
     return data_labels.long()
+
+
+def source_class_labels(model, n: int, class_label: int | None, data_labels: torch.Tensor | None,
+                        option: str = "from_class", class_names: list[str] | None = None) -> torch.Tensor:
+    """The classes of n inputs among the model's source classes (`latent` coupling): `class_label` for every
+    item, else the inputs' own (class sub-folders, an npz's `labels`); sub-folders named by numbers give those
+    numbers (3/ and 7/ are classes 3 and 7, not 0 and 1)."""
+    k = model.net.source_classes
+    numbered = bool(class_names) and all(c.isdigit() for c in class_names)
+    if class_label is None and data_labels is not None and numbered:
+        data_labels = torch.tensor([int(c) for c in class_names], dtype=torch.long)[data_labels.long()]
+    if class_label is not None:
+        if not 0 <= class_label < k:
+            raise UserError(f"`{option}` {class_label} is outside the model's {k} classes (0..{k - 1})")
+        return torch.full((n,), class_label, dtype=torch.long)
+    if data_labels is None:
+        raise UserError(f"the inputs carry no classes: give `{option}` K (the class they show), or inputs in "
+                        "class sub-folders (0/, 1/, ...)")
+    if int(data_labels.max()) >= k:
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {k}; "
+                        f"give `{option}` K")
+    return data_labels.long()
+
+
+def manipulate_items(model, x: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor,
+                     plan: SamplingPlan, *, encode_steps: int = 18, device: torch.device | str = "cpu",
+                     progress: Advance = None) -> dict[str, torch.Tensor]:
+    """Latent manipulation (`ctmtool.core.translate.manipulate`) of every row of x, `plan.batch` rows at a
+    time: {latent, moved, output, round_trip} on the CPU (round_trip: the unmoved latent decoded, for the
+    error of encoding and decoding)."""
+    def one(xb, noise, lo, hi):
+        a, b = from_labels[lo:hi].to(xb.device), to_labels[lo:hi].to(xb.device)
+        x1, moved, out = manipulate(model, xb, a, b, plan, encode_steps)
+        back = translate(model, x1, plan)
+        return torch.stack([x1, moved, out, back], 1)
+
+    y = _batched(one, x, model, 0, plan.batch, device, progress)
+    return dict(zip(("latent", "moved", "output", "round_trip"), y.unbind(1), strict=True))
 
 
 def restore_items(model, y: torch.Tensor, task: str, plan: SamplingPlan, *, hole: torch.Tensor | None = None,

@@ -76,6 +76,22 @@ def plan_translation(model, *, nfe: int = 1, gamma: float = 0.0, batch: int = 25
     return SamplingPlan("gamma", model.net.default_schedule(nfe), gamma, batch=batch)
 
 
+def check_manipulation(model, to_class: int, encode_steps: int = 18) -> int:
+    """Refuse latent manipulation for a model whose source has no classes (only a GCTM trained with the
+    `latent` coupling has them) and a target class out of range; returns the number of classes."""
+    k = getattr(model.net, "source_classes", 0) if model.is_trajectory else 0
+    if not k:
+        coupling = model.preset.gctm.coupling if model.preset.gctm is not None else None
+        how = f"coupling {coupling!r}" if coupling else f"a {model.kind} checkpoint"
+        raise UserError(f"{what(model)} is {how}: `to_class` moves a latent between the class Gaussians of a "
+                        "GCTM trained with coupling 'latent' (e.g. `ctmtool distill --preset digits-latent`)")
+    if not 0 <= to_class < k:
+        raise UserError(f"`to_class` {to_class} is outside the model's {k} classes (0..{k - 1})")
+    if encode_steps < 1:
+        raise UserError(f"`encode_steps` must be at least 1 (got {encode_steps})")
+    return k
+
+
 def check_editable(model, level: float | None = None) -> None:
     """Refuse a model that cannot edit (a teacher; a GCTM from a non-Gaussian source) or a level out of
     range."""

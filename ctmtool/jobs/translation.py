@@ -14,9 +14,22 @@ import torch
 from ctmtool.core.editing import composite
 from ctmtool.core.zero_shot import centre_hole, observed
 from ctmtool.jobs import inputs
-from ctmtool.jobs.items import class_labels, edit_items, restore_items, translate_items
+from ctmtool.jobs.items import (
+    class_labels,
+    edit_items,
+    manipulate_items,
+    restore_items,
+    source_class_labels,
+    translate_items,
+)
 from ctmtool.jobs.outputs import check_out, write_items
-from ctmtool.jobs.plan import editing_level, plan_editing, plan_restoration, plan_translation
+from ctmtool.jobs.plan import (
+    check_manipulation,
+    editing_level,
+    plan_editing,
+    plan_restoration,
+    plan_translation,
+)
 from ctmtool.jobs.plots import preset_view, save_png, side_by_side
 from ctmtool.jobs.restoration_refs import references
 from ctmtool.jobs.streams import input_path
@@ -160,3 +173,39 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
             "gamma": gamma, "factor": factor if task == "superres" else None, "mask": mask, "seed": seed,
             "checkpoint": str(model.path), "known_part_error": round(float((known - seen).abs().max()), 6),
             "seconds": round(seconds, 3), "items_per_second": round(len(x) / max(seconds, 1e-9), 1)}
+
+
+def manipulation_job(model, image: str, out: str, *, to_class: int, from_class: int | None, encode_steps: int,
+                     nfe: int, grid: Path | None, batch: int, device, force: bool, report: Progress) -> dict:
+    """`ctmtool translate edit --to-class B`: latent manipulation (`ctmtool.core.translate.manipulate`) of the
+    items of `image` (of class `from_class`, else their class sub-folders) into class `to_class`; the summary
+    reports the round-trip error (the unmoved latent decoded against the input)."""
+    check_manipulation(model, to_class, encode_steps)
+    plan = plan_translation(model, nfe=nfe, gamma=0.0, batch=batch)
+    out_path = check_out(out, model.is_image, force)
+    with input_path(image) as staged:
+        data = inputs.load_inputs(staged, model, log=report.log)
+    x = data.x
+    check_out(out, model.is_image, force, one_png_for=len(x))
+    a = source_class_labels(model, len(x), from_class, data.labels, class_names=data.class_names)
+    b = torch.full_like(a, to_class)
+    report.log(f"moving {len(x)} items to class {to_class} with {model.path} (coupling "
+               f"{model.preset.gctm.coupling}): encode {encode_steps} Heun steps, decode NFE {nfe}")
+    res, seconds = _timed(report, len(x), "manipulate", lambda adv: manipulate_items(
+        model, x, a, b, plan, encode_steps=encode_steps, device=device, progress=adv))
+    y = res["output"]
+    cols = [x, res["latent"], res["moved"], y]
+    titles = ["input", "latent x1 (encoded)", f"moved to class {to_class}", "decoded"]
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names,
+                                           grid=False),
+                       grid and (lambda: _grid(cols, grid, model, titles)))
+    rmse = (res["round_trip"] - x).flatten(1).square().mean(1).sqrt()
+    return {**info, "n": len(y), "to_class": to_class,
+            "from_class": from_class if from_class is not None else "from the inputs",
+            "moved_items": int((a != b).sum()), "encode_steps": encode_steps,
+            "encode_nfe": 2 * encode_steps + 1,
+            "nfe": nfe, "coupling": model.preset.gctm.coupling, "checkpoint": str(model.path),
+            "round_trip_rmse": round(float(rmse.mean()), 6),
+            "latent_shift": _norm_mean(res["moved"] - res["latent"]),
+            "mean_change": _norm_mean(y - x),
+            "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}
