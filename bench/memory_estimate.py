@@ -52,6 +52,8 @@ MARGIN = 0.8  # a preset is "safe" when its estimated peak is at most this fract
 
 TINY = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
         "net.unet.attn_resolutions=[4]", "ctm.grid=6", "ctm.max_steps=3", "ctm.eval_emas=[0.9]", "distill.batch=8", "distill.precision=bf16"]
+TINY_MLP = ["net.mlp.hidden=64", "net.mlp.depth=2", "net.mlp.emb=32", "ctm.grid=6", "ctm.max_steps=3",
+            "ctm.eval_emas=[0.9]", "distill.batch=8", "distill.precision=bf16"]  # fake vs real in the test
 SHAPES = {"cifar10": (3, 32, 32), "cifar10-gan": (3, 32, 32), "imagenet64": (3, 64, 64), "imagenet64-gan": (3, 64, 64),
           "digits": (1, 8, 8)}
 
@@ -159,7 +161,8 @@ class LiveBytes(TorchDispatchMode):
                     n = st.nbytes()
                     self.live += n
                     self.peak = max(self.peak, self.live)
-                    self.storages[st._cdata] = weakref.finalize(st, self._drop, st._cdata, n)
+                    fin = self.storages[st._cdata] = weakref.finalize(st, self._drop, st._cdata, n)
+                    fin.atexit = False
         return out
 
 
@@ -179,6 +182,7 @@ def fake_tensors():
                 yield counter
     finally:
         torch.nn.Module.to = to
+        FakeTensorMode.cache_clear()  # a second session in the process reusing the first's entries crashed
 
 
 def build(name: str, overrides: list[str]):

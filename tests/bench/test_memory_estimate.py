@@ -26,3 +26,47 @@ def test_tiny_preset_estimate_predicts_batch_8():
     assert r["resident"]["grads"] == round(net) and r["resident"]["optimiser"] == round(2 * net)
     assert r["resident"]["net"] >= net and r["resident"]["teacher"] > 0 and r["resident"]["emas"] > 0
     assert r["peak"] == r["resident_total"] + r["transient_base"] + 8 * r["transient_per_item"]
+
+
+def _conv_step(batch: int):
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(32, 32, 3, padding=1),
+                              torch.nn.SiLU(), torch.nn.Flatten(), torch.nn.Linear(32 * 16 * 16, 10))
+    x = torch.randn(batch, 3, 16, 16)
+    return net, x
+
+
+def test_live_bytes_on_fake_tensors_match_the_profiler_on_real_ones():
+    """The fake-tensor count of a forward and backward pass is the profiler's count of the real pass, within 15%,
+    and allocates nothing real."""
+    import torch
+
+    me = _module()
+    net, x = _conv_step(16)
+    net(x).square().mean().backward()  # gradients exist before the measured pass, as in training
+    real = me.transient_peak(lambda: net(x).square().mean().backward())
+    with me.fake_tensors() as live:
+        net, x = _conv_step(16)
+        assert "FakeTensor" in type(x).__name__
+        net(x).square().mean().backward()
+        start = live.peak = live.live
+        net(x).square().mean().backward()
+        fake = live.peak - start
+    assert real > 1e6 and abs(fake - real) <= 0.15 * real, (fake, real)
+    assert start >= me.module_bytes(net) + sum(p.numel() * 4 for p in net.parameters())  # weights and gradients
+    assert torch.nn.Module.to is not None
+
+
+def test_fake_estimate_counts_the_resident_state_and_runs_the_step():
+    me = _module()
+    r = me.estimate_fake("digits", me.TINY_MLP, 8)
+    assert r["micro_batch"] == 8 and r["precision"] == "bf16" and r["transient"] > 0
+    assert abs(r["live_at_start"] - r["resident_total"]) <= 0.02 * r["resident_total"], (r["live_at_start"], r["resident"])
+    assert r["peak"] == r["live_at_start"] + r["transient"]
+
+
+def test_imagenet64_presets_have_a_shape():
+    me = _module()
+    assert me.SHAPES["imagenet64"] == me.SHAPES["imagenet64-gan"] == (3, 64, 64)
