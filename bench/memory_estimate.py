@@ -1,34 +1,33 @@
-"""Peak memory of one training step of the paper presets at their batch sizes, estimated on the CPU, against 80 GB.
+"""Peak memory of one training step of the paper presets at their batch sizes, estimated on the CPU, against
+80 GB.
 
-    OMP_NUM_THREADS=1 python bench/memory_estimate.py                        # cifar10 (LPIPS), cifar10-gan
-    python bench/memory_estimate.py --presets imagenet64 --gib 80            # needs about 8 GB of RAM
-    python bench/memory_estimate.py --tiny                                   # a tiny preset (what the test runs)
-    python bench/memory_estimate.py --fake --presets imagenet64,imagenet64-gan,cifar10  # fake tensors: no RAM
+    OMP_NUM_THREADS=1 python bench/memory_estimate.py                  # cifar10 (LPIPS), cifar10-gan
+    python bench/memory_estimate.py --fake --presets imagenet64,imagenet64-gan   # fake tensors: no RAM
+    python bench/memory_estimate.py --tiny                             # a tiny preset (what the test runs)
 
 Method. The step is the real one (`TrajectoryObjective.step`, with the preset's distance: piq LPIPS at 224 for
-cifar10, random VGG16/LPIPS weights of the real shapes; the Projected-GAN discriminator with random timm
-DeiT-base/EfficientNet-lite0 for cifar10-gan) under bf16 autocast, the dtypes CUDA runs
+cifar10 and ImageNet-64, random VGG16/LPIPS weights of the real shapes; the Projected-GAN discriminator with
+random timm DeiT-base/EfficientNet-lite0 for the -gan presets) under bf16 autocast, the dtypes CUDA runs
 (`precision = "bf16"`). Memory splits into
-  resident  what lives across steps: the online network, its gradients, the optimiser's two moments, the target,
-            the evaluation EMAs, the teacher (and the discriminator with its gradients and moments), counted
-            from their parameter and buffer sizes;
+  resident  what lives across steps: the online network, its gradients, the optimiser's two moments, the
+            target, the evaluation EMAs, the teacher (and the discriminator with its gradients and moments),
+            counted from their parameter and buffer sizes;
   transient what one step allocates beyond that (activations kept for the backward pass, the LPIPS and
-            discriminator passes, temporaries), measured with torch.profiler's allocation events at micro-batches
-            1 and 2 (their peak of live bytes) and extended linearly: transient(B) = a + B b (activations
-            are linear in the batch; checked at 8 by the test on a tiny preset).
-peak(B) = resident + transient(B) at the preset's micro-batch. Not counted: the CUDA context (~0.5 GB), cuDNN
-workspaces, allocator fragmentation (PyTorch's caching allocator typically holds 5-20% more than live bytes),
-torch.compile's buffers; so a preset is called safe with a 20% margin (peak <= 0.8 x the GPU's memory).
-With --fake (ImageNet-64's 296M-parameter ADM: its resident copies alone are about 10 GiB) nothing is allocated:
-every network, optimiser state and batch is a FakeTensor (torch._subclasses.FakeTensorMode: shapes, dtypes and
-strides, no data), the same step runs at the preset's micro-batch itself, and `LiveBytes`, a dispatch mode,
-adds up the storages that the operators return and drops each when Python frees it: the peak of live bytes is
-the peak, with no extension. Reads of values (`.item()`, `bool(...)`) answer 1, so data-dependent branches take
-one path (finite loss, the same adaptive-weight code). It sees only the tensors operators return, not a
-kernel's internal workspaces: on the tiny preset it counts about 10% less transient memory than the profiler
-does for real tensors (the test bounds the gap).
-k, the teacher's Heun steps, is set to 1: the teacher runs without gradients, its activations are freed layer
-by layer, so k does not change the peak (only the time).
+            discriminator passes, temporaries).
+Real tensors (default): the transient part is measured with torch.profiler's allocation events at
+micro-batches 1 and 2 (their peak of live bytes) and extended linearly: transient(B) = a + B b (activations
+are linear in the batch; checked at 8 by the test on a tiny preset); peak(B) = resident + transient(B).
+Fake tensors (--fake; ImageNet-64's 296M-parameter ADM, whose resident copies alone are about 10 GiB): nothing
+is allocated. Every network, optimiser state and batch is a FakeTensor (torch._subclasses.FakeTensorMode:
+shapes, dtypes and strides, no data), the same step runs at the preset's micro-batch itself, and `LiveBytes`,
+a dispatch mode, adds up the storages that operators return and drops each when it is freed: the peak of live
+bytes is the peak, with no extension. Reads of values (`.item()`, `bool(...)`) answer 1, so data-dependent
+branches take one path (a finite loss). It sees only the tensors operators return, not a kernel's internal
+workspaces (the test bounds the gap to the profiler's count of real tensors on a small network).
+Not counted: the CUDA context (~0.5 GB), cuDNN workspaces, allocator fragmentation (PyTorch's caching
+allocator typically holds 5-20% more than live bytes), torch.compile's buffers; so a preset is called safe
+with a 20% margin (peak <= 0.8 x the GPU's memory). k, the teacher's Heun steps, is set to 1: the teacher runs
+without gradients, its activations are freed layer by layer, so k does not change the peak (only the time).
 """
 
 from __future__ import annotations
@@ -51,11 +50,12 @@ GIB = 1024**3
 MARGIN = 0.8  # a preset is "safe" when its estimated peak is at most this fraction of the GPU's memory
 
 TINY = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
-        "net.unet.attn_resolutions=[4]", "ctm.grid=6", "ctm.max_steps=3", "ctm.eval_emas=[0.9]", "distill.batch=8", "distill.precision=bf16"]
+        "net.unet.attn_resolutions=[4]", "ctm.grid=6", "ctm.max_steps=3", "ctm.eval_emas=[0.9]",
+        "distill.batch=8", "distill.precision=bf16"]
 TINY_MLP = ["net.mlp.hidden=64", "net.mlp.depth=2", "net.mlp.emb=32", "ctm.grid=6", "ctm.max_steps=3",
             "ctm.eval_emas=[0.9]", "distill.batch=8", "distill.precision=bf16"]  # fake vs real in the test
-SHAPES = {"cifar10": (3, 32, 32), "cifar10-gan": (3, 32, 32), "imagenet64": (3, 64, 64), "imagenet64-gan": (3, 64, 64),
-          "digits": (1, 8, 8)}
+SHAPES = {"cifar10": (3, 32, 32), "cifar10-gan": (3, 32, 32), "imagenet64": (3, 64, 64),
+          "imagenet64-gan": (3, 64, 64), "digits": (1, 8, 8)}
 
 
 def tensor_bytes(tensors) -> int:
@@ -69,7 +69,8 @@ def module_bytes(m: torch.nn.Module) -> int:
 def resident_bytes(obj, teacher) -> dict[str, int]:
     """Bytes alive between steps (and the gradients a step creates), by part."""
     net = sum(p.numel() * 4 for p in obj.net.parameters())
-    parts = {"net": module_bytes(obj.net), "grads": net, "optimiser": 2 * net, "target": module_bytes(obj.target),
+    parts = {"net": module_bytes(obj.net), "grads": net, "optimiser": 2 * net,
+             "target": module_bytes(obj.target),
              "emas": sum(module_bytes(e) for e in obj.emas.values())}
     if teacher is not None and teacher is not obj.target:
         parts["teacher"] = module_bytes(teacher)
@@ -81,7 +82,8 @@ def resident_bytes(obj, teacher) -> dict[str, int]:
 
 def transient_peak(fn) -> int:
     """The largest excess of live bytes over the start during fn(), from the profiler's allocation events."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=cpu, profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
@@ -119,7 +121,8 @@ def distance_for(preset, shape):
         from ctmtool.losses.lpips import PaperLPIPS, vgg16_features
 
         g = torch.Generator().manual_seed(0)
-        return PaperLPIPS(vgg16_features(), [torch.rand(1, c, 1, 1, generator=g) for c in (64, 128, 256, 512, 512)])
+        weights = [torch.rand(1, c, 1, 1, generator=g) for c in (64, 128, 256, 512, 512)]
+        return PaperLPIPS(vgg16_features(), weights)
     return make_distance(preset.ctm, math.prod(shape))
 
 
@@ -168,8 +171,8 @@ class LiveBytes(TorchDispatchMode):
 
 @contextmanager
 def fake_tensors():
-    """FakeTensorMode with a LiveBytes counter inside it; Module.to is a no-op (the fakes are on the CPU already,
-    and swapping fake parameters fails)."""
+    """FakeTensorMode with a LiveBytes counter inside it; Module.to is a no-op (the fakes are on the CPU
+    already, and swapping fake parameters fails)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     to = torch.nn.Module.to
@@ -202,7 +205,7 @@ def build(name: str, overrides: list[str]):
 
 
 def estimate_fake(name: str, overrides: list[str], batch: int | None = None) -> dict:
-    """Peak live bytes of one step of `name` at `batch` (default: the preset's micro-batch) on fake tensors."""
+    """Peak live bytes of one step of `name` at `batch` (default: the preset's micro-batch), fake tensors."""
     t0 = time.perf_counter()
     with fake_tensors() as live:
         p, shape, teacher, obj = build(name, overrides)
@@ -221,8 +224,8 @@ def estimate_fake(name: str, overrides: list[str], batch: int | None = None) -> 
         out = {"preset": name, "overrides": overrides, "micro_batch": b, "batch": p.distill.batch,
                "params_net_m": sum(q.numel() for q in obj.net.parameters()) / 1e6, "resident": res,
                "resident_total": sum(res.values()), "live_at_start": start, "transient": live.peak - start,
-               "peak": live.peak, "precision": p.distill.precision, "distance": p.ctm.distance, "gan": p.gan.enabled,
-               "seconds": time.perf_counter() - t0}
+               "peak": live.peak, "precision": p.distill.precision, "distance": p.ctm.distance,
+               "gan": p.gan.enabled, "seconds": time.perf_counter() - t0}
     print(f"# {name} (fake tensors): micro-batch {b}: peak {out['peak'] / GIB:.2f} GiB "
           f"({out['seconds']:.0f}s)", flush=True)
     return out
@@ -238,12 +241,13 @@ def estimate(name: str, overrides: list[str], sizes=(1, 2), check: int | None = 
         for b in (*sizes, *([check] if check else [])):
             g = torch.Generator().manual_seed(b)
             batches = [(torch.rand(b, *shape, generator=g) * 2 - 1, None)]
-            # with the GAN term, generator and discriminator steps alternate (gan.g_period): two steps see both
+            # with the GAN term, generator and discriminator steps alternate (gan.g_period): two see both
             turns = 2 if p.gan.enabled else 1
             for _ in range(turns):  # both optimisers' moments and gradients exist from here on
                 obj.step(batches, kimg)
             t0 = time.perf_counter()
-            measured[b] = transient_peak(lambda batches=batches, turns=turns: [obj.step(batches, kimg) for _ in range(turns)])
+            measured[b] = transient_peak(
+                lambda batches=batches, turns=turns: [obj.step(batches, kimg) for _ in range(turns)])
             print(f"# {name}: micro-batch {b}: transient {measured[b] / GIB:.3f} GiB "
                   f"({time.perf_counter() - t0:.1f}s)", flush=True)
     b1, b2 = sizes
@@ -265,9 +269,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="cifar10,cifar10-gan")
     ap.add_argument("--gib", type=float, default=80.0, help="the GPU's memory (an H100: 80)")
-    ap.add_argument("--tiny", action="store_true", help="a tiny digits U-Net preset instead (seconds; the test)")
-    ap.add_argument("--fake", action="store_true", help="fake tensors at the micro-batch itself (no RAM; ImageNet-64)")
-    ap.add_argument("--batch", type=int, default=None, help="with --fake: this batch in one pass, not the micro-batch")
+    ap.add_argument("--tiny", action="store_true", help="a tiny digits U-Net preset instead (seconds)")
+    ap.add_argument("--fake", action="store_true",
+                    help="fake tensors at the micro-batch itself (no RAM; ImageNet-64)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="with --fake: this batch in one pass, not the micro-batch")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -285,7 +291,8 @@ def main() -> None:
     for r in rows:
         peak = r["peak"] / GIB
         transient = f"{r['transient'] / GIB:.2f}" if a.fake else f"{r['transient_per_item'] / GIB:.4f}"
-        print(f"| {r['preset']} | {r['params_net_m']:.1f}M | {r['distance']} | {'yes' if r['gan'] else 'no'} | "
+        gan = "yes" if r["gan"] else "no"
+        print(f"| {r['preset']} | {r['params_net_m']:.1f}M | {r['distance']} | {gan} | "
               f"{r['micro_batch']} | {r['resident_total'] / GIB:.2f} | {transient} | "
               f"{peak:.1f} | {'yes' if peak <= MARGIN * a.gib else 'NO'} |")
 

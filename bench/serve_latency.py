@@ -94,19 +94,24 @@ def goals(row: dict) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="digits,cifar10-fast", help="random-weight CTMs of these presets")
-    ap.add_argument("--ckpt", action="append", default=[], help="a checkpoint to measure (repeatable; replaces --presets)")
-    ap.add_argument("--backends", default="auto", help="auto (ONNX Runtime if it verifies), onnxruntime, torch")
+    ap.add_argument("--ckpt", action="append", default=[],
+                    help="a checkpoint to measure (repeatable; replaces --presets)")
+    ap.add_argument("--backends", default="auto", help="auto (ONNX Runtime if it verifies), onnxruntime, "
+                                                        "torch")
     ap.add_argument("--threads", type=int, default=1, help="network threads (torch and ONNX Runtime)")
     ap.add_argument("--strokes", type=int, default=100, help="strokes drawn (each --moves pointer moves)")
     ap.add_argument("--moves", type=int, default=8)
     ap.add_argument("--presses", type=int, default=30, help="key presses on the strength slider")
     ap.add_argument("--walk-seconds", type=float, default=5.0)
-    ap.add_argument("--in-process", action="store_true", help="serve from a thread of this process, not `ctmtool serve`")
-    ap.add_argument("--tiny", action="store_true", help="a tiny digits MLP in process, 3 strokes, 3 presses, a 1 s walk")
+    ap.add_argument("--in-process", action="store_true",
+                    help="serve from a thread of this process, not `ctmtool serve`")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a tiny digits MLP in process, 3 strokes, 3 presses, a 1 s walk")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.tiny:
-        args.strokes, args.presses, args.walk_seconds, args.backends, args.in_process = 3, 3, 1.0, "torch", True
+        args.strokes, args.presses, args.walk_seconds = 3, 3, 1.0
+        args.backends, args.in_process = "torch", True
     from playwright.sync_api import sync_playwright
 
     browser_path = find_browser()
@@ -138,29 +143,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     else:
                         proc.terminate()
                         proc.wait(timeout=30)
-                row = {"model": name, "preset": preset or info["preset"], "shape": "x".join(map(str, info["data_shape"])),
-                       "backend": info["backend"], **r}
-                row["goals"] = {k: {"measured": m, "goal": g, "met": ok} for k, (m, g, ok) in goals(row).items()}
+                row = {"model": name, "preset": preset or info["preset"],
+                       "shape": "x".join(map(str, info["data_shape"])), "backend": info["backend"], **r}
+                row["goals"] = {k: {"measured": m, "goal": g, "met": ok}
+                                for k, (m, g, ok) in goals(row).items()}
                 rows.append(row)
                 print("#", json.dumps(row), flush=True)
         browser.close()
     load1 = os.getloadavg()
-    print(f"\ncpus {os.cpu_count()}, network threads {args.threads}, load average before {load0[0]:.2f} {load0[1]:.2f} "
-          f"{load0[2]:.2f}, after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
-    print("| model | backend | display Hz | stroke -> paint ms, median / p90 (events) | -> next frame, median | "
-          "-> answer arrived / server ms, medians | slider -> paint ms, median / p90 | walk painted frames/s (all frames/s) | "
-          "model ms / walk frame | goals |")
+    print(f"\ncpus {os.cpu_count()}, network threads {args.threads}, load average before "
+          f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    print("| model | backend | display Hz | stroke -> paint ms, median / p90 (events) "
+          "| -> next frame, median | -> answer arrived / server ms, medians "
+          "| slider -> paint ms, median / p90 "
+          "| walk painted frames/s (all frames/s) | model ms / walk frame | goals |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         met = ", ".join(f"{k} {v['measured']:.1f} vs {v['goal']:.1f}: {'met' if v['met'] else 'NOT met'}"
                         for k, v in r["goals"].items())
-        print(f"| {r['model']} | {r['backend']} | {r['display_hz']:.1f} | {r['stroke_paint_ms_median']:.1f} / "
+        print(f"| {r['model']} | {r['backend']} | {r['display_hz']:.1f} | "
+              f"{r['stroke_paint_ms_median']:.1f} / "
               f"{r['stroke_paint_ms_p90']:.1f} ({r['stroke_events']} in {r['strokes']} strokes) | "
-              f"{r['stroke_next_ms_median']:.1f} | {r['stroke_arrive_ms_median']:.1f} / {r['stroke_server_ms_median']:.1f} | "
+              f"{r['stroke_next_ms_median']:.1f} | "
+              f"{r['stroke_arrive_ms_median']:.1f} / {r['stroke_server_ms_median']:.1f} | "
               f"{r['slider_paint_ms_median']:.1f} / {r['slider_paint_ms_p90']:.1f} | "
-              f"{r['walk_painted_fps']:.1f} ({r['walk_raf_hz']:.1f}) | {r['walk_model_ms_median']:.2f} | {met} |")
+              f"{r['walk_painted_fps']:.1f} ({r['walk_raf_hz']:.1f}) | {r['walk_model_ms_median']:.2f} | "
+              f"{met} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_before": load0, "load_after": load1, "rows": rows}, indent=1))
+        out = {"load_before": load0, "load_after": load1, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return rows
 
 

@@ -40,7 +40,8 @@ def open_page(browser, url: str, timeout_ms: int = 30000, timing: bool = False):
     page = browser.new_page(viewport={"width": 1000, "height": 720})
     page.goto(url + ("?timing=1" if timing else ""))
     page.wait_for_function("window.ctmStats && window.ctmStats.ready && "
-                           "(window.ctmStats.frames > 0 || !document.getElementById('useGen') || document.getElementById('useGen').disabled "
+                           "(window.ctmStats.frames > 0 || !document.getElementById('useGen') "
+                           "|| document.getElementById('useGen').disabled "
                            "|| window.ctmStats.errors.length > 0)",
                            timeout=timeout_ms)
     return page
@@ -79,7 +80,8 @@ def wait_idle(page, target: str = "edit", timeout_s: float = 10.0) -> None:
 
 
 def slider_steps(page, slider: str = "#strength", presses: int = 10, timeout_s: float = 10.0) -> list[float]:
-    """Press ArrowRight/Left on a slider `presses` times, each time waiting for the new image; the latencies."""
+    """Press ArrowRight/Left on a slider `presses` times, each time waiting for the new image; the latencies
+    (ms, input to drawn)."""
     page.focus(slider)
     out = []
     for i in range(presses):
@@ -90,41 +92,15 @@ def slider_steps(page, slider: str = "#strength", presses: int = 10, timeout_s: 
     return out
 
 
-def play_walk(page, seconds: float) -> float:
-    """Play the latent walk for `seconds`; frames drawn per second."""
-    n0 = len(stats(page)["walkFrames"])
-    page.click("#play")
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    n1 = len(stats(page)["walkFrames"])
-    elapsed = time.perf_counter() - t0
-    page.click("#play")
-    return (n1 - n0) / elapsed
-
-
-def measure(page, strokes: int = 3, presses: int = 15, walk_s: float = 4.0) -> dict:
-    """Median stroke -> image and slider -> image latencies (ms), walk frames/s, median model time (ms)."""
-    n0 = len(stats(page)["edit"])
-    for k in range(strokes):
-        draw_stroke(page, offset=10 * k)
-        wait_idle(page)
-    stroke_ms = stats(page)["edit"][n0:]
-    slider_ms = slider_steps(page, presses=presses)
-    m0 = len(stats(page)["model"])
-    fps = play_walk(page, walk_s)
-    model = stats(page)["model"][m0:]
-    return {"stroke_ms_median": statistics.median(stroke_ms) if stroke_ms else float("nan"), "stroke_events": len(stroke_ms),
-            "slider_ms_median": statistics.median(slider_ms), "walk_fps": fps,
-            "walk_model_ms_median": statistics.median(model) if model else float("nan")}
-
-
 def timings(page) -> dict:
-    """The page's timing record (`?timing=1`): inputs [{target, t, id}], frames [{raf, drawn, paint, next, frames}]."""
+    """The page's timing record (`?timing=1`): inputs [{target, t, id}], frames [{raf, drawn, paint, next,
+    queued, frames}]."""
     return page.evaluate("JSON.parse(JSON.stringify(window.__ctmtoolTimings))")
 
 
 def display_rate(page, seconds: float = 1.0) -> float:
-    """Animation frames per second of the idle page (rAF callbacks with nothing to draw): the display's rate."""
+    """Animation frames per second of the idle page (rAF callbacks with nothing to draw): the display's
+    rate."""
     n = page.evaluate("""(ms) => new Promise((done) => { let n = 0, t0 = null;
         const tick = (t) => { if (t0 === null) t0 = t; else n++; if (t - t0 < ms) requestAnimationFrame(tick);
                               else done(n / (t - t0) * 1000); };
@@ -133,9 +109,10 @@ def display_rate(page, seconds: float = 1.0) -> float:
 
 
 def paint_times(rec: dict, target: str, first_input: int = 0) -> dict:
-    """Per input event of `target` (from the `first_input`-th on): ms from its timeStamp to the paint, and to the
-    next frame, of the first frame that drew the answer to its request or to a later one (a request carries the
-    whole input so far; an answer overtaken before its frame is never drawn); inputs never shown: `lost`."""
+    """Per input event of `target` (from the `first_input`-th on): ms from its timeStamp to the paint, and to
+    the next frame, of the first frame that drew the answer to its request or to a later one (a request
+    carries the whole input so far; an answer overtaken before its frame is never drawn); inputs never shown:
+    `lost`."""
     drawn = []  # (request id, frame record), in the order painted (ids increase)
     for fr in rec["frames"]:
         if "paint" in fr:
@@ -169,9 +146,9 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def walk_painted(page, seconds: float) -> dict:
-    """Play the walk for `seconds`: walk frames painted per second (animation frames that drew a new walk image,
-    over the span of their rAF times), all animation frames per second meanwhile, and the share of painted walk
-    frames that found another one queued behind them (the server kept ahead)."""
+    """Play the walk for `seconds`: walk frames painted per second (animation frames that drew a new walk
+    image, over the span of their rAF times), all animation frames per second meanwhile, and the share of
+    painted walk frames that found another one queued behind them (the server kept ahead)."""
     n0 = len(timings(page)["frames"])
     page.evaluate("""() => { window.__rafCount = 0; window.__rafOn = true;
         const tick = () => { window.__rafCount++; if (window.__rafOn) requestAnimationFrame(tick); };
@@ -180,11 +157,13 @@ def walk_painted(page, seconds: float) -> dict:
     t0 = time.perf_counter()
     time.sleep(seconds)
     page.click("#play")
-    rafs = page.evaluate("() => { window.__rafOn = false; return window.__rafCount; }") / (time.perf_counter() - t0)
+    n = page.evaluate("() => { window.__rafOn = false; return window.__rafCount; }")
+    rafs = n / (time.perf_counter() - t0)
     time.sleep(0.2)
     frames = [f for f in timings(page)["frames"][n0:] if any(x["walk"] for x in f["frames"])]
     if len(frames) < 2:
-        return {"walk_painted_fps": 0.0, "walk_frames": len(frames), "walk_raf_hz": rafs, "walk_queued_share": 0.0}
+        return {"walk_painted_fps": 0.0, "walk_frames": len(frames), "walk_raf_hz": rafs,
+                "walk_queued_share": 0.0}
     span = (frames[-1]["raf"] - frames[0]["raf"]) / 1000
     return {"walk_painted_fps": (len(frames) - 1) / span, "walk_frames": len(frames), "walk_raf_hz": rafs,
             "walk_queued_share": sum(f["queued"] > 0 for f in frames) / len(frames)}
@@ -208,8 +187,10 @@ def measure_paint(page, strokes: int = 100, moves: int = 8, pause_s: float = 0.0
     wait_idle(page)
     k = paint_times(timings(page), "edit", i1)
     out.update({"stroke_events": len(s["paint"]), "stroke_lost": s["lost"], "strokes": strokes,
-                "stroke_paint_ms_median": percentile(s["paint"], 0.5), "stroke_paint_ms_p90": percentile(s["paint"], 0.9),
-                "stroke_next_ms_median": percentile(s["next"], 0.5), "stroke_next_ms_p90": percentile(s["next"], 0.9),
+                "stroke_paint_ms_median": percentile(s["paint"], 0.5),
+                "stroke_paint_ms_p90": percentile(s["paint"], 0.9),
+                "stroke_next_ms_median": percentile(s["next"], 0.5),
+                "stroke_next_ms_p90": percentile(s["next"], 0.9),
                 "stroke_arrive_ms_median": percentile(s["arrive"], 0.5),
                 "stroke_server_ms_median": percentile(s["server"], 0.5),
                 "slider_events": len(k["paint"]), "slider_paint_ms_median": percentile(k["paint"], 0.5),

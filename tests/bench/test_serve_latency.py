@@ -12,7 +12,8 @@ import pytest
 
 from ctmtool.serve.harness import find_browser
 
-pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'ctmtool[serve]')")
+pytest.importorskip("playwright.sync_api",
+                    reason="playwright is not installed (pip install 'ctmtool[serve]')")
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "serve_latency.py"
 
 
@@ -25,7 +26,8 @@ def test_tiny_run_measures_input_to_paint(tmp_path, capsys):
     assert len(rows) == 1
     r = rows[0]
     assert r["display_hz"] > 10 and r["stroke_events"] >= 3 * 8 and r["stroke_lost"] == 0 and not r["errors"]
-    for k in ("stroke_paint_ms_median", "stroke_paint_ms_p90", "stroke_next_ms_median", "slider_paint_ms_median"):
+    for k in ("stroke_paint_ms_median", "stroke_paint_ms_p90", "stroke_next_ms_median",
+              "slider_paint_ms_median"):
         assert math.isfinite(r[k]) and r[k] > 0, k
     assert r["stroke_paint_ms_p90"] >= r["stroke_paint_ms_median"] >= r["stroke_arrive_ms_median"] > 0
     assert r["walk_frames"] >= 5 and r["walk_painted_fps"] > 0

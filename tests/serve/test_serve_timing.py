@@ -22,7 +22,8 @@ from ctmtool.serve.harness import (
 
 def _frame(raf, paint, *ids, target="edit", walk=False):
     return {"raf": raf, "drawn": raf + 1, "paint": paint, "next": raf + 16, "queued": 0,
-            "frames": [{"id": i, "target": target, "walk": walk, "arrived": raf - 2, "server": 1.5} for i in ids]}
+            "frames": [{"id": i, "target": target, "walk": walk, "arrived": raf - 2, "server": 1.5}
+                       for i in ids]}
 
 
 def test_paint_times_pair_each_input_with_the_first_frame_showing_it():
@@ -44,7 +45,8 @@ def test_percentile():
     assert math.isnan(percentile([], 0.5))
 
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'ctmtool[serve]')")
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright is not installed (pip install 'ctmtool[serve]')")
 BROWSER = find_browser()
 
 
