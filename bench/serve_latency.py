@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--tiny", action="store_true",
                     help="a tiny digits MLP in process, 3 strokes, 3 presses, a 1 s walk")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--screenshot", default=None, help="PNG of the page after the first model's measurement")
     args = ap.parse_args(argv)
     if args.tiny:
         args.strokes, args.presses, args.walk_seconds = 3, 3, 1.0
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     r = measure_paint(page, strokes=args.strokes, moves=args.moves, presses=args.presses,
                                       walk_s=args.walk_seconds)
                     r["errors"] = stats(page)["errors"]
+                    if args.screenshot and not rows:
+                        page.fill("#seed", "7")
+                        page.dispatch_event("#seed", "input")
+                        time.sleep(1.0)
+                        page.screenshot(path=args.screenshot)
                     page.close()
                 finally:
                     if args.in_process:
