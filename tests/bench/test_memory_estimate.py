@@ -5,6 +5,10 @@ steps; the fake-tensor count (ImageNet-64) agrees with the profiler's count of r
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "memory_estimate.py"
@@ -62,11 +66,19 @@ def test_live_bytes_on_fake_tensors_match_the_profiler_on_real_ones():
     assert torch.nn.Module.to is to  # restored
 
 
-def test_fake_estimate_counts_the_resident_state_and_runs_the_step():
-    me = _module()
-    r = me.estimate_fake("digits", me.TINY_MLP, 8)
+def test_fake_estimate_counts_the_resident_state_and_runs_the_step(tmp_path):
+    """`--fake --tiny` (in its own process, as users run it): the live bytes at the start of a step are the
+    resident parts counted from parameter sizes, and the step's transient bytes add to them."""
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--fake", "--tiny", "--json", str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| digits | 0.0M | pseudo_huber | no | 8 |" in proc.stdout
+    (r,) = json.loads(out.read_text())
     assert r["micro_batch"] == 8 and r["precision"] == "bf16" and r["transient"] > 0
-    assert abs(r["live_at_start"] - r["resident_total"]) <= 0.02 * r["resident_total"], r["resident"]
+    resident = sum(r["resident"].values())
+    assert abs(r["live_at_start"] - resident) <= 0.02 * resident, r["resident"]
     assert r["peak"] == r["live_at_start"] + r["transient"]
 
 
