@@ -37,6 +37,12 @@ JOBS = [
     "distill --preset toy-translate --kimg 5.12",
     "translate points.npz --ckpt runs/toy-translate/gctm --out translated.npz",
     "translate points.npz --ckpt runs/toy-translate/gctm --nfe 2 --out translated2.npz",
+    # (d) editing and zero-shot restoration of the digits samples with the digits CTM
+    "translate edit digits-nfe1.npz --ckpt runs/digits/ctm --strength 0.5 --nfe 2 --gamma 0.3 "
+    "--out edited.npz",
+    "translate edit digits-nfe1.npz --ckpt runs/digits/ctm --restore inpaint --nfe 2 --out inpainted.npz",
+    "translate edit digits-nfe1.npz --ckpt runs/digits/ctm --restore superres --factor 2 --nfe 3 --gamma 0.5 "
+    "--out superres.npz",
 ]
 
 
@@ -87,7 +93,8 @@ def compare(a: Path, b: Path) -> int:
         else:
             ta, tb = tensors(a / rel), tensors(pb)
             same = ta.keys() == tb.keys() and all(
-                ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape and ta[k].tobytes() == tb[k].tobytes()
+                ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape
+                and ta[k].tobytes() == tb[k].tobytes()
                 for k in ta)
             n_tensors += len(ta)
         digest = hashlib.sha256(a.joinpath(rel).read_bytes()).hexdigest()[:12]
@@ -98,7 +105,8 @@ def compare(a: Path, b: Path) -> int:
     for rel in extra:
         print(f"EXTRA in {b}: {rel}")
     bad += len(extra)
-    print(f"{len(files)} files, {n_tensors} tensors/images compared: {'all bit-identical' if not bad else f'{bad} differ'}")
+    print(f"{len(files)} files, {n_tensors} tensors/images compared: "
+          f"{'all bit-identical' if not bad else f'{bad} differ'}")
     return 1 if bad else 0
 
 

@@ -10,8 +10,12 @@ import re
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
-class UserError(Exception):
-    """A problem with the user's input: the message names it and says how to fix it."""
+class UserError(ValueError):
+    """A problem with the user's input: the message names it and says how to fix it.
+
+    A `ValueError`, so that a library caller catching `ValueError` catches it as well as the `ValueError`s
+    that `ctmtool.core` raises for values it cannot use (the core checks no user settings and imports nothing
+    from this module; the jobs layer checks them and raises `UserError`)."""
 
     exit_code = 2
 
@@ -22,8 +26,8 @@ def as_flags(message: str) -> str:
 
 
 class Interrupted(UserError):
-    """Work stopped by a signal after saving what it had; exits 128 + the signal number (130 SIGINT, 143 SIGTERM)
-    so that a job scheduler sees the job did not finish."""
+    """Work stopped by a signal after saving what it had; exits 128 + the signal number (130 SIGINT, 143
+    SIGTERM) so that a job scheduler sees the job did not finish."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -33,7 +37,8 @@ class Interrupted(UserError):
 
 class Stopped(BaseException):
     """SIGINT or SIGTERM arrived while a command ran (raised by the command line's signal handler): not an
-    Exception, so no `except Exception` in a loop or a server swallows it; exit code 128 + the signal number."""
+    Exception, so no `except Exception` in a loop or a server swallows it; exit code 128 + the signal
+    number."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

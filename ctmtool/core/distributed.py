@@ -16,8 +16,6 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from ctmtool.errors import UserError
-
 
 def env_world_size() -> int:
     """The world size torchrun announced in the environment (1 without torchrun)."""
@@ -45,16 +43,18 @@ def is_main() -> bool:
 
 
 def setup(device: torch.device) -> torch.device:
-    """Join the process group torchrun describes (env://) and return this rank's device; no-op without torchrun."""
+    """Join the process group torchrun describes (env://) and return this rank's device; no-op without
+    torchrun. A torch without torch.distributed, or a group that cannot be joined, is a ValueError
+    (`ctmtool.jobs.items.join_process_group` says it to a user)."""
     if env_world_size() <= 1 or is_distributed():
         return _local_device(device) if is_distributed() else device
     if not dist.is_available():
-        raise UserError("torchrun started several processes but this torch build has no torch.distributed")
+        raise ValueError("torchrun started several processes but this torch build has no torch.distributed")
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
         dist.init_process_group(backend=backend, init_method="env://")
     except (RuntimeError, ValueError) as err:
-        raise UserError(f"could not join the torchrun process group ({backend}): {err}") from None
+        raise ValueError(f"could not join the torchrun process group ({backend}): {err}") from None
     return _local_device(device)
 
 
@@ -81,22 +81,16 @@ def barrier() -> None:
 
 
 def rows(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]:
-    """The [lo, hi) rows of an n-row batch that rank r of w computes (contiguous, sizes differ by at most 1)."""
+    """The [lo, hi) rows of an n-row batch that rank r of w computes (contiguous, sizes differ by at most
+    1)."""
     r = rank() if r is None else r
     w = world_size() if w is None else w
     return r * n // w, (r + 1) * n // w
 
 
-def check_batch(micro: int) -> None:
-    """Refuse micro-batches that leave a rank without rows."""
-    w = world_size()
-    if micro < w:
-        raise UserError(f"the micro-batch ({micro}) is smaller than the number of ranks ({w}); "
-                        f"raise batch / micro_batch to at least {w} or use fewer processes")
-
-
 class RowShard:
-    """A view of a network whose denoise/jump compute only rows [lo, hi) and pass the others through detached."""
+    """A view of a network whose denoise/jump compute only rows [lo, hi) and pass the others through
+    detached."""
 
     def __init__(self, net, lo: int, hi: int):
         self.net, self.lo, self.hi = net, lo, hi
@@ -124,7 +118,8 @@ class RowShard:
 
 
 class Shard:
-    """This rank's part of each micro-batch: wraps networks and reduces per-sample losses (identity when world=1)."""
+    """This rank's part of each micro-batch: wraps networks and reduces per-sample losses (identity when
+    world=1)."""
 
     def __init__(self):
         self.world = world_size()
@@ -175,7 +170,8 @@ def _global_grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.T
     return all_reduce_sum(flat).square().sum().sqrt()
 
 
-def global_adaptive_weight(main: torch.Tensor, other: torch.Tensor, last: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+def global_adaptive_weight(main: torch.Tensor, other: torch.Tensor, last: torch.Tensor, lo: float,
+                           hi: float) -> torch.Tensor:
     """adaptive_weight of the global losses (sum of the rank parts): identical on every rank."""
     ratio = _global_grad_norm(main, [last]) / (_global_grad_norm(other, [last]) + 1e-4)
     return torch.nan_to_num(ratio, nan=lo).clamp(lo, hi).detach()
@@ -191,8 +187,8 @@ def max_over_ranks(values: list[float], device: torch.device | str = "cpu") -> l
 
 
 def gather_rows(mine: torch.Tensor, n: int) -> torch.Tensor | None:
-    """Gather every rank's rows (sizes from `rows`) to rank 0 in rank order, via padded all_gather (NCCL and gloo);
-    without torchrun, `mine` itself."""
+    """Gather every rank's rows (sizes from `rows`) to rank 0 in rank order, via padded all_gather (NCCL and
+    gloo); without torchrun, `mine` itself."""
     if not is_distributed():
         return mine
     w = world_size()

@@ -21,6 +21,7 @@ class Trajectory(Protocol):
     gaussian_source: bool  # trajectories start from Gaussian noise: it can generate and edit
     translates: bool  # its source is another distribution's samples (a GCTM)
     level_unit: str  # what its levels are: "sigma" (noise levels) or "t" (interpolation times)
+    source_classes: int  # classes of a class-Gaussian source (GCTM coupling `latent`), else 0
 
     def g(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor: ...
     def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor: ...
@@ -32,6 +33,8 @@ class Trajectory(Protocol):
     def strength_level(self, strength: float) -> float: ...
     def edit_schedule(self, level: float, nfe: int) -> torch.Tensor: ...
     def check_level(self, level: float) -> None: ...
+    def move_latent(self, x: torch.Tensor, from_labels: torch.Tensor,
+                    to_labels: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -39,8 +42,8 @@ class TrainingTerms(Protocol):
     """The loss terms a trajectory objective is given: every method `TrajectoryObjective` calls."""
 
     def new_step(self, cpu_gen: torch.Generator, steps: int = 0) -> None:
-        """Draws shared by one optimiser step's micro-batches (CTM: the teacher's step count k); `steps`: optimiser
-        steps taken so far (GCTM's curriculum doubles its grid by them)."""
+        """Draws shared by one optimiser step's micro-batches (CTM: the teacher's step count k); `steps`:
+        optimiser steps taken so far (GCTM's curriculum doubles its grid by them)."""
 
     def pair(self, x: torch.Tensor, labels, gen, cpu_gen) -> tuple:
         """The training pair; pair[0] is the data side x0."""

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ctmtool.core import distributed as ddp
 from ctmtool.core.editing import sdedit, stroke_edit
 from ctmtool.core.noise import ImageNoise
 from ctmtool.core.sampling import SamplingPlan, distributed_generate, generate
-from ctmtool.core.translate import translate
+from ctmtool.core.translate import manipulate, translate
 from ctmtool.core.zero_shot import restore
 from ctmtool.errors import UserError
-from ctmtool.jobs.plan import check_editable
 
 Advance = Callable[[int], None] | None
 
@@ -43,14 +43,24 @@ def check_memory(n: int, shape: tuple[int, ...], what: str = "`n`", copies: int 
                         f"{free / 2**30:.1f} GiB of free memory; lower {what}")
 
 
+def join_process_group(device: torch.device) -> torch.device:
+    """Under torchrun: join its process group (`ctmtool.core.distributed.setup`) and return this rank's
+    device; the device unchanged without torchrun. A torch without torch.distributed, or a group that cannot
+    be joined, is a UserError."""
+    try:
+        return ddp.setup(device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
 def _out_of_memory(err: BaseException) -> UserError:
     return UserError(f"out of memory ({type(err).__name__}); lower `batch` (items per forward pass)")
 
 
 def draw(model, n: int, plan: SamplingPlan, *, seed: int = 0, device: torch.device | str = "cpu",
          progress: Advance = None, program=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`n` >= 1 samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i; `program`:
-    a traced solve of full batches (`ctmtool.core.fastpath`)."""
+    """`n` >= 1 samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i;
+    `program`: a traced solve of full batches (`ctmtool.core.fastpath`)."""
     check_memory(n, model.data_shape)
     xs, ys = [], []
     try:
@@ -93,11 +103,12 @@ class Samples:
 def sample(model, plan: SamplingPlan, *, n: int | None = None, seed: int | None = None,
            device: torch.device | str = "cpu", progress: Advance = None, distributed: bool = False,
            fast: bool = False, batch_given: bool = True, log=None) -> Samples | None:
-    """Draw samples with `plan` (`ctmtool.jobs.plan.plan_sampling`); n and seed default to the preset's [sample].
+    """Draw samples with `plan` (`ctmtool.jobs.plan.plan_sampling`); n and seed default to the preset's
+    [sample].
 
-    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others None).
-    fast: on the CPU, `ctmtool.core.fastpath.fast_plan` picks a cache-sized batch (unless `batch_given`) and a
-    traced solve; `log` receives the choice in one line."""
+    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others
+    None). fast: on the CPU, `ctmtool.core.fastpath.fast_plan` picks a cache-sized batch (unless
+    `batch_given`) and a traced solve; `log` receives the choice in one line."""
     s = model.preset.sample
     n, seed = s.n if n is None else n, s.seed if seed is None else seed
     if n < 1:
@@ -147,12 +158,18 @@ def translate_items(model, x: torch.Tensor, plan: SamplingPlan, *, seed: int = 0
         x, model, seed, plan.batch, device, progress)
 
 
-def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tensor | None) -> torch.Tensor | None:
+def class_labels(model, n: int, class_label: int | None,
+                 data_labels: torch.Tensor | None) -> torch.Tensor | None:
     """Labels for a class-conditional model: `class_label` for every item, else the inputs' own (class
     sub-folders); None for an unconditional model (where `class_label` is refused)."""
     if not model.label_dim:
+        if class_label is not None and getattr(model.net, "source_classes", 0):
+            raise UserError(f"`class` {class_label}: the classes of {model.path or 'the model'} (coupling "
+                            "'latent') are its source's Gaussians, not a network input; move images between "
+                            "them with `translate edit --to-class`")
         if class_label is not None:
-            raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; drop `class`")
+            raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; "
+                            "drop `class`")
         return None
     if class_label is not None:
         if not 0 <= class_label < model.label_dim:
@@ -160,32 +177,70 @@ def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tens
                             f"(0..{model.label_dim - 1})")
         return torch.full((n,), class_label, dtype=torch.long)
     if data_labels is None:
-        raise UserError(f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give `class` K, "
-                        "or inputs in class sub-folders")
+        raise UserError(f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give "
+                        "`class` K, or inputs in class sub-folders")
     if int(data_labels.max()) >= model.label_dim:
-        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {model.label_dim}; "
-                        "give `class` K")
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model "
+                        f"{model.label_dim}; give `class` K")
     return data_labels.long()
 
 
-def restore_items(model, y: torch.Tensor, task: str, level: float, *, hole: torch.Tensor | None = None,
-                  factor: int = 8, nfe: int = 1, gamma: float = 1.0, seed: int = 0, batch: int = 256,
-                  device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
-    """Zero-shot restoration (`ctmtool.core.zero_shot.restore`) of every row of y; item i's noise from seed + i."""
-    check_editable(model, level)
+def source_class_labels(model, n: int, class_label: int | None, data_labels: torch.Tensor | None,
+                        option: str = "from_class", class_names: list[str] | None = None) -> torch.Tensor:
+    """The classes of n inputs among the model's source classes (`latent` coupling): `class_label` for every
+    item, else the inputs' own (class sub-folders, an npz's `labels`); sub-folders named by numbers give those
+    numbers (3/ and 7/ are classes 3 and 7, not 0 and 1)."""
+    k = model.net.source_classes
+    numbered = bool(class_names) and all(c.isdigit() for c in class_names)
+    if class_label is None and data_labels is not None and numbered:
+        data_labels = torch.tensor([int(c) for c in class_names], dtype=torch.long)[data_labels.long()]
+    if class_label is not None:
+        if not 0 <= class_label < k:
+            raise UserError(f"`{option}` {class_label} is outside the model's {k} classes (0..{k - 1})")
+        return torch.full((n,), class_label, dtype=torch.long)
+    if data_labels is None:
+        raise UserError(f"the inputs carry no classes: give `{option}` K (the class they show), or inputs in "
+                        "class sub-folders (0/, 1/, ...)")
+    if int(data_labels.max()) >= k:
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {k}; "
+                        f"give `{option}` K")
+    return data_labels.long()
 
+
+def manipulate_items(model, x: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor,
+                     plan: SamplingPlan, *, encode_steps: int = 18, device: torch.device | str = "cpu",
+                     progress: Advance = None) -> dict[str, torch.Tensor]:
+    """Latent manipulation (`ctmtool.core.translate.manipulate`) of every row of x, `plan.batch` rows at a
+    time: {latent, moved, output, round_trip} on the CPU (round_trip: the unmoved latent decoded, for the
+    error of encoding and decoding)."""
+    def one(xb, noise, lo, hi):
+        a, b = from_labels[lo:hi].to(xb.device), to_labels[lo:hi].to(xb.device)
+        x1, moved, out = manipulate(model, xb, a, b, plan, encode_steps)
+        back = translate(model, x1, plan)
+        return torch.stack([x1, moved, out, back], 1)
+
+    y = _batched(one, x, model, 0, plan.batch, device, progress)
+    return dict(zip(("latent", "moved", "output", "round_trip"), y.unbind(1), strict=True))
+
+
+def restore_items(model, y: torch.Tensor, task: str, plan: SamplingPlan, *, hole: torch.Tensor | None = None,
+                  factor: int = 8, seed: int = 0, device: torch.device | str = "cpu",
+                  progress: Advance = None) -> torch.Tensor:
+    """Zero-shot restoration (`ctmtool.core.zero_shot.restore`) of every row of y along `plan`
+    (`plan_restoration`), `plan.batch` rows at a time; item i's noise from seed + i."""
     def one(yb, noise, lo, hi):
         hb = None if hole is None else (hole if len(hole) == 1 else hole[lo:hi]).to(yb.device)
-        return restore(model, yb, task, level, nfe, noise, gamma=gamma, hole=hb, factor=factor)
+        return restore(model, yb, task, plan, noise, hole=hb, factor=factor)
 
-    return _batched(one, y, model, seed, batch, device, progress)
+    return _batched(one, y, model, seed, plan.batch, device, progress)
 
 
-def edit_items(model, x: torch.Tensor, level: float, plan: SamplingPlan, *, strokes: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None, keep_unmasked: bool = False, seed: int = 0,
-               device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022) of every row of x from `level` along `plan` (`editing_level`, `plan_editing`),
-    or stroke editing when `strokes` are given."""
+def edit_items(model, x: torch.Tensor, level: float, plan: SamplingPlan, *,
+               strokes: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               keep_unmasked: bool = False, seed: int = 0, device: torch.device | str = "cpu",
+               progress: Advance = None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022) of every row of x from `level` along `plan` (`editing_level`,
+    `plan_editing`), or stroke editing when `strokes` are given."""
     def one(xb, noise, lo, hi):
         if strokes is None:
             return sdedit(model, xb, level, plan, noise=noise)
@@ -206,7 +261,8 @@ def check_finite(x: torch.Tensor, what: str, fix: str) -> torch.Tensor:
 
 def check_model_finite(model) -> None:
     """Refuse a model whose weights hold NaN or infinite values (an edited or damaged checkpoint)."""
-    bad = [name for name, t in model.net.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = [name for name, t in model.net.state_dict().items() if t.is_floating_point()
+           and not torch.isfinite(t).all()]
     if bad:
         raise UserError(f"checkpoint {model.path} holds NaN or infinite weights ({bad[0]}"
                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); use another checkpoint")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctmtool.config import load_preset
-from ctmtool.core.models import analytic_model, load_model, newest_checkpoint
+from ctmtool.core.models import analytic_model, analytic_problem, load_model, newest_checkpoint
 from ctmtool.errors import UserError
 from ctmtool.jobs.items import check_model_finite
 
@@ -22,7 +22,8 @@ SUFFIX = ".safetensors"
 
 
 def default_run_dir(preset: str = DEFAULT_PRESET, role: str = "ctm") -> Path:
-    """runs/<preset>/<role>: where `ctmtool teacher` (role teacher) and `ctmtool distill` (ctm, gctm) write."""
+    """runs/<preset>/<role>: where `ctmtool teacher` (role teacher) and `ctmtool distill` (ctm, gctm)
+    write."""
     return RUNS / preset / role
 
 
@@ -35,17 +36,38 @@ def _runs_with_checkpoints(limit: int = 4) -> str:
 
 
 def newest_in(run_dir: str | Path) -> Path:
-    """The most recently written checkpoint in one run directory (`models.newest_checkpoint`), or an error that
-    lists the run directories that do hold checkpoints."""
+    """The most recently written checkpoint in one run directory (`models.newest_checkpoint`), or an error
+    that lists the run directories that do hold checkpoints."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a run directory; give `run_dir` a folder or `ckpt` the file")
+        raise UserError(f"{run_dir} is a file, not a run directory; give `run_dir` a folder or `ckpt` the "
+                        "file")
 
     try:
         return newest_checkpoint(run_dir)
-    except UserError:
+    except ValueError:
         raise UserError(f"no checkpoint (*{SUFFIX}) in {run_dir}; pass `ckpt` FILE or `run_dir` DIR of a "
                         f"finished run{_runs_with_checkpoints()}") from None
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` as given, or for a run directory its newest checkpoint (`models.newest_checkpoint`); a directory
+    without one is refused (UserError) before `models.load_model` is called."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    try:
+        return newest_checkpoint(path)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def analytic_preset(preset):
+    """A loaded preset the analytic mixture can be built from (`models.analytic_model`), else a UserError."""
+    problem = analytic_problem(preset)
+    if problem is not None:
+        raise UserError(problem)
+    return preset
 
 
 def find_checkpoint(ckpt: str | Path | None = None, run_dir: str | Path | None = None) -> tuple[Path, str]:
@@ -65,15 +87,15 @@ def find_checkpoint(ckpt: str | Path | None = None, run_dir: str | Path | None =
 
 def open_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None, which: str = "ema",
                device="cpu", *, analytic: bool = False, preset: str | None = None):
-    """(Model, where it came from): the analytic mixture of `preset`, or a checkpoint found by `find_checkpoint`,
-    its weights checked to be finite."""
+    """(Model, where it came from): the analytic mixture of `preset`, or a checkpoint found by
+    `find_checkpoint`, its weights checked to be finite."""
 
     if analytic:
         if ckpt is not None or run_dir is not None:
             raise UserError("`analytic` and `ckpt`/`run_dir` exclude each other; give one model")
         if preset is None:
             raise UserError("`analytic` needs `preset` (a Gaussian-mixture preset such as toy)")
-        model = analytic_model(load_preset(preset))
+        model = analytic_model(analytic_preset(load_preset(preset)))
         model.net.to(device)
         return model, f"analytic:{model.preset.name}"
     if preset is not None:
@@ -81,6 +103,8 @@ def open_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None
     path, how = find_checkpoint(ckpt, run_dir)
     try:
         model = load_model(path, which=which, device=device)
+    except UserError:  # a UserError (a ValueError) inside says what is wrong itself
+        raise
     except (ValueError, TypeError, KeyError) as err:  # a header edited into something no network matches
         raise UserError(f"{path} has an edited or damaged header ({err}); it cannot be used") from None
     check_model_finite(model)

@@ -1,4 +1,5 @@
-"""The box filter's resampling as pooling / nearest upsampling: the FIR convolutions' results within float32 rounding."""
+"""The box filter's resampling as pooling / nearest upsampling: the FIR convolutions' results within float32
+rounding."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import torch
 
 from ctmtool.nets.songunet import Conv2d, SongUNet
 
-# the FIR path and the pooling path sum the same four products x * 1/4 in another order: at most a few ulps apart
+# the FIR path and the pooling path sum the same four products x * 1/4 in another order: at most a few ulps
+# apart
 DOWN_RTOL = 4 * torch.finfo(torch.float32).eps
 
 
 def _fir(conv: Conv2d) -> Conv2d:
     """The same layer forced onto the FIR convolution path."""
-    twin = Conv2d(conv.in_channels, conv.out_channels, conv.weight.shape[-1] if conv.weight is not None else 0,
-                  up=conv.up, down=conv.down, fused_resample=conv.fused_resample)
+    twin = Conv2d(conv.in_channels, conv.out_channels,
+                  conv.weight.shape[-1] if conv.weight is not None else 0, up=conv.up, down=conv.down,
+                  fused_resample=conv.fused_resample)
     twin.load_state_dict(conv.state_dict())
     twin.box = False
     return twin
@@ -47,7 +50,8 @@ def test_other_filters_keep_the_fir_path():
 
 def test_whole_ddpmpp_network_within_float32_rounding():
     torch.manual_seed(0)
-    net = SongUNet(16, 3, 3, model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8]).eval()
+    net = SongUNet(16, 3, 3, model_channels=16, channel_mult=[1, 2], num_blocks=1,
+                   attn_resolutions=[8]).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in net.parameters():
