@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctmtool.nets.songunet import Conv2d, SongUNet
+from ctmtool.nets.songunet import Conv2d, SongUNet, upsample_nearest2x
 
 # the FIR path and the pooling path sum the same four products x * 1/4 in another order: at most a few ulps apart
 DOWN_RTOL = 4 * torch.finfo(torch.float32).eps
@@ -61,3 +61,19 @@ def test_whole_ddpmpp_network_within_float32_rounding():
         slow = net(x, noise)
     assert (fast - slow).abs().max() <= 1e-5 * slow.abs().max()
     assert not torch.equal(fast, torch.zeros_like(fast))
+
+
+@pytest.mark.parametrize("shape", [(8, 64, 16, 16), (2, 3, 5, 7)])
+def test_nearest_upsampling_is_interpolate_bit_for_bit_with_its_gradient(shape):
+    """The copies that replace `interpolate(mode="nearest")` on the CPU: forward and gradient bit-identical."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    a, b = upsample_nearest2x(x), torch.nn.functional.interpolate(x2, scale_factor=2, mode="nearest")
+    assert torch.equal(a, b) and a.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(upsample_nearest2x(x), b)
+    grad = torch.randn(b.shape, generator=g)
+    a.backward(grad)
+    b.backward(grad)
+    assert torch.equal(x.grad, x2.grad)
