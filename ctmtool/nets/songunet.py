@@ -93,8 +93,9 @@ class Conv2d(nn.Module):
                 x = self._up(x, f, f_pad)
             if self.down:
                 x = self._down(x, f, self.in_channels, f_pad)
-            if w is not None:
-                x = F.conv2d(x, w, padding=w_pad)
+            if w is not None:  # the bias inside the convolution: one pass over the output less
+                b = self.bias.to(x.dtype) if self.bias is not None else None
+                return F.conv2d(x, w, b, padding=w_pad)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         return x
@@ -108,7 +109,8 @@ class Conv2d(nn.Module):
         return nn.functional.conv2d(x, f.tile([channels, 1, 1, 1]), groups=channels, stride=2, padding=pad)
 
     def _up(self, x: torch.Tensor, f: torch.Tensor, pad: int) -> torch.Tensor:
-        """FIR upsampling by 2; the box filter (taps 4 * 1/4 = 1 on each 2x2 cell) is nearest upsampling, bit for bit."""
+        """FIR upsampling by 2; the box filter (taps 4 * 1/4 = 1 on each 2x2 cell) is nearest upsampling, bit
+        for bit."""
         if self.box:
             return upsample_nearest2x(x)
         f_up = f.mul(4).tile([self.in_channels, 1, 1, 1])
@@ -206,11 +208,13 @@ class UNetBlock(nn.Module):
         b, c, hh, ww = h.shape
         q, k, v = (m.transpose(-1, -2).contiguous() for m in
                    self.qkv(h).reshape(b, self.num_heads, c // self.num_heads, 3, hh * ww).unbind(3))
-        # contiguous (batch, heads, HW, c) operands: SDPA's fused (flash) kernel on the CPU too; on the strided
-        # views it fell back to the unfused path (0.55x the time without gradients, 0.83x with, 8x256x64)
+        # contiguous (batch, heads, HW, c) operands: SDPA's fused (flash) kernel on the CPU too; on the
+        # strided views it fell back to the unfused path (0.55x the time without gradients, 0.83x with,
+        # 8 x 256 x 64)
         a = nn.functional.scaled_dot_product_attention(q, k, v)
-        # 4-D (batch, heads, HW, c) as ONNX export needs; SDPA's output viewed as NCHW is channels-last, and every
-        # later GroupNorm is several times slower on that layout: back to contiguous NCHW (bench/songunet_layout.py)
+        # 4-D (batch, heads, HW, c) as ONNX export needs; SDPA's output viewed as NCHW is channels-last, and
+        # every later GroupNorm is several times slower on that layout: back to contiguous NCHW
+        # (bench/songunet_layout.py)
         return a.transpose(-1, -2).reshape(b, c, hh, ww).contiguous()
 
 

@@ -65,7 +65,7 @@ def test_whole_ddpmpp_network_within_float32_rounding():
 
 @pytest.mark.parametrize("shape", [(8, 64, 16, 16), (2, 3, 5, 7)])
 def test_nearest_upsampling_is_interpolate_bit_for_bit_with_its_gradient(shape):
-    """The copies that replace `interpolate(mode="nearest")` on the CPU: forward and gradient bit-identical."""
+    """The copies replacing `interpolate(mode="nearest")` on the CPU: forward and gradient bit-identical."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
