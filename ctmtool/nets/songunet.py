@@ -88,6 +88,9 @@ class Conv2d(nn.Module):
         elif self.fused_resample and self.down and w is not None:
             x = F.conv2d(x, w, padding=w_pad + f_pad)
             x = self._down(x, f, self.out_channels, 0)
+        elif self.up and self.box and w is not None and w.shape[-1] == 3 and x.device.type == "cpu":
+            b = self.bias.to(x.dtype) if self.bias is not None else None
+            return F.conv_transpose2d(x, _nearest_up_kernel(w), b, stride=2, padding=1)
         else:
             if self.up:
                 x = self._up(x, f, f_pad)
@@ -140,6 +143,18 @@ def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _NearestUp2x.apply(x)
     return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+
+def _nearest_up_kernel(w: torch.Tensor) -> torch.Tensor:
+    """The 4x4 stride-2 transposed-convolution kernel (in, out, 4, 4) equal to nearest upsampling by 2 followed
+    by the 3x3 convolution `w` (out, in, 3, 3) with padding 1: each output pixel of phase 0 sees the input rows
+    (i - 1, i) with taps (w0, w1 + w2), of phase 1 the rows (i, i + 1) with (w0 + w1, w2), and the same along
+    the columns. 16 instead of 36 multiply-adds per input pixel and output channel; the same function within
+    float32 rounding (the taps are summed before they multiply). Differentiable in `w`."""
+    def taps(t: torch.Tensor, d: int) -> torch.Tensor:
+        a, b, c = t.unbind(d)
+        return torch.stack([c, b + c, a + b, a], d)
+    return taps(taps(w, 2), 3).transpose(0, 1)
 
 
 class GroupNorm(nn.GroupNorm):
