@@ -46,18 +46,25 @@ from pathlib import Path
 
 import torch
 
+CLOCK = "wall"  # --clock cpu: the process's CPU time (time.process_time) instead of wall-clock time
+
+
+def _now() -> float:
+    return time.process_time() if CLOCK == "cpu" else time.perf_counter()
+
 
 def interleaved(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, the calls interleaved round-robin."""
+    """Median seconds per call of each function, the calls interleaved round-robin (wall-clock, or the
+    process's CPU time with --clock cpu: on a loaded machine the time spent waiting for a core is left out)."""
     for f in fns.values():
         for _ in range(warmup):
             f()
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = _now()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(_now() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -319,9 +326,9 @@ def row_sample(reps: int, folder: Path, n: int) -> None:
     try:
         for _ in range(reps):  # no warm-up: each job is tens of seconds
             for k, f in sides.items():
-                t0 = time.perf_counter()
+                t0 = _now()
                 outs[k] = f()
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(_now() - t0)
     finally:
         if old_env is None:
             os.environ.pop(PROGRAM_CACHE_ENV, None)
@@ -343,14 +350,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="distill: images per step")
     ap.add_argument("--k", type=int, default=4, help="distill: teacher Heun steps per CTM target")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall-clock time, or the process's CPU time (robust to other processes' load)")
     ap.add_argument("--sample-n", type=int, default=256, help="sample: images per job")
     ap.add_argument("--sample-reps", type=int, default=3, help="sample: repeats (each job takes tens of seconds)")
     ap.add_argument("--profile", type=int, default=0, help="distill: print the N costliest operators of each side")
     ap.add_argument("--digits-teacher", help="heun, likelihood: a trained digits teacher checkpoint (default: random "
                     "weights; the likelihood's NFE depends on the weights, the time per NFE does not)")
     a = ap.parse_args()
-    global PROFILE_TOP, DIGITS_TEACHER
-    PROFILE_TOP, DIGITS_TEACHER = a.profile, a.digits_teacher
+    global PROFILE_TOP, DIGITS_TEACHER, CLOCK
+    PROFILE_TOP, DIGITS_TEACHER, CLOCK = a.profile, a.digits_teacher, a.clock
     torch.set_num_threads(a.threads)
     rows = a.only.split(",")
     kd = load_kdiffusion(a.kdiffusion) if {"heun", "likelihood"} & set(rows) else None
@@ -359,6 +368,7 @@ def main() -> None:
     official = load_official(a.official) if "distill" in rows else None
     load0 = os.getloadavg()
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, "
+          f"{CLOCK} clock, "
           f"load {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
