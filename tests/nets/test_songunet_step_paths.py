@@ -1,7 +1,7 @@
-"""One CTM distillation step of a DDPM++ SongUNet through the CPU's fast pieces (upsampling + convolution as one
-transposed convolution, the bias inside the convolution, SDPA's fused attention kernel, nearest upsampling by
-copies) against the same step through the reference pieces (interpolate, then convolve, then add the bias;
-EDM's einsum attention): losses, gradients and updated weights within float32 rounding."""
+"""One CTM distillation step of a DDPM++ SongUNet through the CPU's fast pieces (upsampling + convolution as
+one transposed convolution, the bias inside the convolution, SDPA's fused attention kernel, nearest upsampling
+by copies) against the same step through the reference pieces (interpolate, then convolve, then add the bias;
+EDM's einsum attention): losses and updated weights within float32 rounding."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from ctmtool.nets import songunet
 from ctmtool.train.trajectory import ctm_objective
 
 # Stated tolerance: the fast pieces sum the same products in another order (taps summed before they multiply,
-# the bias inside the accumulation, an online softmax); after the CTM and DSM losses, backward, RAdam and the EMAs
-# every weight is within 1e-5 of its tensor's scale and the losses within 1e-5 relative.
+# the bias inside the accumulation, an online softmax); after the CTM and DSM losses, backward, RAdam and the
+# EMAs every weight is within 1e-5 of its tensor's scale and the losses within 1e-5 relative.
 RTOL = 1e-5
 UNET = ["net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
         "net.unet.attn_resolutions=[8]", "net.unet.dropout=0.1", "data.resolution=16"]
@@ -45,7 +45,8 @@ def _reference_attention(self, h: torch.Tensor) -> torch.Tensor:
 
 def _step(shape):
     p = load_preset("cifar10", [*UNET, "distill.batch=4", "distill.micro_batch=4", "ctm.distance=l2",
-                                "ctm.dsm_weight=1", "ctm.eval_emas=[0.999]", "gan.enabled=false", "ctm.grid=10", "ctm.max_steps=3",
+                                "ctm.dsm_weight=1", "ctm.eval_emas=[0.999]", "gan.enabled=false",
+                                "ctm.grid=10", "ctm.max_steps=3",
                                 "distill.precision=fp32", "distill.compile=false", "distill.lr=1e-2"])
     torch.manual_seed(5)
     teacher = build_precond("teacher", p, shape).eval().requires_grad_(False)
