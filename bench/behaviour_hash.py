@@ -37,6 +37,12 @@ JOBS = [
     "distill --preset toy-translate --kimg 5.12",
     "translate points.npz --ckpt runs/toy-translate/gctm --out translated.npz",
     "translate points.npz --ckpt runs/toy-translate/gctm --nfe 2 --out translated2.npz",
+    # (d) editing and zero-shot restoration of the digits samples with the digits CTM
+    "translate edit digits-nfe1.npz --ckpt runs/digits/ctm --strength 0.5 --nfe 2 --gamma 0.3 "
+    "--out edited.npz",
+    "translate edit digits-nfe1.npz --ckpt runs/digits/ctm --restore inpaint --nfe 2 --out inpainted.npz",
+    "translate edit digits-nfe1.npz --ckpt runs/digits/ctm --restore superres --factor 2 --nfe 3 --gamma 0.5 "
+    "--out superres.npz",
 ]
 
 

@@ -199,8 +199,9 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
                                     "gan.enabled=false", f"ctm.grid={grid_n}", "distill.precision=fp32"])
         teacher = build_precond("teacher", p, (3, res, res)).to(dev).eval().requires_grad_(False)
         obj = ctm_objective(p, (3, res, res), dev, teacher, distance=SquaredL2())
+        student = obj.net  # the student's preconditioned net; its raw network F is `student.net`
         if comp and dev.type != "cuda":
-            obj.net.net.compile()  # the objective compiles on CUDA only; here the same call on the CPU
+            student.net.compile()  # the objective compiles F on CUDA only (`maybe_compile`); same call
         obj.terms.new_step = lambda cpu_gen, steps=0, obj=obj: setattr(obj.terms, "k", k)
         batches = [(x0.clone(), None)]
 

@@ -280,7 +280,7 @@ class FIDConfig(Strict):
 class GCTMConfig(Strict):
     """Generalised CTM between two distributions (GCTM paper, Kim et al. 2024b)."""
 
-    coupling: str = "independent"  # independent | ot | paired[:left|right] | corrupt:<op> | toy:<name> | toy-ot:<name>
+    coupling: str = "independent"  # a couplings.make_coupling spec: independent | ot | paired | latent | ...
     source_noise: float = Field(0.0, ge=0)  # std of Gaussian noise added to the source x1
     grid: int = Field(18, ge=2)  # Karras sigmas (diffusion.sigma_min/max/rho) mapped to t = sigma / (1 + sigma)
     max_steps: int = Field(17, ge=1)  # most solver steps from t to u

@@ -10,8 +10,12 @@ import re
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
-class UserError(Exception):
-    """A problem with the user's input: the message names it and says how to fix it."""
+class UserError(ValueError):
+    """A problem with the user's input: the message names it and says how to fix it.
+
+    A `ValueError`, so that a library caller catching `ValueError` catches it as well as the `ValueError`s
+    that `ctmtool.core` raises for values it cannot use (the core checks no user settings and imports nothing
+    from this module; the jobs layer checks them and raises `UserError`)."""
 
     exit_code = 2
 

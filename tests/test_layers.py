@@ -25,3 +25,24 @@ def test_check_finds_a_hidden_upward_import_and_cycle(tmp_path):
     assert any(p.startswith("import cycle:") and "ctmtool.core.schedules" in p for p in found)
     (pkg / "stray.py").write_text("")
     assert "ctmtool.stray belongs to no layer: place it in tools/check_layers.py LAYERS" in check_layers.problems(pkg)
+
+
+def test_check_refuses_user_errors_in_the_maths(tmp_path):
+    """core/ raises ValueError/TypeError only: importing ctmtool.errors fails the check, and so does naming
+    UserError got another way (an attribute of a foundation module); a docstring that mentions it does not."""
+    pkg = tmp_path / "ctmtool"
+    shutil.copytree(ROOT / "ctmtool", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    noise = pkg / "core" / "noise.py"
+    original = noise.read_text()
+    noise.write_text(original + "\n\ndef _refuse():\n    from ctmtool.errors import UserError\n"
+                     "    raise UserError('x')\n")
+    found = check_layers.problems(pkg)
+    assert any(p.startswith("forbidden import: ctmtool.core.noise imports ctmtool.errors") for p in found)
+    assert any(p.startswith("forbidden name: ctmtool.core.noise uses UserError") for p in found)
+    noise.write_text(original + "\n\ndef _refuse():\n    from ctmtool import checkpoint\n"
+                     "    raise checkpoint.UserError('x')\n")
+    assert [p for p in check_layers.problems(pkg) if "ctmtool.core.noise" in p] == [
+        "forbidden name: ctmtool.core.noise uses UserError (the maths raises ValueError/TypeError; user "
+        "errors (UserError) are the jobs layer's)"]
+    noise.write_text(original + '\n\ndef _doc():\n    """Mentions UserError in prose only."""\n')
+    assert check_layers.problems(pkg) == []

@@ -7,7 +7,10 @@ Reads every module's imports with `ast` (top-level and in-function imports alike
 line per problem) on
 - an import cycle among the package's modules;
 - an upward import: a module importing a module of a higher layer (LAYERS below, lowest first);
-- a module that belongs to no layer (a new top-level module or package must be placed in LAYERS).
+- a module that belongs to no layer (a new top-level module or package must be placed in LAYERS);
+- a forbidden import (FORBIDDEN below): the maths (`core/`) imports nothing from `ctmtool.errors` and names no
+  `UserError`: it trusts its inputs and raises `ValueError`/`TypeError`; user settings are checked, and
+  `UserError`s raised, by the jobs layer.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("maths", ("core", "nets", "losses", "data", "gctm", "metrics")),
     ("jobs", ("jobs", "train", "importers")),
     ("interface", ("cli", "serve", "__main__")),
+]
+
+# (importing package, imported module, why): imports that the layers above allow but this project does not
+FORBIDDEN: list[tuple[str, str, str]] = [
+    ("core", "errors", "the maths raises ValueError/TypeError; user errors (UserError) are the jobs layer's"),
 ]
 
 
@@ -56,6 +64,35 @@ def imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
             if t and t != name and t.startswith(pkg) and t != pkg:
                 found.add(t)
     return found
+
+
+def names_used(path: Path) -> set[str]:
+    """Every identifier a module's code uses (names, attributes, imported names); strings and comments not."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.alias):
+            found.add(node.name.rpartition(".")[2])
+            if node.asname:
+                found.add(node.asname)
+    return found
+
+
+def forbidden(m: str, targets: set[str], path: Path) -> list[str]:
+    """FORBIDDEN imports of module `m`, and a core module that names UserError however it got it."""
+    pkg, _, rest = m.partition(".")
+    out = []
+    for importer, imported, why in FORBIDDEN:
+        if rest.split(".")[0] != importer:
+            continue
+        out += [f"forbidden import: {m} imports {t} ({why})" for t in sorted(targets)
+                if t == f"{pkg}.{imported}" or t.startswith(f"{pkg}.{imported}.")]
+        if imported == "errors" and "UserError" in names_used(path):
+            out.append(f"forbidden name: {m} uses UserError ({why})")
+    return out
 
 
 def layer_of(name: str) -> int | None:
@@ -118,6 +155,7 @@ def problems(root: Path) -> list[str]:
     graph = {m: imports(m, f, mods) for m, f in mods.items()}
     out = [f"import cycle: {' <-> '.join(c)}" for c in cycles(graph)]
     for m in sorted(graph):
+        out += forbidden(m, graph[m], mods[m])
         lm = layer_of(m)
         if lm is None:
             out.append(f"{m} belongs to no layer: place it in tools/check_layers.py LAYERS")
@@ -156,7 +194,7 @@ def main() -> int:
     for p in found:
         print(p)
     n = len(modules(root))
-    print(f"{n} modules, {len(LAYERS)} layers: " + ("no cycles, no upward imports" if not found
+    print(f"{n} modules, {len(LAYERS)} layers: " + ("no cycles, no upward or forbidden imports" if not found
                                                      else f"{len(found)} problems"))
     return 1 if found else 0
 

@@ -33,10 +33,11 @@ def export_cmd(
                         "install them with `pip install 'ctmtool[export]'`") from None
     from ctmtool.core.models import load_model
     from ctmtool.jobs.export import export_model
+    from ctmtool.jobs.run_dirs import checkpoint_file
 
     if not tol > 0:
         raise UserError(f"--tol must be positive, got {tol}")
-    model = load_model(ckpt, which=ema)
+    model = load_model(checkpoint_file(ckpt), which=ema)
     result = export_model(model, out, tol=tol, program=program, force=force, opset=opset, log=rep.log)
     if json_out:
         rep.result(result)

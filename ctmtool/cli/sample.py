@@ -120,6 +120,7 @@ def sample_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from ctmtool.core import distributed as ddp
+    from ctmtool.jobs.items import join_process_group
     from ctmtool.jobs.outputs import check_out, write_items
     from ctmtool.jobs.plan import plan_sampling
     from ctmtool.jobs.rejection import draw_count
@@ -132,7 +133,7 @@ def sample_cmd(
         check_output(out, force)  # before loading anything
     dev = select_device(device)
     if ddp.env_world_size() > 1:  # under torchrun: each rank draws its own index range, rank 0 writes
-        dev = ddp.setup(dev)
+        dev = join_process_group(dev)
     model, source = open_model(ckpt, run_dir, ema, dev, analytic=analytic, preset=preset)
     plan = plan_sampling(model, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label,
                          sigmas=parse_floats(sigmas, "--sigmas"), noise=noise, batch=batch)  # before the output

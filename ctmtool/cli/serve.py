@@ -40,6 +40,7 @@ def serve_cmd(
     import torch
 
     from ctmtool.core.models import load_model
+    from ctmtool.jobs.run_dirs import checkpoint_file
     from ctmtool.serve import run_server
     from ctmtool.serve.app import create_app
     from ctmtool.serve.engine import Engine
@@ -64,7 +65,7 @@ def serve_cmd(
     except OSError as err:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port or --host") from None
     torch.set_num_threads(threads)
-    model = load_model(ckpt, which=ema)
+    model = load_model(checkpoint_file(ckpt), which=ema)
     engine = Engine(model, backend=backend, threads=threads, log=rep.log)
     max_upload = int(max_upload_mb * 1e6)
     app = create_app(engine, max_clients=max_clients, max_upload=max_upload,

@@ -4,6 +4,7 @@ A group whose sub-command is `edit`; any other first argument is INPUT of the de
 
     ctmtool translate INPUT --ckpt CKPT --out OUTPUT [--nfe N] [--gamma G] [--degrade] [--grid FILE] ...
     ctmtool translate edit IMAGE --ckpt CKPT --strength S --out OUTPUT [--strokes FILE [--mask FILE]] ...
+    ctmtool translate edit IMAGE --ckpt CKPT --to-class B [--from-class A] --out OUTPUT  (latent manipulation)
 
 INPUT / IMAGE: a folder of images, a .zip, an .npz (key `samples`), one image file, or for 2-D models an
 .npz of float points (N, D). OUTPUT: a folder (one PNG per item, named after the inputs), an .npz (key
@@ -31,7 +32,6 @@ from ctmtool.cli.common import (
     OutOpt,
     Reporter,
     RequiredCkptOpt,
-    at_least,
     check_output,
     handle_errors,
     limits,
@@ -69,9 +69,38 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
                                class_label=class_label), title="translate")
 
 
+def _manipulate(rep: Reporter, image: str, ckpt: str, out: str, to_class: int, from_class: int | None,
+                encode_steps: int | None, nfe: int, grid: str | None, batch: int, ema: str, device: str,
+                force: bool) -> None:
+    """`translate edit IMAGE --to-class B`: latent manipulation with a GCTM of coupling `latent`."""
+    from ctmtool.jobs.translation import manipulation_job
+
+    model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
+    steps = 18 if encode_steps is None else encode_steps
+    rep.result(manipulation_job(model, image, out, to_class=to_class, from_class=from_class,
+                                encode_steps=steps, nfe=nfe, grid=grid_path, batch=batch, device=dev,
+                                force=force, report=rep),
+               title="latent manipulation")
+
+
 def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float | None, strokes: str | None,
           mask: str | None, keep_unmasked: bool, nfe: int, gamma: float | None, grid: str | None, seed: int,
-          batch: int, ema: str, device: str, force: bool, restore: str | None = None, factor: int = 8) -> None:
+          batch: int, ema: str, device: str, force: bool, restore: str | None = None, factor: int = 8,
+          to_class: int | None = None, from_class: int | None = None,
+          encode_steps: int | None = None) -> None:
+    if to_class is not None:
+        others = {"--strength": strength, "--strokes": strokes, "--mask": mask, "--restore": restore,
+                  "--gamma": gamma, "--keep-unmasked": keep_unmasked or None}
+        given = [k for k, v in others.items() if v is not None]
+        if given:
+            raise UserError(f"latent manipulation (--to-class) takes no {', '.join(given)} (SDEdit / "
+                            "restoration options); drop them")
+        _manipulate(rep, image, ckpt, out, to_class, from_class, encode_steps, nfe, grid, batch, ema, device,
+                    force)
+        return
+    if from_class is not None or encode_steps is not None:
+        raise UserError("--from-class and --encode-steps go with --to-class (latent manipulation); "
+                        "add --to-class B")
     if restore is not None:
         _restore(rep, image, ckpt, out, restore, factor, 1.0 if strength is None else strength, mask, nfe,
                  1.0 if gamma is None else gamma, grid, seed, batch, ema, device, force, strokes, keep_unmasked)
@@ -94,11 +123,8 @@ def _restore(rep: Reporter, image: str, ckpt: str, out: str, task: str, factor: 
              mask: str | None, nfe: int, gamma: float, grid: str | None, seed: int, batch: int, ema: str,
              device: str, force: bool, strokes: str | None, keep_unmasked: bool) -> None:
     """`translate edit IMAGE --restore TASK`: zero-shot inpainting / colourisation / super-resolution."""
-    from ctmtool.core.zero_shot import TASKS
     from ctmtool.jobs.translation import restore_job
 
-    if task not in TASKS:
-        raise UserError(f"--restore {task}: choose among {', '.join(TASKS)}")
     if strokes is not None or keep_unmasked:
         raise UserError("--strokes and --keep-unmasked are for stroke editing, not --restore")
     if mask is not None and task != "inpaint":
@@ -155,14 +181,13 @@ def translate_cmd(
     with --out -).
     """
     rep = Reporter(json_out, data_on_stdout=out == "-")
-    at_least(1, nfe=nfe, batch=batch)
-    limits(rep, no_limits, nfe=nfe)
+    limits(rep, no_limits, nfe=nfe)  # --nfe and --batch below 1: refused once, by the plan (jobs/plan.py)
     _translate(rep, source, str(ckpt), out, nfe, gamma, degrade, grid, seed, batch, ema, device, force, metrics, ref,
                class_label)
 
 
 @app.command("edit", cls=DefaultCommand, short_help="SDEdit / stroke editing / zero-shot restoration with a CTM or a "
-                                                    "Gaussian-source GCTM.")
+                                                    "Gaussian-source GCTM; latent manipulation (--to-class).")
 @handle_errors
 def edit_cmd(
     image: Annotated[str, typer.Argument(metavar="IMAGE", help="The image(s) to edit: image file, folder, .zip, "
@@ -182,6 +207,16 @@ def edit_cmd(
     mask: Annotated[str | None, typer.Option("--mask", metavar="FILE", help="White where the strokes apply "
                                     "[default: wherever STROKES differs from IMAGE]; with --restore inpaint: the hole.")] = None,
     keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked", help="Paste the original back outside the mask.")] = False,
+    to_class: Annotated[int | None, typer.Option(
+        "--to-class", metavar="B", help="Latent manipulation (a GCTM of coupling 'latent'): encode IMAGE "
+        "to its latent by the model's ODE, move it from its class's Gaussian to class B's, decode in --nfe "
+        "jumps.")] = None,
+    from_class: Annotated[int | None, typer.Option(
+        "--from-class", metavar="A", help="--to-class: the class of the inputs [default: their class "
+        "sub-folders, or an .npz's labels].")] = None,
+    encode_steps: Annotated[int | None, typer.Option(
+        "--encode-steps", help="--to-class: Heun steps of the encoding ODE (2 evaluations each, plus "
+        "one) [default: 18].")] = None,
     nfe: NfeOpt = 1,
     gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between "
                                                 "jumps [default: 0; 1 with --restore].")] = None,
@@ -196,12 +231,12 @@ def edit_cmd(
 ) -> None:
     """SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: noise
     the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is the start (inside
-    --mask), and --keep-unmasked pastes the original back outside it; --restore: zero-shot restoration."""
+    --mask), and --keep-unmasked pastes the original back outside it; --restore: zero-shot restoration;
+    --to-class B: latent manipulation with a GCTM of coupling 'latent'."""
     rep = Reporter(json_out, data_on_stdout=out == "-")
-    at_least(1, nfe=nfe, batch=batch)
-    limits(rep, no_limits, nfe=nfe)
+    limits(rep, no_limits, nfe=nfe)  # --nfe and --batch below 1: refused once, by the plan (jobs/plan.py)
     _edit(rep, image, str(ckpt), out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
-          device, force, restore, factor)
+          device, force, restore, factor, to_class, from_class, encode_steps)
 
 
 def register(root: typer.Typer) -> None:

@@ -16,8 +16,6 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from ctmtool.errors import UserError
-
 
 def env_world_size() -> int:
     """The world size torchrun announced in the environment (1 without torchrun)."""
@@ -45,16 +43,18 @@ def is_main() -> bool:
 
 
 def setup(device: torch.device) -> torch.device:
-    """Join the process group torchrun describes (env://) and return this rank's device; no-op without torchrun."""
+    """Join the process group torchrun describes (env://) and return this rank's device; no-op without
+    torchrun. A torch without torch.distributed, or a group that cannot be joined, is a ValueError
+    (`ctmtool.jobs.items.join_process_group` says it to a user)."""
     if env_world_size() <= 1 or is_distributed():
         return _local_device(device) if is_distributed() else device
     if not dist.is_available():
-        raise UserError("torchrun started several processes but this torch build has no torch.distributed")
+        raise ValueError("torchrun started several processes but this torch build has no torch.distributed")
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
         dist.init_process_group(backend=backend, init_method="env://")
     except (RuntimeError, ValueError) as err:
-        raise UserError(f"could not join the torchrun process group ({backend}): {err}") from None
+        raise ValueError(f"could not join the torchrun process group ({backend}): {err}") from None
     return _local_device(device)
 
 
@@ -85,14 +85,6 @@ def rows(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]:
     r = rank() if r is None else r
     w = world_size() if w is None else w
     return r * n // w, (r + 1) * n // w
-
-
-def check_batch(micro: int) -> None:
-    """Refuse micro-batches that leave a rank without rows."""
-    w = world_size()
-    if micro < w:
-        raise UserError(f"the micro-batch ({micro}) is smaller than the number of ranks ({w}); "
-                        f"raise batch / micro_batch to at least {w} or use fewer processes")
 
 
 class RowShard:

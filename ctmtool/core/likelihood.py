@@ -33,7 +33,6 @@ import torch
 from torchdiffeq import odeint
 
 from ctmtool.data.base import Dataset
-from ctmtool.errors import UserError
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 FIXED_METHODS = ("rk4", "midpoint", "heun3", "euler")
@@ -75,27 +74,31 @@ class ODEOptions:
 
     def __post_init__(self):
         if self.divergence not in DIVERGENCES:
-            raise UserError(f"unknown divergence {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+            raise ValueError(f"unknown divergence {self.divergence!r}; choose one of "
+                             f"{', '.join(DIVERGENCES)}")
         if self.probe_dist not in PROBE_DISTS:
-            raise UserError(f"unknown probe distribution {self.probe_dist!r}; choose one of {', '.join(PROBE_DISTS)}")
+            raise ValueError(f"unknown probe distribution {self.probe_dist!r}; choose one of "
+                             f"{', '.join(PROBE_DISTS)}")
         if self.method not in ADAPTIVE_METHODS + FIXED_METHODS:
-            raise UserError(f"unknown ODE method {self.method!r}; choose one of "
-                            f"{', '.join(ADAPTIVE_METHODS + FIXED_METHODS)}")
+            raise ValueError(f"unknown ODE method {self.method!r}; choose one of "
+                             f"{', '.join(ADAPTIVE_METHODS + FIXED_METHODS)}")
         if self.time not in TIMES:
-            raise UserError(f"unknown ODE time variable {self.time!r}; choose one of {', '.join(TIMES)}")
+            raise ValueError(f"unknown ODE time variable {self.time!r}; choose one of {', '.join(TIMES)}")
         if not self.rho > 0:
-            raise UserError(f"rho must be positive (got {self.rho})")
+            raise ValueError(f"rho must be positive (got {self.rho})")
         if self.probes < 1 or self.steps < 1 or self.max_rows < 1:
-            raise UserError("probes, steps and max_rows must be at least 1")
+            raise ValueError("probes, steps and max_rows must be at least 1")
         if not (self.rtol > 0 and self.atol > 0):
-            raise UserError(f"rtol and atol must be positive (got {self.rtol}, {self.atol})")
+            raise ValueError(f"rtol and atol must be positive (got {self.rtol}, {self.atol})")
 
 
 def model_denoiser(model) -> Denoiser:
-    """The denoiser D(x, sigma, labels) of a loaded `Model`: a teacher's D, a CTM's g(x, t, t) (Kim et al. 2024, Eq. 7)."""
+    """The denoiser D(x, sigma, labels) of a loaded `Model`: a teacher's D, a CTM's g(x, t, t) (Kim et al.
+    2024, Eq. 7). A model without a data density (a GCTM) is a ValueError
+    (`ctmtool.jobs.likelihood.check_density` refuses it for a user first)."""
     if not getattr(model.net, "has_density", True):
-        raise UserError(f"a {model.kind.upper()} transports one distribution to another and defines no data density; "
-                        "give a teacher or CTM checkpoint (or the analytic model) for likelihoods")
+        raise ValueError(f"a {model.kind.upper()} defines no data density (`has_density` is False): it "
+                         "has no denoiser to take likelihoods with")
     return model.net.denoise
 
 
@@ -205,7 +208,7 @@ def elbo_log_prob(denoise: Denoiser, x: torch.Tensor, sigma_min: float, sigma_ma
     the second line evaluated with antithetic pairs (eps, -eps); docs/likelihood.md derives it.
     """
     if samples < 2:
-        raise UserError(f"the ELBO needs at least 2 Monte-Carlo samples per item (got {samples})")
+        raise ValueError(f"the ELBO needs at least 2 Monte-Carlo samples per item (got {samples})")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     b, d = x.shape[0], x[0].numel()
     span = math.log(sigma_max / sigma_min)
@@ -249,7 +252,7 @@ def make_estimator(denoise: Denoiser, sigma_min: float, sigma_max: float, method
         return lambda x, labels, gen: ode_log_prob(denoise, x, sigma_min, sigma_max, labels, ode, gen)
     if method == "elbo":
         return lambda x, labels, gen: elbo_log_prob(denoise, x, sigma_min, sigma_max, labels, elbo_samples, gen)
-    raise UserError(f"unknown likelihood method {method!r}; choose ode or elbo")
+    raise ValueError(f"unknown likelihood method {method!r}; choose ode or elbo")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,7 +287,7 @@ def combine_draws(log_probs: torch.Tensor, stderrs: torch.Tensor, average: str =
     if average == "logmeanexp":
         w = torch.softmax(log_probs, 0)
         return torch.logsumexp(log_probs, 0) - math.log(m), (w.pow(2) * stderrs.pow(2)).sum(0).sqrt()
-    raise UserError(f"unknown draw average {average!r}; choose one of {', '.join(DRAW_AVERAGES)}")
+    raise ValueError(f"unknown draw average {average!r}; choose one of {', '.join(DRAW_AVERAGES)}")
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float | None, float | None]:
@@ -341,9 +344,9 @@ def evaluate(estimator: Estimator, ds: Dataset, *, n: int | None = None, batch: 
     """
     total = len(ds) if n is None else min(n, len(ds))
     if total < 1:
-        raise UserError(f"{ds.name} holds no items to evaluate")
+        raise ValueError(f"{ds.name} holds no items to evaluate")
     if batch < 1 or dequant_draws < 1:
-        raise UserError("batch and dequant_draws must be at least 1")
+        raise ValueError("batch and dequant_draws must be at least 1")
     seeds = np.random.SeedSequence(seed).generate_state(2)
     gen_deq = torch.Generator().manual_seed(int(seeds[0]))
     gen_est = torch.Generator().manual_seed(int(seeds[1]))

@@ -17,7 +17,6 @@ from ctmtool.checkpoint import Checkpoint, load_checkpoint, load_state
 from ctmtool.config import Preset
 from ctmtool.core.analytic import GaussianMixture
 from ctmtool.core.precond import CTMPrecond, EDMPrecond, GCTMPrecond, VEPrecond, VPPrecond
-from ctmtool.errors import UserError
 from ctmtool.gctm.couplings import GAUSSIAN_SOURCES, coupling_kind
 from ctmtool.nets import build_net
 
@@ -59,8 +58,8 @@ class Model:
         CTM, 0 for a GCTM, whose t, s lie in [0, 1]); a teacher's denoiser D(x, t) (s must be None)."""
         if not self.is_trajectory:
             if s is not None:
-                raise UserError(f"{self.path or 'this model'} is a {self.kind} (a denoiser D(x, sigma)): call it as "
-                                "model(x, sigma); the jump model(x, t, s) needs a CTM or a GCTM")
+                raise ValueError(f"{self.path or 'this model'} is a {self.kind} (a denoiser D(x, sigma)): "
+                                 "call it as model(x, sigma); the jump model(x, t, s) needs a CTM or a GCTM")
             return self.net.denoise(x, t, labels)
         return self.net.jump(x, t, float(self.net.default_schedule(1)[-1]) if s is None else s, labels)
 
@@ -103,10 +102,21 @@ def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: 
     raise ValueError(f"unknown model kind {kind!r}")
 
 
-def analytic_model(preset: Preset) -> Model:
-    """The exact Gaussian-mixture denoiser of a toy GMM preset."""
+def analytic_problem(preset: Preset) -> str | None:
+    """Why `preset` has no analytic model (its data is not a toy Gaussian mixture), else None: the jobs layer
+    refuses a user's preset with this message before `analytic_model` is called."""
     if preset.data.source != "toy" or preset.data.toy != "gmm" or preset.data.gmm is None:
-        raise UserError(f"preset {preset.name!r} has no Gaussian-mixture data; the analytic teacher needs data.toy = 'gmm'")
+        return (f"preset {preset.name!r} has no Gaussian-mixture data; the analytic teacher needs "
+                "data.toy = 'gmm'")
+    return None
+
+
+def analytic_model(preset: Preset) -> Model:
+    """The exact Gaussian-mixture denoiser of a toy GMM preset (a ValueError for any other preset:
+    `analytic_problem`)."""
+    problem = analytic_problem(preset)
+    if problem is not None:
+        raise ValueError(problem)
     d = preset.diffusion
     gmm = GaussianMixture.from_config(preset.data.gmm, d.sigma_min, d.sigma_max)
     return Model("analytic", gmm, preset, gmm.shape)
@@ -146,9 +156,11 @@ def student_from_teacher(teacher_state: dict[str, torch.Tensor], preset: Preset,
 
 
 def newest_checkpoint(run_dir: str | Path) -> Path:
-    """The most recently written *.safetensors in a run directory (used when --ckpt is omitted)."""
+    """The most recently written *.safetensors in a run directory (used when --ckpt is omitted); a ValueError
+    when there is none (`ctmtool.jobs.run_dirs.checkpoint_file` refuses a user's path with its message)."""
     run_dir = Path(run_dir)
     files = sorted(run_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime) if run_dir.is_dir() else []
     if not files:
-        raise UserError(f"no checkpoint (*.safetensors) in {run_dir}; pass `ckpt` or a `run_dir` with a finished run")
+        raise ValueError(f"no checkpoint (*.safetensors) in {run_dir}; pass `ckpt` or a `run_dir` with a "
+                         "finished run")
     return files[-1]

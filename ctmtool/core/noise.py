@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from ctmtool.errors import UserError
 from ctmtool.kernels.philox import philox_integers, philox_normal
 
 NOISE_KINDS = ("philox", "edm")
@@ -109,4 +108,4 @@ def make_noise(kind: str, seeds: list[int] | torch.Tensor, shape: tuple[int, ...
         return PhiloxNoise(seeds, shape, device, dtype)
     if kind == "edm":
         return ImageNoise(seeds, shape, device, dtype)
-    raise UserError(f"unknown `noise` {kind!r}; use one of {', '.join(NOISE_KINDS)}")
+    raise ValueError(f"unknown `noise` {kind!r}; use one of {', '.join(NOISE_KINDS)}")

@@ -149,6 +149,7 @@ class TrajectoryModel(nn.Module):
     translates = False  # its source is another distribution's samples, given as they are (GCTM)
     level_unit = "sigma"  # what its levels are: noise levels sigma (CTM) or interpolation times t (GCTM)
     checkpoint_kind = ""  # the `kind` of its checkpoints (ctm | gctm)
+    source_classes = 0  # classes of a class-Gaussian source (GCTM coupling `latent`); 0: the source has none
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -177,6 +178,12 @@ class TrajectoryModel(nn.Module):
     def strength_level(self, strength: float) -> float:
         """An editing strength in (0, 1] as this model's level (the same signal-to-noise ratio for every model)."""
         raise NotImplementedError
+
+    def move_latent(self, x: torch.Tensor, from_labels: torch.Tensor,
+                    to_labels: torch.Tensor) -> torch.Tensor:
+        """Source points x of classes `from_labels` moved to classes `to_labels` (latent manipulation)."""
+        raise ValueError("this model's source has no classes to move a latent between; latent manipulation "
+                         "needs a GCTM trained with coupling 'latent'")
 
     def edit_schedule(self, level: float, nfe: int) -> torch.Tensor:
         """Levels of `nfe` jumps from `level` to the end of the trajectory."""
@@ -257,7 +264,8 @@ class GCTMPrecond(TrajectoryModel):
         return cls(net, var0=m.get("var0", d.sigma_data**2), var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0),
                    grid_sigmas=(d.sigma_min, d.sigma_max, d.rho), gaussian_source=gaussian_source,
                    source_std=math.sqrt(1.0 + (g.source_noise if g else 0.0) ** 2),
-                   label_range=tuple(m["label_range"]) if "label_range" in m else None)
+                   label_range=tuple(m["label_range"]) if "label_range" in m else None,
+                   class_source=tuple(meta["class_source"]) if "class_source" in meta else None)
 
     def __init__(self,
         net: nn.Module,                 # raw network F(x, noise_t, noise_s, labels=None)
@@ -269,9 +277,14 @@ class GCTMPrecond(TrajectoryModel):
         gaussian_source: bool = True,   # the source x1 is Gaussian noise (independent / ot couplings)
         source_std: float = 1.0,        # per-dimension std of a Gaussian source (sqrt(1 + source_noise^2))
         label_range: tuple[float, float] | None = None,  # clamp t/(1-t) to [smin, smax] instead (official GCTM)
+        class_source: tuple[int, ...] | None = None,  # (K, *item shape): K class Gaussians (`latent`)
     ):
         super().__init__(net)
         self.var0, self.var1, self.cov01, self.t_min = var0, var1, cov01, t_min
+        if class_source is not None:  # filled by set_class_source, or by a checkpoint's state dict
+            self.source_classes = int(class_source[0])
+            self.register_buffer("source_means", torch.zeros(class_source))
+            self.register_buffer("source_stds", torch.ones(class_source))
         self.label_range = label_range
         self.sigma_min, self.sigma_max = 0.0, 1.0
         self.grid_sigmas, self.gaussian_source, self.source_std = tuple(grid_sigmas), gaussian_source, source_std
@@ -306,6 +319,26 @@ class GCTMPrecond(TrajectoryModel):
 
     def strength_level(self, strength: float) -> float:
         return float(strength)
+
+    @torch.no_grad()
+    def set_class_source(self, source_means: torch.Tensor, source_stds: torch.Tensor) -> None:
+        """Store the class Gaussians of a `latent` coupling (`LatentCoupling.source_state`)."""
+        if not self.source_classes:
+            raise ValueError("this GCTM was built without a class source (meta 'class_source')")
+        self.source_means.copy_(source_means)
+        self.source_stds.copy_(source_stds)
+
+    def move_latent(self, x, from_labels, to_labels):
+        """The affine map between class Gaussians, mu_b + (s_b / s_a)(x - mu_a): the optimal transport map
+        from N(mu_a, diag s_a^2) to N(mu_b, diag s_b^2); a shift by mu_b - mu_a when the stds are equal."""
+        if not self.source_classes:
+            return super().move_latent(x, from_labels, to_labels)
+        a, b = (y.reshape(-1).long().to(x.device) for y in (from_labels, to_labels))
+        for y in (a, b):
+            if len(y) != len(x) or int(y.min()) < 0 or int(y.max()) >= self.source_classes:
+                raise ValueError(f"one class in 0..{self.source_classes - 1} per item is needed")
+        mu, sd = self.source_means.to(x.dtype), self.source_stds.to(x.dtype)
+        return mu[b] + sd[b] / sd[a] * (x - mu[a])
 
     def edit_schedule(self, level: float, nfe: int) -> torch.Tensor:
         """Karras spacing in sigma = t / (1 - t) below `level`, mapped back to time; the grid itself at level 1."""

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ctmtool.errors import UserError
+from ctmtool.core.sampling import SamplingPlan
 
 TASKS = ("inpaint", "colorize", "superres")
 LUMA_DIRECTION = (0.2989, 0.5870, 0.1140)  # the official colourisation's vector (normalised below)
@@ -54,7 +54,7 @@ def project(task: str, x: torch.Tensor, hole: torch.Tensor | None = None, factor
         return q * (x * q).sum(1, keepdim=True)
     if task == "superres":
         return _patch_mean(x, factor)
-    raise UserError(f"unknown zero-shot task {task!r}; choose among {', '.join(TASKS)}")
+    raise ValueError(f"unknown zero-shot task {task!r}; choose among {', '.join(TASKS)}")
 
 
 def merge(task: str, y: torch.Tensor, x: torch.Tensor, hole: torch.Tensor | None = None, factor: int = 8) -> torch.Tensor:
@@ -70,18 +70,20 @@ def observed(task: str, y: torch.Tensor, hole: torch.Tensor | None = None, facto
     return p - hole if task == "inpaint" else p
 
 
-def check_task(task: str, shape: tuple[int, ...], factor: int, hole: torch.Tensor | None) -> None:
+def check_task(task: str, shape: tuple[int, ...], factor: int = 8) -> None:
+    """What each task needs of the model's data shape: images; RGB to colourise; a super-resolution
+    `factor` of 2 or more that divides the image size. A ValueError otherwise: the jobs layer's
+    `plan_restoration` checks a user's request with it once."""
     if task not in TASKS:
-        raise UserError(f"unknown zero-shot task {task!r}; choose among {', '.join(TASKS)}")
+        raise ValueError(f"unknown zero-shot task {task!r}; choose among {', '.join(TASKS)}")
     if len(shape) != 3:
-        raise UserError("zero-shot restoration is for image models")
+        raise ValueError("zero-shot restoration is for image models")
     c, h, w = shape
     if task == "colorize" and c != 3:
-        raise UserError(f"colourisation needs an RGB model, this one makes {c}-channel images")
+        raise ValueError(f"colourisation needs an RGB model, this one makes {c}-channel images")
     if task == "superres" and (factor < 2 or h % factor or w % factor):
-        raise UserError(f"super-resolution factor {factor} must be at least 2 and divide the image size {h}x{w}")
-    if task == "inpaint" and hole is None:
-        raise UserError("inpainting needs a hole: give `mask` (white = missing), or none for the centre box")
+        raise ValueError(f"super-resolution factor {factor} must be at least 2 and divide the image size "
+                         f"{h}x{w}")
 
 
 def centre_hole(shape: tuple[int, ...]) -> torch.Tensor:
@@ -93,19 +95,19 @@ def centre_hole(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def restore(model, y: torch.Tensor, task: str, level: float, nfe: int, noise: Callable[[], torch.Tensor],
-            gamma: float = 1.0, hole: torch.Tensor | None = None, factor: int = 8, labels=None) -> torch.Tensor:
-    """Zero-shot restoration of reference images y (their known part) with `nfe` jumps from `level` (a level the
-    model can edit from: `ctmtool.jobs.plan.check_editable`, which `jobs/items.restore_items` calls)."""
-    from ctmtool.core.editing import edit_schedule
-
-    check_task(task, tuple(model.data_shape), factor, hole)
-    if not 0.0 <= gamma <= 1.0:
-        raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
+def restore(model, y: torch.Tensor, task: str, plan: SamplingPlan, noise: Callable[[], torch.Tensor],
+            hole: torch.Tensor | None = None, factor: int = 8, labels=None) -> torch.Tensor:
+    """Zero-shot restoration of reference images y (their known part) by jumps along `plan.schedule` (from its
+    first level, which the model can edit from, down to the end of the trajectory) with `plan.gamma`. The plan
+    comes from `ctmtool.jobs.plan.plan_restoration`, which checks the task against the model (`check_task`),
+    the level and the settings once; this trusts it. `hole`: (1 or B, 1, H, W), 1 = missing (inpainting)."""
+    if task == "inpaint" and hole is None:
+        raise ValueError("inpainting needs a hole: give `hole` (1 = missing), e.g. `centre_hole(shape)`")
+    gamma = plan.gamma
     net = model.net
     y = y.float()
     hole = None if hole is None else hole.to(y)
-    levels = [float(v) for v in edit_schedule(model, level, nfe)]
+    levels = [float(v) for v in plan.schedule]
     end = levels[-1]
     known = observed(task, y, hole, factor)
 

@@ -93,6 +93,8 @@ def download_file(url: str, dest: Path, md5: str, progress: Progress = None) -> 
             raise UserError(f"the download of {url} has md5 {digest.hexdigest()}, expected {md5}; try again, "
                             f"or fetch it by hand and save it as {dest}")
         os.replace(tmp, dest)
+    except UserError:  # a UserError (a ValueError) inside says what is wrong itself
+        raise
     except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
         raise UserError(f"could not download {url} to {dest} ({getattr(err, 'reason', err)}); check the network, "
                         f"or fetch it by hand (md5 {md5}) and save it there") from None

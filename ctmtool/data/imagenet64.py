@@ -178,6 +178,8 @@ def _open_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             with zf.open(_npy_member(zf, "labels.npy", path)) as f:
                 labels = np.load(f, allow_pickle=False)
             data = _stored_data(path, info) if info.compress_type == zipfile.ZIP_STORED else _inflated_data(path, zf, info)
+    except UserError:  # a UserError (a ValueError) inside says what is wrong itself
+        raise
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as err:
         raise UserError(f"cannot read {path} as an .npz batch ({err}); download it again") from None
     if data.ndim != 2 or data.shape[1] != 3 * RES * RES:

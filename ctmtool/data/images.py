@@ -204,6 +204,8 @@ def load_npz(path: str | os.PathLike) -> Dataset:
             samples = z["samples"]
             labels = z["labels"] if "labels" in z.files else None
             class_names = [str(c) for c in z["class_names"]] if "class_names" in z.files else None
+    except UserError:  # a UserError (a ValueError) inside says what is wrong itself
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise UserError(f"cannot read {path} as an .npz file ({err}); check the file or re-create it") from None
     values = _npz_values(samples, path)

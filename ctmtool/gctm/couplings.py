@@ -19,10 +19,14 @@ Specs for `make_coupling` (GCTMConfig.coupling):
     dataset                x1 drawn independently from another data set ([gctm.source], e.g. a folder of
                            images): unpaired image-to-image translation between two data sets
     dataset-ot             the same, paired with x0 by minibatch OT
+    latent[:<sigma>]       x1 ~ N(mu_c, diag(s_c^2)) for an item of class c (GCTM's `latent` coupling, for
+                           latent manipulation): mu_c the mean of the class's items, s_c their per-dimension
+                           std, or the one number sigma for every class and dimension; needs labelled data
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,6 +67,10 @@ class Coupling:
 
     def _pair(self, x0: torch.Tensor, labels, generator) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def source_state(self) -> dict[str, torch.Tensor]:
+        """Tensors the trained model must carry to rebuild its source (the class Gaussians of `latent`)."""
+        return {}
 
     def pair(self, x0: torch.Tensor, labels: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,6 +200,109 @@ class DistributionCoupling(Coupling):
         return x0, ot_pairing(x0, x1, self.reg, generator, self.iters, normalize=self.normalize) if self.ot else x1
 
 
+MIN_CLASS_STD = 1e-3  # floor of the per-dimension class stds of `latent` (images in [-1, 1])
+
+
+STATS_CHUNK = 4096  # items per chunk of the class statistics (CIFAR-10 in float64 at once would be 1.2 GB)
+
+
+@torch.no_grad()
+def class_statistics(values: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None,
+                     sigma: float | None = None,
+                     min_std: float = MIN_CLASS_STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, stds), each (K, *item shape): the mean of each class's items and their per-dimension standard
+    deviation (unbiased, at least `min_std`: a pixel constant over a class, such as a digit's border, keeps a
+    proper Gaussian), or `sigma` everywhere when given; in float64, STATS_CHUNK items at a time (two passes),
+    returned as float32."""
+    labels = labels.reshape(-1).long().cpu()
+    if values.shape[0] != labels.shape[0]:
+        raise ValueError(f"{values.shape[0]} items but {labels.shape[0]} labels")
+    n = values.shape[0]
+
+    def chunks():
+        for i in range(0, n, STATS_CHUNK):
+            yield values[i:i + STATS_CHUNK], labels[i:i + STATS_CHUNK]
+
+    k = int(labels.max()) + 1 if num_classes is None else num_classes
+    return _class_statistics(chunks, k, tuple(values.shape[1:]), sigma, min_std)
+
+
+def _class_statistics(chunks: Callable, k: int, shape: tuple[int, ...], sigma: float | None,
+                      min_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """class_statistics over `chunks()` -> (x, labels) pieces (called once, or twice for the stds)."""
+    d = math.prod(shape)
+    counts = torch.zeros(k, dtype=torch.long)
+    sums = torch.zeros(k, d, dtype=torch.float64)
+    for x, y in chunks():
+        y = y.reshape(-1).long().cpu()
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise ValueError(f"labels must lie in 0..{k - 1}")
+        counts += torch.bincount(y, minlength=k)
+        sums.index_add_(0, y, x.detach().cpu().double().reshape(len(y), d))
+    few = [c for c in range(k) if counts[c] < (1 if sigma is not None else 2)]
+    if few:
+        raise ValueError(f"class(es) {few} have too few items for a class Gaussian (each class needs "
+                         f"{1 if sigma is not None else 2})")
+    means = sums / counts[:, None]
+    if sigma is not None:
+        stds = torch.full_like(means, float(sigma))
+    else:
+        sq = torch.zeros_like(means)
+        for x, y in chunks():
+            y = y.reshape(-1).long().cpu()
+            sq.index_add_(0, y, (x.detach().cpu().double().reshape(len(y), d) - means[y]).square())
+        stds = (sq / (counts[:, None] - 1)).sqrt().clamp_min(min_std)
+    return means.float().reshape(k, *shape), stds.float().reshape(k, *shape)
+
+
+class LatentCoupling(Coupling):
+    """GCTM's `latent` coupling (1202kbs/GCTM couplings.py 118-130): an item x0 of class c is paired with
+    x1 = mu_c + s_c * n, n ~ N(0, I), so each class has its own Gaussian region of the source space and an
+    unconditional network learns class -> class; moving a latent from one class's Gaussian to another's is
+    latent manipulation (`ctmtool.core.translate.manipulate`)."""
+
+    def __init__(self,
+        means: torch.Tensor,            # (K, *item shape): the class means mu_c
+        stds: torch.Tensor,             # (K, *item shape) or broadcastable: the class stds s_c (> 0)
+        source_noise: float = 0.0,      # extra Gaussian noise std on x1 after pairing
+    ):
+        super().__init__(source_noise)
+        if means.shape[0] != stds.shape[0] or means.shape[0] < 1:
+            raise ValueError(f"means {tuple(means.shape)} and stds {tuple(stds.shape)} must give the same "
+                             "classes")
+        if not (stds > 0).all():
+            raise ValueError("class stds must be positive")
+        self.classes = int(means.shape[0])
+        self._means, self._stds = means.float(), stds.float().expand_as(means).contiguous()
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, sigma: float | None = None,
+                     source_noise: float = 0.0) -> LatentCoupling:
+        """Class statistics of all of `ds`'s items (floats, images in [-1, 1]), as the training data."""
+        if ds.labels is None or len(ds) == 0:
+            raise ValueError(f"{ds.name} has no labels")
+        n = len(ds)
+
+        def chunks():  # float items (images in [-1, 1]) a chunk at a time, as class_statistics takes them
+            for i in range(0, n, STATS_CHUNK):
+                yield ds.get(torch.arange(i, min(n, i + STATS_CHUNK)))
+
+        k = max(ds.num_classes or 0, int(ds.labels.max()) + 1)
+        return cls(*_class_statistics(chunks, k, ds.shape, sigma, MIN_CLASS_STD), source_noise)
+
+    def source_state(self) -> dict[str, torch.Tensor]:
+        return {"source_means": self._means, "source_stds": self._stds}
+
+    def _pair(self, x0, labels, generator):
+        if labels is None:
+            raise ValueError("the latent coupling pairs each item with its class's Gaussian: it needs labels")
+        y = labels.reshape(-1).long().to(self._means.device)
+        if int(y.min()) < 0 or int(y.max()) >= self.classes:
+            raise ValueError(f"labels must lie in 0..{self.classes - 1}")
+        mu, sd = self._means[y].to(x0.device, x0.dtype), self._stds[y].to(x0.device, x0.dtype)
+        return x0, mu + sd * randn(x0.shape, generator, x0.device, x0.dtype)
+
+
 def pool_sampler(pool: torch.Tensor) -> Callable[[int, torch.Generator | None], torch.Tensor]:
     """A sampler drawing rows of `pool` uniformly with replacement."""
     def sample(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -288,7 +399,7 @@ def load_paired(path: str | Path, size: int | None = None) -> Dataset:
 # Spec parser
 
 COUPLINGS = ("independent", "ot", "paired[:left|right]", "corrupt:<degradation>", "toy:<name>", "toy-ot:<name>",
-             "dataset", "dataset-ot")
+             "dataset", "dataset-ot", "latent[:<sigma>]")
 DATASET_SOURCES = ("dataset", "dataset-ot")  # couplings whose source x1 comes from [gctm.source]
 
 
@@ -299,6 +410,7 @@ def make_coupling(spec: str,
     gmm=None,                           # GMMConfig for a toy:gmm source
     sinkhorn_normalize: str = "spread", # GCTMConfig.sinkhorn_normalize (ot, toy-ot)
     source: Dataset | None = None,      # the source data set of dataset / dataset-ot
+    data: Dataset | None = None,        # the labelled target data whose class statistics `latent` takes
 ) -> Coupling:
     """Parse a coupling spec (module docstring) into a Coupling; unknown specs raise SpecError."""
     kind, _, arg = spec.strip().partition(":")
@@ -331,7 +443,31 @@ def make_coupling(spec: str,
         return DistributionCoupling(dataset_sampler(source), ot=kind == "dataset-ot", reg=sinkhorn_reg,
                                     iters=sinkhorn_iters, source_noise=source_noise, name=source.name,
                                     normalize=sinkhorn_normalize)
+    if kind == "latent":
+        sigma = _latent_sigma(spec, arg, valid)
+        if data is None or data.labels is None:
+            what = "the data" if data is None else data.name
+            raise SpecError(f"coupling {spec!r} pairs each item with a Gaussian around its class's mean, "
+                            f"but {what} has no labels; use labelled data (class sub-folders, digits, "
+                            "cifar10) or another coupling")
+        try:
+            return LatentCoupling.from_dataset(data, sigma, source_noise)
+        except ValueError as err:
+            raise SpecError(f"coupling {spec!r}: {err}") from None
     raise SpecError(f"unknown coupling {spec!r}; {valid}")
+
+
+def _latent_sigma(spec: str, arg: str, valid: str) -> float | None:
+    """The one std of `latent:<sigma>`, or None for the per-class per-dimension stds of `latent`."""
+    if not arg:
+        return None
+    try:
+        sigma = float(arg)
+    except ValueError:
+        sigma = float("nan")
+    if not sigma > 0 or sigma == float("inf"):
+        raise SpecError(f"coupling {spec!r}: sigma must be a positive number, e.g. latent:0.5; {valid}")
+    return sigma
 
 
 def dataset_sampler(ds: Dataset) -> Callable[[int, torch.Generator | None], torch.Tensor]:
@@ -343,17 +479,20 @@ def dataset_sampler(ds: Dataset) -> Callable[[int, torch.Generator | None], torc
     return sample
 
 
-def coupling_from_config(cfg, gmm=None, source: Dataset | None = None) -> Coupling:
-    """The Coupling a preset's [gctm] section (GCTMConfig) describes (`source`: the loaded [gctm.source])."""
+def coupling_from_config(cfg, gmm=None, source: Dataset | None = None,
+                         data: Dataset | None = None) -> Coupling:
+    """The Coupling a preset's [gctm] section (GCTMConfig) describes (`source`: the loaded [gctm.source];
+    `data`: the target data, whose class statistics the `latent` coupling takes)."""
     return make_coupling(cfg.coupling, cfg.source_noise, cfg.sinkhorn_reg, cfg.sinkhorn_iters, gmm=gmm,
-                         sinkhorn_normalize=cfg.sinkhorn_normalize, source=source)
+                         sinkhorn_normalize=cfg.sinkhorn_normalize, source=source, data=data)
 
 
 GAUSSIAN_SOURCES = ("independent", "ot")  # couplings whose source x1 is N(0, I) noise
 
 
 def coupling_kind(spec: str) -> str:
-    """The kind of a coupling spec: independent, ot, paired, corrupt, toy, toy-ot, dataset or dataset-ot."""
+    """The kind of a coupling spec: independent, ot, paired, corrupt, toy, toy-ot, dataset, dataset-ot or
+    latent."""
     return spec.strip().partition(":")[0]
 
 
@@ -366,5 +505,6 @@ def item_shape(spec: str, data_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 __all__ = ["Coupling", "IndependentCoupling", "OTCoupling", "CorruptCoupling", "PairedCoupling",
-           "DistributionCoupling", "Degradation", "batch_moments", "split_side_by_side", "load_paired",
+           "DistributionCoupling", "LatentCoupling", "Degradation", "class_statistics", "batch_moments",
+           "split_side_by_side", "load_paired",
            "make_coupling", "coupling_from_config", "toy_sampler", "pool_sampler", "item_shape"]

@@ -109,6 +109,8 @@ def checkpoint_from_edm(data: dict, path: str | Path, say: Callable[[str], None]
     pkw, mkw = _init_kwargs(ema), _init_kwargs(model)
     try:
         res, chans, label_dim, unet, kind, sigma_data, vp, pre_min, pre_max = _settings(path, ema, pkw, mkw)
+    except UserError:  # a UserError (a ValueError) inside says what is wrong itself
+        raise
     except (TypeError, ValueError) as err:
         raise UserError(f"{path}: the recorded constructor arguments are malformed ({err})") from None
     sigma_min, sigma_max = max(pre_min, EDM_SAMPLER_RANGE[0]), min(pre_max, EDM_SAMPLER_RANGE[1])

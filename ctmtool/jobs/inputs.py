@@ -22,6 +22,7 @@ class Inputs:
     names: list[str] | None  # unique file stems, to name output files (None when not unique)
     other: torch.Tensor | None = None  # the target halves of side-by-side pairs (for a before/after grid)
     labels: torch.Tensor | None = None  # class labels of the items (class sub-folders, an npz's `labels`)
+    class_names: list[str] | None = None  # the sub-folder (or npz `class_names`) of each label, when known
 
 
 def _log(log, msg: str) -> None:
@@ -87,7 +88,7 @@ def load_inputs(path: str | Path, model, split_pairs: bool = False, log=None) ->
         v, other = (left, right) if source_left else (right, left)
         _log(log, f"{p}: side-by-side pairs; translating the {'left' if source_left else 'right'} (source) halves")
         other = fit_images(other, model, str(p), log)
-    return Inputs(fit_images(v, model, str(p), log), names, other, ds.labels)
+    return Inputs(fit_images(v, model, str(p), log), names, other, ds.labels, ds.class_names)
 
 
 def _paired(model) -> bool:

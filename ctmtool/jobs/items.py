@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ctmtool.core import distributed as ddp
 from ctmtool.core.editing import sdedit, stroke_edit
 from ctmtool.core.noise import ImageNoise
 from ctmtool.core.sampling import SamplingPlan, distributed_generate, generate
-from ctmtool.core.translate import translate
+from ctmtool.core.translate import manipulate, translate
 from ctmtool.core.zero_shot import restore
 from ctmtool.errors import UserError
-from ctmtool.jobs.plan import check_editable
 
 Advance = Callable[[int], None] | None
 
@@ -41,6 +41,16 @@ def check_memory(n: int, shape: tuple[int, ...], what: str = "`n`", copies: int 
     if free is not None and need > 0.8 * free:
         raise UserError(f"{n} items of shape {tuple(shape)} need about {need / 2**30:.1f} GiB, more than the "
                         f"{free / 2**30:.1f} GiB of free memory; lower {what}")
+
+
+def join_process_group(device: torch.device) -> torch.device:
+    """Under torchrun: join its process group (`ctmtool.core.distributed.setup`) and return this rank's
+    device; the device unchanged without torchrun. A torch without torch.distributed, or a group that cannot
+    be joined, is a UserError."""
+    try:
+        return ddp.setup(device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def _out_of_memory(err: BaseException) -> UserError:
@@ -151,6 +161,10 @@ def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tens
     """Labels for a class-conditional model: `class_label` for every item, else the inputs' own (class
     sub-folders); None for an unconditional model (where `class_label` is refused)."""
     if not model.label_dim:
+        if class_label is not None and getattr(model.net, "source_classes", 0):
+            raise UserError(f"`class` {class_label}: the classes of {model.path or 'the model'} (coupling "
+                            "'latent') are its source's Gaussians, not a network input; move images between "
+                            "them with `translate edit --to-class`")
         if class_label is not None:
             raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; drop `class`")
         return None
@@ -168,17 +182,54 @@ def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tens
     return data_labels.long()
 
 
-def restore_items(model, y: torch.Tensor, task: str, level: float, *, hole: torch.Tensor | None = None,
-                  factor: int = 8, nfe: int = 1, gamma: float = 1.0, seed: int = 0, batch: int = 256,
-                  device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
-    """Zero-shot restoration (`ctmtool.core.zero_shot.restore`) of every row of y; item i's noise from seed + i."""
-    check_editable(model, level)
+def source_class_labels(model, n: int, class_label: int | None, data_labels: torch.Tensor | None,
+                        option: str = "from_class", class_names: list[str] | None = None) -> torch.Tensor:
+    """The classes of n inputs among the model's source classes (`latent` coupling): `class_label` for every
+    item, else the inputs' own (class sub-folders, an npz's `labels`); sub-folders named by numbers give those
+    numbers (3/ and 7/ are classes 3 and 7, not 0 and 1)."""
+    k = model.net.source_classes
+    numbered = bool(class_names) and all(c.isdigit() for c in class_names)
+    if class_label is None and data_labels is not None and numbered:
+        data_labels = torch.tensor([int(c) for c in class_names], dtype=torch.long)[data_labels.long()]
+    if class_label is not None:
+        if not 0 <= class_label < k:
+            raise UserError(f"`{option}` {class_label} is outside the model's {k} classes (0..{k - 1})")
+        return torch.full((n,), class_label, dtype=torch.long)
+    if data_labels is None:
+        raise UserError(f"the inputs carry no classes: give `{option}` K (the class they show), or inputs in "
+                        "class sub-folders (0/, 1/, ...)")
+    if int(data_labels.max()) >= k:
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {k}; "
+                        f"give `{option}` K")
+    return data_labels.long()
 
+
+def manipulate_items(model, x: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor,
+                     plan: SamplingPlan, *, encode_steps: int = 18, device: torch.device | str = "cpu",
+                     progress: Advance = None) -> dict[str, torch.Tensor]:
+    """Latent manipulation (`ctmtool.core.translate.manipulate`) of every row of x, `plan.batch` rows at a
+    time: {latent, moved, output, round_trip} on the CPU (round_trip: the unmoved latent decoded, for the
+    error of encoding and decoding)."""
+    def one(xb, noise, lo, hi):
+        a, b = from_labels[lo:hi].to(xb.device), to_labels[lo:hi].to(xb.device)
+        x1, moved, out = manipulate(model, xb, a, b, plan, encode_steps)
+        back = translate(model, x1, plan)
+        return torch.stack([x1, moved, out, back], 1)
+
+    y = _batched(one, x, model, 0, plan.batch, device, progress)
+    return dict(zip(("latent", "moved", "output", "round_trip"), y.unbind(1), strict=True))
+
+
+def restore_items(model, y: torch.Tensor, task: str, plan: SamplingPlan, *, hole: torch.Tensor | None = None,
+                  factor: int = 8, seed: int = 0, device: torch.device | str = "cpu",
+                  progress: Advance = None) -> torch.Tensor:
+    """Zero-shot restoration (`ctmtool.core.zero_shot.restore`) of every row of y along `plan`
+    (`plan_restoration`), `plan.batch` rows at a time; item i's noise from seed + i."""
     def one(yb, noise, lo, hi):
         hb = None if hole is None else (hole if len(hole) == 1 else hole[lo:hi]).to(yb.device)
-        return restore(model, yb, task, level, nfe, noise, gamma=gamma, hole=hb, factor=factor)
+        return restore(model, yb, task, plan, noise, hole=hb, factor=factor)
 
-    return _batched(one, y, model, seed, batch, device, progress)
+    return _batched(one, y, model, seed, plan.batch, device, progress)
 
 
 def edit_items(model, x: torch.Tensor, level: float, plan: SamplingPlan, *, strokes: torch.Tensor | None = None,

@@ -100,6 +100,14 @@ def _npz_folder(path: Path):
     return Dataset(torch.cat([d.values for d in parts]), labels, max(d.num_classes for d in parts), str(path), items)
 
 
+def check_density(model) -> None:
+    """Refuse a model without a data density (a GCTM transports one distribution to another) before
+    `ctmtool.core.likelihood.model_denoiser` is asked for its denoiser."""
+    if not getattr(model.net, "has_density", True):
+        raise UserError(f"a {model.kind.upper()} transports one distribution to another and defines no data "
+                        "density; give a teacher or CTM checkpoint (or the analytic model) for likelihoods")
+
+
 def likelihood_of(model, ds, opts: NLLOptions, *, n: int | None = None, batch: int = 64, seed: int = 0,
                   device="cpu", progress=None):
     """(summary dict, per-item `Evaluation`) of the first `n` items of `ds` (all when None) under `model`."""
@@ -109,6 +117,7 @@ def likelihood_of(model, ds, opts: NLLOptions, *, n: int | None = None, batch: i
     for name, value in (("n", n), ("batch", batch)):
         if value is not None and value < 1:
             raise UserError(f"`{name}` must be at least 1 (got {value})")
+    check_density(model)
     denoise = model_denoiser(model)
     dim = math.prod(ds.shape)
     div = opts.divergence if opts.divergence != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "hutchinson")
@@ -139,6 +148,7 @@ def paper_likelihood_of(model, ds, *, n: int | None = None, batch: int = 64, see
     for name, value in (("n", n), ("batch", batch)):
         if value is not None and value < 1:
             raise UserError(f"`{name}` must be at least 1 (got {value})")
+    check_density(model)
     denoise = model_denoiser(model)
     total = len(ds) if n is None else min(n, len(ds))
     gen = torch.Generator().manual_seed(seed)

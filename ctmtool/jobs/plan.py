@@ -13,9 +13,17 @@ import torch
 from ctmtool.core.noise import NOISE_KINDS
 from ctmtool.core.sampling import SamplingPlan, default_schedule, teacher_schedule
 from ctmtool.core.schedules import check_schedule
+from ctmtool.core.zero_shot import TASKS, check_task
 from ctmtool.errors import UserError
 
 SOLVERS = ("gamma", "heun", "euler")
+
+
+def at_least(least: int = 1, **values: int) -> None:
+    """Refuse counts below `least` (`nfe`, `batch`) in the words of the command line's `at_least`."""
+    for name, value in values.items():
+        if value < least:
+            raise UserError(f"`{name}` must be at least {least} (got {value})")
 
 
 def what(model) -> str:
@@ -45,8 +53,7 @@ def refuse_generation(model) -> None:
 def refuse_translation(model, nfe: int = 1, gamma: float = 0.0) -> None:
     """The one refusal of translating with a model that is not a GCTM, or of Gaussian re-noising of a GCTM whose
     source is not Gaussian; `nfe` >= 1 and `gamma` in [0, 1]."""
-    if nfe < 1:
-        raise UserError(f"`nfe` must be at least 1, got {nfe}")
+    at_least(nfe=nfe)
     if not 0.0 <= gamma <= 1.0:
         raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
     if not (model.is_trajectory and not model.net.has_density):  # a GCTM: transport between two distributions
@@ -62,9 +69,24 @@ def plan_translation(model, *, nfe: int = 1, gamma: float = 0.0, batch: int = 25
     """The plan of GCTM translation (`ctmtool.core.translate.translate`): `nfe` jumps along the model's time
     grid, 1 -> 0, with gamma-sampling; refused for a model that does not translate (`refuse_translation`)."""
     refuse_translation(model, nfe, gamma)
-    if batch < 1:
-        raise UserError(f"`batch` must be at least 1, got {batch}")
+    at_least(batch=batch)
     return SamplingPlan("gamma", model.net.default_schedule(nfe), gamma, batch=batch)
+
+
+def check_manipulation(model, to_class: int, encode_steps: int = 18) -> int:
+    """Refuse latent manipulation for a model whose source has no classes (only a GCTM trained with the
+    `latent` coupling has them) and a target class out of range; returns the number of classes."""
+    k = getattr(model.net, "source_classes", 0) if model.is_trajectory else 0
+    if not k:
+        coupling = model.preset.gctm.coupling if model.preset.gctm is not None else None
+        how = f"coupling {coupling!r}" if coupling else f"a {model.kind} checkpoint"
+        raise UserError(f"{what(model)} is {how}: `to_class` moves a latent between the class Gaussians of a "
+                        "GCTM trained with coupling 'latent' (e.g. `ctmtool distill --preset digits-latent`)")
+    if not 0 <= to_class < k:
+        raise UserError(f"`to_class` {to_class} is outside the model's {k} classes (0..{k - 1})")
+    if encode_steps < 1:
+        raise UserError(f"`encode_steps` must be at least 1 (got {encode_steps})")
+    return k
 
 
 def check_editable(model, level: float | None = None) -> None:
@@ -92,13 +114,26 @@ def plan_editing(model, level: float, *, nfe: int = 1, gamma: float = 0.0, batch
     """The plan of SDEdit / stroke editing from `level` (`editing_level`): `nfe` jumps down to the end of the
     trajectory (`ctmtool.core.editing.sdedit`)."""
     check_editable(model, level)
-    if nfe < 1:
-        raise UserError(f"`nfe` must be at least 1, got {nfe}")
+    at_least(nfe=nfe)
     if not 0.0 <= gamma <= 1.0:
         raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
-    if batch < 1:
-        raise UserError(f"`batch` must be at least 1, got {batch}")
+    at_least(batch=batch)
     return SamplingPlan("gamma", model.net.edit_schedule(level, nfe), gamma, batch=batch)
+
+
+def plan_restoration(model, level: float, task: str, *, factor: int = 8, nfe: int = 1, gamma: float = 1.0,
+                     batch: int = 256) -> SamplingPlan:
+    """The plan of zero-shot restoration (`ctmtool.core.zero_shot.restore`) from `level` (`editing_level`):
+    the task checked against the model (`zero_shot.check_task`: an image model, RGB to colourise, a `factor`
+    that divides the image), then `nfe` jumps down to the end of the trajectory, as `plan_editing` plans
+    them."""
+    if task not in TASKS:
+        raise UserError(f"`restore` {task}: choose among {', '.join(TASKS)}")
+    try:
+        check_task(task, tuple(model.data_shape), factor)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return plan_editing(model, level, nfe=nfe, gamma=gamma, batch=batch)
 
 
 def check_sigmas(model, sigmas: list[float], final_zero: bool) -> None:

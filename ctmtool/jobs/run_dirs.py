@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctmtool.config import load_preset
-from ctmtool.core.models import analytic_model, load_model, newest_checkpoint
+from ctmtool.core.models import analytic_model, analytic_problem, load_model, newest_checkpoint
 from ctmtool.errors import UserError
 from ctmtool.jobs.items import check_model_finite
 
@@ -43,9 +43,29 @@ def newest_in(run_dir: str | Path) -> Path:
 
     try:
         return newest_checkpoint(run_dir)
-    except UserError:
+    except ValueError:
         raise UserError(f"no checkpoint (*{SUFFIX}) in {run_dir}; pass `ckpt` FILE or `run_dir` DIR of a "
                         f"finished run{_runs_with_checkpoints()}") from None
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` as given, or for a run directory its newest checkpoint (`models.newest_checkpoint`); a directory
+    without one is refused (UserError) before `models.load_model` is called."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    try:
+        return newest_checkpoint(path)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def analytic_preset(preset):
+    """A loaded preset the analytic mixture can be built from (`models.analytic_model`), else a UserError."""
+    problem = analytic_problem(preset)
+    if problem is not None:
+        raise UserError(problem)
+    return preset
 
 
 def find_checkpoint(ckpt: str | Path | None = None, run_dir: str | Path | None = None) -> tuple[Path, str]:
@@ -73,7 +93,7 @@ def open_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None
             raise UserError("`analytic` and `ckpt`/`run_dir` exclude each other; give one model")
         if preset is None:
             raise UserError("`analytic` needs `preset` (a Gaussian-mixture preset such as toy)")
-        model = analytic_model(load_preset(preset))
+        model = analytic_model(analytic_preset(load_preset(preset)))
         model.net.to(device)
         return model, f"analytic:{model.preset.name}"
     if preset is not None:
@@ -81,6 +101,8 @@ def open_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None
     path, how = find_checkpoint(ckpt, run_dir)
     try:
         model = load_model(path, which=which, device=device)
+    except UserError:  # a UserError (a ValueError) inside says what is wrong itself
+        raise
     except (ValueError, TypeError, KeyError) as err:  # a header edited into something no network matches
         raise UserError(f"{path} has an edited or damaged header ({err}); it cannot be used") from None
     check_model_finite(model)

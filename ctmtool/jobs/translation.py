@@ -1,6 +1,7 @@
-"""Translation and editing as jobs: inputs loaded and fitted to the model, the plan settled once
-(`plan_translation`, `editing_level` + `plan_editing`), every item run with its own seed, the outputs (and
-an optional side-by-side grid) written, and the summary statistics returned as one dict for the CLI to show.
+"""Translation, editing and zero-shot restoration as jobs: inputs loaded and fitted to the model, the plan
+settled once (`plan_translation`; `editing_level` + `plan_editing` or `plan_restoration`), every item run with
+its own seed, the outputs (and an optional side-by-side grid) written, and the summary statistics returned as
+one dict for the CLI to show.
 """
 
 from __future__ import annotations
@@ -11,11 +12,24 @@ from pathlib import Path
 import torch
 
 from ctmtool.core.editing import composite
-from ctmtool.core.zero_shot import centre_hole, check_task, observed
+from ctmtool.core.zero_shot import centre_hole, observed
 from ctmtool.jobs import inputs
-from ctmtool.jobs.items import class_labels, edit_items, restore_items, translate_items
+from ctmtool.jobs.items import (
+    class_labels,
+    edit_items,
+    manipulate_items,
+    restore_items,
+    source_class_labels,
+    translate_items,
+)
 from ctmtool.jobs.outputs import check_out, write_items
-from ctmtool.jobs.plan import editing_level, plan_editing, plan_translation
+from ctmtool.jobs.plan import (
+    check_manipulation,
+    editing_level,
+    plan_editing,
+    plan_restoration,
+    plan_translation,
+)
 from ctmtool.jobs.plots import preset_view, save_png, side_by_side
 from ctmtool.jobs.restoration_refs import references
 from ctmtool.jobs.streams import input_path
@@ -129,6 +143,7 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
     """`ctmtool translate edit --restore TASK`: zero-shot restoration (`ctmtool.core.zero_shot`) of the images of
     `image` into `out`; returns the summary."""
     level = editing_level(model, strength)
+    plan = plan_restoration(model, level, task, factor=factor, nfe=nfe, gamma=gamma, batch=batch)
     out_path = check_out(out, model.is_image, force)
     with input_path(image) as staged:
         data = inputs.load_inputs(staged, model, log=report.log)
@@ -136,12 +151,10 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
     check_out(out, model.is_image, force, one_png_for=len(y))
     hole = inputs.load_mask(mask, model, len(y), report.log) if mask is not None else (
         centre_hole(tuple(model.data_shape)) if task == "inpaint" else None)
-    check_task(task, tuple(model.data_shape), factor, hole)
     report.log(f"zero-shot {task} of {len(y)} images with {model.path} ({model.kind}), {nfe} jumps from level "
                f"{level:.4g}, gamma {gamma}")
     x, seconds = _timed(report, len(y), task, lambda adv: restore_items(
-        model, y, task, level, hole=hole, factor=factor, nfe=nfe, gamma=gamma, seed=seed, batch=batch, device=device,
-        progress=adv))
+        model, y, task, plan, hole=hole, factor=factor, seed=seed, device=device, progress=adv))
     seen = observed(task, y, None if hole is None else hole.expand(len(y), -1, -1, -1), factor)
     info = _write_both(lambda: write_items(x, out_path, model.is_image, inputs=seen, names=data.names, grid=False),
                        grid and (lambda: _grid([y, seen, x], grid, model, ["input", "observed", f"restored ({task})"])))
@@ -150,3 +163,39 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
             "gamma": gamma, "factor": factor if task == "superres" else None, "mask": mask, "seed": seed,
             "checkpoint": str(model.path), "known_part_error": round(float((known - seen).abs().max()), 6),
             "seconds": round(seconds, 3), "items_per_second": round(len(x) / max(seconds, 1e-9), 1)}
+
+
+def manipulation_job(model, image: str, out: str, *, to_class: int, from_class: int | None, encode_steps: int,
+                     nfe: int, grid: Path | None, batch: int, device, force: bool, report: Progress) -> dict:
+    """`ctmtool translate edit --to-class B`: latent manipulation (`ctmtool.core.translate.manipulate`) of the
+    items of `image` (of class `from_class`, else their class sub-folders) into class `to_class`; the summary
+    reports the round-trip error (the unmoved latent decoded against the input)."""
+    check_manipulation(model, to_class, encode_steps)
+    plan = plan_translation(model, nfe=nfe, gamma=0.0, batch=batch)
+    out_path = check_out(out, model.is_image, force)
+    with input_path(image) as staged:
+        data = inputs.load_inputs(staged, model, log=report.log)
+    x = data.x
+    check_out(out, model.is_image, force, one_png_for=len(x))
+    a = source_class_labels(model, len(x), from_class, data.labels, class_names=data.class_names)
+    b = torch.full_like(a, to_class)
+    report.log(f"moving {len(x)} items to class {to_class} with {model.path} (coupling "
+               f"{model.preset.gctm.coupling}): encode {encode_steps} Heun steps, decode NFE {nfe}")
+    res, seconds = _timed(report, len(x), "manipulate", lambda adv: manipulate_items(
+        model, x, a, b, plan, encode_steps=encode_steps, device=device, progress=adv))
+    y = res["output"]
+    cols = [x, res["latent"], res["moved"], y]
+    titles = ["input", "latent x1 (encoded)", f"moved to class {to_class}", "decoded"]
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names,
+                                           grid=False),
+                       grid and (lambda: _grid(cols, grid, model, titles)))
+    rmse = (res["round_trip"] - x).flatten(1).square().mean(1).sqrt()
+    return {**info, "n": len(y), "to_class": to_class,
+            "from_class": from_class if from_class is not None else "from the inputs",
+            "moved_items": int((a != b).sum()), "encode_steps": encode_steps,
+            "encode_nfe": 2 * encode_steps + 1,
+            "nfe": nfe, "coupling": model.preset.gctm.coupling, "checkpoint": str(model.path),
+            "round_trip_rmse": round(float(rmse.mean()), 6),
+            "latent_shift": _norm_mean(res["moved"] - res["latent"]),
+            "mean_change": _norm_mean(y - x),
+            "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}

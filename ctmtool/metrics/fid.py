@@ -215,6 +215,8 @@ def load_stats(path: str | os.PathLike, features: str = "inception", mode: str =
                          int(z["n"]) if "n" in z.files else n, text("features", features),
                          text("features_sha256", ""), text("mode", mode),
                          z["feats"] if "feats" in z.files else None, text("source", str(path)))
+    except UserError:  # a UserError (a ValueError) inside says what is wrong itself
+        raise
     except (OSError, ValueError, EOFError) as err:
         raise UserError(f"cannot read statistics {path} ({err}); check the file or recompute it") from None
 

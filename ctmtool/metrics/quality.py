@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ctmtool.core.models import analytic_model
+from ctmtool.core.models import analytic_model, analytic_problem
 from ctmtool.data.base import Dataset, to_uint8_images
 from ctmtool.errors import UserError
 from ctmtool.metrics.features import make_extractor
@@ -41,7 +41,9 @@ def make_scorer(metric: str, preset=None, reference: Dataset | None = None, feat
                 ref: str | None = None, device: torch.device | str = "cpu") -> tuple[str, Callable[[torch.Tensor], float], dict]:
     """(name, score(x) -> float, baseline info). Lower is better for fd metrics, higher for logp."""
     if metric == "logp":
-
+        problem = analytic_problem(preset)
+        if problem is not None:
+            raise UserError(problem)
         gmm = analytic_model(preset).net
         true = gmm.sample(1_000_000, torch.Generator().manual_seed(0))  # standard error ~0.001 nats
         base = {"true_samples_logp": float(gmm.log_prob(true).mean())}

@@ -17,7 +17,7 @@ A page that sends nothing for `idle_timeout` seconds is closed; when every slot 
 (for at least `EVICT_IDLE_S`) gives its slot to the newcomer, so idle pages cannot lock the user out.
 
 Requests are coalesced per connection (only the newest edit and the newest generate wait), and the walk
-keeps at most two frames unacknowledged, so a slow client never piles work up. Any bad request is answered
+keeps at most four frames unacknowledged, so a slow client never piles work up. Any bad request is answered
 with an error message; the server keeps serving.
 """
 
@@ -38,7 +38,7 @@ import torch
 
 from ctmtool.errors import UserError
 
-WALK_CREDITS = 2        # walk frames in flight before the page acknowledges one
+WALK_CREDITS = 4        # walk frames in flight before the page acknowledges one (it acks when it paints)
 MAX_POINTS = 4096       # points per 2-D request
 GEN_POINTS = 1000       # points per generated 2-D frame
 MAX_PIXELS = 4096 * 4096  # largest upload decoded

@@ -166,8 +166,10 @@ class GCTMTerms:
         double_every: int | None = None,  # curriculum: the grid's steps double every this many optimiser steps
         fine_steps: int = 1024,         # ... up to this many (the reference's disc_steps)
         grid_range: tuple[float, float, float] = (0.002, 80.0, 7.0),  # sigma_min, sigma_max, rho of the grids
+        extra_meta: dict | None = None,  # more for checkpoints (the shape of a class source: `class_source`)
     ):
         self.loss, self.coupling, self.flip_pairs, self.spec = loss, coupling, flip_pairs, spec
+        self.extra_meta = dict(extra_meta or {})
         self.moments = {k: float(moments[k]) for k in ("var0", "var1", "cov01")}
         if "label_range" in moments:
             self.moments["label_range"] = [float(v) for v in moments["label_range"]]
@@ -204,7 +206,7 @@ class GCTMTerms:
 
     def meta(self) -> dict:
         return {"moments": dict(self.moments), "coupling": self.spec,
-                "grid": [round(float(t), 8) for t in self.loss.grid]}
+                "grid": [round(float(t), 8) for t in self.loss.grid], **self.extra_meta}
 
 
 def gctm_objective(
@@ -223,12 +225,17 @@ def gctm_objective(
     torch.manual_seed(preset.distill.seed)
     # noise labels ln(t / (1 - t))/4 with t = 0 -> sigma_min and t = 1 -> sigma_max, as the reference's network
     moments = {**moments, "label_range": [d.sigma_min, d.sigma_max]}
-    net = build_precond("gctm", preset, data_shape, {"moments": moments})
+    source = coupling.source_state()  # the class Gaussians of a `latent` coupling travel with the model
+    extra = {"class_source": list(source["source_means"].shape)} if source else {}
+    net = build_precond("gctm", preset, data_shape, {"moments": moments, **extra})
+    if source:
+        net.set_class_source(**source)
     distance = make_distance(c, math.prod(data_shape))  # pseudo-Huber c defaults to 0.00054 sqrt(D), as the reference
     fine = gctm_times(g.dsm_grid + 1, d.sigma_min, d.sigma_max, d.rho) if g.dsm_grid else None
     loss = GCTMLoss(gctm_times(g.grid, d.sigma_min, d.sigma_max, d.rho), g.max_steps, distance.to(device), c.solver,
                     g.dsm_times, d.p_mean, d.p_std, d.sigma_min, d.sigma_max, d.rho, grid_fraction=g.dsm_grid_fraction,
                     compare_zero=compare_zero, time_sampler=g.time_sampler, beta=g.t_ctm_beta, fine_grid=fine)
     terms = GCTMTerms(loss, coupling, moments, flip_pairs, spec=g.coupling, double_every=g.double_every,
-                      fine_steps=g.dsm_grid or 1024, grid_range=(d.sigma_min, d.sigma_max, d.rho))
+                      fine_steps=g.dsm_grid or 1024, grid_range=(d.sigma_min, d.sigma_max, d.rho),
+                      extra_meta=extra)
     return TrajectoryObjective(preset, data_shape, device, "gctm", net, terms)

@@ -56,9 +56,10 @@ def load_gctm_data(preset: Preset, data_path: str | None = None) -> Dataset:
 
 def make_coupling_for(preset: Preset, data: Dataset | None = None) -> Coupling:
     """The preset's coupling (toy sources drawn from preset.data.gmm where they name 'gmm'; a dataset source
-    loaded from [gctm.source] and checked against the target items of `data`)."""
+    loaded from [gctm.source] and checked against the target items of `data`; class Gaussians from `data`'s
+    labelled items for `latent`)."""
     source = load_source(preset, data) if coupling_kind(preset.gctm.coupling) in DATASET_SOURCES else None
-    return coupling_from_config(preset.gctm, gmm=preset.data.gmm, source=source)
+    return coupling_from_config(preset.gctm, gmm=preset.data.gmm, source=source, data=data)
 
 
 def estimate_moments(preset: Preset, coupling: Coupling, data: Dataset, device: torch.device,

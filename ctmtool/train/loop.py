@@ -276,6 +276,8 @@ def _restore(objective, order: torch.Generator, resume: Checkpoint, rep) -> _Pos
     try:
         objective.restore(resume)
         order.set_state(resume.state("rng")["order"])
+    except UserError:  # a UserError (a ValueError) inside says what is wrong itself
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"checkpoint {resume.path} cannot be resumed: its training state is damaged or was written "
                         f"by another setup ({err!r}); resume from an earlier checkpoint or start a new run") from None
@@ -295,7 +297,10 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
     micro = cfg.micro_batch or cfg.batch
     accum = cfg.batch // micro
     check_batch_memory(micro, tuple(data.shape), "the batch (or set micro_batch)")
-    ddp.check_batch(micro)
+    ranks = ddp.world_size()
+    if micro < ranks:  # every rank needs rows of its own
+        raise UserError(f"the micro-batch ({micro}) is smaller than the number of ranks ({ranks}); "
+                        f"raise batch / micro_batch to at least {ranks} or use fewer processes")
     main = ddp.is_main()
     data = data.to(device) if device.type == "cuda" else data
     order = torch.Generator().manual_seed(cfg.seed)

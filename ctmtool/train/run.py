@@ -23,6 +23,7 @@ from ctmtool.data import load_dataset
 from ctmtool.data.base import Dataset
 from ctmtool.device import cpu_threads
 from ctmtool.errors import Interrupted, UserError
+from ctmtool.jobs.run_dirs import analytic_preset, checkpoint_file
 from ctmtool.nets.discriminator import Discriminator, VectorDiscriminator, load_backbone
 from ctmtool.nets.projected_gan import ProjectedDiscriminator
 from ctmtool.progress import Quiet
@@ -118,7 +119,7 @@ def resolve_teacher(preset: Preset, teacher: str | None, device: torch.device, r
     mode = preset.ctm.teacher
     if teacher is None:
         if mode == "analytic":
-            return preset, analytic_model(preset)
+            return preset, analytic_model(analytic_preset(preset))
         if mode == "self":
             return preset, None
         if preset.ctm.teacher_hint:
@@ -126,7 +127,7 @@ def resolve_teacher(preset: Preset, teacher: str | None, device: torch.device, r
         raise UserError(f"preset {preset.name!r} distills from a network teacher: give a `teacher` checkpoint "
                         "(train one with `ctmtool teacher`, or import an EDM pickle with `ctmtool import`), "
                         "or set ctm.teacher='self' to train without one")
-    model = load_model(teacher, which="ema", device=device)
+    model = load_model(checkpoint_file(teacher), which="ema", device=device)
     if model.kind != "teacher":
         raise UserError(f"`teacher` {teacher} is a {model.kind} checkpoint; distillation needs a teacher (denoiser) checkpoint")
     for section in ("net", "diffusion"):
@@ -161,17 +162,12 @@ def _ctm_parts(preset: Preset, device, rep, run_dir: Path, *, data=None, data_pa
 
 
 def _discriminator(preset: Preset, data: Dataset):
-
     if not data.is_image:
         if preset.gan.backbone:
             raise UserError("gan.backbone is an image feature network; vector data trains its discriminator from "
                             "scratch: remove gan.backbone")
         return VectorDiscriminator(math.prod(data.shape), hidden=preset.gan.channels * 4)
     if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
-
-        return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
-    if preset.gan.discriminator == "projected":  # the paper's Projected GAN (nets/projected_gan.py)
-
         return ProjectedDiscriminator(weights_dir=preset.gan.feature_weights)
     backbone = load_backbone(preset.gan.backbone) if preset.gan.backbone else None
     c, h, _ = data.shape

@@ -17,6 +17,7 @@ from ctmtool.core.models import Model, analytic_model
 from ctmtool.core.sampling import SamplingPlan, default_schedule, generate, teacher_schedule
 from ctmtool.data.base import Dataset
 from ctmtool.errors import UserError
+from ctmtool.jobs.items import join_process_group
 from ctmtool.jobs.plots import preset_view, save_samples_png
 from ctmtool.metrics.quality import make_scorer
 from ctmtool.progress import Quiet
@@ -67,7 +68,7 @@ def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool, locked
 
 def rank_setup(device: torch.device, rep):
     """Join torchrun's process group if there is one; rank 0 keeps the reporter, the others stay quiet."""
-    device = ddp.setup(device)
+    device = join_process_group(device)
     if not ddp.is_main():
         rep = Quiet()
     elif ddp.is_distributed():

@@ -28,11 +28,12 @@ from ctmtool.train.optim import (
 )
 
 
-def last_layer(model: nn.Module) -> torch.Tensor:
-    """The network's output layer weight (for the adaptive loss weights), ignoring the student-only s-layers."""
-    if hasattr(getattr(model, "net", None), "adaptive_weight_layer"):  # the ADM names its own (Sony's choice)
-        return model.net.adaptive_weight_layer()
-    params = [(n, p) for n, p in model.named_parameters()
+def last_layer(net: nn.Module) -> torch.Tensor:
+    """A preconditioned net's output layer weight (for the adaptive loss weights), ignoring the student-only
+    s-layers."""
+    if hasattr(getattr(net, "net", None), "adaptive_weight_layer"):  # the ADM names its own (Sony's choice)
+        return net.net.adaptive_weight_layer()
+    params = [(n, p) for n, p in net.named_parameters()
               if p.ndim >= 2 and not any(s in n for s in S_LAYER_PREFIXES)]
     return params[-1][1]
 
@@ -41,10 +42,11 @@ def frozen_copy(net: nn.Module) -> nn.Module:
     return copy.deepcopy(net).eval().requires_grad_(False)
 
 
-def maybe_compile(model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
-    """Compile the raw network in place (state-dict names unchanged) on CUDA when cfg.compile."""
+def maybe_compile(net: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    """Compile a preconditioned net's raw network F (`net.net`) in place (state-dict names unchanged) on CUDA
+    when cfg.compile."""
     if cfg.compile and device.type == "cuda":
-        model.net.compile()
+        net.net.compile()
 
 
 class ObjectiveBase:

@@ -175,14 +175,16 @@ def test_analytic_model(toy_preset):
     assert m.kind == "analytic" and isinstance(m.net, GaussianMixture)
     assert m.data_shape == (2,) and not m.is_trajectory and not m.is_image
     assert (m.sigma_min, m.sigma_max) == (0.002, toy_preset.diffusion.sigma_max) and m.label_dim == 0
-    with pytest.raises(UserError, match="data.toy = 'gmm'"):
+    with pytest.raises(ValueError, match="data.toy = 'gmm'") as info:
         analytic_model(load_preset("digits"))
+    assert not isinstance(info.value, UserError)  # jobs/run_dirs.analytic_preset refuses it for a user
 
 
 def test_newest_checkpoint(tmp_path, toy_preset):
-    with pytest.raises(UserError, match="`ckpt`"):
+    with pytest.raises(ValueError, match="`ckpt`") as info:
         newest_checkpoint(tmp_path)
-    with pytest.raises(UserError):
+    assert not isinstance(info.value, UserError)  # jobs/run_dirs.checkpoint_file refuses it for a user
+    with pytest.raises(ValueError):
         newest_checkpoint(tmp_path / "missing")
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     b.write_bytes(b"1")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from ctmtool.cli.app import app
 from ctmtool.core.editing import edit_schedule
+from ctmtool.core.sampling import SamplingPlan
 from ctmtool.core.zero_shot import centre_hole, observed, project, restore
 from tests.cli.conftest import one_error_line
 
@@ -53,6 +54,11 @@ def test_projections_equal_the_official_orthogonal_matrix_replacements():
     assert torch.allclose(project("superres", x0, factor=p), kept, atol=1e-12)
 
 
+def _plan(model, level: float, nfe: int, gamma: float = 1.0) -> SamplingPlan:
+    """What `ctmtool.jobs.plan.plan_restoration` builds: `nfe` jumps down the edit schedule from `level`."""
+    return SamplingPlan("gamma", edit_schedule(model, level, nfe), gamma)
+
+
 def _noise(seed):
     g = torch.Generator().manual_seed(seed)
     return lambda: torch.randn(3, *IMG, generator=g)
@@ -61,7 +67,7 @@ def _noise(seed):
 def test_restore_equals_the_transcribed_official_colourisation_loop(make_model, tiny_preset):
     model = make_model("ctm", IMG, tiny_preset("digits", net="unet"), scale=0.05)
     y = _images().float()
-    ours = restore(model, y, "colorize", 80.0, 3, _noise(0))
+    ours = restore(model, y, "colorize", _plan(model, 80.0, 3), _noise(0))
     # the official loop (gamma = 1, CM-like), with the official Q replacement, levels and noise of the same order
     q = _official_q(np.asarray([0.2989, 0.5870, 0.1140])).float()
     mask = torch.zeros(3, 16, 16)
@@ -93,7 +99,8 @@ def test_inpainting_keeps_the_known_pixels(make_model, tiny_preset, kind):
     y = (_images() * 0.9).float()
     hole = centre_hole(IMG)
     for gamma in (1.0, 0.5):
-        x = restore(model, y, "inpaint", model.net.strength_level(1.0), 3, _noise(1), gamma=gamma, hole=hole)
+        plan = _plan(model, model.net.strength_level(1.0), 3, gamma)
+        x = restore(model, y, "inpaint", plan, _noise(1), hole=hole)
         assert torch.equal(x * (1 - hole), y * (1 - hole))  # known pixels exactly; the hole filled by the model
         assert not torch.equal(x * hole, observed("inpaint", y, hole) * hole)
 
