@@ -11,6 +11,7 @@ another order), see tests/test_fastpath.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -142,8 +143,10 @@ def program_cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctmtool" / "programs"
 
 
+@functools.cache
 def _source_digest() -> str:
-    """The code a traced solve is made of (this package's maths and networks) and the torch that traced it."""
+    """The code a traced solve is made of (this package's maths and networks, as first read in this process)
+    and the torch that traced it."""
     h = hashlib.sha256(torch.__version__.encode())
     root = Path(__file__).resolve().parent.parent
     for f in sorted([*root.glob("core/*.py"), *root.glob("nets/*.py"), *root.glob("kernels/*.py")]):
