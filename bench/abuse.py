@@ -8,8 +8,8 @@
     python bench/abuse.py [--timeout 60] [--jobs 2] [--keep DIR]
 
 Every case runs `python -m ctmtool ...` in a fresh folder holding small checkpoints, point files and hostile
-pickles. Prints one line per case and the counts per class (the audit: 10 tracebacks, 22 exit-0 failures, 3 hangs,
-4 lost-data cases before the fixes).
+pickles. Prints one line per case and the counts per class (the audit: 10 tracebacks, 22 exit-0 failures, 3
+hangs, 4 lost-data cases before the fixes).
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def toy_points(path: Path) -> None:
     np.savez(path, samples=np.random.default_rng(0).normal(0, 0.5, (6, 2)).astype(np.float32))
 
 CTM, GCTM = "ctm.safetensors", "gctm.safetensors"
-TINY = ["--set", "net.mlp.hidden=16", "--set", "net.mlp.depth=1", "--set", "net.mlp.emb=8", "--set", "data.n=512",
-        "--set", "teacher.batch=32", "--set", "teacher.ckpt_every_kimg=0.32", "--set", "teacher.keep_checkpoints=1"]
+TINY = ["--set", "net.mlp.hidden=16", "--set", "net.mlp.depth=1", "--set", "net.mlp.emb=8", "--set",
+        "data.n=512", "--set", "teacher.batch=32", "--set", "teacher.ckpt_every_kimg=0.32", "--set",
+        "teacher.keep_checkpoints=1"]
 
 
 def _rewrite(src: Path, dest: Path, drop_checksum=False, **changes) -> None:
@@ -93,7 +94,8 @@ def workspace(root: Path) -> None:
 
     _rewrite(root / CTM, root / "huge.safetensors", drop_checksum=True, preset=huge)
     _rewrite(root / CTM, root / "nanlevel.safetensors", drop_checksum=True,
-             preset=lambda t: t.replace('"sigma_max":2.0', '"sigma_max":NaN').replace('"sigma_max":80.0', '"sigma_max":NaN'))
+             preset=lambda t: t.replace('"sigma_max":2.0', '"sigma_max":NaN')
+                               .replace('"sigma_max":80.0', '"sigma_max":NaN'))
     toy_points(root / "p.npz")
     np.savez(root / "complex.npz", samples=(np.ones((4, 2)) + 1j).astype(np.complex64))
     (root / "latin1.toml").write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
@@ -114,7 +116,8 @@ CASES = [
     ("--kimg inf", ["teacher", "--kimg", "inf", "--run-dir", "r"], 2),
     ("--max-upload-mb inf", ["serve", "--ckpt", CTM, "--max-upload-mb", "inf"], 2),
     ("--n 2^70", ["sample", "--ckpt", CTM, "--n", str(2**70), "--out", "-"], 2),
-    ("--data for built-in data", ["teacher", "--preset", "toy", "--data", "imgs", "--run-dir", "r", *TINY], 2),
+    ("--data for built-in data", ["teacher", "--preset", "toy", "--data", "imgs", "--run-dir", "r", *TINY],
+     2),
     ("complex data", ["likelihood", "complex.npz", "--ckpt", CTM, "--device", "cpu"], 2),
     ("--name with ..", ["fid", "stats", "imgs", "--name", "../../escaped", "--no-features"], 2),
     ("flipped weight byte", ["sample", "--ckpt", "flipped.safetensors", "--out", "-"], 2),
@@ -127,7 +130,8 @@ CASES = [
     ("pickle: shared references", ["teacher", "import", "laughs.pkl", "-o", "l.safetensors"], 2),
     ("pickle: deep nesting", ["teacher", "import", "deep.pkl", "-o", "d.safetensors"], 2),
     ("pickle: huge list", ["teacher", "import", "biglist.pkl", "-o", "b.safetensors"], 2),
-    ("--out and --grid one path", ["translate", "p.npz", "--ckpt", GCTM, "--out", "x.png", "--grid", "x.png"], 2),
+    ("--out and --grid one path", ["translate", "p.npz", "--ckpt", GCTM, "--out", "x.png", "--grid", "x.png"],
+     2),
     ("sweep table on the plot's path", ["sample", "sweep", "--ckpt", CTM, "--out", "t.png"], 2),
     ("--host 0.0.0.0 without --expose", ["serve", "--ckpt", CTM, "--host", "0.0.0.0"], 2),
 ]
@@ -171,7 +175,8 @@ def run_case(base: Path, name: str, args: list[str], code: int, timeout: float) 
         r = subprocess.run(_py() + args, cwd=d, env=_env(), capture_output=True, text=True, timeout=timeout)
         rc, err = r.returncode, r.stderr
     except subprocess.TimeoutExpired as e:
-        rc, err = None, (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        rc, err = None, ((e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes)
+                         else (e.stderr or ""))
     cls = classify(rc, err, code)
     after = {p.relative_to(d) for p in d.rglob("*")}
     stray = sorted(str(p) for p in after - before)
@@ -184,7 +189,8 @@ def run_case(base: Path, name: str, args: list[str], code: int, timeout: float) 
     return name, cls, last + (f"  [left: {', '.join(stray)}]" if stray else "")
 
 
-def run_signal(base: Path, name: str, args: list[str], sig, code: int, timeout: float) -> tuple[str, str, str]:
+def run_signal(base: Path, name: str, args: list[str], sig, code: int,
+               timeout: float) -> tuple[str, str, str]:
     d = Path(tempfile.mkdtemp(dir=base))
     shutil.copytree(base / "ws", d, dirs_exist_ok=True)
     proc = subprocess.Popen(_py() + args, cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -210,8 +216,8 @@ def run_signal(base: Path, name: str, args: list[str], sig, code: int, timeout: 
 
 
 def run_race(base: Path, timeout: float) -> tuple[str, str, str]:
-    """Two runs into one run directory, the second started while the first trains: the second must be refused and
-    the first's checkpoints kept."""
+    """Two runs into one run directory, the second started while the first trains: the second must be refused
+    and the first's checkpoints kept."""
     d = Path(tempfile.mkdtemp(dir=base))
     cmd = _py() + ["teacher", "--preset", "toy", *TINY, "--run-dir", "run", "--device", "cpu"]
     first = subprocess.Popen(cmd + ["--kimg", "100000"], cwd=d, env=_env(), stdout=subprocess.DEVNULL,
@@ -219,8 +225,8 @@ def run_race(base: Path, timeout: float) -> tuple[str, str, str]:
     t0 = time.time()
     while not list((d / "run").glob("ckpt-*")) and time.time() - t0 < timeout and first.poll() is None:
         time.sleep(0.1)
-    second = subprocess.run(cmd + ["--kimg", "0.64", "--force"], cwd=d, env=_env(), capture_output=True, text=True,
-                            timeout=timeout)
+    second = subprocess.run(cmd + ["--kimg", "0.64", "--force"], cwd=d, env=_env(), capture_output=True,
+                            text=True, timeout=timeout)
     alive = first.poll() is None
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=timeout)
@@ -249,7 +255,8 @@ def main() -> None:
     workspace(base / "ws")
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda c: run_case(base, *c, args.timeout), CASES))
-    results += [run_signal(base, name, _supported(a), sig, code, args.timeout) for name, a, sig, code in SIGNALS]
+    results += [run_signal(base, name, _supported(a), sig, code, args.timeout)
+                for name, a, sig, code in SIGNALS]
     results.append(run_race(base, max(args.timeout, 120)))
     counts: dict[str, int] = {}
     for name, cls, last in results:

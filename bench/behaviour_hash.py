@@ -93,7 +93,8 @@ def compare(a: Path, b: Path) -> int:
         else:
             ta, tb = tensors(a / rel), tensors(pb)
             same = ta.keys() == tb.keys() and all(
-                ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape and ta[k].tobytes() == tb[k].tobytes()
+                ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape
+                and ta[k].tobytes() == tb[k].tobytes()
                 for k in ta)
             n_tensors += len(ta)
         digest = hashlib.sha256(a.joinpath(rel).read_bytes()).hexdigest()[:12]
@@ -104,7 +105,8 @@ def compare(a: Path, b: Path) -> int:
     for rel in extra:
         print(f"EXTRA in {b}: {rel}")
     bad += len(extra)
-    print(f"{len(files)} files, {n_tensors} tensors/images compared: {'all bit-identical' if not bad else f'{bad} differ'}")
+    print(f"{len(files)} files, {n_tensors} tensors/images compared: "
+          f"{'all bit-identical' if not bad else f'{bad} differ'}")
     return 1 if bad else 0
 
 

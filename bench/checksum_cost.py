@@ -3,8 +3,8 @@
     python bench/checksum_cost.py [--mib 1024]
 
 Writes a checkpoint whose tensors total --mib MiB (float32, in 64 MiB tensors over the groups net, ema and
-optim, as a training checkpoint), then times load_checkpoint of every group with the checksum checked, and of the
-same file with the checksum entry removed (an old checkpoint: nothing checked). Best of three runs each.
+optim, as a training checkpoint), then times load_checkpoint of every group with the checksum checked, and of
+the same file with the checksum entry removed (an old checkpoint: nothing checked). Best of three runs each.
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def main() -> None:
         t_checked = best(lambda: load_checkpoint(path, check_finite=False))
         t_plain = best(lambda: load_checkpoint(old, check_finite=False))
         t_ema = best(lambda: load_checkpoint(path, groups=["ema"], check_finite=False))
-    print(f"checkpoint of {size:.0f} MiB: save {t_save:.2f} s (checksum included); load all groups {t_checked:.2f} s "
-          f"checked vs {t_plain:.2f} s unchecked (+{t_checked - t_plain:.2f} s, {size / max(t_checked - t_plain, 1e-9):.0f} "
-          f"MiB/s); load the ema group only, checked: {t_ema:.2f} s")
+    print(f"checkpoint of {size:.0f} MiB: save {t_save:.2f} s (checksum included); load all groups "
+          f"{t_checked:.2f} s checked vs {t_plain:.2f} s unchecked (+{t_checked - t_plain:.2f} s, "
+          f"{size / max(t_checked - t_plain, 1e-9):.0f} MiB/s); load the ema group only, checked: "
+          f"{t_ema:.2f} s")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """The papers' claims in miniature on digits and the toy mixture: every row a `ctmtool` command.
 
-    python bench/claims.py train  [--rows teacher,ctm,...] [--out DIR] [--tiny]   # trains (resumable, row by row)
-    python bench/claims.py score  [--rows ...] [--out DIR] [--tiny]               # samples + metrics -> DIR/scores.json
-    python bench/claims.py table  [--out DIR]                                      # markdown tables from scores.json
-    python bench/claims.py all --tiny --out DIR                                    # the CI smoke run (about 40 s)
+    python bench/claims.py train  [--rows teacher,ctm,...] [--out DIR] [--tiny]   # trains (resumable, row by
+                                                                                  # row)
+    python bench/claims.py score  [--rows ...] [--out DIR] [--tiny]               # samples + metrics ->
+                                                                                  # DIR/scores.json
+    python bench/claims.py table  [--out DIR]                                      # markdown tables from
+                                                                                   # scores.json
+    python bench/claims.py all --tiny --out DIR                                    # the CI smoke run (about
+                                                                                   # 40 s)
 
 Rows (digits unless named toy_/gctm_): `teacher` (EDM, Heun 18 steps = 35 NFE); `ctm` (CTM + DSM, no GAN);
 `ctm_more` and `ctm_gan` (both resumed from `ctm`'s checkpoint for the same extra images, the second with the
@@ -62,7 +66,8 @@ def row_commands(row: str, out: Path, L: dict) -> list[list[str]]:
     base = ["distill", "--preset", "digits", "--run-dir", d, *dev]
     a, b = L["ctm"], L["ctm"] + L["extra"]
     if row == "teacher":
-        return [ctmtool("teacher", "--preset", "digits", "--run-dir", d, "--kimg", str(L["teacher"]), "--auto-resume", *dev)]
+        return [ctmtool("teacher", "--preset", "digits", "--run-dir", d, "--kimg", str(L["teacher"]),
+                        "--auto-resume", *dev)]
     if row == "ctm":
         return [ctmtool(*base, "--teacher", t, "--kimg", str(a), "--auto-resume")]
     if row == "ctm_more":  # phase 2's control: the same extra images without the GAN term
@@ -70,13 +75,16 @@ def row_commands(row: str, out: Path, L: dict) -> list[list[str]]:
     if row == "ctm_gan":  # phase 2: resumed from the CTM checkpoint with the GAN term (scratch discriminator)
         return [ctmtool(*base, "--teacher", t, "--kimg", str(b), "--resume", "--set", "gan.enabled=true")]
     if row == "cd":
-        return [ctmtool(*base, "--teacher", t, "--kimg", str(a), "--auto-resume", "--set", "ctm.s_sampler=sigma_min")]
+        return [ctmtool(*base, "--teacher", t, "--kimg", str(a), "--auto-resume", "--set",
+                        "ctm.s_sampler=sigma_min")]
     if row == "ctm_nodsm":
-        return [ctmtool(*base, "--teacher", t, "--kimg", str(a), "--auto-resume", "--set", "ctm.dsm_weight=0")]
+        return [ctmtool(*base, "--teacher", t, "--kimg", str(a), "--auto-resume", "--set",
+                        "ctm.dsm_weight=0")]
     if row == "ctm_self":
         return [ctmtool(*base, "--kimg", str(a), "--auto-resume", "--set", "ctm.teacher=self")]
     if row == "toy_ctm":  # the exact mixture denoiser as the teacher (the toy preset's default)
-        return [ctmtool("distill", "--preset", "toy", "--run-dir", d, "--kimg", str(L["toy_ctm"]), "--auto-resume", *dev)]
+        return [ctmtool("distill", "--preset", "toy", "--run-dir", d, "--kimg", str(L["toy_ctm"]),
+                        "--auto-resume", *dev)]
     if row in ("gctm_sr", "gctm_ind", "gctm_ot"):
         return [ctmtool(*gctm_args(row, d, L), *dev)]
     raise SystemExit(f"error: unknown row {row!r}; rows: {', '.join(DIGIT_ROWS + OTHER_ROWS)}")
@@ -84,22 +92,25 @@ def row_commands(row: str, out: Path, L: dict) -> list[list[str]]:
 
 def gctm_args(row: str, d: str, L: dict) -> list[str]:
     """GCTM rows: `distill` with bench/claims-digits-gctm.toml (a [gctm] preset trains a GCTM)."""
-    extra = {"gctm_sr": ["gctm.coupling='corrupt:sr2'", "gctm.source_noise=0.05", "gctm.grid=5", "gctm.max_steps=4",
-                         "ctm.dsm_weight=0.1"],
+    extra = {"gctm_sr": ["gctm.coupling='corrupt:sr2'", "gctm.source_noise=0.05", "gctm.grid=5",
+                         "gctm.max_steps=4", "ctm.dsm_weight=0.1"],
              "gctm_ind": ["gctm.coupling='independent'"], "gctm_ot": ["gctm.coupling='ot'"]}[row]
     sets = [x for e in extra for x in ("--set", e)]
     return ["distill", "--preset", str(ROOT / "bench" / "claims-digits-gctm.toml"), "--run-dir", d,
-            "--kimg", str(L["gctm"]), "--auto-resume", "--set", f"distill.ckpt_every_kimg={L['gctm_ckpt']}", *sets]
+            "--kimg", str(L["gctm"]), "--auto-resume", "--set", f"distill.ckpt_every_kimg={L['gctm_ckpt']}",
+            *sets]
 
 
 def seed_phase2(row: str, out: Path) -> None:
-    """ctm_more / ctm_gan start from ctm's newest checkpoint (copied once, so each branch resumes on its own)."""
+    """ctm_more / ctm_gan start from ctm's newest checkpoint (copied once, so each branch resumes on its
+    own)."""
     dst = out / row
     if row not in ("ctm_more", "ctm_gan") or any(dst.glob("ckpt-*")):
         return
     src = sorted((out / "ctm").glob("ckpt-*.safetensors"))
     if not src:
-        raise SystemExit(f"error: {row} resumes from row ctm, which has no checkpoint in {out / 'ctm'}; train ctm first")
+        raise SystemExit(f"error: {row} resumes from row ctm, which has no checkpoint in {out / 'ctm'}; "
+                         "train ctm first")
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src[-1], dst / src[-1].name)
 
@@ -120,9 +131,11 @@ def train(rows: list[str], out: Path, L: dict) -> None:
                 log.flush()
                 r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
             if r.returncode != 0:
-                raise SystemExit(f"error: row {row} failed (exit {r.returncode}); see {out / row / 'train.log'}")
+                raise SystemExit(f"error: row {row} failed (exit {r.returncode}); see "
+                                 f"{out / row / 'train.log'}")
         done.write_text(json.dumps({"row": row, "seconds": round(time.time() - t0, 1),
-                                    "commands": [" ".join(c[1:]) for c in row_commands(row, out, L)]}, indent=1))
+                                    "commands": [" ".join(c[1:]) for c in row_commands(row, out, L)]},
+                                   indent=1))
         print(f"[claims] {row}: {time.time() - t0:.0f} s", flush=True)
 
 

@@ -1,10 +1,11 @@
 """Scores and tables for bench/claims.py: samples through the `ctmtool` CLI, metrics computed here.
 
-Digits metrics (`Judge`): a small classifier trained here on the 1,437-image training split (an MLP 64-256-128-10
-on pixels scaled to [-1, 1], Adam, 60 epochs, 1-pixel random shifts; seed 0, so the same network every time).
-Feature FD: Frechet distance between its 128-wide penultimate features (after ReLU) of the samples and of the
-training split; IS analogue: exp(E_x KL(p(y|x) || p(y))) (10 is the most, for confident and balanced classes).
-Pixel FD: the same distance on the 64 raw pixels, 0..255. The toy mixture's metric is its exact log-density.
+Digits metrics (`Judge`): a small classifier trained here on the 1,437-image training split (an MLP
+64-256-128-10 on pixels scaled to [-1, 1], Adam, 60 epochs, 1-pixel random shifts; seed 0, so the same network
+every time). Feature FD: Frechet distance between its 128-wide penultimate features (after ReLU) of the
+samples and of the training split; IS analogue: exp(E_x KL(p(y|x) || p(y))) (10 is the most, for confident and
+balanced classes). Pixel FD: the same distance on the 64 raw pixels, 0..255. The toy mixture's metric is its
+exact log-density.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from scipy import linalg
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_TRUE_LOGP = 1.0723  # the toy mixture's negative entropy, 10^6 draws (docs/results.md)
-# sampling-seed set j of n samples is image seeds j * n ... (j + 1) * n - 1: one `ctmtool sample` call draws all sets
+# sampling-seed set j of n samples is image seeds j * n ... (j + 1) * n - 1: one `ctmtool sample` call draws
+# all sets
 
 
-# ---------------------------------------------------------------------------------------------- data and metric
+# -------------------------------------------------------------------------------------------- data and metric
 
 
 def real_digits() -> dict[str, np.ndarray]:
@@ -51,7 +53,8 @@ class Judge:
     def __init__(self, real: dict, epochs: int = 60, cache: Path | None = None):
         g = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
-        self.body = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU())
+        self.body = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                        torch.nn.ReLU())
         self.head = torch.nn.Linear(128, 10)
         net = torch.nn.Sequential(self.body, self.head)
         if cache is not None and cache.exists():  # the same network for every later `score` of this folder
@@ -76,8 +79,9 @@ class Judge:
         self.ref_pix = real["train"].reshape(len(real["train"]), 64).astype(np.float64)
 
     def export(self, path: Path) -> Path:
-        """The feature layer as TorchScript (uint8/float NCHW in [0, 255] -> (B, 128)), for `ctmtool sample sweep
-        --metric fd --features` (its figure, and a check of ctmtool's FD against this file's on the same features)."""
+        """The feature layer as TorchScript (uint8/float NCHW in [0, 255] -> (B, 128)), for `ctmtool sample
+        sweep --metric fd --features` (its figure, and a check of ctmtool's FD against this file's on the same
+        features)."""
         if not path.exists():
             module = torch.jit.trace(_Features(self.body).eval(), torch.zeros(2, 1, 8, 8))
             module.save(str(path))
@@ -91,8 +95,8 @@ class Judge:
     def measure(self, u8: np.ndarray) -> dict:
         feat, prob = self.features(u8)
         pix = u8.reshape(len(u8), 64).astype(np.float64)
-        return {"fd": frechet(feat, self.ref_feat), "pixel_fd": frechet(pix, self.ref_pix), "is": inception_score(prob),
-                "nn": nearest_distance(pix, self.ref_pix)}
+        return {"fd": frechet(feat, self.ref_feat), "pixel_fd": frechet(pix, self.ref_pix),
+                "is": inception_score(prob), "nn": nearest_distance(pix, self.ref_pix)}
 
 
 class _Features(torch.nn.Module):
@@ -129,8 +133,9 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def nearest_distance(x: np.ndarray, ref: np.ndarray) -> float:
-    """Median Euclidean pixel distance (0..255 scale) from each row of x to its nearest row of ref: far below the
-    held-out digits' figure means samples copy training digits (which FD against the training split rewards)."""
+    """Median Euclidean pixel distance (0..255 scale) from each row of x to its nearest row of ref: far below
+    the held-out digits' figure means samples copy training digits (which FD against the training split
+    rewards)."""
     d2 = (x**2).sum(1)[:, None] - 2 * x @ ref.T + (ref**2).sum(1)[None]
     return float(np.median(np.sqrt(np.maximum(d2.min(1), 0))))
 
@@ -140,7 +145,7 @@ def inception_score(p: np.ndarray) -> float:
     return float(np.exp((p * (np.log(p + 1e-12) - np.log(py + 1e-12))).sum(1).mean()))
 
 
-# ---------------------------------------------------------------------------------------------- sampling (CLI)
+# --------------------------------------------------------------------------------------------- sampling (CLI)
 
 
 def _env() -> dict:
@@ -163,13 +168,13 @@ def draw(ckpt: Path, npz: Path, n: int, seed: int, opts: list[str], log: Path) -
     """`ctmtool sample` -> samples (N, H, W) uint8 for images or (N, 2) floats for points; cached in npz."""
     if not npz.exists():
         npz.parent.mkdir(parents=True, exist_ok=True)
-        cli(["sample", "--ckpt", str(ckpt), "--n", str(n), "--seed", str(seed), *opts, "-o", str(npz), "--device", "cpu",
-             "--force"], log)
+        cli(["sample", "--ckpt", str(ckpt), "--n", str(n), "--seed", str(seed), *opts, "-o", str(npz),
+             "--device", "cpu", "--force"], log)
     x = np.load(npz)["samples"]
     return x[..., 0] if x.ndim == 4 else x
 
 
-# ---------------------------------------------------------------------------------------------- what is scored
+# --------------------------------------------------------------------------------------------- what is scored
 
 
 def digits_samplers(row: str, L: dict) -> list[tuple[str, list[str]]]:
@@ -203,14 +208,16 @@ def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
     S["settings"] = {"n": L["n"], "seeds": L["seeds"], "kimg": {k: L[k] for k in
                      ("teacher", "ctm", "extra", "toy_ctm", "gctm")}}
     save()
-    print(f"[claims] judge: held-out accuracy {judge.test_accuracy:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    print(f"[claims] judge: held-out accuracy {judge.test_accuracy:.4f} ({time.time() - t0:.0f} s)",
+          flush=True)
     n, seeds = L["n"], L["seeds"]
     for row in rows:
         d = out / row
         if not (d / "done.json").exists():
             print(f"[claims] {row}: not trained, skipped", flush=True)
             continue
-        if row in ("ctm", "toy_ctm") and f"sweep_{row}" not in S:  # ctmtool's own gamma figure (a PNG beside the JSON)
+        # ctmtool's own gamma figure (a PNG beside the JSON)
+        if row in ("ctm", "toy_ctm") and f"sweep_{row}" not in S:
             S[f"sweep_{row}"] = sweep(row, d, out, judge, real, L)
             save()
         if row == "toy_ctm":
@@ -225,7 +232,8 @@ def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
                 if name in S[row]:
                     continue
                 xs = draw(d, d / "samples" / f"{name}.npz", n * seeds, 0, opts, d / "score.log")
-                per = [{"n2000": judge.measure(x), "n360": judge.measure(x[:360])} for x in np.split(xs, seeds)]
+                per = [{"n2000": judge.measure(x), "n360": judge.measure(x[:360])}
+                       for x in np.split(xs, seeds)]
                 grid_png(xs[:100], d / f"grid-{name}.png")
                 S[row][name] = per
                 save()
@@ -239,7 +247,8 @@ def score(rows: list[str], out: Path, L: dict, tiny: bool = False) -> dict:
 def sweep(row: str, d: Path, out: Path, judge: Judge, real: dict, L: dict) -> dict:
     """`ctmtool sample sweep`: quality against NFE for each gamma, with its plot. Digits: FD in the judge's
     features (exported as TorchScript) against the training split; its NFE-1 figure is on seed set 0, the same
-    samples as this file's own FD, so the two implementations can be compared. Toy: the exact mean log-density."""
+    samples as this file's own FD, so the two implementations can be compared. Toy: the exact mean
+    log-density."""
     nfe, gamma = ",".join(map(str, L["nfes"])), ",".join(f"{g:g}" for g in L["gammas"])
     js = d / "sweep.json"
     if row == "toy_ctm":
@@ -248,11 +257,11 @@ def sweep(row: str, d: Path, out: Path, judge: Judge, real: dict, L: dict) -> di
         ref = out / "digits-train.npz"
         if not ref.exists():
             np.savez(ref, samples=real["train"][..., None])
-        metric = ["--metric", "fd", "--features", str(judge.export(out / "judge-features.pt")), "--ref", str(ref),
-                  "--n", str(L["n"])]
+        metric = ["--metric", "fd", "--features", str(judge.export(out / "judge-features.pt")), "--ref",
+                  str(ref), "--n", str(L["n"])]
     if not js.exists():
-        cli(["sample", "sweep", "--ckpt", str(d), "--nfe", nfe, "--gamma", gamma, *metric, "--seed", "0", "-o", str(js),
-             "--device", "cpu", "--force"], d / "score.log")
+        cli(["sample", "sweep", "--ckpt", str(d), "--nfe", nfe, "--gamma", gamma, *metric, "--seed", "0",
+             "-o", str(js), "--device", "cpu", "--force"], d / "score.log")
     return json.loads(js.read_text())
 
 
@@ -268,8 +277,8 @@ def score_sr(d: Path, real: dict, judge: Judge) -> dict:
     for k in (1, 2, 4):
         npz = d / "samples" / f"sr_nfe{k}.npz"
         if not npz.exists():
-            cli(["translate", str(test), "--ckpt", str(d), "--degrade", "--nfe", str(k), "-o", str(npz), "--device", "cpu",
-                 "--force"], d / "score.log")
+            cli(["translate", str(test), "--ckpt", str(d), "--degrade", "--nfe", str(k), "-o", str(npz),
+                 "--device", "cpu", "--force"], d / "score.log")
         z = np.load(npz)
         for name, x in ((f"nfe{k}", z["samples"][..., 0]), ("input", z["inputs"][..., 0])):
             if name in res:
@@ -281,7 +290,8 @@ def score_sr(d: Path, real: dict, judge: Judge) -> dict:
                                   zip(x.astype(np.float64), ref, strict=True)]))
             res[name] = {"psnr": psnr, "ssim": ssim, **judge.measure(x)}
             if name != "input":
-                grid_png(np.concatenate([real["test"][:10], z["inputs"][:10, ..., 0], x[:10]]), d / f"grid-sr-{name}.png", 10)
+                grid_png(np.concatenate([real["test"][:10], z["inputs"][:10, ..., 0], x[:10]]),
+                         d / f"grid-sr-{name}.png", 10)
     return res
 
 
@@ -305,7 +315,8 @@ def grid_png(u8: np.ndarray, path: Path, cols: int = 10, scale: int = 4) -> None
     for i, im in enumerate(u8):
         r, c = divmod(i, cols)
         canvas[1 + r * 9:1 + r * 9 + 8, 1 + c * 9:1 + c * 9 + 8] = 255 - im  # dark ink on white
-    Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST).save(path)
+    Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale),
+                                   Image.NEAREST).save(path)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -329,29 +340,32 @@ def table(out: Path) -> str:
     S = json.loads((out / "scores.json").read_text())
     kimg = S["settings"]["kimg"]
     lines = [f"classifier held-out accuracy: {S['judge']['test_accuracy']:.4f} (360 test digits)", "",
-             "| row | sampler | feature FD, n = 2,000 | / teacher | IS analogue | pixel FD, n = 2,000 | feature FD, n = 360 "
-             "| nearest training digit |", "|---|---|---|---|---|---|---|---|"]
+             "| row | sampler | feature FD, n = 2,000 | / teacher | IS analogue | pixel FD, n = 2,000 | "
+             "feature FD, n = 360 | nearest training digit |", "|---|---|---|---|---|---|---|---|"]
     r = S["real"]["test_n360"]
     teacher = _mean(S, "teacher", "heun18")
     for row in ["teacher", "ctm", "ctm_more", "ctm_gan", "cd", "ctm_nodsm", "ctm_self"]:
         for name, per in S.get(row, {}).items():
             fd = _agg(per, "n2000", "fd")
             ratio = f"{fd[0] / teacher:.2f}x" if teacher else ""
-            lines.append(f"| {row} | {name} | {_fmt(fd, 2)} | {ratio} | {_fmt(_agg(per, 'n2000', 'is'), 2)} | "
-                         f"{_fmt(_agg(per, 'n2000', 'pixel_fd'), 0)} | {_fmt(_agg(per, 'n360', 'fd'), 2)} | "
-                         f"{_agg(per, 'n2000', 'nn')[0]:.0f} |")
-    lines.append(f"| real (held-out split) | n = 360 | | | {r['is']:.2f} | | {r['fd']:.2f} (pixel {r['pixel_fd']:.0f}) | "
-                 f"{r['nn']:.0f} |")
-    lines.append(f"| real (training split, the reference) | n = 1,437 | | | {S['real']['train_is']:.2f} | | | |")
+            lines.append(f"| {row} | {name} | {_fmt(fd, 2)} | {ratio} | {_fmt(_agg(per, 'n2000', 'is'), 2)} "
+                         f"| {_fmt(_agg(per, 'n2000', 'pixel_fd'), 0)} | {_fmt(_agg(per, 'n360', 'fd'), 2)} "
+                         f"| {_agg(per, 'n2000', 'nn')[0]:.0f} |")
+    lines.append(f"| real (held-out split) | n = 360 | | | {r['is']:.2f} | | {r['fd']:.2f} (pixel "
+                 f"{r['pixel_fd']:.0f}) | {r['nn']:.0f} |")
+    lines.append(f"| real (training split, the reference) | n = 1,437 | | | {S['real']['train_is']:.2f} | | "
+                 "| |")
 
     gammas = sorted({float(k.split("_g")[1]) for k in S.get("ctm", {}) if k.startswith("nfe")})
     nfes = sorted({int(k.split("_")[0][3:]) for k in S.get("ctm", {}) if k.startswith("nfe")})
     if gammas:
         lines += ["", "digits gamma figure (row ctm; feature FD, n = 2,000, mean over seed sets):", "",
-                  "| NFE | " + " | ".join(f"gamma {g:g}" for g in gammas) + " | ctm_nodsm, gamma 0 | cd, gamma 0 | cd, gamma 1 |",
+                  "| NFE | " + " | ".join(f"gamma {g:g}" for g in gammas)
+                  + " | ctm_nodsm, gamma 0 | cd, gamma 0 | cd, gamma 1 |",
                   "|---|" + "---|" * (len(gammas) + 3)]
         for k in nfes:
-            cells = [_fmt(_agg(S["ctm"][f"nfe{k}_g{g:g}" if k > 1 else "nfe1_g0"], "n2000", "fd"), 2) for g in gammas]
+            cells = [_fmt(_agg(S["ctm"][f"nfe{k}_g{g:g}" if k > 1 else "nfe1_g0"], "n2000", "fd"), 2)
+                     for g in gammas]
             other = []
             for row, g in (("ctm_nodsm", 0), ("cd", 0), ("cd", 1)):
                 per = S.get(row, {}).get(f"nfe{k}_g{g}" if k > 1 else "nfe1_g0")
@@ -360,25 +374,30 @@ def table(out: Path) -> str:
     sw = S.get("sweep_ctm")
     if sw and "ctm" in S and "nfe1_g0" in S["ctm"]:
         one = next(x["score"] for x in sw["rows"] if x["nfe"] == 1)
-        lines += ["", f"`ctmtool sample sweep` on the same features and samples, NFE 1: {one:.6f}; this script's FD of "
-                  f"seed set 0: {S['ctm']['nfe1_g0'][0]['n2000']['fd']:.6f}"]
+        lines += ["", f"`ctmtool sample sweep` on the same features and samples, NFE 1: {one:.6f}; this "
+                  f"script's FD of seed set 0: {S['ctm']['nfe1_g0'][0]['n2000']['fd']:.6f}"]
     sw = S.get("sweep_toy_ctm")
     if sw:
         gap = {(x["nfe"], x["gamma"]): x["score"] - TOY_TRUE_LOGP for x in sw["rows"]}
         lines += ["", f"toy mixture (row toy_ctm), mean log p of {sw['n']:,} samples minus the true samples' "
                   f"{TOY_TRUE_LOGP} nats (ctmtool sample sweep --metric logp):", "",
-                  "| NFE | " + " | ".join(f"gamma {g:g}" for g in sorted({k[1] for k in gap})) + " |", "|---|---|---|---|"]
+                  "| NFE | " + " | ".join(f"gamma {g:g}" for g in sorted({k[1] for k in gap})) + " |",
+                  "|---|---|---|---|"]
         for k in sorted({k[0] for k in gap}):
-            lines.append(f"| {k} | " + " | ".join(f"{gap.get((k, g), gap[(1, 0.0)]):+.3f}" for g in sorted({k[1] for k in gap})) + " |")
+            lines.append(f"| {k} | " + " | ".join(f"{gap.get((k, g), gap[(1, 0.0)]):+.3f}"
+                                                  for g in sorted({k[1] for k in gap})) + " |")
     if "gctm_sr" in S:
-        lines += ["", "| GCTM x2 SR from 4x4 (360 held-out digits) | PSNR dB | SSIM | feature FD | pixel FD |",
+        lines += ["",
+                  "| GCTM x2 SR from 4x4 (360 held-out digits) | PSNR dB | SSIM | feature FD | pixel FD |",
                   "|---|---|---|---|---|"]
         for k, v in S["gctm_sr"].items():
             lines.append(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['fd']:.2f} | {v['pixel_fd']:.0f} |")
     curves = [k for k in S if k.startswith("curve_")]
     if curves:
-        lines += ["", "FD (NFE 1, n = 2,000, seed set 0) at the kept checkpoints, by optimiser step (batch 128):", ""]
-        lines += [f"- {k[6:]}: " + ", ".join(f"step {v['step']}: {v['fd']:.2f}" for v in S[k].values()) for k in curves]
+        lines += ["", "FD (NFE 1, n = 2,000, seed set 0) at the kept checkpoints, by optimiser step (batch "
+                      "128):", ""]
+        lines += [f"- {k[6:]}: " + ", ".join(f"step {v['step']}: {v['fd']:.2f}" for v in S[k].values())
+                  for k in curves]
     for row in ("gctm_ind", "gctm_ot"):
         if row in S:
             lines += ["", f"{row} (NFE 1, n = {S['settings']['n']}, seed set 0): "
@@ -392,7 +411,8 @@ def goals(S: dict, kimg: dict) -> list[str]:
     t, g, m = _mean(S, "teacher", "heun18"), _mean(S, "ctm_gan", "nfe1_g0"), _mean(S, "ctm_more", "nfe1_g0")
     if t and g:
         out.append(f"- CTM + GAN NFE 1 / teacher 35 NFE: {g:.2f} / {t:.2f} = {g / t:.2f}x (goal <= 1.0x: "
-                   f"{'met' if g <= t else 'not met'}); the no-GAN control at the same images: {m / t:.2f}x" if m else "")
+                   f"{'met' if g <= t else 'not met'}); the no-GAN control at the same images: {m / t:.2f}x"
+                   if m else "")
     c, d = _mean(S, "ctm", "nfe1_g0"), _mean(S, "cd", "nfe1_g0")
     if c and d:
         out.append(f"- CTM NFE 1 / CD NFE 1 ({kimg['ctm']:g} kimg each): {c:.2f} / {d:.2f} = {c / d:.2f}x "
@@ -403,7 +423,8 @@ def goals(S: dict, kimg: dict) -> list[str]:
         worse = [f"{a}->{b}" for (a, x), (b, y) in zip(seq, seq[1:], strict=False) if y > x]
         out.append("- digits gamma 0, FD by NFE: " + ", ".join(f"{k}: {v:.2f}" for k, v in seq)
                    + (f" (worse at {', '.join(worse)})" if worse else " (never worse)"))
-    toy = {x["nfe"]: x["score"] - TOY_TRUE_LOGP for x in S.get("sweep_toy_ctm", {}).get("rows", []) if x["gamma"] == 0}
+    toy = {x["nfe"]: x["score"] - TOY_TRUE_LOGP for x in S.get("sweep_toy_ctm", {}).get("rows", [])
+           if x["gamma"] == 0}
     tseq = sorted(toy.items())
     if len(tseq) > 1:
         worse = [f"{a}->{b}" for (a, x), (b, y) in zip(tseq, tseq[1:], strict=False) if abs(y) > abs(x)]
@@ -413,6 +434,8 @@ def goals(S: dict, kimg: dict) -> list[str]:
     if ind and ot:
         final = list(ind.values())[-1]
         reach = next((v["step"] for v in ot.values() if v["fd"] <= final["fd"]), None)
-        out.append(f"- OT reaches independent's final FD {final['fd']:.2f} (step {final['step']}) at step {reach}"
-                   + (f" = {reach / final['step']:.2f}x (goal <= 0.7x)" if reach else " (not within the run)"))
+        out.append(f"- OT reaches independent's final FD {final['fd']:.2f} (step {final['step']}) at step "
+                   f"{reach}"
+                   + (f" = {reach / final['step']:.2f}x (goal <= 0.7x)" if reach
+                      else " (not within the run)"))
     return [x for x in out if x]

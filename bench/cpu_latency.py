@@ -1,6 +1,7 @@
 """CPU latency of one-step (NFE 1) CTM generation: eager PyTorch, torch.compile and ONNX Runtime side by side.
 
-    OMP_NUM_THREADS=2 python bench/cpu_latency.py --threads 2                  # digits and cifar10-fast, batch 1 and 16
+    OMP_NUM_THREADS=2 python bench/cpu_latency.py --threads 2                  # digits and cifar10-fast,
+                                                                               # batch 1 and 16
     python bench/cpu_latency.py --presets digits --batches 1 --reps 50 --json out.json
 
 What is timed: x = clamp(G(sigma_max z, sigma_max, sigma_min)), the generator `ctmtool export` writes, from a
@@ -43,7 +44,8 @@ def time_backends(fns: dict, reps: int, warmup: int = 3) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_preset(preset: str, batches: list[int], threads: list[int], reps: int, compile_: bool, folder: Path) -> list[dict]:
+def bench_preset(preset: str, batches: list[int], threads: list[int], reps: int, compile_: bool,
+                 folder: Path) -> list[dict]:
     model = load_model(random_checkpoint(folder / f"{preset}.safetensors", preset, "ctm"))
     graph = model_graphs(model)[0]  # the generator
     onnx_path = folder / f"{preset}.onnx"
@@ -75,7 +77,8 @@ def bench_preset(preset: str, batches: list[int], threads: list[int], reps: int,
         for k, ms in med.items():
             rows.append({"preset": preset, "batch": b, "backend": k, "ms": ms, "ms_per_image": ms / b,
                          "speedup_vs_eager": med["eager"] / ms})
-            print(f"# {preset} batch {b}: {k} {ms:.2f} ms ({med['eager'] / ms:.2f}x eager), load {os.getloadavg()[0]:.2f}",
+            print(f"# {preset} batch {b}: {k} {ms:.2f} ms ({med['eager'] / ms:.2f}x eager), load "
+                  f"{os.getloadavg()[0]:.2f}",
                   flush=True)
     return rows
 
@@ -96,16 +99,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
             rows += bench_preset(preset, [int(b) for b in args.batches.split(",")],
-                                 [int(n) for n in args.ort_threads.split(",")], args.reps, not args.no_compile, Path(tmp))
+                                 [int(n) for n in args.ort_threads.split(",")], args.reps,
+                                 not args.no_compile, Path(tmp))
     load1 = os.getloadavg()
     print(f"\ncpus {os.cpu_count()}, torch threads {args.threads}, load average before {load0[0]:.2f} "
           f"{load0[1]:.2f} {load0[2]:.2f}, after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     print("| preset | batch | backend | ms (median) | ms / image | speed-up vs eager |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['batch']} | {r['backend']} | {r['ms']:.2f} | {r['ms_per_image']:.2f} | {r['speedup_vs_eager']:.2f}x |")
+        print(f"| {r['preset']} | {r['batch']} | {r['backend']} | {r['ms']:.2f} | {r['ms_per_image']:.2f} | "
+              f"{r['speedup_vs_eager']:.2f}x |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_before": load0, "load_after": load1, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"load_before": load0, "load_after": load1, "rows": rows},
+                                              indent=1))
 
 
 if __name__ == "__main__":

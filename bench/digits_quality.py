@@ -45,7 +45,8 @@ def main() -> None:
         runs += [("teacher_heun18", a.teacher, dict(solver="heun", steps=18)),
                  ("teacher_heun1", a.teacher, dict(solver="heun", steps=1))]
     if a.ctm:
-        runs += [(f"ctm_nfe{k}", a.ctm, dict(solver="gamma", nfe=int(k), gamma=0.0)) for k in a.nfe.split(",")]
+        runs += [(f"ctm_nfe{k}", a.ctm, dict(solver="gamma", nfe=int(k), gamma=0.0))
+                 for k in a.nfe.split(",")]
     for name, path, kw in runs:
         model = load_model(path)
         x = torch.cat([b for b, _ in generate(model, 2000, plan_explicit(model, batch=500, **kw), seed=1000)])

@@ -4,7 +4,8 @@ Times generation and feature extraction separately (CUDA-synchronised) for a che
 initialised CTM of a preset, and prints images/s. Examples:
 
     python bench/fid_pipeline.py --preset cifar10-fast --n 256 --batch 64 --device cpu
-    python bench/fid_pipeline.py --preset cifar10 --n 10000 --batch 1024 --device cuda --bf16 --channels-last \
+    python bench/fid_pipeline.py --preset cifar10 --n 10000 --batch 1024 --device cuda --bf16 \
+        --channels-last \
         --features shared/fd_a.pt
 """
 
@@ -60,7 +61,8 @@ def run(args) -> dict:
 
     def batches(n: int):
         with autocast:
-            yield from generate(model, n, plan_explicit(model, nfe=args.nfe, batch=args.batch), seed=0, device=device)
+            yield from generate(model, n, plan_explicit(model, nfe=args.nfe, batch=args.batch), seed=0,
+                                device=device)
 
     for x, _ in batches(min(args.batch, args.n)):  # warm-up: kernels, allocator, lazy init
         extractor(to_uint8_images(x.float()))
@@ -99,19 +101,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--nfe", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--features", default=str(DEFAULT_FEATURES), help="TorchScript feature net or 'inception'")
+    ap.add_argument("--features", default=str(DEFAULT_FEATURES),
+                    help="TorchScript feature net or 'inception'")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for generation (features stay fp32)")
-    ap.add_argument("--channels-last", action="store_true", help="channels-last memory format for the generator")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="channels-last memory format for the generator")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     r = run(args)
     if args.json:
         print(json.dumps(r))
         return
-    print(f"{r['n']} samples of {r['preset']} ({r['params'] / 1e6:.1f}M params, {tuple(r['shape'])}, nfe {r['nfe']}) "
-          f"+ {r['features']} features on {r['device_name']}, batch {r['batch']}:")
-    print(f"  generate {r['generate_s']:.2f} s ({r['generate_img_s']:.0f} img/s), features {r['features_s']:.2f} s "
-          f"({r['features_img_s']:.0f} img/s), total {r['total_s']:.2f} s = {r['img_s']:.0f} img/s")
+    print(f"{r['n']} samples of {r['preset']} ({r['params'] / 1e6:.1f}M params, {tuple(r['shape'])}, nfe "
+          f"{r['nfe']}) + {r['features']} features on {r['device_name']}, batch {r['batch']}:")
+    print(f"  generate {r['generate_s']:.2f} s ({r['generate_img_s']:.0f} img/s), features "
+          f"{r['features_s']:.2f} s ({r['features_img_s']:.0f} img/s), total {r['total_s']:.2f} s = "
+          f"{r['img_s']:.0f} img/s")
 
 
 if __name__ == "__main__":

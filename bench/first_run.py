@@ -37,11 +37,12 @@ from ctmtool.metrics.trajectory import trajectory_error  # noqa: E402
 
 
 def stage(name: str, args: list[str], cwd: Path) -> tuple[dict, float]:
-    """Run one ctmtool command with --json; (its JSON result, wall seconds, CPU seconds), both including start-up.
-    CPU seconds (user + system of the child) hardly depend on other jobs: with one thread they are the wall time
-    the stage would take on an idle core."""
+    """Run one ctmtool command with --json; (its JSON result, wall seconds, CPU seconds), both including
+    start-up. CPU seconds (user + system of the child) hardly depend on other jobs: with one thread they are
+    the wall time the stage would take on an idle core."""
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    proc = subprocess.run([sys.executable, "-m", "ctmtool", *args, "--json"], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ctmtool", *args, "--json"], cwd=cwd, capture_output=True,
+                          text=True)
     wall, r1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -52,9 +53,11 @@ def stage(name: str, args: list[str], cwd: Path) -> tuple[dict, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="toy")
-    ap.add_argument("--seed", type=int, default=0, help="teacher.seed and distill.seed (0: the preset's own run)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="teacher.seed and distill.seed (0: the preset's own run)")
     ap.add_argument("--set", action="append", default=[], help="preset override for both stages (repeatable)")
-    ap.add_argument("--analytic", action="store_true", help="skip the teacher; distill from the exact denoiser")
+    ap.add_argument("--analytic", action="store_true",
+                    help="skip the teacher; distill from the exact denoiser")
     ap.add_argument("--keep", help="run in this folder and keep it (default: a temporary folder)")
     ap.add_argument("--n", type=int, default=65536, help="samples for the gap")
     ap.add_argument("--nfe", default="1", help="CTM NFEs to score (gamma 0), comma-separated")
@@ -69,16 +72,19 @@ def main() -> None:
                  "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_before": os.getloadavg()}
     teacher_args: list[str] = []
     if not a.analytic:
-        res, wall, cpu = stage("teacher", ["teacher", "--preset", a.preset, "--run-dir", str(root / "teacher"), *setargs], root)
+        res, wall, cpu = stage("teacher", ["teacher", "--preset", a.preset, "--run-dir",
+                                           str(root / "teacher"), *setargs], root)
         out["teacher"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                           **{k: res[k] for k in ("steps", "kimg", "seconds", "stopped_by")}}
         teacher_args = ["--teacher", str(root / "teacher")]
-    res, wall, cpu = stage("distill", ["distill", "--preset", a.preset, "--run-dir", str(root / "ctm"), *teacher_args,
+    res, wall, cpu = stage("distill",
+                           ["distill", "--preset", a.preset, "--run-dir", str(root / "ctm"), *teacher_args,
                                        *setargs], root)
     out["distill"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                       **{k: res[k] for k in ("steps", "kimg", "seconds", "stopped_by")}}
     png = root / "toy-ctm-nfe1.png"
-    _, wall, cpu = stage("sample", ["sample", "--ckpt", str(root / "ctm"), "--nfe", "1", "--n", "4096", "--out", str(png)], root)
+    _, wall, cpu = stage("sample", ["sample", "--ckpt", str(root / "ctm"), "--nfe", "1", "--n", "4096",
+                                    "--out", str(png)], root)
     out["sample"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "png": str(png)}
     out["training_seconds"] = round(out.get("teacher", {}).get("seconds", 0) + out["distill"]["seconds"], 1)
     for key in ("wall_s", "cpu_s"):
@@ -92,7 +98,8 @@ def main() -> None:
     out["gap"] = {f"nfe{k}": gap(m, gmm, base, a.n, 1, solver="gamma", nfe=k, gamma=0.0)
                   for k in (int(v) for v in a.nfe.split(","))}
     x0 = gmm.sample(512, torch.Generator().manual_seed(9))
-    tr = trajectory_error(m.net, ExactTrajectory(gmm, steps=128), x0, ctm_grid(preset), torch.Generator().manual_seed(1))
+    tr = trajectory_error(m.net, ExactTrajectory(gmm, steps=128), x0, ctm_grid(preset),
+                          torch.Generator().manual_seed(1))
     out["trajectory"] = {k: v for k, v in tr.items() if k != "per_t"}
     if tmp is not None:
         out["png_note"] = "temporary folder removed; pass --keep DIR to keep the picture"

@@ -57,7 +57,8 @@ def forward_flops(preset_name: str, batch: int = 2) -> list[dict]:
         rows.append({"preset": preset_name, "kind": kind, "call": "denoise" if kind == "teacher" else "jump",
                      "shape": list(shape), "params_m": sum(q.numel() for q in net.parameters()) / 1e6,
                      "gflop_per_image": total / batch / 1e9,
-                     "per_op_gflop_per_image": {k: v / batch / 1e9 for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}})
+                     "per_op_gflop_per_image": {k: v / batch / 1e9
+                                                for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}})
     return rows
 
 
@@ -68,10 +69,13 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the rows to this file")
     a = ap.parse_args()
     rows = [r for name in a.presets.split(",") for r in forward_flops(name, a.batch)]
-    print(f"{'preset':14s} {'kind':8s} {'call':8s} {'params M':>9s} {'GFLOP/img fwd':>14s}  top ops (GFLOP/img)")
+    print(f"{'preset':14s} {'kind':8s} {'call':8s} {'params M':>9s} {'GFLOP/img fwd':>14s}  top ops "
+          "(GFLOP/img)")
     for r in rows:
-        top = ", ".join(f"{k.split('.')[-1]} {v:.2f}" for k, v in list(r["per_op_gflop_per_image"].items())[:3])
-        print(f"{r['preset']:14s} {r['kind']:8s} {r['call']:8s} {r['params_m']:9.2f} {r['gflop_per_image']:14.2f}  {top}")
+        top = ", ".join(f"{k.split('.')[-1]} {v:.2f}"
+                        for k, v in list(r["per_op_gflop_per_image"].items())[:3])
+        print(f"{r['preset']:14s} {r['kind']:8s} {r['call']:8s} {r['params_m']:9.2f} "
+              f"{r['gflop_per_image']:14.2f}  {top}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows}, f, indent=1)

@@ -1,9 +1,11 @@
-"""The GAN phase with the paper's Projected-GAN discriminator on 2 gloo ranks against one process (CPU, by hand).
+"""The GAN phase with the paper's Projected-GAN discriminator on 2 gloo ranks against one process (CPU, by
+hand).
 
-The CI test (tests/train/test_distributed_gan.py) uses two `SingleDisc` heads on raw pixels; this runs the whole
-`ProjectedDiscriminator` (random timm weights: EfficientNet-lite0 and, for CPU time, DeiT-tiny in place of
-DeiT-base, the same code path; 224-pixel features; eight heads with batch norm) in `TrajectoryObjective.step`
-for G, D, G, D steps of 2 micro-batches, and prints the largest difference per network and the step times.
+The CI test (tests/train/test_distributed_gan.py) uses two `SingleDisc` heads on raw pixels; this runs the
+whole `ProjectedDiscriminator` (random timm weights: EfficientNet-lite0 and, for CPU time, DeiT-tiny in place
+of DeiT-base, the same code path; 224-pixel features; eight heads with batch norm) in
+`TrajectoryObjective.step` for G, D, G, D steps of 2 micro-batches, and prints the largest difference per
+network and the step times.
 
     python bench/gan_ddp_projected.py [--steps 4] [--micro 4] [--double] [--mlp] [--plain-bn]
 """
@@ -25,7 +27,8 @@ PRESET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[
           "gan.enabled=true", "gan.g_period=2", "gan.cutout=0.2", "gan.betas=[0.5, 0.9]", "gan.lr=2e-3"]
 
 
-MLP = ["net.kind=mlp", "net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16"]  # runs in float64 (the U-Net does not)
+# runs in float64 (the U-Net does not)
+MLP = ["net.kind=mlp", "net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16"]
 
 
 def _objective(micro: int, mlp: bool):
@@ -41,17 +44,21 @@ def _objective(micro: int, mlp: bool):
     torch.manual_seed(0)
     teacher = build_precond("teacher", preset, SHAPE).eval().requires_grad_(False)
     disc = ProjectedDiscriminator({
-        "deit_base_distilled_patch16_224": timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False),
+        "deit_base_distilled_patch16_224": timm.create_model("deit_tiny_distilled_patch16_224",
+                                                             pretrained=False),
         "tf_efficientnet_lite0": timm.create_model("tf_efficientnet_lite0", pretrained=False)})
     if torch.get_default_dtype() == torch.float64:  # the objective hands D float32 fakes on D steps
         disc.register_forward_pre_hook(lambda m, args: (args[0].double(), *args[1:]))
-    return ctm_objective(preset, SHAPE, torch.device("cpu"), teacher, teacher.state_dict(), discriminator=disc)
+    return ctm_objective(preset, SHAPE, torch.device("cpu"), teacher, teacher.state_dict(),
+                         discriminator=disc)
 
 
-def _run(steps: int, micro: int, double: bool = False, mlp: bool = False) -> tuple[dict, list[float], tuple[int, int]]:
+def _run(steps: int, micro: int, double: bool = False,
+         mlp: bool = False) -> tuple[dict, list[float], tuple[int, int]]:
     if double:  # float64 throughout: what remains of a difference is not float32 round-off
         torch.set_default_dtype(torch.float64)
-        torch.Tensor.float = torch.Tensor.double  # the objective's explicit casts (distance, D-step fakes) too
+        # the objective's explicit casts (distance, D-step fakes) too
+        torch.Tensor.float = torch.Tensor.double
     obj = _objective(micro, mlp or double)
     init = _state(obj)
     g = torch.Generator().manual_seed(1)
@@ -79,7 +86,8 @@ def _worker(r: int, port: int, out: str, steps: int, micro: int, double: bool, m
 
         trajectory.global_batch_norm = lambda module: module
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(r),
+                      LOCAL_RANK=str(r))
     torch.set_num_threads(1)
     ddp.setup(torch.device("cpu"))
     state, times, counts = _run(steps, micro, double, mlp)
@@ -94,7 +102,8 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=4, help="rows per micro-batch (2 micro-batches per step)")
     ap.add_argument("--double", action="store_true", help="run both sides in float64 (with the MLP student)")
     ap.add_argument("--mlp", action="store_true", help="a small MLP student instead of the U-Net")
-    ap.add_argument("--plain-bn", action="store_true", help="ranks keep per-rank batch norm (the official DDP's), "
+    ap.add_argument("--plain-bn", action="store_true",
+                    help="ranks keep per-rank batch norm (the official DDP's), "
                     "to see the size of a real difference")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -127,8 +136,9 @@ def main() -> None:
         n[2] += float((p.double() - p0.double()).square().sum())
     for group, (a, rel, name) in worst.items():
         d, w, u = (v ** 0.5 for v in norms[group])
-        print(f"{group:7s} ||diff|| / ||weights|| {d / max(w, 1e-300):.3g}, / ||update|| {d / max(u, 1e-300):.3g}; "
-              f"worst tensor: max |diff| {a:.3g}, {rel:.3g} of its largest value ({name})")
+        print(f"{group:7s} ||diff|| / ||weights|| {d / max(w, 1e-300):.3g}, / ||update|| "
+              f"{d / max(u, 1e-300):.3g}; worst tensor: max |diff| {a:.3g}, {rel:.3g} of its largest value "
+              f"({name})")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,31 @@
 """One prepared GPU check: correctness, speed and a short real run, in at most --budget seconds (default 480).
 
-    python bench/gpu_check.py --out $OUT --features .devcarry/fd_a.pt --cifar .devcarry/cifar10-jpeg-q75.tar.gz
-    python bench/gpu_check.py --tiny --out /tmp/gc           # CPU, tiny network, a few images (CI, < 1 minute)
+    python bench/gpu_check.py --out $OUT --features .devcarry/fd_a.pt --cifar \
+        .devcarry/cifar10-jpeg-q75.tar.gz
+    python bench/gpu_check.py --tiny --out /tmp/gc           # CPU, tiny network, a few images (CI, < 1
+                                                             # minute)
 
 Stages, in order, each in its own subprocess with its own time budget (a stage that overruns is killed and
 keeps what it wrote; a stage that fails does not stop the next; a stage with too little time left is
 skipped, saying so). `gpu_check.json` and `gpu_check.md` under --out are rewritten after every stage.
   env           device, versions, peak bf16 FLOP/s used for fractions
-  correctness   a CTM's NFE-1 / NFE-2 samples on the device against the CPU (fp32, TF32 off) for the same seeds
-                and Philox noise; TF32 and bf16-autocast errors against fp32; Philox kernel bits against the CPU
+  correctness   a CTM's NFE-1 / NFE-2 samples on the device against the CPU (fp32, TF32 off) for the same
+                seeds and Philox noise; TF32 and bf16-autocast errors against fp32; Philox kernel bits against
+                the CPU
   noise         per-image noise for a 2,048-image batch: ImageNoise (EDM streams) vs Philox on the device
   sampling      NFE-1 / NFE-2 images/s of the paper-size `cifar10` CTM: eager fp32, eager bf16 channels-last,
                 the whole fixed-NFE sampler compiled (fullgraph) with mode max-autotune-no-cudagraphs and
                 reduce-overhead (CUDA graphs); the teacher's Heun at 35 NFE (eager bf16)
   train         a CTM distillation step (bench/train.py's measurement): images/s, fraction of peak bf16 FLOP/s
-                (FlopCounterMode), peak memory, eager then compiled; synchronisations per step (sync debug mode)
+                (FlopCounterMode), peak memory, eager then compiled; synchronisations per step (sync debug
+                mode)
   fid_pipeline  50,000 samples generated (NFE 1, Philox noise, compiled sampler) + features (fd_a.pt if given,
                 else a random stand-in network, said so)
-  peers         bench/peers.py's comparisons on the device: one CTM distillation step of the official ctm-cifar10
-                code (--official CHECKOUT) against ctmtool's, and ctmtool's eager against compiled; the digits
-                teacher's 35-NFE Heun with k-diffusion's sample_heun (--kdiffusion CHECKOUT) against ctmtool's
-                solvers.heun, eager and with the denoiser compiled, at batch 1 and 64 (ratios, medians)
+  peers         bench/peers.py's comparisons on the device: one CTM distillation step of the official
+                ctm-cifar10 code (--official CHECKOUT) against ctmtool's, and ctmtool's eager against
+                compiled; the digits teacher's 35-NFE Heun with k-diffusion's sample_heun (--kdiffusion
+                CHECKOUT) against ctmtool's solvers.heun, eager and with the denoiser compiled, at batch 1 and
+                64 (ratios, medians)
   real_run      cifar10-fast on the CIFAR-10 JPEGs: teacher, then distillation, then the Frechet distance in
                 fd_a.pt features of NFE-1 samples against the training images, in the minutes left
 Never asserts a target: it measures and reports.
@@ -41,10 +46,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # ctmtool from this checkout, however the script is started
 STAGES = ["env", "correctness", "noise", "sampling", "train", "fid_pipeline", "peers", "real_run"]
-BUDGET = {"env": 25, "correctness": 40, "noise": 25, "sampling": 180, "train": 100, "fid_pipeline": 75, "peers": 90,
-          "real_run": 10**6}
-MIN_S = {"env": 5, "correctness": 15, "noise": 10, "sampling": 40, "train": 40, "fid_pipeline": 30, "peers": 20,
-         "real_run": 45}
+BUDGET = {"env": 25, "correctness": 40, "noise": 25, "sampling": 180, "train": 100, "fid_pipeline": 75,
+          "peers": 90, "real_run": 10**6}
+MIN_S = {"env": 5, "correctness": 15, "noise": 10, "sampling": 40, "train": 40, "fid_pipeline": 30,
+         "peers": 20, "real_run": 45}
 TINY_BUDGET = {s: 60 for s in STAGES}
 TINY_MIN = {s: 3 for s in STAGES}
 TINY_NET = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
@@ -66,7 +71,8 @@ def summary(report: dict) -> dict:
         best = max(nfe1, key=nfe1.get)
         net_s = noise["batch"] / nfe1[best]
         ph = noise["seconds"]["PhiloxNoise (philox)"]
-        out["philox_noise_over_nfe1_time"] = {"ratio": ph / net_s, "noise_ms": 1000 * ph, "nfe1_batch_ms": 1000 * net_s,
+        out["philox_noise_over_nfe1_time"] = {"ratio": ph / net_s, "noise_ms": 1000 * ph,
+                                              "nfe1_batch_ms": 1000 * net_s,
                                              "nfe1_mode": best, "target": "<= 0.1"}
         out["imagenoise_over_nfe1_time"] = noise["seconds"]["ImageNoise (edm)"] / net_s
     return out
@@ -76,8 +82,8 @@ def write_report(out_dir: Path, report: dict) -> None:
     report["summary"] = summary(report)
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     lines = [f"# gpu_check ({'tiny, CPU' if report['tiny'] else 'full'})", "",
-             f"device: {report['stages'].get('env', {}).get('device_name', '?')}; budget {report['budget_s']} s; "
-             f"elapsed {report.get('elapsed_s', 0):.0f} s", "",
+             f"device: {report['stages'].get('env', {}).get('device_name', '?')}; budget "
+             f"{report['budget_s']} s; elapsed {report.get('elapsed_s', 0):.0f} s", "",
              "| stage | status | s | measurement | value |", "|---|---|---|---|---|"]
     for st in STAGES:
         r = report["stages"].get(st)
@@ -91,9 +97,9 @@ def write_report(out_dir: Path, report: dict) -> None:
             lines.append(f"{head} {row['what']} | {v} {row.get('unit', '')} |")
     r = report["summary"].get("philox_noise_over_nfe1_time")
     if r:
-        lines += ["", f"Philox noise for a batch: {r['noise_ms']:.2f} ms = {r['ratio']:.4f} of that batch's NFE-1 time "
-                  f"({r['nfe1_batch_ms']:.1f} ms, {r['nfe1_mode']}; target <= 0.1); ImageNoise: "
-                  f"{report['summary']['imagenoise_over_nfe1_time']:.3f} of it."]
+        lines += ["", f"Philox noise for a batch: {r['noise_ms']:.2f} ms = {r['ratio']:.4f} of that batch's "
+                      f"NFE-1 time ({r['nfe1_batch_ms']:.1f} ms, {r['nfe1_mode']}; target <= 0.1); "
+                      f"ImageNoise: {report['summary']['imagenoise_over_nfe1_time']:.3f} of it."]
     (out_dir / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
@@ -112,15 +118,18 @@ def orchestrate(a, argv: list[str]) -> dict:
             continue
         left = deadline - time.time()
         if left < mins[st]:
-            report["stages"][st] = {"status": "skipped", "reason": f"{left:.0f} s left, stage needs {mins[st]} s", "rows": []}
+            report["stages"][st] = {"status": "skipped",
+                                    "reason": f"{left:.0f} s left, stage needs {mins[st]} s", "rows": []}
             write_report(out_dir, report)
             continue
         limit = min(budgets[st], left - 2)
         part = out_dir / f".stage-{st}.json"
         part.unlink(missing_ok=True)
         s0 = time.time()
-        if a.inprocess:  # tiny CI mode: no interpreter start per stage; budgets are checked between measurements
-            a_st = argparse.Namespace(**{**vars(a), "stage": st, "stage_file": str(part), "stage_deadline": time.time() + limit})
+        # tiny CI mode: no interpreter start per stage; budgets are checked between measurements
+        if a.inprocess:
+            a_st = argparse.Namespace(**{**vars(a), "stage": st, "stage_file": str(part),
+                                         "stage_deadline": time.time() + limit})
             try:
                 run_stage(a_st)
                 status, log = "ok", ""
@@ -248,7 +257,8 @@ def jump_sampler(jump, ctm, nfe: int, batch: int, dev, graphs: bool = False):
 
     from ctmtool.core.schedules import ctm_default_schedule
 
-    levels = [torch.full((batch,), float(v), device=dev) for v in ctm_default_schedule(nfe, ctm.sigma_min, ctm.sigma_max)]
+    levels = [torch.full((batch,), float(v), device=dev)
+              for v in ctm_default_schedule(nfe, ctm.sigma_min, ctm.sigma_max)]
 
     def run(x):
         if graphs:
@@ -322,9 +332,11 @@ def stage_correctness(a, st: Stage) -> None:
         if PhiloxNoise(seeds, (1,), dev).triton:
             from ctmtool.kernels.philox_triton import philox_bits_triton
 
-            st.row("philox words, Triton kernel == CPU reference", torch.equal(philox_bits_triton(s.to(dev), 3072, 0).cpu(), ref))
+            st.row("philox words, Triton kernel == CPU reference",
+                   torch.equal(philox_bits_triton(s.to(dev), 3072, 0).cpu(), ref))
         z = PhiloxNoise(seeds, (3, 32, 32), dev)().cpu()
-        st.row("philox normals, device vs CPU max |diff|", float((z - PhiloxNoise(seeds, (3, 32, 32))()).abs().max()))
+        st.row("philox normals, device vs CPU max |diff|",
+               float((z - PhiloxNoise(seeds, (3, 32, 32))()).abs().max()))
 
     st.attempt("philox", bits)
     for nfe in (1, 2):
@@ -385,7 +397,8 @@ def stage_sampling(a, st: Stage) -> None:
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 t_first = time.perf_counter()
-                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=ctx_dtype is not None):
+                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                                     enabled=ctx_dtype is not None):
                     fn(x)
                     sync(dev)
                     first = time.perf_counter() - t_first
@@ -393,7 +406,8 @@ def stage_sampling(a, st: Stage) -> None:
                 ips = batch / sec
                 results[f"{mode} nfe{nfe}"] = ips
                 mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-                st.row(f"CTM NFE-{nfe} {mode}, batch {batch}", ips, f"images/s (first call {first:.1f} s, peak {mem:.2f} GiB)")
+                st.row(f"CTM NFE-{nfe} {mode}, batch {batch}", ips,
+                       f"images/s (first call {first:.1f} s, peak {mem:.2f} GiB)")
 
             st.attempt(f"CTM NFE-{nfe} {mode}", go, need if nfe == 1 else need / 3)
 
@@ -403,7 +417,8 @@ def stage_sampling(a, st: Stage) -> None:
     xcl = x.contiguous(memory_format=torch.channels_last)
     x = xcl
     measure("eager bf16-cl", lambda nfe: sampler(ctm_bf, nfe), torch.bfloat16)
-    # the teacher's deterministic Heun sampler at 35 NFE (18 levels), eager bf16 channels-last; before the compiled
+    # the teacher's deterministic Heun sampler at 35 NFE (18 levels), eager bf16 channels-last; before the
+    # compiled
     # modes, whose compile (and max-autotune's autotuning) may use up the stage's budget
     from ctmtool.core.sampling import teacher_sample, teacher_schedule
 
@@ -429,14 +444,16 @@ def stage_sampling(a, st: Stage) -> None:
             torch._dynamo.reset()
             jump = torch.compile(ctm_bf.jump, mode=mode, fullgraph=True)  # one graph: levels are tensors
             graphs = mode == "reduce-overhead" and dev.type == "cuda"
-            measure(f"compile {mode}", lambda nfe, jump=jump, graphs=graphs: jump_sampler(jump, ctm_bf, nfe, batch, dev, graphs),
-                    torch.bfloat16, need=60 if not a.tiny else 0)
+            measure(f"compile {mode}", lambda nfe, jump=jump,
+                    graphs=graphs: jump_sampler(jump, ctm_bf, nfe, batch, dev, graphs), torch.bfloat16,
+                    need=60 if not a.tiny else 0)
 
             def check(jump=jump, mode=mode, graphs=graphs):
                 for nfe in (1, 2):
                     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
                         y = jump_sampler(jump, ctm_bf, nfe, batch, dev, graphs)(x).float()
-                    st.row(f"NFE-{nfe} compile {mode} vs eager bf16-cl, max |diff|", float((y - eager[nfe]).abs().max()))
+                    st.row(f"NFE-{nfe} compile {mode} vs eager bf16-cl, max |diff|",
+                           float((y - eager[nfe]).abs().max()))
 
             st.attempt(f"compile {mode} check", check, 5)
 
@@ -450,16 +467,19 @@ def stage_train(a, st: Stage) -> None:
 
     dev = device_of(a)
     name = "cifar10"
-    peak = a.peak_tflops or next((v for k, v in PEAK_BF16.items() if dev.type == "cuda" and k in torch.cuda.get_device_name(dev)), 989.0)
+    peak = a.peak_tflops or next((v for k, v in PEAK_BF16.items() if dev.type == "cuda"
+                                  and k in torch.cuda.get_device_name(dev)), 989.0)
     batch = 2 if a.tiny else 256
-    base = argparse.Namespace(set=TINY_NET if a.tiny else [], batch=batch, micro_batch=None, compile_aux=False,
-                              warmup=1 if a.tiny else 3, steps=1 if a.tiny else 8, peak_tflops=peak)
+    base = argparse.Namespace(set=TINY_NET if a.tiny else [], batch=batch, micro_batch=None,
+                              compile_aux=False, warmup=1 if a.tiny else 3, steps=1 if a.tiny else 8,
+                              peak_tflops=peak)
 
     def syncs():
         obj, batches = host_syncs.build("cifar10-fast", dev, 8 if a.tiny else 64, TINY_NET if a.tiny else [])
         if dev.type == "cuda":
             r = host_syncs.cuda_report(obj, batches, 3)
-            st.row("CTM step synchronisations (cuda sync debug mode)", r["syncs_per_step"], f"per step; sites {r['sites']}")
+            st.row("CTM step synchronisations (cuda sync debug mode)", r["syncs_per_step"],
+                   f"per step; sites {r['sites']}")
         else:
             r = host_syncs.cpu_report(obj, batches, 1)
             st.row("CTM step host reads that sync on CUDA (CPU classification)", r["device_syncs_per_step"],
@@ -473,8 +493,8 @@ def stage_train(a, st: Stage) -> None:
             r = train_bench.bench_one(name, "ctm", argparse.Namespace(**vars(base), compile=comp), dev)
             st.data.setdefault("ctm_step", []).append(r)
             st.row(f"CTM step, compile {comp} (applies on CUDA), batch {batch}", r["images_per_s"],
-                   f"images/s; {100 * r['frac_peak']:.1f}% of {peak:g} TFLOP/s; {r['gflop_per_image']:.0f} GFLOP/image; "
-                   f"k mean {r['k_timed_mean']}; peak {r['peak_gib']:.2f} GiB")
+                   f"images/s; {100 * r['frac_peak']:.1f}% of {peak:g} TFLOP/s; {r['gflop_per_image']:.0f} "
+                   f"GFLOP/image; k mean {r['k_timed_mean']}; peak {r['peak_gib']:.2f} GiB")
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -494,7 +514,8 @@ def stage_peers(a, st: Stage) -> None:
     official = peers.load_official(a.official) if a.official else None
     if official is None:
         st.row("official ctm-cifar10 step", "skipped", "(no --official CHECKOUT)")
-    unet = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[8], dropout=0.1) if a.tiny \
+    unet = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[8],
+                dropout=0.1) if a.tiny \
         else peers.UNET
     batch, res = (2, 16) if a.tiny else (128, 32)
 
@@ -505,7 +526,8 @@ def stage_peers(a, st: Stage) -> None:
         for k, v in med.items():
             st.row(f"CTM step {k}, batch {batch}, {res}x{res}", round(1000 * v, 2),
                    "ms" + ("" if official is None else f"; ratio to official {v / med['official']:.3f}")
-                   + ("" if "ctmtool compiled" not in med else f"; compiled / eager {med['ctmtool compiled'] / med['ctmtool']:.3f}"
+                   + ("" if "ctmtool compiled" not in med
+                      else f"; compiled / eager {med['ctmtool compiled'] / med['ctmtool']:.3f}"
                       if k == "ctmtool compiled" else ""))
 
     st.attempt("distillation step vs official", distill, 10)
@@ -520,10 +542,12 @@ def stage_peers(a, st: Stage) -> None:
         model = load_model(random_checkpoint(work_dir(a) / "digits-teacher.safetensors", "digits", "teacher"),
                            device=dev)
         net = model.net
-        sig = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0), torch.zeros(1, dtype=torch.float64)])
+        sig = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0),
+                         torch.zeros(1, dtype=torch.float64)])
         fast = types_ns(denoise=torch.compile(net.denoise)) if compiled else None
         for b in (1, 64):
-            z = torch.randn(b, *model.data_shape, generator=torch.Generator().manual_seed(b)).to(dev) * model.sigma_max
+            z = torch.randn(b, *model.data_shape,
+                            generator=torch.Generator().manual_seed(b)).to(dev) * model.sigma_max
             fns = {}
             if kd is not None:
                 s32 = sig.float().to(dev)
@@ -569,8 +593,9 @@ def feature_net(a, dev):
     if a.features and Path(a.features).is_file():
         return make_extractor(a.features, dev), f"fd_a.pt ({a.features})"
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 128, 3, stride=2),
-                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, 256))
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(64, 128, 3, stride=2), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, 256))
 
     class Wrap(torch.nn.Module):
         def __init__(self):
@@ -673,16 +698,19 @@ def stage_real_run(a, st: Stage) -> None:
     t0 = time.perf_counter()
     folder = cifar_folder(a, work / "train", 64 if a.tiny else None)
     data = load_images(folder)
-    st.row("data", f"{len(data)} images {tuple(data.shape)}", f"(extract + decode {time.perf_counter() - t0:.1f} s)")
+    st.row("data", f"{len(data)} images {tuple(data.shape)}",
+           f"(extract + decode {time.perf_counter() - t0:.1f} s)")
     extractor, what = feature_net(a, dev)
     st.row("features", what)
     left = st.left() - (10 if a.tiny else 35)  # kept for sampling + features + Frechet distance
     minutes = max(left, 0) / 2 / 60
-    over = ["teacher.compile=false", "distill.compile=false", f"teacher.minutes={minutes:.3f}", f"distill.minutes={minutes:.3f}",
-            "teacher.kimg=100000", "distill.kimg=100000"]
-    if a.tiny:  # an MLP on the images: the end-of-run sample grids (35-NFE Heun for the teacher) stay fast on a CPU
-        over += ["teacher.batch=8", "distill.batch=4", "teacher.lr_rampup_kimg=0", "teacher.kimg=0.016", "distill.kimg=0.008",
-                 "net.kind=mlp", "net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16"]
+    over = ["teacher.compile=false", "distill.compile=false", f"teacher.minutes={minutes:.3f}",
+            f"distill.minutes={minutes:.3f}", "teacher.kimg=100000", "distill.kimg=100000"]
+    # an MLP on the images: the end-of-run sample grids (35-NFE Heun for the teacher) stay fast on a CPU
+    if a.tiny:
+        over += ["teacher.batch=8", "distill.batch=4", "teacher.lr_rampup_kimg=0", "teacher.kimg=0.016",
+                 "distill.kimg=0.008", "net.kind=mlp", "net.mlp.hidden=32", "net.mlp.depth=1",
+                 "net.mlp.emb=16"]
     p = preset(a, "cifar10-fast", over)
     rep = Reporter(quiet=False)
     res = {}
@@ -690,12 +718,15 @@ def stage_real_run(a, st: Stage) -> None:
     def teacher():
         r = train(p, "teacher", work / "teacher", dev, rep, data=data, force=True)
         res["teacher"] = r
-        st.row("teacher", f"{r.kimg:.1f} kimg in {r.seconds:.0f} s", f"({r.images_per_second:.0f} images/s, last {r.last})")
+        st.row("teacher", f"{r.kimg:.1f} kimg in {r.seconds:.0f} s",
+               f"({r.images_per_second:.0f} images/s, last {r.last})")
 
     def student():
-        r = train(p, "distill", work / "ctm", dev, rep, teacher=str(res["teacher"].checkpoint), data=data, force=True)
+        r = train(p, "distill", work / "ctm", dev, rep, teacher=str(res["teacher"].checkpoint), data=data,
+                  force=True)
         res["ctm"] = r
-        st.row("CTM distillation", f"{r.kimg:.1f} kimg in {r.seconds:.0f} s", f"({r.images_per_second:.0f} images/s, last {r.last})")
+        st.row("CTM distillation", f"{r.kimg:.1f} kimg in {r.seconds:.0f} s",
+               f"({r.images_per_second:.0f} images/s, last {r.last})")
 
     def fd():
         n = 64 if a.tiny else min(10000, len(data))
@@ -703,7 +734,8 @@ def stage_real_run(a, st: Stage) -> None:
         model = load_model(res["ctm"].checkpoint, "ema", dev)
         plan = plan_sampling(model, nfe=1, gamma=0.0, noise="edm", batch=8 if a.tiny else 1024)
         out = fid_from_model(model, ref, extractor, n=n, plan=plan, seed=0, device=dev)
-        st.row(f"Frechet distance, CTM NFE-1 vs training images, n={n}", float(out["fid"]), f"({what}; {out['seconds']:.0f} s)")
+        st.row(f"Frechet distance, CTM NFE-1 vs training images, n={n}", float(out["fid"]),
+               f"({what}; {out['seconds']:.0f} s)")
 
     st.attempt("teacher", teacher, 5)
     if "teacher" in res:
@@ -722,7 +754,8 @@ def run_stage(a) -> None:
     try:
         fn(a, st)
     except Exception as err:  # noqa: BLE001 - the stage's own error, recorded for the report
-        st.data["failed"].append({"what": a.stage, "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]})
+        st.data["failed"].append({"what": a.stage, "error": f"{type(err).__name__}: {err}",
+                                  "trace": traceback.format_exc()[-2000:]})
         st.save()
         raise
 
@@ -730,22 +763,29 @@ def run_stage(a) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
-    ap.add_argument("--budget", type=float, default=None, help="seconds for everything (default 480; tiny 50)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for everything (default 480; tiny 50)")
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny network, a few images (CI)")
-    ap.add_argument("--work", default=None, help="scratch folder for data, checkpoints (default: $TMPDIR/ctmtool-gpu-check)")
-    ap.add_argument("--tiny-compile", action="store_true", help="with --tiny: also run the (slow) CPU compile modes")
+    ap.add_argument("--work", default=None,
+                    help="scratch folder for data, checkpoints (default: $TMPDIR/ctmtool-gpu-check)")
+    ap.add_argument("--tiny-compile", action="store_true",
+                    help="with --tiny: also run the (slow) CPU compile modes")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--features", default=None, help="fd_a.pt (TorchScript); missing: a stand-in, reported as such")
+    ap.add_argument("--features", default=None,
+                    help="fd_a.pt (TorchScript); missing: a stand-in, reported as such")
     ap.add_argument("--cifar", default=None, help="cifar10-jpeg-q75.tar.gz for the real run")
     ap.add_argument("--batch", type=int, default=2048, help="sampling batch")
     ap.add_argument("--teacher-batch", type=int, default=256, help="batch of the 35-NFE Heun measurement")
     ap.add_argument("--fid-n", type=int, default=50000)
     ap.add_argument("--compile-modes", default="reduce-overhead,max-autotune-no-cudagraphs",
                     help="torch.compile modes of the sampling stage (reduce-overhead = CUDA graphs)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: by device name)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="peak dense bf16 TFLOP/s (default: by device name)")
     ap.add_argument("--only", default=None, help="comma-separated stages to run (default: all)")
-    ap.add_argument("--official", default=None, help="peers: a checkout of Kim-Dongjun/ctm-cifar10 (.devcarry/ctm-cifar10)")
-    ap.add_argument("--kdiffusion", default=None, help="peers: a checkout of crowsonkb/k-diffusion (.devcarry/k-diffusion)")
+    ap.add_argument("--official", default=None,
+                    help="peers: a checkout of Kim-Dongjun/ctm-cifar10 (.devcarry/ctm-cifar10)")
+    ap.add_argument("--kdiffusion", default=None,
+                    help="peers: a checkout of crowsonkb/k-diffusion (.devcarry/k-diffusion)")
     ap.add_argument("--inprocess", action=argparse.BooleanOptionalAction, default=None,
                     help="run stages in this process (default with --tiny; overruns cannot then be killed)")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)

@@ -1,15 +1,16 @@
 """Host synchronisations of a CTM distillation step: which calls read a tensor's value on the host.
 
-    python bench/host_syncs.py                                   # CPU: a tiny U-Net, 3 steps, every site listed
+    python bench/host_syncs.py                                   # CPU: a tiny U-Net, 3 steps, every site
+                                                                 # listed
     python bench/host_syncs.py --device cuda --preset cifar10-fast --batch 64
 
 On the CPU nothing synchronises, so the script instruments: a TorchDispatchMode records every aten op that
 needs a tensor's value on the host when that tensor lives on a GPU (`_local_scalar_dense`, i.e. `.item()`,
 `float(t)`, `int(t)`, `bool(t)` / a tensor in a Python `if`; `nonzero`, `masked_select`, `unique`,
-`repeat_interleave` with a tensor count, `equal`, `allclose`), with the ctmtool line that made it. Each site is
-then classified by inspection (the table SITES below): whether its tensor is a device tensor on CUDA (a real
-sync) or a CPU tensor there too (index draws from the CPU generator, the Karras grid: no sync). Device-to-host
-copies are invisible on the CPU; the CUDA mode sees them.
+`repeat_interleave` with a tensor count, `equal`, `allclose`), with the ctmtool line that made it. Each site
+is then classified by inspection (the table SITES below): whether its tensor is a device tensor on CUDA (a
+real sync) or a CPU tensor there too (index draws from the CPU generator, the Karras grid: no sync).
+Device-to-host copies are invisible on the CPU; the CUDA mode sees them.
 On CUDA it runs the same steps under `torch.cuda.set_sync_debug_mode("warn")` and counts the warnings
 per step, with their source lines. Never asserts anything: it measures.
 """
@@ -28,19 +29,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ctmtool
 
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_dim", "unique_consecutive",
-            "repeat_interleave", "equal", "allclose", "is_nonzero"}
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_dim",
+            "unique_consecutive", "repeat_interleave", "equal", "allclose", "is_nonzero"}
 
 # (file, function) -> (syncs on CUDA?, why): inspection of each site the recorder finds
 SITES = {
-    ("schedules.py", "sample_ctm_indices"): (False, "k drawn with the CPU index generator (.item() of a CPU tensor)"),
-    ("schedules.py", "sample_teacher_steps"): (False, "k drawn once a step with the CPU index generator (.item())"),
+    ("schedules.py", "sample_ctm_indices"): (False, "k drawn with the CPU index generator (.item() of a CPU "
+                                                    "tensor)"),
+    ("schedules.py", "sample_teacher_steps"): (False,
+                                               "k drawn once a step with the CPU index generator (.item())"),
     ("trajectory.py", "_dropout_seed"): (False, "dropout seed drawn with the CPU index generator"),
     ("solvers.py", "heun"): (False, "bool(any(level > 0)) on the schedule's own CPU tensor"),
-    ("trajectory.py", "_apply_step"): (True, "bool(isfinite(loss)): the step's one deliberate sync (skip non-finite steps)"),
+    ("trajectory.py", "_apply_step"): (True, "bool(isfinite(loss)): the step's one deliberate sync (skip "
+                                             "non-finite steps)"),
     ("teacher_objective.py", "step"): (True, "bool(isfinite(total)) of the teacher step"),
     ("loop.py", "fit"): (True, "float(log value) at log lines only (every log_every_kimg), not per step"),
-    ("teacher_objective.py", "_step_optimizer"): (False, "optimizer step counters: CPU tensors (not capturable/fused RAdam)"),
+    ("teacher_objective.py",
+     "_step_optimizer"): (False, "optimizer step counters: CPU tensors (not capturable/fused RAdam)"),
 }
 # Tensor.to(device) sites: True where the tensor is on the CPU when training on CUDA (a blocking H2D copy)
 COPY_SITES = {
@@ -121,7 +126,8 @@ def cpu_report(obj, batches, steps: int) -> dict:
     for (op, file, fn, line), n in sorted(rec.hits.items(), key=lambda kv: kv[0][1:]):
         table = COPY_SITES if op == "to(device)" else SITES
         syncs, why = table.get((file, fn), (None, "unclassified: inspect this site"))
-        rows.append({"op": op, "site": f"{file}:{line} ({fn})", "per_step": n / steps, "syncs_on_cuda": syncs, "why": why})
+        rows.append({"op": op, "site": f"{file}:{line} ({fn})", "per_step": n / steps, "syncs_on_cuda": syncs,
+                     "why": why})
     return {"steps": steps, "sites": rows,
             "device_syncs_per_step": sum(r["per_step"] for r in rows if r["syncs_on_cuda"]),
             "unclassified": sum(1 for r in rows if r["syncs_on_cuda"] is None)}
@@ -145,7 +151,8 @@ def cuda_report(obj, batches, steps: int, warmup: int = 2) -> dict:
         if "synchroniz" in str(w.message).lower():
             sites[f"{Path(w.filename).name}:{w.lineno}"] += 1
     total = sum(sites.values())
-    return {"steps": steps, "syncs_per_step": total / steps, "sites": {k: v / steps for k, v in sites.items()}}
+    return {"steps": steps, "syncs_per_step": total / steps,
+            "sites": {k: v / steps for k, v in sites.items()}}
 
 
 def main() -> None:
@@ -159,7 +166,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     dev = torch.device(a.device)
-    tiny = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1", "ctm.max_steps=2"]
+    tiny = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
+            "ctm.max_steps=2"]
     overrides = a.set if a.set is not None else (tiny if dev.type == "cpu" else [])
     obj, batches = build(a.preset, dev, a.batch, overrides)
     r = cuda_report(obj, batches, a.steps) if dev.type == "cuda" else cpu_report(obj, batches, a.steps)
@@ -168,7 +176,8 @@ def main() -> None:
         print(json.dumps(r))
         return
     if dev.type == "cuda":
-        print(f"{a.preset} CTM step on {torch.cuda.get_device_name(dev)}: {r['syncs_per_step']:g} synchronisations per step")
+        print(f"{a.preset} CTM step on {torch.cuda.get_device_name(dev)}: {r['syncs_per_step']:g} "
+              "synchronisations per step")
         for k, v in r["sites"].items():
             print(f"  {v:6.2f} / step  {k}")
         return
@@ -176,8 +185,8 @@ def main() -> None:
     for s in r["sites"]:
         mark = {True: "SYNC on CUDA", False: "no sync (CPU tensor)", None: "UNCLASSIFIED"}[s["syncs_on_cuda"]]
         print(f"  {s['per_step']:5.2f}  {s['op']:20s} {s['site']:40s} {mark:22s} {s['why']}")
-    print(f"device synchronisations per step on CUDA (by this classification): {r['device_syncs_per_step']:g}; "
-          f"unclassified sites: {r['unclassified']}")
+    print("device synchronisations per step on CUDA (by this classification): "
+          f"{r['device_syncs_per_step']:g}; unclassified sites: {r['unclassified']}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def run(batch: int, shape: tuple[int, ...], device: torch.device, repeats: int) 
     base = out["ImageNoise (edm)"]
     backend = "triton" if PhiloxNoise(seeds[:1], shape, device).triton else "torch reference"
     return {"device": str(device), "threads": torch.get_num_threads(), "batch": batch, "shape": list(shape),
-            "philox_backend": backend, "seconds": out, "ratio_to_imagenoise": {k: v / base for k, v in out.items()}}
+            "philox_backend": backend, "seconds": out,
+            "ratio_to_imagenoise": {k: v / base for k, v in out.items()}}
 
 
 def main() -> None:
@@ -63,8 +64,8 @@ def main() -> None:
     if a.json:
         print(json.dumps(r))
         return
-    print(f"batch {r['batch']} x {tuple(r['shape'])} on {r['device']} ({r['threads']} threads); philox backend: "
-          f"{r['philox_backend']}; median of {a.repeats}")
+    print(f"batch {r['batch']} x {tuple(r['shape'])} on {r['device']} ({r['threads']} threads); philox "
+          f"backend: {r['philox_backend']}; median of {a.repeats}")
     for k, v in r["seconds"].items():
         print(f"  {k:34s} {1000 * v:9.1f} ms   x{r['ratio_to_imagenoise'][k]:.2f} of ImageNoise")
 

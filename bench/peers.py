@@ -4,19 +4,21 @@
     python bench/peers.py --only heun,likelihood --kdiffusion /tmp/k-diffusion --reps 9
 
 Peers are imported from local checkouts given by path (never copied into ctmtool):
-  --official  a checkout of Kim-Dongjun/ctm-cifar10 (its `cm` package: EDMPrecond_CTM, KarrasDenoiser, update_ema)
+  --official  a checkout of Kim-Dongjun/ctm-cifar10 (its `cm` package: EDMPrecond_CTM, KarrasDenoiser,
+              update_ema)
   --kdiffusion  a checkout of crowsonkb/k-diffusion (only `k_diffusion/sampling.py` and `utils.py` are loaded,
                 without the package `__init__`, whose imports need wandb/accelerate/kornia/clip; `torchsde` is
                 stubbed when missing: no SDE sampler is used)
 
 Rows (each side on the same network weights' shapes, inputs and thread count; calls interleaved round-robin,
 median over --reps; ratio < 1: ctmtool is faster):
-  distill     one CTM distillation step (CTM loss with k teacher Heun steps, DSM loss, backward, RAdam, the target
-              and one evaluation EMA), DDPM++ SongUNet 32x32 with CTM's s-layers, batch 8, k fixed (--k). The
-              official side runs its own pieces of `KarrasDenoiser.ctm_losses` (get_ctm_estimate, heun_solver,
-              get_ctm_target, get_DSM_loss, as bench/xcheck_ctm_cifar10.py checks them) with an L2 distance in
-              place of LPIPS on both sides, torch's RAdam (cm/train_util.py) and `cm.nn.update_ema`; ctmtool runs
-              its real `TrajectoryObjective.step` (distance l2, k forced to the same value).
+  distill     one CTM distillation step (CTM loss with k teacher Heun steps, DSM loss, backward, RAdam, the
+              target and one evaluation EMA), DDPM++ SongUNet 32x32 with CTM's s-layers, batch 8, k fixed
+              (--k). The official side runs its own pieces of `KarrasDenoiser.ctm_losses` (get_ctm_estimate,
+              heun_solver, get_ctm_target, get_DSM_loss, as bench/xcheck_ctm_cifar10.py checks them) with an
+              L2 distance in place of LPIPS on both sides, torch's RAdam (cm/train_util.py) and
+              `cm.nn.update_ema`; ctmtool runs its real `TrajectoryObjective.step` (distance l2, k forced to
+              the same value).
   heun        the digits teacher (--digits-teacher, else random weights) with 18 Karras levels and a final 0
               (35 NFE): k-diffusion `sample_heun` against ctmtool's `solvers.heun` (eager) and
               `fastpath.heun_program` (built once, reused; its build time printed) at batch 1 and 64.
@@ -24,10 +26,10 @@ median over --reps; ratio < 1: ctmtool is faster):
               k-diffusion `log_likelihood` (in sigma) against ctmtool's `ode_log_prob` (in ln sigma), with
               the NFE of each and the mean |difference| of the estimates.
   sample      one-step generation of 256 cifar10-fast images (random weights), end to end through
-              `ctmtool.core.sampling.generate`: the old default (eager, the preset's batch of 1,024) against the path
-              `ctmtool.core.fastpath.fast_plan` picks for `ctmtool sample`, twice: with an empty program cache
-              (tracing inside the time) and with the program that run saved (loaded from the cache); ratios
-              fast / default.
+              `ctmtool.core.sampling.generate`: the old default (eager, the preset's batch of 1,024) against
+              the path `ctmtool.core.fastpath.fast_plan` picks for `ctmtool sample`, twice: with an empty
+              program cache (tracing inside the time) and with the program that run saved (loaded from the
+              cache); ratios fast / default.
 Measures only; the load average is printed before and after.
 """
 
@@ -55,7 +57,8 @@ def _now() -> float:
 
 def interleaved(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per call of each function, the calls interleaved round-robin (wall-clock, or the
-    process's CPU time with --clock cpu: on a loaded machine the time spent waiting for a core is left out)."""
+    process's CPU time with --clock cpu: on a loaded machine the time spent waiting for a core is left
+    out)."""
     for f in fns.values():
         for _ in range(warmup):
             f()
@@ -109,7 +112,8 @@ def load_kdiffusion(path: str):
 def load_official(path: str):
     root = Path(path).resolve()
     if not (root / "cm" / "karras_diffusion.py").is_file():
-        raise SystemExit(f"error: {root}/cm/karras_diffusion.py not found; give a checkout of Kim-Dongjun/ctm-cifar10")
+        raise SystemExit(f"error: {root}/cm/karras_diffusion.py not found; give a checkout of "
+                         "Kim-Dongjun/ctm-cifar10")
     sys.path.insert(0, str(root))
     for name in ("blobfile", "ftfy", "regex"):
         if importlib.util.find_spec(name) is None:
@@ -119,9 +123,9 @@ def load_official(path: str):
             sys.modules[name] = mod
     import cm.script_util  # noqa: F401  (import order of cm_train.py)
     from cm import karras_diffusion, networks, nn, resample
-    return types.SimpleNamespace(KarrasDenoiser=karras_diffusion.KarrasDenoiser, EDMPrecond_CTM=networks.EDMPrecond_CTM,
-                                 update_ema=nn.update_ema, Sampler=resample.HalfLogNormalHalfUniformSampler,
-                                 mean_flat=nn.mean_flat)
+    return types.SimpleNamespace(KarrasDenoiser=karras_diffusion.KarrasDenoiser,
+                                 EDMPrecond_CTM=networks.EDMPrecond_CTM, update_ema=nn.update_ema,
+                                 Sampler=resample.HalfLogNormalHalfUniformSampler, mean_flat=nn.mean_flat)
 
 
 # -------------------------------------------------------------------------------------------------- rows
@@ -149,24 +153,28 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
     x0 = torch.rand(batch, 3, res, res, generator=gen, device=dev) * 2 - 1
     steps = {}
     if official is not None:
-        args = types.SimpleNamespace(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, rho=7, start_scales=grid_n,
-                                     target_subtract=False, rescaling=False, inner_parametrization="edm",
-                                     outer_parametrization="euler", training_mode="ctm", time_continuous=False,
-                                     loss_norm="l2", large_log=False, self_learn=False, diffusion_mult=0.7,
+        args = types.SimpleNamespace(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, rho=7,
+                                     start_scales=grid_n, target_subtract=False, rescaling=False,
+                                     inner_parametrization="edm", outer_parametrization="euler",
+                                     training_mode="ctm", time_continuous=False, loss_norm="l2",
+                                     large_log=False, self_learn=False, diffusion_mult=0.7,
                                      diffusion_weight_schedule="karras_weight", apply_adaptive_weight=False,
                                      weight_schedule="uniform", weight_schedule_multiplier=1.0)
-        kw = dict(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, sigma_min=0.002, sigma_max=80.0,
-                  sigma_data=0.5, model_type="SongUNet", arch="ddpmpp", **unet)
+        kw = dict(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, sigma_min=0.002,
+                  sigma_max=80.0, sigma_data=0.5, model_type="SongUNet", arch="ddpmpp", **unet)
         torch.manual_seed(0)
         o_net = official.EDMPrecond_CTM(training_mode="ctm", **kw).to(dev).train()
-        o_target = copy.deepcopy(o_net).train().requires_grad_(False)  # official target keeps dropout (ctm.dropout)
+        # official target keeps dropout (ctm.dropout)
+        o_target = copy.deepcopy(o_net).train().requires_grad_(False)
         o_ema = copy.deepcopy(o_net).eval().requires_grad_(False)
         o_teacher = official.EDMPrecond_CTM(training_mode="", **kw).to(dev).eval().requires_grad_(False)
         diff = official.KarrasDenoiser(args, None, None)
         diff.teacher_model = o_teacher
         diff.diffusion_schedule_sampler = official.Sampler(args)
-        o_opt = torch.optim.RAdam(o_net.parameters(), lr=4e-4, weight_decay=0.0)  # cm/train_util.py: torch's RAdam
-        o_params, t_params, e_params = list(o_net.parameters()), list(o_target.parameters()), list(o_ema.parameters())
+        # cm/train_util.py: torch's RAdam
+        o_opt = torch.optim.RAdam(o_net.parameters(), lr=4e-4, weight_decay=0.0)
+        o_params, t_params, e_params = (list(o_net.parameters()), list(o_target.parameters()),
+                                        list(o_ema.parameters()))
         cpu_gen = torch.Generator().manual_seed(2)
 
         def official_step():
@@ -176,7 +184,8 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
             ind, s_ind = ind.to(dev), s_ind.to(dev)
             t, t_dt, s = diff.get_t(ind), diff.get_t(ind + k), diff.get_t(s_ind)
             x_t = x0 + torch.randn(x0.shape, generator=gen, device=dev) * t.view(-1, 1, 1, 1)
-            est = diff.get_ctm_estimate(x_t, t, t_dt, s, o_net, o_target, True, "target_model_sg", "model", False)
+            est = diff.get_ctm_estimate(x_t, t, t_dt, s, o_net, o_target, True, "target_model_sg", "model",
+                                        False)
             x_t_dt = diff.heun_solver(o_target, x_t, ind, 4, t, t_dt, ctm=True, num_step=k).detach()
             tgt = diff.get_ctm_target(x_t_dt, t_dt, s, o_net, o_target, True, "model_sg")
             l_ctm = official.mean_flat((est - tgt) ** 2)
@@ -188,7 +197,8 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
             sync(dev)
 
         steps["official"] = official_step
-        print(f"# distill: official {sum(q.numel() for q in o_net.parameters()) / 1e6:.2f}M parameters", flush=True)
+        print(f"# distill: official {sum(q.numel() for q in o_net.parameters()) / 1e6:.2f}M parameters",
+              flush=True)
 
     for name, comp in (("ctmtool", False), *((("ctmtool compiled", True),) if compiled else ())):
         p = load_preset("cifar10", ["net.kind=unet", *(f"net.unet.{a}={v}" for a, v in unet.items()),
@@ -210,8 +220,8 @@ def distill_steps(official, batch: int, k: int, device="cpu", unet: dict | None 
             sync(dev)
 
         steps[name] = mine
-        print(f"# distill: {name} {sum(q.numel() for q in obj.net.parameters()) / 1e6:.2f}M parameters; batch {batch}, "
-              f"k {k}, {dev}", flush=True)
+        print(f"# distill: {name} {sum(q.numel() for q in obj.net.parameters()) / 1e6:.2f}M parameters; "
+              f"batch {batch}, k {k}, {dev}", flush=True)
     return steps
 
 
@@ -242,7 +252,8 @@ def row_heun(kd, reps: int, folder: Path) -> None:
 
     model = digits_teacher(folder)
     net = model.net
-    sig = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0), torch.zeros(1, dtype=torch.float64)])
+    sig = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0),
+                     torch.zeros(1, dtype=torch.float64)])
     sig32 = sig.float()
     def den(x, s):
         return net.denoise(x, s, None)
@@ -256,7 +267,8 @@ def row_heun(kd, reps: int, folder: Path) -> None:
             ref = kd.sample_heun(den, z, sig32, disable=True)
             diffs = {"eager": float((solvers.heun(net, z, sig) - ref).abs().max()),
                      "program": float((prog(z) - ref).abs().max())}
-            med = interleaved({"k-diffusion sample_heun": lambda z=z: kd.sample_heun(den, z, sig32, disable=True),
+            med = interleaved({"k-diffusion "
+                               "sample_heun": lambda z=z: kd.sample_heun(den, z, sig32, disable=True),
                                "ctmtool solvers.heun (eager)": lambda z=z: solvers.heun(net, z, sig),
                                "ctmtool heun_program (reused)": lambda z=z, prog=prog: prog(z)}, reps)
         report(f"heun b{b}", med, "k-diffusion sample_heun",
@@ -282,7 +294,8 @@ def row_likelihood(kd, reps: int, folder: Path) -> None:
         out["kd"] = (lp.detach(), info["fevals"])
 
     def mine_run():
-        est = ode_log_prob(den, x, model.sigma_min, model.sigma_max, None, opts, torch.Generator().manual_seed(0))
+        est = ode_log_prob(den, x, model.sigma_min, model.sigma_max, None, opts,
+                           torch.Generator().manual_seed(0))
         out["mine"] = (est.log_prob, est.nfe)
 
     med = interleaved({"k-diffusion log_likelihood": kd_run, "ctmtool ode_log_prob": mine_run}, reps)
@@ -354,9 +367,12 @@ def main() -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall-clock time, or the process's CPU time (robust to other processes' load)")
     ap.add_argument("--sample-n", type=int, default=256, help="sample: images per job")
-    ap.add_argument("--sample-reps", type=int, default=3, help="sample: repeats (each job takes tens of seconds)")
-    ap.add_argument("--profile", type=int, default=0, help="distill: print the N costliest operators of each side")
-    ap.add_argument("--digits-teacher", help="heun, likelihood: a trained digits teacher checkpoint (default: random "
+    ap.add_argument("--sample-reps", type=int, default=3,
+                    help="sample: repeats (each job takes tens of seconds)")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="distill: print the N costliest operators of each side")
+    ap.add_argument("--digits-teacher",
+                    help="heun, likelihood: a trained digits teacher checkpoint (default: random "
                     "weights; the likelihood's NFE depends on the weights, the time per NFE does not)")
     a = ap.parse_args()
     global PROFILE_TOP, DIGITS_TEACHER, CLOCK
@@ -365,7 +381,8 @@ def main() -> None:
     rows = a.only.split(",")
     kd = load_kdiffusion(a.kdiffusion) if {"heun", "likelihood"} & set(rows) else None
     if "distill" in rows and not a.official:
-        raise SystemExit("error: the distill row needs --official PATH (a checkout of Kim-Dongjun/ctm-cifar10)")
+        raise SystemExit("error: the distill row needs --official PATH (a checkout of "
+                         "Kim-Dongjun/ctm-cifar10)")
     official = load_official(a.official) if "distill" in rows else None
     load0 = os.getloadavg()
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, "

@@ -1,7 +1,8 @@
 """Training lengths in images for GPU presets: counted FLOPs of one training step per image, and the kimg a
 time budget would reach at an assumed sustained rate (an estimate, not a measurement of any GPU).
 
-    python bench/preset_lengths.py --presets cifar10-fast,cifar10-edges,cifar10-inpaint,cifar10-sr4 --minutes 10
+    python bench/preset_lengths.py --presets cifar10-fast,cifar10-edges,cifar10-inpaint,cifar10-sr4 \
+        --minutes 10
 
 For each training section of a preset ([teacher] where the preset file has one, [distill] always) one real
 optimiser step (`TeacherObjective.step` / `TrajectoryObjective.step`: forward, backward, optimiser, EMAs) runs
@@ -57,7 +58,8 @@ def forced_k(k: int):
 
 
 def step_flops(obj, batches) -> int:
-    """FLOPs FlopCounterMode counts for one optimiser step (2 per multiply-add of matmuls, convolutions, attention)."""
+    """FLOPs FlopCounterMode counts for one optimiser step (2 per multiply-add of matmuls, convolutions,
+    attention)."""
     with FlopCounterMode(display=False) as fc:
         obj.step(batches, 0.0)
     return int(fc.get_total_flops())
@@ -90,8 +92,8 @@ def count(name: str, section: str, batch: int) -> dict:
         row["gflop_per_image"] = step_flops(TeacherObjective(p, stored, cpu), batches) / batch / 1e9
         return row
     if p.gctm is not None:
-        obj = gctm_obj.gctm_objective(p, item_shape(p.gctm.coupling, stored), cpu, coupling_from_config(p.gctm),
-                                      MOMENTS)
+        obj = gctm_obj.gctm_objective(p, item_shape(p.gctm.coupling, stored), cpu,
+                                      coupling_from_config(p.gctm), MOMENTS)
         max_steps = p.gctm.max_steps
     else:
         teacher = build_precond("teacher", p, stored).eval().requires_grad_(False)
@@ -103,8 +105,10 @@ def count(name: str, section: str, batch: int) -> dict:
             f.append(step_flops(obj, batches))
     b = f[1] - f[0]
     a = f[0] - b
-    ek = float((torch.arange(1, max_steps + 1, dtype=torch.float64) * schedules.step_count_probs(max_steps)).sum())
-    row.update(k_mean=ek, gflop_a=a / batch / 1e9, gflop_b=b / batch / 1e9, gflop_per_image=(a + ek * b) / batch / 1e9)
+    ek = float((torch.arange(1, max_steps + 1, dtype=torch.float64)
+                * schedules.step_count_probs(max_steps)).sum())
+    row.update(k_mean=ek, gflop_a=a / batch / 1e9, gflop_b=b / batch / 1e9,
+               gflop_per_image=(a + ek * b) / batch / 1e9)
     return row
 
 
@@ -114,7 +118,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="the time budget to express in images")
     ap.add_argument("--peak-tflops", type=float, default=H100_SXM_BF16_DENSE_TFLOPS)
     ap.add_argument("--mfu", type=float, default=0.15, help="assumed sustained fraction of --peak-tflops")
-    ap.add_argument("--batch", type=int, default=2, help="images in the counted step (FLOPs per image do not depend on it)")
+    ap.add_argument("--batch", type=int, default=2,
+                    help="images in the counted step (FLOPs per image do not depend on it)")
     a = ap.parse_args()
     torch.manual_seed(0)
     fracs = sorted({0.10, a.mfu, 0.30})
@@ -127,7 +132,8 @@ def main() -> None:
             r = count(name, section, a.batch)
             km = f"{r['k_mean']:6.2f}" if "k_mean" in r else f"{'-':>6s}"
             ab = f"{r['gflop_a']:7.2f} {r['gflop_b']:6.2f}" if "gflop_a" in r else f"{'-':>7s} {'-':>6s}"
-            kimgs = [fr * a.peak_tflops * 1e12 / (r["gflop_per_image"] * 1e9) * 60 * a.minutes / 1000 for fr in fracs]
+            kimgs = [fr * a.peak_tflops * 1e12 / (r["gflop_per_image"] * 1e9) * 60 * a.minutes / 1000
+                     for fr in fracs]
             print(f"{name:16s} {section:8s} {r['preset_batch']:5d} {km} {ab} {r['gflop_per_image']:9.2f} "
                   + " ".join(f"{k:10.0f}" for k in kimgs) + f" {r['preset_kimg']:11g}")
 

@@ -1,8 +1,10 @@
-"""Run every benchmark (flops, sampling, train, fid_pipeline), each in its own subprocess, and collect one table.
+"""Run every benchmark (flops, sampling, train, fid_pipeline), each in its own subprocess, and collect one
+table.
 
     python bench/run_all.py                          # sizes chosen for the device (tiny on the CPU)
     python bench/run_all.py --only flops,sampling    # a subset
-    python bench/run_all.py --out-dir $OUT           # where <device>.json and <device>.md go (default bench/results)
+    python bench/run_all.py --out-dir $OUT           # where <device>.json and <device>.md go (default
+                                                     # bench/results)
 
 Writes <out-dir>/<device>.json (every sub-benchmark's JSON, its command, exit code, time and output tail) and
 <out-dir>/<device>.md (markdown tables), and prints the tables. A failing or timed-out sub-benchmark is
@@ -25,8 +27,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-TARGETS = ("targets (H100, GPU-speed issue): cifar10 NFE-1 sampling >= 12,000 images/s; CTM distillation training "
-           ">= 40% of peak bf16 FLOP/s; 50k-sample FID pipeline < 60 s")
+TARGETS = ("targets (H100, GPU-speed issue): cifar10 NFE-1 sampling >= 12,000 images/s; CTM distillation "
+           "training >= 40% of peak bf16 FLOP/s; 50k-sample FID pipeline < 60 s")
 
 
 def plans(gpu: bool, features: str, presets: str) -> dict[str, list[str]]:
@@ -34,19 +36,20 @@ def plans(gpu: bool, features: str, presets: str) -> dict[str, list[str]]:
     if gpu:
         return {
             "flops": ["--presets", presets],
-            "sampling": ["--presets", presets, "--batch", "2048", "--device", "cuda", "--modes", "eager,bf16-cl,compile",
-                         "--nfes", "1,2", "--teacher-steps", "18", "--repeats", "5"],
-            "train": ["--presets", presets, "--kinds", "teacher,ctm", "--device", "cuda", "--steps", "10", "--warmup", "3"],
-            "fid_pipeline": ["--preset", presets.split(",")[0], "--n", "50000", "--batch", "2048", "--nfe", "1",
-                             "--device", "cuda", "--bf16", "--channels-last", "--features", features],
+            "sampling": ["--presets", presets, "--batch", "2048", "--device", "cuda", "--modes",
+                         "eager,bf16-cl,compile", "--nfes", "1,2", "--teacher-steps", "18", "--repeats", "5"],
+            "train": ["--presets", presets, "--kinds", "teacher,ctm", "--device", "cuda", "--steps", "10",
+                      "--warmup", "3"],
+            "fid_pipeline": ["--preset", presets.split(",")[0], "--n", "50000", "--batch", "2048", "--nfe",
+                             "1", "--device", "cuda", "--bf16", "--channels-last", "--features", features],
         }
     fast = "cifar10-fast"  # CPU smoke sizes: only the small network except for FLOP counting
     return {
         "flops": ["--presets", presets],
-        "sampling": ["--presets", fast, "--batch", "4", "--device", "cpu", "--modes", "eager", "--nfes", "1,2",
-                     "--teacher-steps", "3", "--repeats", "1"],
-        "train": ["--presets", fast, "--kinds", "teacher,ctm", "--device", "cpu", "--batch", "2", "--steps", "1",
-                  "--warmup", "0", "--set", "ctm.max_steps=1"],
+        "sampling": ["--presets", fast, "--batch", "4", "--device", "cpu", "--modes", "eager", "--nfes",
+                     "1,2", "--teacher-steps", "3", "--repeats", "1"],
+        "train": ["--presets", fast, "--kinds", "teacher,ctm", "--device", "cpu", "--batch", "2", "--steps",
+                  "1", "--warmup", "0", "--set", "ctm.max_steps=1"],
         "fid_pipeline": ["--preset", fast, "--n", "16", "--batch", "8", "--nfe", "1", "--device", "cpu",
                          "--features", features],
     }
@@ -62,7 +65,8 @@ def run_one(name: str, args: list[str], out_json: Path, timeout: float) -> dict:
         rc, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as err:
         rc = "timeout"
-        out = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        out = ((err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes)
+               else (err.stdout or ""))
     wall = time.perf_counter() - t0
     result = None
     if rc == 0:
@@ -76,7 +80,8 @@ def run_one(name: str, args: list[str], out_json: Path, timeout: float) -> dict:
     print(f"[{name}] rc={rc} in {wall:.1f} s: {' '.join(cmd[1:])}", flush=True)
     if rc != 0:
         print("\n".join(out.splitlines()[-15:]), flush=True)
-    return {"cmd": " ".join(cmd[1:]), "rc": rc, "wall_s": round(wall, 1), "result": result, "tail": out[-3000:]}
+    return {"cmd": " ".join(cmd[1:]), "rc": rc, "wall_s": round(wall, 1), "result": result,
+            "tail": out[-3000:]}
 
 
 def fmt(v, nd: int = 1) -> str:
@@ -89,37 +94,42 @@ def tables(res: dict) -> str:
     lines = []
     r = res.get("flops", {}).get("result")
     if r:
-        lines += ["### Forward FLOPs (FlopCounterMode)", "", "| preset | net | call | params (M) | GFLOP / image / forward |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {x['preset']} | {x['kind']} | {x['call']} | {x['params_m']:.2f} | {x['gflop_per_image']:.2f} |"
+        lines += ["### Forward FLOPs (FlopCounterMode)", "",
+                  "| preset | net | call | params (M) | GFLOP / image / forward |", "|---|---|---|---|---|"]
+        lines += [f"| {x['preset']} | {x['kind']} | {x['call']} | {x['params_m']:.2f} | "
+                  f"{x['gflop_per_image']:.2f} |"
                   for x in r["rows"]]
         lines.append("")
     r = res.get("sampling", {}).get("result")
     if r:
-        lines += [f"### Sampling ({r['device']})", "", "| preset | mode | what | batch | images/s | peak GiB |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"### Sampling ({r['device']})", "",
+                  "| preset | mode | what | batch | images/s | peak GiB |", "|---|---|---|---|---|---|"]
         lines += [f"| {x['preset']} | {x['mode']} | {x['what']} | {x['batch']} | {fmt(x['images_per_s'])} | "
                   f"{fmt(x['peak_gib'], 2)} |" for x in r["rows"]]
         lines.append("")
     r = res.get("train", {}).get("result")
     if r:
         lines += [f"### Training steps ({r['device']}; fraction of {r['peak_tflops']:g} TFLOP/s)", "",
-                  "| preset | kind | batch | precision | compile | images/s | GFLOP / image | k mean | TFLOP/s | of peak | peak GiB |",
+                  "| preset | kind | batch | precision | compile | images/s | GFLOP / image | k mean | "
+                  "TFLOP/s | of peak | peak GiB |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for x in r["rows"]:
             if "error" in x:
                 lines.append(f"| {x['preset']} | {x['kind']} | error: {x['error']} |||||||||")
                 continue
-            lines.append(f"| {x['preset']} | {x['kind']} | {x['batch']} | {x['precision']} | {'yes' if x['compile'] else 'no'} | "
-                         f"{fmt(x['images_per_s'])} | {fmt(x['gflop_per_image'])} | {fmt(x['k_timed_mean'])} | "
-                         f"{fmt(x['tflops'], 3)} | {100 * x['frac_peak']:.2f}% | {fmt(x['peak_gib'], 2)} |")
+            lines.append(f"| {x['preset']} | {x['kind']} | {x['batch']} | {x['precision']} | "
+                         f"{'yes' if x['compile'] else 'no'} | {fmt(x['images_per_s'])} | "
+                         f"{fmt(x['gflop_per_image'])} | {fmt(x['k_timed_mean'])} | {fmt(x['tflops'], 3)} | "
+                         f"{100 * x['frac_peak']:.2f}% | {fmt(x['peak_gib'], 2)} |")
         lines.append("")
     r = res.get("fid_pipeline", {}).get("result")
     if r:
         lines += ["### FID pipeline (generate + quantise + features)", "",
-                  "| preset | n | batch | features | generate s | features s | total s | images/s |", "|---|---|---|---|---|---|---|---|",
-                  f"| {r['preset']} | {r['n']} | {r['batch']} | {Path(r['features']).name} | {r['generate_s']} | "
-                  f"{r['features_s']} | {r['total_s']} | {fmt(r['img_s'])} |", ""]
+                  "| preset | n | batch | features | generate s | features s | total s | images/s |",
+                  "|---|---|---|---|---|---|---|---|", f"| {r['preset']} | {r['n']} | {r['batch']} | "
+                                                       f"{Path(r['features']).name} | {r['generate_s']} | "
+                                                       f"{r['features_s']} | {r['total_s']} | "
+                                                       f"{fmt(r['img_s'])} |", ""]
     bad = [f"{k} (rc {v['rc']})" for k, v in res.items() if v["rc"] != 0]
     if bad:
         lines += ["Failed: " + ", ".join(bad), ""]
@@ -132,12 +142,14 @@ def main() -> None:
     ap.add_argument("--only", default="flops,sampling,train,fid_pipeline")
     ap.add_argument("--presets", default="cifar10,cifar10-fast")
     ap.add_argument("--features", default=str(REPO.parent / "shared" / "data" / "fd-cifar10" / "fd_a.pt"),
-                    help="feature network for fid_pipeline (TorchScript file, or 'inception' when its weights are present)")
+                    help="feature network for fid_pipeline (TorchScript file, or 'inception' when its "
+                         "weights are present)")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per sub-benchmark")
     a = ap.parse_args()
     gpu = a.device.startswith("cuda")
-    label = re.sub(r"[^A-Za-z0-9._-]+", "-", torch.cuda.get_device_name(0) if gpu else "cpu").strip("-").lower()
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-",
+                   torch.cuda.get_device_name(0) if gpu else "cpu").strip("-").lower()
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plans(gpu, a.features, a.presets)
@@ -148,8 +160,9 @@ def main() -> None:
     head = (f"device: {label}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
             + ("" if gpu else " (CPU smoke sizes: not performance figures)"))
     print("\n" + head + "\n" + TARGETS + "\n\n" + md)
-    (out_dir / f"{label}.json").write_text(json.dumps({"device": label, "torch": torch.__version__, "gpu": gpu,
-                                                       "targets": TARGETS, "benchmarks": res}, indent=1))
+    (out_dir / f"{label}.json").write_text(json.dumps({"device": label, "torch": torch.__version__,
+                                                       "gpu": gpu, "targets": TARGETS, "benchmarks": res},
+                                                      indent=1))
     (out_dir / f"{label}.md").write_text(f"{head}\n\n{TARGETS}\n\n{md}\n")
     for name in res:
         (out_dir / f".{label}.{name}.json").unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """Sampling throughput: CTM gamma-sampling at NFE 1, 2, 4 and the teacher's Heun at 35 NFE, with peak memory.
 
-    python bench/sampling.py --presets cifar10,cifar10-fast --batch 2048 --device cuda --modes eager,bf16-cl,compile
+    python bench/sampling.py --presets cifar10,cifar10-fast --batch 2048 --device cuda --modes \
+        eager,bf16-cl,compile
     python bench/sampling.py --presets cifar10-fast --batch 64 --device cpu --modes eager     # CPU smoke run
 
 Networks are randomly initialised (speed does not depend on the weights). Prints a table and, with
@@ -84,14 +85,19 @@ def main() -> None:
                 _, teacher, _ = prepare(name, "teacher", mode, dev)
                 sched = teacher_schedule(type("M", (), {"net": teacher})(), a.teacher_steps)
                 with torch.autocast(dev.type, dtype=dtype, enabled=mode != "eager" and dev.type == "cuda"):
-                    sec = time_fn(lambda: teacher_sample(teacher, x * 80, sched), dev, max(1, a.repeats // 3))  # noqa: B023
-                rows.append({"preset": name, "mode": mode, "what": f"teacher heun {2 * a.teacher_steps - 1} nfe",
-                             "batch": a.batch, "images_per_s": a.batch / sec, "peak_gib": float("nan"), "params_m": params / 1e6})
-    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+                    sec = time_fn(lambda: teacher_sample(teacher, x * 80, sched),  # noqa: B023
+                                  dev, max(1, a.repeats // 3))
+                rows.append({"preset": name, "mode": mode,
+                             "what": f"teacher heun {2 * a.teacher_steps - 1} nfe", "batch": a.batch,
+                             "images_per_s": a.batch / sec, "peak_gib": float("nan"),
+                             "params_m": params / 1e6})
+    dev_name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                else f"cpu ({torch.get_num_threads()} threads)")
     print(f"device: {dev_name}, torch {torch.__version__}")
     print(f"{'preset':14s} {'mode':9s} {'what':22s} {'batch':>6s} {'images/s':>10s} {'peak GiB':>9s}")
     for r in rows:
-        print(f"{r['preset']:14s} {r['mode']:9s} {r['what']:22s} {r['batch']:6d} {r['images_per_s']:10.1f} {r['peak_gib']:9.2f}")
+        print(f"{r['preset']:14s} {r['mode']:9s} {r['what']:22s} {r['batch']:6d} {r['images_per_s']:10.1f} "
+              f"{r['peak_gib']:9.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": dev_name, "rows": rows}, f, indent=1)

@@ -4,9 +4,9 @@ difference with the attention output made contiguous NCHW (the fix in `UNetBlock
 
     python bench/songunet_layout.py [--res 32] [--channels 128] [--batch 16] [--reps 5] [--device cpu]
 
-Builds one DDPM++ network (CIFAR-10 32x32 layout unless told otherwise) with random weights, runs both variants
-on the same inputs, prints one line each: median seconds per forward + backward, and the differences. Measures
-only (the variant without the fix is restored by monkeypatching the method for the measurement).
+Builds one DDPM++ network (CIFAR-10 32x32 layout unless told otherwise) with random weights, runs both
+variants on the same inputs, prints one line each: median seconds per forward + backward, and the differences.
+Measures only (the variant without the fix is restored by monkeypatching the method for the measurement).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def _attention_view(self, h: torch.Tensor) -> torch.Tensor:
     """The attention output as before the fix: a channels-last view of SDPA's output."""
     b, c, hh, ww = h.shape
     q, k, v = self.qkv(h).reshape(b, self.num_heads, c // self.num_heads, 3, hh * ww).unbind(3)
-    a = torch.nn.functional.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+    a = torch.nn.functional.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
+                                                         v.transpose(-1, -2))
     return a.transpose(-1, -2).reshape(b, c, hh, ww)
 
 
@@ -38,7 +39,8 @@ def run(net, x, t, reps: int) -> tuple[float, torch.Tensor, list[torch.Tensor]]:
         if x.is_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:]), y.detach(), [p.grad.clone() for p in net.parameters() if p.grad is not None]
+    return statistics.median(times[1:]), y.detach(), [p.grad.clone() for p in net.parameters()
+                                                      if p.grad is not None]
 
 
 def main() -> None:
@@ -51,7 +53,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     net = songunet.SongUNet(img_resolution=a.res, in_channels=3, out_channels=3, model_channels=a.channels,
-                            channel_mult=[2, 2, 2], attn_resolutions=[a.res // 2], dropout=0.0, use_s=True).to(a.device)
+                            channel_mult=[2, 2, 2], attn_resolutions=[a.res // 2], dropout=0.0,
+                            use_s=True).to(a.device)
     x = torch.randn(a.batch, 3, a.res, a.res, device=a.device)
     t = torch.rand(a.batch, device=a.device)
     fixed = run(net, x, t, a.reps)
@@ -62,10 +65,11 @@ def main() -> None:
     finally:
         songunet.UNetBlock._attention = orig
     dy = (fixed[1] - view[1]).abs().max().item()
-    dg = max((g1 - g2).abs().max().item() / max(g2.abs().max().item(), 1e-30) for g1, g2 in zip(fixed[2], view[2], strict=True))
-    print(f"{a.device} {a.res}x{a.res} ch {a.channels} batch {a.batch}: forward+backward {view[0]:.3f} s as a "
-          f"channels-last view, {fixed[0]:.3f} s contiguous ({fixed[0] / view[0]:.3f}x); max |dy| {dy:.2g}, "
-          f"max relative |dgrad| {dg:.2g}")
+    dg = max((g1 - g2).abs().max().item() / max(g2.abs().max().item(), 1e-30)
+             for g1, g2 in zip(fixed[2], view[2], strict=True))
+    print(f"{a.device} {a.res}x{a.res} ch {a.channels} batch {a.batch}: forward+backward {view[0]:.3f} s as "
+          f"a channels-last view, {fixed[0]:.3f} s contiguous ({fixed[0] / view[0]:.3f}x); max |dy| "
+          f"{dy:.2g}, max relative |dgrad| {dg:.2g}")
 
 
 if __name__ == "__main__":

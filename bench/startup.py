@@ -1,5 +1,5 @@
-"""Startup time: `ctmtool --help` (and `--version`, `sample --help`) against `python -c "import torch"`, measured
-side by side on this machine (interleaved runs, medians). Goal: ctmtool --help <= 0.5 x import torch.
+"""Startup time: `ctmtool --help` (and `--version`, `sample --help`) against `python -c "import torch"`,
+measured side by side on this machine (interleaved runs, medians). Goal: ctmtool --help <= 0.5 x import torch.
 
     python bench/startup.py [--repeat 7]
 """

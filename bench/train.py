@@ -2,13 +2,13 @@
 
     python bench/train.py --presets cifar10,cifar10-fast --kinds teacher,ctm --device cuda            # H100
     python bench/train.py --presets cifar10-fast --kinds teacher,ctm --device cpu --batch 4 --steps 2 \
-        --warmup 1 --set ctm.max_steps=2                                                            # CPU smoke
+        --warmup 1 --set ctm.max_steps=2                                                      # CPU smoke
 
-Each step is the real `TeacherObjective.step` / `TrajectoryObjective.step` of ctmtool.train.teacher_objective (forward,
-backward, optimiser, EMA updates) on one batch of random images of the preset's shape; networks are randomly
-initialised (speed does not depend on the weights). Precision comes from the preset (bf16 autocast on CUDA;
-the CPU always runs fp32). torch.compile follows the preset's `compile` flag unless --compile on/off says
-otherwise (it only acts on CUDA, as in training). As in `ctmtool distill`, only the online CTM network is
+Each step is the real `TeacherObjective.step` / `TrajectoryObjective.step` of ctmtool.train.teacher_objective
+(forward, backward, optimiser, EMA updates) on one batch of random images of the preset's shape; networks are
+randomly initialised (speed does not depend on the weights). Precision comes from the preset (bf16 autocast on
+CUDA; the CPU always runs fp32). torch.compile follows the preset's `compile` flag unless --compile on/off
+says otherwise (it only acts on CUDA, as in training). As in `ctmtool distill`, only the online CTM network is
 compiled; --compile-aux also compiles the teacher and the target network (not what training does today).
 
 FLOPs: one step is run under torch.utils.flop_counter.FlopCounterMode with the networks in eager mode; this
@@ -109,7 +109,8 @@ def bench_one(name: str, kind: str, a, dev: torch.device) -> dict:
         raise SystemExit(f"--batch {batch} is not a multiple of --micro-batch {micro}")
     shape = data_shape(p)
     g = torch.Generator(dev).manual_seed(0)
-    batches = [((torch.rand(micro, *shape, device=dev, generator=g) * 2 - 1), None) for _ in range(batch // micro)]
+    batches = [((torch.rand(micro, *shape, device=dev, generator=g) * 2 - 1), None)
+               for _ in range(batch // micro)]
     compiled = cfg.compile and dev.type == "cuda"
 
     if kind == "teacher":
@@ -126,7 +127,8 @@ def bench_one(name: str, kind: str, a, dev: torch.device) -> dict:
         # B: one batched Heun step of the teacher (2 denoiser calls; the CTM grid never reaches sigma = 0).
         levels = torch.tensor([2.0, 1.0], dtype=torch.float64)
         with eager(teacher), autocast(dev, cfg.precision):
-            heun_step_flops = sum(count(lambda x=x: solvers.heun(teacher, x * 2.0, levels)) for x, _ in batches)
+            heun_step_flops = sum(count(lambda x=x: solvers.heun(teacher, x * 2.0, levels))
+                                  for x, _ in batches)
 
     # One step under FlopCounterMode, eager, with its k recorded.
     with eager(*nets), KRecorder() as rec:
@@ -158,9 +160,10 @@ def bench_one(name: str, kind: str, a, dev: torch.device) -> dict:
         "step_s": sec / a.steps, "images_per_s": batch * a.steps / sec,
         "gflop_counted_step": step_flops / 1e9, "k_counted_step": k_counted,
         "gflop_heun_step": heun_step_flops / 1e9, "k_timed_mean": statistics.fmean(ks) if ks else None,
-        "gflop_per_step_timed": total_flops / a.steps / 1e9, "gflop_per_image": total_flops / a.steps / batch / 1e9,
-        "tflops": achieved / 1e12, "peak_tflops": a.peak_tflops, "frac_peak": achieved / (a.peak_tflops * 1e12),
-        "peak_gib": mem, "finite": bool(out.get("finite", True)),
+        "gflop_per_step_timed": total_flops / a.steps / 1e9,
+        "gflop_per_image": total_flops / a.steps / batch / 1e9, "tflops": achieved / 1e12,
+        "peak_tflops": a.peak_tflops, "frac_peak": achieved / (a.peak_tflops * 1e12), "peak_gib": mem,
+        "finite": bool(out.get("finite", True)),
     }
 
 
@@ -169,16 +172,20 @@ def main() -> None:
     ap.add_argument("--presets", default="cifar10-fast")
     ap.add_argument("--kinds", default="teacher,ctm", help="teacher, ctm or both")
     ap.add_argument("--batch", type=int, default=None, help="images per step (default: the preset's batch)")
-    ap.add_argument("--micro-batch", type=int, default=None, help="split the step into micro-batches (gradient accumulation)")
+    ap.add_argument("--micro-batch", type=int, default=None,
+                    help="split the step into micro-batches (gradient accumulation)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (torch.compile compiles here)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", choices=("preset", "on", "off"), default="preset",
-                    help="torch.compile the trained network: the preset's compile flag, or force on/off (CUDA only)")
-    ap.add_argument("--compile-aux", action="store_true", help="CTM: also compile the teacher and the target network")
+                    help="torch.compile the trained network: the preset's compile flag, or force on/off "
+                         "(CUDA only)")
+    ap.add_argument("--compile-aux", action="store_true",
+                    help="CTM: also compile the teacher and the target network")
     ap.add_argument("--peak-tflops", type=float, default=H100_SXM_BF16_DENSE_TFLOPS,
                     help="peak FLOP/s for the fraction (default 989: H100 SXM dense bf16, no sparsity)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override, e.g. ctm.max_steps=2")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="preset override, e.g. ctm.max_steps=2")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     dev = torch.device(a.device)
@@ -191,21 +198,24 @@ def main() -> None:
                 rows.append({"preset": name, "kind": kind, "error": f"{type(err).__name__}: {err}"})
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {dev_name}, torch {torch.__version__}; fraction of peak against {a.peak_tflops:g} TFLOP/s")
-    print(f"{'preset':14s} {'kind':8s} {'batch':>6s} {'prec':5s} {'cmp':4s} {'images/s':>9s} {'GFLOP/img':>10s} "
-          f"{'k mean':>6s} {'TFLOP/s':>8s} {'of peak':>8s} {'peak GiB':>9s}")
+    dev_name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                else f"cpu ({torch.get_num_threads()} threads)")
+    print(f"device: {dev_name}, torch {torch.__version__}; fraction of peak against {a.peak_tflops:g} "
+          "TFLOP/s")
+    print(f"{'preset':14s} {'kind':8s} {'batch':>6s} {'prec':5s} {'cmp':4s} {'images/s':>9s} "
+          f"{'GFLOP/img':>10s} {'k mean':>6s} {'TFLOP/s':>8s} {'of peak':>8s} {'peak GiB':>9s}")
     for r in rows:
         if "error" in r:
             print(f"{r['preset']:14s} {r['kind']:8s} ERROR {r['error']}")
             continue
         km = f"{r['k_timed_mean']:.1f}" if r["k_timed_mean"] is not None else "-"
-        print(f"{r['preset']:14s} {r['kind']:8s} {r['batch']:6d} {r['precision']:5s} {'yes' if r['compile'] else 'no':4s} "
-              f"{r['images_per_s']:9.1f} {r['gflop_per_image']:10.1f} {km:>6s} {r['tflops']:8.3f} "
-              f"{100 * r['frac_peak']:7.2f}% {r['peak_gib']:9.2f}")
+        print(f"{r['preset']:14s} {r['kind']:8s} {r['batch']:6d} {r['precision']:5s} "
+              f"{'yes' if r['compile'] else 'no':4s} {r['images_per_s']:9.1f} {r['gflop_per_image']:10.1f} "
+              f"{km:>6s} {r['tflops']:8.3f} {100 * r['frac_peak']:7.2f}% {r['peak_gib']:9.2f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": dev_name, "torch": torch.__version__, "peak_tflops": a.peak_tflops, "rows": rows}, f, indent=1)
+            json.dump({"device": dev_name, "torch": torch.__version__, "peak_tflops": a.peak_tflops,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ from ctmtool.train.run import train
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
 RUNS = {
-    "teacher": TINY + ["teacher.batch=32", "teacher.micro_batch=16", "teacher.kimg=0.64", "teacher.ckpt_every_kimg=0.32",
+    "teacher": TINY
+    + ["teacher.batch=32", "teacher.micro_batch=16", "teacher.kimg=0.64", "teacher.ckpt_every_kimg=0.32",
                        "teacher.lr_decay=cosine", "teacher.lr_rampup_kimg=0.1"],
-    "distill": TINY + ["distill.batch=32", "distill.kimg=0.192", "ctm.grid=6", "ctm.max_steps=3", "distill.lr_decay=cosine"],
+    "distill": TINY
+    + ["distill.batch=32", "distill.kimg=0.192", "ctm.grid=6", "ctm.max_steps=3", "distill.lr_decay=cosine"],
 }
 
 

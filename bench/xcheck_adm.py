@@ -57,7 +57,8 @@ def install_stubs() -> None:
     stub("xformers")
     stub("xformers.components")
     stub("xformers.components.attention", ScaledDotProduct=unused)
-    stub("blobfile", BlobFile=unused, join=unused, basename=unused, listdir=unused, isdir=unused, exists=unused)
+    stub("blobfile", BlobFile=unused, join=unused, basename=unused, listdir=unused, isdir=unused,
+         exists=unused)
     stub("mpi4py", MPI=SimpleNamespace())
     stub("piq", LPIPS=unused)
 
@@ -88,12 +89,14 @@ def randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
             fan_in = p[0].numel() if p.ndim > 1 else 1
             scale = 1 / math.sqrt(fan_in) if p.ndim > 1 else 0.1
             p.copy_(torch.randn(p.shape, generator=gen) * scale + (1.0 if name.endswith("norm.weight") or
-                                                                       ".0.weight" in name and p.ndim == 1 else 0.0))
+                                                                       ".0.weight" in name and p.ndim == 1
+                                                                   else 0.0))
 
 
 def adm_preset(use_classes: bool) -> Preset:
-    adm = ADMConfig(model_channels=CFG["model_channels"], channel_mult=list(CFG["mult"]), num_res_blocks=CFG["blocks"],
-                    attn_resolutions=list(CFG["attn"]), head_channels=CFG["head"])
+    adm = ADMConfig(model_channels=CFG["model_channels"], channel_mult=list(CFG["mult"]),
+                    num_res_blocks=CFG["blocks"], attn_resolutions=list(CFG["attn"]),
+                    head_channels=CFG["head"])
     return Preset(net=NetConfig(kind="adm", adm=adm, label_dim=CFG["classes"] if use_classes else 0),
                   data={"source": "folder", "resolution": CFG["res"], "channels": 3})
 
@@ -101,8 +104,9 @@ def adm_preset(use_classes: bool) -> Preset:
 def official_kwargs(training_mode: str) -> dict:
     extra = {"training_mode": training_mode, "attention_type": "legacy"} if training_mode else {}
     return dict(image_size=CFG["res"], in_channels=3, model_channels=CFG["model_channels"], out_channels=3,
-                num_res_blocks=CFG["blocks"], attention_resolutions=tuple(CFG["res"] // r for r in CFG["attn"]),
-                dropout=0.0, channel_mult=CFG["mult"], num_classes=CFG["classes"], num_head_channels=CFG["head"],
+                num_res_blocks=CFG["blocks"],
+                attention_resolutions=tuple(CFG["res"] // r for r in CFG["attn"]), dropout=0.0,
+                channel_mult=CFG["mult"], num_classes=CFG["classes"], num_head_channels=CFG["head"],
                 use_scale_shift_norm=True, resblock_updown=True, **extra)
 
 
@@ -121,7 +125,8 @@ def check_sony(root: Path, gen: torch.Generator) -> float:
     ours.net.load_state_dict(official.state_dict(), strict=True)
     den = object.__new__(kd.KarrasDenoiser)
     den.args = SimpleNamespace(sigma_data=0.5, sigma_min=0.002, target_subtract=False, rescaling=False,
-                               inner_parametrization="edm", outer_parametrization="euler", training_mode="ctm")
+                               inner_parametrization="edm", outer_parametrization="euler",
+                               training_mode="ctm")
     print("Sony UNetModel(training_mode='ctm') vs ctmtool ADMUNet(use_s=True) / CTMPrecond")
     worst = 0.0
     b = 4
@@ -136,9 +141,11 @@ def check_sony(root: Path, gen: torch.Generator) -> float:
             g_off, G_off = den.get_denoised_and_G(official, xt, tt, s=ss, ctm=True, y=y)
             g_our, G_our = ours.g(xt, tt, ss, labels=y), ours.jump(xt, tt, ss, labels=y)
         worst = max(worst, report(f"F   t={t:<6} s={s:<6}", f_our, f_off),
-                    report(f"g   t={t:<6} s={s:<6}", g_our, g_off), report(f"G   t={t:<6} s={s:<6}", G_our, G_off))
+                    report(f"g   t={t:<6} s={s:<6}", g_our, g_off),
+                    report(f"G   t={t:<6} s={s:<6}", G_our, G_off))
     control = build_precond("ctm", adm_preset(True).model_copy(update={"net": adm_preset(True).net.model_copy(
-        update={"adm": adm_preset(True).net.adm.model_copy(update={"qkv_order": "heads"})})}), (3, CFG["res"], CFG["res"]))
+        update={"adm": adm_preset(True).net.adm.model_copy(update={"qkv_order": "heads"})})}),
+                            (3, CFG["res"], CFG["res"]))
     control.net.load_state_dict(official.state_dict(), strict=True)
     with torch.no_grad():
         g_ctl = control.eval().g(xt, tt, ss, labels=y)
@@ -148,7 +155,8 @@ def check_sony(root: Path, gen: torch.Generator) -> float:
 
 def check_openai(root: Path, gen: torch.Generator) -> float:
     unet, kd = import_cm(root, extra_stubs=False)
-    official = unet.UNetModel(**official_kwargs("")).eval()  # always flash attention: swap in the CPU fallback
+    # always flash attention: swap in the CPU fallback
+    official = unet.UNetModel(**official_kwargs("")).eval()
     for block in official.modules():
         if isinstance(block, unet.AttentionBlock):
             block.attention = unet.QKVAttentionLegacy(block.num_heads)
@@ -182,24 +190,28 @@ def check_openai(root: Path, gen: torch.Generator) -> float:
 
 
 def check_paper_size(root: Path) -> None:
-    """Sony's `create_model` with script_util.py's ImageNet-64 defaults vs the `imagenet64` preset: names and shapes."""
+    """Sony's `create_model` with script_util.py's ImageNet-64 defaults vs the `imagenet64` preset: names and
+    shapes."""
     from ctmtool.config import load_preset
 
     unet, _ = import_cm(root, extra_stubs=True)
-    d = dict(attention_resolutions="32,16,8", num_channels=192, num_res_blocks=3, num_heads=4, num_head_channels=64,
-             num_heads_upsample=-1, channel_mult="", dropout=0.0, use_scale_shift_norm=True, resblock_updown=True)
+    d = dict(attention_resolutions="32,16,8", num_channels=192, num_res_blocks=3, num_heads=4,
+             num_head_channels=64, num_heads_upsample=-1, channel_mult="", dropout=0.0,
+             use_scale_shift_norm=True, resblock_updown=True)
     ds = tuple(64 // int(r) for r in d["attention_resolutions"].split(","))
     official = unet.UNetModel(image_size=64, in_channels=3, model_channels=d["num_channels"], out_channels=3,
-                              num_res_blocks=d["num_res_blocks"], attention_resolutions=ds, dropout=d["dropout"],
-                              channel_mult=(1, 2, 3, 4), num_classes=1000, num_heads=d["num_heads"],
-                              num_head_channels=d["num_head_channels"], use_scale_shift_norm=True,
-                              resblock_updown=True, training_mode="ctm", attention_type="legacy")
+                              num_res_blocks=d["num_res_blocks"], attention_resolutions=ds,
+                              dropout=d["dropout"], channel_mult=(1, 2, 3, 4), num_classes=1000,
+                              num_heads=d["num_heads"], num_head_channels=d["num_head_channels"],
+                              use_scale_shift_norm=True, resblock_updown=True, training_mode="ctm",
+                              attention_type="legacy")
     ours = build_precond("ctm", load_preset("imagenet64"), (3, 64, 64)).net
     a = {k: tuple(v.shape) for k, v in official.state_dict().items()}
     b = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     print("paper size: Sony UNetModel(ImageNet-64 defaults, ctm) vs the imagenet64 preset")
     print(f"  tensors {len(a)} vs {len(b)}; same names and shapes: {a == b}; parameters "
-          f"{sum(p.numel() for p in official.parameters()) / 1e6:.2f} M vs {sum(p.numel() for p in ours.parameters()) / 1e6:.2f} M")
+          f"{sum(p.numel() for p in official.parameters()) / 1e6:.2f} M vs "
+          f"{sum(p.numel() for p in ours.parameters()) / 1e6:.2f} M")
 
 
 def main() -> None:

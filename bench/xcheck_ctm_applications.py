@@ -45,8 +45,10 @@ def main() -> None:
     from ctmtool.core.models import Model, build_precond
     from ctmtool.core.zero_shot import observed, restore
 
-    preset = load_preset("digits", ["net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1]",
-                                    "net.unet.num_blocks=1", "net.unet.attn_resolutions=[]", "net.unet.dropout=0.0",
+    preset = load_preset("digits",
+                         ["net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1]",
+                                    "net.unet.num_blocks=1", "net.unet.attn_resolutions=[]",
+                          "net.unet.dropout=0.0",
                                     "diffusion.sigma_max=80"])
     shape = (3, args.size, args.size)
     torch.manual_seed(0)
@@ -76,15 +78,16 @@ def main() -> None:
                                   ("superres", sample_util.iterative_superres, 1.0),
                                   ("superres", sample_util.iterative_superres, 0.0)):
         ours_gen = Gen(0)
-        ours = restore(model, y, task, levels[0], args.nfe, lambda gen=ours_gen: gen.randn_like(y), gamma=gamma,
-                       factor=8)
+        ours = restore(model, y, task, levels[0], args.nfe, lambda gen=ours_gen: gen.randn_like(y),
+                       gamma=gamma, factor=8)
         g = Gen(0)
         start = observed(task, y, None, 8) + levels[0] * g.randn_like(y)
         with torch.no_grad():
-            theirs, _ = official(distiller, y, start, ts, t_min=net.sigma_min, t_max=net.sigma_max, rho=net.rho,
-                                 steps=steps, generator=g, gamma=gamma)
+            theirs, _ = official(distiller, y, start, ts, t_min=net.sigma_min, t_max=net.sigma_max,
+                                 rho=net.rho, steps=steps, generator=g, gamma=gamma)
         print(f"{task:10s} gamma {gamma:g}: max |ours - official| = "
-              f"{float((ours - theirs.clamp(-1, 1)).abs().max()):.3e}  (levels {', '.join(f'{v:.4g}' for v in levels)})")
+              f"{float((ours - theirs.clamp(-1, 1)).abs().max()):.3e}  (levels "
+              f"{', '.join(f'{v:.4g}' for v in levels)})")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ with `ctmtool import`, and compares on the same inputs and random draws:
   2. the CTM loss (the paper's LPIPS: piq, average pooling, 224; random VGG/LPIPS weights of the real shapes,
      given to both sides) for fixed (t, u, s, k) and noise, with the teacher's Heun solve;
   3. the DSM loss with the `halflognormal` sampler (same global-RNG draws);
-  4. the Projected-GAN discriminator's logits and hinge losses (timm DeiT-base-distilled and EfficientNet-lite0
-     with random weights shared by both sides; random CCM/CSM/heads copied from the official ones);
-  5. the imported checkpoint's one-step sample (ctmtool's `generate(nfe=1)` vs the official G(80 z, 80, 0.002)).
+  4. the Projected-GAN discriminator's logits and hinge losses (timm DeiT-base-distilled and
+     EfficientNet-lite0 with random weights shared by both sides; random CCM/CSM/heads copied from the
+     official ones);
+  5. the imported checkpoint's one-step sample (ctmtool's `generate(nfe=1)` vs the official G(80 z, 80,
+     0.002)).
 Stubs, only for modules the official code imports but this check never uses: `blobfile` (file I/O), and
 `ftfy` / `regex` (CLIP's tokenizer) when they are not installed. timm's EfficientNet now folds the stem's
 activation into `bn1`, so the official builder's `model.act1` is given as an identity.
@@ -72,7 +74,8 @@ def main(checkout: str) -> None:
 
     torch.set_grad_enabled(False)
     tmp = Path(tempfile.mkdtemp(prefix="xcheck-"))
-    res, kw = 16, dict(model_channels=32, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.13)
+    res, kw = 16, dict(model_channels=32, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8],
+                       dropout=0.13)
     args = types.SimpleNamespace(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, rho=7, start_scales=18,
                                  target_subtract=False, rescaling=False, inner_parametrization="edm",
                                  outer_parametrization="euler", training_mode="ctm", time_continuous=False,
@@ -83,9 +86,9 @@ def main(checkout: str) -> None:
 
     for label_dim in (0, 10):
         torch.manual_seed(0)
-        off = EDMPrecond_CTM(img_resolution=res, img_channels=3, label_dim=label_dim, use_fp16=False, sigma_min=0.002,
-                             sigma_max=80.0, sigma_data=0.5, model_type="SongUNet", training_mode="ctm", arch="ddpmpp",
-                             **kw).eval()
+        off = EDMPrecond_CTM(img_resolution=res, img_channels=3, label_dim=label_dim, use_fp16=False,
+                             sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, model_type="SongUNet",
+                             training_mode="ctm", arch="ddpmpp", **kw).eval()
         _randomise(off, seed=1)
         f = tmp / f"ema_0.999_000100_{label_dim}.pt"
         torch.save(off.state_dict(), f)
@@ -110,18 +113,22 @@ def main(checkout: str) -> None:
             a, r = _rel(got, want)
             print(f"  t={t:<6} s={s:<6} abs {a:.3e}  rel {r:.3e}")
 
-        print(f"== label_dim {label_dim}: one-step sample of the imported checkpoint (ctmtool generate, nfe 1)")
-        got, _ = next(generate(mine, 4, plan_explicit(mine, nfe=1, class_label=3 if label_dim else None, batch=4), seed=0))
-        z = torch.stack([torch.randn(3, res, res, generator=torch.Generator().manual_seed(i)) for i in range(4)])
+        print(f"== label_dim {label_dim}: one-step sample of the imported checkpoint (ctmtool generate, nfe "
+              "1)")
+        got, _ = next(generate(mine, 4, plan_explicit(mine, nfe=1, class_label=3 if label_dim else None,
+                                                      batch=4), seed=0))
+        z = torch.stack([torch.randn(3, res, res, generator=torch.Generator().manual_seed(i))
+                         for i in range(4)])
         kw4 = {"y": torch.full((4,), 3)} if label_dim else {}
-        want = diff.get_denoised_and_G(off, 80.0 * z, torch.full((4,), 80.0), s=torch.full((4,), 0.002), ctm=True,
-                                       **kw4)[1].clamp(-1, 1)
+        want = diff.get_denoised_and_G(off, 80.0 * z, torch.full((4,), 80.0), s=torch.full((4,), 0.002),
+                                       ctm=True, **kw4)[1].clamp(-1, 1)
         a, r = _rel(got, want)
         print(f"  abs {a:.3e}  rel {r:.3e}")
 
-    _losses(tmp, args, off_cls=EDMPrecond_CTM, KarrasDenoiser=KarrasDenoiser, Sampler=HalfLogNormalHalfUniformSampler,
-            res=res, kw=kw, ctm_losses=ctm_losses, CTMLoss=CTMLoss, DSMLoss=DSMLoss, PaperLPIPS=PaperLPIPS,
-            build_precond=build_precond, load_model=load_model, EDMPrecond=EDMPrecond, karras_sigmas=karras_sigmas)
+    _losses(tmp, args, off_cls=EDMPrecond_CTM, KarrasDenoiser=KarrasDenoiser,
+            Sampler=HalfLogNormalHalfUniformSampler, res=res, kw=kw, ctm_losses=ctm_losses, CTMLoss=CTMLoss,
+            DSMLoss=DSMLoss, PaperLPIPS=PaperLPIPS, build_precond=build_precond, load_model=load_model,
+            EDMPrecond=EDMPrecond, karras_sigmas=karras_sigmas)
     _discriminator()
 
 
@@ -135,17 +142,20 @@ def _losses(tmp, args, *, off_cls, KarrasDenoiser, Sampler, res, kw, ctm_losses,
     print("\n== CTM loss (paper LPIPS, random VGG16/LPIPS weights) and DSM loss (halflognormal)")
     mine = load_model(tmp / "ctm0.safetensors")
     def official(mode):
-        net = off_cls(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, sigma_min=0.002, sigma_max=80.0,
-                      sigma_data=0.5, model_type="SongUNet", training_mode=mode, arch="ddpmpp", **kw).eval()
+        net = off_cls(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, sigma_min=0.002,
+                      sigma_max=80.0, sigma_data=0.5, model_type="SongUNet", training_mode=mode,
+                      arch="ddpmpp", **kw).eval()
         sd = torch.load(tmp / "ema_0.999_000100_0.pt", weights_only=True)
         net.load_state_dict({k: v for k, v in sd.items() if k in net.state_dict()})
         return net
 
     off = official("ctm")
-    teacher_off = official("")  # the student's network without its s-layers, called with s = None (EDM scalings)
+    # the student's network without its s-layers, called with s = None (EDM scalings)
+    teacher_off = official("")
     teacher = build_precond("teacher", mine.preset, mine.data_shape).eval()
     assert isinstance(teacher, EDMPrecond)
-    teacher.load_state_dict({k: v for k, v in mine.net.state_dict().items() if "map_s" not in k and "affine_s" not in k})
+    teacher.load_state_dict({k: v for k, v in mine.net.state_dict().items() if "map_s" not in k
+                             and "affine_s" not in k})
 
     # LPIPS weights of the real shapes, random, given to piq.LPIPS (official) and to ctmtool's PaperLPIPS
     torch.manual_seed(3)
@@ -162,7 +172,8 @@ def _losses(tmp, args, *, off_cls, KarrasDenoiser, Sampler, res, kw, ctm_losses,
     real_hub = torch.hub.load_state_dict_from_url
     torch.hub.load_state_dict_from_url = lambda url, progress=False, **k: [w.clone() for w in lins]
     try:
-        off_lpips = piq.LPIPS(replace_pooling=True, reduction="none")  # the official construction (enc_dec_lib.py)
+        # the official construction (enc_dec_lib.py)
+        off_lpips = piq.LPIPS(replace_pooling=True, reduction="none")
     finally:
         torch.hub.load_state_dict_from_url = real_hub
     my_lpips = PaperLPIPS.from_files(tmp)
@@ -189,8 +200,8 @@ def _losses(tmp, args, *, off_cls, KarrasDenoiser, Sampler, res, kw, ctm_losses,
         ctm_losses.sample_ctm_indices = lambda *a, idx=idx, **kw2: idx
         got, _ = CTMLoss(grid, 17, my_lpips, "heun")(mine.net, mine.net, teacher, x0, None, gen, None, None)
         a, r = _rel(got, want)
-        print(f"  CTM t={float(grid[t_i]):8.4f} u={float(grid[u_i]):8.4f} s={float(grid[s_i]):8.4f} k={k:2d}: "
-              f"official {want.tolist()}  abs {a:.3e} rel {r:.3e}")
+        print(f"  CTM t={float(grid[t_i]):8.4f} u={float(grid[u_i]):8.4f} s={float(grid[s_i]):8.4f} "
+              f"k={k:2d}: official {want.tolist()}  abs {a:.3e} rel {r:.3e}")
 
     diff.diffusion_schedule_sampler = Sampler(args)
     x0 = torch.rand(5, 3, res, res, generator=torch.Generator().manual_seed(12)) * 2 - 1
@@ -204,14 +215,17 @@ def _losses(tmp, args, *, off_cls, KarrasDenoiser, Sampler, res, kw, ctm_losses,
 
 
 def _adaptive_micro_batches(diff, off, teacher, mine, my_lpips, grid, res, ctm_losses, CTMLoss, DSMLoss):
-    """lambda_DSM per micro-batch (karras_diffusion.py 384-392: calculate_adaptive_weight of the micro-batch's mean
-    CTM and DSM losses at the last layer, inside train_util.py 1043's micro-batch loop) vs ctmtool's
-    `adaptive_weight` at `last_layer(net)` on the same two micro-batches of 3 rows; and the whole 6-row batch's."""
+    """lambda_DSM per micro-batch (karras_diffusion.py 384-392: calculate_adaptive_weight of the micro-batch's
+    mean CTM and DSM losses at the last layer, inside train_util.py 1043's micro-batch loop) vs ctmtool's
+    `adaptive_weight` at `last_layer(net)` on the same two micro-batches of 3 rows; and the whole 6-row
+    batch's."""
     from ctmtool.losses.gan import adaptive_weight
     from ctmtool.train.teacher_objective import last_layer
 
-    print("\n== adaptive lambda_DSM on two micro-batches of 3 rows (official calculate_adaptive_weight vs ctmtool)")
-    off_last = off.model.dec[f"{res}x{res}_aux_conv"].weight  # the official CIFAR-10 choice, dec['32x32_aux_conv']
+    print("\n== adaptive lambda_DSM on two micro-batches of 3 rows (official calculate_adaptive_weight vs "
+          "ctmtool)")
+    # the official CIFAR-10 choice, dec['32x32_aux_conv']
+    off_last = off.model.dec[f"{res}x{res}_aux_conv"].weight
     mine.net.requires_grad_(True)
     my_last = last_layer(mine.net)
     print(f"  last layer: official dec.{res}x{res}_aux_conv.weight {tuple(off_last.shape)}; ctmtool "
@@ -238,7 +252,8 @@ def _adaptive_micro_batches(diff, off, teacher, mine, my_lpips, grid, res, ctm_l
             idx = (torch.full((b,), t_i), torch.full((b,), t_i + k), torch.full((b,), s_i), k)
             ctm_losses.sample_ctm_indices = lambda *a, idx=idx, **kw2: idx
             gen = torch.Generator().manual_seed(30 + (m or 0))
-            ctm_me, _ = CTMLoss(grid, 17, my_lpips, "heun")(mine.net, mine.net, teacher, rows, None, gen, None, None)
+            ctm_me, _ = CTMLoss(grid, 17, my_lpips, "heun")(mine.net, mine.net, teacher, rows, None, gen,
+                                                            None, None)
             torch.manual_seed(40 + (m or 0))
             dsm_me = DSMLoss(grid, -1.2, 1.2, 0.5, sampler="halflognormal")(mine.net, rows)
             w_me = adaptive_weight(ctm_me.mean(), dsm_me.mean(), my_last, 0.0, 1e4)
@@ -273,14 +288,16 @@ def _discriminator():
     feats, discs = {}, {}
     for n in BACKBONES:
         feats[n] = F_RandomProj(n, im_res=16).train(False).requires_grad_(False)
-        discs[n] = MultiScaleD(channels=feats[n].CHANNELS, resolutions=feats[n].RESOLUTIONS, im_res=16).train()
+        discs[n] = MultiScaleD(channels=feats[n].CHANNELS, resolutions=feats[n].RESOLUTIONS,
+                               im_res=16).train()
     mine = ProjectedDiscriminator({n: copy.deepcopy(nets[n]) for n in BACKBONES})
     # copy the official random projections and heads into ctmtool's, in module order (shapes checked)
     for n in BACKBONES:
         off_sd = {k: v for k, v in feats[n].state_dict().items()
                   if k.startswith("scratch.") or (n.startswith("deit") and k.startswith("pretrained.layer"))}
         my_sd = dict(mine.features[n].state_dict())
-        order = [k for k in my_sd if k.startswith("maps.post.")] + [k for k in my_sd if k.startswith("ccm.")] + \
+        order = [k for k in my_sd if k.startswith("maps.post.")] + [k for k in my_sd
+                                                                    if k.startswith("ccm.")] + \
             [k for k in my_sd if k.startswith("csm.")]
         off_order = ([k for k in off_sd if k.startswith("pretrained.layer")]
                      + [f"scratch.layer{i}_ccm.{p}" for i in range(4) for p in ("weight", "bias")]
@@ -323,7 +340,8 @@ def _discriminator():
         for n, a, b in zip(BACKBONES, g_r, w_r, strict=True):
             d, r = _rel(a, b)
             print(f"  {mode:5s} {n:32s} logits {tuple(a.shape)}: abs {d:.3e} rel {r:.3e}")
-        # the official losses (karras_diffusion.py 425-447): per-row means over the list extended by each tensor
+        # the official losses (karras_diffusion.py 425-447): per-row means over the list extended by each
+        # tensor
         rows_r, rows_f = [row for t in w_r for row in t], [row for t in w_f for row in t]
         off_g = sum((-l).mean() for l in rows_f) / len(rows_f)
         off_d = sum(torch.relu(1 - l).mean() for l in rows_r) / len(rows_r) + \

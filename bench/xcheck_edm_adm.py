@@ -28,8 +28,9 @@ def main(checkout: str) -> None:
 
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
-    off = EDMPrecond(img_resolution=16, img_channels=3, label_dim=10, use_fp16=False, model_type="DhariwalUNet",
-                     model_channels=128, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8]).eval()
+    off = EDMPrecond(img_resolution=16, img_channels=3, label_dim=10, use_fp16=False,
+                     model_type="DhariwalUNet", model_channels=128, channel_mult=[1, 2], num_blocks=1,
+                     attn_resolutions=[8]).eval()
     g = torch.Generator().manual_seed(1)
     for p in off.parameters():
         p.copy_(0.05 * torch.randn(p.shape, generator=g))

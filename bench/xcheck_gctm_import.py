@@ -33,17 +33,18 @@ def main(checkout: str) -> None:
     var0, var1, cov01, smin, smax = 0.23, 0.01 + 0.05**2, 0.02, 0.002, 80.0
     disc = types.SimpleNamespace(smin=smin, smax=smax)  # only the label range is read in 'LIN' mode
     torch.manual_seed(0)
-    off = SongUNet(vars=[var0, var1, cov01], param="LIN", discretization=disc, img_resolution=16, in_channels=3,
-                   out_channels=3, model_channels=32, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8],
-                   dropout=0.1).eval()
+    off = SongUNet(vars=[var0, var1, cov01], param="LIN", discretization=disc, img_resolution=16,
+                   in_channels=3, out_channels=3, model_channels=32, channel_mult=[1, 2], num_blocks=1,
+                   attn_resolutions=[8], dropout=0.1).eval()
     g = torch.Generator().manual_seed(1)
     for p in off.parameters():
         p.copy_(0.05 * torch.randn(p.shape, generator=g))
     tmp = Path(tempfile.mkdtemp(prefix="xcheck-gctm-"))
-    ckpt = {"X0_eval": torch.zeros(1), "X1_eval": torch.zeros(1), "net": off.state_dict(), "net_ema": off.state_dict(),
-            "opt_CTM": {}, "avgmeter": {}, "best_FID": float("inf")}
+    ckpt = {"X0_eval": torch.zeros(1), "X1_eval": torch.zeros(1), "net": off.state_dict(),
+            "net_ema": off.state_dict(), "opt_CTM": {}, "avgmeter": {}, "best_FID": float("inf")}
     torch.save(ckpt, tmp / "idx_0_best.pt")
-    import_file(tmp / "idx_0_best.pt", tmp / "g.safetensors", var0=var0, var1=var1, cov01=cov01, smin=smin, smax=smax)
+    import_file(tmp / "idx_0_best.pt", tmp / "g.safetensors", var0=var0, var1=var1, cov01=cov01, smin=smin,
+                smax=smax)
     mine = load_model(tmp / "g.safetensors")
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     print(f"official code: {checkout}; small SongUNet(param='LIN') 16x16; moments {var0}, {var1}, {cov01}")
@@ -60,12 +61,12 @@ def main(checkout: str) -> None:
     from ctmtool.jobs.plan import plan_translation
 
     eps_std, var1_cmd = 0.05, 0.01
-    off_eps = SongUNet(vars=[var0, var1_cmd + eps_std**2, cov01], param="LIN", discretization=disc, img_resolution=16,
-                       in_channels=3, out_channels=3, model_channels=32, channel_mult=[1, 2], num_blocks=1,
-                       attn_resolutions=[8], dropout=0.1).eval()
+    off_eps = SongUNet(vars=[var0, var1_cmd + eps_std**2, cov01], param="LIN", discretization=disc,
+                       img_resolution=16, in_channels=3, out_channels=3, model_channels=32,
+                       channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.1).eval()
     off_eps.load_state_dict(off.state_dict())
-    import_file(tmp / "idx_0_best.pt", tmp / "g_eps.safetensors", var0=var0, var1=var1_cmd, cov01=cov01, smin=smin,
-                smax=smax, x1_eps_std=eps_std)
+    import_file(tmp / "idx_0_best.pt", tmp / "g_eps.safetensors", var0=var0, var1=var1_cmd, cov01=cov01,
+                smin=smin, smax=smax, x1_eps_std=eps_std)
     mine = load_model(tmp / "g_eps.safetensors")
     x1 = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
     seed = 11

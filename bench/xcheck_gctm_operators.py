@@ -33,9 +33,11 @@ def main() -> None:
     opt = types.SimpleNamespace(device="cpu", image_size=args.size)
     x = torch.rand(args.n, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     print(f"{'operator':22s} {'max |ours - official|':>22s} {'mean |y - x|':>14s}")
-    pairs = [(n, n) for n in ("blur-uni", "blur-gauss", "sr2x-bicubic", "sr4x-bicubic", "sr2x-pool", "sr4x-pool",
+    pairs = [(n, n)
+             for n in ("blur-uni", "blur-gauss", "sr2x-bicubic", "sr4x-bicubic", "sr2x-pool", "sr4x-pool",
                               "inpaint-center")]
-    pairs = [(("center_white" if n == "inpaint-center" else n), n) for n, _ in pairs]  # the operator (white fill)
+    # the operator (white fill)
+    pairs = [(("center_white" if n == "inpaint-center" else n), n) for n, _ in pairs]
     pairs += [("blur_uni", "blur-uni"), ("blur_gauss", "blur-gauss")]  # ctmtool's per-channel separable blur
     for name, official_name in pairs:
         official = build_corruption(opt, official_name)
@@ -44,7 +46,8 @@ def main() -> None:
         ours = make_degradation(name)(x.clone())
         print(f"{name:22s} {float((ours - theirs.reshape(ours.shape)).abs().max()):22.3e} "
               f"{float((ours - x).abs().mean()):14.4f}")
-    print(f"images {args.n} x 3 x {args.size} x {args.size}, uniform in [-1, 1], seed 0; torch {torch.__version__}")
+    print(f"images {args.n} x 3 x {args.size} x {args.size}, uniform in [-1, 1], seed 0; torch "
+          f"{torch.__version__}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ settings: 1024-step grid, 4 training steps, smax 500, t_ctm_dists 1.2 2) and fro
 `gctm.times.official_indices` on ctmtool's 5-point grid, and reports the total variation between the two
 empirical distributions of triples, beside the sampling noise floor (the total variation between two
 independent official draws of the same size) and ctmtool's former sampler (CTM's, K = 4). Then the DSM times:
-the official `sample_sm_times` with beta_3_1 on the 1024-step grid against ctmtool's `GCTMLoss.sample_dsm_times`
-(pure beta_3_1 snapped up to the same grid) and against its former 25 % training-grid mixture. The official
-code calls `.cuda()`; it is made an identity here. Needs scipy. Not for CI.
+the official `sample_sm_times` with beta_3_1 on the 1024-step grid against ctmtool's
+`GCTMLoss.sample_dsm_times` (pure beta_3_1 snapped up to the same grid) and against its former 25 %
+training-grid mixture. The official code calls `.cuda()`; it is made an identity here. Needs scipy. Not for
+CI.
 """
 
 from __future__ import annotations
@@ -41,14 +42,16 @@ def main(checkout: str, n: int) -> None:
     grid = gctm_times(steps + 1, smin, smax, rho)
     ts = disc.get_ts(steps)
     print(f"official code: {checkout}; grid (ascending) official {[round(float(v), 6) for v in ts]}, "
-          f"ctmtool {[round(float(v), 6) for v in grid.flip(0)]}; N = {n} draws each; torch {torch.__version__}")
+          f"ctmtool {[round(float(v), 6) for v in grid.flip(0)]}; N = {n} draws each; torch "
+          f"{torch.__version__}")
 
     def official(seed: int) -> Counter:
         torch.manual_seed(seed)
         import numpy as np
         np.random.seed(seed)
         t_i, s_i, u_i = disc.sample_ctm_times(n, steps)[:3]
-        return Counter(zip((steps - t_i).tolist(), (steps - u_i).tolist(), (steps - s_i).tolist(), strict=True))
+        return Counter(zip((steps - t_i).tolist(), (steps - u_i).tolist(), (steps - s_i).tolist(),
+                           strict=True))
 
     off_a, off_b = official(1), official(2)
     t_i, u_i, s_i = official_indices(n, grid, (1.2, 2.0), torch.Generator().manual_seed(3))
@@ -60,9 +63,11 @@ def main(checkout: str, n: int) -> None:
         old.update(zip(a.tolist(), b.tolist(), c.tolist(), strict=True))
     p1 = {name: sum(v for k, v in c.items() if k[0] == 0) / sum(c.values())
           for name, c in (("official", off_a), ("ctmtool", mine), ("former", old))}
-    print(f"(t, u, s) triples, total variation: ctmtool vs official {tv(mine, off_a):.4f}; noise floor (official vs "
-          f"official) {tv(off_b, off_a):.4f}; former CTM sampler vs official {tv(old, off_a):.4f}")
-    print(f"  P(t = 1): official {p1['official']:.4f}, ctmtool {p1['ctmtool']:.4f}, former {p1['former']:.4f}")
+    print(f"(t, u, s) triples, total variation: ctmtool vs official {tv(mine, off_a):.4f}; noise floor "
+          f"(official vs official) {tv(off_b, off_a):.4f}; former CTM sampler vs official "
+          f"{tv(old, off_a):.4f}")
+    print(f"  P(t = 1): official {p1['official']:.4f}, ctmtool {p1['ctmtool']:.4f}, former "
+          f"{p1['former']:.4f}")
 
     fine_grid = gctm_times(fine + 1, smin, smax, rho)
     full = disc.get_ts(fine)
@@ -75,15 +80,17 @@ def main(checkout: str, n: int) -> None:
         return Counter(torch.searchsorted(full, t).tolist())
 
     def ours(fraction: float, fine_grid, seed: int) -> Counter:
-        loss = GCTMLoss(grid, steps, SquaredL2(), dsm_times="beta_3_1", grid_fraction=fraction, fine_grid=fine_grid)
+        loss = GCTMLoss(grid, steps, SquaredL2(), dsm_times="beta_3_1", grid_fraction=fraction,
+                        fine_grid=fine_grid)
         t = loss.sample_dsm_times(n, torch.Generator().manual_seed(seed)).double()
-        mids = (full.double()[1:] + full.double()[:-1]) / 2  # the nearest official point (float32 vs float64 grids)
+        # the nearest official point (float32 vs float64 grids)
+        mids = (full.double()[1:] + full.double()[:-1]) / 2
         return Counter(torch.searchsorted(mids, t).tolist())
 
     sm_a, sm_b = official_sm(5), official_sm(6)
     print(f"DSM times (beta_3_1, index on the 1024-step grid), total variation: ctmtool vs official "
-          f"{tv(ours(0.0, fine_grid, 7), sm_a):.4f}; noise floor {tv(sm_b, sm_a):.4f}; former (continuous, 25 % "
-          f"from the 5-point grid) {tv(ours(0.25, None, 8), sm_a):.4f}")
+          f"{tv(ours(0.0, fine_grid, 7), sm_a):.4f}; noise floor {tv(sm_b, sm_a):.4f}; former (continuous, "
+          f"25 % from the 5-point grid) {tv(ours(0.25, None, 8), sm_a):.4f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def official_functions(checkout: str) -> dict:
     tree = ast.parse(src)
     keep = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in NEEDED]
     ns = {"torch": torch, "np": np, "integrate": integrate}
-    exec(compile(ast.Module(body=keep, type_ignores=[]), "eval_bpd.py", "exec"), ns)  # the official code, as is
+    # the official code, as is
+    exec(compile(ast.Module(body=keep, type_ignores=[]), "eval_bpd.py", "exec"), ns)
     return ns
 
 
@@ -43,7 +44,8 @@ def main(checkout: str) -> None:
 
     off = official_functions(checkout)
     p = load_preset("cifar10", ["data.source=folder", "data.resolution=8", "net.unet.model_channels=16",
-                                "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1", "net.unet.attn_resolutions=[]"])
+                                "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
+                                "net.unet.attn_resolutions=[]"])
     shape = (3, 8, 8)
     torch.manual_seed(0)
     net = build_precond("ctm", p, shape)
@@ -69,18 +71,20 @@ def main(checkout: str) -> None:
         want = off["likelihood"](None, None, Diffusion(), images, std_max=smax, std_min=smin)
     got, nfe = ctm_paper_bpd(denoise, images, torch.Generator().manual_seed(7))
     d = (got - want.double()).abs().max().item()
-    print(f"official code: {checkout} (eval_bpd.py likelihood, mode 'correct'); small CTM (8x8, random weights), "
-          f"4 images; torch {torch.__version__}, CPU")
+    print(f"official code: {checkout} (eval_bpd.py likelihood, mode 'correct'); small CTM (8x8, random "
+          f"weights), 4 images; torch {torch.__version__}, CPU")
     print(f"  official bits/dim {[round(v, 6) for v in want.tolist()]}")
     print(f"  ctmtool  bits/dim {[round(v, 6) for v in got.tolist()]}  ({nfe} network evaluations)")
     print(f"  max |difference| {d:.3e} bits/dim (relative {d / want.abs().max().item():.2e})")
     torch.manual_seed(8)
     with torch.no_grad():
         other = off["likelihood"](None, None, Diffusion(), images, std_max=smax, std_min=smin)
-    print(f"  control, official with other draws (seed 8): max |difference| {(other - want).abs().max().item():.3e}")
+    print("  control, official with other draws (seed 8): max |difference| "
+          f"{(other - want).abs().max().item():.3e}")
     ds = Dataset(u8, None, 0, "points", [str(i) for i in range(4)])
     summary, _ = likelihood_of(model, ds, NLLOptions(divergence="exact"), batch=4)
-    print(f"  ctmtool exact PF-ODE (dequantised, exact divergence): {summary['bits_per_dim']:.6f} bits/dim (mean)")
+    print(f"  ctmtool exact PF-ODE (dequantised, exact divergence): {summary['bits_per_dim']:.6f} bits/dim "
+          "(mean)")
 
 
 if __name__ == "__main__":

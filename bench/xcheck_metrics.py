@@ -1,8 +1,10 @@
 """ctmtool's metrics against torch-fidelity and torchmetrics on the same features (run by hand; not in CI).
 
     pip install --no-deps --target /tmp/torch_fidelity torch-fidelity==0.4.0     # kept out of the venv:
-    python bench/xcheck_metrics.py --torch-fidelity /tmp/torch_fidelity          # its wheel ships a `tests` package
-    python bench/xcheck_metrics.py --torch-fidelity /tmp/torch_fidelity --features /work/shared/data/fd-cifar10/fd_a.pt \
+    python bench/xcheck_metrics.py --torch-fidelity /tmp/torch_fidelity          # its wheel ships a `tests`
+                                                                                 # package
+    python bench/xcheck_metrics.py --torch-fidelity /tmp/torch_fidelity --features \
+        /work/shared/data/fd-cifar10/fd_a.pt \
         --images /path/to/real.npz --samples /path/to/fake.npz
 
 Without --features: Gaussian features (seeded). With it: the network's pooled features, logits (classify)
@@ -82,7 +84,8 @@ def main() -> None:
     tm.update(real[:n, :, None, None], real=True)
     tm.update(fake[:n, :, None, None], real=False)
     rows.append((f"KID (1 subset of {n})", kid(fake[:n].numpy(), real[:n].numpy(), 1, n)[0],
-                 {"torch-fidelity": tf["kernel_inception_distance_mean"], "torchmetrics": float(tm.compute()[0])}))
+                 {"torch-fidelity": tf["kernel_inception_distance_mean"],
+                  "torchmetrics": float(tm.compute()[0])}))
     del size
     p, r = precision_recall(real, fake, 3)
     tp, tr = calculate_precision_recall_full(fake, real, neighborhood=3)
@@ -95,10 +98,12 @@ def main() -> None:
         tm = InceptionScore(feature=Through(), splits=1, normalize=False)
         tm.update(logits[:, :, None, None].float())
         rows.append((f"IS ({splits} splits)", ours, {"torch-fidelity": tf["inception_score_mean"]}))
-        rows.append(("IS (1 split)", inception_score(logits, len(logits))[0], {"torchmetrics": float(tm.compute()[0])}))
+        rows.append(("IS (1 split)", inception_score(logits, len(logits))[0],
+                     {"torchmetrics": float(tm.compute()[0])}))
     print(f"{'metric':24s} {'ctmtool':>14s}  others (relative difference)")
     for name, ours, others in rows:
-        cells = "  ".join(f"{k} {v:.8g} ({abs(v - ours) / max(abs(ours), 1e-30):.1e})" for k, v in others.items())
+        cells = "  ".join(f"{k} {v:.8g} ({abs(v - ours) / max(abs(ours), 1e-30):.1e})"
+                          for k, v in others.items())
         print(f"{name:24s} {ours:14.8g}  {cells}")
     print(f"n = {n}, features {args.features or 'Gaussian (64 dims), seed 0'}; numpy {np.__version__}, "
           f"torch {torch.__version__}")

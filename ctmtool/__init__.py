@@ -1,4 +1,5 @@
-"""ctmtool: Consistency Trajectory Models (Kim et al., ICLR 2024) and Generalized CTMs, as a library and a CLI.
+"""ctmtool: Consistency Trajectory Models (Kim et al., ICLR 2024) and Generalized CTMs, as a library and a
+CLI.
 
     import torch
     from ctmtool import load_model, gamma_sample
@@ -40,9 +41,10 @@ _API = {
     "Preset": "ctmtool.config",
     "UserError": "ctmtool.errors",
 }
-__all__ = ["Model", "NLLOptions", "Preset", "SamplingPlan", "UserError", "__version__", "analytic_model", "edit_items",
-           "gamma_sample", "generate", "likelihood_of", "load_model", "load_preset", "open_model", "plan_sampling",
-           "sample", "sdedit", "teacher_sample", "translate_items", "write_items"]
+__all__ = ["Model", "NLLOptions", "Preset", "SamplingPlan", "UserError", "__version__", "analytic_model",
+           "edit_items", "gamma_sample", "generate", "likelihood_of", "load_model", "load_preset",
+           "open_model", "plan_sampling", "sample", "sdedit", "teacher_sample", "translate_items",
+           "write_items"]
 
 def __getattr__(name: str) -> Any:
     module = _API.get(name)

@@ -105,8 +105,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
         why = getattr(err, "strerror", None) or str(err)
-        raise UserError(f"could not write checkpoint {path}: {why}; check free space and permissions (the previous "
-                        "checkpoint is untouched)") from None
+        raise UserError(f"could not write checkpoint {path}: {why}; check free space and permissions (the "
+                        "previous checkpoint is untouched)") from None
     return Path(path)
 
 
@@ -122,7 +122,8 @@ def _dedup(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _declares_ctmtool(path: Path) -> bool:
-    """Whether the file starts with a whole safetensors header that names ctmtool (so any failure is damage)."""
+    """Whether the file starts with a whole safetensors header that names ctmtool (so any failure is
+    damage)."""
     try:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
@@ -143,11 +144,13 @@ def read_header(path: str | Path) -> dict[str, str]:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         if _declares_ctmtool(path):
-            raise UserError(f"{path} is a truncated or damaged ctmtool checkpoint ({err}); use an earlier checkpoint") from None
-        raise UserError(f"{path} is not a ctmtool checkpoint: not a readable safetensors file ({err})") from None
+            raise UserError(f"{path} is a truncated or damaged ctmtool checkpoint ({err}); use an earlier "
+                            "checkpoint") from None
+        raise UserError(f"{path} is not a ctmtool checkpoint: not a readable safetensors file "
+                        f"({err})") from None
     if header.get("format") != FORMAT:
-        raise UserError(f"{path} is a safetensors file but not a ctmtool checkpoint (no 'format: ctmtool' header); "
-                        "convert EDM pickles with `ctmtool teacher import`")
+        raise UserError(f"{path} is a safetensors file but not a ctmtool checkpoint (no 'format: ctmtool' "
+                        "header); convert EDM pickles with `ctmtool teacher import`")
     if header.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path} has checkpoint format version {header.get('format_version')!r}; "
                         f"this ctmtool reads version {FORMAT_VERSION}")
@@ -156,8 +159,9 @@ def read_header(path: str | Path) -> dict[str, str]:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", groups: list[str] | None = None,
                     check_finite: bool = True) -> Checkpoint:
-    """Read a checkpoint; `groups` limits which tensor groups are loaded (all by default). A header that does not
-    parse or validate, and (with `check_finite`) a NaN or infinite value in a loaded tensor, are one-line errors."""
+    """Read a checkpoint; `groups` limits which tensor groups are loaded (all by default). A header that does
+    not parse or validate, and (with `check_finite`) a NaN or infinite value in a loaded tensor, are one-line
+    errors."""
     path = Path(path)
     header = read_header(path)
     kind, preset, data_shape, meta = _parse_header(header, path)
@@ -177,7 +181,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", groups
 
 
 def _parse_header(header: dict[str, str], path: Path) -> tuple[str, Preset, tuple[int, ...], dict]:
-    """kind, preset, data_shape and meta from the string header, each checked (an edited header is refused)."""
+    """kind, preset, data_shape and meta from the string header, each checked (an edited header is
+    refused)."""
     def damaged(why: str) -> UserError:
         return UserError(f"{path} has a damaged ctmtool header ({why}); it cannot be used: take an earlier "
                          "checkpoint or one written by ctmtool")
@@ -221,13 +226,14 @@ def _finite_json(v) -> bool:
 
 
 def _check_finite(groups: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
-    """Weights or optimiser state holding NaN or inf come from a run that diverged: nothing built on them works."""
+    """Weights or optimiser state holding NaN or inf come from a run that diverged: nothing built on them
+    works."""
     bad = [f"{g}/{n}" for g, state in groups.items() for n, t in state.items()
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
-        raise UserError(f"{path} holds NaN or infinite values in {bad[0]}{more}; the run that wrote it diverged: "
-                        "use an earlier checkpoint")
+        raise UserError(f"{path} holds NaN or infinite values in {bad[0]}{more}; the run that wrote it "
+                        "diverged: use an earlier checkpoint")
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",

@@ -1,4 +1,5 @@
-"""Presets: pydantic models of every setting, loading `ctmtool/presets/*.toml`, and `--set key=value` overrides.
+"""Presets: pydantic models of every setting, loading `ctmtool/presets/*.toml`, and `--set key=value`
+overrides.
 
 A preset is one TOML file; every section below is a model with `extra="forbid"`, so an unknown key, a
 wrong type or an out-of-range value is refused with a message naming the key, the value and what is
@@ -27,9 +28,11 @@ Rate = Annotated[float, Field(ge=0, lt=1)]  # a moment decay or EMA rate: [0, 1)
 
 
 def _int64(value: Any, key: str) -> Any:
-    """Integers (also inside lists) beyond 64 bits are refused: no setting means them and torch cannot hold them."""
+    """Integers (also inside lists) beyond 64 bits are refused: no setting means them and torch cannot hold
+    them."""
     if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
-        raise ValueError(f"{key} is an integer of {value.bit_length()} bits; at most 64 bits (|value| < 2^63)")
+        raise ValueError(f"{key} is an integer of {value.bit_length()} bits; at most 64 bits (|value| < "
+                         "2^63)")
     if isinstance(value, list | tuple):
         for v in value:
             _int64(v, key)
@@ -41,7 +44,8 @@ PRESETS_ENV = "CTMTOOL_PRESETS"
 
 
 class Strict(BaseModel):
-    """Every settings section: unknown keys refused, NaN and infinities refused in every float, integers 64-bit."""
+    """Every settings section: unknown keys refused, NaN and infinities refused in every float, integers
+    64-bit."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -102,7 +106,8 @@ class MLPConfig(Strict):
     hidden: int = Field(256, ge=8)  # width of each hidden layer
     depth: int = Field(4, ge=1)  # number of hidden layers
     emb: int = Field(64, ge=4)  # noise-embedding width
-    noise_scale: float = Field(100.0, gt=0)  # noise labels (ln(sigma)/4) are multiplied by this before the sinusoids
+    # noise labels (ln(sigma)/4) are multiplied by this before the sinusoids
+    noise_scale: float = Field(100.0, gt=0)
 
 
 class UNetConfig(Strict):
@@ -121,7 +126,8 @@ class UNetConfig(Strict):
     resample_filter: list[int] = Field(default_factory=lambda: [1, 1])  # [1,1] DDPM++, [1,3,3,1] NCSN++
     label_dropout: float = Field(0.0, ge=0, lt=1)  # class-label dropout (classifier-free guidance)
     augment_dim: int = Field(0, ge=0)  # augmentation-label input width (9 in EDM's CIFAR-10 pickles)
-    s_label: bool = True  # conditional CTM: add the class embedding to the s-embedding too (ctm-cifar10 networks.py)
+    # conditional CTM: add the class embedding to the s-embedding too (ctm-cifar10 networks.py)
+    s_label: bool = True
 
 
 class ADMConfig(Strict):
@@ -130,14 +136,17 @@ class ADMConfig(Strict):
     model_channels: int = Field(192, ge=8)  # base channel count
     channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)  # per resolution
     num_res_blocks: int = Field(3, ge=1)  # residual blocks per resolution
-    attn_resolutions: list[int] = Field(default_factory=lambda: [32, 16, 8])  # resolutions with self-attention
+    # resolutions with self-attention
+    attn_resolutions: list[int] = Field(default_factory=lambda: [32, 16, 8])
     head_channels: int = Field(64, ge=-1)  # width per attention head (-1: use num_heads)
     num_heads: int = Field(4, ge=1)  # heads when head_channels = -1
     dropout: float = Field(0.0, ge=0, lt=1)  # dropout probability inside the residual blocks
     scale_shift: bool = True  # FiLM conditioning (use_scale_shift_norm)
     resblock_updown: bool = True  # residual blocks for up/downsampling
-    qkv_order: Literal["three", "heads"] = "three"  # qkv channel split: flash-attention checkpoints use "three"
-    time_scale: float = Field(1000.0, gt=0)  # noise labels ln(sigma)/4 times this enter the embedding (EDM's ADM: 1)
+    # qkv channel split: flash-attention checkpoints use "three"
+    qkv_order: Literal["three", "heads"] = "three"
+    # noise labels ln(sigma)/4 times this enter the embedding (EDM's ADM: 1)
+    time_scale: float = Field(1000.0, gt=0)
 
     @field_validator("head_channels")
     @classmethod
@@ -189,7 +198,8 @@ class TrainConfig(Strict):
     kimg: float = Field(100.0, gt=0)  # duration in thousands of training images
     minutes: float | None = Field(None, gt=0)  # wall-clock duration (stops at whichever comes first)
     ckpt_every_kimg: float = Field(50.0, gt=0)  # checkpoint period
-    ckpt_every_minutes: float | None = Field(5.0, gt=0)  # also checkpoint after this much training time (None: off)
+    # also checkpoint after this much training time (None: off)
+    ckpt_every_minutes: float | None = Field(5.0, gt=0)
     snapshot_every_kimg: float | None = Field(None, gt=0)  # sample-grid period (None: end only)
     eval_every_kimg: float | None = Field(None, gt=0)  # quality-metric period (None: off)
     keep_checkpoints: int = Field(3, ge=1)  # rotation: older periodic checkpoints are deleted
@@ -210,22 +220,33 @@ class CTMConfig(Strict):
 
     grid: int = Field(18, ge=2)  # N, Karras grid points for (t, u, s)
     max_steps: int = Field(17, ge=1)  # K, most teacher Heun steps from t to u
-    distance: Literal["pseudo_huber", "l2", "lpips", "lpips_piq", "feature"] = "pseudo_huber"  # d(x_est, x_tgt); lpips_piq is the paper's
+    # d(x_est, x_tgt); lpips_piq is the paper's
+    distance: Literal["pseudo_huber", "l2", "lpips", "lpips_piq", "feature"] = "pseudo_huber"
     huber_c: float | None = Field(None, gt=0)  # pseudo-Huber c (None: 0.00054 * sqrt(D))
-    lpips_weights: str | None = None  # lpips: the weights file; lpips_piq: folder of its two files (None: torch hub cache)
+    # lpips: the weights file; lpips_piq: folder of its two files (None: torch hub cache)
+    lpips_weights: str | None = None
     dsm_weight: float | Literal["adaptive"] = "adaptive"  # lambda_DSM: number or adaptive (clamped 0..1e4)
     dsm_high_noise_fraction: float = Field(0.5, ge=0, le=1)  # share of DSM sigmas from the grid's high end
-    dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"  # DSM sigmas; halflognormal is the paper's
-    s_sampler: Literal["uniform", "sigma_min"] = "uniform"  # CTM's s: uniform over u..sigma_min; sigma_min: consistency distillation (CD)
+    # DSM sigmas; halflognormal is the paper's
+    dsm_sampler: Literal["grid_high", "halflognormal"] = "grid_high"
+    # CTM's s: uniform over u..sigma_min; sigma_min: consistency distillation (CD)
+    s_sampler: Literal["uniform", "sigma_min"] = "uniform"
     target_ema: float = Field(0.999, ge=0, lt=1)  # EMA rate of the target (stop-gradient) network
     eval_emas: list[Rate] = Field(default_factory=lambda: [0.999, 0.9999])  # EMAs saved for sampling
-    eval_ema_warmup: bool = False  # False: fixed rates from step 0 as the official code (ctm-cifar10 train_util.py 282-284); True: min(r, (1+n)/(10+n))
+    # False: fixed rates from step 0 as the official code (ctm-cifar10 train_util.py 282-284); True: min(r,
+    # (1+n)/(10+n))
+    eval_ema_warmup: bool = False
     teacher: Literal["network", "analytic", "self"] = "network"  # who solves t -> u ("self": no teacher)
-    self_solver: Literal["jump", "heun"] = "jump"  # teacher = "self": jump = the target's own G(x_t, t, u) (official self_learn); heun: Heun on its denoiser
+    # teacher = "self": jump = the target's own G(x_t, t, u) (official self_learn); heun: Heun on its denoiser
+    self_solver: Literal["jump", "heun"] = "jump"
     solver: Literal["heun", "euler"] = "heun"  # teacher ODE steps
-    teacher_hint: str = ""  # which published teacher this preset expects and where to get it (shown if --teacher is missing)
-    dropout: Literal["matched", "official"] = "matched"  # matched: online passes share masks, target without dropout; official: target in train mode, every pass its own masks
-    student_precond: Literal["edm", "teacher"] = "edm"  # student coefficients: EDM's (the paper), or the teacher's scheme
+    # which published teacher this preset expects and where to get it (shown if --teacher is missing)
+    teacher_hint: str = ""
+    # matched: online passes share masks, target without dropout; official: target in train mode, every pass
+    # its own masks
+    dropout: Literal["matched", "official"] = "matched"
+    # student coefficients: EDM's (the paper), or the teacher's scheme
+    student_precond: Literal["edm", "teacher"] = "edm"
 
     @field_validator("eval_emas")
     @classmethod
@@ -252,11 +273,15 @@ class GANConfig(Strict):
         default_factory=lambda: ["color", "translation", "cutout"]
     )  # DiffAugment policies
     channels: int = Field(64, ge=8)  # width of the discriminator heads
-    discriminator: Literal["scratch", "projected"] = "scratch"  # projected: the paper's Projected GAN (timm DeiT + EfficientNet)
-    feature_weights: str | None = None  # projected: folder of <timm name>.safetensors (None: the Hugging Face cache)
+    # projected: the paper's Projected GAN (timm DeiT + EfficientNet)
+    discriminator: Literal["scratch", "projected"] = "scratch"
+    # projected: folder of <timm name>.safetensors (None: the Hugging Face cache)
+    feature_weights: str | None = None
     betas: tuple[Rate, Rate] = (0.9, 0.999)  # discriminator Adam/RAdam betas (the paper: 0.5, 0.9)
-    cutout: float = Field(0.5, gt=0, le=1)  # DiffAugment cutout size as a fraction of the side (the paper: 0.2)
-    g_period: int = Field(1, ge=1)  # g_learning_period: 1 steps G and D every step; p > 1: G on steps k % p == 0, D otherwise
+    # DiffAugment cutout size as a fraction of the side (the paper: 0.2)
+    cutout: float = Field(0.5, gt=0, le=1)
+    # g_learning_period: 1 steps G and D every step; p > 1: G on steps k % p == 0, D otherwise
+    g_period: int = Field(1, ge=1)
 
 
 class SampleConfig(Strict):
@@ -268,7 +293,8 @@ class SampleConfig(Strict):
     batch: int = Field(256, ge=1)  # images per forward
     n: int = Field(64, ge=1)  # samples to draw
     seed: int = 0  # first per-image seed
-    noise: Literal["edm", "philox"] = "edm"  # per-image stream: EDM-equal latents, or Philox drawn on the device
+    # per-image stream: EDM-equal latents, or Philox drawn on the device
+    noise: Literal["edm", "philox"] = "edm"
 
 
 class FIDConfig(Strict):
@@ -282,7 +308,8 @@ class GCTMConfig(Strict):
 
     coupling: str = "independent"  # a couplings.make_coupling spec: independent | ot | paired | latent | ...
     source_noise: float = Field(0.0, ge=0)  # std of Gaussian noise added to the source x1
-    grid: int = Field(18, ge=2)  # Karras sigmas (diffusion.sigma_min/max/rho) mapped to t = sigma / (1 + sigma)
+    # Karras sigmas (diffusion.sigma_min/max/rho) mapped to t = sigma / (1 + sigma)
+    grid: int = Field(18, ge=2)
     max_steps: int = Field(17, ge=1)  # most solver steps from t to u
     sinkhorn_reg: float = Field(0.01, gt=0)  # entropic regularisation for ot coupling
     sinkhorn_iters: int = Field(500, ge=1)  # Sinkhorn iterations per minibatch
@@ -293,11 +320,16 @@ class GCTMConfig(Strict):
     var1: float | None = Field(None, gt=0)  # override the estimated Var x1
     cov01: float | None = None  # override the estimated Cov(x0, x1)
     dsm_times: Literal["lognormal", "uniform", "beta_3_1"] = "lognormal"  # how DSM training times are drawn
-    dsm_grid: int = Field(1024, ge=0)  # DSM times snapped up to this fine grid's points (the reference's disc_steps); 0: continuous
-    dsm_grid_fraction: float = Field(0.0, ge=0, le=1)  # share of DSM times drawn from the training grid instead (0: the reference)
-    time_sampler: Literal["official", "ctm"] = "official"  # (t, u, s): GCTM's s ~ 1 - t, t = lambda + (1 - lambda) t_s; or CTM's
-    t_ctm_beta: tuple[float, float] = (1.2, 2.0)  # lambda ~ Beta(a, b) of the official sampler (its --t_ctm_dists)
-    double_every: int | None = Field(None, ge=1)  # curriculum: the training grid's steps double every this many steps (--double_iter)
+    # DSM times snapped up to this fine grid's points (the reference's disc_steps); 0: continuous
+    dsm_grid: int = Field(1024, ge=0)
+    # share of DSM times drawn from the training grid instead (0: the reference)
+    dsm_grid_fraction: float = Field(0.0, ge=0, le=1)
+    # (t, u, s): GCTM's s ~ 1 - t, t = lambda + (1 - lambda) t_s; or CTM's
+    time_sampler: Literal["official", "ctm"] = "official"
+    # lambda ~ Beta(a, b) of the official sampler (its --t_ctm_dists)
+    t_ctm_beta: tuple[float, float] = (1.2, 2.0)
+    # curriculum: the training grid's steps double every this many steps (--double_iter)
+    double_every: int | None = Field(None, ge=1)
     source: DataConfig | None = None  # the source side's data for couplings dataset / dataset-ot (as [data])
 
 
@@ -321,7 +353,8 @@ class Preset(Strict):
 
 
 def preset_dirs() -> list[Traversable]:
-    """Where named presets are looked up, first match wins: the folders of $CTMTOOL_PRESETS, then the package's."""
+    """Where named presets are looked up, first match wins: the folders of $CTMTOOL_PRESETS, then the
+    package's."""
     extra = [Path(d).expanduser() for d in os.environ.get(PRESETS_ENV, "").split(os.pathsep) if d]
     return [*extra, PACKAGED_PRESETS]
 
@@ -347,7 +380,8 @@ def list_presets() -> list[str]:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parse `a.b.c=value`; the value is read as TOML (numbers, booleans, lists, quoted strings), else a string."""
+    """Parse `a.b.c=value`; the value is read as TOML (numbers, booleans, lists, quoted strings), else a
+    string."""
     if "=" not in item:
         raise UserError(f"override {item!r} has no '='; write it as key=value, e.g. teacher.batch=64")
     key, raw = item.split("=", 1)
@@ -360,7 +394,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise UserError(f"override {key}: the value has {len(raw)} digits; no setting takes a number that large") from None
+        raise UserError(f"override {key}: the value has {len(raw)} digits; no setting takes a number that "
+                        "large") from None
     return key.split("."), value
 
 
@@ -385,14 +420,16 @@ def _section_fields(loc: tuple) -> list[str]:
         if field is None:
             return []
         ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                      and issubclass(a, BaseModel)), None)
         if model is None:
             return []
     return list(model.model_fields)
 
 
 def shown_value(value: Any, limit: int = 80) -> str:
-    """A value for a message: its repr, cut to `limit` characters; a huge integer by its size (never rendered)."""
+    """A value for a message: its repr, cut to `limit` characters; a huge integer by its size (never
+    rendered)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"<integer of {value.bit_length()} bits>"
     if isinstance(value, list | tuple) and len(value) > 16:
@@ -412,7 +449,8 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
         if e["type"] == "extra_forbidden":
             allowed = _section_fields(e["loc"][:-1])
             close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
-            msg = (f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; allowed here: {', '.join(allowed)}")
+            msg = (f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; allowed here: "
+                   f"{', '.join(allowed)}")
         value = e.get("input")
         shown = "" if e["type"] == "missing" or isinstance(value, dict) else f" = {shown_value(value)}"
         parts.append(f"{loc}{shown}: {msg}")
@@ -423,11 +461,13 @@ def resolve_preset_path(name_or_path: str) -> Traversable:
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
-            raise UserError(f"preset file {p} does not exist; give an existing .toml or a name from `ctmtool presets`")
+            raise UserError(f"preset file {p} does not exist; give an existing .toml or a name from `ctmtool "
+                            "presets`")
         return p
     found = _preset_files()
     if name_or_path not in found:
-        known = ", ".join(sorted(found)) or f"(none found in {preset_dir()}; reinstall ctmtool or set ${PRESETS_ENV})"
+        known = (", ".join(sorted(found))
+                 or f"(none found in {preset_dir()}; reinstall ctmtool or set ${PRESETS_ENV})")
         raise UserError(f"unknown preset {name_or_path!r}; known presets: {known}")
     return found[name_or_path]
 
@@ -445,7 +485,8 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        raise UserError(f"preset {path} is not UTF-8 text (byte {err.start}: {err.reason}); give a TOML text file") from None
+        raise UserError(f"preset {path} is not UTF-8 text (byte {err.start}: {err.reason}); give a TOML text "
+                        "file") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"preset {path} is not valid TOML: {err}") from None
     except ValueError as err:  # an integer of more digits than Python converts

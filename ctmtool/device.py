@@ -42,7 +42,8 @@ def select_device(name: str = "auto", tf32: bool = False) -> torch.device:
 
 
 def configure_matmul(tf32: bool = False) -> None:
-    """Full float32 matmuls and convolutions (the default), or TF32 where speed matters more than exactness."""
+    """Full float32 matmuls and convolutions (the default), or TF32 where speed matters more than
+    exactness."""
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     torch.backends.cudnn.allow_tf32 = tf32
 
@@ -52,7 +53,8 @@ SMALL_NETWORK = 5_000_000  # parameters
 
 @contextmanager
 def cpu_threads(device: torch.device, net: torch.nn.Module):
-    """One torch thread while training a small network on the CPU (unless OMP_NUM_THREADS is set); restored after."""
+    """One torch thread while training a small network on the CPU (unless OMP_NUM_THREADS is set); restored
+    after."""
     small = sum(p.numel() for p in net.parameters()) < SMALL_NETWORK
     if device.type != "cpu" or not small or "OMP_NUM_THREADS" in os.environ:
         yield

@@ -26,8 +26,8 @@ def as_flags(message: str) -> str:
 
 
 class Interrupted(UserError):
-    """Work stopped by a signal after saving what it had; exits 128 + the signal number (130 SIGINT, 143 SIGTERM)
-    so that a job scheduler sees the job did not finish."""
+    """Work stopped by a signal after saving what it had; exits 128 + the signal number (130 SIGINT, 143
+    SIGTERM) so that a job scheduler sees the job did not finish."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -37,7 +37,8 @@ class Interrupted(UserError):
 
 class Stopped(BaseException):
     """SIGINT or SIGTERM arrived while a command ran (raised by the command line's signal handler): not an
-    Exception, so no `except Exception` in a loop or a server swallows it; exit code 128 + the signal number."""
+    Exception, so no `except Exception` in a loop or a server swallows it; exit code 128 + the signal
+    number."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

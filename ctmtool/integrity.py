@@ -1,9 +1,9 @@
 """Checksums that let a checkpoint prove itself: SHA-256 of its header entries and of each tensor group.
 
 The digest of a group covers, in name order, each tensor's name, safetensors dtype, shape and raw bytes; it is
-computed from the tensors when saving and from the file's bytes (by the offsets in its safetensors header) when
-loading, so it does not depend on how safetensors lays tensors out. Cost: one read of the loaded groups' bytes,
-hashed at about 1.4 GB/s on one core (SHA-256 with the CPU's SHA instructions).
+computed from the tensors when saving and from the file's bytes (by the offsets in its safetensors header)
+when loading, so it does not depend on how safetensors lays tensors out. Cost: one read of the loaded groups'
+bytes, hashed at about 1.4 GB/s on one core (SHA-256 with the CPU's SHA instructions).
 """
 
 from __future__ import annotations
@@ -50,11 +50,13 @@ def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
 
 
 def checksum_entry(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
-    return json.dumps({"algorithm": ALGORITHM, "header": header_digest(header), "groups": tensor_digests(tensors)})
+    return json.dumps({"algorithm": ALGORITHM, "header": header_digest(header),
+                       "groups": tensor_digests(tensors)})
 
 
 def read_table(path: Path) -> tuple[int, dict[str, dict]]:
-    """(where the tensor data starts, {name: {dtype, shape, data_offsets}}) from a safetensors file's header."""
+    """(where the tensor data starts, {name: {dtype, shape, data_offsets}}) from a safetensors file's
+    header."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         table = json.loads(f.read(n))
@@ -94,8 +96,8 @@ def verify_checksum(path: Path, header: dict[str, str], groups: list[str] | None
         return False
 
     def refuse(what: str) -> UserError:
-        return UserError(f"{path} fails its checksum ({what} changed since it was written: flipped bytes or an "
-                         "edited file); use an earlier checkpoint or a fresh copy")
+        return UserError(f"{path} fails its checksum ({what} changed since it was written: flipped bytes or "
+                         "an edited file); use an earlier checkpoint or a fresh copy")
 
     try:
         stored = json.loads(raw)

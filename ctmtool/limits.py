@@ -1,10 +1,11 @@
-"""What one request may ask for: the one table of limits that the command line, the server and the library check.
+"""What one request may ask for: the one table of limits that the command line, the server and the library
+check.
 
-A request above a limit (`--nfe 1000000`, `--steps 100000000`, `--kimg 1e12`) is refused before any work with a
-line naming the limit; `no_limits` (`--no-limits` on the command line) lifts every limit of this table for that
-request, and says so on stderr. The limits are far above any published setting (the CTM paper samples with NFE
-1-18, trains for at most 100k kimg; likelihoods use about 100-1000 fixed steps), so only a typo or an abuse
-meets them.
+A request above a limit (`--nfe 1000000`, `--steps 100000000`, `--kimg 1e12`) is refused before any work with
+a line naming the limit; `no_limits` (`--no-limits` on the command line) lifts every limit of this table for
+that request, and says so on stderr. The limits are far above any published setting (the CTM paper samples
+with NFE 1-18, trains for at most 100k kimg; likelihoods use about 100-1000 fixed steps), so only a typo or an
+abuse meets them.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def check_limits(no_limits: bool = False, **values: float | int | None) -> None:
             continue
         limit = LIMITS[name]
         if value > limit:
-            raise UserError(f"`{name}` {_num(value)} is over the limit of {_num(limit)} per request (docs/bad-input.md); lower "
-                            "it, or pass `no_limits` if you mean it")
+            raise UserError(f"`{name}` {_num(value)} is over the limit of {_num(limit)} per request "
+                            "(docs/bad-input.md); lower it, or pass `no_limits` if you mean it")
 
 
 def lifted_note(no_limits: bool) -> str | None:
     """The line a command prints on stderr when a request runs without limits."""
-    return "--no-limits: the per-request limits (ctmtool/limits.py) are off for this command" if no_limits else None
+    return ("--no-limits: the per-request limits (ctmtool/limits.py) are off for this command" if no_limits
+            else None)
 
 
 def _num(v: float) -> str:
@@ -59,10 +61,11 @@ def free_memory() -> int | None:
 
 
 def check_batch_memory(items: int, shape: tuple[int, ...], what: str, copies: int = 4) -> None:
-    """Refuse, before allocating, a batch whose float32 tensors alone (`copies` of `items` x `shape`: inputs, noise,
-    outputs, gradients) exceed the free memory: a floor of what the step needs (activations come on top)."""
+    """Refuse, before allocating, a batch whose float32 tensors alone (`copies` of `items` x `shape`: inputs,
+    noise, outputs, gradients) exceed the free memory: a floor of what the step needs (activations come on
+    top)."""
     need = items * math.prod(shape) * 4 * copies
     free = free_memory()
     if free is not None and need > 0.8 * free:
-        raise UserError(f"a batch of {items} items of shape {tuple(shape)} needs at least {need / 2**30:.1f} GiB, "
-                        f"more than the {free / 2**30:.1f} GiB of free memory; lower {what}")
+        raise UserError(f"a batch of {items} items of shape {tuple(shape)} needs at least {need / 2**30:.1f} "
+                        f"GiB, more than the {free / 2**30:.1f} GiB of free memory; lower {what}")

@@ -17,7 +17,8 @@ class Progress(Protocol):
 
 
 class Quiet:
-    """A reporter that reports nothing (the default for Python callers and for torchrun ranks other than 0)."""
+    """A reporter that reports nothing (the default for Python callers and for torchrun ranks other than
+    0)."""
 
     def log(self, msg: str) -> None:
         pass

@@ -6,10 +6,12 @@ Fixtures (use these rather than building presets and checkpoints by hand in a te
   `SMALL_UNET`) and any further `key=value` overrides.
 
 The sampling, schedule and CLI tests are written against EDM's noise range 0.002..80 (the CTM reference
-code's default schedules, the CIFAR-10 presets); the toy preset itself trains on 0.002..2 (docs/results.md), so tiny toy
-presets and checkpoints get `EDM_RANGE` unless a test overrides it; `toy_preset` is the real preset.
+code's default schedules, the CIFAR-10 presets); the toy preset itself trains on 0.002..2 (docs/results.md),
+so tiny toy presets and checkpoints get `EDM_RANGE` unless a test overrides it; `toy_preset` is the real
+preset.
 - `make_model(kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)`: a freshly built tiny
-  model of that kind as a `ctmtool.core.models.Model` (eval mode, no gradients); `scale` perturbs every weight.
+  model of that kind as a `ctmtool.core.models.Model` (eval mode, no gradients); `scale` perturbs every
+  weight.
 - `make_checkpoint(path, kind, shape, preset, meta, scale, seed)`: the same model saved as a ctmtool
   checkpoint; returns the path.
 """
@@ -27,8 +29,8 @@ torch.set_num_threads(1)
 # a 1-layer MLP: fast, and still a real network with s-layers and a zero-initialised output layer
 SMALL_MLP = ("net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16")
 # a one-level 16-channel SongUNet without attention or dropout (images of any square size)
-SMALL_UNET = ("net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
-              "net.unet.attn_resolutions=[]", "net.unet.dropout=0.0")
+SMALL_UNET = ("net.kind=unet", "net.unet.model_channels=16", "net.unet.channel_mult=[1]",
+              "net.unet.num_blocks=1", "net.unet.attn_resolutions=[]", "net.unet.dropout=0.0")
 
 
 # EDM's sampling range, which the toy preset (0.002..2) replaces: see the module docstring
@@ -48,7 +50,8 @@ def build_model(
     shape: Sequence[int] = (2,),        # data shape: (D,) vectors, (C, H, W) images
     preset=None,                        # a Preset; default tiny_preset("toy"), or "toy-translate" for a gctm
     meta: dict | None = None,           # checkpoint meta (a GCTM's "moments")
-    scale: float | None = None,         # add scale * N(0, 1) to every parameter (None: keep the initialisation)
+    scale: float | None = None,         # add scale * N(0, 1) to every parameter (None: keep the
+                                        # initialisation)
     seed: int = 0,                      # initialisation and perturbation seed
 ):
     """(preset, a freshly built tiny preconditioned network of `kind`); seeded, global RNG untouched."""
@@ -68,12 +71,14 @@ def build_model(
 
 
 def write_checkpoint(path: str | Path, kind: str = "ctm", shape: Sequence[int] = (2,), preset=None,
-                     meta: dict | None = None, scale: float | None = None, seed: int = 0, group: str = "ema") -> Path:
+                     meta: dict | None = None, scale: float | None = None, seed: int = 0,
+                     group: str = "ema") -> Path:
     """`build_model(...)` saved as a ctmtool checkpoint at `path` (weights in `group`); returns the path."""
     from ctmtool.checkpoint import Checkpoint, save_checkpoint
 
     preset, net = build_model(kind, shape, preset, meta, scale, seed)
-    return save_checkpoint(Path(path), Checkpoint(kind, preset, tuple(shape), {group: net.state_dict()}, meta or {}))
+    return save_checkpoint(Path(path),
+                           Checkpoint(kind, preset, tuple(shape), {group: net.state_dict()}, meta or {}))
 
 
 def load_tiny_model(kind: str = "ctm", shape: Sequence[int] = (2,), preset=None, meta: dict | None = None,
@@ -123,14 +128,16 @@ def make_model():
 
 @pytest.fixture(scope="session")
 def make_checkpoint():
-    """`write_checkpoint(path, kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)` -> path."""
+    """`write_checkpoint(path, kind="ctm", shape=(2,), preset=None, meta=None, scale=None, seed=0)` ->
+    path."""
     return write_checkpoint
 
 
 def plan_and_generate(model, n, seed=0, batch=256, device="cpu", progress=None, **settings):
-    """`ctmtool.core.sampling.generate` with a plan from explicit settings (`ctmtool.jobs.plan.plan_explicit`):
-    the keyword form the sampler tests use."""
+    """`ctmtool.core.sampling.generate` with a plan from explicit settings
+    (`ctmtool.jobs.plan.plan_explicit`): the keyword form the sampler tests use."""
     from ctmtool.core.sampling import generate
     from ctmtool.jobs.plan import plan_explicit
 
-    return generate(model, n, plan_explicit(model, batch=batch, **settings), seed=seed, device=device, progress=progress)
+    return generate(model, n, plan_explicit(model, batch=batch, **settings), seed=seed, device=device,
+                    progress=progress)

@@ -1,5 +1,6 @@
-"""The Python API: `from ctmtool import ...` (lazy: `import ctmtool` loads no torch), a loaded model callable as
-model(x, t, s) and usable by the samplers, k-diffusion-style gamma_sample, and `generator=` where seeds are."""
+"""The Python API: `from ctmtool import ...` (lazy: `import ctmtool` loads no torch), a loaded model callable
+as model(x, t, s) and usable by the samplers, k-diffusion-style gamma_sample, and `generator=` where seeds
+are."""
 
 from __future__ import annotations
 

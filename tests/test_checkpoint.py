@@ -27,7 +27,8 @@ def _groups():
     return {
         "net": {"layer.weight": w, "layer.bias": torch.randn(4, generator=g), "step": torch.tensor(7)},
         "ema": {"layer.weight": w.clone() * 0.5, "layer.bias": torch.zeros(4), "step": torch.tensor(7)},
-        "optim": {"m": torch.randn(2, 2, dtype=torch.float64, generator=g), "mask": torch.tensor([True, False])},
+        "optim": {"m": torch.randn(2, 2, dtype=torch.float64, generator=g),
+                  "mask": torch.tensor([True, False])},
     }
 
 
@@ -230,7 +231,8 @@ def test_load_state_refuses_mismatch():
 def test_load_state_loads_and_allows_fresh_layers():
     torch.manual_seed(0)
     src = torch.nn.Sequential(torch.nn.Linear(3, 4))
-    dst = torch.nn.ModuleDict({"body": torch.nn.Sequential(torch.nn.Linear(3, 4)), "map_s": torch.nn.Linear(2, 2)})
+    dst = torch.nn.ModuleDict({"body": torch.nn.Sequential(torch.nn.Linear(3, 4)),
+                               "map_s": torch.nn.Linear(2, 2)})
     state = {f"body.{k}": v for k, v in src.state_dict().items()}
     fresh_before = dst["map_s"].weight.detach().clone()
     fresh = load_state(dst, state, allow_missing=("map_s",))
@@ -247,7 +249,8 @@ def test_truncated_checkpoint_is_called_truncated(tmp_path, toy_preset):
 
 
 def _edited(tmp_path, toy_preset, name, **header):
-    """A valid checkpoint whose string header entries are replaced by `header` (as a user editing the file would)."""
+    """A valid checkpoint whose string header entries are replaced by `header` (as a user editing the file
+    would)."""
     good = save_checkpoint(tmp_path / "good.safetensors", _ckpt(toy_preset))
     from safetensors import safe_open
 
@@ -301,4 +304,5 @@ def test_non_finite_tensors_are_refused(tmp_path, toy_preset, bad):
             load_checkpoint(path, groups=groups)
         assert "values in ema/layer.weight; the run" in str(err.value)  # names the tensor, and only that one
     assert set(load_checkpoint(path, groups=["net"]).groups) == {"net"}  # the other groups are fine
-    assert torch.isnan(load_checkpoint(path, check_finite=False).groups["ema"]["layer.weight"]).any() == (bad != bad)
+    assert (torch.isnan(load_checkpoint(path, check_finite=False).groups["ema"]["layer.weight"]).any()
+            == (bad != bad))

@@ -27,7 +27,8 @@ def _models(kind: str, label_dim: int = 0):
     """(CTM student, EDM teacher, a batch x) with non-trivial weights; tiny MLP or tiny SongUNet."""
     torch.manual_seed(0)
     if kind == "mlp":
-        student, teacher, x = MLP(6, 32, 2, 16, use_s=True, label_dim=label_dim), MLP(6, 32, 2, 16), torch.randn(4, 6)
+        student, teacher, x = (MLP(6, 32, 2, 16, use_s=True, label_dim=label_dim), MLP(6, 32, 2, 16),
+                               torch.randn(4, 6))
     else:
         student = SongUNet(16, 3, 3, use_s=True, label_dim=label_dim, **UNET)
         teacher, x = SongUNet(16, 3, 3, **UNET), torch.randn(2, 3, 16, 16)
@@ -38,7 +39,8 @@ def _models(kind: str, label_dim: int = 0):
 
 
 def _frames(fn, calls, backend=None) -> tuple[int, list]:
-    """Compile fn with fullgraph=True, run every argument tuple of `calls`, return (frames compiled, outputs)."""
+    """Compile fn with fullgraph=True, run every argument tuple of `calls`, return (frames compiled,
+    outputs)."""
     dynamo.reset()
     cc = CompileCounter() if backend is None else backend
     f = torch.compile(fn, backend=cc, fullgraph=True)
@@ -73,11 +75,12 @@ def test_denoiser_and_heun_step_one_graph_across_steps(kind):
         n, _ = _frames(ctm.denoise, [(x, *_levels(b, s)) for s in (80.0, 1.0)])
         assert n == 1
         step = lambda x, t, nxt: solvers.heun_step(teacher, x, t, nxt)  # noqa: E731
-        calls = [(x, *_levels(b, 80.0, 40.0)), (x, *_levels(b, 2.0, 1.0)), (x, torch.tensor([2.0, 3.0] * (b // 2)),
-                                                                               torch.tensor([0.0, 1.0] * (b // 2)))]
+        calls = [(x, *_levels(b, 80.0, 40.0)), (x, *_levels(b, 2.0, 1.0)),
+                 (x, torch.tensor([2.0, 3.0] * (b // 2)), torch.tensor([0.0, 1.0] * (b // 2)))]
         n, outs = _frames(step, calls)
         assert n == 1
-        want = solvers.heun(teacher, x, torch.tensor([[2.0, 3.0] * (b // 2), [0.0, 1.0] * (b // 2)], dtype=torch.float64))
+        want = solvers.heun(teacher, x,
+                            torch.tensor([[2.0, 3.0] * (b // 2), [0.0, 1.0] * (b // 2)], dtype=torch.float64))
         assert torch.allclose(outs[2], want, atol=1e-5)
 
 
@@ -93,7 +96,8 @@ def test_gamma_sampler_fixed_nfe_one_graph_across_batches(kind, nfe):
 
 
 def test_gamma_sampler_with_philox_noise_one_graph():
-    """gamma > 0 re-noises between jumps: the Philox source traces into the same graph (a fresh source per batch)."""
+    """gamma > 0 re-noises between jumps: the Philox source traces into the same graph (a fresh source per
+    batch)."""
     ctm, _, x = _models("mlp")
     sched = [float(s) for s in ctm_default_schedule(3)]
 
@@ -104,11 +108,13 @@ def test_gamma_sampler_with_philox_noise_one_graph():
         calls = [(x * 80, torch.arange(4)), (x * 80, torch.arange(4, 8)), (x, torch.arange(4))]
         n, outs = _frames(sample, calls)
         assert n == 1
-        assert torch.allclose(outs[0], gamma_sample(ctm, x * 80, sched, PhiloxNoise(torch.arange(4), (6,)), gamma=0.5), atol=1e-5)
+        assert torch.allclose(outs[0], gamma_sample(ctm, x * 80, sched, PhiloxNoise(torch.arange(4), (6,)),
+                                                    gamma=0.5), atol=1e-5)
 
 
 def test_python_float_levels_recompile_so_pass_tensors():
-    """Documents torch's behaviour the tests above rely on: float levels are specialised (one graph per value)."""
+    """Documents torch's behaviour the tests above rely on: float levels are specialised (one graph per
+    value)."""
     ctm, _, x = _models("mlp")
     with torch.no_grad():
         n, _ = _frames(ctm.jump, [(x, 3.0, 1.0), (x, 5.0, 0.5)])
@@ -149,6 +155,8 @@ def test_inductor_heun_step_matches_eager():
     b = x.shape[0]
     step = lambda x, t, nxt: solvers.heun_step(teacher, x, t, nxt)  # noqa: E731
     with torch.no_grad():
-        n, outs = _frames(step, [(x, *_levels(b, 80.0, 40.0)), (x, *_levels(b, 1.0, 0.0))], backend=InductorCounter())
+        n, outs = _frames(step, [(x, *_levels(b, 80.0, 40.0)), (x, *_levels(b, 1.0, 0.0))],
+                          backend=InductorCounter())
         assert n == 1
-        assert torch.allclose(outs[1], solvers.heun(teacher, x, torch.tensor([1.0, 0.0], dtype=torch.float64)), atol=1e-5)
+        assert torch.allclose(outs[1], solvers.heun(teacher, x,
+                                                    torch.tensor([1.0, 0.0], dtype=torch.float64)), atol=1e-5)

@@ -46,7 +46,8 @@ def test_every_preset_validates(name):
 
 
 def test_paper_defaults():
-    """Karras et al. 2022 and Kim et al. 2024: EDM noise range, rho 7, sigma_data 0.5, N = 18 / K = 17 for CIFAR-10, N = 40 for ImageNet-64."""
+    """Karras et al. 2022 and Kim et al. 2024: EDM noise range, rho 7, sigma_data 0.5, N = 18 / K = 17 for
+    CIFAR-10, N = 40 for ImageNet-64."""
     d = DiffusionConfig()
     assert (d.sigma_min, d.sigma_max, d.rho, d.sigma_data) == (0.002, 80.0, 7.0, 0.5)
     assert (d.p_mean, d.p_std) == (-1.2, 1.2)
@@ -280,14 +281,17 @@ def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
         return math.isnan(b)
     if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return (isinstance(b, list) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b, strict=True)))
     return type(a) is type(b) and a == b
 
 
 scalars = (st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30))
-values = scalars | st.lists(st.integers(-1000, 1000), max_size=5) | st.lists(st.floats(allow_nan=False), max_size=5)
-keys = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6), min_size=1, max_size=4)
+values = scalars | st.lists(st.integers(-1000, 1000), max_size=5) | st.lists(st.floats(allow_nan=False),
+                                                                             max_size=5)
+keys = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6), min_size=1,
+                max_size=4)
 
 
 @settings(max_examples=300, deadline=None)
@@ -308,7 +312,8 @@ def test_override_value_round_trip(path, value):
 @given(batch=st.integers(1, 10**6), lr=st.floats(1e-8, 1.0), gamma=st.floats(0.0, 1.0), flip=st.booleans(),
        mult=st.lists(st.integers(1, 8), min_size=1, max_size=4))
 def test_preset_override_property(batch, lr, gamma, flip, mult):
-    """Valid settings written as overrides land in the validated preset unchanged, and survive TOML rendering."""
+    """Valid settings written as overrides land in the validated preset unchanged, and survive TOML
+    rendering."""
     items = [f"teacher.batch={batch}", f"distill.lr={lr!r}", f"sample.gamma={gamma!r}",
              f"data.xflip={'true' if flip else 'false'}", f"net.unet.channel_mult={mult}"]
     p = override_preset(TOY, items)
@@ -325,7 +330,9 @@ def test_cifar10_presets_hold_the_papers_recipe():
         assert (c.grid, c.max_steps, c.distance, c.dsm_sampler, c.dropout, c.student_precond) == \
             (18, 17, "lpips_piq", "halflognormal", "official", "edm")
         assert (p.distill.optimizer, p.distill.lr, tuple(p.distill.betas)) == ("radam", 4e-4, (0.9, 0.999))
-        assert (g.discriminator, g.lr, tuple(g.betas), g.cutout, g.g_period) == ("projected", 2e-3, (0.5, 0.9), 0.2, 2)
+        assert (g.discriminator, g.lr, tuple(g.betas), g.cutout,
+                g.g_period) == ("projected", 2e-3, (0.5, 0.9), 0.2, 2)
         assert g.augment == ["color", "translation", "cutout"] and g.weight == "adaptive"
     assert (p1.distill.batch, p1.ctm.target_ema, p1.gan.enabled) == (256, 0.999, False)
-    assert (p2.distill.batch, p2.ctm.target_ema, p2.gan.enabled, p2.gan.start_kimg) == (528, 0.9999, True, 0.0)
+    assert (p2.distill.batch, p2.ctm.target_ema, p2.gan.enabled,
+            p2.gan.start_kimg) == (528, 0.9999, True, 0.0)

@@ -17,8 +17,10 @@ PACKAGE = Path(ctmtool.__file__).parent
 
 @pytest.mark.parametrize("message,flags", [
     ("`nfe` must be at least 1, got 0", "--nfe must be at least 1, got 0"),
-    ("no checkpoint in runs/a; set `run_dir` or `resume`", "no checkpoint in runs/a; set --run-dir or --resume"),
-    ("`strength` must be in (0, 1]; `keep_unmasked` needs `mask`", "--strength must be in (0, 1]; --keep-unmasked needs --mask"),
+    ("no checkpoint in runs/a; set `run_dir` or `resume`",
+     "no checkpoint in runs/a; set --run-dir or --resume"),
+    ("`strength` must be in (0, 1]; `keep_unmasked` needs `mask`",
+     "--strength must be in (0, 1]; --keep-unmasked needs --mask"),
     ("`solver` heun", "--solver heun"),
 ])
 def test_as_flags_words_parameters_as_options(message, flags):
@@ -53,19 +55,22 @@ def _user_error_messages(path: Path):
         return "{}"
 
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "UserError":
+        if isinstance(node, ast.Call) and getattr(node.func, "id",
+                                                  getattr(node.func, "attr", None)) == "UserError":
             yield node.lineno, " ".join(text(a) for a in node.args)
 
 
 def _flags_in_library_messages() -> set[str]:
-    """`file --flag` for each flag a library UserError (outside ctmtool/cli) writes outside a quoted command."""
+    """`file --flag` for each flag a library UserError (outside ctmtool/cli) writes outside a quoted
+    command."""
     flag = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
     found = set()
     for path in sorted(PACKAGE.rglob("*.py")):
         if "cli" in path.relative_to(PACKAGE).parts:
             continue
         for _, msg in _user_error_messages(path):
-            for f in flag.findall(re.sub(r"`ctmtool [^`]*`", "", msg)):  # a quoted shell command may show options
+            # a quoted shell command may show options
+            for f in flag.findall(re.sub(r"`ctmtool [^`]*`", "", msg)):
                 found.add(f"{path.relative_to(PACKAGE).as_posix()} {f}")
     return found
 

@@ -49,7 +49,8 @@ def test_gctm_preset_coupling_runs_on_data_of_its_shape(name):
 def test_pix2pix_presets_follow_the_reference(name):
     p = load_preset(name)
     assert p.gctm.coupling.startswith("paired") and p.gctm.source_noise == 0.05
-    assert p.net.kind == "unet" and p.net.unet.model_channels == 128 and p.net.unet.channel_mult == [1, 2, 2, 2]
+    assert (p.net.kind == "unet" and p.net.unet.model_channels == 128
+            and p.net.unet.channel_mult == [1, 2, 2, 2])
     assert (p.distill.batch, p.distill.lr) == (64, 1e-4)
     assert (p.gctm.grid, p.gctm.max_steps) == (5, 4)  # GCTM's 4-step image-to-image grid
 

@@ -21,10 +21,12 @@ def test_check_finds_a_hidden_upward_import_and_cycle(tmp_path):
     with open(pkg / "core" / "schedules.py", "a") as f:
         f.write("\n\ndef _hidden():\n    from ctmtool.jobs.items import sample  # noqa\n")
     found = check_layers.problems(pkg)
-    assert any(p.startswith("upward import: ctmtool.core.schedules (maths) imports ctmtool.jobs.items") for p in found)
+    assert any(p.startswith("upward import: ctmtool.core.schedules (maths) imports ctmtool.jobs.items")
+               for p in found)
     assert any(p.startswith("import cycle:") and "ctmtool.core.schedules" in p for p in found)
     (pkg / "stray.py").write_text("")
-    assert "ctmtool.stray belongs to no layer: place it in tools/check_layers.py LAYERS" in check_layers.problems(pkg)
+    assert ("ctmtool.stray belongs to no layer: place it in tools/check_layers.py LAYERS"
+            in check_layers.problems(pkg))
 
 
 def test_check_refuses_user_errors_in_the_maths(tmp_path):

@@ -1,5 +1,5 @@
-"""Every shipped preset sets its training length in images, never by the clock (issue 16, item 1); a time limit
-stays a user option (`--minutes`)."""
+"""Every shipped preset sets its training length in images, never by the clock (issue 16, item 1); a time
+limit stays a user option (`--minutes`)."""
 
 import tomllib
 from pathlib import Path
@@ -10,12 +10,14 @@ from ctmtool.cli.teacher import training_overrides
 from ctmtool.config import TrainConfig, list_presets, load_preset, resolve_preset_path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-# Presets allowed to stop on the clock by default, with the reason. None: a result must not depend on the load.
+# Presets allowed to stop on the clock by default, with the reason. None: a result must not depend on the
+# load.
 TIME_LIMITED: dict[str, str] = {}
 
 
 def _loop_steps(kimg: float, batch: int) -> int:
-    """Optimiser steps of `loop.fit` for a length of `kimg` (it adds batch / 1000 per step until it reaches kimg)."""
+    """Optimiser steps of `loop.fit` for a length of `kimg` (it adds batch / 1000 per step until it reaches
+    kimg)."""
     steps, done = 0, 0.0
     while done < kimg:
         steps, done = steps + 1, done + batch / 1000
@@ -23,7 +25,8 @@ def _loop_steps(kimg: float, batch: int) -> int:
 
 
 def _training_sections(p) -> dict[str, TrainConfig]:
-    return {name: getattr(p, name) for name in type(p).model_fields if isinstance(getattr(p, name), TrainConfig)}
+    return {name: getattr(p, name) for name in type(p).model_fields
+            if isinstance(getattr(p, name), TrainConfig)}
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -57,8 +60,11 @@ def test_cpu_presets_train_the_documented_steps(name, section, steps, quoted):
 def test_a_time_limit_stays_a_user_option():
     base = load_preset("digits").distill
     timed = load_preset("digits", training_overrides("distill", None, 2.5, None)).distill  # --minutes 2.5
-    assert timed.minutes == 2.5 and timed.kimg >= 1e9  # the user asked for a length in minutes: the clock decides
-    capped = load_preset("digits", ["distill.minutes=2.5"]).distill  # --set: a time limit on top of the length
+    # the user asked for a length in minutes: the clock decides
+    assert timed.minutes == 2.5 and timed.kimg >= 1e9
+    # --set: a time limit on top of the length
+    capped = load_preset("digits", ["distill.minutes=2.5"]).distill
     assert capped.minutes == 2.5 and capped.kimg == base.kimg
     longer = load_preset("digits", training_overrides("distill", 1979.1, None, None)).distill  # --kimg 1979.1
-    assert longer.kimg == 1979.1 and _loop_steps(longer.kimg, longer.batch) == 15462  # the 60-minute run's steps
+    # the 60-minute run's steps
+    assert longer.kimg == 1979.1 and _loop_steps(longer.kimg, longer.batch) == 15462

@@ -1,4 +1,5 @@
-"""The README's main job (`presets/toy.toml`) is set in images, so its result does not depend on the machine."""
+"""The README's main job (`presets/toy.toml`) is set in images, so its result does not depend on the
+machine."""
 
 from ctmtool.config import load_preset
 
@@ -17,7 +18,8 @@ def test_toy_training_length_is_in_images_not_minutes():
         assert section.minutes is None  # a time limit would make the result depend on the machine's load
     # the steps quoted in docs/results.md: the loop adds batch / 1000 per step until it reaches kimg
     assert _loop_steps(p.teacher.kimg, p.teacher.batch) == 5000
-    assert _loop_steps(p.distill.kimg, p.distill.batch) == 14001  # float sums: 14,000 steps fall just short of 3,584
+    # float sums: 14,000 steps fall just short of 3,584
+    assert _loop_steps(p.distill.kimg, p.distill.batch) == 14001
 
 
 def test_toy_time_limit_stays_a_user_option():

@@ -21,7 +21,8 @@ from pathlib import Path
 
 # lowest first; a module may import its own layer and the layers below it, never one above
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("errors", "progress", "config", "checkpoint", "integrity", "limits", "device", "kernels")),
+    ("foundation",
+     ("errors", "progress", "config", "checkpoint", "integrity", "limits", "device", "kernels")),
     ("maths", ("core", "nets", "losses", "data", "gctm", "metrics")),
     ("jobs", ("jobs", "train", "importers")),
     ("interface", ("cli", "serve", "__main__")),

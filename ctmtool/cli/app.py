@@ -44,7 +44,8 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr (no progress).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q",
+                                        help="Only warnings and errors on stderr (no progress).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also debug messages on stderr.")] = False,
 ) -> None:
     """Consistency Trajectory Models (Kim et al., ICLR 2024) and Generalized CTMs from one command line.
@@ -55,7 +56,8 @@ def _root(
     configure_logging(-1 if quiet else 1 if verbose else 0)
 
 
-for module in (presets, teacher, import_, distill, sample, likelihood, fid, metrics, translate, export, serve):
+for module in (presets, teacher, import_, distill, sample, likelihood, fid, metrics, translate, export,
+               serve):
     module.register(app)
 
 

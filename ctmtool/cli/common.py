@@ -40,13 +40,15 @@ from ctmtool.errors import Stopped, UserError, as_flags
 
 # Options shared by several subcommands (typer reads these Annotated aliases): the same idea has the same
 # name and short form in every command (tests/cli/test_grammar.py checks it).
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout (on stderr "
+JsonOpt = Annotated[bool,
+                    typer.Option("--json", help="Print a machine-readable JSON result on stdout (on stderr "
                                                       "when stdout carries data: --out -).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda|cuda:N",
                                         help="cpu, cuda, cuda:N or auto (CUDA when available).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
-                                                  help="Override a preset field, e.g. --set teacher.batch=64 (repeatable).")]
+                                                  help="Override a preset field, e.g. --set teacher.batch=64 "
+                                                       "(repeatable).")]
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", metavar="NAME|FILE.toml",
                                         help="Preset name (see `ctmtool presets`) or a .toml path.")]
 CKPT_HELP = "Checkpoint file, or a run directory (its newest checkpoint)."
@@ -55,16 +57,20 @@ CkptOpt = Annotated[Path | None, typer.Option(
 RequiredCkptOpt = Annotated[Path, typer.Option("--ckpt", metavar="FILE|RUN_DIR", help=CKPT_HELP)]
 RunDirOpt = Annotated[Path | None, typer.Option(
     "--run-dir", metavar="DIR", help="Run directory whose newest checkpoint is used without --ckpt (default: "
-                                     "runs/toy/ctm, where `ctmtool distill` writes with its default preset).")]
+                                     "runs/toy/ctm, where `ctmtool distill` writes with its default "
+                                     "preset).")]
 EmaOpt = Annotated[str, typer.Option("--ema", metavar="ema|net|target|ema_RATE",
-                                     help="Which weights of the checkpoint: ema, net, target, or ema_<rate>.")]
+                                     help="Which weights of the checkpoint: ema, net, target, or "
+                                          "ema_<rate>.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the first item; item i uses seed + i.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch", "-b", metavar="N",
                                               help="Items per forward pass (does not change the results).")]
 NoLimitsOpt = Annotated[bool, typer.Option(
-    "--no-limits", help="Lift the per-request limits (NFE, steps, kimg, ...; ctmtool/limits.py) for this command.")]
+    "--no-limits",
+    help="Lift the per-request limits (NFE, steps, kimg, ...; ctmtool/limits.py) for this command.")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", metavar="FILE.npz|FILE.png|DIR|-",
-                                     help="An .npz, a .png, a folder (one PNG per item) or - (.npz bytes on stdout).")]
+                                     help="An .npz, a .png, a folder (one PNG per item) or - (.npz bytes on "
+                                          "stdout).")]
 CkptOrData = ("Images (folder, .zip, .npz, image file), - for .npz/.npy bytes on stdin, or a checkpoint "
               "(.safetensors, or a run directory: its newest checkpoint)")
 
@@ -96,7 +102,8 @@ def configure_logging(verbosity: int = 0) -> logging.Logger:
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 
-        log.addHandler(RichHandler(console=Console(stderr=True, highlight=False), show_path=False, markup=False))
+        log.addHandler(RichHandler(console=Console(stderr=True, highlight=False), show_path=False,
+                                   markup=False))
     else:
         log.addHandler(_PlainHandler())
     log.propagate = False
@@ -104,7 +111,8 @@ def configure_logging(verbosity: int = 0) -> logging.Logger:
 
 
 def logger() -> logging.Logger:
-    """The `ctmtool` logger, configured with the defaults when the root command has not done it (library use)."""
+    """The `ctmtool` logger, configured with the defaults when the root command has not done it (library
+    use)."""
     log = logging.getLogger(LOGGER)
     return log if log.handlers else configure_logging(0)
 
@@ -156,14 +164,16 @@ class Reporter:
                 state["ended"] = done >= total
                 pct = 100.0 * done / total if total else 100.0
                 el = time.time() - state["t0"]
-                self.log(f"{description}: {done:g}/{total:g}{(' ' + unit) if unit else ''} ({pct:.0f}%, {el:.0f}s) {status}".rstrip())
+                self.log(f"{description}: {done:g}/{total:g}{(' ' + unit) if unit else ''} ({pct:.0f}%, "
+                         f"{el:.0f}s) {status}".rstrip())
                 state["next"] = state["done"] + max(total / 10, 1e-9)
 
         yield advance
 
     def result(self, data: dict[str, Any], title: str = "result") -> None:
         """The command's result: JSON with --json, else a table (tab-separated lines when not on a terminal);
-        on stdout, or on stderr when stdout carries data (`--out -`), so that stdout holds nothing but data."""
+        on stdout, or on stderr when stdout carries data (`--out -`), so that stdout holds nothing but
+        data."""
         if self.rank != 0:
             return
         stream = sys.stderr if self.data_on_stdout else sys.stdout
@@ -248,25 +258,28 @@ def handle_errors(fn: Callable) -> Callable:
         except OSError as err:
             logger().debug("the error in full (-v):", exc_info=True)
             where = f" ({err.filename})" if err.filename else ""
-            raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk space", 1) from None
+            raise _fail(f"{err.strerror or err}{where}; check the path, its permissions and the free disk "
+                        "space", 1) from None
         except RuntimeError as err:
             if "can't allocate memory" not in str(err) and "not enough memory" not in str(err):
                 raise  # torch's CPU allocator reports running out as a RuntimeError
             raise _fail("out of memory (the CPU allocator refused); lower --batch or --n", 1) from None
         except Exception as err:
-            stopped = _stopped_within(err)  # a signal during an import surfaces as "ImportError: initialization failed"
+            # a signal during an import surfaces as "ImportError: initialization failed"
+            stopped = _stopped_within(err)
             if stopped is None:
                 raise
-            raise _fail(f"interrupted by {signal.Signals(stopped.signum).name}", 128 + stopped.signum) from None
+            raise _fail(f"interrupted by {signal.Signals(stopped.signum).name}",
+                        128 + stopped.signum) from None
 
     return wrapper
 
 
 @contextmanager
 def stop_on_signals():
-    """While a command runs, SIGINT and SIGTERM raise `Stopped` (exit 130 / 143 and one line), in every command:
-    servers, solvers and samplers alike. Training replaces these handlers with its own (save, then stop) and
-    puts them back. Only the main thread can own signal handlers; elsewhere this does nothing."""
+    """While a command runs, SIGINT and SIGTERM raise `Stopped` (exit 130 / 143 and one line), in every
+    command: servers, solvers and samplers alike. Training replaces these handlers with its own (save, then
+    stop) and puts them back. Only the main thread can own signal handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -321,7 +334,8 @@ def torch_oom() -> type[BaseException]:
 
 
 def check_output(path: str | Path, force: bool) -> Path:
-    """Refuse to overwrite an existing output unless --force, and an output in a place that cannot be written."""
+    """Refuse to overwrite an existing output unless --force, and an output in a place that cannot be
+    written."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"output {p} is a folder; give a file name")
@@ -363,7 +377,8 @@ def _plain_usage(pieces: list[str]) -> list[str]:
     return out
 
 
-TYPE_METAVARS = {"int": "INT", "float": "FLOAT", "str": "TEXT", "Path": "PATH", "path": "PATH", "bool": "BOOL"}
+TYPE_METAVARS = {"int": "INT", "float": "FLOAT", "str": "TEXT", "Path": "PATH", "path": "PATH",
+                 "bool": "BOOL"}
 
 
 def _plain_type(label: str | None) -> str | None:
@@ -377,7 +392,8 @@ def _plain_type(label: str | None) -> str | None:
 
 
 def plain_metavars(params: list) -> None:
-    """Readable metavars: `--steps INT`, `--method ode|elbo`, `INPUT` (not `<int>`, `<str>`, `<list[str]>`)."""
+    """Readable metavars: `--steps INT`, `--method ode|elbo`, `INPUT` (not `<int>`, `<str>`,
+    `<list[str]>`)."""
     for p in params:
         if p.param_type_name == "argument":
             p.display_type_rich = lambda ctx: None  # the argument's metavar names it
@@ -397,8 +413,9 @@ class Command(TyperCommand):
 
 
 class DefaultCommand(Command):
-    """A command of a `DefaultGroup`; the default one (run when the group's first argument is not a sub-command)
-    has the group's name in its usage and errors (`ctmtool fid SAMPLES`), and its help lists the sub-commands."""
+    """A command of a `DefaultGroup`; the default one (run when the group's first argument is not a
+    sub-command) has the group's name in its usage and errors (`ctmtool fid SAMPLES`), and its help lists the
+    sub-commands."""
 
     @staticmethod
     def _default_of(ctx: click.Context):
@@ -438,7 +455,8 @@ class DefaultGroup(TyperGroup):
     default_name = "run"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        completing = ctx.resilient_parsing and not args  # shell completion of the next word: offer sub-commands
+        # shell completion of the next word: offer sub-commands
+        completing = ctx.resilient_parsing and not args
         if not completing and (not args or args[0] not in self.commands):
             args = [self.default_name, *args]
         return super().parse_args(ctx, args)
@@ -462,7 +480,8 @@ class Group(TyperGroup):
             sys.exit(err.exit_code)
         except click.ClickException as err:
             ctx = getattr(err, "ctx", None)
-            if ctx is not None and isinstance(ctx.command, DefaultCommand) and DefaultCommand._default_of(ctx):
+            if ctx is not None and isinstance(ctx.command, DefaultCommand) \
+                    and DefaultCommand._default_of(ctx):
                 ctx = ctx.parent  # `ctmtool fid`, not `ctmtool fid run`
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             print(f"error: {' '.join(err.format_message().split())}{hint}", file=sys.stderr, flush=True)

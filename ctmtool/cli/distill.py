@@ -25,14 +25,19 @@ from ctmtool.cli.teacher import AutoResumeOpt, DownloadOpt, check_run_limits, pr
 @handle_errors
 def distill_cmd(
     preset: PresetOpt = "toy",
-    teacher: Annotated[str | None, typer.Option("--teacher", metavar="FILE|RUN_DIR", help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
+    teacher: Annotated[str | None,
+                       typer.Option("--teacher", metavar="FILE|RUN_DIR",
+                                    help="Teacher checkpoint (ctmtool teacher, or an imported EDM one). "
                                        "toy uses the exact mixture denoiser by default.")] = None,
-    data: Annotated[str | None, typer.Option("--data", metavar="PATH", help="Data path; overrides data.path.")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", metavar="DIR", help="Where checkpoints and samples go (default: runs/<preset>/ctm).")] = None,
+    data: Annotated[str | None,
+                    typer.Option("--data", metavar="PATH", help="Data path; overrides data.path.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", metavar="DIR", help="Where checkpoints and "
+                                "samples go (default: runs/<preset>/ctm).")] = None,
     kimg: Annotated[float | None, typer.Option("--kimg", help="Train for this many thousand images.")] = None,
     minutes: Annotated[float | None, typer.Option("--minutes", help="Train for this many minutes.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --run-dir "
-                                "(also how the GAN phase starts from a CTM+DSM run: --resume --set gan.enabled=true).")] = False,
+                                "(also how the GAN phase starts from a CTM+DSM run: --resume --set "
+                                "gan.enabled=true).")] = False,
     auto_resume: AutoResumeOpt = False,
     download: DownloadOpt = False,
     overrides: SetOpt = None,
@@ -41,7 +46,8 @@ def distill_cmd(
     no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Distill a CTM G(x_t, t, s) (Kim et al. 2024): CTM + DSM losses, optional GAN phase; checkpoints in --run-dir."""
+    """Distill a CTM G(x_t, t, s) (Kim et al. 2024): CTM + DSM losses, optional GAN phase; checkpoints in
+    --run-dir."""
     from ctmtool.config import load_preset
     from ctmtool.jobs.run_dirs import default_run_dir
     from ctmtool.train.run import train
@@ -51,8 +57,8 @@ def distill_cmd(
     check_run_limits(p, "distill", no_limits, rep)
     run_dir = run_dir or default_run_dir(p.name, "gctm" if p.gctm is not None else "ctm")
     resume = prepare(p, run_dir, data, download, resume, auto_resume, rep)
-    res = train(p, "distill", run_dir, select_device(device), rep, teacher=teacher, data_path=data, resume=resume,
-                force=force)
+    res = train(p, "distill", run_dir, select_device(device), rep, teacher=teacher, data_path=data,
+                resume=resume, force=force)
     rep.result({"checkpoint": str(res.checkpoint), "kimg": round(res.kimg, 3), "steps": res.steps,
                 "seconds": round(res.seconds, 1), "images_per_second": round(res.images_per_second, 1),
                 "stopped_by": res.stopped_by, **res.last}, title="distill")
@@ -60,4 +66,5 @@ def distill_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("distill", cls=Command,
-                short_help="Distill a CTM from a teacher (or train a GCTM for presets with [gctm]).")(distill_cmd)
+                short_help="Distill a CTM from a teacher (or train a GCTM for presets with "
+                           "[gctm]).")(distill_cmd)

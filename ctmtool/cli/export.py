@@ -1,4 +1,5 @@
-"""`ctmtool export`: ONNX files (and torch.export programs) of a checkpoint's graphs, verified in ONNX Runtime."""
+"""`ctmtool export`: ONNX files (and torch.export programs) of a checkpoint's graphs, verified in ONNX
+Runtime."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from ctmtool.errors import UserError
 def export_cmd(
     ckpt: RequiredCkptOpt = ...,
     out: Path = typer.Option(..., "--out", "-o", metavar="FILE.onnx",
-                             help="Main ONNX file, e.g. model.onnx; other graphs go beside it as model.<graph>.onnx."),
+                             help="Main ONNX file, e.g. model.onnx; other graphs go beside it as "
+                                  "model.<graph>.onnx."),
     ema: EmaOpt = "ema",
-    tol: float = typer.Option(1e-4, "--tol", help="Allowed max |onnxruntime - torch| relative to max(1, max |torch|)."),
-    program: bool = typer.Option(True, "--program/--no-program", help="Also save torch.export programs (.pt2)."),
+    tol: float = typer.Option(1e-4, "--tol",
+                              help="Allowed max |onnxruntime - torch| relative to max(1, max |torch|)."),
+    program: bool = typer.Option(True, "--program/--no-program",
+                                 help="Also save torch.export programs (.pt2)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -55,4 +59,5 @@ def export_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("export", cls=Command,
-                short_help="Export a model to ONNX (one-step generator and jump G(x, t, s)), verified in ONNX Runtime.")(export_cmd)
+                short_help="Export a model to ONNX (one-step generator and jump G(x, t, s)), verified in "
+                           "ONNX Runtime.")(export_cmd)

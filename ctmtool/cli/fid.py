@@ -42,34 +42,42 @@ app = typer.Typer(cls=DefaultGroup, rich_markup_mode=None, no_args_is_help=False
                   short_help="FID/KID of images or a checkpoint's samples; `fid stats` for references.")
 
 ModelOpt = Annotated[Path | None, typer.Option("--ckpt", metavar="FILE|RUN_DIR",
-                                               help=CKPT_HELP + " Sampled in memory; instead of the argument.")]
+                                               help=CKPT_HELP
+                                               + " Sampled in memory; instead of the argument.")]
 FeaturesOpt = Annotated[str | None, typer.Option(
     "--features", "-f", metavar="inception|inception-legacy|FILE.pt",
-    help="Feature network: `inception` (clean-fid), `inception-legacy` (clean-fid's legacy_tensorflow mode, as "
-         "published FIDs; with EDM/ADM .npz references) or a TorchScript file (e.g. fd_a.pt), fed unresized. "
-         "Default: inception, or the checkpoint preset's fid.features.")]
+    help="Feature network: `inception` (clean-fid), `inception-legacy` (clean-fid's legacy_tensorflow mode, "
+         "as published FIDs; with EDM/ADM .npz references) or a TorchScript file (e.g. fd_a.pt), fed "
+         "unresized. Default: inception, or the checkpoint preset's fid.features.")]
 FidNumOpt = Annotated[int | None, typer.Option(
     "--num-samples", "-n", "--n", metavar="N",
     help="Number of images: samples generated from a checkpoint (default: preset fid.n), or a seeded random "
          "subset of the images (default: all).")]
 SolverOpt = Annotated[Literal["gamma", "heun", "euler"] | None, typer.Option("--solver",
                                                help=f"gamma (CTM), heun or euler (teachers). {PRESET}.")]
-NfeOpt = Annotated[int | None, typer.Option("--nfe", help=f"CTM network evaluations per sample (gamma-sampling). {PRESET}.")]
-GammaOpt = Annotated[float | None, typer.Option("--gamma", help=f"CTM gamma: 0 deterministic, 1 CM-like. {PRESET}.")]
-StepsOpt = Annotated[int | None, typer.Option("--steps", help=f"Grid points for heun/euler sampling. {PRESET}.")]
-ClassOpt = Annotated[int | None, typer.Option("--class", help="Class label for conditional models (default: random).")]
+NfeOpt = Annotated[int | None, typer.Option("--nfe", help="CTM network evaluations per sample "
+                            f"(gamma-sampling). {PRESET}.")]
+GammaOpt = Annotated[float | None,
+                     typer.Option("--gamma", help=f"CTM gamma: 0 deterministic, 1 CM-like. {PRESET}.")]
+StepsOpt = Annotated[int | None,
+                     typer.Option("--steps", help=f"Grid points for heun/euler sampling. {PRESET}.")]
+ClassOpt = Annotated[int | None,
+                     typer.Option("--class", help="Class label for conditional models (default: random).")]
 CacheOpt = Annotated[str | None, typer.Option(
     "--cache-dir", metavar="DIR", help="Cache for Inception weights and named statistics "
                                        "(default $CTMTOOL_CACHE or ~/.cache/ctmtool).")]
 
 
-FidBatchOpt = Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Images per generation and feature "
-                        "batch (default: 256; generating on the CPU, a cache-sized batch and a traced solve, printed).")]
+FidBatchOpt = Annotated[int | None,
+                        typer.Option("--batch", "-b", metavar="N", help="Images per generation and feature "
+                        "batch (default: 256; generating on the CPU, a cache-sized batch and a traced solve, "
+                        "printed).")]
 
 def _target(given: str | None, ckpt, what: str) -> str:
     """SAMPLES / DATA, or --ckpt (a checkpoint file or a run directory): exactly one of them."""
     if (given is None) == (ckpt is None):
-        raise UserError(f"give {what} (images, - for stdin, or a checkpoint) or --ckpt FILE|RUN_DIR, one of them")
+        raise UserError(f"give {what} (images, - for stdin, or a checkpoint) or --ckpt FILE|RUN_DIR, one of "
+                        "them")
     return str(ckpt) if ckpt is not None else given
 
 
@@ -97,7 +105,8 @@ def _is_run_dir(target: str) -> bool:
     return p.is_dir() and any(p.glob(f"*{CHECKPOINT_SUFFIX}"))
 
 
-def _setup(target, ema, device, features, cache, rep, batch, solver, nfe, gamma, steps, class_label, is_model=False):
+def _setup(target, ema, device, features, cache, rep, batch, solver, nfe, gamma, steps, class_label,
+           is_model=False):
     from ctmtool.jobs.fid_run import default_features, fid_plan
     from ctmtool.metrics.features import make_extractor
 
@@ -105,7 +114,8 @@ def _setup(target, ema, device, features, cache, rep, batch, solver, nfe, gamma,
     model = _model(target, ema, dev, rep, is_model)
     plan = fid_plan(model, batch, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label)
     extractor = make_extractor(default_features(features, model), dev, cache, progress=rep.progress)
-    rep.log(f"feature network {extractor.name} (sha256 {extractor.short_sha}, mode {extractor.mode}) on {dev}")
+    rep.log(f"feature network {extractor.name} (sha256 {extractor.short_sha}, mode {extractor.mode}) on "
+            f"{dev}")
     return dev, model, plan, extractor
 
 
@@ -116,14 +126,17 @@ def fid_cmd(
                                                   help=CkptOrData + " (sampled in memory).")] = None,
     ckpt: ModelOpt = None,
     ref: Annotated[str | None, typer.Option("--ref", "-r", metavar="NAME|STATS.npz|IMAGES",
-                                   help="Reference: a name (e.g. cifar10-train: statistics in the cache, made with "
-                                        "`fid stats --name`), a statistics .npz, or a folder/zip/npz of real images. "
-                                        "Default for a checkpoint: its preset's fid.ref.")] = None,
+                                   help="Reference: a name (e.g. cifar10-train: statistics in the cache, "
+                                        "made with `fid stats --name`), a statistics .npz, or a "
+                                        "folder/zip/npz of real images. Default for a checkpoint: its "
+                                        "preset's fid.ref.")] = None,
     features: FeaturesOpt = None,
     n: FidNumOpt = None,
-    kid_flag: Annotated[bool, typer.Option("--kid", help="Also compute KID (needs raw reference features).")] = False,
+    kid_flag: Annotated[bool, typer.Option("--kid",
+                                           help="Also compute KID (needs raw reference features).")] = False,
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID: number of random subsets.")] = 100,
-    kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", help="KID: images per subset (at most n).")] = 1000,
+    kid_subset_size: Annotated[int, typer.Option("--kid-subset-size",
+                                                 help="KID: images per subset (at most n).")] = 1000,
     batch: FidBatchOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -136,9 +149,12 @@ def fid_cmd(
     cache: CacheOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Frechet distance (FID) of SAMPLES to a reference; `ctmtool fid stats DATA -o FILE` saves reference statistics.
+    """Frechet distance (FID) of SAMPLES to a reference; `ctmtool fid stats DATA -o FILE` saves reference
+    statistics.
 
-    Samples from a checkpoint are generated in memory batch by batch (image i from seed + i) and go to the feature network as uint8, never written to disk. With Inception, images are resized as clean-fid's "clean" mode does; other feature networks see the images at their own size.
+    Samples from a checkpoint are generated in memory batch by batch (image i from seed + i) and go to the
+    feature network as uint8, never written to disk. With Inception, images are resized as clean-fid's "clean"
+    mode does; other feature networks see the images at their own size.
     """
     rep = Reporter(json_out)
     at_least(2, n=n, kid_subset_size=kid_subset_size)
@@ -146,26 +162,29 @@ def fid_cmd(
     samples = _target(samples, ckpt, "SAMPLES")
     _exists(samples)
     with input_path(samples) as staged:
-        dev, model, plan, extractor = _setup(str(staged), ema, device, features, cache, rep, batch, solver, nfe,
-                                             gamma, steps, class_label, is_model=ckpt is not None)
+        dev, model, plan, extractor = _setup(str(staged), ema, device, features, cache, rep, batch, solver,
+                                             nfe, gamma, steps, class_label, is_model=ckpt is not None)
         _fid(str(staged), samples, model, extractor, rep, ref=ref, n=n, seed=seed, batch=batch, device=dev,
              cache=cache, kid_flag=kid_flag, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
              plan=plan)
 
 
-@app.command("stats", cls=DefaultCommand, short_help="Save reference statistics of real images (or a checkpoint).")
+@app.command("stats", cls=DefaultCommand,
+             short_help="Save reference statistics of real images (or a checkpoint).")
 @handle_errors
 def stats_cmd(
     data: Annotated[str | None, typer.Argument(metavar="DATA", show_default=False,
                                                help=CkptOrData + " (sampled in memory).")] = None,
     ckpt: ModelOpt = None,
-    out: Annotated[str | None, typer.Option("--out", "-o", metavar="FILE.npz", help="The statistics file to write.")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", metavar="FILE.npz",
+                                            help="The statistics file to write.")] = None,
     name: Annotated[str | None, typer.Option("--name", metavar="NAME",
                                     help="Save as the named reference NAME in the cache "
                                          "(<cache>/stats/NAME_<features>.npz).")] = None,
     no_features: Annotated[bool, typer.Option("--no-features",
-                                     help="Store only mean and covariance (no raw features; KID then impossible). "
-                                          "Raw features are stored by default up to 50,000 images.")] = False,
+                                     help="Store only mean and covariance (no raw features; KID then "
+                                          "impossible). Raw features are stored by default up to 50,000 "
+                                          "images.")] = False,
     features: FeaturesOpt = None,
     n: FidNumOpt = None,
     batch: FidBatchOpt = None,
@@ -181,9 +200,9 @@ def stats_cmd(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compute reference statistics (feature mean, covariance and, up to 50,000 images, the raw features) of DATA:
-    real images (folder, .zip, .npz, image file, - for stdin) or a checkpoint (sampled in memory); write them to
-    -o FILE.npz or, with --name NAME, to the cache as the named reference NAME."""
+    """Compute reference statistics (feature mean, covariance and, up to 50,000 images, the raw features) of
+    DATA: real images (folder, .zip, .npz, image file, - for stdin) or a checkpoint (sampled in memory); write
+    them to -o FILE.npz or, with --name NAME, to the cache as the named reference NAME."""
     rep = Reporter(json_out)
     at_least(2, n=n)
     at_least(1, batch=batch)
@@ -198,20 +217,20 @@ def stats_cmd(
         check_output(out, force)
     _exists(data)
     with input_path(data) as staged:
-        dev, model, plan, extractor = _setup(str(staged), ema, device, features, cache, rep, batch, solver, nfe,
-                                             gamma, steps, class_label, is_model=ckpt is not None)
-        _stats(str(staged), model, extractor, rep, n=n, seed=seed, batch=batch, device=dev, out=out, name=name,
-               cache=cache, force=force, keep=not no_features, plan=plan)
+        dev, model, plan, extractor = _setup(str(staged), ema, device, features, cache, rep, batch, solver,
+                                             nfe, gamma, steps, class_label, is_model=ckpt is not None)
+        _stats(str(staged), model, extractor, rep, n=n, seed=seed, batch=batch, device=dev, out=out,
+               name=name, cache=cache, force=force, keep=not no_features, plan=plan)
 
 
-def _fid(samples: str, shown: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, device, cache, kid_flag,
-         kid_subsets, kid_subset_size, plan) -> None:
+def _fid(samples: str, shown: str, model, extractor, rep: Reporter, *, ref, n, seed, batch, device, cache,
+         kid_flag, kid_subsets, kid_subset_size, plan) -> None:
     from ctmtool.jobs.fid_run import describe, reference, samples_stats
     from ctmtool.metrics.fid import fid_from_stats
 
     t0 = time.perf_counter()
-    ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache, batch=batch or FEATURE_BATCH,
-                               kid=kid_flag, rep=rep)
+    ref, ref_stats = reference(ref, model, extractor, device=device, cache=cache,
+                               batch=batch or FEATURE_BATCH, kid=kid_flag, rep=rep)
     t1 = time.perf_counter()
     stats = samples_stats(samples, model, extractor, n=n, seed=seed, batch=batch, device=device,
                           keep_features=kid_flag, plan=plan, rep=rep)
@@ -225,8 +244,8 @@ def _fid(samples: str, shown: str, model, extractor, rep: Reporter, *, ref, n, s
     rep.result(result, title="FID")
 
 
-def _stats(data: str, model, extractor, rep: Reporter, *, n, seed, batch, device, out, name, cache, force, keep,
-           plan) -> None:
+def _stats(data: str, model, extractor, rep: Reporter, *, n, seed, batch, device, out, name, cache, force,
+           keep, plan) -> None:
     from ctmtool.jobs.fid_run import describe, samples_stats
     from ctmtool.metrics.fid import KEEP_FEATURES_MAX, named_stats_path, save_stats
 
@@ -238,15 +257,15 @@ def _stats(data: str, model, extractor, rep: Reporter, *, n, seed, batch, device
                           keep_features=keep, plan=plan, rep=rep)
     seconds = time.perf_counter() - t0
     if stats.feats is not None and stats.n > KEEP_FEATURES_MAX:
-        rep.warn(f"{stats.n} images > {KEEP_FEATURES_MAX}: raw features not stored (KID against these statistics "
-                 "is not possible)")
+        rep.warn(f"{stats.n} images > {KEEP_FEATURES_MAX}: raw features not stored (KID against these "
+                 "statistics is not possible)")
         stats.feats = None
     save_stats(stats, path)
     rep.log(f"wrote {path}")
     rep.result({"stats": str(path), "n": stats.n, "features": stats.features,
                 "features_sha256": stats.features_sha256[:12], "mode": stats.mode,
-                "dim": int(stats.mu.shape[0]), "raw_features": stats.feats is not None, "source": stats.source,
-                "seed": seed, **describe(plan), "seconds": round(seconds, 3),
+                "dim": int(stats.mu.shape[0]), "raw_features": stats.feats is not None,
+                "source": stats.source, "seed": seed, **describe(plan), "seconds": round(seconds, 3),
                 "images_per_s": round(stats.n / max(seconds, 1e-9), 1)}, title="FID statistics")
 
 

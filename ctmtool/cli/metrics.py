@@ -1,4 +1,5 @@
-"""`ctmtool metrics`: FID, KID, Inception Score, precision/recall and sFID of images or a checkpoint's samples.
+"""`ctmtool metrics`: FID, KID, Inception Score, precision/recall and sFID of images or a checkpoint's
+samples.
 
     ctmtool metrics SAMPLES --ref REF [--features inception|FILE.pt] [--metrics fid,kid,is,pr,sfid] [-n N] ...
 """
@@ -24,7 +25,8 @@ from ctmtool.cli.common import (
 )
 from ctmtool.errors import UserError
 
-CHECKPOINT_SUFFIX = ".safetensors"  # ctmtool.jobs.fid_run's; not imported here so that --help imports no torch
+# ctmtool.jobs.fid_run's; not imported here so that --help imports no torch
+CHECKPOINT_SUFFIX = ".safetensors"
 
 
 def is_checkpoint(path: str) -> bool:
@@ -48,50 +50,68 @@ def _batches(target: str, model, *, n, seed, batch, device, plan, rep):
 
 def _exists(path: str, what: str) -> str:
     if not Path(path).expanduser().exists():
-        raise UserError(f"{what} {path} does not exist; give a folder, .zip or .npz of images, an image file or a "
-                        f"{CHECKPOINT_SUFFIX} checkpoint")
+        raise UserError(f"{what} {path} does not exist; give a folder, .zip or .npz of images, an image file "
+                        f"or a {CHECKPOINT_SUFFIX} checkpoint")
     return path
 
 
 @handle_errors
 def metrics_cmd(
-    samples: Annotated[str | None, typer.Argument(metavar="SAMPLES", show_default=False, help="Images (folder, .zip, "
-                                           ".npz, image file) or a checkpoint (.safetensors, sampled in memory).")] = None,
-    ckpt: Annotated[Path | None, typer.Option("--ckpt", metavar="FILE|RUN_DIR", help=CKPT_HELP + " Sampled in "
+    samples: Annotated[str | None,
+                       typer.Argument(metavar="SAMPLES", show_default=False, help="Images (folder, .zip, "
+                                           ".npz, image file) or a checkpoint (.safetensors, sampled in "
+                                           "memory).")] = None,
+    ckpt: Annotated[Path | None,
+                    typer.Option("--ckpt", metavar="FILE|RUN_DIR", help=CKPT_HELP + " Sampled in "
                                               "memory; instead of SAMPLES.")] = None,
-    ref: Annotated[str | None, typer.Option("--ref", "-r", help="Reference images (folder, .zip, .npz, image file) "
+    ref: Annotated[str | None,
+                   typer.Option("--ref", "-r", help="Reference images (folder, .zip, .npz, image file) "
                                             "or a checkpoint; not needed for `--metrics is` alone.")] = None,
-    metrics: Annotated[str | None, typer.Option("--metrics", "-m", help="Comma-separated among fid, kid, is, pr "
+    metrics: Annotated[str | None,
+                       typer.Option("--metrics", "-m", help="Comma-separated among fid, kid, is, pr "
                                                 "(precision and recall), sfid. Default: all that the feature "
                                                 "network supports.")] = None,
     features: Annotated[str | None, typer.Option("--features", "-f", help="`inception` (clean-fid resize), "
-                                                 "`inception-legacy` or a TorchScript file whose classify(x) gives "
-                                                 "logits (IS) and spatial(x) maps (sFID). Default: inception, or "
-                                                 "the checkpoint preset's fid.features.")] = None,
-    n: Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Samples generated from a checkpoint (default: preset "
-                                          "fid.n), or a seeded random subset of SAMPLES images (default: all).")] = None,
-    n_ref: Annotated[int | None, typer.Option("--n-ref", help="A seeded random subset of the reference images "
-                                              "(default: all; a checkpoint reference: its preset's fid.n).")] = None,
-    k: Annotated[int, typer.Option("--k", help="Precision/recall: neighbours for the manifold radii (ADM: 3).")] = 3,
+                                                 "`inception-legacy` or a TorchScript file whose classify(x) "
+                                                 "gives logits (IS) and spatial(x) maps (sFID). Default: "
+                                                 "inception, or the checkpoint preset's "
+                                                 "fid.features.")] = None,
+    n: Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N",
+                                          help="Samples generated from a checkpoint (default: preset "
+                                          "fid.n), or a seeded random subset of SAMPLES images (default: "
+                                          "all).")] = None,
+    n_ref: Annotated[int | None,
+                     typer.Option("--n-ref", help="A seeded random subset of the reference images "
+                                              "(default: all; a checkpoint reference: its preset's "
+                                              "fid.n).")] = None,
+    k: Annotated[int, typer.Option("--k",
+                                   help="Precision/recall: neighbours for the manifold radii (ADM: 3).")] = 3,
     is_split_size: Annotated[int, typer.Option("--is-split-size", help="Inception Score: images per split, "
                                                "averaged over splits (ADM: 5000).")] = 5000,
     kid_subsets: Annotated[int, typer.Option("--kid-subsets", help="KID: number of random subsets.")] = 100,
-    kid_subset_size: Annotated[int, typer.Option("--kid-subset-size", help="KID: images per subset (at most n).")] = 1000,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Images per generation and feature batch.")] = 256,
-    seed: Annotated[int, typer.Option("--seed", help="First per-image seed (checkpoints), subset and KID seed.")] = 0,
-    solver: Annotated[str | None, typer.Option("--solver", help=f"gamma (CTM), heun or euler. {PRESET}.")] = None,
-    nfe: Annotated[int | None, typer.Option("--nfe", help=f"CTM network evaluations per sample. {PRESET}.")] = None,
+    kid_subset_size: Annotated[int, typer.Option("--kid-subset-size",
+                                                 help="KID: images per subset (at most n).")] = 1000,
+    batch: Annotated[int,
+                     typer.Option("--batch", "-b", help="Images per generation and feature batch.")] = 256,
+    seed: Annotated[int, typer.Option("--seed",
+                                      help="First per-image seed (checkpoints), subset and KID seed.")] = 0,
+    solver: Annotated[str | None,
+                      typer.Option("--solver", help=f"gamma (CTM), heun or euler. {PRESET}.")] = None,
+    nfe: Annotated[int | None,
+                   typer.Option("--nfe", help=f"CTM network evaluations per sample. {PRESET}.")] = None,
     gamma: Annotated[float | None, typer.Option("--gamma", help=f"CTM gamma. {PRESET}.")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help=f"Grid points for heun/euler. {PRESET}.")] = None,
-    class_label: Annotated[int | None, typer.Option("--class", help="Class label for conditional models.")] = None,
+    steps: Annotated[int | None,
+                     typer.Option("--steps", help=f"Grid points for heun/euler. {PRESET}.")] = None,
+    class_label: Annotated[int | None,
+                           typer.Option("--class", help="Class label for conditional models.")] = None,
     ema: EmaOpt = "ema",
     device: DeviceOpt = "auto",
     cache: Annotated[str | None, typer.Option("--cache-dir", help="Cache for the Inception weights "
                                               "(default $CTMTOOL_CACHE or ~/.cache/ctmtool).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """FID, KID, Inception Score, precision/recall (k-NN manifolds) and sFID of SAMPLES against REF, with ADM's
-    evaluator's conventions, in Inception's feature space or any TorchScript feature network's.
+    """FID, KID, Inception Score, precision/recall (k-NN manifolds) and sFID of SAMPLES against REF, with
+    ADM's evaluator's conventions, in Inception's feature space or any TorchScript feature network's.
 
     Example: ctmtool metrics samples/ --ref real/ --features fd_a.pt --metrics fid,is,pr
     """
@@ -115,10 +135,10 @@ def metrics_cmd(
     extractor = make_extractor(default_features(features, model), dev, cache, progress=rep.progress)
     names = parse_metrics(metrics, extractor)
     if ref is None and set(names) - REF_FREE:
-        raise UserError(f"{', '.join(m for m in names if m not in REF_FREE)} need reference images: give --ref "
-                        "(or ask for `--metrics is` alone)")
-    rep.log(f"feature network {extractor.name} (sha256 {extractor.short_sha}, mode {extractor.mode}) on {dev}; "
-            f"metrics {','.join(names)}")
+        raise UserError(f"{', '.join(m for m in names if m not in REF_FREE)} need reference images: give "
+                        "--ref (or ask for `--metrics is` alone)")
+    rep.log(f"feature network {extractor.name} (sha256 {extractor.short_sha}, mode {extractor.mode}) on "
+            f"{dev}; metrics {','.join(names)}")
     t0 = time.perf_counter()
     ref_col = None
     if ref is not None and set(names) - REF_FREE:
@@ -136,8 +156,8 @@ def metrics_cmd(
     result = evaluate(col, ref_col, names, k=k, is_split_size=is_split_size, kid_subsets=kid_subsets,
                       kid_subset_size=kid_subset_size, seed=seed, device=dev)
     result.update({"metrics": list(names), "samples": samples, "ref": ref, "features": extractor.name,
-                   "features_sha256": extractor.short_sha, "mode": extractor.mode, **describe(plan), "seed": seed,
-                   "device": str(dev), "seconds": round(time.perf_counter() - t1, 3),
+                   "features_sha256": extractor.short_sha, "mode": extractor.mode, **describe(plan),
+                   "seed": seed, "device": str(dev), "seconds": round(time.perf_counter() - t1, 3),
                    "ref_seconds": round(t1 - t0, 3), "images_per_s": round(col.n / max(t2 - t1, 1e-9), 1)})
     rep.result(result, title="metrics")
 
@@ -153,5 +173,6 @@ def _open(target: str, ema: str, dev, rep: Reporter, is_model: bool = False):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("metrics", cls=Command, short_help="FID, KID, IS, precision/recall, sFID of images or a checkpoint's samples.")(
+    app.command("metrics", cls=Command,
+                short_help="FID, KID, IS, precision/recall, sFID of images or a checkpoint's samples.")(
         metrics_cmd)

@@ -12,7 +12,8 @@ from ctmtool.errors import UserError
 
 @handle_errors
 def presets_cmd(
-    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Show this preset fully resolved (name or .toml path).")] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Show this preset fully resolved (name "
+                                "or .toml path).")] = None,
     overrides: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -24,8 +25,8 @@ def presets_cmd(
     if name is None:
         rows = {n: load_preset(n).description for n in list_presets()}
         if not rows:
-            raise UserError(f"no presets found in {preset_dir()}; the install is incomplete: reinstall ctmtool "
-                            f"(or put .toml presets in a folder named by ${PRESETS_ENV})")
+            raise UserError(f"no presets found in {preset_dir()}; the install is incomplete: reinstall "
+                            f"ctmtool (or put .toml presets in a folder named by ${PRESETS_ENV})")
         if json_out:
             rep.result({"presets": rows, "dir": str(preset_dir())})
         else:
@@ -40,4 +41,5 @@ def presets_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("presets", cls=Command,
-                short_help="List the presets, or show one fully resolved (--set to try overrides).")(presets_cmd)
+                short_help="List the presets, or show one fully resolved (--set to try "
+                           "overrides).")(presets_cmd)

@@ -1,4 +1,5 @@
-"""`ctmtool sample`: gamma-sampling of a CTM, or Heun/Euler sampling of a teacher, to npz / png / folder / stdout."""
+"""`ctmtool sample`: gamma-sampling of a CTM, or Heun/Euler sampling of a teacher, to npz / png / folder /
+stdout."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from ctmtool.cli.common import (
 from ctmtool.config import shown_value
 from ctmtool.errors import UserError
 
-app = typer.Typer(cls=CommandGroup, rich_markup_mode=None, help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
+app = typer.Typer(cls=CommandGroup, rich_markup_mode=None,
+                  help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
                   short_help="Draw samples from a CTM (gamma-sampling) or a teacher (Heun/Euler).",
                   invoke_without_command=True, no_args_is_help=False)
 
@@ -46,24 +48,29 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
     except ValueError:
         values = None
     if values is None or not all(math.isfinite(v) for v in values):
-        raise UserError(f"{what} must be comma-separated finite numbers, e.g. 80,2.5,0.002; got {shown_value(text)}")
+        raise UserError(f"{what} must be comma-separated finite numbers, e.g. 80,2.5,0.002; got "
+                        f"{shown_value(text)}")
     return values
 
 
 def _plot_text(model, res) -> dict:
-    """Title and range of a scatter plot of samples: what, how many, how; the preset's range (plots compare)."""
+    """Title and range of a scatter plot of samples: what, how many, how; the preset's range (plots
+    compare)."""
     if model.is_image:
         return {}
     from ctmtool.jobs.plots import preset_view
 
     s = res.summary()
-    how = f"NFE {s['nfe']}, gamma {s['gamma']:g}" if s.get("solver") == "gamma" else f"{s.get('solver')}, NFE {s['nfe']}"
+    how = (f"NFE {s['nfe']}, gamma {s['gamma']:g}" if s.get("solver") == "gamma"
+           else f"{s.get('solver')}, NFE {s['nfe']}")
     name = Path(str(model.path)).name if model.path else "analytic teacher"
     return {"title": f"{len(res.x)} samples of {name} ({how})", "extent": preset_view(model.preset)[1]}
 
 
-FastOpt = Annotated[bool, typer.Option("--fast/--eager", help="On the CPU: a cache-sized batch (unless --batch) and the "
-                                        "solve traced once for many batches (within float32 rounding); the choice is printed.")]
+FastOpt = Annotated[bool, typer.Option("--fast/--eager",
+                                       help="On the CPU: a cache-sized batch (unless --batch) and the "
+                                        "solve traced once for many batches (within float32 rounding); the "
+                                        "choice is printed.")]
 
 
 def _sample(model, plan, dev, rep: Reporter, n, seed, fast: bool = True, batch_given: bool = True):
@@ -88,24 +95,43 @@ def sample_cmd(
     ctx: typer.Context,
     ckpt: CkptOpt = None,
     run_dir: RunDirOpt = None,
-    nfe: Annotated[int | None, typer.Option("--nfe", help="CTM network evaluations (gamma-sampling jumps)" + PRESET_DEFAULT + ".")] = None,
-    gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 CM-style multistep (Kim et al. 2024, Sec. 5).")] = None,
-    sigmas: Annotated[str | None, typer.Option("--sigmas", metavar="S0,S1,...", help="Explicit decreasing schedule inside the model's range, e.g. 80,2.515,0.002 (instead of --nfe/--steps).")] = None,
-    solver: Annotated[Literal["gamma", "heun", "euler"] | None, typer.Option("--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma for a CTM, heun otherwise).")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Grid points for heun/euler (18 -> 35 NFE with Heun).")] = None,
-    n: Annotated[int | None, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Number of samples (-n or --num-samples under torchrun, whose own parser takes --n)" + PRESET_DEFAULT + ".")] = None,
+    nfe: Annotated[int | None, typer.Option("--nfe", help="CTM network evaluations (gamma-sampling jumps)"
+                                            + PRESET_DEFAULT + ".")] = None,
+    gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 CM-style "
+                                "multistep (Kim et al. 2024, Sec. 5).")] = None,
+    sigmas: Annotated[str | None, typer.Option("--sigmas", metavar="S0,S1,...", help="Explicit decreasing "
+                                "schedule inside the model's range, e.g. 80,2.515,0.002 (instead of "
+                                "--nfe/--steps).")] = None,
+    solver: Annotated[Literal["gamma", "heun", "euler"] | None,
+                      typer.Option("--solver", help="gamma (CTM) | heun | euler (teacher) (default: gamma "
+                                                    "for a CTM, heun otherwise).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Grid points for heun/euler (18 -> 35 NFE with "
+                                "Heun).")] = None,
+    n: Annotated[int | None,
+                 typer.Option("--num-samples", "-n", "--n", metavar="N", help="Number of samples (-n or "
+                                             "--num-samples under torchrun, whose own parser takes --n)"
+                              + PRESET_DEFAULT + ".")] = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
-    class_label: Annotated[int | None, typer.Option("--class", help="Class index for a conditional model (default: random per image).")] = None,
-    noise: Annotated[Literal["edm", "philox"] | None, typer.Option("--noise", help="Per-image noise stream: edm (latents equal to EDM's generate.py) or philox (drawn on the device, fast on a GPU)" + PRESET_DEFAULT + ".")] = None,
+    class_label: Annotated[int | None, typer.Option("--class", help="Class index for a conditional model "
+                                "(default: random per image).")] = None,
+    noise: Annotated[Literal["edm", "philox"] | None, typer.Option("--noise", help="Per-image noise stream: "
+                                "edm (latents equal to EDM's generate.py) or philox (drawn on the device, "
+                                "fast on a GPU)" + PRESET_DEFAULT + ".")] = None,
     ema: EmaOpt = "ema",
-    analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of --preset.")] = False,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", metavar="NAME|FILE.toml", help="With --analytic: the Gaussian-mixture preset.")] = None,
-    reject_with: Annotated[str | None, typer.Option("--reject-with", metavar="FILE.pt", help="Classifier-rejection sampling: a TorchScript "
-                                                    "file with classify(x) logits on uint8 images; draws (1 + "
-                                                    "--rejection-ratio) x n samples and keeps the n best-scored.")] = None,
-    rejection_ratio: Annotated[float, typer.Option("--rejection-ratio", help="With --reject-with: extra fraction "
-                                                   "drawn and rejected (the official script: 0.1 .. 1).")] = 0.2,
+    analytic: Annotated[bool, typer.Option("--analytic", help="Sample the exact Gaussian-mixture teacher of "
+                                "--preset.")] = False,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", metavar="NAME|FILE.toml",
+                                               help="With --analytic: the Gaussian-mixture preset.")] = None,
+    reject_with: Annotated[str | None, typer.Option("--reject-with", metavar="FILE.pt",
+                                                    help="Classifier-rejection sampling: a TorchScript "
+                                                    "file with classify(x) logits on uint8 images; draws (1 "
+                                                    "+ --rejection-ratio) x n samples and keeps the n "
+                                                    "best-scored.")] = None,
+    rejection_ratio: Annotated[float,
+                               typer.Option("--rejection-ratio", help="With --reject-with: extra fraction "
+                                                   "drawn and rejected (the official script: 0.1 .. "
+                                                   "1).")] = 0.2,
     fast: FastOpt = True,
     out: OutOpt = "samples.npz",
     device: DeviceOpt = "auto",
@@ -113,7 +139,8 @@ def sample_cmd(
     no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Sample a CTM with gamma-sampling, or a teacher with Heun/Euler; the same seed gives the same images at any --batch.
+    """Sample a CTM with gamma-sampling, or a teacher with Heun/Euler; the same seed gives the same images at
+    any --batch.
 
     Without --ckpt the newest checkpoint in --run-dir (default runs/toy/ctm) is used, and named on stderr.
     """
@@ -135,8 +162,9 @@ def sample_cmd(
     if ddp.env_world_size() > 1:  # under torchrun: each rank draws its own index range, rank 0 writes
         dev = join_process_group(dev)
     model, source = open_model(ckpt, run_dir, ema, dev, analytic=analytic, preset=preset)
+    # before the output
     plan = plan_sampling(model, solver=solver, nfe=nfe, gamma=gamma, steps=steps, class_label=class_label,
-                         sigmas=parse_floats(sigmas, "--sigmas"), noise=noise, batch=batch)  # before the output
+                         sigmas=parse_floats(sigmas, "--sigmas"), noise=noise, batch=batch)
     check_out(out, model.is_image, force)
     rep.log(f"using {source}")
     classify = _classifier(reject_with, rejection_ratio, model, dev)
@@ -150,7 +178,8 @@ def sample_cmd(
     if classify is not None:
         res, rejection = _reject(res, classify, rejection_ratio, wanted, reject_with, rep)
     info = write_items(res.x, out, model.is_image, labels=res.labels, **_plot_text(model, res))
-    result = {**info, **res.summary(), **rejection, "checkpoint": str(model.path) if model.path else "analytic"}
+    result = {**info, **res.summary(), **rejection,
+              "checkpoint": str(model.path) if model.path else "analytic"}
     rep.result(result, title="samples")
 
 
@@ -165,7 +194,8 @@ def _classifier(path: str | None, ratio: float, model, dev):
     if not model.is_image:
         raise UserError("--reject-with scores images with a classifier; this model makes points")
     if path.lower().startswith("inception"):
-        raise UserError("--reject-with takes a TorchScript classifier file (classify(x) logits), not Inception")
+        raise UserError("--reject-with takes a TorchScript classifier file (classify(x) logits), not "
+                        "Inception")
     ex = make_extractor(path, dev)
     if not ex.has_head("logits"):
         raise UserError(f"--reject-with {path}: {ex.missing_head('logits')}")
@@ -180,11 +210,13 @@ def _reject(res, classify, ratio: float, wanted: int, path: str, rep: Reporter):
 
     scores, classes = classifier_scores(res.x, res.labels, classify)
     kept = keep_best(scores, classes, ratio, wanted)
-    rep.log(f"classifier rejection: kept {len(kept)} of {len(res.x)} samples (mean log p {float(scores.mean()):.4g} "
-            f"-> {float(scores[kept].mean()):.4g})")
-    res = dataclasses.replace(res, x=res.x[kept], labels=None if res.labels is None else res.labels[kept], n=len(kept))
+    rep.log(f"classifier rejection: kept {len(kept)} of {len(res.x)} samples (mean log p "
+            f"{float(scores.mean()):.4g} -> {float(scores[kept].mean()):.4g})")
+    res = dataclasses.replace(res, x=res.x[kept], labels=None if res.labels is None else res.labels[kept],
+                              n=len(kept))
     return res, {"rejected_with": path, "rejection_ratio": ratio, "drawn": len(scores),
-                 "mean_logp_drawn": round(float(scores.mean()), 6), "mean_logp_kept": round(float(scores[kept].mean()), 6)}
+                 "mean_logp_drawn": round(float(scores.mean()), 6),
+                 "mean_logp_kept": round(float(scores[kept].mean()), 6)}
 
 
 def register(root: typer.Typer) -> None:
@@ -196,21 +228,37 @@ def register(root: typer.Typer) -> None:
 def sweep_cmd(
     ckpt: CkptOpt = None,
     run_dir: RunDirOpt = None,
-    nfes: Annotated[str, typer.Option("--nfe", metavar="N,N,...", help="Comma-separated NFE values.")] = "1,2,3,4,6,8",
-    gammas: Annotated[str, typer.Option("--gamma", metavar="G,G,...", help="Comma-separated gamma values.")] = "0,0.5,1",
-    metric: Annotated[Literal["logp", "fd-pixels", "fd"] | None, typer.Option("--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd (default: logp for toy GMM data, else fd-pixels).")] = None,
-    features: Annotated[str | None, typer.Option("--features", metavar="inception|FILE.pt", help="With --metric fd: inception or a TorchScript feature network.")] = None,
-    ref: Annotated[str | None, typer.Option("--ref", metavar="IMAGES|STATS.npz", help="Reference images/stats for fd metrics (default: the preset's data).")] = None,
-    n: Annotated[int, typer.Option("--num-samples", "-n", "--n", metavar="N", help="Samples per setting.")] = 4096,
-    batch: Annotated[int | None, typer.Option("--batch", "-b", metavar="N", help="Samples per forward pass (default: "
+    nfes: Annotated[str, typer.Option("--nfe", metavar="N,N,...",
+                                      help="Comma-separated NFE values.")] = "1,2,3,4,6,8",
+    gammas: Annotated[str, typer.Option("--gamma", metavar="G,G,...",
+                                        help="Comma-separated gamma values.")] = "0,0.5,1",
+    metric: Annotated[Literal["logp", "fd-pixels", "fd"] | None,
+                      typer.Option("--metric", help="logp (Gaussian-mixture presets) | fd-pixels | fd "
+                                                    "(default: logp for toy GMM data, else "
+                                                    "fd-pixels).")] = None,
+    features: Annotated[str | None,
+                        typer.Option("--features", metavar="inception|FILE.pt",
+                                     help="With --metric fd: inception or a TorchScript feature "
+                                          "network.")] = None,
+    ref: Annotated[str | None,
+                   typer.Option("--ref", metavar="IMAGES|STATS.npz", help="Reference images/stats for fd "
+                                               "metrics (default: the preset's data).")] = None,
+    n: Annotated[int,
+                 typer.Option("--num-samples", "-n", "--n", metavar="N", help="Samples per setting.")] = 4096,
+    batch: Annotated[int | None,
+                     typer.Option("--batch", "-b", metavar="N", help="Samples per forward pass (default: "
                      "the preset's; on the CPU a cache-sized batch, see --fast).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="First per-image seed (the same seeds for every setting).")] = 0,
+    seed: Annotated[int, typer.Option("--seed",
+                                      help="First per-image seed (the same seeds for every setting).")] = 0,
     ema: EmaOpt = "ema",
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.json", help="Table as JSON; a plot is written beside it (.png).")] = Path("sweep.json"),
-    search_nfe2: Annotated[bool, typer.Option("--search-nfe2", help="Instead of the table: ternary search of NFE 2's "
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.json", help="Table as JSON; a plot is "
+                                "written beside it (.png).")] = Path("sweep.json"),
+    search_nfe2: Annotated[bool, typer.Option("--search-nfe2",
+                                              help="Instead of the table: ternary search of NFE 2's "
                                               "intermediate level over a --search-steps grid (the CTM code's "
                                               "ternary_search.py), with the first --gamma value.")] = False,
-    search_steps: Annotated[int, typer.Option("--search-steps", help="--search-nfe2: levels of the grid searched "
+    search_steps: Annotated[int,
+                            typer.Option("--search-steps", help="--search-nfe2: levels of the grid searched "
                                               "(the official script: 40).")] = 40,
     fast: FastOpt = True,
     device: DeviceOpt = "auto",
@@ -235,7 +283,8 @@ def sweep_cmd(
     check_output(out, force)
     plot = out.with_suffix(".png")
     if plot == out:
-        raise UserError(f"--out {out} is where the plot goes (the table's name with .png); give the table a .json name")
+        raise UserError(f"--out {out} is where the plot goes (the table's name with .png); give the table a "
+                        ".json name")
     check_output(plot, force)
     dev = select_device(device)
     model, source = open_model(ckpt, run_dir, ema, dev)
@@ -263,11 +312,13 @@ def sweep_cmd(
 
         if sys.stdout.isatty():
             for r in rows:
-                print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma {'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
+                print(f"{r['solver']:6s} nfe {r['nfe']:3d}  gamma "
+                      f"{'' if r['gamma'] is None else r['gamma']:<4}  {r['score']:.5g}")
         else:  # a plain tab-separated table for scripts
             print("solver\tnfe\tgamma\tscore")
             for r in rows:
-                print(f"{r['solver']}\t{r['nfe']}\t{'' if r['gamma'] is None else r['gamma']}\t{r['score']:.6g}")
+                print(f"{r['solver']}\t{r['nfe']}\t{'' if r['gamma'] is None else r['gamma']}\t"
+                      f"{r['score']:.6g}")
         rep.log(f"wrote {out} and {plot}")
 
 

@@ -1,4 +1,5 @@
-"""`ctmtool serve`: a local web page for real-time generation, the latent walk, SDEdit editing and translation."""
+"""`ctmtool serve`: a local web page for real-time generation, the latent walk, SDEdit editing and
+translation."""
 
 from __future__ import annotations
 
@@ -15,21 +16,32 @@ from ctmtool.errors import UserError
 def serve_cmd(
     ckpt: RequiredCkptOpt = ...,
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to bind; the default serves this machine only (0.0.0.0: every interface)."),
-    backend: Literal["auto", "onnxruntime", "torch"] = typer.Option("auto", "--backend", help="auto (ONNX Runtime when it exports and verifies, else PyTorch), onnxruntime or torch."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads for the network (PyTorch and ONNX Runtime)."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to bind; the default "
+                                "serves this machine only (0.0.0.0: every interface)."),
+    backend: Literal["auto", "onnxruntime", "torch"] = typer.Option("auto", "--backend",
+                                                                    help="auto (ONNX Runtime when it exports "
+                                                                         "and verifies, else PyTorch), "
+                                                                         "onnxruntime or torch."),
+    threads: int = typer.Option(1, "--threads",
+                                help="CPU threads for the network (PyTorch and ONNX Runtime)."),
     ema: EmaOpt = "ema",
-    max_clients: int = typer.Option(8, "--max-clients", help="Pages connected at once; more are told the server is busy."),
+    max_clients: int = typer.Option(8, "--max-clients",
+                                    help="Pages connected at once; more are told the server is busy."),
     max_upload_mb: float = typer.Option(2.0, "--max-upload-mb", help="Largest image upload accepted, in MB."),
-    expose: bool = typer.Option(False, "--expose", help="Allow a --host other than this machine's loopback address: "
+    expose: bool = typer.Option(False, "--expose",
+                                help="Allow a --host other than this machine's loopback address: "
                                 "anyone who can reach it can use the model (a warning is printed)."),
-    allow_origin: list[str] | None = typer.Option(None, "--allow-origin", help="A page origin besides the server's "
-                                                  "own that may open the WebSocket, e.g. http://myhost:3000 (repeatable)."),
-    idle_timeout: float = typer.Option(300.0, "--idle-timeout", help="Seconds without a request after which a page "
+    allow_origin: list[str] | None = typer.Option(None, "--allow-origin",
+                                                  help="A page origin besides the server's "
+                                                  "own that may open the WebSocket, e.g. http://myhost:3000 "
+                                                  "(repeatable)."),
+    idle_timeout: float = typer.Option(300.0, "--idle-timeout",
+                                       help="Seconds without a request after which a page "
                                        "is disconnected (it frees its slot)."),
 ) -> None:
     """Serve one page at http://HOST:PORT/: a seed and a latent walk streamed over a WebSocket, NFE / gamma /
-    class controls, stroke and upload editing (SDEdit), GCTM translation, and the model and end-to-end latency."""
+    class controls, stroke and upload editing (SDEdit), GCTM translation, and the model and end-to-end
+    latency."""
     rep = Reporter()
     try:
         import starlette  # noqa: F401
@@ -52,18 +64,19 @@ def serve_cmd(
                         "--idle-timeout positive")
     loopback = is_loopback(host)
     if not loopback and not expose:
-        raise UserError(f"--host {host!r} serves the model to every machine that can reach this one; pass --expose "
-                        "if you mean it, or use the default --host 127.0.0.1")
+        raise UserError(f"--host {host!r} serves the model to every machine that can reach this one; pass "
+                        "--expose if you mean it, or use the default --host 127.0.0.1")
     if not loopback:
-        rep.warn(f"--expose: the model is served on {host or 'every interface'}:{port} to anyone who can reach it; "
-                 "there is no authentication")
+        rep.warn(f"--expose: the model is served on {host or 'every interface'}:{port} to anyone who can "
+                 "reach it; there is no authentication")
     import socket
 
     try:  # uvicorn reports a busy port only in its log: check first
         with socket.socket() as sock:
             sock.bind((host, port))
     except OSError as err:
-        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port or --host") from None
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port or "
+                        "--host") from None
     torch.set_num_threads(threads)
     model = load_model(checkpoint_file(ckpt), which=ema)
     engine = Engine(model, backend=backend, threads=threads, log=rep.log)
@@ -72,14 +85,17 @@ def serve_cmd(
                      allowed_hosts=() if loopback else None, allowed_origins=tuple(allow_origin or ()),
                      idle_timeout=idle_timeout)
     shown = host if loopback else (host or "0.0.0.0")
-    started = f"serving {model.kind} model {model.path} ({engine.backend}) at http://{shown}:{port}/  (Ctrl-C stops)"
-    # a signal can stop the event loop between a coroutine's creation and its first await: nothing is lost, and
-    # the interpreter's "never awaited" warning would only follow the one `error:` line
+    started = (f"serving {model.kind} model {model.path} ({engine.backend}) at http://{shown}:{port}/  "
+               "(Ctrl-C stops)")
+    # a signal can stop the event loop between a coroutine's creation and its first await: nothing is lost,
+    # and the interpreter's "never awaited" warning would only follow the one `error:` line
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     try:
-        run_server(app, host=host, port=port, max_message=2 * max_upload + 65536, on_start=lambda: rep.log(started))
+        run_server(app, host=host, port=port, max_message=2 * max_upload + 65536,
+                   on_start=lambda: rep.log(started))
     except OSError as err:
-        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from None
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another "
+                        "--port") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -96,4 +112,5 @@ def is_loopback(host: str) -> bool:
 
 def register(app: typer.Typer) -> None:
     app.command("serve", cls=Command,
-                short_help="A local web page: live generation, stroke editing and translation, with latency.")(serve_cmd)
+                short_help="A local web page: live generation, stroke editing and translation, with "
+                           "latency.")(serve_cmd)

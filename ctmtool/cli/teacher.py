@@ -24,7 +24,8 @@ from ctmtool.cli.common import (
 from ctmtool.cli.import_ import import_cmd
 from ctmtool.errors import UserError
 
-app = typer.Typer(cls=CommandGroup, rich_markup_mode=None, help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
+app = typer.Typer(cls=CommandGroup, rich_markup_mode=None,
+                  help="Train a diffusion teacher (EDM), or import a published EDM checkpoint.",
                   short_help="Train an EDM teacher, or `teacher import` a published EDM checkpoint.",
                   invoke_without_command=True, no_args_is_help=False)
 
@@ -40,7 +41,8 @@ def check_run_limits(p, section: str, no_limits: bool, rep: Reporter) -> None:
            minutes=None if cfg.minutes in (None, LIFTED) else cfg.minutes)
 
 
-def training_overrides(section: str, kimg: float | None, minutes: float | None, overrides: list[str] | None) -> list[str]:
+def training_overrides(section: str, kimg: float | None, minutes: float | None,
+                       overrides: list[str] | None) -> list[str]:
     """--kimg / --minutes as preset overrides (a given --kimg alone lifts the preset's time limit)."""
     out = list(overrides or [])
     if kimg is not None:
@@ -59,14 +61,17 @@ def training_overrides(section: str, kimg: float | None, minutes: float | None, 
 
 
 DownloadOpt = Annotated[bool, typer.Option(
-    "--download", help="Fetch the CIFAR-10 archive into $CTMTOOL_DATA (or --data) when it is missing: a progress "
+    "--download",
+    help="Fetch the CIFAR-10 archive into $CTMTOOL_DATA (or --data) when it is missing: a progress "
                        "bar, an md5 check, an atomic write.")]
 AutoResumeOpt = Annotated[bool, typer.Option(
-    "--auto-resume", help="Continue --run-dir if it holds checkpoints, else start a new run (for job schedulers "
+    "--auto-resume",
+    help="Continue --run-dir if it holds checkpoints, else start a new run (for job schedulers "
                           "that restart a job).")]
 
 
-def prepare(p, run_dir: Path, data: str | None, download: bool, resume: bool, auto_resume: bool, rep: Reporter):
+def prepare(p, run_dir: Path, data: str | None, download: bool, resume: bool, auto_resume: bool,
+            rep: Reporter):
     """Checks shared by `teacher` and `distill` before training starts; the data fetched with --download."""
     if resume and auto_resume:
         raise UserError("--resume and --auto-resume exclude each other: --resume requires checkpoints, "
@@ -78,8 +83,8 @@ def prepare(p, run_dir: Path, data: str | None, download: bool, resume: bool, au
                         f"{p.data.source!r}); drop --data, or use a preset that reads files (e.g. cifar10)")
     if download:
         if p.data.source != "cifar10":
-            raise UserError(f"--download fetches the CIFAR-10 archive, but preset {p.name!r} reads data.source = "
-                            f"{p.data.source!r}; drop --download")
+            raise UserError(f"--download fetches the CIFAR-10 archive, but preset {p.name!r} reads "
+                            f"data.source = {p.data.source!r}; drop --download")
         from ctmtool.data.cifar10 import ARCHIVE_BYTES, fetch_cifar10
 
         with rep.progress(ARCHIVE_BYTES / 2**20, "download CIFAR-10", unit="MiB") as advance:
@@ -93,11 +98,14 @@ def prepare(p, run_dir: Path, data: str | None, download: bool, resume: bool, au
 def teacher_cmd(
     ctx: typer.Context,
     preset: PresetOpt = "toy",
-    data: Annotated[str | None, typer.Option("--data", metavar="PATH", help="Data path (folder, .zip, .npz, CIFAR-10 archive); overrides data.path.")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", metavar="DIR", help="Where checkpoints and samples go (default: runs/<preset>/teacher).")] = None,
+    data: Annotated[str | None, typer.Option("--data", metavar="PATH", help="Data path (folder, .zip, .npz, "
+                                "CIFAR-10 archive); overrides data.path.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", metavar="DIR", help="Where checkpoints and "
+                                "samples go (default: runs/<preset>/teacher).")] = None,
     kimg: Annotated[float | None, typer.Option("--kimg", help="Train for this many thousand images.")] = None,
     minutes: Annotated[float | None, typer.Option("--minutes", help="Train for this many minutes.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --run-dir.")] = False,
+    resume: Annotated[bool, typer.Option("--resume",
+                                         help="Continue from the newest checkpoint in --run-dir.")] = False,
     auto_resume: AutoResumeOpt = False,
     download: DownloadOpt = False,
     overrides: SetOpt = None,
@@ -106,7 +114,8 @@ def teacher_cmd(
     no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a denoiser with the EDM loss (Karras et al. 2022); leaves checkpoints and a sample grid in --run-dir."""
+    """Train a denoiser with the EDM loss (Karras et al. 2022); leaves checkpoints and a sample grid in
+    --run-dir."""
     if ctx.invoked_subcommand is not None:
         return
     from ctmtool.config import load_preset

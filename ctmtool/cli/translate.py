@@ -54,9 +54,9 @@ def _open(ckpt: str, ema: str, device: str, out: str, grid: str | None, force: b
     return model, dev, grid_path
 
 
-def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool, grid: str | None,
-               seed: int, batch: int, ema: str, device: str, force: bool, metrics: str | None = None,
-               ref: str | None = None, class_label: int | None = None) -> None:
+def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: float, degrade: bool,
+               grid: str | None, seed: int, batch: int, ema: str, device: str, force: bool,
+               metrics: str | None = None, ref: str | None = None, class_label: int | None = None) -> None:
     from ctmtool.jobs.translation import translation_job
     from ctmtool.metrics.restoration import parse_restoration_metrics
 
@@ -64,9 +64,9 @@ def _translate(rep: Reporter, src: str, ckpt: str, out: str, nfe: int, gamma: fl
     if ref is not None and wanted is None:
         raise UserError("--ref gives the references of --metrics; add --metrics psnr,ssim (or drop --ref)")
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    rep.result(translation_job(model, src, out, nfe=nfe, gamma=gamma, degrade=degrade, grid=grid_path, seed=seed,
-                               batch=batch, device=dev, force=force, report=rep, metrics=wanted, ref=ref,
-                               class_label=class_label), title="translate")
+    rep.result(translation_job(model, src, out, nfe=nfe, gamma=gamma, degrade=degrade, grid=grid_path,
+                               seed=seed, batch=batch, device=dev, force=force, report=rep, metrics=wanted,
+                               ref=ref, class_label=class_label), title="translate")
 
 
 def _manipulate(rep: Reporter, image: str, ckpt: str, out: str, to_class: int, from_class: int | None,
@@ -103,7 +103,8 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float | None
                         "add --to-class B")
     if restore is not None:
         _restore(rep, image, ckpt, out, restore, factor, 1.0 if strength is None else strength, mask, nfe,
-                 1.0 if gamma is None else gamma, grid, seed, batch, ema, device, force, strokes, keep_unmasked)
+                 1.0 if gamma is None else gamma, grid, seed, batch, ema, device, force, strokes,
+                 keep_unmasked)
         return
     from ctmtool.jobs.translation import edit_job
 
@@ -114,9 +115,9 @@ def _edit(rep: Reporter, image: str, ckpt: str, out: str, strength: float | None
     if keep_unmasked and strokes is None:
         raise UserError("--keep-unmasked goes with --strokes")
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
-    rep.result(edit_job(model, image, out, strength=strength, strokes=strokes, mask=mask, keep_unmasked=keep_unmasked,
-                        nfe=nfe, gamma=gamma, grid=grid_path, seed=seed, batch=batch, device=dev, force=force,
-                        report=rep), title="edit")
+    rep.result(edit_job(model, image, out, strength=strength, strokes=strokes, mask=mask,
+                        keep_unmasked=keep_unmasked, nfe=nfe, gamma=gamma, grid=grid_path, seed=seed,
+                        batch=batch, device=dev, force=force, report=rep), title="edit")
 
 
 def _restore(rep: Reporter, image: str, ckpt: str, out: str, task: str, factor: int, strength: float,
@@ -131,41 +132,51 @@ def _restore(rep: Reporter, image: str, ckpt: str, out: str, task: str, factor: 
         raise UserError("--mask marks the hole of --restore inpaint; drop it for colorize / superres")
     model, dev, grid_path = _open(ckpt, ema, device, out, grid, force)
     rep.result(restore_job(model, image, out, task=task, factor=factor, strength=strength, mask=mask, nfe=nfe,
-                           gamma=gamma, grid=grid_path, seed=seed, batch=batch, device=dev, force=force, report=rep),
+                           gamma=gamma, grid=grid_path, seed=seed, batch=batch, device=dev, force=force,
+                           report=rep),
                title="restore")
 
 
 
 app = typer.Typer(cls=DefaultGroup, rich_markup_mode=None, no_args_is_help=False,
-                  short_help="One-step GCTM translation of inputs; `translate edit` for SDEdit / stroke editing.")
+                  short_help="One-step GCTM translation of inputs; `translate edit` for SDEdit / stroke "
+                             "editing.")
 
 NfeOpt = Annotated[int, typer.Option("--nfe", help="Jumps along the time grid (1: one step, G(x1, 1, 0)).")]
-GridOpt = Annotated[str | None, typer.Option("--grid", metavar="FILE.png", help="Also write a side-by-side PNG: "
+GridOpt = Annotated[str | None,
+                    typer.Option("--grid", metavar="FILE.png", help="Also write a side-by-side PNG: "
                                              "input | output (clean | degraded | output with --degrade).")]
-ItemSeedOpt = Annotated[int, typer.Option("--seed", help="Item i uses seed + i (source noise, re-noising, random "
+ItemSeedOpt = Annotated[int,
+                        typer.Option("--seed", help="Item i uses seed + i (source noise, re-noising, random "
                                                          "degradations).")]
 
 
 @app.command("run", cls=DefaultCommand, hidden=True)
 @handle_errors
 def translate_cmd(
-    source: Annotated[str, typer.Argument(metavar="INPUT", help="Items to translate: folder, .zip, .npz, image file, "
+    source: Annotated[str, typer.Argument(metavar="INPUT",
+                                          help="Items to translate: folder, .zip, .npz, image file, "
                                  ".npz of points, or - (.npz/.npy bytes on stdin).")],
     ckpt: RequiredCkptOpt = ...,
     out: Annotated[str, OutOpt.__metadata__[0]] = ...,
     nfe: NfeOpt = 1,
-    gamma: Annotated[float, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between jumps "
+    gamma: Annotated[float,
+                     typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between jumps "
                                                          "(Gaussian sources only).")] = 0.0,
-    degrade: Annotated[bool, typer.Option("--degrade", help="Apply the model's own degradation (coupling corrupt:<op>) "
+    degrade: Annotated[bool, typer.Option("--degrade",
+                                          help="Apply the model's own degradation (coupling corrupt:<op>) "
                                  "to clean inputs first, to see before/after.")] = False,
     grid: GridOpt = None,
-    metrics: Annotated[str | None, typer.Option("--metrics", metavar="psnr,ssim,lpips", help="Score the outputs "
+    metrics: Annotated[str | None,
+                       typer.Option("--metrics", metavar="psnr,ssim,lpips", help="Score the outputs "
                                        "against references: comma-separated among psnr, ssim, lpips (GCTM's "
-                                       "eval_inverse). References: --ref, else the clean inputs (--degrade), else the "
-                                       "target halves of paired inputs.")] = None,
-    ref: Annotated[str | None, typer.Option("--ref", metavar="IMAGES", help="--metrics: reference images (folder, "
+                                       "eval_inverse). References: --ref, else the clean inputs (--degrade), "
+                                       "else the target halves of paired inputs.")] = None,
+    ref: Annotated[str | None,
+                   typer.Option("--ref", metavar="IMAGES", help="--metrics: reference images (folder, "
                                    ".zip, .npz), matched to the inputs by file name, else by order.")] = None,
-    class_label: Annotated[int | None, typer.Option("--class", help="Class label for a class-conditional GCTM "
+    class_label: Annotated[int | None,
+                           typer.Option("--class", help="Class label for a class-conditional GCTM "
                                    "[default: the inputs' class sub-folders].")] = None,
     seed: ItemSeedOpt = 0,
     batch: BatchOpt = 256,
@@ -175,38 +186,48 @@ def translate_cmd(
     no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Translate INPUT with a GCTM in one step (Kim et al. 2024b); `ctmtool translate edit IMAGE` edits (SDEdit).
+    """Translate INPUT with a GCTM in one step (Kim et al. 2024b); `ctmtool translate edit IMAGE` edits
+    (SDEdit).
 
-    The same --seed gives the same outputs at any --batch. Results go to --out; the summary to stdout (to stderr
-    with --out -).
+    The same --seed gives the same outputs at any --batch. Results go to --out; the summary to stdout (to
+    stderr with --out -).
     """
     rep = Reporter(json_out, data_on_stdout=out == "-")
     limits(rep, no_limits, nfe=nfe)  # --nfe and --batch below 1: refused once, by the plan (jobs/plan.py)
-    _translate(rep, source, str(ckpt), out, nfe, gamma, degrade, grid, seed, batch, ema, device, force, metrics, ref,
-               class_label)
+    _translate(rep, source, str(ckpt), out, nfe, gamma, degrade, grid, seed, batch, ema, device, force,
+               metrics, ref, class_label)
 
 
-@app.command("edit", cls=DefaultCommand, short_help="SDEdit / stroke editing / zero-shot restoration with a CTM or a "
+@app.command("edit", cls=DefaultCommand,
+             short_help="SDEdit / stroke editing / zero-shot restoration with a CTM or a "
                                                     "Gaussian-source GCTM; latent manipulation (--to-class).")
 @handle_errors
 def edit_cmd(
-    image: Annotated[str, typer.Argument(metavar="IMAGE", help="The image(s) to edit: image file, folder, .zip, "
+    image: Annotated[str,
+                     typer.Argument(metavar="IMAGE", help="The image(s) to edit: image file, folder, .zip, "
                                          ".npz, or - (.npz/.npy bytes on stdin).")],
     ckpt: RequiredCkptOpt = ...,
     out: Annotated[str, OutOpt.__metadata__[0]] = ...,
-    strength: Annotated[float | None, typer.Option("--strength", help="How far to noise, in (0, 1]: GCTM time t0; for "
-                                   "a CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio) [default: 0.5; 1 with "
-                                   "--restore].")] = None,
+    strength: Annotated[float | None,
+                        typer.Option("--strength", help="How far to noise, in (0, 1]: GCTM time t0; for "
+                                   "a CTM sigma = t0 / (1 - t0) (same signal-to-noise ratio) [default: 0.5; "
+                                   "1 with --restore].")] = None,
     restore: Annotated[Literal["inpaint", "colorize", "superres"] | None, typer.Option(
-        "--restore", help="Zero-shot restoration by iterative jumps (CTM code's application_sample, GCTM Alg. 4): "
-                          "inpaint (hole: --mask, white = missing; default the centre box), colorize, superres.")] = None,
-    factor: Annotated[int, typer.Option("--factor", help="--restore superres: patch size whose means are kept (the "
+        "--restore",
+        help="Zero-shot restoration by iterative jumps (CTM code's application_sample, GCTM Alg. 4): "
+                          "inpaint (hole: --mask, white = missing; default the centre box), colorize, "
+                          "superres.")] = None,
+    factor: Annotated[int, typer.Option("--factor",
+                                        help="--restore superres: patch size whose means are kept (the "
                                         "official code: 8).")] = 8,
     strokes: Annotated[str | None, typer.Option("--strokes", metavar="FILE",
-                                                help="The image with painted strokes (SDEdit stroke editing).")] = None,
+                                                help="The image with painted strokes (SDEdit stroke "
+                                                     "editing).")] = None,
     mask: Annotated[str | None, typer.Option("--mask", metavar="FILE", help="White where the strokes apply "
-                                    "[default: wherever STROKES differs from IMAGE]; with --restore inpaint: the hole.")] = None,
-    keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked", help="Paste the original back outside the mask.")] = False,
+                                    "[default: wherever STROKES differs from IMAGE]; with --restore inpaint: "
+                                    "the hole.")] = None,
+    keep_unmasked: Annotated[bool, typer.Option("--keep-unmasked",
+                                                help="Paste the original back outside the mask.")] = False,
     to_class: Annotated[int | None, typer.Option(
         "--to-class", metavar="B", help="Latent manipulation (a GCTM of coupling 'latent'): encode IMAGE "
         "to its latent by the model's ODE, move it from its class's Gaussian to class B's, decode in --nfe "
@@ -218,7 +239,8 @@ def edit_cmd(
         "--encode-steps", help="--to-class: Heun steps of the encoding ODE (2 evaluations each, plus "
         "one) [default: 18].")] = None,
     nfe: NfeOpt = 1,
-    gamma: Annotated[float | None, typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between "
+    gamma: Annotated[float | None,
+                     typer.Option("--gamma", help="0 deterministic jumps ... 1 re-noise fully between "
                                                 "jumps [default: 0; 1 with --restore].")] = None,
     grid: GridOpt = None,
     seed: ItemSeedOpt = 0,
@@ -229,14 +251,14 @@ def edit_cmd(
     no_limits: NoLimitsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise: noise
-    the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is the start (inside
-    --mask), and --keep-unmasked pastes the original back outside it; --restore: zero-shot restoration;
-    --to-class B: latent manipulation with a GCTM of coupling 'latent'."""
+    """SDEdit / stroke editing (Meng et al. 2022) of IMAGE with a CTM, or a GCTM trained from Gaussian noise:
+    noise the image to --strength, then jump back with --nfe steps; with --strokes, the painted image is the
+    start (inside --mask), and --keep-unmasked pastes the original back outside it; --restore: zero-shot
+    restoration; --to-class B: latent manipulation with a GCTM of coupling 'latent'."""
     rep = Reporter(json_out, data_on_stdout=out == "-")
     limits(rep, no_limits, nfe=nfe)  # --nfe and --batch below 1: refused once, by the plan (jobs/plan.py)
-    _edit(rep, image, str(ckpt), out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch, ema,
-          device, force, restore, factor, to_class, from_class, encode_steps)
+    _edit(rep, image, str(ckpt), out, strength, strokes, mask, keep_unmasked, nfe, gamma, grid, seed, batch,
+          ema, device, force, restore, factor, to_class, from_class, encode_steps)
 
 
 def register(root: typer.Typer) -> None:

@@ -81,14 +81,16 @@ def barrier() -> None:
 
 
 def rows(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]:
-    """The [lo, hi) rows of an n-row batch that rank r of w computes (contiguous, sizes differ by at most 1)."""
+    """The [lo, hi) rows of an n-row batch that rank r of w computes (contiguous, sizes differ by at most
+    1)."""
     r = rank() if r is None else r
     w = world_size() if w is None else w
     return r * n // w, (r + 1) * n // w
 
 
 class RowShard:
-    """A view of a network whose denoise/jump compute only rows [lo, hi) and pass the others through detached."""
+    """A view of a network whose denoise/jump compute only rows [lo, hi) and pass the others through
+    detached."""
 
     def __init__(self, net, lo: int, hi: int):
         self.net, self.lo, self.hi = net, lo, hi
@@ -116,7 +118,8 @@ class RowShard:
 
 
 class Shard:
-    """This rank's part of each micro-batch: wraps networks and reduces per-sample losses (identity when world=1)."""
+    """This rank's part of each micro-batch: wraps networks and reduces per-sample losses (identity when
+    world=1)."""
 
     def __init__(self):
         self.world = world_size()
@@ -167,7 +170,8 @@ def _global_grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.T
     return all_reduce_sum(flat).square().sum().sqrt()
 
 
-def global_adaptive_weight(main: torch.Tensor, other: torch.Tensor, last: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+def global_adaptive_weight(main: torch.Tensor, other: torch.Tensor, last: torch.Tensor, lo: float,
+                           hi: float) -> torch.Tensor:
     """adaptive_weight of the global losses (sum of the rank parts): identical on every rank."""
     ratio = _global_grad_norm(main, [last]) / (_global_grad_norm(other, [last]) + 1e-4)
     return torch.nan_to_num(ratio, nan=lo).clamp(lo, hi).detach()
@@ -183,8 +187,8 @@ def max_over_ranks(values: list[float], device: torch.device | str = "cpu") -> l
 
 
 def gather_rows(mine: torch.Tensor, n: int) -> torch.Tensor | None:
-    """Gather every rank's rows (sizes from `rows`) to rank 0 in rank order, via padded all_gather (NCCL and gloo);
-    without torchrun, `mine` itself."""
+    """Gather every rank's rows (sizes from `rows`) to rank 0 in rank order, via padded all_gather (NCCL and
+    gloo); without torchrun, `mine` itself."""
     if not is_distributed():
         return mine
     w = world_size()

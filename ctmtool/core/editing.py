@@ -53,13 +53,15 @@ def edit_schedule(model, level: float, nfe: int = 1) -> torch.Tensor:
 @torch.no_grad()
 def sdedit(model, x: torch.Tensor, t0: float, plan: SamplingPlan, noise: Noise | None = None,
            generator: torch.Generator | None = None, labels=None) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022) with trajectory jumps: perturb x to level t0, then jump back to the data along
-    `plan.schedule` (from t0; `ctmtool.jobs.plan.plan_editing` settles both and checks the model can edit).
+    """SDEdit (Meng et al. 2022) with trajectory jumps: perturb x to level t0, then jump back to the data
+    along `plan.schedule` (from t0; `ctmtool.jobs.plan.plan_editing` settles both and checks the model can
+    edit).
 
     t0 is the model's own level (see the module docstring). Larger t0: more freedom, less faithfulness.
     """
     if tuple(x.shape[1:]) != tuple(model.data_shape):
-        raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match the model's {tuple(model.data_shape)}")
+        raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match the model's "
+                         f"{tuple(model.data_shape)}")
     x = x.float()
     draw = noise_source(noise, generator, x)
     x_t = model.net.perturb(x, t0, draw())
@@ -67,7 +69,8 @@ def sdedit(model, x: torch.Tensor, t0: float, plan: SamplingPlan, noise: Noise |
 
 
 def stroke_mask(image: torch.Tensor, strokes: torch.Tensor, tol: float = 4 / 127.5) -> torch.Tensor:
-    """(B, 1, H, W) mask of the pixels where `strokes` differs from `image` by more than `tol` in some channel."""
+    """(B, 1, H, W) mask of the pixels where `strokes` differs from `image` by more than `tol` in some
+    channel."""
     return ((strokes - image).abs().amax(dim=1, keepdim=True) > tol).to(image.dtype)
 
 
@@ -79,8 +82,8 @@ def composite(image: torch.Tensor, strokes: torch.Tensor, mask: torch.Tensor | N
 
 @torch.no_grad()
 def stroke_edit(model, image: torch.Tensor, strokes_image: torch.Tensor, mask: torch.Tensor | None, t0: float,
-                plan: SamplingPlan, noise: Noise | None = None, generator: torch.Generator | None = None, labels=None,
-                keep_unmasked: bool = False) -> torch.Tensor:
+                plan: SamplingPlan, noise: Noise | None = None, generator: torch.Generator | None = None,
+                labels=None, keep_unmasked: bool = False) -> torch.Tensor:
     """Stroke-guided editing (SDEdit, Meng et al. 2022, Sec. 4.1): `sdedit` of the composite image.
 
     mask (B or 1, 1, H, W) in [0, 1] marks where the strokes apply (None: wherever they differ from the

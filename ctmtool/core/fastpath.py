@@ -1,12 +1,13 @@
-"""Fast paths for repeated network calls on the CPU: a traced, frozen Heun solve whose per-level work is folded.
+"""Fast paths for repeated network calls on the CPU: a traced, frozen Heun solve whose per-level work is
+folded.
 
-`heun_program(net, sigmas, example)` traces the whole teacher solve for a fixed schedule and freezes it with the
-network's weights (TorchScript). Each level enters the trace as a constant one-element tensor, so everything that
-depends only on the level (the preconditioning coefficients, the noise embedding and the layers that map it) is
-computed once when the program is frozen, and Python's per-operation dispatch is gone: what runs per step is the
-denoiser's data path alone. The arithmetic is that of `solvers.heun`, step for step; results agree with it to
-float32 rounding (the folded embedding is computed for one row instead of B, which a matrix library may sum in
-another order), see tests/test_fastpath.py.
+`heun_program(net, sigmas, example)` traces the whole teacher solve for a fixed schedule and freezes it with
+the network's weights (TorchScript). Each level enters the trace as a constant one-element tensor, so
+everything that depends only on the level (the preconditioning coefficients, the noise embedding and the
+layers that map it) is computed once when the program is frozen, and Python's per-operation dispatch is gone:
+what runs per step is the denoiser's data path alone. The arithmetic is that of `solvers.heun`, step for step;
+results agree with it to float32 rounding (the folded embedding is computed for one row instead of B, which a
+matrix library may sum in another order), see tests/test_fastpath.py.
 """
 
 from __future__ import annotations
@@ -47,14 +48,16 @@ class _HeunSolve(nn.Module):
 
 def heun_program(net: nn.Module, sigmas, example: torch.Tensor,
                  labels: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
-    """A frozen TorchScript program x -> Heun solve of `net` over `sigmas` (decreasing, optionally ending at 0),
-    for inputs shaped like `example` (and `labels` of the same batch when the model is conditional)."""
+    """A frozen TorchScript program x -> Heun solve of `net` over `sigmas` (decreasing, optionally ending at
+    0), for inputs shaped like `example` (and `labels` of the same batch when the model is conditional)."""
     levels = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
     solve = _HeunSolve(net, levels, labels is not None).eval()
     args = (example,) if labels is None else (example, labels)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks taken as constants: shapes are fixed
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.compile, still here
+        # shape checks taken as constants: shapes are fixed
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch.jit is deprecated in favour of torch.compile, still here
+        warnings.simplefilter("ignore", FutureWarning)
         prog = torch.jit.freeze(torch.jit.trace(solve, args, check_trace=False))
 
     def run(x: torch.Tensor, lab: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,8 +70,10 @@ def heun_program(net: nn.Module, sigmas, example: torch.Tensor,
 # --------------------------------------------------------------------------------------------------
 # Sampling many images on the CPU: a cache-sized batch and the whole solve traced once
 
-CPU_BATCH_VALUES = 1 << 16  # input values per CPU batch (16 CIFAR images): a U-Net's activations stay in the cache
-PROGRAM_MIN_BATCHES = 4  # tracing cifar10-fast's solve costs about 6 s (loaded CPU); it pays back from a few batches
+# input values per CPU batch (16 CIFAR images): a U-Net's activations stay in the cache
+CPU_BATCH_VALUES = 1 << 16
+# tracing cifar10-fast's solve costs about 6 s (loaded CPU); it pays back from a few batches
+PROGRAM_MIN_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,9 @@ class SamplingChoice:
 
 
 def cpu_batch(data_shape: tuple[int, ...], most: int) -> int:
-    """The largest power of two of images whose inputs hold at most CPU_BATCH_VALUES values (1 at least, `most` at most).
-    One batch of 256 CIFAR images overflowed the cache: 73.7 ms per image against 45.7 at batch 16 (docs/performance.md)."""
+    """The largest power of two of images whose inputs hold at most CPU_BATCH_VALUES values (1 at least,
+    `most` at most). One batch of 256 CIFAR images overflowed the cache: 73.7 ms per image against 45.7 at
+    batch 16 (docs/performance.md)."""
     per_item = math.prod(data_shape)
     b = 1 << max(0, int(math.log2(max(1, CPU_BATCH_VALUES // per_item))))
     return max(1, min(b, most))
@@ -94,8 +100,8 @@ def cpu_batch(data_shape: tuple[int, ...], most: int) -> int:
 
 def choose_sampling(model, device, n: int, plan, batch_given: bool, fast: bool = True) -> SamplingChoice:
     """The sampling path for `n` samples with `plan` (a `SamplingPlan`): on the CPU (unless `fast` is off) a
-    cache-sized batch where the user gave none (`batch_given`), and a traced program when the solve draws no noise
-    (gamma = 0 or one jump; teacher ODE solvers), the model is an image network and the job has at least
+    cache-sized batch where the user gave none (`batch_given`), and a traced program when the solve draws no
+    noise (gamma = 0 or one jump; teacher ODE solvers), the model is an image network and the job has at least
     PROGRAM_MIN_BATCHES full batches; elsewhere the plan's batch eagerly."""
     if torch.device(device).type != "cpu":
         return SamplingChoice(plan.batch, False, "not on the CPU")

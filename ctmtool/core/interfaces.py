@@ -42,8 +42,8 @@ class TrainingTerms(Protocol):
     """The loss terms a trajectory objective is given: every method `TrajectoryObjective` calls."""
 
     def new_step(self, cpu_gen: torch.Generator, steps: int = 0) -> None:
-        """Draws shared by one optimiser step's micro-batches (CTM: the teacher's step count k); `steps`: optimiser
-        steps taken so far (GCTM's curriculum doubles its grid by them)."""
+        """Draws shared by one optimiser step's micro-batches (CTM: the teacher's step count k); `steps`:
+        optimiser steps taken so far (GCTM's curriculum doubles its grid by them)."""
 
     def pair(self, x: torch.Tensor, labels, gen, cpu_gen) -> tuple:
         """The training pair; pair[0] is the data side x0."""

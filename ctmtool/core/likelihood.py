@@ -47,7 +47,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.T
 
 @dataclass
 class Estimate:
-    """Per-item log p_{sigma_min}(x) in nats, its Monte-Carlo standard error (0 when exact), and the work done."""
+    """Per-item log p_{sigma_min}(x) in nats, its Monte-Carlo standard error (0 when exact), and the work
+    done."""
 
     log_prob: torch.Tensor  # (B,)
     stderr: torch.Tensor  # (B,); NaN where it cannot be estimated (a single Hutchinson probe)
@@ -109,7 +110,8 @@ def gaussian_log_prob(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return -0.5 * d * math.log(2 * math.pi * sigma**2) - sq / (2 * sigma**2)
 
 
-def draw_probes(shape: tuple[int, ...], k: int, dist: str, generator: torch.Generator, dtype, device) -> torch.Tensor:
+def draw_probes(shape: tuple[int, ...], k: int, dist: str, generator: torch.Generator, dtype,
+                device) -> torch.Tensor:
     """k probe vectors per item (k, B, ...): Rademacher (+-1) or standard Gaussian (Hutchinson 1989)."""
     if dist == "rademacher":
         e = torch.randint(0, 2, (k, *shape), generator=generator).to(torch.float64) * 2 - 1
@@ -151,7 +153,8 @@ def _probe_traces(denoise: Denoiser, x: torch.Tensor, sigma: torch.Tensor, label
 def ode_log_prob(denoise: Denoiser, x: torch.Tensor, sigma_min: float, sigma_max: float,
                  labels: torch.Tensor | None = None, options: ODEOptions = ODEOptions(),
                  generator: torch.Generator | None = None) -> Estimate:
-    """log p_{sigma_min}(x) by the probability-flow ODE and the instantaneous change of variables (Song et al. 2021, Eq. 39-40)."""
+    """log p_{sigma_min}(x) by the probability-flow ODE and the instantaneous change of variables (Song et al.
+    2021, Eq. 39-40)."""
     b, d = x.shape[0], x[0].numel()
     exact = options.divergence == "exact"
     if exact:
@@ -166,7 +169,8 @@ def ode_log_prob(denoise: Denoiser, x: torch.Tensor, sigma_min: float, sigma_max
         span = (math.log(sigma_min), math.log(sigma_max))
         def level(v):
             return v.exp(), 1.0
-    else:  # v = sigma^(1/rho), EDM's sampling time: dsigma/dv = rho sigma / v (fewer steps for the same tolerance)
+    # v = sigma^(1/rho), EDM's sampling time: dsigma/dv = rho sigma / v (fewer steps for the same tolerance)
+    else:
         span = (sigma_min ** (1 / rho), sigma_max ** (1 / rho))
         def level(v):
             return v**rho, rho / v
@@ -200,11 +204,13 @@ def ode_log_prob(denoise: Denoiser, x: torch.Tensor, sigma_min: float, sigma_max
 def elbo_log_prob(denoise: Denoiser, x: torch.Tensor, sigma_min: float, sigma_max: float,
                   labels: torch.Tensor | None = None, samples: int = 128,
                   generator: torch.Generator | None = None, max_rows: int = 4096) -> Estimate:
-    """A lower bound on log p_{sigma_min}(x): the reverse-SDE ELBO (Song et al. 2021b, Thm. 1), ln(sigma) ~ uniform.
+    """A lower bound on log p_{sigma_min}(x): the reverse-SDE ELBO (Song et al. 2021b, Thm. 1), ln(sigma) ~
+    uniform.
 
     With z = x + tau eps, tau^2 = sigma^2 - sigma_min^2 and L = ln(sigma_max / sigma_min), the bound reads
     -log p(x) <= -E log N(x + tau_max eps; 0, sigma_max^2 I) - D (L + (1 - sigma_min^2/sigma_max^2) / 2)
-                 + L E_{ln sigma, eps} [ |D(z) - x|^2 / sigma^2 + 2 sigma_min^2 (D(z) - x).eps / (tau sigma^2) ],
+                 + L E_{ln sigma, eps} [ |D(z) - x|^2 / sigma^2 + 2 sigma_min^2 (D(z) - x).eps / (tau sigma^2)
+                 ],
     the second line evaluated with antithetic pairs (eps, -eps); docs/likelihood.md derives it.
     """
     if samples < 2:
@@ -238,7 +244,8 @@ def elbo_log_prob(denoise: Denoiser, x: torch.Tensor, sigma_min: float, sigma_ma
         + (xf.double().pow(2).sum((1, 2)) + d * tau_max2) / (2 * sigma_max**2)
     fixed = -d * (span + 0.5 * (1 - sigma_min**2 / sigma_max**2))
     nll = prior + fixed + span * r.mean(1)
-    # collapsed strata: neighbours as one stratum of two, E (r1 - r2)^2 >= Var r1 + Var r2 (an odd last one scaled in)
+    # collapsed strata: neighbours as one stratum of two, E (r1 - r2)^2 >= Var r1 + Var r2 (an odd last one
+    # scaled in)
     pairs = r[:, : samples // 2 * 2].reshape(b, -1, 2)
     var_sum = (pairs[..., 0] - pairs[..., 1]).pow(2).sum(1) * samples / (2 * (samples // 2))
     stderr = span * var_sum.sqrt() / samples
@@ -247,11 +254,13 @@ def elbo_log_prob(denoise: Denoiser, x: torch.Tensor, sigma_min: float, sigma_ma
 
 def make_estimator(denoise: Denoiser, sigma_min: float, sigma_max: float, method: str = "ode",
                    ode: ODEOptions = ODEOptions(), elbo_samples: int = 128) -> Estimator:
-    """Bind a denoiser and its noise range to the ODE or ELBO estimator: (x, labels, generator) -> Estimate."""
+    """Bind a denoiser and its noise range to the ODE or ELBO estimator: (x, labels, generator) ->
+    Estimate."""
     if method == "ode":
         return lambda x, labels, gen: ode_log_prob(denoise, x, sigma_min, sigma_max, labels, ode, gen)
     if method == "elbo":
-        return lambda x, labels, gen: elbo_log_prob(denoise, x, sigma_min, sigma_max, labels, elbo_samples, gen)
+        return (lambda x, labels,
+                gen: elbo_log_prob(denoise, x, sigma_min, sigma_max, labels, elbo_samples, gen))
     raise ValueError(f"unknown likelihood method {method!r}; choose ode or elbo")
 
 
@@ -260,13 +269,15 @@ def make_estimator(denoise: Denoiser, sigma_min: float, sigma_max: float, method
 
 
 def dequantize(v: torch.Tensor, generator: torch.Generator, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Uniform dequantisation of 8-bit values (Theis et al. 2016): x = (v + u) / 128 - 1 in [-1, 1), u ~ U[0, 1)^D."""
+    """Uniform dequantisation of 8-bit values (Theis et al. 2016): x = (v + u) / 128 - 1 in [-1, 1), u ~ U[0,
+    1)^D."""
     u = torch.rand(v.shape, generator=generator, dtype=torch.float64)
     return ((v.to(torch.float64) + u) / DEQUANT_SCALE - 1).to(device=device, dtype=dtype)
 
 
 def image_nll(log_prob_x: torch.Tensor, dim: int) -> torch.Tensor:
-    """-log p of v + u in [0, 256) units from log p of x = (v + u)/128 - 1: the Jacobian adds D ln 128 nats."""
+    """-log p of v + u in [0, 256) units from log p of x = (v + u)/128 - 1: the Jacobian adds D ln 128
+    nats."""
     return -log_prob_x + dim * math.log(DEQUANT_SCALE)
 
 
@@ -278,8 +289,8 @@ def bits_per_dim(nll: torch.Tensor, dim: int) -> torch.Tensor:
 def combine_draws(log_probs: torch.Tensor, stderrs: torch.Tensor, average: str = "logmeanexp"):
     """Combine M dequantisation draws (M, B) into one estimate per item, with a delta-method standard error.
 
-    logmeanexp: log (1/M) sum_m p(v + u_m), the importance-weighted bound (tighter as M grows, Burda et al. 2016);
-    mean: (1/M) sum_m log p(v + u_m), the variational-dequantisation bound (Ho et al. 2019, Eq. 4).
+    logmeanexp: log (1/M) sum_m p(v + u_m), the importance-weighted bound (tighter as M grows, Burda et al.
+    2016); mean: (1/M) sum_m log p(v + u_m), the variational-dequantisation bound (Ho et al. 2019, Eq. 4).
     """
     m = log_probs.shape[0]
     if average == "mean":
@@ -306,7 +317,8 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float | None, float | None]:
 
 @dataclass
 class Evaluation:
-    """Per-item results of `evaluate`: NLL in nats (in [0, 256) units for images), its stderr, and bits/dim."""
+    """Per-item results of `evaluate`: NLL in nats (in [0, 256) units for images), its stderr, and
+    bits/dim."""
 
     nll: torch.Tensor  # (N,) nats per item
     stderr: torch.Tensor  # (N,) Monte-Carlo standard error of nll (0 exact; NaN unknown)
@@ -334,10 +346,11 @@ class Evaluation:
         }
 
 
-def evaluate(estimator: Estimator, ds: Dataset, *, n: int | None = None, batch: int = 64, dequant_draws: int = 1,
-             draw_average: str = "logmeanexp", seed: int = 0, device=None, dtype=torch.float32,
-             progress: Callable[[int], None] | None = None) -> Evaluation:
-    """NLL of the first n items of `ds`, batch by batch; images dequantised `dequant_draws` times (see module doc).
+def evaluate(estimator: Estimator, ds: Dataset, *, n: int | None = None, batch: int = 64,
+             dequant_draws: int = 1, draw_average: str = "logmeanexp", seed: int = 0, device=None,
+             dtype=torch.float32, progress: Callable[[int], None] | None = None) -> Evaluation:
+    """NLL of the first n items of `ds`, batch by batch; images dequantised `dequant_draws` times (see module
+    doc).
 
     The dequantisation noise and the estimator's noise come from two generators seeded from `seed`, so the
     same seed gives the same dequantised points whatever the estimator.
@@ -374,4 +387,5 @@ def evaluate(estimator: Estimator, ds: Dataset, *, n: int | None = None, batch: 
         if progress is not None:
             progress(len(idx))
     names = list(ds.items[:total]) if ds.items else [str(i) for i in range(total)]
-    return Evaluation(torch.cat(nlls), torch.cat(errs), dim, ds.is_image, names, nfe, time.perf_counter() - t0)
+    return Evaluation(torch.cat(nlls), torch.cat(errs), dim, ds.is_image, names, nfe,
+                      time.perf_counter() - t0)

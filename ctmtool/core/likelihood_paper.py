@@ -1,7 +1,8 @@
-"""The CTM paper's likelihood estimate (sony/ctm code/eval_bpd.py `likelihood(mode='correct')`), for comparison.
+"""The CTM paper's likelihood estimate (sony/ctm code/eval_bpd.py `likelihood(mode='correct')`), for
+comparison.
 
-ctmtool's own likelihood (`ctmtool.core.likelihood`) is the exact PF-ODE bound of uniformly dequantised 8-bit data.
-The paper's bits/dim (CIFAR-10 2.43) come from a different estimator, reproduced here step by step:
+ctmtool's own likelihood (`ctmtool.core.likelihood`) is the exact PF-ODE bound of uniformly dequantised 8-bit
+data. The paper's bits/dim (CIFAR-10 2.43) come from a different estimator, reproduced here step by step:
 
 1. the images in [-1, 1] (not dequantised) are perturbed with Gaussian noise at sigma0 = sigma(t_min)^rho,
    sigma(t) = smin^(1/rho) + t (smax^(1/rho) - smin^(1/rho)), t_min = 1e-3;
@@ -10,8 +11,8 @@ The paper's bits/dim (CIFAR-10 2.43) come from a different estimator, reproduced
    (fixed over the solve), is integrated from t_min to 1 by SciPy's RK45 at rtol = atol = 1e-3 in float64
    state (the network in float32);
 3. log p = log N(x_1; 0, smax^2 I) + the integral, minus a "residual" term computed at a second, independent
-   perturbation x' = x + s' n' with s' = sigma(t_min) (the code passes sigma(t_min), not sigma(t_min)^rho: 0.413
-   for EDM's range), residual = ||x - D(x', s')||^2 / (2 s'^2) - D/2;
+   perturbation x' = x + s' n' with s' = sigma(t_min) (the code passes sigma(t_min), not sigma(t_min)^rho:
+   0.413 for EDM's range), residual = ||x - D(x', s')||^2 / (2 s'^2) - D/2;
 4. bits/dim = -log p / (D ln 2) + 7 (the code's "hack" for the [-1, 1] scaling; log2(127.5) = 6.994).
 
 So the two numbers differ in what they bound: ctmtool's is an upper bound on the discrete data's NLL
@@ -38,7 +39,8 @@ def _sigma_root(t: torch.Tensor, smax: torch.Tensor, smin: torch.Tensor, rho: fl
 
 
 def _drift(denoise: Denoiser, x: torch.Tensor, t: torch.Tensor, smax, smin, rho: float) -> torch.Tensor:
-    """-(1/2) d(sigma^2)/dt score at sigma = sigma_root(t)^rho; float64 (the denoiser's output is promoted)."""
+    """-(1/2) d(sigma^2)/dt score at sigma = sigma_root(t)^rho; float64 (the denoiser's output is
+    promoted)."""
     root = _sigma_root(t, smax, smin, rho)
     std = root**rho
     g2 = 2.0 * rho * std**2 * (smax ** (1.0 / rho) - smin ** (1.0 / rho)) / root
@@ -56,7 +58,8 @@ def _residual(denoise: Denoiser, images: torch.Tensor, noise: torch.Tensor, smax
     mean = x_noisy + std**2 * ((denoised - x_noisy) / std**2)
     dim = images[0].numel()
     entropy = dim / 2.0 * (math.log(2 * math.pi) + 2 * torch.log(std) + 1.0)
-    recon = dim / 2.0 * (math.log(2 * math.pi) + 2 * torch.log(std)) + 0.5 / std**2 * (images - mean).square().sum((1, 2, 3))
+    recon = dim / 2.0 * (math.log(2 * math.pi)
+                         + 2 * torch.log(std)) + 0.5 / std**2 * (images - mean).square().sum((1, 2, 3))
     return recon - entropy
 
 
@@ -78,7 +81,8 @@ def ctm_paper_bpd(denoise: Denoiser, images: torch.Tensor, generator: torch.Gene
     smax = torch.tensor([sigma_max], dtype=torch.float32, device=dev)
     smin = torch.tensor([sigma_min], dtype=torch.float32, device=dev)
     where = generator.device if generator is not None else dev
-    probe = torch.randint(0, 2, shape, generator=generator, device=where, dtype=torch.float32).to(dev) * 2 - 1.0
+    probe = torch.randint(0, 2, shape, generator=generator, device=where,
+                          dtype=torch.float32).to(dev) * 2 - 1.0
     z0 = torch.randn(shape, generator=generator, device=where).to(dev)
     evals = [0]
 

@@ -20,7 +20,8 @@ from ctmtool.core.precond import CTMPrecond, EDMPrecond, GCTMPrecond, VEPrecond,
 from ctmtool.gctm.couplings import GAUSSIAN_SOURCES, coupling_kind
 from ctmtool.nets import build_net
 
-S_LAYER_PREFIXES = ("map_s", "affine_s", "time_embed_s", "emb_layers_s")  # parameters that exist only in the s-enabled (student) network
+# parameters that exist only in the s-enabled (student) network
+S_LAYER_PREFIXES = ("map_s", "affine_s", "time_embed_s", "emb_layers_s")
 
 
 @dataclass
@@ -54,8 +55,8 @@ class Model:
 
     # The model where the library (or k-diffusion-style code) expects one: model(x, t, s) is the jump.
     def __call__(self, x: torch.Tensor, t, s=None, labels=None) -> torch.Tensor:
-        """A trajectory model's jump G(x_t, t, s) (s = None: to the last level of its schedule, sigma_min for a
-        CTM, 0 for a GCTM, whose t, s lie in [0, 1]); a teacher's denoiser D(x, t) (s must be None)."""
+        """A trajectory model's jump G(x_t, t, s) (s = None: to the last level of its schedule, sigma_min for
+        a CTM, 0 for a GCTM, whose t, s lie in [0, 1]); a teacher's denoiser D(x, t) (s must be None)."""
         if not self.is_trajectory:
             if s is not None:
                 raise ValueError(f"{self.path or 'this model'} is a {self.kind} (a denoiser D(x, sigma)): "
@@ -84,7 +85,8 @@ class Model:
 TRAJECTORY_MODELS = {cls.checkpoint_kind: cls for cls in (CTMPrecond, GCTMPrecond)}
 
 
-def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: dict | None = None) -> nn.Module:
+def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...],
+                  meta: dict | None = None) -> nn.Module:
     """A freshly initialised preconditioned network of the given kind."""
     d = preset.diffusion
     if kind == "teacher":
@@ -98,7 +100,8 @@ def build_precond(kind: str, preset: Preset, data_shape: tuple[int, ...], meta: 
     if trajectory is not None:
         g = preset.gctm
         gaussian = g is None or coupling_kind(g.coupling) in GAUSSIAN_SOURCES
-        return trajectory.from_preset(build_net(preset.net, data_shape, use_s=True), preset, meta or {}, gaussian)
+        return trajectory.from_preset(build_net(preset.net, data_shape, use_s=True), preset, meta or {},
+                                      gaussian)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -125,9 +128,9 @@ def analytic_model(preset: Preset) -> Model:
 def model_from_checkpoint(ckpt: Checkpoint, which: str = "ema", device: str | torch.device = "cpu") -> Model:
     """Rebuild the network a checkpoint describes and load its `which` weights (ema, net, ema_0.9999, ...).
 
-    The header's network (kind, widths, levels, data shape) is first built on the meta device, where nothing is
-    allocated, and checked against the stored tensors: a header edited to describe a network of terabytes is
-    refused before any memory is taken."""
+    The header's network (kind, widths, levels, data shape) is first built on the meta device, where nothing
+    is allocated, and checked against the stored tensors: a header edited to describe a network of terabytes
+    is refused before any memory is taken."""
     state = ckpt.state(which)
     with torch.device("meta"):
         probe = build_precond(ckpt.kind, ckpt.preset, ckpt.data_shape, ckpt.meta)

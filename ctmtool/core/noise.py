@@ -6,7 +6,8 @@ drawn in, its position, the batch size or the device):
   NVlabs/edm `generate.py` for the same seeds. Costs host time per image, then a copy to the device.
 - "philox": counter-based Philox4x32-10 keyed by (seed, element index), computed on the device (a Triton
   kernel on CUDA, the PyTorch reference elsewhere; same integers everywhere). A different stream from "edm".
-The interface: `noise()` -> next standard-normal draw (B, *shape); `noise.integers(high)` -> one int per image.
+The interface: `noise()` -> next standard-normal draw (B, *shape); `noise.integers(high)` -> one int per
+image.
 """
 
 from __future__ import annotations
@@ -41,19 +42,21 @@ class ImageNoise:
 
 
 class GeneratorNoise:
-    """A batch drawn from one caller-given `torch.Generator` (k-diffusion style `generator=`): reproducible for
-    that generator's state, but, unlike the per-image streams, dependent on the batch size."""
+    """A batch drawn from one caller-given `torch.Generator` (k-diffusion style `generator=`): reproducible
+    for that generator's state, but, unlike the per-image streams, dependent on the batch size."""
 
     def __init__(self, generator: torch.Generator, n: int, shape: tuple[int, ...],
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.generator, self.n, self.shape, self.device, self.dtype = generator, n, tuple(shape), device, dtype
+        self.generator, self.n, self.shape, self.device, self.dtype = (generator, n, tuple(shape), device,
+                                                                       dtype)
 
     def __call__(self) -> torch.Tensor:
         z = torch.randn((self.n, *self.shape), generator=self.generator, device=self.generator.device)
         return z.to(device=self.device, dtype=self.dtype)
 
     def integers(self, high: int) -> torch.Tensor:
-        return torch.randint(high, (self.n,), generator=self.generator, device=self.generator.device).to(self.device)
+        return torch.randint(high, (self.n,), generator=self.generator,
+                             device=self.generator.device).to(self.device)
 
 
 def _use_triton(device: torch.device) -> bool:
@@ -67,7 +70,8 @@ def _use_triton(device: torch.device) -> bool:
 
 
 class PhiloxNoise:
-    """Per-image Philox4x32-10 streams: draw d of image b is philox_normal(seed_b, draw=d) (Salmon et al. 2011)."""
+    """Per-image Philox4x32-10 streams: draw d of image b is philox_normal(seed_b, draw=d) (Salmon et al.
+    2011)."""
 
     def __init__(self,
         seeds: list[int] | torch.Tensor,   # one seed per image in the batch (64-bit)
@@ -103,7 +107,8 @@ class PhiloxNoise:
 
 def make_noise(kind: str, seeds: list[int] | torch.Tensor, shape: tuple[int, ...],
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """A per-image noise source: kind "philox" (on the device, fast) or "edm" (EDM generate.py-equal latents)."""
+    """A per-image noise source: kind "philox" (on the device, fast) or "edm" (EDM generate.py-equal
+    latents)."""
     if kind == "philox":
         return PhiloxNoise(seeds, shape, device, dtype)
     if kind == "edm":

@@ -79,7 +79,8 @@ class VPPrecond(EDMPrecond):
                  epsilon_t: float = 1e-5, sigma_data: float = 0.5, sigma_min: float | None = None,
                  sigma_max: float | None = None):
         # the sampling range defaults to the VP process's own; EDM's generate.py clamps it to [0.002, 80]
-        super().__init__(net, sigma_data=sigma_data, sigma_min=sigma_min or self._sigma(epsilon_t, beta_d, beta_min),
+        super().__init__(net, sigma_data=sigma_data,
+                         sigma_min=sigma_min or self._sigma(epsilon_t, beta_d, beta_min),
                          sigma_max=sigma_max or self._sigma(1.0, beta_d, beta_min))
         self.beta_d, self.beta_min, self.M = beta_d, beta_min, M
 
@@ -93,9 +94,11 @@ class VPPrecond(EDMPrecond):
 
 
 class VEPrecond(EDMPrecond):
-    """Song et al. 2021 VE (Karras et al. 2022, Table 1): c_skip 1, c_out sigma, c_in 1, c_noise ln(sigma/2)."""
+    """Song et al. 2021 VE (Karras et al. 2022, Table 1): c_skip 1, c_out sigma, c_in 1, c_noise
+    ln(sigma/2)."""
 
-    def __init__(self, net: nn.Module, sigma_min: float = 0.02, sigma_max: float = 100.0, sigma_data: float = 0.5):
+    def __init__(self, net: nn.Module, sigma_min: float = 0.02, sigma_max: float = 100.0,
+                 sigma_data: float = 0.5):
         super().__init__(net, sigma_data=sigma_data, sigma_min=sigma_min, sigma_max=sigma_max)
 
     def coefficients(self, sigma: torch.Tensor):
@@ -127,7 +130,8 @@ class NoisePath:
         return x0 + t * z
 
     def strength_level(self, strength: float) -> float:
-        """sigma = strength / (1 - strength), capped at sigma_max (reached at strength 1): x / (1 - t) = x + sigma n."""
+        """sigma = strength / (1 - strength), capped at sigma_max (reached at strength 1): x / (1 - t) = x +
+        sigma n."""
         sigma = self.sigma_max if strength >= 1 else strength / (1 - strength)
         return float(min(max(sigma, self.sigma_min * 1.0001), self.sigma_max))
 
@@ -138,7 +142,8 @@ class NoisePath:
 
     def check_level(self, level: float) -> None:
         if not self.sigma_min < level <= self.sigma_max:
-            raise ValueError(f"noise level {level:g} is outside this CTM's range ({self.sigma_min:g}, {self.sigma_max:g}]")
+            raise ValueError(f"noise level {level:g} is outside this CTM's range ({self.sigma_min:g}, "
+                             f"{self.sigma_max:g}]")
 
 
 class TrajectoryModel(nn.Module):
@@ -176,7 +181,8 @@ class TrajectoryModel(nn.Module):
         return self.perturb(torch.zeros_like(z), float(self.default_schedule(1)[0]), z)
 
     def strength_level(self, strength: float) -> float:
-        """An editing strength in (0, 1] as this model's level (the same signal-to-noise ratio for every model)."""
+        """An editing strength in (0, 1] as this model's level (the same signal-to-noise ratio for every
+        model)."""
         raise NotImplementedError
 
     def move_latent(self, x: torch.Tensor, from_labels: torch.Tensor,
@@ -190,12 +196,13 @@ class TrajectoryModel(nn.Module):
         raise NotImplementedError
 
     def check_level(self, level: float) -> None:
-        """Refuse an editing level this model cannot start from (ValueError; `ctmtool.jobs.plan.check_editable`
-        shows it as the user's error)."""
+        """Refuse an editing level this model cannot start from (ValueError;
+        `ctmtool.jobs.plan.check_editable` shows it as the user's error)."""
         raise NotImplementedError
 
     def g(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
-        """g(x_t, t, s) = c_skip(t) x_t + c_out(t) F(c_in(t) x_t, c_noise(t), c_noise(s)); g(x,t,t) is a denoiser."""
+        """g(x_t, t, s) = c_skip(t) x_t + c_out(t) F(c_in(t) x_t, c_noise(t), c_noise(s)); g(x,t,t) is a
+        denoiser."""
         c_skip, c_out, c_in, noise_t = self.coefficients(_flat(t, x))
         c_skip, c_out, c_in = (_bcast(c, x) for c in (c_skip, c_out, c_in))
         noise_s = self.coefficients(_flat(s, x).clamp_min(1e-12))[3]  # s = 0 would give ln 0
@@ -239,7 +246,8 @@ class CTMPrecond(NoisePath, TrajectoryModel):
         rho: float = 7.0,               # Karras curvature of the default sampling schedules
     ):
         super().__init__(net)
-        self.sigma_data, self.sigma_min, self.sigma_max, self.scheme = sigma_data, sigma_min, sigma_max, scheme
+        self.sigma_data, self.sigma_min, self.sigma_max, self.scheme = (sigma_data, sigma_min, sigma_max,
+                                                                        scheme)
         self.rho = rho
         if scheme == "vp":
             self.beta_d, self.beta_min, self.M = 19.9, 0.1, 1000
@@ -249,7 +257,8 @@ class CTMPrecond(NoisePath, TrajectoryModel):
 
 
 class GCTMPrecond(TrajectoryModel):
-    """Kim et al. 2024b (GCTM), Sec. 3.2: x_t = (1-t) x0 + t x1; coefficients from Var x0, Var x1, Cov(x0, x1)."""
+    """Kim et al. 2024b (GCTM), Sec. 3.2: x_t = (1-t) x0 + t x1; coefficients from Var x0, Var x1, Cov(x0,
+    x1)."""
 
     has_density = False  # it transports one distribution to another: no data density
     translates = True  # `translate` maps given sources x1 to the data side
@@ -258,11 +267,12 @@ class GCTMPrecond(TrajectoryModel):
 
     @classmethod
     def from_preset(cls, net: nn.Module, preset, meta: dict, gaussian_source: bool) -> GCTMPrecond:
-        """The GCTM of `preset` around `net`: coupling moments from `meta` (the checkpoint's), the time grid from
-        preset.diffusion, the source's std from preset.gctm.source_noise."""
+        """The GCTM of `preset` around `net`: coupling moments from `meta` (the checkpoint's), the time grid
+        from preset.diffusion, the source's std from preset.gctm.source_noise."""
         m, g, d = meta.get("moments", {}), preset.gctm, preset.diffusion
-        return cls(net, var0=m.get("var0", d.sigma_data**2), var1=m.get("var1", 1.0), cov01=m.get("cov01", 0.0),
-                   grid_sigmas=(d.sigma_min, d.sigma_max, d.rho), gaussian_source=gaussian_source,
+        return cls(net, var0=m.get("var0", d.sigma_data**2), var1=m.get("var1", 1.0),
+                   cov01=m.get("cov01", 0.0), grid_sigmas=(d.sigma_min, d.sigma_max, d.rho),
+                   gaussian_source=gaussian_source,
                    source_std=math.sqrt(1.0 + (g.source_noise if g else 0.0) ** 2),
                    label_range=tuple(m["label_range"]) if "label_range" in m else None,
                    class_source=tuple(meta["class_source"]) if "class_source" in meta else None)
@@ -273,10 +283,12 @@ class GCTMPrecond(TrajectoryModel):
         var1: float = 1.0,              # per-dimension variance of the source side x1
         cov01: float = 0.0,             # per-dimension covariance of x0 and x1 under the coupling
         t_min: float = 1e-4,            # levels are clamped to [t_min, 1 - t_min] for the labels
-        grid_sigmas: tuple[float, float, float] = (0.002, 80.0, 7.0),  # (sigma_min, sigma_max, rho) of the time grid
+        grid_sigmas: tuple[float, float, float] = (0.002, 80.0, 7.0),  # (sigma_min, sigma_max, rho) of the
+                                                                       # time grid
         gaussian_source: bool = True,   # the source x1 is Gaussian noise (independent / ot couplings)
         source_std: float = 1.0,        # per-dimension std of a Gaussian source (sqrt(1 + source_noise^2))
-        label_range: tuple[float, float] | None = None,  # clamp t/(1-t) to [smin, smax] instead (official GCTM)
+        label_range: tuple[float, float] | None = None,  # clamp t/(1-t) to [smin, smax] instead (official
+                                                         # GCTM)
         class_source: tuple[int, ...] | None = None,  # (K, *item shape): K class Gaussians (`latent`)
     ):
         super().__init__(net)
@@ -287,7 +299,8 @@ class GCTMPrecond(TrajectoryModel):
             self.register_buffer("source_stds", torch.ones(class_source))
         self.label_range = label_range
         self.sigma_min, self.sigma_max = 0.0, 1.0
-        self.grid_sigmas, self.gaussian_source, self.source_std = tuple(grid_sigmas), gaussian_source, source_std
+        self.grid_sigmas, self.gaussian_source, self.source_std = (tuple(grid_sigmas), gaussian_source,
+                                                                   source_std)
 
     def coefficients(self, t: torch.Tensor):
         var_t = (1 - t) ** 2 * self.var0 + t**2 * self.var1 + 2 * t * (1 - t) * self.cov01
@@ -341,7 +354,8 @@ class GCTMPrecond(TrajectoryModel):
         return mu[b] + sd[b] / sd[a] * (x - mu[a])
 
     def edit_schedule(self, level: float, nfe: int) -> torch.Tensor:
-        """Karras spacing in sigma = t / (1 - t) below `level`, mapped back to time; the grid itself at level 1."""
+        """Karras spacing in sigma = t / (1 - t) below `level`, mapped back to time; the grid itself at level
+        1."""
         if level >= 1.0:
             return self.default_schedule(nfe)
         smin, _, rho = self.grid_sigmas
@@ -353,8 +367,9 @@ class GCTMPrecond(TrajectoryModel):
 
     def check_level(self, level: float) -> None:
         if not self.gaussian_source:
-            raise ValueError("this GCTM maps its source distribution to the data, not noise to data, so SDEdit cannot "
-                            "re-noise an image for it; use a CTM or a GCTM trained with coupling 'independent' or 'ot'")
+            raise ValueError("this GCTM maps its source distribution to the data, not noise to data, so "
+                            "SDEdit cannot re-noise an image for it; use a CTM or a GCTM trained with "
+                            "coupling 'independent' or 'ot'")
         if not 0.0 < level <= 1.0:
             raise ValueError(f"GCTM time {level:g} is outside (0, 1]")
 

@@ -29,7 +29,8 @@ def gamma_sample(net, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tensor]
     sigmas[0] (k-diffusion style: `x = torch.randn(...) * sigmas[0]`). The re-noising draws come from `noise`,
     else from `generator` (a torch.Generator on x's device), else from torch's global generator."""
     if noise is None and gamma > 0:
-        noise = lambda: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # noqa: E731
+        noise = lambda: torch.randn(x.shape, generator=generator, device=x.device,  # noqa: E731
+                                    dtype=x.dtype)
     if not 0.0 <= gamma <= 1.0:  # a programming error: user settings are checked by ctmtool.jobs.plan
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     sig = [float(s) for s in sigmas]
@@ -42,7 +43,8 @@ def gamma_sample(net, x: torch.Tensor, sigmas, noise: Callable[[], torch.Tensor]
     return x
 
 
-def teacher_sample(net, x: torch.Tensor, sigmas, noise=None, labels=None, solver: str = "heun") -> torch.Tensor:
+def teacher_sample(net, x: torch.Tensor, sigmas, noise=None, labels=None,
+                   solver: str = "heun") -> torch.Tensor:
     """Deterministic PF-ODE sampling of a denoiser (Karras et al. 2022, Alg. 1) through `solvers`."""
     return solvers.SOLVERS[solver](net, x, torch.as_tensor(sigmas, dtype=torch.float64), labels)
 
@@ -64,7 +66,8 @@ class SamplingPlan:
     def nfe(self) -> int:
         """Network evaluations of one sample."""
         steps = len(self.schedule) - 1
-        return steps if self.solver == "gamma" else solvers.solver_nfe(self.solver, steps, float(self.schedule[-1]) == 0.0)
+        return (steps if self.solver == "gamma"
+                else solvers.solver_nfe(self.solver, steps, float(self.schedule[-1]) == 0.0))
 
 
 def default_schedule(model, nfe: int) -> torch.Tensor:
@@ -77,17 +80,20 @@ def teacher_schedule(model, steps: int, rho: float = 7.0) -> torch.Tensor:
     net = model.net
     if steps == 1:
         return torch.tensor([net.sigma_max, 0.0], dtype=torch.float64)
-    return torch.cat([karras_sigmas(steps, net.sigma_min, net.sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
+    return torch.cat([karras_sigmas(steps, net.sigma_min, net.sigma_max, rho),
+                      torch.zeros(1, dtype=torch.float64)])
 
 
 def sample_from(model, z: torch.Tensor, plan: SamplingPlan, noise: Callable[[], torch.Tensor] | None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Samples from the standard-normal draw z with `plan`: the start level from the model's own forward process,
-    then gamma-sampling (`noise()` re-noises between jumps) or the teacher's ODE; images clamped to [-1, 1]."""
+    """Samples from the standard-normal draw z with `plan`: the start level from the model's own forward
+    process, then gamma-sampling (`noise()` re-noises between jumps) or the teacher's ODE; images clamped to
+    [-1, 1]."""
     net, sched = model.net, plan.schedule
     start = float(sched[0])
     if plan.solver == "gamma":
-        x = gamma_sample(net, net.perturb(torch.zeros_like(z), start, z), sched, noise, labels, gamma=plan.gamma)
+        x = gamma_sample(net, net.perturb(torch.zeros_like(z), start, z), sched, noise, labels,
+                         gamma=plan.gamma)
     else:
         x = teacher_sample(net, start * z, sched, labels=labels, solver=plan.solver)
     return x.clamp(-1, 1) if model.is_image else x
@@ -98,14 +104,15 @@ def generate(model, n: int, plan: SamplingPlan, seed: int = 0, device: torch.dev
              progress: Callable[[int], None] | None = None,
              program: Callable | None = None,
              generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield (x, labels) batches of `n` samples drawn with `plan`; image i uses seed `seed + i` whatever the batching.
+    """Yield (x, labels) batches of `n` samples drawn with `plan`; image i uses seed `seed + i` whatever the
+    batching.
 
     x is float in the data range (images in [-1, 1], clamped); labels are None for unconditional models,
     else the plan's class or a per-image random class. The plan's `noise` picks the per-image stream
     (`ctmtool.core.noise`): "edm" (latents equal to EDM's generate.py) or "philox" (drawn on the device).
-    `program(z, labels) -> x`: the same solve traced for full batches (`ctmtool.core.fastpath.sampling_program`);
-    a last, smaller batch runs eagerly. A `generator` (torch.Generator) replaces the per-image seeds: every draw
-    comes from it, in batch order.
+    `program(z, labels) -> x`: the same solve traced for full batches
+    (`ctmtool.core.fastpath.sampling_program`); a last, smaller batch runs eagerly. A `generator`
+    (torch.Generator) replaces the per-image seeds: every draw comes from it, in batch order.
     """
     for lo in range(0, n, plan.batch):
         seeds = list(range(seed + lo, seed + min(n, lo + plan.batch)))
@@ -114,7 +121,8 @@ def generate(model, n: int, plan: SamplingPlan, seed: int = 0, device: torch.dev
         z = draws()
         labels = None
         if model.label_dim:
-            labels = (torch.full((len(seeds),), plan.class_label, device=device) if plan.class_label is not None
+            labels = (torch.full((len(seeds),), plan.class_label, device=device)
+                      if plan.class_label is not None
                       else draws.integers(model.label_dim))
         x = program(z, labels) if program is not None and len(seeds) == plan.batch else \
             sample_from(model, z, plan, draws, labels)

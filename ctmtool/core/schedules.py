@@ -34,7 +34,8 @@ def ctm_default_schedule(nfe: int, sigma_min: float = 0.002, sigma_max: float = 
 
 
 def gctm_times(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    """GCTM time grid: n Karras sigmas mapped by t = sigma / (1 + sigma), decreasing, with t_0 = 1 and t_{n-1} = 0.
+    """GCTM time grid: n Karras sigmas mapped by t = sigma / (1 + sigma), decreasing, with t_0 = 1 and t_{n-1}
+    = 0.
 
     The ends are set exactly (not 80/81 and 0.002/1.002), as the reference's EDM_N2I discretisation does
     (its ascending grid sets ts[0] = 0 and ts[-1] = 1): trajectories start at the source x1 and end at x0.
@@ -70,7 +71,8 @@ def sample_teacher_steps(max_steps: int, generator: torch.Generator | None = Non
 
 
 def sample_ctm_indices(batch: int, grid: int, max_steps: int, generator: torch.Generator | None = None,
-                       k: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+                       k: int | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   int]:
     """Draw grid indices t < u <= s for a CTM batch (index 0 is sigma_max, grid - 1 is sigma_min).
 
     k (the teacher steps from t to u) is one number for the whole batch, drawn with P(k) ~ k, so the

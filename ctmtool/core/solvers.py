@@ -1,10 +1,10 @@
 """Probability-flow ODE solvers on a given noise schedule; every solver has the same signature.
 
 `solver(net, x, sigmas, labels=None) -> x` integrates dx/dsigma = (x - D(x, sigma)) / sigma from
-sigmas[0] to sigmas[-1], where D = net.denoise (a preconditioned network). `sigmas` is either one schedule (steps + 1,) shared by
-the batch, or one per sample (steps + 1, B) (CTM targets start every sample at its own t). A final level
-of 0 is reached with an Euler step, as in EDM. The same ODE form holds for GCTM's interpolation time
-(dx/dt = (x - E[x0|x_t]) / t), so these solvers serve both.
+sigmas[0] to sigmas[-1], where D = net.denoise (a preconditioned network). `sigmas` is either one schedule
+(steps + 1,) shared by the batch, or one per sample (steps + 1, B) (CTM targets start every sample at its own
+t). A final level of 0 is reached with an Euler step, as in EDM. The same ODE form holds for GCTM's
+interpolation time (dx/dt = (x - E[x0|x_t]) / t), so these solvers serve both.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import torch
 def _level(sigmas: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
     """Level i for every sample, as a (B,) float32 tensor."""
     s = sigmas[i]
-    # non_blocking: a CPU schedule's copy to the GPU does not synchronise the stream (safe from pageable memory)
-    return (s.expand(x.shape[0]) if s.ndim == 0 else s).to(device=x.device, dtype=torch.float32, non_blocking=True)
+    # non_blocking: a CPU schedule's copy to the GPU does not synchronise the stream (safe from pageable
+    # memory)
+    return (s.expand(x.shape[0]) if s.ndim == 0 else s).to(device=x.device, dtype=torch.float32,
+                                                           non_blocking=True)
 
 
 def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +44,8 @@ def heun(net, x: torch.Tensor, sigmas: torch.Tensor, labels=None) -> torch.Tenso
     x = x.float()
     for i in range(sigmas.shape[0] - 1):
         t, nxt = _level(sigmas, i, x), _level(sigmas, i + 1, x)
-        # checked on the schedule's own (CPU) tensor: no GPU sync, and the step itself has no data-dependent branch
+        # checked on the schedule's own (CPU) tensor: no GPU sync, and the step itself has no data-dependent
+        # branch
         x = heun_step(net, x, t, nxt, labels, second=bool((sigmas[i + 1] > 0).any()))
     return x
 

@@ -57,7 +57,8 @@ def project(task: str, x: torch.Tensor, hole: torch.Tensor | None = None, factor
     raise ValueError(f"unknown zero-shot task {task!r}; choose among {', '.join(TASKS)}")
 
 
-def merge(task: str, y: torch.Tensor, x: torch.Tensor, hole: torch.Tensor | None = None, factor: int = 8) -> torch.Tensor:
+def merge(task: str, y: torch.Tensor, x: torch.Tensor, hole: torch.Tensor | None = None,
+          factor: int = 8) -> torch.Tensor:
     """P y + (I - P) x: y's known part, x's rest (inpainting by selection, so the known pixels are exact)."""
     if task == "inpaint":
         return torch.where(hole > 0.5, x, y) if hole.dtype != torch.bool else torch.where(hole, x, y)
@@ -114,7 +115,8 @@ def restore(model, y: torch.Tensor, task: str, plan: SamplingPlan, noise: Callab
     def keep(x0: torch.Tensor, at: float) -> torch.Tensor:
         return merge(task, net.perturb(y, at, noise()) if at > end else y, x0, hole, factor)
 
-    clamp = gamma == 1.0 and task != "inpaint"  # as the official loops: colourisation and super-resolution at gamma 1
+    # as the official loops: colourisation and super-resolution at gamma 1
+    clamp = gamma == 1.0 and task != "inpaint"
     x = net.perturb(known, levels[0], noise())
     for i in range(len(levels) - 1):
         s = math.sqrt(1 - gamma**2) * (levels[i + 1] - end) + end

@@ -31,10 +31,11 @@ def check_shape(ds: Dataset, resolution: int | None, channels: int | None) -> Da
     c, h, w = ds.shape
     if resolution is not None and (h, w) != (resolution, resolution):
         fix = f"or set data.resolution = {h}" if h == w else "(they must be square)"
-        raise UserError(f"{ds.name} has {w}x{h} images but data.resolution = {resolution}; resize the images {fix}")
+        raise UserError(f"{ds.name} has {w}x{h} images but data.resolution = {resolution}; resize the images "
+                        f"{fix}")
     if channels is not None and c != channels:
-        raise UserError(f"{ds.name} has {c}-channel images but data.channels = {channels}; convert the images "
-                        f"or set data.channels = {c}")
+        raise UserError(f"{ds.name} has {c}-channel images but data.channels = {channels}; convert the "
+                        f"images or set data.channels = {c}")
     return ds
 
 
@@ -46,7 +47,8 @@ def _image_source(path: str) -> bool:
 
 def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = False,
                  progress: Callable[[int], None] | None = None) -> Dataset:
-    """The data set a [data] section describes; `path` overrides cfg.path, `download` allows fetching CIFAR-10."""
+    """The data set a [data] section describes; `path` overrides cfg.path, `download` allows fetching
+    CIFAR-10."""
     path = path if path is not None else cfg.path
     if cfg.source == "toy":
         ds = toy_points(cfg.toy, cfg.n, cfg.seed, cfg.gmm)
@@ -64,6 +66,7 @@ def load_dataset(cfg: DataConfig, path: str | None = None, download: bool = Fals
         if path is None or (cfg.hint and not Path(path).expanduser().exists()):
             what = "a folder or .zip of images" if cfg.source == "folder" else "an .npz file"
             where = "needs data.path" if path is None else f"data.path {path} does not exist; it needs"
-            raise UserError(f"data.source = {cfg.source!r} {where}: {what}" + (f" ({cfg.hint})" if cfg.hint else ""))
+            raise UserError(f"data.source = {cfg.source!r} {where}: {what}"
+                            + (f" ({cfg.hint})" if cfg.hint else ""))
         ds = load_images(path, progress) if cfg.source == "folder" else load_npz(path)
     return check_shape(ds, cfg.resolution, cfg.channels)

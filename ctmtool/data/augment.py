@@ -27,7 +27,8 @@ def _randint(low: int, high: int, n: int, x: torch.Tensor, generator: torch.Gene
 
 
 def color(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random brightness (+U[-0.5, 0.5]), saturation (x U[0, 2]) and contrast (x U[0.5, 1.5]) per sample (Zhao et al. 2020)."""
+    """Random brightness (+U[-0.5, 0.5]), saturation (x U[0, 2]) and contrast (x U[0.5, 1.5]) per sample (Zhao
+    et al. 2020)."""
     x = x + (_rand(x, generator) - 0.5)
     mean_c = x.mean(dim=1, keepdim=True)
     x = (x - mean_c) * (2 * _rand(x, generator)) + mean_c
@@ -36,7 +37,8 @@ def color(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Te
 
 
 def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Shift sample b by (dy[b], dx[b]) pixels (content moves down/right for positive values), zero-filling."""
+    """Shift sample b by (dy[b], dx[b]) pixels (content moves down/right for positive values),
+    zero-filling."""
     B, _, H, W = x.shape
     rows = torch.arange(H, device=x.device)[None, :] - dy.to(x.device)[:, None]  # (B, H) source rows
     cols = torch.arange(W, device=x.device)[None, :] - dx.to(x.device)[:, None]  # (B, W) source cols
@@ -47,7 +49,8 @@ def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tens
 
 
 def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Zero a size[0] x size[1] patch whose rows start at cy[b] - size[0] // 2 (cols likewise), clipped to the image."""
+    """Zero a size[0] x size[1] patch whose rows start at cy[b] - size[0] // 2 (cols likewise), clipped to the
+    image."""
     _, _, H, W = x.shape
     ys = torch.arange(H, device=x.device)[None, :] - (cy.to(x.device)[:, None] - size[0] // 2)  # (B, H)
     xs = torch.arange(W, device=x.device)[None, :] - (cx.to(x.device)[:, None] - size[1] // 2)  # (B, W)
@@ -59,14 +62,17 @@ def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: tuple[int,
 
 def random_translation(x: torch.Tensor, generator: torch.Generator | None = None,
                        ratio: float = 0.125) -> torch.Tensor:
-    """Translate each sample by integers uniform in [-r, r], r = round(ratio * size), zero padding (Zhao et al. 2020)."""
+    """Translate each sample by integers uniform in [-r, r], r = round(ratio * size), zero padding (Zhao et
+    al. 2020)."""
     B, _, H, W = x.shape
     ry, rx = int(H * ratio + 0.5), int(W * ratio + 0.5)
     return translate(x, _randint(-ry, ry, B, x, generator), _randint(-rx, rx, B, x, generator))
 
 
-def random_cutout(x: torch.Tensor, generator: torch.Generator | None = None, ratio: float = 0.5) -> torch.Tensor:
-    """Zero a patch of ratio * size with its centre uniform over the image, clipped at the border (Zhao et al. 2020)."""
+def random_cutout(x: torch.Tensor, generator: torch.Generator | None = None,
+                  ratio: float = 0.5) -> torch.Tensor:
+    """Zero a patch of ratio * size with its centre uniform over the image, clipped at the border (Zhao et al.
+    2020)."""
     B, _, H, W = x.shape
     size = (int(H * ratio + 0.5), int(W * ratio + 0.5))
     return cutout(x, _randint(0, H - 1, B, x, generator), _randint(0, W - 1, B, x, generator), size)
@@ -74,7 +80,8 @@ def random_cutout(x: torch.Tensor, generator: torch.Generator | None = None, rat
 
 def diff_augment(x: torch.Tensor, policies: str | Sequence[str],
                  generator: torch.Generator | None = None, cutout_ratio: float = 0.5) -> torch.Tensor:
-    """DiffAugment of a (B, C, H, W) batch: the policies in order ("color", "translation", "cutout"; a list or "a,b")."""
+    """DiffAugment of a (B, C, H, W) batch: the policies in order ("color", "translation", "cutout"; a list or
+    "a,b")."""
     names = [p for p in policies.split(",") if p] if isinstance(policies, str) else list(policies)
     for name in names:
         if name == "color":

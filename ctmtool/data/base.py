@@ -41,11 +41,13 @@ class Dataset:
         return Dataset(self.values.to(device), None if self.labels is None else self.labels.to(device),
                        self.num_classes, self.name, self.items, self.class_names)
 
-    def get(self, idx: torch.Tensor, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def get(self, idx: torch.Tensor, device=None,
+            dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Items `idx` as (x, labels): x float in [-1, 1] for images."""
         idx = idx.to(self.values.device)
         v = self.values[idx]
-        x = v.to(device=device, dtype=dtype) / 127.5 - 1 if self.is_image else v.to(device=device, dtype=dtype)
+        x = (v.to(device=device, dtype=dtype) / 127.5 - 1 if self.is_image
+             else v.to(device=device, dtype=dtype))
         y = None if self.labels is None else self.labels[idx].to(device)
         return x, y
 

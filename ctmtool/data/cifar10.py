@@ -71,7 +71,8 @@ def _unpickle(data: bytes, where: str) -> dict:
     try:
         obj = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise UserError(f"{where} is not a valid CIFAR-10 batch ({err}); use the official {ARCHIVE}") from None
+        raise UserError(f"{where} is not a valid CIFAR-10 batch ({err}); use the official "
+                        f"{ARCHIVE}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{where} is not a valid CIFAR-10 batch (not a dict); use the official {ARCHIVE}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -96,8 +97,8 @@ def download_file(url: str, dest: Path, md5: str, progress: Progress = None) -> 
     except UserError:  # a UserError (a ValueError) inside says what is wrong itself
         raise
     except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
-        raise UserError(f"could not download {url} to {dest} ({getattr(err, 'reason', err)}); check the network, "
-                        f"or fetch it by hand (md5 {md5}) and save it there") from None
+        raise UserError(f"could not download {url} to {dest} ({getattr(err, 'reason', err)}); check the "
+                        f"network, or fetch it by hand (md5 {md5}) and save it there") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -153,11 +154,12 @@ def _read_files(src: Path, names: list[str]) -> dict[str, bytes]:
                     found[base] = tar.extractfile(member).read()
     except (OSError, EOFError, tarfile.TarError, zlib.error) as err:
         reason = " ".join(str(err).split())
-        raise UserError(f"cannot read {src} as a tar archive ({reason}); it may be incomplete: check that its md5 "
-                        f"is {CIFAR10_MD5} or delete it and download it again") from None
+        raise UserError(f"cannot read {src} as a tar archive ({reason}); it may be incomplete: check that "
+                        f"its md5 is {CIFAR10_MD5} or delete it and download it again") from None
     missing = [n for n in names if n not in found]
     if missing:
-        raise UserError(f"{src} lacks {', '.join(missing)}; it is not the official {ARCHIVE} (md5 {CIFAR10_MD5})")
+        raise UserError(f"{src} lacks {', '.join(missing)}; it is not the official {ARCHIVE} (md5 "
+                        f"{CIFAR10_MD5})")
     return found
 
 
@@ -166,8 +168,8 @@ def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray, list
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
             or labels is None or len(labels) != len(data):
-        raise UserError(f"{where} is not a valid CIFAR-10 batch (expected uint8 data (N, 3072) and N labels); "
-                        f"use the official {ARCHIVE}")
+        raise UserError(f"{where} is not a valid CIFAR-10 batch (expected uint8 data (N, 3072) and N "
+                        f"labels); use the official {ARCHIVE}")
     names = batch.get("filenames")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names is not None else None
     return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64), names
@@ -175,7 +177,8 @@ def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray, list
 
 def load_cifar10(path: str | os.PathLike | None = None, split: str = "train", download: bool = False,
                  progress: Progress = None, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Dataset:
-    """CIFAR-10 `split` ('train' 50k, 'test' 10k) as uint8 (N, 3, 32, 32), labels 0..9; see the module notes."""
+    """CIFAR-10 `split` ('train' 50k, 'test' 10k) as uint8 (N, 3, 32, 32), labels 0..9; see the module
+    notes."""
     if split not in SPLITS:
         raise UserError(f"unknown CIFAR-10 split {split!r}; choose 'train' or 'test'")
     root = Path(path).expanduser() if path is not None else default_data_dir()
@@ -183,13 +186,14 @@ def load_cifar10(path: str | os.PathLike | None = None, split: str = "train", do
     if src is None:
         expected = _expected_archive(root)
         if not download:
-            raise UserError(f"the CIFAR-10 archive is missing: expected {expected}; download {url} (md5 {md5}) "
-                            "and save it there, or let ctmtool fetch it (`download`)")
+            raise UserError(f"the CIFAR-10 archive is missing: expected {expected}; download {url} (md5 "
+                            f"{md5}) and save it there, or let ctmtool fetch it (`download`)")
         src = download_file(url, expected, md5, progress)
     names = SPLITS[split]
     files = _read_files(src, names + [META])
     meta = _unpickle(files[META], f"{src}:{META}")
-    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", [])] or None
+    class_names = ([n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", [])]
+                   or None)
     parts = [_batch_arrays(_unpickle(files[n], f"{src}:{n}"), f"{src}:{n}") for n in names]
     values = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))

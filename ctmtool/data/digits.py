@@ -28,7 +28,8 @@ def load_digits(split: str | None = None) -> Dataset:
     if split is not None:
         if split not in ("train", "test"):
             raise ValueError(f"digits split must be train or test, got {split!r}")
-        keep = (torch.arange(len(values)) % 5 != 0) if split == "train" else (torch.arange(len(values)) % 5 == 0)
+        keep = ((torch.arange(len(values)) % 5 != 0) if split == "train"
+                else (torch.arange(len(values)) % 5 == 0))
         values, labels, name = values[keep], labels[keep], f"digits (scikit-learn, {split} split)"
     return Dataset(values, labels, num_classes=10, name=name,
                    class_names=[str(i) for i in range(10)])

@@ -74,7 +74,8 @@ class StreamingImages:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside 0..{world - 1}")
         rows = (np.arange(self._n) if self._subset is None else self._subset)[rank::world]
-        return StreamingImages(self._reader, self._n, self.labels[torch.from_numpy(np.arange(len(self))[rank::world])],
+        return StreamingImages(self._reader, self._n,
+                               self.labels[torch.from_numpy(np.arange(len(self))[rank::world])],
                                self.num_classes, f"{self.name} [rank {rank}/{world}]", self.class_names, rows)
 
     def uint8(self, idx) -> torch.Tensor:
@@ -111,12 +112,14 @@ def read_class_map(path: Path) -> list[str]:
             if line.strip():
                 parts = line.split()
                 if len(parts) < 2 or not parts[1].isdigit():
-                    raise UserError(f"{path} line {n} is not '<wnid> <label> <name>'; use the devkit's {CLASS_MAP}")
+                    raise UserError(f"{path} line {n} is not '<wnid> <label> <name>'; use the devkit's "
+                                    f"{CLASS_MAP}")
                 wnids[int(parts[1])] = parts[0]
     except OSError as err:
         raise UserError(f"cannot read {path} ({err})") from None
     if sorted(wnids) != list(range(1, len(wnids) + 1)) or len(set(wnids.values())) != len(wnids):
-        raise UserError(f"{path} must list labels 1..K once each with distinct synsets; use the devkit's {CLASS_MAP}")
+        raise UserError(f"{path} must list labels 1..K once each with distinct synsets; use the devkit's "
+                        f"{CLASS_MAP}")
     return [wnids[k] for k in range(1, len(wnids) + 1)]
 
 
@@ -124,8 +127,9 @@ def _npy_member(zf: zipfile.ZipFile, name: str, where: Path) -> zipfile.ZipInfo:
     try:
         return zf.getinfo(name)
     except KeyError:
-        raise UserError(f"{where} has no '{name[:-4]}' array (it has: {', '.join(zf.namelist()) or 'nothing'}); "
-                        f"use the official {BATCH_GLOB} files") from None
+        raise UserError(f"{where} has no '{name[:-4]}' array (it has: "
+                        f"{', '.join(zf.namelist()) or 'nothing'}); use the official {BATCH_GLOB} "
+                        "files") from None
 
 
 def _npy_header(f) -> tuple[tuple[int, ...], np.dtype, bool]:
@@ -147,7 +151,8 @@ def _stored_data(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
         shape, fortran, dtype = _npy_header(f)
         offset = f.tell()
     if fortran or dtype != np.uint8:
-        raise UserError(f"{path}: 'data' is {dtype}{' (Fortran order)' if fortran else ''}; expected C-order uint8")
+        raise UserError(f"{path}: 'data' is {dtype}{' (Fortran order)' if fortran else ''}; expected C-order "
+                        "uint8")
     return np.memmap(path, np.uint8, "r", offset, shape)
 
 
@@ -162,8 +167,8 @@ def _inflated_data(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np
                 shutil.copyfileobj(src, dst, 1 << 24)
             os.replace(tmp, cache)
         except OSError as err:
-            raise UserError(f"cannot write the inflated copy of {path} to {cache} ({err}); make the folder writable "
-                            "or re-pack the .npz uncompressed (np.savez)") from None
+            raise UserError(f"cannot write the inflated copy of {path} to {cache} ({err}); make the folder "
+                            "writable or re-pack the .npz uncompressed (np.savez)") from None
     try:
         return np.load(cache, mmap_mode="r")
     except ValueError as err:
@@ -177,27 +182,30 @@ def _open_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             info = _npy_member(zf, "data.npy", path)
             with zf.open(_npy_member(zf, "labels.npy", path)) as f:
                 labels = np.load(f, allow_pickle=False)
-            data = _stored_data(path, info) if info.compress_type == zipfile.ZIP_STORED else _inflated_data(path, zf, info)
+            data = (_stored_data(path, info) if info.compress_type == zipfile.ZIP_STORED
+                    else _inflated_data(path, zf, info))
     except UserError:  # a UserError (a ValueError) inside says what is wrong itself
         raise
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as err:
         raise UserError(f"cannot read {path} as an .npz batch ({err}); download it again") from None
     if data.ndim != 2 or data.shape[1] != 3 * RES * RES:
-        raise UserError(f"{path}: 'data' has shape {data.shape}; expected (N, {3 * RES * RES}) for 64x64 RGB images "
-                        "(is this the 32x32 or another variant?)")
+        raise UserError(f"{path}: 'data' has shape {data.shape}; expected (N, {3 * RES * RES}) for 64x64 RGB "
+                        "images (is this the 32x32 or another variant?)")
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"{path}: 'labels' is {labels.dtype} of shape {labels.shape}; expected {data.shape[0]} integers")
+        raise UserError(f"{path}: 'labels' is {labels.dtype} of shape {labels.shape}; expected "
+                        f"{data.shape[0]} integers")
     return data, labels.astype(np.int64)
 
 
 def load_npz_batches(root: Path) -> StreamingImages:
-    """All `train_data_batch_*.npz` in `root`, memory-mapped, labels remapped by `map_clsloc.txt` to sorted-synset order."""
+    """All `train_data_batch_*.npz` in `root`, memory-mapped, labels remapped by `map_clsloc.txt` to
+    sorted-synset order."""
     files = sorted(root.glob(BATCH_GLOB), key=_batch_number)
     mapping = root / CLASS_MAP
     if not mapping.is_file():
-        raise UserError(f"{root} holds the downsampled ImageNet batches but not {CLASS_MAP}, which says which synset "
-                        f"each label 1..1000 is (needed to match OpenAI's sorted-synset labels); get it from "
-                        f"{MAP_URL} or the ILSVRC2012 devkit and put it at {mapping}")
+        raise UserError(f"{root} holds the downsampled ImageNet batches but not {CLASS_MAP}, which says "
+                        "which synset each label 1..1000 is (needed to match OpenAI's sorted-synset "
+                        f"labels); get it from {MAP_URL} or the ILSVRC2012 devkit and put it at {mapping}")
     wnids = read_class_map(mapping)
     sorted_wnids = sorted(wnids)
     remap = np.array([sorted_wnids.index(w) for w in wnids], np.int64)  # devkit label - 1 -> sorted index
@@ -219,7 +227,8 @@ def load_npz_batches(root: Path) -> StreamingImages:
         return out.reshape(-1, 3, RES, RES)
 
     y = torch.from_numpy(np.concatenate(labels)) if labels else torch.zeros(0, dtype=torch.int64)
-    return StreamingImages(read, int(starts[-1]), y, len(wnids), f"ImageNet 64x64 npz batches ({root})", sorted_wnids)
+    return StreamingImages(read, int(starts[-1]), y, len(wnids), f"ImageNet 64x64 npz batches ({root})",
+                           sorted_wnids)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,7 +236,8 @@ def load_npz_batches(root: Path) -> StreamingImages:
 
 
 def adm_resize(im: Image.Image, size: int = RES) -> np.ndarray:
-    """ADM's `center_crop_arr`: box-halve while the short side >= 2 size, bicubic to short side `size`, centre crop."""
+    """ADM's `center_crop_arr`: box-halve while the short side >= 2 size, bicubic to short side `size`, centre
+    crop."""
     while min(im.size) >= 2 * size:
         im = im.resize(tuple(x // 2 for x in im.size), resample=Image.BOX)
     scale = size / min(im.size)
@@ -252,12 +262,14 @@ def load_class_folders(root: Path, workers: int | None = None) -> StreamingImage
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
     files, labels = [], []
     for k, c in enumerate(classes):
-        names = sorted(e.name for e in os.scandir(root / c) if e.is_file() and e.name.lower().endswith(IMAGE_EXTS))
+        names = sorted(e.name for e in os.scandir(root / c) if e.is_file()
+                       and e.name.lower().endswith(IMAGE_EXTS))
         files += [str(root / c / n) for n in names]
         labels += [k] * len(names)
     if not files:
-        raise UserError(f"no images in class folders under {root} ({', '.join(IMAGE_EXTS)} in {root}/<class>/); "
-                        f"put the data there, or the downsampled batches ({BATCH_GLOB} and {CLASS_MAP})")
+        raise UserError(f"no images in class folders under {root} ({', '.join(IMAGE_EXTS)} in "
+                        f"{root}/<class>/); put the data there, or the downsampled batches ({BATCH_GLOB} and "
+                        f"{CLASS_MAP})")
     pool_size = workers or min(16, os.cpu_count() or 1)
 
     def read(rows: np.ndarray) -> np.ndarray:
@@ -272,12 +284,13 @@ def load_class_folders(root: Path, workers: int | None = None) -> StreamingImage
 
 
 def load_imagenet64(path: str | os.PathLike | None = None) -> StreamingImages:
-    """The ImageNet-64 training set at `path` (default `default_imagenet64_dir()`): npz batches or class folders."""
+    """The ImageNet-64 training set at `path` (default `default_imagenet64_dir()`): npz batches or class
+    folders."""
     root = Path(path).expanduser() if path is not None else default_imagenet64_dir()
     if root.is_dir() and any(root.glob(BATCH_GLOB)):
         return load_npz_batches(root)
     if root.is_dir() and any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir()):
         return load_class_folders(root)
-    raise UserError(f"no ImageNet 64x64 data at {root}: put the ten {BATCH_GLOB} files of Imagenet64_train_npz "
-                    f"({NPZ_URL}) and {CLASS_MAP} ({MAP_URL}) there, or ILSVRC2012 train/<synset>/*.JPEG class "
-                    "folders, or set data.path / `data`")
+    raise UserError(f"no ImageNet 64x64 data at {root}: put the ten {BATCH_GLOB} files of "
+                    f"Imagenet64_train_npz ({NPZ_URL}) and {CLASS_MAP} ({MAP_URL}) there, or ILSVRC2012 "
+                    "train/<synset>/*.JPEG class folders, or set data.path / `data`")

@@ -87,7 +87,8 @@ def _map_in_order(chunks: list, workers: int) -> Iterator[list[np.ndarray]]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def decode_images(sources: Sequence[Source], progress: Progress = None, workers: int | None = None) -> np.ndarray:
+def decode_images(sources: Sequence[Source], progress: Progress = None,
+                  workers: int | None = None) -> np.ndarray:
     """Decode every (name, path, zip member) into one uint8 (N, C, H, W) array, in parallel."""
     n = len(sources)
     chunks = [sources[i:i + CHUNK] for i in range(0, n, CHUNK)]
@@ -100,8 +101,9 @@ def decode_images(sources: Sequence[Source], progress: Progress = None, workers:
                     out = np.empty((n, c, h, w), np.uint8)
                 elif (h, w) != out.shape[2:]:
                     first = sources[0][0]
-                    raise UserError(f"image {sources[i][0]} is {w}x{h} but {first} is {out.shape[3]}x{out.shape[2]}; "
-                                    "all images must share one size: resize them or remove the odd ones")
+                    raise UserError(f"image {sources[i][0]} is {w}x{h} but {first} is "
+                                    f"{out.shape[3]}x{out.shape[2]}; all images must share one size: resize "
+                                    "them or remove the odd ones")
                 elif c > out.shape[1]:  # first colour image after grey ones: make everything RGB
                     rgb = np.empty((n, c, h, w), np.uint8)
                     rgb[:i] = out[:i]
@@ -161,7 +163,8 @@ def load_image_zip(path: str | os.PathLike, progress: Progress = None) -> Datase
     try:
         zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as err:
-        raise UserError(f"cannot open {path} as a zip archive ({err}); check the file or re-create it") from None
+        raise UserError(f"cannot open {path} as a zip archive ({err}); check the file or re-create "
+                        "it") from None
     with zf:
         members = sorted(i.filename for i in zf.infolist()
                          if not i.is_dir() and _is_image_name(i.filename) and not _hidden(i.filename))
@@ -178,9 +181,11 @@ def load_image_zip(path: str | os.PathLike, progress: Progress = None) -> Datase
 def _npz_values(samples: np.ndarray, path: Path) -> torch.Tensor:
     """`samples` as uint8 NCHW images (from NHWC, NCHW or NHW) or float32 (N, D) points."""
     if np.issubdtype(samples.dtype, np.complexfloating):
-        raise UserError(f"{path}: 'samples' is complex ({samples.dtype}); ctmtool takes real numbers: save the real "
-                        "and imaginary parts as separate dimensions (np.stack([z.real, z.imag], -1))")
-    if samples.ndim == 2 and (np.issubdtype(samples.dtype, np.floating) or np.issubdtype(samples.dtype, np.integer)):
+        raise UserError(f"{path}: 'samples' is complex ({samples.dtype}); ctmtool takes real numbers: save "
+                        "the real and imaginary parts as separate dimensions (np.stack([z.real, z.imag], "
+                        "-1))")
+    if samples.ndim == 2 and (np.issubdtype(samples.dtype, np.floating)
+                              or np.issubdtype(samples.dtype, np.integer)):
         return torch.from_numpy(samples.astype(np.float32))
     if samples.dtype == np.uint8 and samples.ndim == 3:
         return torch.from_numpy(np.ascontiguousarray(samples[:, None]))
@@ -207,7 +212,8 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     except UserError:  # a UserError (a ValueError) inside says what is wrong itself
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise UserError(f"cannot read {path} as an .npz file ({err}); check the file or re-create it") from None
+        raise UserError(f"cannot read {path} as an .npz file ({err}); check the file or re-create "
+                        "it") from None
     values = _npz_values(samples, path)
     if labels is None:
         return Dataset(values, name=str(path))
@@ -232,6 +238,7 @@ def load_images(path: str | os.PathLike, progress: Progress = None) -> Dataset:
     if suffix == ".npz":
         return load_npz(p)
     if _is_image_name(p.name):
-        return Dataset(torch.from_numpy(decode_images([(str(p), str(p), None)], progress)), name=str(p), items=[str(p)])
+        return Dataset(torch.from_numpy(decode_images([(str(p), str(p), None)], progress)), name=str(p),
+                       items=[str(p)])
     raise UserError(f"{p} is not a folder, .zip, .npz or image file ({', '.join(IMAGE_EXTS)}); "
                     "give one of those")

@@ -1,4 +1,5 @@
-"""Couplings q(x0, x1) between the target (data) side x0 and the source side x1 (GCTM, Kim et al. 2024b, Alg. 1).
+"""Couplings q(x0, x1) between the target (data) side x0 and the source side x1 (GCTM, Kim et al. 2024b, Alg.
+1).
 
 A GCTM moves along x_t = (1 - t) x0 + t x1; the coupling decides which source goes with which target.
 Every coupling offers `pair(x0, labels, generator) -> (x0, x1)` for a training batch and
@@ -46,7 +47,8 @@ def batch_moments(x0: torch.Tensor, x1: torch.Tensor) -> dict[str, float]:
     """Per-dimension Var x0, Var x1 and Cov(x0, x1), each averaged over dimensions (unbiased estimates)."""
     a, b = x0.detach().flatten(1).double(), x1.detach().flatten(1).double()
     if a.shape != b.shape or a.shape[0] < 2:
-        raise ValueError(f"moments need two matching batches of at least 2 items, got {tuple(a.shape)}, {tuple(b.shape)}")
+        raise ValueError(f"moments need two matching batches of at least 2 items, got {tuple(a.shape)}, "
+                         f"{tuple(b.shape)}")
     a, b = a - a.mean(0), b - b.mean(0)
     n = a.shape[0] - 1
     return {"var0": float(a.square().sum(0).mean() / n), "var1": float(b.square().sum(0).mean() / n),
@@ -54,7 +56,8 @@ def batch_moments(x0: torch.Tensor, x1: torch.Tensor) -> dict[str, float]:
 
 
 class Coupling:
-    """Base: subclasses implement `_pair`; `pair` adds the source noise, `moments` estimates second moments."""
+    """Base: subclasses implement `_pair`; `pair` adds the source noise, `moments` estimates second
+    moments."""
 
     def __init__(self, source_noise: float = 0.0):
         if source_noise < 0:
@@ -193,11 +196,13 @@ class DistributionCoupling(Coupling):
     ):
         super().__init__(source_noise)
         self.name = name
-        self._sampler, self.ot, self.reg, self.iters, self.normalize = source_sampler, ot, reg, iters, normalize
+        self._sampler, self.ot, self.reg, self.iters, self.normalize = (source_sampler, ot, reg, iters,
+                                                                        normalize)
 
     def _pair(self, x0, labels, generator):
         x1 = self._sampler(x0.shape[0], generator).to(device=x0.device, dtype=x0.dtype).reshape(x0.shape)
-        return x0, ot_pairing(x0, x1, self.reg, generator, self.iters, normalize=self.normalize) if self.ot else x1
+        return (x0, ot_pairing(x0, x1, self.reg, generator, self.iters, normalize=self.normalize) if self.ot
+                else x1)
 
 
 MIN_CLASS_STD = 1e-3  # floor of the per-dimension class stds of `latent` (images in [-1, 1])
@@ -313,7 +318,8 @@ def pool_sampler(pool: torch.Tensor) -> Callable[[int, torch.Generator | None], 
 
 
 def toy_sampler(name: str, n: int = 20000, seed: int = 1, gmm=None) -> Callable:
-    """A sampler over a fixed pool of `n` points of a 2-D toy distribution ('gaussian' draws fresh N(0, I))."""
+    """A sampler over a fixed pool of `n` points of a 2-D toy distribution ('gaussian' draws fresh N(0,
+    I))."""
     if name == "gaussian":
         return lambda k, generator=None: randn((k, 2), generator, "cpu")
     if name not in TOY_SOURCES:
@@ -380,14 +386,15 @@ def load_paired(path: str | Path, size: int | None = None) -> Dataset:
     """
     root = Path(path)
     if not root.is_dir():
-        raise SpecError(f"paired data {root} is not a folder; give A/ and B/ sub-folders or side-by-side images")
+        raise SpecError(f"paired data {root} is not a folder; give A/ and B/ sub-folders or side-by-side "
+                        "images")
     if (root / "A").is_dir() and (root / "B").is_dir():
         b_files = {p.stem: p for p in _image_files(root / "B")}
         a_files = [p for p in _image_files(root / "A") if p.stem in b_files]
         if not a_files:
             raise SpecError(f"{root}: no image in A/ has a partner of the same name in B/")
-        values = _side_by_side(_decode(a_files, size, False), _decode([b_files[p.stem] for p in a_files], size, False),
-                               None)
+        values = _side_by_side(_decode(a_files, size, False),
+                               _decode([b_files[p.stem] for p in a_files], size, False), None)
         return Dataset(values, name=f"paired:{root}", items=[str(p) for p in a_files])
     files = _image_files(root)
     if not files:
@@ -398,8 +405,8 @@ def load_paired(path: str | Path, size: int | None = None) -> Dataset:
 # --------------------------------------------------------------------------------------------------
 # Spec parser
 
-COUPLINGS = ("independent", "ot", "paired[:left|right]", "corrupt:<degradation>", "toy:<name>", "toy-ot:<name>",
-             "dataset", "dataset-ot", "latent[:<sigma>]")
+COUPLINGS = ("independent", "ot", "paired[:left|right]", "corrupt:<degradation>", "toy:<name>",
+             "toy-ot:<name>", "dataset", "dataset-ot", "latent[:<sigma>]")
 DATASET_SOURCES = ("dataset", "dataset-ot")  # couplings whose source x1 comes from [gctm.source]
 
 
@@ -420,7 +427,8 @@ def make_coupling(spec: str,
     if kind == "independent":
         return IndependentCoupling(source_noise=source_noise)
     if kind == "ot":
-        return OTCoupling(sinkhorn_reg, sinkhorn_iters, source_noise=source_noise, normalize=sinkhorn_normalize)
+        return OTCoupling(sinkhorn_reg, sinkhorn_iters, source_noise=source_noise,
+                          normalize=sinkhorn_normalize)
     if kind == "paired":
         side = arg or "left"
         if side not in ("left", "right"):

@@ -29,7 +29,8 @@ The GCTM code's own operators (`ctmtool.gctm.operators`; DDRM's matrices, holes 
     center_white                            the H/2 x W/2 centre box filled white
 
 and the official names themselves: sr4x-bicubic, sr2x-pool, blur-uni, blur-gauss, jpeg-10, inpaint-center,
-inpaint-random, inpaint-freeform1020, inpaint-freeform2030 (holes filled with noise, as the official coupling).
+inpaint-random, inpaint-freeform1020, inpaint-freeform2030 (holes filled with noise, as the official
+coupling).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
 
 
 def _reflect_index(n: int, pad: int, device) -> torch.Tensor:
-    """Indices of a length-n axis padded by `pad` each side, half-sample symmetric (d c b a | a b c d | d c b a)."""
+    """Indices of a length-n axis padded by `pad` each side, half-sample symmetric (d c b a | a b c d | d c b
+    a)."""
     i = torch.arange(-pad, n + pad, device=device) % (2 * n)
     return torch.where(i >= n, 2 * n - 1 - i, i)
 
@@ -112,7 +114,8 @@ def luminance(x: torch.Tensor) -> torch.Tensor:
 # Degradations
 
 
-def sr(x: torch.Tensor, factor: int = 4, up: str = "nearest", generator: torch.Generator | None = None) -> torch.Tensor:
+def sr(x: torch.Tensor, factor: int = 4, up: str = "nearest",
+       generator: torch.Generator | None = None) -> torch.Tensor:
     """Super-resolution source (I2SB/GCTM 'sr4x-pool'): average `factor` x `factor` blocks, upsample back.
 
     up = 'nearest' repeats each low-resolution pixel (the reference's choice; the result is a linear,
@@ -174,7 +177,8 @@ def inpaint_box_mask(x: torch.Tensor, fraction: float = 0.25, random: bool = Fal
 
 def random_pixel_mask(x: torch.Tensor, fraction: float = 0.5,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, 1, H, W) float mask, 1 = missing: exactly round(fraction * H * W) pixels per image, all channels."""
+    """(B, 1, H, W) float mask, 1 = missing: exactly round(fraction * H * W) pixels per image, all
+    channels."""
     _check(x)
     if not 0 <= fraction <= 1:
         raise ValueError(f"inpaint_random fraction must be in [0, 1], got {fraction}")
@@ -186,7 +190,8 @@ def random_pixel_mask(x: torch.Tensor, fraction: float = 0.5,
 
 def fill_masked(x: torch.Tensor, mask: torch.Tensor, fill: str = "zero",
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace masked pixels: 'zero' (mid-grey in [-1, 1]) or 'noise' (standard Gaussian, the GCTM reference)."""
+    """Replace masked pixels: 'zero' (mid-grey in [-1, 1]) or 'noise' (standard Gaussian, the GCTM
+    reference)."""
     if fill == "zero":
         return x * (1 - mask)
     if fill == "noise":
@@ -261,14 +266,17 @@ class Degradation:
 
 DEGRADATIONS = ("sr2", "sr4", "srN[:nearest|bicubic]", "blur[:sigma]", "inpaint[:fraction[:zero|noise]]",
                 "inpaint_anywhere[:fraction[:fill]]", "inpaint_random[:fraction[:fill]]", "noise[:std]",
-                "colorize", "edges[:threshold]", "srN_bicubic", "blur_uni", "blur_gauss[:sigma]", "jpeg[:quality]",
-                "freeform[:lo[:hi]]", "random_mask[:lo[:hi]]", "center_white", "the GCTM code's names (sr4x-bicubic, "
+                "colorize", "edges[:threshold]", "srN_bicubic", "blur_uni", "blur_gauss[:sigma]",
+                "jpeg[:quality]", "freeform[:lo[:hi]]", "random_mask[:lo[:hi]]", "center_white",
+                "the GCTM code's names (sr4x-bicubic, "
                 "blur-gauss, jpeg-10, inpaint-center, ...)")
 # the GCTM code's corruption names (corruption/__init__.py) as ctmtool specs
-# (the GCTM code's InverseCoupling fills the holes of its inpaint-* operators with Gaussian noise: so do these)
+# (the GCTM code's InverseCoupling fills the holes of its inpaint-* operators with Gaussian noise: so do
+# these)
 OFFICIAL_NAMES = {"blur-uni": "blur_uni:official", "blur-gauss": "blur_gauss:0.8:official",
                   "inpaint-center": "inpaint:0.25:noise", "inpaint-random": "random_mask:0.8:0.92:noise",
-                  "inpaint-freeform1020": "freeform:0.1:0.2:noise", "inpaint-freeform2030": "freeform:0.2:0.3:noise"}
+                  "inpaint-freeform1020": "freeform:0.1:0.2:noise",
+                  "inpaint-freeform2030": "freeform:0.2:0.3:noise"}
 
 
 def _official(spec: str) -> str:

@@ -60,7 +60,8 @@ def blur_matrix(kernel: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def bicubic_kernel(factor: int, a: float = -0.5) -> torch.Tensor:
-    """DDRM's bicubic down-sampling taps: Keys' cubic at (m - 2 factor + 0.5) / factor, m < 4 factor, normalised."""
+    """DDRM's bicubic down-sampling taps: Keys' cubic at (m - 2 factor + 0.5) / factor, m < 4 factor,
+    normalised."""
     def cubic(x: float) -> float:
         x = abs(x)
         if x <= 1:
@@ -129,13 +130,15 @@ def ddrm_blur(x: torch.Tensor, kind: str = "gauss", sigma: float = GAUSS_SIGMA, 
 
 
 def _official_svd_blur(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """U (s_layout * rotated) U^T as DDRM's Deblurring.H computes it for 3 channels (see the module docstring)."""
+    """U (s_layout * rotated) U^T as DDRM's Deblurring.H computes it for 3 channels (see the module
+    docstring)."""
     b, c, n, _ = x.shape
     u, s, vh = torch.linalg.svd(h)
     s = torch.where(s < DDRM_ZERO, torch.zeros_like(s), s)
     z = separable(x.double(), vh)  # V^T X V per channel
     big, perm = (s[:, None] * s[None, :]).reshape(-1).sort(descending=True)
-    vec = z.reshape(b, c, n * n)[:, :, perm].permute(0, 2, 1).reshape(b, -1)  # sorted pixel-major, channel inner
+    # sorted pixel-major, channel inner
+    vec = z.reshape(b, c, n * n)[:, :, perm].permute(0, 2, 1).reshape(b, -1)
     vec = vec * big.repeat(c)  # channel-major singular values, as the official code lays them out
     y = torch.zeros(b, n * n, c, dtype=torch.float64, device=x.device)
     y[:, perm, :] = vec.reshape(b, n * n, c)
@@ -165,7 +168,8 @@ def jpeg(x: torch.Tensor, quality: int = 10, generator: torch.Generator | None =
     out = []
     for img in u8:
         buf = io.BytesIO()
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="JPEG", quality=int(quality))
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="JPEG",
+                                                                         quality=int(quality))
         dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
         out.append(dec.reshape(img.shape))
     y = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.device, x.dtype)
@@ -179,7 +183,8 @@ def _uniform(generator: torch.Generator | None) -> float:
 def freeform_mask(size: int, lo: float = 0.1, hi: float = 0.2, generator: torch.Generator | None = None,
                   max_strokes: int = 64) -> torch.Tensor:
     """(1, size, size) float mask, 1 = hole: random brush strokes (random walks of thick lines, DeepFill v2's
-    generator style) added until the hole covers a fraction drawn uniformly from [lo, hi] (or `max_strokes`)."""
+    generator style) added until the hole covers a fraction drawn uniformly from [lo, hi] (or
+    `max_strokes`)."""
     target = lo + (hi - lo) * _uniform(generator)
     img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
@@ -200,11 +205,14 @@ def freeform_mask(size: int, lo: float = 0.1, hi: float = 0.2, generator: torch.
     return torch.from_numpy(np.asarray(img) > 127).float()[None]
 
 
-def random_mask_range(size: int, lo: float, hi: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(1, size, size) mask with int(size^2 p) random pixels missing, p ~ U[lo, hi] (the official random mask)."""
+def random_mask_range(size: int, lo: float, hi: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """(1, size, size) mask with int(size^2 p) random pixels missing, p ~ U[lo, hi] (the official random
+    mask)."""
     p = lo + (hi - lo) * _uniform(generator)
     k = int(size * size * p)
-    perm = torch.randperm(size * size, generator=generator) if generator is not None else torch.randperm(size * size)
+    perm = (torch.randperm(size * size, generator=generator) if generator is not None
+            else torch.randperm(size * size))
     m = torch.zeros(size * size)
     m[perm[:k]] = 1
     return m.reshape(1, size, size)
@@ -214,7 +222,8 @@ def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
     """Masks are drawn on the CPU: a generator on another device is replaced by a CPU one seeded from it."""
     if generator is None or generator.device.type == "cpu":
         return generator
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=generator,
+                                                           device=generator.device)))
 
 
 def masked_white(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -223,7 +232,8 @@ def masked_white(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return x * (1 - m) + m
 
 
-def masked_fill(x: torch.Tensor, masks: torch.Tensor, fill: str, generator: torch.Generator | None) -> torch.Tensor:
+def masked_fill(x: torch.Tensor, masks: torch.Tensor, fill: str,
+                generator: torch.Generator | None) -> torch.Tensor:
     """Holes filled white (the operators) or with standard Gaussian noise (the official InverseCoupling, which
     replaces the operator's white by noise: X1 = (1 - m) X0 + m n)."""
     if fill == "white":
@@ -261,6 +271,6 @@ def inpaint_center_white(x: torch.Tensor, generator: torch.Generator | None = No
     return masked_white(x, m)
 
 
-__all__ = ["bicubic_down", "bicubic_kernel", "blur_matrix", "ddrm_blur", "freeform_mask", "inpaint_center_white",
-           "inpaint_freeform", "inpaint_random_range", "jpeg", "random_mask_range", "separable", "sr_bicubic",
-           "strided_matrix", "truncate_singulars"]
+__all__ = ["bicubic_down", "bicubic_kernel", "blur_matrix", "ddrm_blur", "freeform_mask",
+           "inpaint_center_white", "inpaint_freeform", "inpaint_random_range", "jpeg", "random_mask_range",
+           "separable", "sr_bicubic", "strided_matrix", "truncate_singulars"]

@@ -1,4 +1,5 @@
-"""Minibatch entropic optimal transport for the OT coupling (GCTM, Kim et al. 2024b, Alg. 3; Tong et al. 2023).
+"""Minibatch entropic optimal transport for the OT coupling (GCTM, Kim et al. 2024b, Alg. 3; Tong et al.
+2023).
 
 Cost: squared Euclidean distance between flattened items, made scale-free before Sinkhorn so that one
 `reg` (GCTM's 0.01) means the same for 2-D points and for images:
@@ -56,7 +57,8 @@ def pairwise_cost(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean",
 @torch.no_grad()
 def sinkhorn_log(cost: torch.Tensor, reg: float = 0.01, iters: int = 500, tol: float = 1e-3,
                  stage_iters: int = 50) -> torch.Tensor:
-    """Entropic OT plan with uniform marginals by log-domain Sinkhorn (Cuturi 2013; Peyre & Cuturi 2019, Sec. 4.4).
+    """Entropic OT plan with uniform marginals by log-domain Sinkhorn (Cuturi 2013; Peyre & Cuturi 2019, Sec.
+    4.4).
 
     With epsilon scaling (Schmitzer 2019): the regularisation starts at the cost's range and halves
     each stage (at most `stage_iters` passes) down to `reg`, warm-starting the dual potentials, so a
@@ -88,12 +90,14 @@ def sinkhorn_log(cost: torch.Tensor, reg: float = 0.01, iters: int = 500, tol: f
 
 def sinkhorn_plan(x0: torch.Tensor, x1: torch.Tensor, reg: float = 0.01, iters: int = 500, tol: float = 1e-3,
                   cost: str = "sqeuclidean", normalize: str = "spread") -> torch.Tensor:
-    """(B0, B1) entropic OT plan between the batches x0 and x1 (uniform weights, cost as in the module doc)."""
+    """(B0, B1) entropic OT plan between the batches x0 and x1 (uniform weights, cost as in the module
+    doc)."""
     return sinkhorn_log(pairwise_cost(x0, x1, cost, normalize), reg, iters, tol)
 
 
-def ot_indices(x0: torch.Tensor, x1: torch.Tensor, reg: float = 0.01, generator: torch.Generator | None = None,
-               iters: int = 500, cost: str = "sqeuclidean", normalize: str = "spread") -> torch.Tensor:
+def ot_indices(x0: torch.Tensor, x1: torch.Tensor, reg: float = 0.01,
+               generator: torch.Generator | None = None, iters: int = 500, cost: str = "sqeuclidean",
+               normalize: str = "spread") -> torch.Tensor:
     """(B0,) long indices into x1: j_i drawn from the plan's row i, pi(j | i)."""
     plan = sinkhorn_plan(x0, x1, reg, iters, cost=cost, normalize=normalize)
     plan = plan / plan.sum(1, keepdim=True)
@@ -102,7 +106,8 @@ def ot_indices(x0: torch.Tensor, x1: torch.Tensor, reg: float = 0.01, generator:
     return idx.to(x1.device)
 
 
-def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, reg: float = 0.01, generator: torch.Generator | None = None,
-               iters: int = 500, cost: str = "sqeuclidean", normalize: str = "spread") -> torch.Tensor:
+def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, reg: float = 0.01,
+               generator: torch.Generator | None = None, iters: int = 500, cost: str = "sqeuclidean",
+               normalize: str = "spread") -> torch.Tensor:
     """x1 re-indexed so that row i is x0[i]'s partner under the minibatch OT plan (may repeat rows of x1)."""
     return x1[ot_indices(x0, x1, reg, generator, iters, cost, normalize)]

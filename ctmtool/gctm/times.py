@@ -1,5 +1,5 @@
-"""GCTM's training times as the reference draws them (1202kbs/GCTM discretizations.py 35-56, 58-94; train_gctm.py
-94-95, 101-105).
+"""GCTM's training times as the reference draws them (1202kbs/GCTM discretizations.py 35-56, 58-94;
+train_gctm.py 94-95, 101-105).
 
 (t, u, s) on the training grid (ascending there: ts[0] = 0 ... ts[n] = 1; ctmtool's grids run from 1 down to
 0, so index i here is n - i there):
@@ -25,8 +25,10 @@ import torch
 
 
 def official_indices(batch: int, grid_desc: torch.Tensor, beta: tuple[float, float] = (1.2, 2.0),
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(t_idx, u_idx, s_idx) into the decreasing grid `grid_desc` (1 ... 0), t < u <= s, drawn as the reference."""
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                        torch.Tensor]:
+    """(t_idx, u_idx, s_idx) into the decreasing grid `grid_desc` (1 ... 0), t < u <= s, drawn as the
+    reference."""
     ts = grid_desc.double().cpu().flip(0)  # ascending, as the reference's get_ts
     n = ts.numel() - 1
     s_pdf = 1.0 - ts[:-1]
@@ -38,20 +40,23 @@ def official_indices(batch: int, grid_desc: torch.Tensor, beta: tuple[float, flo
     t_idx = torch.where(dist < t_temp, (nearest + 1).clamp(max=n), nearest)
     t_idx = torch.maximum(t_idx, s_idx + 1)
     u_rng = (t_idx - s_idx).double()
-    u_dlt = torch.minimum((torch.rand(batch, generator=generator, dtype=torch.float64) * u_rng).floor(), u_rng - 1)
+    u_dlt = torch.minimum((torch.rand(batch, generator=generator, dtype=torch.float64) * u_rng).floor(),
+                          u_rng - 1)
     u_idx = t_idx - u_dlt.long() - 1
     return n - t_idx, n - u_idx, n - s_idx  # into the decreasing grid
 
 
 def snap_up(t: torch.Tensor, fine_desc: torch.Tensor) -> torch.Tensor:
-    """Each t in (0, 1] moved up to the first point >= t of the decreasing grid `fine_desc` (t = 0 excluded)."""
+    """Each t in (0, 1] moved up to the first point >= t of the decreasing grid `fine_desc` (t = 0
+    excluded)."""
     asc = fine_desc.double().flip(0).to(t.device)
     idx = torch.searchsorted(asc, t.double().contiguous()).clamp(1, asc.numel() - 1)
     return asc[idx].to(t.dtype)
 
 
 def curriculum_steps(base_steps: int, step: int, double_every: int | None, fine_steps: int) -> int:
-    """Training-grid steps at optimiser step `step`: base_steps doubled every `double_every` steps, at most fine_steps."""
+    """Training-grid steps at optimiser step `step`: base_steps doubled every `double_every` steps, at most
+    fine_steps."""
     if double_every is None:
         return base_steps
     return min(fine_steps, base_steps * 2 ** (step // double_every))

@@ -29,7 +29,8 @@ from ctmtool.errors import UserError
 from ctmtool.importers.base import ImportResult, clean_state
 
 # Format modules of this package, tried in this order.
-FORMAT_MODULES = ("edm", "ctm_cifar10", "gctm", "sony_ctm", "openai_adm")  # a Sony CTM state dict is also ADM-shaped
+# a Sony CTM state dict is also ADM-shaped
+FORMAT_MODULES = ("edm", "ctm_cifar10", "gctm", "sony_ctm", "openai_adm")
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a pre-1.6 (non-zip) torch.save file
 
 
@@ -48,8 +49,8 @@ def load_foreign(path: str | Path) -> Any:
     if head[:2] == b"PK":
         return _torch_load(path)
     if not head.startswith(b"\x80"):
-        raise UserError(f"{path} is neither a torch file nor a pickle; ctmtool imports EDM .pkl, ctm-cifar10 and "
-                        "GCTM .pt checkpoints (ctmtool's own .safetensors need no import)")
+        raise UserError(f"{path} is neither a torch file nor a pickle; ctmtool imports EDM .pkl, ctm-cifar10 "
+                        "and GCTM .pt checkpoints (ctmtool's own .safetensors need no import)")
     from ctmtool.importers.safe_pickle import safe_load
 
     try:
@@ -91,7 +92,8 @@ def detect(obj: Any, path: str | Path = "(object)") -> ModuleType:
     for module in formats():
         if module.sniff(obj):
             return module
-    what = f"a dict with keys {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, dict) else type(obj).__name__
+    what = (f"a dict with keys {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, dict)
+            else type(obj).__name__)
     names = ", ".join(m.NAME for m in formats())
     raise UserError(f"{path}: unrecognised checkpoint format ({what}); ctmtool imports: {names}")
 
@@ -124,7 +126,8 @@ def check_options(module: ModuleType, options: dict) -> None:
         raise UserError(f"{what} does not apply to a {module.NAME} file (its options: {fits}); leave it out")
 
 
-def import_file(path: str | Path, out: str | Path, fmt: str | None = None, **options) -> tuple[ImportResult, Path]:
+def import_file(path: str | Path, out: str | Path, fmt: str | None = None,
+                **options) -> tuple[ImportResult, Path]:
     """Detect the format of `path`, convert it, and write the ctmtool checkpoint `out` atomically."""
     from ctmtool.checkpoint import Checkpoint, load_state, save_checkpoint
     from ctmtool.core.models import build_precond
@@ -139,5 +142,5 @@ def import_file(path: str | Path, out: str | Path, fmt: str | None = None, **opt
     return res, save_checkpoint(out, ckpt)
 
 
-__all__ = ["FORMAT_MODULES", "ImportResult", "clean_state", "convert_file", "detect", "formats", "import_file",
-           "load_foreign"]
+__all__ = ["FORMAT_MODULES", "ImportResult", "clean_state", "convert_file", "detect", "formats",
+           "import_file", "load_foreign"]

@@ -36,7 +36,8 @@ def clean(t: torch.Tensor) -> torch.Tensor:
 
 
 def clean_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each tensor on the CPU in its own contiguous storage (published files hold views into shared cuda storage)."""
+    """Each tensor on the CPU in its own contiguous storage (published files hold views into shared cuda
+    storage)."""
     out = {}
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):

@@ -31,7 +31,8 @@ def sniff(obj: Any) -> bool:
 def to_ctmtool_name(name: str) -> str:
     """`model.map_layer0_s.weight` -> `net.map_s_layer0.weight`, `model.enc...` -> `net.enc...`."""
     if not name.startswith("model."):
-        raise UserError(f"unexpected tensor {name!r} in a ctm-cifar10 checkpoint (every name starts with 'model.')")
+        raise UserError(f"unexpected tensor {name!r} in a ctm-cifar10 checkpoint (every name starts with "
+                        "'model.')")
     rest = name[len("model."):]
     for old, new in RENAMES:
         if rest.startswith(old):

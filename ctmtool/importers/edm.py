@@ -1,5 +1,5 @@
-"""NVIDIA EDM network pickles (Karras et al. 2022), e.g. edm-cifar10-32x32-uncond-vp.pkl or the ImageNet-64 ADM
-edm-imagenet-64x64-cond-adm.pkl, as teachers."""
+"""NVIDIA EDM network pickles (Karras et al. 2022), e.g. edm-cifar10-32x32-uncond-vp.pkl or the ImageNet-64
+ADM edm-imagenet-64x64-cond-adm.pkl, as teachers."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def sniff(obj: Any) -> bool:
 
 
 def convert(obj: Any, source: str | Path = "edm.pkl", base=None) -> ImportResult:
-    """The `ema` network of an EDM pickle read by `load_foreign` (see `ctmtool.importers.edm_pickle`); a DhariwalUNet
-    (edm-imagenet-64x64-cond-adm.pkl) goes to `ctmtool.importers.edm_adm`."""
+    """The `ema` network of an EDM pickle read by `load_foreign` (see `ctmtool.importers.edm_pickle`); a
+    DhariwalUNet (edm-imagenet-64x64-cond-adm.pkl) goes to `ctmtool.importers.edm_adm`."""
     from ctmtool.importers.edm_pickle import PersistentObj, checkpoint_from_edm
 
     model = (obj["ema"].state.get("_modules") or {}).get("model")

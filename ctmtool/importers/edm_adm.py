@@ -67,7 +67,8 @@ def name_map(res: int, mult: list[int], blocks: int, attn: list[int]) -> list[tu
             out += _resblock(f"enc.{r >> 1}x{r >> 1}_down", f"input_blocks.{k}.0")
             k += 1
     low = res >> (levels - 1)
-    out += _resblock(f"dec.{low}x{low}_in0", "middle_block.0") + _attention(f"dec.{low}x{low}_in0", "middle_block.1")
+    out += _resblock(f"dec.{low}x{low}_in0", "middle_block.0") + _attention(f"dec.{low}x{low}_in0",
+                                                                            "middle_block.1")
     out += _resblock(f"dec.{low}x{low}_in1", "middle_block.2")
     j = 0
     for level in reversed(range(levels)):
@@ -100,8 +101,8 @@ def convert_dhariwal(state: dict[str, torch.Tensor], mkw: dict, res: int, chans:
     if int(kw["channel_mult_emb"]) != 4:
         raise UserError(f"channel_mult_emb {kw['channel_mult_emb']} is not ADM's 4; not supported")
     if mc * min(mult) < 128:
-        raise UserError(f"model_channels {mc} x channel_mult {mult} gives norms of fewer than 128 channels, where "
-                        "EDM's GroupNorm uses fewer than ADM's 32 groups; not supported")
+        raise UserError(f"model_channels {mc} x channel_mult {mult} gives norms of fewer than 128 channels, "
+                        "where EDM's GroupNorm uses fewer than ADM's 32 groups; not supported")
     dropped = sorted(k for k in state if k.endswith("resample_filter") or k.startswith("map_augment."))
     state = {k: v for k, v in state.items() if k not in dropped}
     out, used = {}, set()
@@ -121,13 +122,14 @@ def convert_dhariwal(state: dict[str, torch.Tensor], mkw: dict, res: int, chans:
         raise UserError(f"the DhariwalUNet holds tensors ctmtool cannot place ({', '.join(left[:3])}, ...); "
                         "not an EDM ADM layout ctmtool understands")
     adm = dict(model_channels=mc, channel_mult=mult, num_res_blocks=blocks, attn_resolutions=attn,
-               head_channels=HEAD_CHANNELS, dropout=float(kw["dropout"]), scale_shift=True, resblock_updown=True,
-               qkv_order="heads", time_scale=1.0)
+               head_channels=HEAD_CHANNELS, dropout=float(kw["dropout"]), scale_shift=True,
+               resblock_updown=True, qkv_order="heads", time_scale=1.0)
     return adm, out, [k for k in dropped if not k.endswith("resample_filter")]
 
 
 def import_dhariwal(data: dict, path: str | Path) -> ImportResult:
-    """The EDM-preconditioned ADM teacher of an already safely unpickled EDM pickle whose model is a DhariwalUNet."""
+    """The EDM-preconditioned ADM teacher of an already safely unpickled EDM pickle whose model is a
+    DhariwalUNet."""
     from ctmtool.importers.edm_pickle import PersistentObj, _attr, _init_kwargs, collect_state
     from ctmtool.importers.openai_adm import adm_preset
 
@@ -135,7 +137,8 @@ def import_dhariwal(data: dict, path: str | Path) -> ImportResult:
     ema = data["ema"]
     model = (ema.state.get("_modules") or {}).get("model")
     if ema.class_name != "EDMPrecond" or not isinstance(model, PersistentObj):
-        raise UserError(f"{path}: a DhariwalUNet under {ema.class_name}; ctmtool imports it under EDMPrecond only")
+        raise UserError(f"{path}: a DhariwalUNet under {ema.class_name}; ctmtool imports it under EDMPrecond "
+                        "only")
     pkw, mkw = _init_kwargs(ema), _init_kwargs(model)
     try:
         res = int(_attr(ema, pkw, "img_resolution", mkw.get("img_resolution", 0)))
@@ -147,8 +150,9 @@ def import_dhariwal(data: dict, path: str | Path) -> ImportResult:
     if res <= 0 or chans <= 0:
         raise UserError(f"{path}: the pickle does not record the image resolution and channel count")
     adm, state, dropped = convert_dhariwal(collect_state(model), mkw, res, chans, label_dim)
-    preset = adm_preset(path.stem, f"imported from NVIDIA's EDM pickle {path.name} (EDMPrecond, DhariwalUNet)",
-                        adm, label_dim, (chans, res, res))
+    preset = adm_preset(path.stem,
+                        f"imported from NVIDIA's EDM pickle {path.name} (EDMPrecond, DhariwalUNet)", adm,
+                        label_dim, (chans, res, res))
     raw = preset.model_dump(mode="json")
     raw["diffusion"]["sigma_data"] = sigma_data
     from ctmtool.config import preset_from_dict

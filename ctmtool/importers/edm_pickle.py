@@ -35,9 +35,9 @@ EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 
 # EDM's SongUNet defaults (training/networks.py), used for any argument the pickle does not record.
 SONGUNET_DEFAULTS: dict[str, Any] = dict(
-    label_dim=0, augment_dim=0, model_channels=128, channel_mult=[1, 2, 2, 2], channel_mult_emb=4, num_blocks=4,
-    attn_resolutions=[16], dropout=0.10, label_dropout=0.0, embedding_type="positional", channel_mult_noise=1,
-    encoder_type="standard", decoder_type="standard", resample_filter=[1, 1],
+    label_dim=0, augment_dim=0, model_channels=128, channel_mult=[1, 2, 2, 2], channel_mult_emb=4,
+    num_blocks=4, attn_resolutions=[16], dropout=0.10, label_dropout=0.0, embedding_type="positional",
+    channel_mult_noise=1, encoder_type="standard", decoder_type="standard", resample_filter=[1, 1],
 )
 PRECONDS = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
 VP_DEFAULTS = dict(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5)  # what ctmtool's VPPrecond implements
@@ -59,15 +59,18 @@ def read_edm_pickle(path: str | Path) -> dict:
         f.seek(0)
         data = safe_load(f)
     if not isinstance(data, dict):
-        raise UserError(f"{path} is a pickle but not an EDM network pickle: it holds {_kind(data)}, not a dict with 'ema'")
+        raise UserError(f"{path} is a pickle but not an EDM network pickle: it holds {_kind(data)}, not a "
+                        "dict with 'ema'")
     if "ema" not in data:
-        keys = ", ".join(_short(k) for k in list(data)[:8]) + (", ..." if len(data) > 8 else "") if data else "none"
+        keys = (", ".join(_short(k) for k in list(data)[:8]) + (", ..." if len(data) > 8 else "") if data
+                else "none")
         raise UserError(f"{path} has no 'ema' network (its entries: {keys}); is it an EDM network pickle?")
     return data
 
 
 def import_edm_pickle(path: str | Path, out_path: str | Path | None = None,
-                      progress: Callable[[str], None] | None = None, base: Preset | None = None) -> Checkpoint:
+                      progress: Callable[[str], None] | None = None,
+                      base: Preset | None = None) -> Checkpoint:
     """Convert an EDM network pickle into a ctmtool teacher checkpoint (saved to `out_path` if given).
 
     `base` supplies the training/sampling settings of the new preset (default: the `cifar10` preset for
@@ -99,8 +102,9 @@ def checkpoint_from_edm(data: dict, path: str | Path, say: Callable[[str], None]
     if not isinstance(model, PersistentObj):
         raise UserError(f"{path}: the {ema.class_name} object has no 'model' network")
     if model.class_name == "DhariwalUNet":
-        raise UserError(f"{path}: its network is EDM's ADM (DhariwalUNet, as in edm-imagenet-64x64-cond-adm.pkl), "
-                        "which this SongUNet reader does not convert; `ctmtool import` does (importers/edm_adm.py)")
+        raise UserError(f"{path}: its network is EDM's ADM (DhariwalUNet, as in "
+                        "edm-imagenet-64x64-cond-adm.pkl), which this SongUNet reader does not convert; "
+                        "`ctmtool import` does (importers/edm_adm.py)")
     if model.class_name != "SongUNet":
         extra = ""
         raise UserError(f"{path}: network class {model.class_name}{extra} is not supported; ctmtool imports "
@@ -163,20 +167,24 @@ def _settings(path: Path, ema: PersistentObj, pkw: dict, mkw: dict):
     unet = dict(SONGUNET_DEFAULTS)
     for source in (pkw, mkw):  # the SongUNet's own record wins over what the precond passed on
         unet.update({k: v for k, v in source.items() if k in SONGUNET_DEFAULTS})
-    for k, v in (("in_channels", chans), ("out_channels", chans), ("img_resolution", res), ("label_dim", label_dim)):
+    for k, v in (("in_channels", chans), ("out_channels", chans), ("img_resolution", res),
+                 ("label_dim", label_dim)):
         if k in mkw and mkw[k] != v:
-            raise UserError(f"{path}: the SongUNet has {k} = {mkw[k]} but the precond says {v}; not supported")
+            raise UserError(f"{path}: the SongUNet has {k} = {mkw[k]} but the precond says {v}; not "
+                            "supported")
     if unet["encoder_type"] == "skip":
-        raise UserError(f"{path}: encoder_type 'skip' is not supported by ctmtool presets (standard/residual only)")
+        raise UserError(f"{path}: encoder_type 'skip' is not supported by ctmtool presets (standard/residual "
+                        "only)")
 
     kind, vp = PRECONDS[ema.class_name], None
     sigma_data = float(_attr(ema, pkw, "sigma_data", 0.5))
     if kind == "vp":
         vp = {k: float(_attr(ema, pkw, k, d)) for k, d in VP_DEFAULTS.items()}
         if any(not math.isclose(vp[k], VP_DEFAULTS[k], rel_tol=1e-6) for k in vp):
-            raise UserError(f"{path}: VP parameters {vp} differ from EDM's defaults {VP_DEFAULTS}, which are the "
-                            "only ones ctmtool's VPPrecond implements")
-        pre_min = math.sqrt(math.expm1(0.5 * vp["beta_d"] * vp["epsilon_t"] ** 2 + vp["beta_min"] * vp["epsilon_t"]))
+            raise UserError(f"{path}: VP parameters {vp} differ from EDM's defaults {VP_DEFAULTS}, which are "
+                            "the only ones ctmtool's VPPrecond implements")
+        pre_min = math.sqrt(math.expm1(0.5 * vp["beta_d"] * vp["epsilon_t"] ** 2
+                                       + vp["beta_min"] * vp["epsilon_t"]))
         pre_max = math.sqrt(math.expm1(0.5 * vp["beta_d"] + vp["beta_min"]))
     else:
         pre_min = float(_attr(ema, pkw, "sigma_min", 0.02 if kind == "ve" else 0.0))
@@ -193,4 +201,5 @@ def _default_base(data_shape: tuple[int, ...]) -> Preset:
     return Preset(data={"source": "folder", "resolution": data_shape[1], "channels": data_shape[0]})
 
 
-__all__ = ["EDM_URL", "SafeUnpickler", "checkpoint_from_edm", "collect_state", "import_edm_pickle", "read_edm_pickle", "safe_load"]
+__all__ = ["EDM_URL", "SafeUnpickler", "checkpoint_from_edm", "collect_state", "import_edm_pickle",
+           "read_edm_pickle", "safe_load"]

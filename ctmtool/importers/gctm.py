@@ -26,8 +26,8 @@ REQUIRED = ("var0", "var1", "cov01")
 
 
 def sniff(obj: Any) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("net_ema"), dict) and isinstance(obj.get("net"), dict) \
-        and "t_map_layer0.weight" in obj["net_ema"]
+    return isinstance(obj, dict) and isinstance(obj.get("net_ema"), dict) \
+        and isinstance(obj.get("net"), dict) and "t_map_layer0.weight" in obj["net_ema"]
 
 
 def to_ctmtool_state(net: dict) -> dict:
@@ -47,8 +47,10 @@ def to_ctmtool_state(net: dict) -> dict:
 
 def convert(obj: Any, source: str | Path = "gctm.pt", ema: str = "net_ema", var0: float | None = None,
             var1: float | None = None, cov01: float | None = None, smin: float = 0.002, smax: float = 80.0,
-            grid: int = 18, rho: float = 7.0, dropout: float = 0.1, x1_eps_std: float = 0.0, base=None) -> ImportResult:
-    """A ctmtool `gctm` checkpoint from the `ema` network of the file (net_ema by default, as its evaluation uses)."""
+            grid: int = 18, rho: float = 7.0, dropout: float = 0.1, x1_eps_std: float = 0.0,
+            base=None) -> ImportResult:
+    """A ctmtool `gctm` checkpoint from the `ema` network of the file (net_ema by default, as its evaluation
+    uses)."""
     from ctmtool.config import load_preset, preset_from_dict
 
     path = Path(source)
@@ -56,8 +58,8 @@ def convert(obj: Any, source: str | Path = "gctm.pt", ema: str = "net_ema", var0
     missing = [k for k, v in given.items() if v is None]
     if missing:
         raise UserError(f"{path} is a GCTM checkpoint, which does not record its moments; give "
-                        f"{', '.join(f'`{k}`' for k in missing)} (the three `vars` values of its training command; its "
-                        "`X1_eps_std` as `x1_eps_std`)")
+                        f"{', '.join(f'`{k}`' for k in missing)} (the three `vars` values of its training "
+                        "command; its `X1_eps_std` as `x1_eps_std`)")
     if not x1_eps_std >= 0:
         raise UserError(f"`x1_eps_std` must be a non-negative number (its `X1_eps_std`), got {x1_eps_std}")
     var1 = float(var1) + float(x1_eps_std) ** 2  # train_gctm.py line 47: vars[1] += X1_eps_std**2
@@ -66,7 +68,8 @@ def convert(obj: Any, source: str | Path = "gctm.pt", ema: str = "net_ema", var0
     state = clean_state(to_ctmtool_state(obj[ema]))
     unet, data_shape, label_dim = infer_songunet(state)
     if base is None:
-        base = load_preset("edges2shoes")  # the GCTM paper's image settings; network and moments replaced below
+        # the GCTM paper's image settings; network and moments replaced below
+        base = load_preset("edges2shoes")
     raw = base.model_dump(mode="json")
     raw["name"] = path.stem
     raw["description"] = f"imported from the GCTM checkpoint {path.name} ({ema})"

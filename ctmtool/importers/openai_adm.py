@@ -36,13 +36,15 @@ def _count(sd: dict, prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def adm_architecture(sd: dict[str, torch.Tensor], resolution: int, head_channels: int) -> tuple[dict, int, int]:
-    """The `[net.adm]` settings, label_dim and channel count an ADM state dict implies (refused if unsupported)."""
+def adm_architecture(sd: dict[str, torch.Tensor], resolution: int,
+                     head_channels: int) -> tuple[dict, int, int]:
+    """The `[net.adm]` settings, label_dim and channel count an ADM state dict implies (refused if
+    unsupported)."""
     mc = sd["time_embed.0.weight"].shape[1]
     in_ch, out_ch = sd["input_blocks.0.0.weight"].shape[1], sd["out.2.weight"].shape[0]
     if out_ch != in_ch:
-        raise UserError(f"the network outputs {out_ch} channels for {in_ch} input channels (learned variance?); "
-                        "ctmtool imports ADM denoisers whose output has the input's channels")
+        raise UserError(f"the network outputs {out_ch} channels for {in_ch} input channels (learned "
+                        "variance?); ctmtool imports ADM denoisers whose output has the input's channels")
     n_out = _count(sd, "output_blocks.")
     ups = [i for i in range(n_out) if any(f"output_blocks.{i}.{j}.in_layers.0.weight" in sd or
                                           f"output_blocks.{i}.{j}.conv.weight" in sd for j in (1, 2))]

@@ -12,7 +12,8 @@ import torch
 from ctmtool.errors import UserError
 from ctmtool.importers.safe_pickle import PersistentObj, Stub
 
-MAX_NODES = 1_000_000   # objects visited when the unpickled tree is walked (shared references count each time)
+# objects visited when the unpickled tree is walked (shared references count each time)
+MAX_NODES = 1_000_000
 
 
 
@@ -41,8 +42,8 @@ def _kind(v: Any) -> str:
 def _visit(budget: list[int]) -> None:
     budget[0] += 1
     if budget[0] > MAX_NODES:
-        raise UserError(f"refusing this pickle: its object tree has more than {MAX_NODES} nodes (shared references "
-                        "repeated many times); the file may be malicious")
+        raise UserError(f"refusing this pickle: its object tree has more than {MAX_NODES} nodes (shared "
+                        "references repeated many times); the file may be malicious")
 
 
 def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents: tuple = (),
@@ -52,7 +53,8 @@ def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents
     _budget = [0] if _budget is None else _budget
     _visit(_budget)
     if id(node) in _parents or len(_parents) > 64:
-        raise UserError(f"damaged or hostile pickle: the module tree loops back on itself at {prefix or 'the top'}")
+        raise UserError("damaged or hostile pickle: the module tree loops back on itself at "
+                        f"{prefix or 'the top'}")
     st = _state_of(node)
     skip = st.get("_non_persistent_buffers_set") or set()
     for group in ("_parameters", "_buffers"):
@@ -75,7 +77,8 @@ def collect_state(node: Any, prefix: str = "", out: dict | None = None, _parents
 
 
 def _plain(v: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
-    """Constructor arguments as plain JSON-able Python values (at most `MAX_NODES` visited, shared ones included)."""
+    """Constructor arguments as plain JSON-able Python values (at most `MAX_NODES` visited, shared ones
+    included)."""
     budget = [0] if budget is None else budget
     _visit(budget)
     if depth > 16:

@@ -26,13 +26,15 @@ from ctmtool.errors import UserError
 
 # Globals whose mere mention marks a pickle as hostile: refused before anything is built.
 _HOSTILE_MODULES = {
-    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty", "code", "codeop",
-    "pickle", "_pickle", "marshal", "ctypes", "operator", "functools", "types", "webbrowser", "io", "_io",
-    "platform", "signal", "multiprocessing", "threading", "_thread", "inspect", "pdb", "timeit", "tempfile",
-    "pathlib", "glob", "asyncio", "urllib", "http", "ftplib", "smtplib", "requests", "posixpath", "ntpath",
-    "_posixsubprocess", "gc", "weakref", "cProfile", "profile", "trace", "dill", "cloudpickle", "joblib",
+    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty", "code",
+    "codeop", "pickle", "_pickle", "marshal", "ctypes", "operator", "functools", "types", "webbrowser", "io",
+    "_io", "platform", "signal", "multiprocessing", "threading", "_thread", "inspect", "pdb", "timeit",
+    "tempfile", "pathlib", "glob", "asyncio", "urllib", "http", "ftplib", "smtplib", "requests", "posixpath",
+    "ntpath", "_posixsubprocess", "gc", "weakref", "cProfile", "profile", "trace", "dill", "cloudpickle",
+    "joblib",
 }
-_SAFE_BUILTINS = {"set", "frozenset", "list", "dict", "tuple", "int", "float", "complex", "str", "bool", "object"}
+_SAFE_BUILTINS = {"set", "frozenset", "list", "dict", "tuple", "int", "float", "complex", "str", "bool",
+                  "object"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,7 +83,8 @@ class EasyDictStub(dict):
 
 
 class PersistentObj:
-    """Stand-in for an EDM persistent object: `meta` with `class_name`, `module_src` (never run) and `state`."""
+    """Stand-in for an EDM persistent object: `meta` with `class_name`, `module_src` (never run) and
+    `state`."""
 
     def __init__(self, meta):
         if not isinstance(meta, dict):
@@ -157,7 +160,8 @@ def _np_dtype(spec, align=False, copy=True):
 
 
 def _np_scalar(dtype, data=None):
-    if isinstance(dtype, np.dtype) and dtype.kind in "biufc" and isinstance(data, bytes) and len(data) == dtype.itemsize:
+    if isinstance(dtype, np.dtype) and dtype.kind in "biufc" and isinstance(data, bytes) \
+            and len(data) == dtype.itemsize:
         return np.frombuffer(data, dtype=dtype)[0].item()
     return Stub.__new__(_stub_class("numpy", "scalar"), dtype, data)
 
@@ -226,16 +230,17 @@ MAX_STACK = 1_000_000   # objects on the unpickler's stack at once
 
 
 def _bounded(dispatch: dict) -> dict:
-    """The pure-Python unpickler's opcode table with every opcode counted and the memo, stack and nesting checked:
-    a 4 kB pickle of shared references or nested lists is refused in milliseconds instead of burning minutes."""
+    """The pure-Python unpickler's opcode table with every opcode counted and the memo, stack and nesting
+    checked: a 4 kB pickle of shared references or nested lists is refused in milliseconds instead of burning
+    minutes."""
     def wrap(op):
         def counted(self):
             self._ops += 1
             if self._ops > MAX_OPS or len(self.memo) > MAX_MEMO or len(self.metastack) > MAX_DEPTH \
                     or len(self.stack) > MAX_STACK:
                 raise UserError("refusing this pickle: it asks for more work than any network pickle needs "
-                                f"(at most {MAX_OPS} operations, {MAX_MEMO} memo entries, nesting {MAX_DEPTH}); "
-                                "the file may be malicious; nothing was run")
+                                f"(at most {MAX_OPS} operations, {MAX_MEMO} memo entries, nesting "
+                                f"{MAX_DEPTH}); the file may be malicious; nothing was run")
             return op(self)
 
         return counted
@@ -261,8 +266,8 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         if module in ("builtins", "__builtin__") or module.split(".")[0] in _HOSTILE_MODULES:
-            raise UserError(f"refusing to load this pickle: it calls {module}.{name}, which an EDM network pickle "
-                            "never does (the file may be malicious); nothing was run")
+            raise UserError(f"refusing to load this pickle: it calls {module}.{name}, which an EDM network "
+                            "pickle never does (the file may be malicious); nothing was run")
         return _stub_class(module, name)
 
     def persistent_load(self, pid):
@@ -281,5 +286,5 @@ def safe_load(f) -> Any:
         raise UserError(f"damaged or unsupported pickle ({type(err).__name__}: {str(err)[:200]})") from None
 
 
-__all__ = ["MAX_DEPTH", "MAX_MEMO", "MAX_OPS", "MAX_STACK", "EasyDictStub", "PersistentObj", "SafeUnpickler", "Stub",
-           "safe_load"]
+__all__ = ["MAX_DEPTH", "MAX_MEMO", "MAX_OPS", "MAX_STACK", "EasyDictStub", "PersistentObj", "SafeUnpickler",
+           "Stub", "safe_load"]

@@ -33,7 +33,8 @@ def convert(obj, source: str | Path = "", resolution: int = 64, head_channels: i
         raise UserError("not a Sony CTM state dict (expected an ADM UNetModel with time_embed_s.* tensors)")
     adm, label_dim, ch = adm_architecture(sd, resolution, head_channels)
     shape = (ch, resolution, resolution)
-    preset = adm_preset("sony-ctm-imagenet64", "Sony's ImageNet-64 CTM (sony/ctm release)", adm, label_dim, shape)
+    preset = adm_preset("sony-ctm-imagenet64", "Sony's ImageNet-64 CTM (sony/ctm release)", adm, label_dim,
+                        shape)
     state = {f"net.{k}": clean(v) for k, v in sd.items()}
     meta = {"source": "sony-ctm", "format": NAME, "time_input": "250 ln(sigma)",
             "head_channels_assumed": head_channels, "resolution_assumed": resolution}

@@ -99,7 +99,8 @@ def model_graphs(model) -> list[Graph]:
         return [Graph("generator", _Generator(net, t, t, s, clamp), ["z", *lab], ()), jump]
     if model.kind == "teacher":
         return [Graph("denoiser", _Denoiser(net), ["x", "sigma", *lab], ("sigma",))]
-    raise UserError(f"a {model.kind} model has no network to export; export a teacher, CTM or GCTM checkpoint")
+    raise UserError(f"a {model.kind} model has no network to export; export a teacher, CTM or GCTM "
+                    "checkpoint")
 
 
 def random_inputs(model, graph: Graph, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -128,7 +129,8 @@ def difference(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def export_graph(model, graph: Graph, path: Path, opset: int = 18) -> torch.export.ExportedProgram:
-    """Write `graph` as ONNX with a dynamic batch dimension; return the `torch.export` program it came from."""
+    """Write `graph` as ONNX with a dynamic batch dimension; return the `torch.export` program it came
+    from."""
     gen = torch.Generator().manual_seed(0)
     example = random_inputs(model, graph, 2, gen)
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -171,11 +173,13 @@ def verify(model, graph: Graph, path: Path, program=None, tol: float = DEFAULT_T
             got["torch.export"] = program.module()(**inputs)
         for what, y in got.items():
             if tuple(y.shape) != tuple(ref.shape):
-                raise ExportMismatch(f"{path}: {what} output shape {tuple(y.shape)} differs from PyTorch's {tuple(ref.shape)} at batch {b}")
+                raise ExportMismatch(f"{path}: {what} output shape {tuple(y.shape)} differs from PyTorch's "
+                                     f"{tuple(ref.shape)} at batch {b}")
             diff, scale = difference(y, ref)
             if not diff <= tol * scale:
-                raise ExportMismatch(f"{path}: {what} differs from PyTorch by {diff:.3g} at batch {b} (allowed "
-                                     f"{tol * scale:.3g} = {tol:g} x {scale:.3g}); the graph is not exact, nothing kept")
+                raise ExportMismatch(f"{path}: {what} differs from PyTorch by {diff:.3g} at batch {b} "
+                                     f"(allowed {tol * scale:.3g} = {tol:g} x {scale:.3g}); the graph is not "
+                                     "exact, nothing kept")
             worst[what] = max(worst[what], diff)
     return {"graph": graph.name, "file": str(path), "inputs": graph.inputs, "batches": list(batches),
             "max_abs_diff_ort": worst["onnxruntime"],
@@ -186,14 +190,16 @@ def output_paths(out: Path, graphs: list[Graph]) -> dict[str, Path]:
     """model.onnx for the main graph, model.<name>.onnx for the others."""
     if out.suffix != ".onnx":
         raise UserError(f"`out` {out}: give a file name ending in .onnx (e.g. model.onnx)")
-    return {g.name: (out if i == 0 else out.with_name(f"{out.stem}.{g.name}.onnx")) for i, g in enumerate(graphs)}
+    return {g.name: (out if i == 0 else out.with_name(f"{out.stem}.{g.name}.onnx"))
+            for i, g in enumerate(graphs)}
 
 
 def metadata(model, graphs: list[Graph], files: dict[str, Path]) -> dict:
     """What a runtime needs besides the graphs: shapes, level range, label count, file names."""
     return {"format": "ctmtool-onnx", "kind": model.kind, "data_shape": list(model.data_shape),
             "label_dim": model.label_dim, "sigma_min": model.sigma_min, "sigma_max": model.sigma_max,
-            "graphs": {g.name: {"file": files[g.name].name, "inputs": g.inputs, "output": "y"} for g in graphs}}
+            "graphs": {g.name: {"file": files[g.name].name, "inputs": g.inputs, "output": "y"}
+                       for g in graphs}}
 
 
 def export_model(model, out: str | Path, tol: float = DEFAULT_TOL, program: bool = True, force: bool = False,
@@ -203,10 +209,12 @@ def export_model(model, out: str | Path, tol: float = DEFAULT_TOL, program: bool
     out = Path(out)
     graphs = model_graphs(model)
     files = output_paths(out, graphs)
-    targets = [*files.values(), *(p.with_suffix(".pt2") for p in files.values() if program), out.with_suffix(".json")]
+    targets = [*files.values(), *(p.with_suffix(".pt2") for p in files.values() if program),
+               out.with_suffix(".json")]
     existing = [str(p) for p in targets if p.exists()]
     if existing and not force:
-        raise UserError(f"{', '.join(existing)} already exist(s); pass `force` to overwrite or choose another `out`")
+        raise UserError(f"{', '.join(existing)} already exist(s); pass `force` to overwrite or choose "
+                        "another `out`")
     if not out.parent.exists():
         raise UserError(f"folder {out.parent} does not exist; create it or choose another `out`")
     staged: list[tuple[Path, Path]] = []
@@ -241,7 +249,8 @@ def export_model(model, out: str | Path, tol: float = DEFAULT_TOL, program: bool
             "programs": [str(p.with_suffix(".pt2")) for p in files.values()] if program else []}
 
 
-PRESET_SHAPES = {"digits": (1, 8, 8), "cifar10-fast": (3, 32, 32), "cifar10": (3, 32, 32), "toy": (2,), "toy-translate": (2,)}
+PRESET_SHAPES = {"digits": (1, 8, 8), "cifar10-fast": (3, 32, 32), "cifar10": (3, 32, 32), "toy": (2,),
+                 "toy-translate": (2,)}
 
 
 def random_checkpoint(path: str | Path, preset: str = "digits", kind: str = "ctm", seed: int = 0,
@@ -257,7 +266,8 @@ def random_checkpoint(path: str | Path, preset: str = "digits", kind: str = "ctm
     if preset not in PRESET_SHAPES:
         raise UserError(f"no data shape known for preset {preset!r}; use one of {', '.join(PRESET_SHAPES)}")
     shape = PRESET_SHAPES[preset]
-    meta = {"moments": {"var0": 0.25, "var1": 1.0, "cov01": 0.0}} if p.gctm is not None else {}  # a GCTM records its moments
+    # a GCTM records its moments
+    meta = {"moments": {"var0": 0.25, "var1": 1.0, "cov01": 0.0}} if p.gctm is not None else {}
     net = build_precond(kind, p, shape, meta)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -38,14 +38,15 @@ def fid_plan(model, batch: int = 256, **options) -> SamplingPlan | None:
     if model is None:
         given = {k: v for k, v in options.items() if v is not None}
         if given:
-            raise UserError(f"{', '.join(f'`{k}`' for k in given)}: only for a checkpoint (how it is sampled), "
-                            "but SAMPLES are images; drop it")
+            raise UserError(f"{', '.join(f'`{k}`' for k in given)}: only for a checkpoint (how it is "
+                            "sampled), but SAMPLES are images; drop it")
         return None
     return plan_sampling(model, batch=batch, noise="edm", **options)
 
 
 def describe(plan: SamplingPlan | None) -> dict:
-    """The sampling settings a FID result reports: solver, nfe and gamma (gamma-sampling) or steps, sigmas, class."""
+    """The sampling settings a FID result reports: solver, nfe and gamma (gamma-sampling) or steps, sigmas,
+    class."""
     if plan is None:
         return {}
     out = {"solver": plan.solver}
@@ -65,9 +66,9 @@ def sampling_settings(model, **options) -> dict:
 
 def samples_stats(samples: str, model, extractor, *, n: int | None, seed: int, batch: int | None, device,
                   keep_features: bool, plan: SamplingPlan | None, rep=None, fast: bool = True):
-    """Statistics of SAMPLES: generated in memory from a checkpoint (`n` defaults to its [fid] n), or of images.
-    Generating, `ctmtool.core.fastpath.fast_plan` picks the CPU batch (where `batch` is None) and a traced solve
-    (logged); images are read in batches of `batch` (default 256)."""
+    """Statistics of SAMPLES: generated in memory from a checkpoint (`n` defaults to its [fid] n), or of
+    images. Generating, `ctmtool.core.fastpath.fast_plan` picks the CPU batch (where `batch` is None) and a
+    traced solve (logged); images are read in batches of `batch` (default 256)."""
     from ctmtool.core.fastpath import fast_plan
     from ctmtool.data.images import load_images
     from ctmtool.metrics.fid import compute_stats, dataset_batches, model_batches
@@ -88,7 +89,8 @@ def samples_stats(samples: str, model, extractor, *, n: int | None, seed: int, b
     rep.log(f"read {len(ds)} images of {'x'.join(map(str, ds.shape))} in {time.perf_counter() - t0:.1f} s")
     total = min(n, len(ds)) if n else len(ds)
     with rep.progress(total, "features", "images") as advance:
-        return compute_stats(dataset_batches(ds, batch, n, seed), extractor, device, keep_features, advance, ds.name)
+        return compute_stats(dataset_batches(ds, batch, n, seed), extractor, device, keep_features, advance,
+                             ds.name)
 
 
 def reference(ref: str | None, model, extractor, *, device, cache, batch: int, kid: bool, rep=None):
@@ -100,11 +102,12 @@ def reference(ref: str | None, model, extractor, *, device, cache, batch: int, k
     rep = rep or Quiet()
     ref = ref or (model.preset.fid.ref if model is not None else None)
     if ref is None:
-        raise UserError("`ref` is missing: give a named reference (e.g. cifar10-train), a statistics .npz or a "
-                        "folder/zip/npz of real images")
+        raise UserError("`ref` is missing: give a named reference (e.g. cifar10-train), a statistics .npz or "
+                        "a folder/zip/npz of real images")
     p = Path(ref).expanduser()
     if p.exists() and not (p.is_file() and p.suffix.lower() == ".npz" and is_stats_file(p)):
-        rep.log(f"computing reference statistics of {p} (save them once with `ctmtool fid stats {ref} -o FILE.npz`)")
+        rep.log(f"computing reference statistics of {p} (save them once with `ctmtool fid stats {ref} -o "
+                "FILE.npz`)")
         ds = load_images(p)
         rep.log(f"read {len(ds)} reference images of {'x'.join(map(str, ds.shape))}")
         with rep.progress(len(ds), "reference features", "images") as advance:
@@ -112,6 +115,6 @@ def reference(ref: str | None, model, extractor, *, device, cache, batch: int, k
     else:
         stats = reference_stats(ref, extractor, device, cache)
     if kid and stats.feats is None:
-        raise UserError(f"`kid` needs raw reference features but {ref} holds only mean and covariance; recompute it "
-                        "with `ctmtool fid stats` keeping raw features, or leave out `kid`")
+        raise UserError(f"`kid` needs raw reference features but {ref} holds only mean and covariance; "
+                        "recompute it with `ctmtool fid stats` keeping raw features, or leave out `kid`")
     return ref, stats

@@ -1,5 +1,6 @@
-"""Inputs for translation and editing, fitted to a model: images (grey -> RGB, square ones resized), 2-D points,
-side-by-side pairs of a paired GCTM split into source and target halves, masks, and the model's own degradation.
+"""Inputs for translation and editing, fitted to a model: images (grey -> RGB, square ones resized), 2-D
+points, side-by-side pairs of a paired GCTM split into source and target halves, masks, and the model's own
+degradation.
 
 Every function raises `UserError` naming the file and the fix; values come back as float tensors in the
 data range (images in [-1, 1]) and are refused when they hold NaN or infinite values.
@@ -49,7 +50,8 @@ def fit_images(v: torch.Tensor, model, what: str, log=None) -> torch.Tensor:
         v = v.expand(-1, c, -1, -1)
     if tuple(v.shape[-2:]) != (h, w):
         if v.shape[-1] != v.shape[-2] or h != w:
-            raise UserError(f"{what} has {v.shape[-1]}x{v.shape[-2]} images but the model works on {w}x{h}; resize them")
+            raise UserError(f"{what} has {v.shape[-1]}x{v.shape[-2]} images but the model works on {w}x{h}; "
+                            "resize them")
         _log(log, f"{what}: resizing {v.shape[-1]}x{v.shape[-2]} images to {w}x{h}")
         v = resize_uint8(v.contiguous(), h)
     return v.float() / 127.5 - 1
@@ -70,14 +72,16 @@ def load_inputs(path: str | Path, model, split_pairs: bool = False, log=None) ->
     names = unique_stems(ds.items, len(ds))
     if not model.is_image:
         if ds.is_image:
-            raise UserError(f"the model works on points of shape {tuple(model.data_shape)}; give an .npz with float "
-                            "'samples' of shape (N, D)")
+            raise UserError(f"the model works on points of shape {tuple(model.data_shape)}; give an .npz "
+                            "with float 'samples' of shape (N, D)")
         if ds.shape != tuple(model.data_shape):
-            raise UserError(f"{p} holds points of shape {ds.shape} but the model works on {tuple(model.data_shape)}")
+            raise UserError(f"{p} holds points of shape {ds.shape} but the model works on "
+                            f"{tuple(model.data_shape)}")
         x = check_finite(ds.values.float(), f"the points in {p}", "remove or fix those rows")
         return Inputs(x, names)
     if not ds.is_image:
-        raise UserError(f"{p} holds points of shape {ds.shape} but the model works on {tuple(model.data_shape)} images")
+        raise UserError(f"{p} holds points of shape {ds.shape} but the model works on "
+                        f"{tuple(model.data_shape)} images")
     v, other = ds.values, None
     _, h, w = model.data_shape
     if split_pairs and _paired(model) and v.shape[-1] == 2 * v.shape[-2] and h == w:
@@ -86,7 +90,8 @@ def load_inputs(path: str | Path, model, split_pairs: bool = False, log=None) ->
         left, right = split_side_by_side(v)
         source_left = model.preset.gctm.coupling.strip().partition(":")[2] in ("", "left")
         v, other = (left, right) if source_left else (right, left)
-        _log(log, f"{p}: side-by-side pairs; translating the {'left' if source_left else 'right'} (source) halves")
+        _log(log,
+             f"{p}: side-by-side pairs; translating the {'left' if source_left else 'right'} (source) halves")
         other = fit_images(other, model, str(p), log)
     return Inputs(fit_images(v, model, str(p), log), names, other, ds.labels, ds.class_names)
 
@@ -132,7 +137,8 @@ def degrade(x: torch.Tensor, model, seed: int) -> torch.Tensor:
     g = model.preset.gctm  # the coupling a GCTM was trained with ([gctm] section of its preset)
     if g is None or coupling_kind(g.coupling) != "corrupt":
         coupling = g.coupling if g is not None else model.kind
-        raise UserError(f"`degrade` applies the model's degradation, but this model's coupling is {coupling!r}, "
-                        "not corrupt:<op>; drop `degrade`")
+        raise UserError("`degrade` applies the model's degradation, but this model's coupling is "
+                        f"{coupling!r}, not corrupt:<op>; drop `degrade`")
     deg = make_degradation(model.preset.gctm.coupling.strip().partition(":")[2])
-    return torch.cat([deg(x[i:i + 1], generator=torch.Generator().manual_seed(seed + i)) for i in range(len(x))])
+    return torch.cat([deg(x[i:i + 1], generator=torch.Generator().manual_seed(seed + i))
+                      for i in range(len(x))])

@@ -59,8 +59,8 @@ def _out_of_memory(err: BaseException) -> UserError:
 
 def draw(model, n: int, plan: SamplingPlan, *, seed: int = 0, device: torch.device | str = "cpu",
          progress: Advance = None, program=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`n` >= 1 samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i; `program`:
-    a traced solve of full batches (`ctmtool.core.fastpath`)."""
+    """`n` >= 1 samples (and labels, None for unconditional models) on the CPU; sample i uses seed + i;
+    `program`: a traced solve of full batches (`ctmtool.core.fastpath`)."""
     check_memory(n, model.data_shape)
     xs, ys = [], []
     try:
@@ -103,11 +103,12 @@ class Samples:
 def sample(model, plan: SamplingPlan, *, n: int | None = None, seed: int | None = None,
            device: torch.device | str = "cpu", progress: Advance = None, distributed: bool = False,
            fast: bool = False, batch_given: bool = True, log=None) -> Samples | None:
-    """Draw samples with `plan` (`ctmtool.jobs.plan.plan_sampling`); n and seed default to the preset's [sample].
+    """Draw samples with `plan` (`ctmtool.jobs.plan.plan_sampling`); n and seed default to the preset's
+    [sample].
 
-    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others None).
-    fast: on the CPU, `ctmtool.core.fastpath.fast_plan` picks a cache-sized batch (unless `batch_given`) and a
-    traced solve; `log` receives the choice in one line."""
+    distributed: under torchrun every rank draws its own index range and rank 0 gets all samples (others
+    None). fast: on the CPU, `ctmtool.core.fastpath.fast_plan` picks a cache-sized batch (unless
+    `batch_given`) and a traced solve; `log` receives the choice in one line."""
     s = model.preset.sample
     n, seed = s.n if n is None else n, s.seed if seed is None else seed
     if n < 1:
@@ -157,7 +158,8 @@ def translate_items(model, x: torch.Tensor, plan: SamplingPlan, *, seed: int = 0
         x, model, seed, plan.batch, device, progress)
 
 
-def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tensor | None) -> torch.Tensor | None:
+def class_labels(model, n: int, class_label: int | None,
+                 data_labels: torch.Tensor | None) -> torch.Tensor | None:
     """Labels for a class-conditional model: `class_label` for every item, else the inputs' own (class
     sub-folders); None for an unconditional model (where `class_label` is refused)."""
     if not model.label_dim:
@@ -166,7 +168,8 @@ def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tens
                             "'latent') are its source's Gaussians, not a network input; move images between "
                             "them with `translate edit --to-class`")
         if class_label is not None:
-            raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; drop `class`")
+            raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; "
+                            "drop `class`")
         return None
     if class_label is not None:
         if not 0 <= class_label < model.label_dim:
@@ -174,11 +177,11 @@ def class_labels(model, n: int, class_label: int | None, data_labels: torch.Tens
                             f"(0..{model.label_dim - 1})")
         return torch.full((n,), class_label, dtype=torch.long)
     if data_labels is None:
-        raise UserError(f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give `class` K, "
-                        "or inputs in class sub-folders")
+        raise UserError(f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give "
+                        "`class` K, or inputs in class sub-folders")
     if int(data_labels.max()) >= model.label_dim:
-        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {model.label_dim}; "
-                        "give `class` K")
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model "
+                        f"{model.label_dim}; give `class` K")
     return data_labels.long()
 
 
@@ -232,11 +235,12 @@ def restore_items(model, y: torch.Tensor, task: str, plan: SamplingPlan, *, hole
     return _batched(one, y, model, seed, plan.batch, device, progress)
 
 
-def edit_items(model, x: torch.Tensor, level: float, plan: SamplingPlan, *, strokes: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None, keep_unmasked: bool = False, seed: int = 0,
-               device: torch.device | str = "cpu", progress: Advance = None) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022) of every row of x from `level` along `plan` (`editing_level`, `plan_editing`),
-    or stroke editing when `strokes` are given."""
+def edit_items(model, x: torch.Tensor, level: float, plan: SamplingPlan, *,
+               strokes: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               keep_unmasked: bool = False, seed: int = 0, device: torch.device | str = "cpu",
+               progress: Advance = None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022) of every row of x from `level` along `plan` (`editing_level`,
+    `plan_editing`), or stroke editing when `strokes` are given."""
     def one(xb, noise, lo, hi):
         if strokes is None:
             return sdedit(model, xb, level, plan, noise=noise)
@@ -257,7 +261,8 @@ def check_finite(x: torch.Tensor, what: str, fix: str) -> torch.Tensor:
 
 def check_model_finite(model) -> None:
     """Refuse a model whose weights hold NaN or infinite values (an edited or damaged checkpoint)."""
-    bad = [name for name, t in model.net.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = [name for name, t in model.net.state_dict().items() if t.is_floating_point()
+           and not torch.isfinite(t).all()]
     if bad:
         raise UserError(f"checkpoint {model.path} holds NaN or infinite weights ({bad[0]}"
                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); use another checkpoint")

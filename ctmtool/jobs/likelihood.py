@@ -44,7 +44,8 @@ class NLLOptions:
         for name, allowed in (("method", METHODS), ("divergence", DIVERGENCES), ("probe_dist", PROBE_DISTS),
                               ("solver", SOLVERS), ("draw_average", DRAW_AVERAGES)):
             if getattr(self, name) not in allowed:
-                raise UserError(f"unknown `{name}` {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+                raise UserError(f"unknown `{name}` {getattr(self, name)!r}; choose one of "
+                                f"{', '.join(allowed)}")
         for name, least in (("probes", 1), ("steps", 1), ("elbo_samples", 2), ("dequant_draws", 1)):
             if getattr(self, name) < least:
                 raise UserError(f"`{name}` must be at least {least} (got {getattr(self, name)})")
@@ -72,17 +73,19 @@ def load_data(path: str | Path, model):
                         f"{tuple(model.data_shape)}; give data of the model's shape")
     if ds.values.is_floating_point() and not torch.isfinite(ds.values).all():
         bad = int((~torch.isfinite(ds.values.flatten(1))).any(1).sum())
-        raise UserError(f"{ds.name} holds NaN or infinite values (items with them: {bad}); remove or fix them")
+        raise UserError(f"{ds.name} holds NaN or infinite values (items with them: {bad}); remove or fix "
+                        "them")
     if model.label_dim and ds.labels is None:
-        raise UserError(f"the model is class-conditional ({model.label_dim} classes) but {ds.name} has no labels; "
-                        "put images in class sub-folders or save 'labels' in the .npz")
+        raise UserError(f"the model is class-conditional ({model.label_dim} classes) but {ds.name} has no "
+                        "labels; put images in class sub-folders or save 'labels' in the .npz")
     if not model.label_dim and ds.labels is not None:
         ds = Dataset(ds.values, None, 0, ds.name, ds.items)  # an unconditional model takes no labels
     return ds
 
 
 def _npz_folder(path: Path):
-    """A folder holding .npz files and no images (e.g. 2-D points): their items, concatenated in name order."""
+    """A folder holding .npz files and no images (e.g. 2-D points): their items, concatenated in name
+    order."""
     from ctmtool.data.base import Dataset
     from ctmtool.data.images import IMAGE_EXTS, load_npz
 
@@ -94,10 +97,12 @@ def _npz_folder(path: Path):
         return None
     parts = [load_npz(p) for p in npz]
     if len({(d.shape, d.values.dtype) for d in parts}) > 1:
-        raise UserError(f"the .npz files in {path} hold items of different shapes or types; keep one kind per folder")
+        raise UserError(f"the .npz files in {path} hold items of different shapes or types; keep one kind "
+                        "per folder")
     labels = None if any(d.labels is None for d in parts) else torch.cat([d.labels for d in parts])
     items = [f"{p.name}:{i}" for p, d in zip(npz, parts, strict=True) for i in range(len(d))]
-    return Dataset(torch.cat([d.values for d in parts]), labels, max(d.num_classes for d in parts), str(path), items)
+    return Dataset(torch.cat([d.values for d in parts]), labels, max(d.num_classes for d in parts), str(path),
+                   items)
 
 
 def check_density(model) -> None:
@@ -120,31 +125,36 @@ def likelihood_of(model, ds, opts: NLLOptions, *, n: int | None = None, batch: i
     check_density(model)
     denoise = model_denoiser(model)
     dim = math.prod(ds.shape)
-    div = opts.divergence if opts.divergence != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "hutchinson")
-    ode = ODEOptions(divergence=div, probes=opts.probes, probe_dist=opts.probe_dist, rtol=opts.rtol, atol=opts.atol,
-                     method=opts.solver, steps=opts.steps)
+    div = (opts.divergence if opts.divergence != "auto"
+           else ("exact" if dim <= EXACT_MAX_DIM else "hutchinson"))
+    ode = ODEOptions(divergence=div, probes=opts.probes, probe_dist=opts.probe_dist, rtol=opts.rtol,
+                     atol=opts.atol, method=opts.solver, steps=opts.steps)
     estimator = make_estimator(denoise, model.sigma_min, model.sigma_max, opts.method, ode, opts.elbo_samples)
     dtype = torch.float64 if model.kind == "analytic" else torch.float32  # networks run in float32
     total = len(ds) if n is None else min(n, len(ds))
     try:
         ev = evaluate(estimator, ds, n=total, batch=batch, dequant_draws=opts.dequant_draws,
-                      draw_average=opts.draw_average, seed=seed, device=device, dtype=dtype, progress=progress)
+                      draw_average=opts.draw_average, seed=seed, device=device, dtype=dtype,
+                      progress=progress)
     except (torch.OutOfMemoryError, MemoryError) as err:
         raise UserError(f"out of memory ({type(err).__name__}); lower `batch`") from None
     if not torch.isfinite(ev.nll).all():
-        raise UserError(f"the likelihood of {int((~torch.isfinite(ev.nll)).sum())} items is not finite; the model "
-                        "(NaN/inf weights?) or the solver failed: try `solver` rk4 or another checkpoint")
+        raise UserError(f"the likelihood of {int((~torch.isfinite(ev.nll)).sum())} items is not finite; the "
+                        "model (NaN/inf weights?) or the solver failed: try `solver` rk4 or another "
+                        "checkpoint")
     return _summary(ev, model, ds, opts, div, seed), ev
 
 
-def paper_likelihood_of(model, ds, *, n: int | None = None, batch: int = 64, seed: int = 0, rtol: float = 1e-3,
-                        atol: float = 1e-3, device="cpu", progress=None) -> dict:
-    """The CTM paper's bits/dim estimate (sony/ctm eval_bpd.py; `ctmtool.core.likelihood_paper`) of the first `n` images."""
+def paper_likelihood_of(model, ds, *, n: int | None = None, batch: int = 64, seed: int = 0,
+                        rtol: float = 1e-3, atol: float = 1e-3, device="cpu", progress=None) -> dict:
+    """The CTM paper's bits/dim estimate (sony/ctm eval_bpd.py; `ctmtool.core.likelihood_paper`) of the first
+    `n` images."""
     from ctmtool.core.likelihood import model_denoiser
     from ctmtool.core.likelihood_paper import ctm_paper_bpd
 
     if not ds.is_image:
-        raise UserError(f"{ds.name} holds points; the ctm-paper protocol is defined for images (use the exact one)")
+        raise UserError(f"{ds.name} holds points; the ctm-paper protocol is defined for images (use the "
+                        "exact one)")
     for name, value in (("n", n), ("batch", batch)):
         if value is not None and value < 1:
             raise UserError(f"`{name}` must be at least 1 (got {value})")
@@ -164,13 +174,15 @@ def paper_likelihood_of(model, ds, *, n: int | None = None, batch: int = 64, see
             progress(x.shape[0])
     b = torch.cat(bpds)
     if not torch.isfinite(b).all():
-        raise UserError("the estimate is not finite for some images; the model (NaN/inf weights?) or the solver failed")
+        raise UserError("the estimate is not finite for some images; the model (NaN/inf weights?) or the "
+                        "solver failed")
     se = float(b.std() / math.sqrt(len(b))) if len(b) > 1 else None
     return {"protocol": "ctm-paper", "bits_per_dim": float(b.mean()), "bits_per_dim_se": se, "n": len(b),
             "dim": math.prod(ds.shape), "nfe": nfe, "kind": model.kind, "data": ds.name, "seed": seed,
             "rtol": rtol, "atol": atol,
-            "note": "sony/ctm eval_bpd.py: Gaussian-perturbed data at sigma(1e-3), one Rademacher probe, RK45, "
-                    "residual at sigma 0.413, +7 offset; not comparable with the exact protocol (docs/likelihood.md)"}
+            "note": "sony/ctm eval_bpd.py: Gaussian-perturbed data at sigma(1e-3), one Rademacher probe, "
+                    "RK45, residual at sigma 0.413, +7 offset; not comparable with the exact protocol "
+                    "(docs/likelihood.md)"}
 
 
 def _summary(ev, model, ds, opts: NLLOptions, div: str, seed: int) -> dict:
@@ -181,7 +193,8 @@ def _summary(ev, model, ds, opts: NLLOptions, div: str, seed: int) -> dict:
         out.update({"divergence": div, "solver": opts.solver})
         if div == "hutchinson":
             out.update({"probes": opts.probes, "probe_dist": opts.probe_dist})
-        out.update({"rtol": opts.rtol, "atol": opts.atol} if opts.solver not in FIXED_SOLVERS else {"steps": opts.steps})
+        out.update({"rtol": opts.rtol, "atol": opts.atol} if opts.solver not in FIXED_SOLVERS
+                   else {"steps": opts.steps})
     else:
         out["elbo_samples"] = opts.elbo_samples
     if ds.is_image:
@@ -207,8 +220,10 @@ def write_per_item(path: str | Path, ev) -> Path:
 
     path = Path(path)
     check_per_item_path(path)
-    rows = [{"name": name, "nll": float(nll), "bpd": float(bpd), "stderr": None if math.isnan(se) else float(se)}
-            for name, nll, bpd, se in zip(ev.names, ev.nll.tolist(), ev.bpd.tolist(), ev.stderr.tolist(), strict=True)]
+    rows = [{"name": name, "nll": float(nll), "bpd": float(bpd),
+             "stderr": None if math.isnan(se) else float(se)}
+            for name, nll, bpd, se
+            in zip(ev.names, ev.nll.tolist(), ev.bpd.tolist(), ev.stderr.tolist(), strict=True)]
     if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(r) + "\n" for r in rows)
     else:

@@ -20,7 +20,8 @@ from ctmtool.errors import UserError
 
 def ternary_search(score: Callable[[int], float], left: int, right: int, lower_is_better: bool = True,
                    log: Callable[[str], None] | None = None) -> tuple[int, dict[int, float]]:
-    """argmin (or argmax) of a unimodal `score` over the integers [left, right]; (best, every evaluated score)."""
+    """argmin (or argmax) of a unimodal `score` over the integers [left, right]; (best, every evaluated
+    score)."""
     if right < left:
         raise ValueError(f"empty interval [{left}, {right}]")
     seen: dict[int, float] = {}
@@ -45,7 +46,8 @@ def ternary_search(score: Callable[[int], float], left: int, right: int, lower_i
 
 def search_nfe2(model, sample_score: Callable[[torch.Tensor], float], steps: int = 40, gamma: float = 0.0,
                 lower_is_better: bool = True, log: Callable[[str], None] | None = None) -> dict:
-    """Ternary search of NFE 2's intermediate grid index; `sample_score(schedule) -> score` samples and scores."""
+    """Ternary search of NFE 2's intermediate grid index; `sample_score(schedule) -> score` samples and
+    scores."""
     if not model.is_trajectory:
         raise UserError("the NFE-2 search is for a CTM or a GCTM (a teacher samples with Heun steps)")
     if steps < 3:
@@ -57,7 +59,8 @@ def search_nfe2(model, sample_score: Callable[[torch.Tensor], float], steps: int
         return torch.tensor([levels[0], levels[i], levels[-1]], dtype=torch.float64)
 
     best, seen = ternary_search(lambda i: sample_score(schedule(i)), 1, steps - 2, lower_is_better, log)
-    return {"best_index": best, "best_level": levels[best], "best_score": seen[best], "steps": steps, "gamma": gamma,
+    return {"best_index": best, "best_level": levels[best], "best_score": seen[best], "steps": steps,
+            "gamma": gamma,
             "evaluated": [{"index": i, "level": levels[i], "score": v} for i, v in seen.items()]}
 
 

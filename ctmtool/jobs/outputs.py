@@ -1,4 +1,5 @@
-"""Writing generated items (samples, translations, edits): an .npz, one .png, a folder of PNGs, or .npz bytes on stdout.
+"""Writing generated items (samples, translations, edits): an .npz, one .png, a folder of PNGs, or .npz bytes
+on stdout.
 
 `check_out` refuses an output before any work is done (an existing file without `force`, a wrong suffix,
 a folder for 2-D points, a read-only place); `write_items` writes all or nothing: files go through a
@@ -47,22 +48,26 @@ def check_out(out: str | Path, is_image: bool, force: bool, one_png_for: int | N
         raise UserError(f"`out` {out}: use a .npz file, a .png file, a folder, or - for stdout")
     if path.suffix:
         if path.is_dir():
-            raise UserError(f"`out` {path} is a folder; give a file name or drop the suffix to write a folder")
+            raise UserError(f"`out` {path} is a folder; give a file name or drop the suffix to write a "
+                            "folder")
         if path.exists() and not force:
-            raise UserError(f"output {path} already exists; pass `force` to overwrite it or choose another path")
+            raise UserError(f"output {path} already exists; pass `force` to overwrite it or choose another "
+                            "path")
     elif not is_image:
         raise UserError(f"`out` {out}: a folder of PNGs is for images; write 2-D points to .npz, .png "
                         "(a scatter plot) or -")
     elif path.exists() and not path.is_dir():
-        raise UserError(f"`out` {path} is a file, not a folder; choose a folder name or pass a .npz/.png name")
+        raise UserError(f"`out` {path} is a file, not a folder; choose a folder name or pass a .npz/.png "
+                        "name")
     elif path.exists() and any(path.iterdir()) and not force:
-        raise UserError(f"output folder {path} is not empty; pass `force` to write into it or choose another folder")
+        raise UserError(f"output folder {path} is not empty; pass `force` to write into it or choose another "
+                        "folder")
     if path.exists() and not os.access(path if path.is_dir() else path.parent, os.W_OK):
         raise UserError(f"cannot write {path}: it is read-only; choose another `out`")
     _writable_dir(path)
     if is_image and path.suffix.lower() == ".png" and one_png_for not in (None, 1):
-        raise UserError(f"`out` {path} is one image but there are {one_png_for} items; give a folder or an .npz "
-                        "(and `grid` FILE.png for a before/after picture)")
+        raise UserError(f"`out` {path} is one image but there are {one_png_for} items; give a folder or an "
+                        ".npz (and `grid` FILE.png for a before/after picture)")
     return path
 
 
@@ -140,7 +145,8 @@ def _write_folder(x: torch.Tensor, folder: Path, names: list[str] | None) -> dic
     names = names or [f"{i:06d}" for i in range(len(x))]
     try:
         for img, name in zip(_uint8_nhwc(x), names, strict=True):
-            Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(stage / f"{name}.png", format="PNG")
+            Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1
+                            else img).save(stage / f"{name}.png", format="PNG")
         if not folder.exists():
             os.replace(stage, folder)
         else:

@@ -1,9 +1,10 @@
-"""The sampling plan: every user setting of how a model is sampled (solver, schedule, NFE, gamma, noise stream,
-class, batch) checked once and resolved into a `SamplingPlan` (`ctmtool.core.sampling`), which `sample`, `fid`,
-`sample sweep`, `translate`, `export` and the serve engine hand to the one sampler. What the caller leaves out
-comes from the checkpoint's `[sample]` preset section; options that do not apply to the model are refused
-(Kim et al. 2024, Sec. 5: `nfe` and `gamma` belong to gamma-sampling of a trajectory model; a teacher is solved
-with Heun/Euler on `steps` grid points). The refusals that a model cannot generate or cannot translate live here.
+"""The sampling plan: every user setting of how a model is sampled (solver, schedule, NFE, gamma, noise
+stream, class, batch) checked once and resolved into a `SamplingPlan` (`ctmtool.core.sampling`), which
+`sample`, `fid`, `sample sweep`, `translate`, `export` and the serve engine hand to the one sampler. What the
+caller leaves out comes from the checkpoint's `[sample]` preset section; options that do not apply to the
+model are refused (Kim et al. 2024, Sec. 5: `nfe` and `gamma` belong to gamma-sampling of a trajectory model;
+a teacher is solved with Heun/Euler on `steps` grid points). The refusals that a model cannot generate or
+cannot translate live here.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def check_solver(model, solver: str) -> None:
     if solver not in SOLVERS:
         raise UserError(f"unknown solver {solver!r}; use gamma, heun or euler")
     if solver == "gamma" and not model.is_trajectory:
-        raise UserError(f"{model.path or 'this model'} is a {model.kind} (a denoiser), not a CTM: gamma-sampling needs "
-                        "a distilled model; use `solver` heun or euler, or distill one with `ctmtool distill`")
+        raise UserError(f"{model.path or 'this model'} is a {model.kind} (a denoiser), not a CTM: "
+                        "gamma-sampling needs a distilled model; use `solver` heun or euler, or distill one "
+                        "with `ctmtool distill`")
     if solver != "gamma" and not model.net.has_density:
-        raise UserError(f"{model.path or 'this model'} is a {model.kind} between two distributions: it has no "
-                        "noise-to-data denoiser for an ODE solver; use `solver` gamma")
+        raise UserError(f"{model.path or 'this model'} is a {model.kind} between two distributions: it has "
+                        "no noise-to-data denoiser for an ODE solver; use `solver` gamma")
     refuse_generation(model)
 
 
@@ -47,22 +49,23 @@ def refuse_generation(model) -> None:
     """The one refusal of generating from noise with a trajectory model whose source is not Gaussian."""
     if model.is_trajectory and not model.net.gaussian_source:
         raise UserError(f"{model.path or 'this model'} maps a non-Gaussian source to data (coupling "
-                        f"{model.preset.gctm.coupling!r}); it cannot generate from noise: translate inputs instead")
+                        f"{model.preset.gctm.coupling!r}); it cannot generate from noise: translate inputs "
+                        "instead")
 
 
 def refuse_translation(model, nfe: int = 1, gamma: float = 0.0) -> None:
-    """The one refusal of translating with a model that is not a GCTM, or of Gaussian re-noising of a GCTM whose
-    source is not Gaussian; `nfe` >= 1 and `gamma` in [0, 1]."""
+    """The one refusal of translating with a model that is not a GCTM, or of Gaussian re-noising of a GCTM
+    whose source is not Gaussian; `nfe` >= 1 and `gamma` in [0, 1]."""
     at_least(nfe=nfe)
     if not 0.0 <= gamma <= 1.0:
         raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
     if not (model.is_trajectory and not model.net.has_density):  # a GCTM: transport between two distributions
-        raise UserError(f"{what(model)} is a {model.kind} checkpoint; translation needs a GCTM (train one with "
-                        "`ctmtool distill --preset toy-translate` or another GCTM preset); a CTM can edit images "
-                        "(`ctmtool translate edit`, `editing.sdedit`)")
+        raise UserError(f"{what(model)} is a {model.kind} checkpoint; translation needs a GCTM (train one "
+                        "with `ctmtool distill --preset toy-translate` or another GCTM preset); a CTM can "
+                        "edit images (`ctmtool translate edit`, `editing.sdedit`)")
     if gamma > 0 and nfe > 1 and not model.net.gaussian_source:
-        raise UserError(f"`gamma` > 0 re-noises with Gaussian noise, which only fits a Gaussian source; this GCTM's "
-                        f"coupling is {model.preset.gctm.coupling!r}: use `gamma` 0")
+        raise UserError("`gamma` > 0 re-noises with Gaussian noise, which only fits a Gaussian source; this "
+                        f"GCTM's coupling is {model.preset.gctm.coupling!r}: use `gamma` 0")
 
 
 def plan_translation(model, *, nfe: int = 1, gamma: float = 0.0, batch: int = 256) -> SamplingPlan:
@@ -90,10 +93,11 @@ def check_manipulation(model, to_class: int, encode_steps: int = 18) -> int:
 
 
 def check_editable(model, level: float | None = None) -> None:
-    """Refuse a model that cannot edit (a teacher; a GCTM from a non-Gaussian source) or a level out of range."""
+    """Refuse a model that cannot edit (a teacher; a GCTM from a non-Gaussian source) or a level out of
+    range."""
     if not model.is_trajectory:
-        raise UserError(f"{model.path or 'this model'} is a {model.kind} checkpoint; editing needs a CTM or a GCTM "
-                        "(a teacher can be distilled into a CTM with `ctmtool distill`)")
+        raise UserError(f"{model.path or 'this model'} is a {model.kind} checkpoint; editing needs a CTM or "
+                        "a GCTM (a teacher can be distilled into a CTM with `ctmtool distill`)")
     try:
         model.net.check_level(model.net.strength_level(1.0) if level is None else level)
     except ValueError as err:
@@ -137,7 +141,8 @@ def plan_restoration(model, level: float, task: str, *, factor: int = 8, nfe: in
 
 
 def check_sigmas(model, sigmas: list[float], final_zero: bool) -> None:
-    """Refuse noise levels outside the model's [sigma_min, sigma_max] (a final 0 is allowed for ODE solvers)."""
+    """Refuse noise levels outside the model's [sigma_min, sigma_max] (a final 0 is allowed for ODE
+    solvers)."""
     try:
         check_schedule(sigmas[:-1] if final_zero and len(sigmas) > 2 and sigmas[-1] == 0 else sigmas)
     except ValueError as err:
@@ -152,7 +157,8 @@ def check_sigmas(model, sigmas: list[float], final_zero: bool) -> None:
 def plan_sampling(model, *, solver: str | None = None, nfe: int | None = None, gamma: float | None = None,
                   steps: int | None = None, sigmas: list[float] | None = None, class_label: int | None = None,
                   noise: str | None = None, batch: int | None = None) -> SamplingPlan:
-    """The sampling plan for `model`: given values, else the preset's `[sample]`; inapplicable ones refused."""
+    """The sampling plan for `model`: given values, else the preset's `[sample]`; inapplicable ones
+    refused."""
     def preset(name: str):  # the preset's [sample] value, read only for what was left out
         return getattr(model.preset.sample, name)
 
@@ -161,16 +167,18 @@ def plan_sampling(model, *, solver: str | None = None, nfe: int | None = None, g
     check_solver(model, solver)
     if solver == "gamma":
         if steps is not None:
-            raise UserError("`steps` sets the grid of the heun/euler solvers; gamma-sampling takes `nfe` (jumps)")
+            raise UserError("`steps` sets the grid of the heun/euler solvers; gamma-sampling takes `nfe` "
+                            "(jumps)")
         if sigmas is not None and nfe is not None:
             raise UserError("give `nfe` or `sigmas`, not both (a schedule of N+1 levels makes N jumps)")
     else:
         if nfe is not None:
-            raise UserError(f"`nfe` counts the jumps of gamma-sampling a CTM; {what(model)} is solved with {solver} "
-                            "on `steps` grid points (Heun: 2 x steps - 1 evaluations); drop `nfe` or sample a CTM")
+            raise UserError(f"`nfe` counts the jumps of gamma-sampling a CTM; {what(model)} is solved with "
+                            f"{solver} on `steps` grid points (Heun: 2 x steps - 1 evaluations); drop `nfe` "
+                            "or sample a CTM")
         if gamma not in (None, 0.0):
-            raise UserError(f"`gamma` applies to gamma-sampling of a CTM; the {solver} solver is deterministic "
-                            "(drop `gamma`)")
+            raise UserError(f"`gamma` applies to gamma-sampling of a CTM; the {solver} solver is "
+                            "deterministic (drop `gamma`)")
     gamma = preset("gamma") if gamma is None else gamma
     if not 0.0 <= gamma <= 1.0:
         raise UserError(f"`gamma` must be in [0, 1], got {gamma}")
@@ -212,11 +220,11 @@ def plan_sampling(model, *, solver: str | None = None, nfe: int | None = None, g
 def plan_explicit(model, *, solver: str = "gamma", nfe: int = 1, gamma: float = 0.0, steps: int = 18,
                   sigmas: list[float] | None = None, class_label: int | None = None, noise: str = "edm",
                   batch: int = 256) -> SamplingPlan:
-    """A plan from explicit settings with the sampler's own defaults (one jump, gamma 0, 18 Heun steps, the EDM
-    stream) instead of the preset's [sample]; what does not apply to `solver` is ignored. Checked as
+    """A plan from explicit settings with the sampler's own defaults (one jump, gamma 0, 18 Heun steps, the
+    EDM stream) instead of the preset's [sample]; what does not apply to `solver` is ignored. Checked as
     `plan_sampling` checks. For library callers, benchmarks and tests."""
     if solver == "gamma":
-        return plan_sampling(model, solver=solver, nfe=None if sigmas is not None else nfe, gamma=gamma, sigmas=sigmas,
-                             class_label=class_label, noise=noise, batch=batch)
+        return plan_sampling(model, solver=solver, nfe=None if sigmas is not None else nfe, gamma=gamma,
+                             sigmas=sigmas, class_label=class_label, noise=noise, batch=batch)
     return plan_sampling(model, solver=solver, steps=None if sigmas is not None else steps, sigmas=sigmas,
                          class_label=class_label, noise=noise, batch=batch)

@@ -22,7 +22,8 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> np
     arr = images.permute(0, 2, 3, 1).cpu().numpy()
     for i in range(n):
         r, q = divmod(i, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = arr[i]
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h,
+             pad + q * (w + pad): pad + q * (w + pad) + w] = arr[i]
     return grid
 
 
@@ -39,15 +40,15 @@ def save_png(arr: np.ndarray, path: str | Path, scale: int = 1) -> Path:
 
 
 def nice_extent(points: torch.Tensor) -> float:
-    """A round half-width holding the points (99.9% quantile of |coordinate|, 10% more, up to a 0.25 step): the
-    same data give the same range, so plots of one preset compare."""
+    """A round half-width holding the points (99.9% quantile of |coordinate|, 10% more, up to a 0.25 step):
+    the same data give the same range, so plots of one preset compare."""
     q = float(points.detach().float().abs().quantile(0.999).item()) if len(points) else 1.0
     return max(0.25, math.ceil(q * 1.1 / 0.25) * 0.25)
 
 
 def preset_view(preset, n: int = 4096) -> tuple[torch.Tensor | None, float | None]:
-    """(target points, plot half-width) of a 2-D toy preset, the same on every call: scatter plots of one preset
-    share their range (and can show the target in grey); (None, None) for other data."""
+    """(target points, plot half-width) of a 2-D toy preset, the same on every call: scatter plots of one
+    preset share their range (and can show the target in grey); (None, None) for other data."""
     d = preset.data
     if d.source != "toy":
         return None, None
@@ -66,8 +67,8 @@ def _ticks(lim: float) -> list[float]:
 def scatter_image(points: torch.Tensor, size: int = 512, extent: float | None = None,
                   reference: torch.Tensor | None = None, title: str | None = None) -> np.ndarray:
     """2-D points as a scatter plot people can read: axes with ticks and values, a title (default: how many
-    points), reference points (e.g. the target data) in light grey under the points in blue; `extent` fixes the
-    range [-extent, extent] on both axes (pass the same one to plots that should compare)."""
+    points), reference points (e.g. the target data) in light grey under the points in blue; `extent` fixes
+    the range [-extent, extent] on both axes (pass the same one to plots that should compare)."""
     pts = points.detach().float().cpu()
     lim = extent or nice_extent(pts)
     left, right, top, bottom = 44, 16, 26, 30
@@ -120,7 +121,8 @@ def save_samples_png(x: torch.Tensor, path: str | Path, is_image: bool, nrow: in
 
 def save_npz(x: torch.Tensor, path: str | Path, is_image: bool, labels: torch.Tensor | None = None) -> Path:
     """Key `samples`: uint8 NHWC for images, float32 (N, D) for points; `labels` when present."""
-    arrays = {"samples": to_uint8_images(x).permute(0, 2, 3, 1).cpu().numpy() if is_image else x.float().cpu().numpy()}
+    arrays = {"samples": to_uint8_images(x).permute(0, 2, 3, 1).cpu().numpy() if is_image
+              else x.float().cpu().numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()
 
@@ -168,7 +170,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel:
     y0, y1 = y0 - pad, y1 + pad
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x0) / (x1 - x0) * (w - left - right), top + (y1 - y) / (y1 - y0) * (h - top - bottom))
+        return (left + (x - x0) / (x1 - x0) * (w - left - right),
+                top + (y1 - y) / (y1 - y0) * (h - top - bottom))
 
     d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
     for x in sorted(set(xs)):

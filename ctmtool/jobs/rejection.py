@@ -22,7 +22,8 @@ from ctmtool.errors import UserError
 
 def classifier_scores(x: torch.Tensor, labels: torch.Tensor | None, classify, batch: int = 256
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score, class) per sample: log p(label | x), or the top class and its log-probability when unlabelled."""
+    """(score, class) per sample: log p(label | x), or the top class and its log-probability when
+    unlabelled."""
     logp = torch.cat([torch.log_softmax(classify(to_uint8_images(x[i:i + batch])).float().cpu(), -1)
                       for i in range(0, len(x), batch)])
     if labels is None:
@@ -30,13 +31,14 @@ def classifier_scores(x: torch.Tensor, labels: torch.Tensor | None, classify, ba
         return best.values, best.indices
     labels = labels.cpu().long()
     if int(labels.max()) >= logp.shape[1]:
-        raise UserError(f"the classifier has {logp.shape[1]} classes but the samples have label {int(labels.max())}; "
-                        "give a classifier of the model's classes")
+        raise UserError(f"the classifier has {logp.shape[1]} classes but the samples have label "
+                        f"{int(labels.max())}; give a classifier of the model's classes")
     return logp[torch.arange(len(x)), labels], labels
 
 
 def keep_best(scores: torch.Tensor, classes: torch.Tensor, ratio: float, keep: int) -> torch.Tensor:
-    """Indices (ascending) of the samples kept: per class the best ceil(count / (1 + ratio)), then the best `keep`."""
+    """Indices (ascending) of the samples kept: per class the best ceil(count / (1 + ratio)), then the best
+    `keep`."""
     if ratio < 0:
         raise UserError(f"the rejection ratio must be >= 0, got {ratio}")
     survivors = []

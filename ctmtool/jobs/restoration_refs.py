@@ -25,8 +25,9 @@ def references(model, data, ref: str | None, degraded: bool, log=None) -> tuple[
             where = {name: i for i, name in enumerate(r.names)}
             return r.x[[where[name] for name in data.names]], f"{ref} (matched by file name)"
         if len(r.x) != n:
-            raise UserError(f"`ref` {ref} holds {len(r.x)} images for {n} inputs and their file names do not match; "
-                            "give one reference per input, with the input's file name or in the same order")
+            raise UserError(f"`ref` {ref} holds {len(r.x)} images for {n} inputs and their file names do not "
+                            "match; give one reference per input, with the input's file name or in the same "
+                            "order")
         return r.x, f"{ref} (matched by order)"
     if degraded:
         return data.x, "the clean inputs (--degrade)"

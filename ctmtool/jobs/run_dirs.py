@@ -22,7 +22,8 @@ SUFFIX = ".safetensors"
 
 
 def default_run_dir(preset: str = DEFAULT_PRESET, role: str = "ctm") -> Path:
-    """runs/<preset>/<role>: where `ctmtool teacher` (role teacher) and `ctmtool distill` (ctm, gctm) write."""
+    """runs/<preset>/<role>: where `ctmtool teacher` (role teacher) and `ctmtool distill` (ctm, gctm)
+    write."""
     return RUNS / preset / role
 
 
@@ -35,11 +36,12 @@ def _runs_with_checkpoints(limit: int = 4) -> str:
 
 
 def newest_in(run_dir: str | Path) -> Path:
-    """The most recently written checkpoint in one run directory (`models.newest_checkpoint`), or an error that
-    lists the run directories that do hold checkpoints."""
+    """The most recently written checkpoint in one run directory (`models.newest_checkpoint`), or an error
+    that lists the run directories that do hold checkpoints."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a run directory; give `run_dir` a folder or `ckpt` the file")
+        raise UserError(f"{run_dir} is a file, not a run directory; give `run_dir` a folder or `ckpt` the "
+                        "file")
 
     try:
         return newest_checkpoint(run_dir)
@@ -85,8 +87,8 @@ def find_checkpoint(ckpt: str | Path | None = None, run_dir: str | Path | None =
 
 def open_model(ckpt: str | Path | None = None, run_dir: str | Path | None = None, which: str = "ema",
                device="cpu", *, analytic: bool = False, preset: str | None = None):
-    """(Model, where it came from): the analytic mixture of `preset`, or a checkpoint found by `find_checkpoint`,
-    its weights checked to be finite."""
+    """(Model, where it came from): the analytic mixture of `preset`, or a checkpoint found by
+    `find_checkpoint`, its weights checked to be finite."""
 
     if analytic:
         if ckpt is not None or run_dir is not None:

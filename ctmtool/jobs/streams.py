@@ -46,12 +46,14 @@ def write_npz(arrays: dict[str, np.ndarray], stream: BinaryIO | None = None) -> 
 def _from_bytes(data: bytes) -> bytes:
     """.npz bytes of `data` (.npz or .npy bytes); a UserError for anything else."""
     if not data:
-        raise UserError("standard input is empty; pipe in .npz or .npy bytes, e.g. `ctmtool sample --out - | ...`")
+        raise UserError("standard input is empty; pipe in .npz or .npy bytes, e.g. `ctmtool sample --out - | "
+                        "...`")
     if data.startswith(NPY_MAGIC):
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
         except ValueError as err:
-            raise UserError(f"standard input is not a readable .npy array ({err}); pipe in .npz or .npy bytes") from None
+            raise UserError(f"standard input is not a readable .npy array ({err}); pipe in .npz or .npy "
+                            "bytes") from None
         return npz_bytes({"samples": arr})
     if data.startswith(NPZ_MAGIC):
         try:
@@ -59,7 +61,8 @@ def _from_bytes(data: bytes) -> bytes:
                 if not any(name.endswith(".npy") for name in z.namelist()):
                     raise zipfile.BadZipFile("no arrays in it")
         except zipfile.BadZipFile as err:
-            raise UserError(f"standard input is not a readable .npz ({err}); pipe in .npz or .npy bytes") from None
+            raise UserError(f"standard input is not a readable .npz ({err}); pipe in .npz or .npy "
+                            "bytes") from None
         return data
     what = "text" if data[:64].isascii() else "bytes of an unknown format"
     raise UserError(f"standard input holds {what}, not .npz or .npy bytes; pipe `ctmtool sample --out -` or "
@@ -68,7 +71,8 @@ def _from_bytes(data: bytes) -> bytes:
 
 @contextmanager
 def input_path(path: str | Path | None, stdin: BinaryIO | None = None) -> Iterator[str | Path | None]:
-    """`path` itself, or for `-` the stream on stdin staged as a temporary `stdin.npz` (removed afterwards)."""
+    """`path` itself, or for `-` the stream on stdin staged as a temporary `stdin.npz` (removed
+    afterwards)."""
     if str(path) != STDIO:
         yield path
         return

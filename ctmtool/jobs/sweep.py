@@ -32,16 +32,19 @@ def nfe_sweep(model, nfes: list[int], gammas: list[float], score: Callable[[torc
     rows = []
     configs = ([("gamma", nfe, g) for nfe in nfes for g in gammas] if model.is_trajectory
                else [("heun", steps, 0.0) for steps in (teacher_steps or [2, 4, 8, 18])])
-    plans = [plan_sampling(model, solver=solver, nfe=k, gamma=gamma, noise="edm", batch=batch) if solver == "gamma"
+    plans = [plan_sampling(model, solver=solver, nfe=k, gamma=gamma, noise="edm", batch=batch)
+             if solver == "gamma"
              else plan_sampling(model, solver=solver, steps=k, noise="edm", batch=batch)
-             for solver, k, gamma in configs]  # every setting (nfe >= 1, gamma in [0, 1]) checked before any sampling
+             for solver, k, gamma in configs]  # every setting (nfe >= 1, gamma in [0, 1]) checked before any
+                                               # sampling
     keep = [not (solver == "gamma" and k == 1 and gamma != gammas[0]) for solver, k, gamma in configs]
     configs = [c for c, k in zip(configs, keep, strict=True) if k]  # with one jump gamma changes nothing
     plans = [p for p, k in zip(plans, keep, strict=True) if k]
     for (solver, k, gamma), plan in zip(configs, plans, strict=True):
         t0 = time.time()
         plan, program = fast_plan(model, plan, device, n, batch is not None, fast, progress)
-        x = torch.cat([b.cpu() for b, _ in generate(model, n, plan, seed=seed, device=device, program=program)])
+        x = torch.cat([b.cpu()
+                       for b, _ in generate(model, n, plan, seed=seed, device=device, program=program)])
         nfe = k if solver == "gamma" else 2 * k - 1
         row = {"solver": solver, "nfe": nfe, "gamma": gamma if solver == "gamma" else None,
                "score": score(x), "seconds": round(time.time() - t0, 2)}
@@ -78,21 +81,23 @@ def scorer(model, metric: str | None, features: str | None, ref: str | None, dev
     return make_scorer(metric, p, reference, features, ref, device)
 
 
-def nfe2_job(model, gamma: float, steps: int, *, metric: str | None, features: str | None, ref: str | None, n: int,
-             seed: int, batch: int | None, device, out: Path, plot: Path, progress: Callable[[str], None] | None = None) -> dict:
+def nfe2_job(model, gamma: float, steps: int, *, metric: str | None, features: str | None, ref: str | None,
+             n: int, seed: int, batch: int | None, device, out: Path, plot: Path,
+             progress: Callable[[str], None] | None = None) -> dict:
     """`ctmtool sample sweep --search-nfe2`: the best intermediate level of two-step sampling
     (`ctmtool.jobs.nfe2_search.search_nfe2`), each candidate scored on `n` samples; the table written to `out`
     (JSON), the plot to `plot`; returns the table."""
     name, score, base = scorer(model, metric, features, ref, device)
 
     def sample_score(schedule) -> float:
-        plan = plan_sampling(model, solver="gamma", gamma=gamma, sigmas=[float(v) for v in schedule], noise="edm",
-                             batch=batch)
+        plan = plan_sampling(model, solver="gamma", gamma=gamma, sigmas=[float(v) for v in schedule],
+                             noise="edm", batch=batch)
         x = torch.cat([b.cpu() for b, _ in generate(model, n, plan, seed=seed, device=device)])
         return score(x)
 
     found = search_nfe2(model, sample_score, steps, gamma, "higher" not in name, progress)
-    result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, **found, "plot": str(plot)}
+    result = {"checkpoint": str(model.path), "metric": name, "n": n, "seed": seed, **base, **found,
+              "plot": str(plot)}
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     pts = [(e["level"], e["score"]) for e in found["evaluated"]]
     save_png(line_chart({f"NFE 2, gamma {gamma:g}": sorted(pts)}, f"{Path(str(model.path)).name}: {name}",

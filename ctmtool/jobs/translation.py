@@ -55,8 +55,8 @@ def _timed(report: Progress, n: int, what: str, fn):
 
 
 def _write_both(write_out, write_grid) -> dict:
-    """The side-by-side grid, then the outputs: when the second fails, the first is removed (one command's outputs
-    are all written or none)."""
+    """The side-by-side grid, then the outputs: when the second fails, the first is removed (one command's
+    outputs are all written or none)."""
     grid = write_grid() if write_grid is not None else None
     try:
         info = write_out()
@@ -74,8 +74,9 @@ def _norm_mean(d: torch.Tensor) -> float:
 
 
 def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrade: bool, grid: Path | None,
-                    seed: int, batch: int, device, force: bool, report: Progress, metrics: list[str] | None = None,
-                    ref: str | None = None, class_label: int | None = None) -> dict:
+                    seed: int, batch: int, device, force: bool, report: Progress,
+                    metrics: list[str] | None = None, ref: str | None = None,
+                    class_label: int | None = None) -> dict:
     """`ctmtool translate`: translate the items of `src` with a GCTM into `out`; returns the summary, with the
     restoration `metrics` (parsed names) against `ref` (or the clean / target inputs) when asked."""
     plan = plan_translation(model, nfe=nfe, gamma=gamma, batch=batch)
@@ -88,7 +89,8 @@ def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrad
     labels = class_labels(model, len(x), class_label, data.labels)
     if degrade:
         x = inputs.degrade(x, model, seed)
-    report.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on {device}")
+    report.log(f"translating {len(x)} items with {model.path} ({model.preset.gctm.coupling}, NFE {nfe}) on "
+               f"{device}")
     y, seconds = _timed(report, len(x), "translate", lambda adv: translate_items(
         model, x, plan, seed=seed, device=device, progress=adv, labels=labels))
     scores = {}
@@ -97,12 +99,15 @@ def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrad
         scores.pop("per_image")
         scores["metrics_ref"] = refs[1]
     cols = ([clean] if degrade else []) + [x, y] + ([data.other] if data.other is not None else [])
-    titles = (["clean"] if degrade else []) + ["input", "translated"] + (["paired"] if data.other is not None else [])
-    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names, grid=False),
+    titles = (["clean"] if degrade else []) + ["input", "translated"] + (["paired"] if data.other is not None
+                                                                         else [])
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=x, names=data.names,
+                                           grid=False),
                        grid and (lambda: _grid(cols, grid, model, titles, target=True)))
     return {**info, "n": len(y), "nfe": nfe, "gamma": gamma, "coupling": model.preset.gctm.coupling,
             "degrade": degrade, "seed": seed, "checkpoint": str(model.path), **scores,
-            **({"class": class_label if class_label is not None else "from the inputs"} if labels is not None else {}),
+            **({"class": class_label if class_label is not None else "from the inputs"} if labels is not None
+               else {}),
             "mean_displacement": _norm_mean(y - x),
             "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}
 
@@ -110,7 +115,8 @@ def translation_job(model, src: str, out: str, *, nfe: int, gamma: float, degrad
 def edit_job(model, image: str, out: str, *, strength: float, strokes: str | None, mask: str | None,
              keep_unmasked: bool, nfe: int, gamma: float, grid: Path | None, seed: int, batch: int, device,
              force: bool, report: Progress) -> dict:
-    """`ctmtool translate edit`: SDEdit / stroke editing of the items of `image` into `out`; returns the summary."""
+    """`ctmtool translate edit`: SDEdit / stroke editing of the items of `image` into `out`; returns the
+    summary."""
     level = editing_level(model, strength)
     plan = plan_editing(model, level, nfe=nfe, gamma=gamma, batch=batch)
     out_path = check_out(out, model.is_image, force)
@@ -122,15 +128,16 @@ def edit_job(model, image: str, out: str, *, strength: float, strokes: str | Non
     m = inputs.load_mask(mask, model, len(x), report.log) if mask is not None else None
     painted = composite(x, s, m) if s is not None else None
     unit = model.net.level_unit
-    report.log(f"editing {len(x)} items with {model.path} ({model.kind}) at strength {strength} ({unit} = {level:.4g}), "
-               f"NFE {nfe}")
+    report.log(f"editing {len(x)} items with {model.path} ({model.kind}) at strength {strength} ({unit} = "
+               f"{level:.4g}), NFE {nfe}")
     y, seconds = _timed(report, len(x), "edit", lambda adv: edit_items(
         model, x, level, plan, strokes=s, mask=m, keep_unmasked=keep_unmasked, seed=seed, device=device,
         progress=adv))
     start = x if painted is None else painted
     cols = [x] + ([painted] if painted is not None else []) + [y]
     titles = ["input"] + (["painted"] if painted is not None else []) + [f"edited at strength {strength:g}"]
-    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=start, names=data.names, grid=False),
+    info = _write_both(lambda: write_items(y, out_path, model.is_image, inputs=start, names=data.names,
+                                           grid=False),
                        grid and (lambda: _grid(cols, grid, model, titles)))
     return {**info, "n": len(y), "kind": model.kind, "strength": strength, "level": round(level, 6),
             "level_unit": unit, "nfe": nfe, "gamma": gamma, "strokes": strokes, "mask": mask, "seed": seed,
@@ -138,10 +145,11 @@ def edit_job(model, image: str, out: str, *, strength: float, strokes: str | Non
             "seconds": round(seconds, 3), "items_per_second": round(len(y) / max(seconds, 1e-9), 1)}
 
 
-def restore_job(model, image: str, out: str, *, task: str, factor: int, strength: float, mask: str | None, nfe: int,
-                gamma: float, grid: Path | None, seed: int, batch: int, device, force: bool, report: Progress) -> dict:
-    """`ctmtool translate edit --restore TASK`: zero-shot restoration (`ctmtool.core.zero_shot`) of the images of
-    `image` into `out`; returns the summary."""
+def restore_job(model, image: str, out: str, *, task: str, factor: int, strength: float, mask: str | None,
+                nfe: int, gamma: float, grid: Path | None, seed: int, batch: int, device, force: bool,
+                report: Progress) -> dict:
+    """`ctmtool translate edit --restore TASK`: zero-shot restoration (`ctmtool.core.zero_shot`) of the images
+    of `image` into `out`; returns the summary."""
     level = editing_level(model, strength)
     plan = plan_restoration(model, level, task, factor=factor, nfe=nfe, gamma=gamma, batch=batch)
     out_path = check_out(out, model.is_image, force)
@@ -151,13 +159,15 @@ def restore_job(model, image: str, out: str, *, task: str, factor: int, strength
     check_out(out, model.is_image, force, one_png_for=len(y))
     hole = inputs.load_mask(mask, model, len(y), report.log) if mask is not None else (
         centre_hole(tuple(model.data_shape)) if task == "inpaint" else None)
-    report.log(f"zero-shot {task} of {len(y)} images with {model.path} ({model.kind}), {nfe} jumps from level "
-               f"{level:.4g}, gamma {gamma}")
+    report.log(f"zero-shot {task} of {len(y)} images with {model.path} ({model.kind}), {nfe} jumps from "
+               f"level {level:.4g}, gamma {gamma}")
     x, seconds = _timed(report, len(y), task, lambda adv: restore_items(
         model, y, task, plan, hole=hole, factor=factor, seed=seed, device=device, progress=adv))
     seen = observed(task, y, None if hole is None else hole.expand(len(y), -1, -1, -1), factor)
-    info = _write_both(lambda: write_items(x, out_path, model.is_image, inputs=seen, names=data.names, grid=False),
-                       grid and (lambda: _grid([y, seen, x], grid, model, ["input", "observed", f"restored ({task})"])))
+    info = _write_both(lambda: write_items(x, out_path, model.is_image, inputs=seen, names=data.names,
+                                           grid=False),
+                       grid and (lambda: _grid([y, seen, x], grid, model,
+                                               ["input", "observed", f"restored ({task})"])))
     known = observed(task, x, None if hole is None else hole.expand(len(x), -1, -1, -1), factor)
     return {**info, "n": len(x), "kind": model.kind, "restore": task, "level": round(level, 6), "nfe": nfe,
             "gamma": gamma, "factor": factor if task == "superres" else None, "mask": mask, "seed": seed,

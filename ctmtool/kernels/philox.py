@@ -51,7 +51,8 @@ def seed_key(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def uint32_to_normal(w0: torch.Tensor, w1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Box-Muller: two uint32 words -> two independent N(0, 1) float32 values (24-bit uniforms, u1 in (0, 1])."""
+    """Box-Muller: two uint32 words -> two independent N(0, 1) float32 values (24-bit uniforms, u1 in (0,
+    1])."""
     u1 = ((w0 >> 8) + 1).to(torch.float32) * 2.0**-24
     u2 = (w1 >> 8).to(torch.float32) * 2.0**-24
     r = torch.sqrt(-2.0 * torch.log(u1))
@@ -70,7 +71,8 @@ def philox_bits(seeds: torch.Tensor, numel: int, draw: int = 0, tag: int = TAG_N
 
 
 def philox_normal(seeds: torch.Tensor, shape: tuple[int, ...], draw: int = 0) -> torch.Tensor:
-    """Standard normals (B, *shape) in float32: image b's values depend only on seeds[b], `draw` and the index."""
+    """Standard normals (B, *shape) in float32: image b's values depend only on seeds[b], `draw` and the
+    index."""
     numel = math.prod(shape)
     w = philox_bits(seeds, numel, draw, TAG_NORMAL).reshape(seeds.numel(), -1, 4)
     z0, z1 = uint32_to_normal(w[..., 0], w[..., 1])
@@ -80,7 +82,8 @@ def philox_normal(seeds: torch.Tensor, shape: tuple[int, ...], draw: int = 0) ->
 
 
 def philox_integers(seeds: torch.Tensor, high: int, draw: int = 0) -> torch.Tensor:
-    """One integer in [0, high) per seed: floor(w * high / 2^32) of the first word of stream (draw, TAG_INTEGER)."""
+    """One integer in [0, high) per seed: floor(w * high / 2^32) of the first word of stream (draw,
+    TAG_INTEGER)."""
     if not 1 <= high <= 2**31:
         raise ValueError(f"high must be in [1, 2^31], got {high}")
     w = philox_bits(seeds, 1, draw, TAG_INTEGER)[:, 0]

@@ -1,4 +1,5 @@
-"""Triton kernel for `ctmtool.kernels.philox.philox_normal`: the same Philox4x32-10 words, Box-Muller on the device.
+"""Triton kernel for `ctmtool.kernels.philox.philox_normal`: the same Philox4x32-10 words, Box-Muller on the
+device.
 
 One program handles BLOCK Philox counters of the flattened (image, block) grid; each counter gives 4 normals.
 Triton's own `tl.philox` produces the words (key = the image's seed, counter = (block, draw, tag, 0)), an
@@ -65,7 +66,8 @@ def _launch(seeds: torch.Tensor, numel: int, draw: int, tag: int, bits: bool) ->
     else:
         out = torch.empty(seeds.numel(), numel, device=seeds.device, dtype=torch.float32)
     if total:
-        _philox_kernel[(triton.cdiv(total, BLOCK),)](seeds, out, numel, nblk, total, draw, tag, BLOCK=BLOCK, BITS=bits)
+        _philox_kernel[(triton.cdiv(total, BLOCK),)](seeds, out, numel, nblk, total, draw, tag, BLOCK=BLOCK,
+                                                     BITS=bits)
     return out
 
 
@@ -75,5 +77,6 @@ def philox_bits_triton(seeds: torch.Tensor, numel: int, draw: int = 0, tag: int 
 
 
 def philox_normal_triton(seeds: torch.Tensor, shape: tuple[int, ...], draw: int = 0) -> torch.Tensor:
-    """Same normals as `philox.philox_normal` (float32, up to log/cos/sin rounding), computed by the kernel."""
+    """Same normals as `philox.philox_normal` (float32, up to log/cos/sin rounding), computed by the
+    kernel."""
     return _launch(seeds, math.prod(shape), draw, TAG_NORMAL, bits=False).reshape(seeds.numel(), *shape)

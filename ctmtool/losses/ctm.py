@@ -1,4 +1,5 @@
-"""The CTM objective (Kim et al. 2024, Sec. 4): the trajectory-consistency term and the DSM term on g(x, t, t).
+"""The CTM objective (Kim et al. 2024, Sec. 4): the trajectory-consistency term and the DSM term on g(x, t,
+t).
 
 Estimate  x_est = G_tgt(G_theta(x_t, t, s), s, sigma_min)                       (gradient to theta)
 Target    x_tgt = G_tgt(G_sg(theta)(Solver(x_t, t -> u), u, s), s, sigma_min)   (no gradient)
@@ -20,8 +21,9 @@ from ctmtool.losses.edm import edm_weight
 
 def has_dropout(net: torch.nn.Module) -> bool:
     """Whether any dropout layer of `net` can draw a mask (p > 0); without one, mask matching is skipped."""
+    # SongUNet's functional dropout
     return any((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
-               or (isinstance(getattr(m, "dropout", None), float) and m.dropout > 0)  # SongUNet's functional dropout
+               or (isinstance(getattr(m, "dropout", None), float) and m.dropout > 0)
                for m in net.modules())
 
 
@@ -48,7 +50,8 @@ class CTMLoss:
         distance: Callable,             # d(x, y) -> (B,)
         solver: str = "heun",           # heun | euler
         self_jump: bool = False,        # no teacher: x_u = G_target(x_t, t, u), the official `self_learn`
-        s_sampler: str = "uniform",     # uniform over u..sigma_min (CTM) | sigma_min (consistency distillation)
+        s_sampler: str = "uniform",     # uniform over u..sigma_min (CTM) | sigma_min (consistency
+                                        # distillation)
     ):
         if s_sampler not in ("uniform", "sigma_min"):
             raise ValueError(f"s_sampler {s_sampler!r} is not one of uniform, sigma_min")
@@ -61,8 +64,8 @@ class CTMLoss:
     def __call__(self, online, target, teacher, x0: torch.Tensor, labels=None,
                  generator: torch.Generator | None = None, index_generator: torch.Generator | None = None,
                  dropout_seed: int | None = 0, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (per-sample loss, x_est); x_est carries the gradient (the GAN term reuses it). `k`: the teacher
-        steps t -> u when the caller drew them for the whole optimiser step (None: drawn here)."""
+        """Return (per-sample loss, x_est); x_est carries the gradient (the GAN term reuses it). `k`: the
+        teacher steps t -> u when the caller drew them for the whole optimiser step (None: drawn here)."""
         dev = x0.device
         (t_i, u_i, s_i, k), (t, u, s), x_t, smin = self._draw(x0, generator, index_generator, k)
         seed2 = None if dropout_seed is None else dropout_seed + 1
@@ -83,10 +86,13 @@ class CTMLoss:
     def _draw(self, x0: torch.Tensor, generator, index_generator, k: int | None = None):
         """Indices (t, u, s, k) on the grid, their levels, x_t = x0 + t n, and sigma_min per sample."""
         dev = x0.device
-        idx = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator, k=k)
-        if self.s_at_min:  # CD: every jump ends at sigma_min (the same draws otherwise, so the streams match CTM's)
+        idx = sample_ctm_indices(x0.shape[0], self.grid.numel(), self.max_steps, generator=index_generator,
+                                 k=k)
+        # CD: every jump ends at sigma_min (the same draws otherwise, so the streams match CTM's)
+        if self.s_at_min:
             idx = (idx[0], idx[1], torch.full_like(idx[2], self.grid.numel() - 1), idx[3])
-        # non_blocking: a host-to-device copy from pageable memory is staged at once, and skips the stream sync
+        # non_blocking: a host-to-device copy from pageable memory is staged at once, and skips the stream
+        # sync
         t, u, s = (self.grid[i].to(dev, torch.float32, non_blocking=True) for i in idx[:3])
         noise = torch.randn(x0.shape, device=dev, generator=generator)
         x_t = x0 + t.reshape(-1, *([1] * (x0.ndim - 1))) * noise
@@ -99,9 +105,9 @@ class CTMLoss:
         with fixed_dropout(seed2, x_t.device):
             return target.jump(x_s, s, smin, labels)
 
-    def estimate(self, online, target, x0: torch.Tensor, labels=None, generator: torch.Generator | None = None,
-                 index_generator: torch.Generator | None = None, dropout_seed: int | None = 0,
-                 k: int | None = None) -> torch.Tensor:
+    def estimate(self, online, target, x0: torch.Tensor, labels=None,
+                 generator: torch.Generator | None = None, index_generator: torch.Generator | None = None,
+                 dropout_seed: int | None = 0, k: int | None = None) -> torch.Tensor:
         """x_est = G_target(G_online(x_t, t, s), s, sigma_min) alone, with the same draws as a loss call
         (the official discriminator step uses this estimate as its fake; no teacher solve)."""
         _, (t, _, s), x_t, smin = self._draw(x0, generator, index_generator, k)
@@ -120,19 +126,22 @@ class DSMLoss:
         p_std: float = 1.2,             # log-normal std of ln(sigma)
         sigma_data: float = 0.5,        # sets the EDM weighting
         high_fraction: float = 0.5,     # share of the batch drawn from the grid's high-noise half
-        sampler: str = "grid_high",     # "grid_high" (above), or the paper's "halflognormal" (see `halflognormal_sigmas`)
+        sampler: str = "grid_high",     # "grid_high" (above), or the paper's "halflognormal" (see
+                                        # `halflognormal_sigmas`)
         rho: float = 7.0,               # Karras curvature for "halflognormal"
         u_max: float = 0.7,             # "halflognormal": u ~ U[0, u_max] on the continuous Karras schedule
     ):
-        self.grid, self.p_mean, self.p_std, self.sigma_data, self.high_fraction = grid.float(), p_mean, p_std, sigma_data, high_fraction
+        self.grid, self.p_mean, self.p_std, self.sigma_data, self.high_fraction = (grid.float(), p_mean,
+                                                                                   p_std, sigma_data,
+                                                                                   high_fraction)
         if sampler not in ("grid_high", "halflognormal"):
             raise ValueError(f"unknown DSM sampler {sampler!r}")
         self.sampler, self.rho, self.u_max = sampler, rho, u_max
 
     def sigmas(self, b: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.sampler == "halflognormal":
-            return halflognormal_sigmas(b, self.p_mean, self.p_std, float(self.grid.min()), float(self.grid.max()),
-                                        self.rho, self.u_max, device, generator)
+            return halflognormal_sigmas(b, self.p_mean, self.p_std, float(self.grid.min()),
+                                        float(self.grid.max()), self.rho, self.u_max, device, generator)
         sigma = (torch.randn(b, device=device, generator=generator) * self.p_std + self.p_mean).exp()
         n_high = int(round(b * self.high_fraction))
         if n_high:
@@ -141,7 +150,8 @@ class DSMLoss:
             sigma = torch.cat([sigma[: b - n_high], self.grid.to(device, non_blocking=True)[idx]])
         return sigma
 
-    def __call__(self, model, x0: torch.Tensor, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, model, x0: torch.Tensor, labels=None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         b, dev = x0.shape[0], x0.device
         sigma = self.sigmas(b, dev, generator)
         noise = torch.randn(x0.shape, device=dev, generator=generator)
@@ -150,8 +160,9 @@ class DSMLoss:
         return (edm_weight(sig, self.sigma_data) * (d - x0) ** 2).reshape(b, -1).mean(1)
 
 
-def halflognormal_sigmas(b: int, p_mean: float, p_std: float, sigma_min: float, sigma_max: float, rho: float = 7.0,
-                         u_max: float = 0.7, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+def halflognormal_sigmas(b: int, p_mean: float, p_std: float, sigma_min: float, sigma_max: float,
+                         rho: float = 7.0, u_max: float = 0.7, device=None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
     """The paper's DSM noise levels (ctm-cifar10 cm/resample.py, `halflognormal`): the first b // 2 have
     ln sigma ~ N(p_mean, p_std^2); the other b - b // 2 are (sigma_max^(1/rho) + u (sigma_min^(1/rho) -
     sigma_max^(1/rho)))^rho with u ~ U[0, u_max] (0.7: sigma in [0.318, 80] for EDM's range)."""

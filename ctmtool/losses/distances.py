@@ -22,7 +22,8 @@ Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def default_huber_c(dim: int) -> float:
-    """iCT's pseudo-Huber constant c = 0.00054 * sqrt(D) for data of D dimensions (iCT, Song & Dhariwal 2023)."""
+    """iCT's pseudo-Huber constant c = 0.00054 * sqrt(D) for data of D dimensions (iCT, Song & Dhariwal
+    2023)."""
     return 0.00054 * math.sqrt(dim)
 
 
@@ -75,7 +76,8 @@ _LPIPS_SCALE = (0.458, 0.448, 0.450)
 
 
 def _lpips_key_map(features: nn.Sequential) -> dict[str, str]:
-    """lpips-package state-dict key -> key of `LPIPS`, for every tensor LPIPS needs (slice k ends at tap k)."""
+    """lpips-package state-dict key -> key of `LPIPS`, for every tensor LPIPS needs (slice k ends at tap
+    k)."""
     keys, start = {}, 0
     for k, tap in enumerate(_VGG_TAPS):
         for i in range(start, tap + 1):
@@ -197,7 +199,8 @@ class LPIPS(nn.Module):
 
 
 class FeatureDistance(nn.Module):
-    """Squared distance between unit-normalised features of a frozen network (the LPIPS idea, Zhang et al. 2018).
+    """Squared distance between unit-normalised features of a frozen network (the LPIPS idea, Zhang et al.
+    2018).
 
     The network (any nn.Module or TorchScript module) returns a (B, C) tensor, a (B, C, H, W) tensor, or a
     list/tuple of them. A (B, C) feature is normalised as a vector; a (B, C, H, W) feature along C at each
@@ -246,15 +249,16 @@ def make_distance(cfg: CTMConfig,
     feature_net: nn.Module | None = None,  # the network for distance = "feature"
     feature_range: str = "[-1,1]",      # input range feature_net expects: "[-1,1]" or "[0,255]"
 ) -> nn.Module:
-    """The distance chosen by `cfg.distance`, as a module mapping (x, y) to a (B,) tensor (move it with `.to`)."""
+    """The distance chosen by `cfg.distance`, as a module mapping (x, y) to a (B,) tensor (move it with
+    `.to`)."""
     if cfg.distance == "pseudo_huber":
         return PseudoHuber(cfg.huber_c if cfg.huber_c is not None else default_huber_c(dim))
     if cfg.distance == "l2":
         return SquaredL2()
     if cfg.distance == "lpips":
         if cfg.lpips_weights is None:
-            raise UserError(f"ctm.distance = 'lpips' needs ctm.lpips_weights = <path to a .pt or .safetensors>; "
-                            f"{_LPIPS_HOWTO}")
+            raise UserError("ctm.distance = 'lpips' needs ctm.lpips_weights = <path to a .pt or "
+                            f".safetensors>; {_LPIPS_HOWTO}")
         return LPIPS(cfg.lpips_weights)
     if cfg.distance == "lpips_piq":
         from ctmtool.losses.lpips import PaperLPIPS

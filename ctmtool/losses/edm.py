@@ -20,7 +20,8 @@ class EDMLoss:
     ):
         self.p_mean, self.p_std, self.sigma_data = p_mean, p_std, sigma_data
 
-    def __call__(self, model, x0: torch.Tensor, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, model, x0: torch.Tensor, labels=None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         b = x0.shape[0]
         sigma = (torch.randn(b, device=x0.device, generator=generator) * self.p_std + self.p_mean).exp()
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)

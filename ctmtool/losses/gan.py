@@ -18,7 +18,8 @@ def _heads(logits: Logits) -> list[torch.Tensor]:
 
 
 def d_hinge_loss(real_logits: Logits, fake_logits: Logits) -> torch.Tensor:
-    """Discriminator hinge loss E[relu(1 - D(real))] + E[relu(1 + D(fake))], averaged over heads (Lim & Ye 2017)."""
+    """Discriminator hinge loss E[relu(1 - D(real))] + E[relu(1 + D(fake))], averaged over heads (Lim & Ye
+    2017)."""
     real, fake = _heads(real_logits), _heads(fake_logits)
     if len(real) != len(fake):
         raise ValueError(f"{len(real)} real heads but {len(fake)} fake heads")
@@ -27,7 +28,8 @@ def d_hinge_loss(real_logits: Logits, fake_logits: Logits) -> torch.Tensor:
 
 
 def g_hinge_loss(fake_logits: Logits) -> torch.Tensor:
-    """Generator hinge loss -E[D(fake)], averaged over heads (Lim & Ye 2017; CTM's L_GAN for the generator)."""
+    """Generator hinge loss -E[D(fake)], averaged over heads (Lim & Ye 2017; CTM's L_GAN for the
+    generator)."""
     return -torch.stack([f.mean() for f in _heads(fake_logits)]).mean()
 
 
@@ -45,14 +47,16 @@ def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
 def adaptive_weight(loss_main: torch.Tensor, loss_other: torch.Tensor,
                     last_layer: torch.Tensor | nn.Module | Sequence[torch.Tensor],
                     lo: float, hi: float) -> torch.Tensor:
-    """lambda = ||grad_last L_main|| / (||grad_last L_other|| + 1e-4), detached, clamped to [lo, hi] (CTM paper, Kim et al. 2024).
+    """lambda = ||grad_last L_main|| / (||grad_last L_other|| + 1e-4), detached, clamped to [lo, hi] (CTM
+    paper, Kim et al. 2024).
 
     `last_layer` is the weight tensor of the network's last layer (or a module: all its parameters, or a list
     of tensors). Both graphs are kept (retain_graph), so the losses can still be back-propagated afterwards.
     A loss that does not reach `last_layer` counts as a zero gradient, so the formula itself decides: an
     unreachable (or constant) L_other gives ||g_main|| / 1e-4, clamped to `hi` (its weight is irrelevant then:
     it adds no gradient there); an unreachable L_main gives 0, clamped to `lo`. A NaN ratio (a NaN gradient)
-    gives `lo`, so a broken term is never amplified. CTM uses [0, 1e4] for lambda_DSM and [0.01, 10] for lambda_GAN.
+    gives `lo`, so a broken term is never amplified. CTM uses [0, 1e4] for lambda_DSM and [0.01, 10] for
+    lambda_GAN.
     """
     if isinstance(last_layer, nn.Module):
         params = [p for p in last_layer.parameters() if p.requires_grad]
@@ -88,5 +92,6 @@ class Alternation:
         return self.period == 1 or k % self.period != 0
 
     def step_of(self, g_steps: int, d_steps: int) -> int:
-        """The index of the next step from the G and D steps taken so far (so a resumed run continues in phase)."""
+        """The index of the next step from the G and D steps taken so far (so a resumed run continues in
+        phase)."""
         return g_steps if self.period == 1 else g_steps + d_steps

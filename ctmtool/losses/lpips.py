@@ -35,14 +35,17 @@ def lpips_url() -> str:
 
 
 def weight_files(folder: str | Path | None = None) -> tuple[Path, Path]:
-    """The VGG16 and LPIPS weight files; a UserError names each missing one, where it was looked for and its source."""
+    """The VGG16 and LPIPS weight files; a UserError names each missing one, where it was looked for and its
+    source."""
     base = Path(folder) if folder is not None else Path(torch.hub.get_dir()) / "checkpoints"
     vgg, lin = base / VGG16_FILE, base / LPIPS_FILE
     missing = [f"{p} (from {url})" for p, url in ((vgg, VGG16_URL), (lin, lpips_url())) if not p.is_file()]
     if missing:
-        where = "ctm.lpips_weights" if folder is not None else "torch hub's cache (set ctm.lpips_weights to another folder)"
-        raise UserError(f"the paper's LPIPS (piq, VGG16) needs weight files that are missing: {'; '.join(missing)}; "
-                        f"download them on a machine with internet access and put them in {where}")
+        where = ("ctm.lpips_weights" if folder is not None
+                 else "torch hub's cache (set ctm.lpips_weights to another folder)")
+        raise UserError("the paper's LPIPS (piq, VGG16) needs weight files that are missing: "
+                        f"{'; '.join(missing)}; download them on a machine with internet access and put them "
+                        f"in {where}")
     return vgg, lin
 
 
@@ -54,7 +57,8 @@ def _load(path: Path):
 
 
 def vgg16_features(state: dict[str, torch.Tensor] | None = None) -> nn.Sequential:
-    """torchvision's VGG16 `features` (no download), loaded from the `features.*` part of a VGG16 state dict."""
+    """torchvision's VGG16 `features` (no download), loaded from the `features.*` part of a VGG16 state
+    dict."""
     from torchvision.models.vgg import cfgs, make_layers
 
     features = make_layers(cfgs["D"])
@@ -66,12 +70,14 @@ def vgg16_features(state: dict[str, torch.Tensor] | None = None) -> nn.Sequentia
         try:
             features.load_state_dict({k[len("features."):]: state[k] for k in own})
         except RuntimeError as err:
-            raise UserError(f"{VGG16_FILE} does not hold torchvision's VGG16 weights ({str(err).splitlines()[0]})") from None
+            raise UserError(f"{VGG16_FILE} does not hold torchvision's VGG16 weights "
+                            f"({str(err).splitlines()[0]})") from None
     return features
 
 
 class PaperLPIPS(nn.Module):
-    """d(x, y) = piq.LPIPS(replace_pooling=True, reduction='none')(up(x+1)/2, up(y+1)/2), up = bilinear to 224."""
+    """d(x, y) = piq.LPIPS(replace_pooling=True, reduction='none')(up(x+1)/2, up(y+1)/2), up = bilinear to
+    224."""
 
     def __init__(self,
         features: nn.Sequential,        # VGG16 `features` (max pooling; piq swaps it for average pooling)
@@ -83,10 +89,12 @@ class PaperLPIPS(nn.Module):
         from piq.perceptual import VGG16_LAYERS, ContentLoss
 
         if len(lin_weights) != 5:
-            raise UserError(f"{LPIPS_FILE} must hold 5 linear weights (one per VGG16 layer), found {len(lin_weights)}")
+            raise UserError(f"{LPIPS_FILE} must hold 5 linear weights (one per VGG16 layer), found "
+                            f"{len(lin_weights)}")
         lp = PiqLPIPS.__new__(PiqLPIPS)  # piq's class and code; its __init__ would fetch weights from the net
-        ContentLoss.__init__(lp, features, layers=[VGG16_LAYERS[n] for n in LPIPS_LAYERS], weights=list(lin_weights),
-                             replace_pooling=True, distance="mse", reduction="none", normalize_features=True)
+        ContentLoss.__init__(lp, features, layers=[VGG16_LAYERS[n] for n in LPIPS_LAYERS],
+                             weights=list(lin_weights), replace_pooling=True, distance="mse",
+                             reduction="none", normalize_features=True)
         self.lpips, self.resize = lp, resize
         self.requires_grad_(False)
 

@@ -20,7 +20,7 @@ from ctmtool.metrics.fid import (
 from ctmtool.metrics.frechet import Moments, frechet_distance, kid
 
 __all__ = [
-    "FeatureExtractor", "InceptionFeatures", "Moments", "Stats", "cache_dir", "compute_stats", "fid_from_data",
-    "fid_from_model", "fid_from_stats", "find_inception", "frechet_distance", "kid", "load_stats", "make_extractor",
-    "reference_stats", "save_stats",
+    "FeatureExtractor", "InceptionFeatures", "Moments", "Stats", "cache_dir", "compute_stats",
+    "fid_from_data", "fid_from_model", "fid_from_stats", "find_inception", "frechet_distance", "kid",
+    "load_stats", "make_extractor", "reference_stats", "save_stats",
 ]

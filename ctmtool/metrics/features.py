@@ -29,7 +29,7 @@ from ctmtool.errors import UserError
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 # The URL clean-fid 0.1.35 downloads from (cleanfid/downloads_helper.py, `inception_url`).
-INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt")
 # Its sha256 could not be established offline (no copy of the file here). Until it is filled in, a
 # downloaded file is checked by loading it as TorchScript and running it (2048 features per image).
 INCEPTION_SHA256: str | None = None
@@ -75,8 +75,8 @@ def _jit_load(path: Path, device: torch.device) -> torch.jit.ScriptModule:
             net = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load feature network {path} as TorchScript ({first}); give a file saved with "
-                        "torch.jit.save, or 'inception'") from None
+        raise UserError(f"cannot load feature network {path} as TorchScript ({first}); give a file saved "
+                        "with torch.jit.save, or 'inception'") from None
     return net.eval()
 
 
@@ -125,19 +125,22 @@ class FeatureExtractor:
 
     def missing_head(self, head: str) -> str:
         """Why `head` is not available: a sentence for an error message."""
-        method = {"logits": "classify(x) -> (B, classes) logits", "spatial": "spatial(x) -> (B, C, H, W) maps"}[head]
+        method = {"logits": "classify(x) -> (B, classes) logits",
+                  "spatial": "spatial(x) -> (B, C, H, W) maps"}[head]
         return f"feature network {self.path.name} has no method {method}"
 
     def _run(self, fn, images: torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"feature networks take uint8 NCHW images, got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"feature networks take uint8 NCHW images, got {images.dtype} "
+                             f"{tuple(images.shape)}")
         try:
             return fn(images.to(self.device, non_blocking=True))
         except (RuntimeError, ValueError, TypeError) as err:  # TorchScript shape errors are RuntimeErrors
             last = [ln for ln in str(err).strip().splitlines() if ln.strip()][-1:] or [type(err).__name__]
             _, c, h, w = images.shape
-            raise UserError(f"feature network {self.path.name} failed on {c}x{h}x{w} (CxHxW) images: {last[0].strip()}; "
-                            "give images of the size and channel count it was made for") from None
+            raise UserError(f"feature network {self.path.name} failed on {c}x{h}x{w} (CxHxW) images: "
+                            f"{last[0].strip()}; give images of the size and channel count it was made "
+                            "for") from None
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,11 +164,12 @@ class InceptionFeatures(FeatureExtractor):
 
     mode = "clean"
 
-    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", workers: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu",
+                 workers: int | None = None):
         super().__init__(path, device, name="inception")
         if not hasattr(self.net, "layers"):
-            raise UserError(f"{self.path} loads as TorchScript but is not clean-fid's Inception file (no `layers`); "
-                            f"download {INCEPTION_URL} again")
+            raise UserError(f"{self.path} loads as TorchScript but is not clean-fid's Inception file (no "
+                            f"`layers`); download {INCEPTION_URL} again")
         from cleanfid.resize import make_resizer  # imports torchvision: only when Inception is used
 
         self.resize = make_resizer("PIL", False, "bicubic", (INCEPTION_SIZE, INCEPTION_SIZE))
@@ -194,8 +198,10 @@ class InceptionFeatures(FeatureExtractor):
         return head == "pool"
 
     def missing_head(self, head: str) -> str:
-        what = "its `output` layer (logits)" if head == "logits" else f"layer {SPATIAL_BLOCK} (spatial features)"
-        return f"{self.path} has no {what}; it is not the TF-FID Inception file {INCEPTION_FILE} ({INCEPTION_URL})"
+        what = ("its `output` layer (logits)" if head == "logits"
+                else f"layer {SPATIAL_BLOCK} (spatial features)")
+        return (f"{self.path} has no {what}; it is not the TF-FID Inception file {INCEPTION_FILE} "
+                f"({INCEPTION_URL})")
 
     def _heads(self, x: torch.Tensor, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """One pass through the Inception layers: pool3 features, the 1008 logits without output bias (as
@@ -234,8 +240,8 @@ def find_inception(cache: str | os.PathLike | None = None, download: bool | None
         download_file(INCEPTION_URL, target, progress)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         reason = getattr(err, "reason", None) or err
-        raise UserError(f"Inception weights {INCEPTION_FILE} not found at {where}, and downloading them failed "
-                        f"({reason}); {fix}") from None
+        raise UserError(f"Inception weights {INCEPTION_FILE} not found at {where}, and downloading them "
+                        f"failed ({reason}); {fix}") from None
     _verify_inception(target)
     return target
 
@@ -246,7 +252,8 @@ def _verify_inception(path: Path) -> None:
         got = sha256_file(path)
         if got != INCEPTION_SHA256:
             path.unlink(missing_ok=True)
-            raise UserError(f"downloaded {path} has sha256 {got}, expected {INCEPTION_SHA256}; removed it, try again")
+            raise UserError(f"downloaded {path} has sha256 {got}, expected {INCEPTION_SHA256}; removed it, "
+                            "try again")
         return
     try:
         net = _jit_load(path, torch.device("cpu"))
@@ -257,7 +264,8 @@ def _verify_inception(path: Path) -> None:
         ok = False
     if not ok:
         path.unlink(missing_ok=True)
-        raise UserError(f"downloaded {path} is not a working Inception TorchScript file; removed it, try again")
+        raise UserError(f"downloaded {path} is not a working Inception TorchScript file; removed it, try "
+                        "again")
 
 
 def download_file(url: str, dest: Path, progress: ProgressFactory | None = None, timeout: float = 60) -> Path:
@@ -267,7 +275,8 @@ def download_file(url: str, dest: Path, progress: ProgressFactory | None = None,
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as f:
             total = int(resp.headers.get("Content-Length") or 0)
-            bar = progress(total / 2**20 if total else 0, f"downloading {dest.name}", "MiB") if progress else nullcontext(None)
+            bar = (progress(total / 2**20 if total else 0, f"downloading {dest.name}", "MiB") if progress
+                   else nullcontext(None))
             with bar as advance:
                 while block := resp.read(1 << 20):
                     f.write(block)
@@ -280,14 +289,16 @@ def download_file(url: str, dest: Path, progress: ProgressFactory | None = None,
 
 
 class LegacyInceptionFeatures(FeatureExtractor):
-    """clean-fid's "legacy_tensorflow" Inception: uint8 images at their own size into `net(x, return_features=True)`."""
+    """clean-fid's "legacy_tensorflow" Inception: uint8 images at their own size into `net(x,
+    return_features=True)`."""
 
     mode = "legacy_tensorflow"
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu"):
         super().__init__(path, device, name="inception")
         if not hasattr(self.net, "layers"):
-            raise UserError(f"{self.path} loads as TorchScript but is not the TF-FID Inception file (no `layers`)")
+            raise UserError(f"{self.path} loads as TorchScript but is not the TF-FID Inception file (no "
+                            "`layers`)")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self._rgb(x), return_features=True).reshape(x.shape[0], INCEPTION_DIM)
@@ -311,7 +322,8 @@ class LegacyInceptionFeatures(FeatureExtractor):
         out = {}
         if "pool" in heads:
             out["pool"] = self._forward(x)
-        if "logits" in heads:  # StyleGAN2-ADA's IS: softmax without the output bias; log gives logits up to a constant
+        # StyleGAN2-ADA's IS: softmax without the output bias; log gives logits up to a constant
+        if "logits" in heads:
             out["logits"] = self.net(self._rgb(x), no_output_bias=True).clamp_min(1e-30).log()
         return out
 
@@ -325,10 +337,10 @@ def make_extractor(features: str, device: torch.device | str = "cpu", cache: str
         return LegacyInceptionFeatures(find_inception(cache, download, progress), device)
     path = Path(features).expanduser()
     if not path.is_file():
-        raise UserError(f"feature network {features!r} is neither 'inception' nor an existing file; give the path of a "
-                        "TorchScript feature network (e.g. fd_a.pt) as `features`")
+        raise UserError(f"feature network {features!r} is neither 'inception' nor an existing file; give the "
+                        "path of a TorchScript feature network (e.g. fd_a.pt) as `features`")
     return FeatureExtractor(path, device)
 
 
-__all__ = ["FeatureExtractor", "InceptionFeatures", "INCEPTION_FILE", "INCEPTION_URL", "cache_dir", "cleanfid_dir",
-           "download_file", "find_inception", "make_extractor", "sha256_file"]
+__all__ = ["FeatureExtractor", "InceptionFeatures", "INCEPTION_FILE", "INCEPTION_URL", "cache_dir",
+           "cleanfid_dir", "download_file", "find_inception", "make_extractor", "sha256_file"]

@@ -56,15 +56,18 @@ class Stats:
     source: str = ""  # what the images were
 
 
-def stats_of(moments: Moments, extractor: FeatureExtractor, feats: list[np.ndarray] | None, source: str) -> Stats:
+def stats_of(moments: Moments, extractor: FeatureExtractor, feats: list[np.ndarray] | None,
+             source: str) -> Stats:
     mu, sigma = moments.result()
     return Stats(mu, sigma, moments.n, extractor.name, extractor.sha256, extractor.mode,
                  np.concatenate(feats) if feats else None, source)
 
 
-def compute_stats(images: Iterable[torch.Tensor], extractor: FeatureExtractor, device: torch.device | str | None = None,
-                  keep_features: bool = False, progress: Progress = None, source: str = "") -> Stats:
-    """Statistics of batches of images: uint8 NCHW in [0, 255], or float NCHW in [-1, 1] (rounded to uint8)."""
+def compute_stats(images: Iterable[torch.Tensor], extractor: FeatureExtractor,
+                  device: torch.device | str | None = None, keep_features: bool = False,
+                  progress: Progress = None, source: str = "") -> Stats:
+    """Statistics of batches of images: uint8 NCHW in [0, 255], or float NCHW in [-1, 1] (rounded to
+    uint8)."""
     if device is not None:
         extractor.to(device)
     moments, feats = Moments(), [] if keep_features else None
@@ -100,8 +103,8 @@ def model_batches(model, n: int, plan: SamplingPlan, seed: int = 0,
     """uint8 batches of `n` samples from `model` drawn with `plan` (ctmtool.core.sampling.generate; image i
     uses seed + i; `program`: a traced solve of full batches, `ctmtool.core.fastpath`)."""
     if not model.is_image:
-        raise UserError(f"{model.path or 'the model'} generates points of shape {model.data_shape}, not images; "
-                        "FID needs an image model")
+        raise UserError(f"{model.path or 'the model'} generates points of shape {model.data_shape}, not "
+                        "images; FID needs an image model")
     for x, _ in generate(model, n, plan, seed=seed, device=device, program=program):
         yield to_uint8_images(x)
 
@@ -116,18 +119,20 @@ def fid_from_stats(stats: Stats, ref: Stats, kid_score: bool = False, kid_subset
     if kid_score:
         if stats.feats is None or ref.feats is None:
             which = "reference statistics" if ref.feats is None else "sample statistics"
-            raise UserError(f"KID needs raw features but the {which} ({ref.source if ref.feats is None else stats.source}) "
-                            "hold only mean and covariance; recompute them with `ctmtool fid stats` (which keeps "
-                            f"features up to {KEEP_FEATURES_MAX} images) or do not ask for the KID")
+            raise UserError(f"KID needs raw features but the {which} "
+                            f"({ref.source if ref.feats is None else stats.source}) hold only mean and "
+                            "covariance; recompute them with `ctmtool fid stats` (which keeps features up "
+                            f"to {KEEP_FEATURES_MAX} images) or do not ask for the KID")
         out["kid"], out["kid_std"] = kid(stats.feats, ref.feats, kid_subsets, kid_subset_size, seed)
     if stats.n < SMALL_N:
-        out["note"] = (f"n = {stats.n} < {SMALL_N}: FID is biased upward at small n; compare values only at equal n "
-                       "(50000 is the usual choice)")
+        out["note"] = (f"n = {stats.n} < {SMALL_N}: FID is biased upward at small n; compare values only at "
+                       "equal n (50000 is the usual choice)")
     return out
 
 
-def fid_from_model(model, ref_stats: Stats, extractor: FeatureExtractor, n: int, plan: SamplingPlan, seed: int = 0,
-                   device: torch.device | str = "cpu", kid_score: bool = False, progress: Progress = None) -> dict:
+def fid_from_model(model, ref_stats: Stats, extractor: FeatureExtractor, n: int, plan: SamplingPlan,
+                   seed: int = 0, device: torch.device | str = "cpu", kid_score: bool = False,
+                   progress: Progress = None) -> dict:
     """Generate `n` samples in memory with `plan` (`ctmtool.jobs.plan.plan_sampling`; seeds seed..seed+n-1)
     and score them against `ref_stats`."""
     t0 = time.perf_counter()
@@ -162,10 +167,11 @@ def check_compatible(stats: Stats, ref: Stats) -> None:
     same_net = (stats.features_sha256 == ref.features_sha256 if stats.features_sha256 and ref.features_sha256
                 else stats.features == ref.features)
     if not same_net or stats.mode != ref.mode or stats.mu.shape != ref.mu.shape:
-        raise UserError(f"reference statistics {ref.source or ''} were computed with feature network {ref.features} "
-                        f"(sha256 {ref.features_sha256[:12] or 'unknown'}, mode {ref.mode}, {ref.mu.shape[0]} dims) but the "
-                        f"samples with {stats.features} (sha256 {stats.features_sha256[:12]}, mode {stats.mode}, "
-                        f"{stats.mu.shape[0]} dims); recompute the reference with `ctmtool fid stats` and the same `features`")
+        raise UserError(f"reference statistics {ref.source or ''} were computed with feature network "
+                        f"{ref.features} (sha256 {ref.features_sha256[:12] or 'unknown'}, mode {ref.mode}, "
+                        f"{ref.mu.shape[0]} dims) but the samples with {stats.features} (sha256 "
+                        f"{stats.features_sha256[:12]}, mode {stats.mode}, {stats.mu.shape[0]} dims); "
+                        "recompute the reference with `ctmtool fid stats` and the same `features`")
 
 
 def save_stats(stats: Stats, path: str | os.PathLike, keep_features: bool = True) -> Path:
@@ -186,7 +192,8 @@ def save_stats(stats: Stats, path: str | os.PathLike, keep_features: bool = True
     try:
         atomic_write(path, write)
     except OSError as err:
-        raise UserError(f"could not write statistics {path}: {err.strerror or err}; check free space and permissions") from None
+        raise UserError(f"could not write statistics {path}: {err.strerror or err}; check free space and "
+                        "permissions") from None
     return Path(path)
 
 
@@ -199,14 +206,16 @@ def is_stats_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_stats(path: str | os.PathLike, features: str = "inception", mode: str = "clean", n: int = 0) -> Stats:
-    """Read statistics written by `save_stats`, or clean-fid's (mu, sigma only: `features`, `mode`, `n` fill in)."""
+def load_stats(path: str | os.PathLike, features: str = "inception", mode: str = "clean",
+               n: int = 0) -> Stats:
+    """Read statistics written by `save_stats`, or clean-fid's (mu, sigma only: `features`, `mode`, `n` fill
+    in)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if "mu" not in z.files or "sigma" not in z.files:
-                raise UserError(f"{path} holds no 'mu' and 'sigma'; it is not a statistics file (write one with "
-                                "`ctmtool fid stats DATA -o FILE.npz`)")
+                raise UserError(f"{path} holds no 'mu' and 'sigma'; it is not a statistics file (write one "
+                                "with `ctmtool fid stats DATA -o FILE.npz`)")
 
             def text(key: str, default: str) -> str:
                 return str(z[key]) if key in z.files else default
@@ -225,16 +234,18 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_reference_name(name: str) -> str:
-    """A reference name is letters, digits, '.', '_' and '-', without '..': it names a file inside the cache."""
+    """A reference name is letters, digits, '.', '_' and '-', without '..': it names a file inside the
+    cache."""
     if not NAME.fullmatch(name) or ".." in name:
-        raise UserError(f"`name` {name[:80]!r} is not a reference name: use letters, digits, '.', '_' and '-' "
-                        "(no '..' or '/'), e.g. cifar10-train")
+        raise UserError(f"`name` {name[:80]!r} is not a reference name: use letters, digits, '.', '_' and "
+                        "'-' (no '..' or '/'), e.g. cifar10-train")
     return name
 
 
 def named_stats_path(name: str, extractor: FeatureExtractor, cache: str | os.PathLike | None = None) -> Path:
-    """Where `ctmtool fid stats --name NAME` keeps a named reference: <cache>/stats/<NAME>_<features>.npz. A name
-    is letters, digits, '.', '_' and '-' (no '..', no separator): the file stays inside the cache's stats folder."""
+    """Where `ctmtool fid stats --name NAME` keeps a named reference: <cache>/stats/<NAME>_<features>.npz. A
+    name is letters, digits, '.', '_' and '-' (no '..', no separator): the file stays inside the cache's stats
+    folder."""
     check_reference_name(name)
     folder = cache_dir(cache) / "stats"
     path = folder / f"{name}_{extractor.name}.npz"
@@ -262,23 +273,27 @@ def reference_stats(ref: str, extractor: FeatureExtractor, device: torch.device 
                     progress: Progress = None, log: Callable[[str], None] | None = None) -> Stats:
     """Statistics for `ref`: a statistics .npz, images (folder, zip, npz, image file) or a named reference."""
     p = Path(ref).expanduser()
-    if p.is_file() and p.suffix.lower() == ".npz" and extractor.name == "inception" and is_foreign_reference(p):
+    if p.is_file() and p.suffix.lower() == ".npz" and extractor.name == "inception" \
+            and is_foreign_reference(p):
         mu, sigma, n, images = read_foreign_reference(p, extractor)
         stats = (Stats(mu, sigma, n, extractor.name, "", extractor.mode, None,
                        f"{p} (mu, sigma; taken as {extractor.mode} statistics)") if images is None
-                 else compute_stats(dataset_batches(images, batch), extractor, device, False, progress, str(p)))
+                 else compute_stats(dataset_batches(images, batch), extractor, device, False, progress,
+                                    str(p)))
     elif p.is_file() and p.suffix.lower() == ".npz" and is_stats_file(p):
         stats = load_stats(p)
     elif p.exists():
         if log:
-            log(f"computing reference statistics of {p} (save them once with `ctmtool fid stats {p} -o FILE.npz`)")
+            log(f"computing reference statistics of {p} (save them once with `ctmtool fid stats {p} -o "
+                "FILE.npz`)")
         ds = _load_images(p)
         stats = compute_stats(dataset_batches(ds, batch), extractor, device, keep_features, progress, str(p))
     elif "/" not in ref and os.sep not in ref and not p.suffix:
         stats = _named_stats(ref, extractor, cache)
     else:
-        raise UserError(f"reference {ref} does not exist{missing_reference_hint(ref)}; give a statistics .npz, a "
-                        "folder/zip/npz of images or a named reference (see `ctmtool fid stats --name`)")
+        raise UserError(f"reference {ref} does not exist{missing_reference_hint(ref)}; give a statistics "
+                        ".npz, a folder/zip/npz of images or a named reference (see `ctmtool fid stats "
+                        "--name`)")
     check_compatible(Stats(stats.mu, stats.sigma, 0, extractor.name, extractor.sha256, extractor.mode), stats)
     return stats
 
@@ -290,6 +305,7 @@ def _named_stats(name: str, extractor: FeatureExtractor, cache: str | os.PathLik
     if extractor.name == "inception" and (found := _cleanfid_stats(name)):
         return load_stats(found[0], n=found[1])
     feat = "inception" if extractor.name == "inception" else str(extractor.path)
-    raise UserError(f"no statistics for reference {name!r} with feature network {extractor.name}: expected {path}; "
-                    f"compute them once with `ctmtool fid stats FOLDER_OF_REAL_IMAGES --name {name} --features {feat}`"
-                    " (or give `ref` a folder/zip/npz of real images or a statistics file)")
+    raise UserError(f"no statistics for reference {name!r} with feature network {extractor.name}: expected "
+                    f"{path}; compute them once with `ctmtool fid stats FOLDER_OF_REAL_IMAGES --name {name} "
+                    f"--features {feat}` (or give `ref` a folder/zip/npz of real images or a statistics "
+                    "file)")

@@ -35,7 +35,8 @@ class Moments:
             self.n, self.mean, self.scatter = b, mean_b, scatter_b
             return
         if f.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"feature batch has {f.shape[1]} dimensions, earlier batches had {self.mean.shape[0]}")
+            raise ValueError(f"feature batch has {f.shape[1]} dimensions, earlier batches had "
+                             f"{self.mean.shape[0]}")
         mean_b, scatter_b = mean_b.to(self.mean.device), scatter_b.to(self.mean.device)
         n = self.n + b
         delta = mean_b - self.mean
@@ -61,7 +62,8 @@ def _sqrtm(a: np.ndarray) -> np.ndarray:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      eps: float = 1e-6) -> float:
-    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), the Frechet distance of two Gaussians (Dowson & Landau 1982).
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), the Frechet distance of two Gaussians (Dowson & Landau
+    1982).
 
     As in the reference TTUR code: if the product's square root is not finite, eps is added to both
     diagonals; a tiny imaginary part (numerical noise) is dropped, a large one is an error; scipy's
@@ -79,8 +81,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = _sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"matrix square root has a large imaginary part ({np.abs(covmean.imag).max():.3g}); "
-                             "the covariances are too ill-conditioned (too few samples for the feature size?)")
+            raise ValueError("matrix square root has a large imaginary part "
+                             f"({np.abs(covmean.imag).max():.3g}); the covariances are too ill-conditioned "
+                             "(too few samples for the feature size?)")
         covmean = covmean.real
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 

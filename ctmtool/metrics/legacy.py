@@ -1,4 +1,5 @@
-"""FID as published CIFAR-10 / ImageNet numbers compute it: legacy TensorFlow-Inception features, EDM/ADM references.
+"""FID as published CIFAR-10 / ImageNet numbers compute it: legacy TensorFlow-Inception features, EDM/ADM
+references.
 
 Published FIDs (EDM, CTM: ctm-cifar10 train_util.py 633-644) use the TF-FID Inception network fed the
 uint8 images directly; the network resizes them to 299 x 299 inside (TensorFlow's bilinear resize). This
@@ -47,9 +48,9 @@ def is_foreign_reference(path: str | os.PathLike) -> bool:
 
 
 def read_foreign_reference(path: str | os.PathLike, extractor: FeatureExtractor):
-    """An EDM/ADM reference .npz for the Inception `extractor`: (mu, sigma, n, None) from its mu/sigma (taken to be
-    of the extractor's mode: EDM's and ADM's files are legacy-TensorFlow statistics), else (None, None, 0, images)
-    with its `arr_0` images as a Dataset to compute statistics of."""
+    """An EDM/ADM reference .npz for the Inception `extractor`: (mu, sigma, n, None) from its mu/sigma (taken
+    to be of the extractor's mode: EDM's and ADM's files are legacy-TensorFlow statistics), else (None, None,
+    0, images) with its `arr_0` images as a Dataset to compute statistics of."""
     from ctmtool.data.base import Dataset
 
     path = Path(path)
@@ -60,9 +61,12 @@ def read_foreign_reference(path: str | os.PathLike, extractor: FeatureExtractor)
         if "mu" in z.files and "sigma" in z.files:
             mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
             if mu.shape != (INCEPTION_DIM,) or sigma.shape != (INCEPTION_DIM, INCEPTION_DIM):
-                raise UserError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not 2048-dim Inception statistics")
+                raise UserError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not 2048-dim Inception "
+                                "statistics")
             return mu, sigma, int(len(z["arr_0"])) if "arr_0" in z.files else 0, None
         images = z["arr_0"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
-        raise UserError(f"{path}: arr_0 is {images.dtype} {images.shape}; expected uint8 NHWC images (ADM's layout)")
-    return None, None, 0, Dataset(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), name=str(path))
+        raise UserError(f"{path}: arr_0 is {images.dtype} {images.shape}; expected uint8 NHWC images (ADM's "
+                        "layout)")
+    return (None, None, 0,
+            Dataset(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), name=str(path)))

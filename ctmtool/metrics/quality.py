@@ -38,7 +38,8 @@ def pixel_fd_to(reference_uint8: torch.Tensor) -> Callable[[torch.Tensor], float
 
 
 def make_scorer(metric: str, preset=None, reference: Dataset | None = None, features: str | None = None,
-                ref: str | None = None, device: torch.device | str = "cpu") -> tuple[str, Callable[[torch.Tensor], float], dict]:
+                ref: str | None = None,
+                device: torch.device | str = "cpu") -> tuple[str, Callable[[torch.Tensor], float], dict]:
     """(name, score(x) -> float, baseline info). Lower is better for fd metrics, higher for logp."""
     if metric == "logp":
         problem = analytic_problem(preset)
@@ -52,12 +53,13 @@ def make_scorer(metric: str, preset=None, reference: Dataset | None = None, feat
         if reference is None or not reference.is_image:
             raise UserError("fd-pixels needs a reference image data set (`ref` or the preset's data)")
         fd_u8 = pixel_fd_to(reference.values)
-        return ("Frechet distance in pixel space (lower is better)", lambda x: fd_u8(to_uint8_images(x.cpu())),
-                {"n_ref": len(reference)})
+        return ("Frechet distance in pixel space (lower is better)",
+                lambda x: fd_u8(to_uint8_images(x.cpu())), {"n_ref": len(reference)})
     if metric == "fd":
 
         if features is None or ref is None:
-            raise UserError("metric fd needs `features` (e.g. fd_a.pt or inception) and `ref` (reference images or stats)")
+            raise UserError("metric fd needs `features` (e.g. fd_a.pt or inception) and `ref` (reference "
+                            "images or stats)")
         extractor = make_extractor(features, device)
         ref_stats = reference_stats(ref, extractor, device)
 

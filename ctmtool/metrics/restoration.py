@@ -1,7 +1,8 @@
 """Full-reference metrics of restored or translated images against their references: PSNR, SSIM, LPIPS.
 
 As the GCTM code's `eval_inverse` (1202kbs/GCTM utils.py) computes them, per image and then averaged:
-- PSNR: on images quantised to uint8, 10 log10(255^2 / MSE) (skimage's peak_signal_noise_ratio, data_range 255).
+- PSNR: on images quantised to uint8, 10 log10(255^2 / MSE) (skimage's peak_signal_noise_ratio, data_range
+  255).
 - SSIM (Wang et al. 2004): images clamped to [-1, 1] and mapped to [0, 1], 11 x 11 Gaussian window of
   sigma 1.5, K1 = 0.01, K2 = 0.03, valid region only, averaged over pixels and channels (pytorch_msssim's
   `ssim`, which GCTM calls; here piq's `ssim`, the same definition, checked against scikit-image).
@@ -24,8 +25,8 @@ SSIM_KERNEL, SSIM_SIGMA = 11, 1.5
 
 def _check(x: torch.Tensor, ref: torch.Tensor) -> None:
     if x.shape != ref.shape or x.ndim != 4:
-        raise UserError(f"outputs {tuple(x.shape)} and references {tuple(ref.shape)} differ in shape; give one "
-                        "reference image of the output's size per output")
+        raise UserError(f"outputs {tuple(x.shape)} and references {tuple(ref.shape)} differ in shape; give "
+                        "one reference image of the output's size per output")
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,8 @@ def restoration_metrics(x: torch.Tensor, ref: torch.Tensor, metrics: tuple[str, 
         out[m] = float(finite.mean()) if len(finite) else float("inf")
         per[m] = [round(float(e), 6) for e in v]
         if m == "psnr" and len(finite) < len(v):
-            out["psnr_identical"] = int(len(v) - len(finite))  # images equal to their reference (PSNR infinite)
+            # images equal to their reference (PSNR infinite)
+            out["psnr_identical"] = int(len(v) - len(finite))
     return {**out, "per_image": per}
 
 
@@ -87,7 +89,8 @@ def parse_restoration_metrics(spec: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(s.strip().lower() for s in spec.split(",") if s.strip()))
     bad = [n for n in names if n not in RESTORATION_METRICS]
     if bad or not names:
-        raise UserError(f"unknown metric {', '.join(bad) or repr(spec)}; choose among {','.join(RESTORATION_METRICS)}")
+        raise UserError(f"unknown metric {', '.join(bad) or repr(spec)}; choose among "
+                        f"{','.join(RESTORATION_METRICS)}")
     return names
 
 

@@ -28,7 +28,8 @@ ROW_BATCH = 4096  # rows of the pairwise-distance matrix held at once
 
 def inception_score(logits: np.ndarray | torch.Tensor, split_size: int = IS_SPLIT_SIZE,
                     seed: int | None = None) -> tuple[float, float]:
-    """(mean, std) over chunks of `split_size` consecutive rows of exp(mean_x KL(softmax(l_x) || mean softmax)).
+    """(mean, std) over chunks of `split_size` consecutive rows of exp(mean_x KL(softmax(l_x) || mean
+    softmax)).
 
     `logits`: (N, K) class logits (or log-probabilities: the softmax is the same). float64 throughout.
     `seed`: shuffle the rows first (numpy default_rng(seed).permutation), so that images stored in class
@@ -52,7 +53,8 @@ def inception_score(logits: np.ndarray | torch.Tensor, split_size: int = IS_SPLI
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32, device=device)
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32,
+                           device=device)
 
 
 def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,7 +66,8 @@ def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def manifold_radii(feats: torch.Tensor, k: int = PR_NEIGHBOURS, row_batch: int = ROW_BATCH) -> torch.Tensor:
     """Squared distance of each row to its k-th nearest other row (the row itself is its 0-th neighbour)."""
     if len(feats) <= k:
-        raise ValueError(f"a k = {k} nearest-neighbour manifold needs more than {k} feature vectors, got {len(feats)}")
+        raise ValueError(f"a k = {k} nearest-neighbour manifold needs more than {k} feature vectors, got "
+                         f"{len(feats)}")
     return torch.cat([_sq_dist(feats[lo:lo + row_batch], feats).kthvalue(k + 1, dim=1).values
                       for lo in range(0, len(feats), row_batch)])
 
@@ -75,12 +78,14 @@ def _inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, ro
                       for lo in range(0, len(points), row_batch)])
 
 
-def precision_recall(ref: np.ndarray | torch.Tensor, samples: np.ndarray | torch.Tensor, k: int = PR_NEIGHBOURS,
-                     device: torch.device | str = "cpu", row_batch: int = ROW_BATCH) -> tuple[float, float]:
+def precision_recall(ref: np.ndarray | torch.Tensor, samples: np.ndarray | torch.Tensor,
+                     k: int = PR_NEIGHBOURS, device: torch.device | str = "cpu",
+                     row_batch: int = ROW_BATCH) -> tuple[float, float]:
     """(precision, recall) of `samples` against `ref`, both (N, D) features, with k-NN manifolds."""
     r, s = _as_tensor(ref, device), _as_tensor(samples, device)
     if r.ndim != 2 or s.ndim != 2 or r.shape[1] != s.shape[1]:
-        raise ValueError(f"feature arrays must be (N, D) with the same D, got {tuple(r.shape)} and {tuple(s.shape)}")
+        raise ValueError(f"feature arrays must be (N, D) with the same D, got {tuple(r.shape)} and "
+                         f"{tuple(s.shape)}")
     r_radii, s_radii = manifold_radii(r, k, row_batch), manifold_radii(s, k, row_batch)
     precision = _inside(s, r, r_radii, row_batch).double().mean()
     recall = _inside(r, s, s_radii, row_batch).double().mean()

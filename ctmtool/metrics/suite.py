@@ -6,7 +6,8 @@ spatial-feature moments); `evaluate` turns two such collections into the figures
     extractor = make_extractor("fd_a.pt")
     ref = collect(dataset_batches(load_images("real/"), 256), extractor, heads_for(METRICS))
     fake = collect(dataset_batches(load_images("samples/"), 256), extractor, heads_for(METRICS))
-    evaluate(fake, ref, METRICS)   # {"fid": ..., "kid": ..., "is": ..., "precision": ..., "recall": ..., "sfid": ...}
+    evaluate(fake, ref, METRICS)   # {"fid": ..., "kid": ..., "is": ..., "precision": ..., "recall": ...,
+                                   # "sfid": ...}
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def metric_names(spec: str | None) -> tuple[str, ...] | None:
     names = tuple(dict.fromkeys(s.strip().lower() for s in spec.split(",") if s.strip()))
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
-        raise UserError(f"unknown metric {', '.join(unknown) or repr(spec)}; choose among {','.join(METRICS)}")
+        raise UserError(f"unknown metric {', '.join(unknown) or repr(spec)}; choose among "
+                        f"{','.join(METRICS)}")
     return names
 
 
@@ -57,8 +59,8 @@ def parse_metrics(spec: str | None, extractor: FeatureExtractor) -> tuple[str, .
         return tuple(m for m in METRICS if extractor.has_head(NEEDS[m]))
     for m in names:
         if not extractor.has_head(NEEDS[m]):
-            raise UserError(f"{m}: {extractor.missing_head(NEEDS[m])}; drop {m} from `metrics` or use another "
-                            "feature network")
+            raise UserError(f"{m}: {extractor.missing_head(NEEDS[m])}; drop {m} from `metrics` or use "
+                            "another feature network")
     return names
 
 
@@ -84,8 +86,8 @@ def collect(images: Iterable[torch.Tensor], extractor: FeatureExtractor, heads: 
             progress(len(x))
     if n < 2:
         raise UserError(f"{source or 'the images'}: the metrics need at least 2 images, got {n}")
-    return Collected(n, source, np.concatenate(pool) if pool else None, np.concatenate(logits) if logits else None,
-                     spatial)
+    return Collected(n, source, np.concatenate(pool) if pool else None,
+                     np.concatenate(logits) if logits else None, spatial)
 
 
 def _moments(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,11 +97,12 @@ def _moments(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(samples: Collected, ref: Collected | None, metrics: tuple[str, ...], *, k: int = PR_NEIGHBOURS,
-             is_split_size: int = IS_SPLIT_SIZE, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
-             device: torch.device | str = "cpu") -> dict:
+             is_split_size: int = IS_SPLIT_SIZE, kid_subsets: int = 100, kid_subset_size: int = 1000,
+             seed: int = 0, device: torch.device | str = "cpu") -> dict:
     """The figures of `metrics` for `samples` against `ref` (None allowed when only IS is asked)."""
     if ref is None and set(metrics) - REF_FREE:
-        raise UserError(f"{', '.join(sorted(set(metrics) - REF_FREE))} compare against reference images: give `ref`")
+        raise UserError(f"{', '.join(sorted(set(metrics) - REF_FREE))} compare against reference images: "
+                        "give `ref`")
     out: dict = {"n": samples.n}
     if ref is not None:
         out["n_ref"] = ref.n

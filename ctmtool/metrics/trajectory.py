@@ -30,5 +30,6 @@ def trajectory_error(model, exact: ExactTrajectory, x0: torch.Tensor, grid: torc
         per_t[t] = ((sq_t / n_t) ** 0.5) / scale
         total, count = total + sq_t, count + n_t
     worst = max(per_pair, key=per_pair.get)
-    return {"rel_rms": (total / count) ** 0.5 / scale, "worst_pair": list(worst), "worst_rel_rms": per_pair[worst],
-            "per_t": {f"{t:.4g}": round(v, 5) for t, v in per_t.items()}, "pairs": count}
+    return {"rel_rms": (total / count) ** 0.5 / scale, "worst_pair": list(worst),
+            "worst_rel_rms": per_pair[worst], "per_t": {f"{t:.4g}": round(v, 5) for t, v in per_t.items()},
+            "pairs": count}

@@ -82,7 +82,8 @@ class Resample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Residual block: GN-SiLU-conv, add/FiLM the (t + s) embedding, GN-SiLU-dropout-conv, skip (ADM `ResBlock`)."""
+    """Residual block: GN-SiLU-conv, add/FiLM the (t + s) embedding, GN-SiLU-dropout-conv, skip (ADM
+    `ResBlock`)."""
 
     def __init__(self,
         channels: int,                  # input channels
@@ -97,16 +98,19 @@ class ResBlock(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         self.scale_shift, self.updown = scale_shift, up or down
-        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
         if self.updown:
             self.h_upd = Resample(channels, up, use_conv=False)
             self.x_upd = Resample(channels, up, use_conv=False)
         emb_out = 2 * out_channels if scale_shift else out_channels
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, emb_out))
-        self.emb_layers_s = nn.Sequential(nn.SiLU(), _zero(nn.Linear(emb_channels, emb_out))) if use_s else None
+        self.emb_layers_s = (nn.Sequential(nn.SiLU(), _zero(nn.Linear(emb_channels, emb_out))) if use_s
+                             else None)
         self.out_layers = nn.Sequential(_norm(out_channels), nn.SiLU(), nn.Dropout(dropout),
                                         _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        self.skip_connection = (nn.Identity() if out_channels == channels
+                                else nn.Conv2d(channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, emb_s: torch.Tensor | None = None) -> torch.Tensor:
         if self.updown:
@@ -150,7 +154,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hh, ww = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, -1, hh * ww)
-        shape = (b, 3, self.num_heads, -1, hh * ww) if self.qkv_order == "three" else (b, self.num_heads, 3, -1, hh * ww)
+        shape = ((b, 3, self.num_heads, -1, hh * ww) if self.qkv_order == "three"
+                 else (b, self.num_heads, 3, -1, hh * ww))
         qkv = qkv.reshape(shape).transpose(-1, -2).contiguous()  # fused kernels need the head dim contiguous
         q, k, v = qkv.unbind(1) if self.qkv_order == "three" else qkv.unbind(2)  # each (b, heads, T, d)
         a = F.scaled_dot_product_attention(q, k, v)
@@ -158,7 +163,8 @@ class AttentionBlock(nn.Module):
 
 
 class Step(nn.ModuleList):
-    """One entry of `input_blocks` / `middle_block` / `output_blocks`: layers applied in order (`TimestepEmbedSequential`)."""
+    """One entry of `input_blocks` / `middle_block` / `output_blocks`: layers applied in order
+    (`TimestepEmbedSequential`)."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, emb_s: torch.Tensor | None) -> torch.Tensor:
         for layer in self:
@@ -167,7 +173,8 @@ class Step(nn.ModuleList):
 
 
 class ADMUNet(nn.Module):
-    """ADM U-Net (Dhariwal & Nichol 2021) with the CTM s input of Kim et al. 2024 (Sony's `UNetModel`, ctm mode)."""
+    """ADM U-Net (Dhariwal & Nichol 2021) with the CTM s input of Kim et al. 2024 (Sony's `UNetModel`, ctm
+    mode)."""
 
     def __init__(self,
         img_resolution: int,            # image resolution at input and output
@@ -189,7 +196,8 @@ class ADMUNet(nn.Module):
     ):
         super().__init__()
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
-        self.label_dim, self.model_channels, self.time_scale, self.use_s = label_dim, model_channels, time_scale, use_s
+        self.label_dim, self.model_channels, self.time_scale, self.use_s = (label_dim, model_channels,
+                                                                            time_scale, use_s)
         emb = model_channels * 4
 
         def mlp() -> nn.Sequential:
@@ -217,7 +225,8 @@ class ADMUNet(nn.Module):
                 self.input_blocks.append(Step([down]))
                 skips.append(ch)
                 res //= 2
-        self.middle_block = Step([ResBlock(ch, **res_kw), AttentionBlock(ch, **att_kw), ResBlock(ch, **res_kw)])
+        self.middle_block = Step([ResBlock(ch, **res_kw), AttentionBlock(ch, **att_kw),
+                                  ResBlock(ch, **res_kw)])
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
@@ -226,18 +235,21 @@ class ADMUNet(nn.Module):
                 if res in attn_resolutions:
                     layers.append(AttentionBlock(ch, **att_kw))
                 if level and i == num_res_blocks:
-                    layers.append(ResBlock(ch, up=True, **res_kw) if resblock_updown else Resample(ch, True, True))
+                    layers.append(ResBlock(ch, up=True, **res_kw) if resblock_updown
+                                  else Resample(ch, True, True))
                     res *= 2
                 self.output_blocks.append(Step(layers))
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), _zero(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
 
     def adaptive_weight_layer(self) -> torch.Tensor:
         """The weight the adaptive DSM/GAN weights differentiate: the last ResBlock's output conv, as Sony's
-        ImageNet code (`output_blocks[15][0].out_layers[3]`, karras_diffusion.py), not the final `out` conv."""
+        ImageNet code (`output_blocks[15][0].out_layers[3]`, karras_diffusion.py), not the final `out`
+        conv."""
         return self.output_blocks[-1][0].out_layers[3].weight
 
     def _class_embedding(self, labels: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
-        """label_emb(y) for integer labels; one-hot (or soft) label vectors are mixed through the same table."""
+        """label_emb(y) for integer labels; one-hot (or soft) label vectors are mixed through the same
+        table."""
         if labels is None:  # as the SongUNet: an all-zero label vector, i.e. no class term
             return torch.zeros_like(like)
         if not labels.is_floating_point():
@@ -246,7 +258,8 @@ class ADMUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, noise_labels_s: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
-        """F(x, c_noise(t), c_noise(s), y); noise labels are ln(sigma)/4 and are multiplied by `time_scale`."""
+        """F(x, c_noise(t), c_noise(s), y); noise labels are ln(sigma)/4 and are multiplied by
+        `time_scale`."""
         b = x.shape[0]
         t = noise_labels.float().reshape(-1).expand(b) * self.time_scale
         emb = self.time_embed(timestep_embedding(t, self.model_channels))
@@ -254,7 +267,8 @@ class ADMUNet(nn.Module):
             emb = emb + self._class_embedding(labels, b, emb)
         emb_s = None
         if self.use_s:
-            s = t if noise_labels_s is None else noise_labels_s.float().reshape(-1).expand(b) * self.time_scale
+            s = (t if noise_labels_s is None
+                 else noise_labels_s.float().reshape(-1).expand(b) * self.time_scale)
             emb_s = self.time_embed_s(timestep_embedding(s, self.model_channels))
         hs, h = [], x
         for step in self.input_blocks:

@@ -20,18 +20,22 @@ from ctmtool.errors import UserError
 
 
 def load_backbone(path: str | Path) -> nn.Module:
-    """Load a TorchScript feature network (`torch.jit.save` output) onto the CPU, or raise UserError naming the file."""
+    """Load a TorchScript feature network (`torch.jit.save` output) onto the CPU, or raise UserError naming
+    the file."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"discriminator backbone {p} does not exist; give a TorchScript file (torch.jit.save) "
-                        "or leave gan.backbone unset to train the discriminator from scratch")
+        raise UserError(f"discriminator backbone {p} does not exist; give a TorchScript file "
+                        "(torch.jit.save) or leave gan.backbone unset to train the discriminator from "
+                        "scratch")
     try:
-        with warnings.catch_warnings():  # TorchScript is deprecated in recent torch; it is still the portable format
+        # TorchScript is deprecated in recent torch; it is still the portable format
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(p), map_location="cpu")
     except Exception as err:  # any load failure is a problem of the user's file
         raise UserError(f"cannot load discriminator backbone {p} as TorchScript: {err}; "
-                        "export it with torch.jit.save(torch.jit.script(net) or torch.jit.trace(net, x), path)") from None
+                        "export it with torch.jit.save(torch.jit.script(net) or torch.jit.trace(net, x), "
+                        "path)") from None
 
 
 def freeze(net: nn.Module) -> nn.Module:
@@ -74,15 +78,16 @@ class Head(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Projected-GAN-style discriminator (Sauer et al. 2021): trainable heads over frozen features at several scales.
+    """Projected-GAN-style discriminator (Sauer et al. 2021): trainable heads over frozen features at several
+    scales.
 
     backbone: any nn.Module or TorchScript module taking (B, in_channels, H, W) images in [-1, 1] (it must do
     its own normalisation) and returning a (B, C) or (B, C, H', W') tensor or a list of such maps. It is
     frozen (no gradient to its weights, always eval) while gradients flow through it to the input. It is
     not a registered submodule: `parameters()` and `state_dict()` hold only the trainable part (checkpoints
     stay small; load the backbone from its file again), but `.to()` / `.cuda()` / `.double()` move it too.
-    A list of several maps gets one head per map (the deepest `num_scales`); a single map gets heads on it and on
-    its 2x, 4x, ... average-pooled versions. Without a backbone, a strided conv pyramid (stride 2 per
+    A list of several maps gets one head per map (the deepest `num_scales`); a single map gets heads on it and
+    on its 2x, 4x, ... average-pooled versions. Without a backbone, a strided conv pyramid (stride 2 per
     level, widths channels * 1, 2, 4, 8, 8...) is trained with a head at each of its `num_scales` levels.
     """
 
@@ -91,7 +96,8 @@ class Discriminator(nn.Module):
         resolution: int,                # image side (square images)
         backbone: nn.Module | None = None,  # frozen feature network (None: train the features too)
         channels: int = 64,             # head width (and base width of the trained pyramid)
-        num_scales: int | None = None,  # heads (None: every backbone map / up to 4 pyramid levels down to 4x4)
+        num_scales: int | None = None,  # heads (None: every backbone map / up to 4 pyramid levels down to
+                                        # 4x4)
         backbone_resize: int | None = None,  # side images are resized to (bilinear) before the backbone
         spectral_norm: bool = True,     # spectral normalisation of every trainable conv (Miyato et al. 2018)
     ):
@@ -108,7 +114,8 @@ class Discriminator(nn.Module):
                 raise ValueError(f"num_scales must be in 1..{levels} for resolution {resolution}, got {n}")
             widths = [in_channels] + [channels * min(2**i, 8) for i in range(n)]
             self.stages = nn.ModuleList(
-                nn.Sequential(norm(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1)), nn.LeakyReLU(0.2))
+                nn.Sequential(norm(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1)),
+                              nn.LeakyReLU(0.2))
                 for i in range(n)
             )
             self.heads = nn.ModuleList(Head(w, channels, norm) for w in widths[1:])
@@ -119,7 +126,8 @@ class Discriminator(nn.Module):
             if len(maps) > 1:
                 n = num_scales if num_scales is not None else len(maps)
                 if not 1 <= n <= len(maps):
-                    raise ValueError(f"num_scales must be in 1..{len(maps)} (the backbone returns {len(maps)} maps), got {n}")
+                    raise ValueError(f"num_scales must be in 1..{len(maps)} (the backbone returns "
+                                     f"{len(maps)} maps), got {n}")
                 self.map_index = list(range(len(maps) - n, len(maps)))
                 self.pool_levels = 0
                 self.heads = nn.ModuleList(Head(maps[i].shape[1], channels, norm) for i in self.map_index)
@@ -128,7 +136,8 @@ class Discriminator(nn.Module):
                 most = int(math.log2(side)) + 1
                 n = num_scales if num_scales is not None else min(3, most)
                 if not 1 <= n <= most:
-                    raise ValueError(f"num_scales must be in 1..{most} for {side}x{side} backbone features, got {n}")
+                    raise ValueError(f"num_scales must be in 1..{most} for {side}x{side} backbone features, "
+                                     f"got {n}")
                 self.map_index = [0]
                 self.pool_levels = n
                 self.heads = nn.ModuleList(Head(maps[0].shape[1], channels, norm) for _ in range(n))

@@ -15,7 +15,8 @@ class PositionalEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         half = self.num_channels // 2
-        freqs = torch.arange(half, dtype=torch.float32, device=x.device) / (half - (1 if self.endpoint else 0))
+        freqs = torch.arange(half, dtype=torch.float32,
+                             device=x.device) / (half - (1 if self.endpoint else 0))
         freqs = (1 / self.max_positions) ** freqs
         x = x.float().ger(freqs)
         return torch.cat([x.cos(), x.sin()], dim=1)

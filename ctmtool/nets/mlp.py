@@ -18,17 +18,20 @@ class MLP(nn.Module):
         emb: int = 64,                  # noise-embedding width
         use_s: bool = False,            # second noise input (CTM student)
         label_dim: int = 0,             # classes for a conditional model (0: none)
-        noise_scale: float = 100.0,     # noise labels (ln(sigma)/4, about -2..1) are scaled before the sinusoids
+        noise_scale: float = 100.0,     # noise labels (ln(sigma)/4, about -2..1) are scaled before the
+                                        # sinusoids
     ):
         super().__init__()
         self.dim, self.use_s, self.label_dim, self.noise_scale = dim, use_s, label_dim, noise_scale
         self.map_noise = PositionalEmbedding(emb)
         self.map_layer = nn.Sequential(nn.Linear(emb, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.map_s = nn.Sequential(nn.Linear(emb, hidden), nn.SiLU(), nn.Linear(hidden, hidden)) if use_s else None
+        self.map_s = (nn.Sequential(nn.Linear(emb, hidden), nn.SiLU(), nn.Linear(hidden, hidden)) if use_s
+                      else None)
         self.map_label = nn.Linear(label_dim, hidden, bias=False) if label_dim else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth)
+            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(depth)
         )
         self.affines = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))

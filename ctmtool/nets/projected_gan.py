@@ -36,16 +36,18 @@ MIDAS_CHANNELS = {4: 512, 8: 512, 16: 256, 32: 128, 64: 64, 128: 64, 256: 32, 51
 
 
 def weight_file(name: str, weights_dir: str | Path | None = None) -> Path:
-    """The pretrained weights of backbone `name`; a UserError names the file, where it was looked for and its source."""
+    """The pretrained weights of backbone `name`; a UserError names the file, where it was looked for and its
+    source."""
     url = f"https://huggingface.co/{HF_REPOS[name]}/resolve/main/model.safetensors"
     if weights_dir is not None:
         for suffix in (".safetensors", ".pth", ".pt"):
             p = Path(weights_dir) / f"{name}{suffix}"
             if p.is_file():
                 return p
-        raise UserError(f"the Projected-GAN discriminator needs {Path(weights_dir) / (name + '.safetensors')} "
-                        f"(timm's pretrained {name}, from {url}); download it on a machine with internet access, "
-                        "or set gan.discriminator = 'scratch'")
+        raise UserError("the Projected-GAN discriminator needs "
+                        f"{Path(weights_dir) / (name + '.safetensors')} (timm's pretrained {name}, from "
+                        f"{url}); download it on a machine with internet access, or set gan.discriminator = "
+                        "'scratch'")
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -55,8 +57,9 @@ def weight_file(name: str, weights_dir: str | Path | None = None) -> Path:
     if isinstance(cached, str) and Path(cached).is_file():
         return Path(cached)
     raise UserError(f"the Projected-GAN discriminator needs timm's pretrained {name} (model.safetensors of "
-                    f"{HF_REPOS[name]}, from {url}), which is not in the Hugging Face cache; put it in a folder as "
-                    f"{name}.safetensors and set gan.feature_weights to that folder, or set gan.discriminator = 'scratch'")
+                    f"{HF_REPOS[name]}, from {url}), which is not in the Hugging Face cache; put it in a "
+                    f"folder as {name}.safetensors and set gan.feature_weights to that folder, or set "
+                    "gan.discriminator = 'scratch'")
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
@@ -79,7 +82,8 @@ def create_backbone(name: str, state: dict[str, torch.Tensor] | None = None) -> 
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise UserError(f"the weights given for {name} do not fit timm's network ({str(err).splitlines()[0]})") from None
+            raise UserError(f"the weights given for {name} do not fit timm's network "
+                            f"({str(err).splitlines()[0]})") from None
     return model.eval().requires_grad_(False)
 
 
@@ -88,8 +92,9 @@ class EfficientNetMaps(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.layers = [nn.Sequential(model.conv_stem, model.bn1, *model.blocks[0:2]), nn.Sequential(*model.blocks[2:3]),
-                       nn.Sequential(*model.blocks[3:5]), nn.Sequential(*model.blocks[5:9])]
+        self.layers = [nn.Sequential(model.conv_stem, model.bn1, *model.blocks[0:2]),
+                       nn.Sequential(*model.blocks[2:3]), nn.Sequential(*model.blocks[3:5]),
+                       nn.Sequential(*model.blocks[5:9])]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -125,7 +130,8 @@ class ViTMaps(nn.Module):
         grid = int((pos.shape[1] - n_prefix) ** 0.5)
         if (grid, grid) != (h, w):  # forward_flex: resize the position grid bilinearly
             g = pos[0, n_prefix:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-            g = F.interpolate(g, size=(h, w), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(1, h * w, -1)
+            g = F.interpolate(g, size=(h, w), mode="bilinear",
+                              align_corners=False).permute(0, 2, 3, 1).reshape(1, h * w, -1)
             pos = torch.cat([pos[:, :n_prefix], g], dim=1)
         t = m.pos_drop(torch.cat([*prefix, tokens], dim=1) + pos)
         maps = []
@@ -150,7 +156,8 @@ class FeatureFusion(nn.Module):
 
 
 class RandomProjection(nn.Module):
-    """A frozen feature network followed by frozen random CCM and CSM (projector.py F_RandomProj, proj_type 2)."""
+    """A frozen feature network followed by frozen random CCM and CSM (projector.py F_RandomProj, proj_type
+    2)."""
 
     def __init__(self, maps: nn.Module, in_channels: list[int], cout: int = 64):
         super().__init__()
@@ -171,12 +178,14 @@ class RandomProjection(nn.Module):
 
 
 def _sn_conv(*args, **kwargs) -> nn.Module:
-    # torch.nn.utils.spectral_norm (one power iteration per training forward, v then u), as pg_modules/blocks.py
+    # torch.nn.utils.spectral_norm (one power iteration per training forward, v then u), as
+    # pg_modules/blocks.py
     return torch.nn.utils.spectral_norm(nn.Conv2d(*args, **kwargs))
 
 
 class SingleDisc(nn.Module):
-    """One head (discriminator.py SingleDisc): DownBlocks (SN conv 4/2/1, BatchNorm, LeakyReLU 0.2) to 8x8 nominal, SN conv 4."""
+    """One head (discriminator.py SingleDisc): DownBlocks (SN conv 4/2/1, BatchNorm, LeakyReLU 0.2) to 8x8
+    nominal, SN conv 4."""
 
     def __init__(self, nc: int, start_sz: int, end_sz: int = 8):
         super().__init__()
@@ -184,8 +193,8 @@ class SingleDisc(nn.Module):
         nfc[start_sz] = nc
         layers, sz = [], start_sz
         while sz > end_sz:
-            layers.append(nn.Sequential(_sn_conv(nfc[sz], nfc[sz // 2], 4, 2, 1, bias=True), nn.BatchNorm2d(nfc[sz // 2]),
-                                        nn.LeakyReLU(0.2, inplace=True)))
+            layers.append(nn.Sequential(_sn_conv(nfc[sz], nfc[sz // 2], 4, 2, 1, bias=True),
+                                        nn.BatchNorm2d(nfc[sz // 2]), nn.LeakyReLU(0.2, inplace=True)))
             sz //= 2
         layers.append(_sn_conv(nfc[end_sz], 1, 4, 1, 0, bias=False))
         self.main = nn.Sequential(*layers)
@@ -212,7 +221,8 @@ class ProjectedDiscriminator(nn.Module):
         for name, model in backbones.items():
             model = model.eval().requires_grad_(False)
             self._pretrained.append(model)
-            maps = ViTMaps(model, model.embed_dim) if hasattr(model, "patch_embed") else EfficientNetMaps(model)
+            maps = (ViTMaps(model, model.embed_dim) if hasattr(model, "patch_embed")
+                    else EfficientNetMaps(model))
             if isinstance(maps, ViTMaps):  # its model is pretrained: keep it out of the registered tree
                 maps.__dict__["model"] = maps._modules.pop("model")
             with torch.no_grad():  # channels of the four maps (projector.py calc_dims probes too)
@@ -242,11 +252,13 @@ class ProjectedDiscriminator(nn.Module):
         x01 = (x + 1) / 2
         logits = []
         for name in self.names:
-            mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, -1, 1, 1) for v in NORMS[name])
+            mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+                         for v in NORMS[name])
             xn = (x01 - mean) / std
             if xn.shape[-2] < 256:
                 xn = F.interpolate(xn, self.resize, mode="bilinear", align_corners=False)
             feats = self.features[name](xn)
-            logits.append(torch.cat([head(feats[int(k)]).flatten(1) for k, head in self.heads[name].items()], dim=1))
+            logits.append(torch.cat([head(feats[int(k)]).flatten(1) for k, head in self.heads[name].items()],
+                                    dim=1))
         return logits
 

@@ -1,8 +1,8 @@
 """EDM's SongUNet (DDPM++ / NCSN++, Karras et al. 2022, App. F.2) with the CTM second noise input s.
 
 Parameter and buffer names and shapes follow NVlabs/edm `training/networks.py`, so the `model.*` state
-of a published EDM pickle loads one-to-one (see `ctmtool.importers.edm_pickle`). The CTM student (Kim et al. 2024,
-Sec. 4) adds `map_s_layer0/1` (an MLP on the embedding of noise_s) and one `affine_s` per block, whose
+of a published EDM pickle loads one-to-one (see `ctmtool.importers.edm_pickle`). The CTM student (Kim et al.
+2024, Sec. 4) adds `map_s_layer0/1` (an MLP on the embedding of noise_s) and one `affine_s` per block, whose
 output joins the t-affine's before `norm1`; `affine_s` starts at zero, so a student initialised from a
 teacher computes exactly the teacher's function.
 """
@@ -69,7 +69,8 @@ class Conv2d(nn.Module):
         if self.weight is not None:
             _init_weight(self.weight, in_channels * kernel**2, out_channels * kernel**2, init_weight)
         taps = list(resample_filter)
-        # the box filter [1, 1] (DDPM++): its FIR resampling is exactly 2x2 average pooling / nearest upsampling
+        # the box filter [1, 1] (DDPM++): its FIR resampling is exactly 2x2 average pooling / nearest
+        # upsampling
         self.box = len(taps) == 2 and taps[0] == taps[1] != 0
         f = torch.as_tensor(taps, dtype=torch.float32)
         f = f.ger(f)[None, None] / f.sum().square()
@@ -105,8 +106,8 @@ class Conv2d(nn.Module):
 
 
     def _down(self, x: torch.Tensor, f: torch.Tensor, channels: int, pad: int) -> torch.Tensor:
-        """FIR downsampling by 2; the box filter as average pooling, the same sums (a depthwise convolution ran
-        the slow im2col path: 7% of a CTM step on the CPU)."""
+        """FIR downsampling by 2; the box filter as average pooling, the same sums (a depthwise convolution
+        ran the slow im2col path: 7% of a CTM step on the CPU)."""
         if self.box:
             return nn.functional.avg_pool2d(x, 2)
         return nn.functional.conv2d(x, f.tile([channels, 1, 1, 1]), groups=channels, stride=2, padding=pad)
@@ -146,11 +147,11 @@ def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
 
 
 def _nearest_up_kernel(w: torch.Tensor) -> torch.Tensor:
-    """The 4x4 stride-2 transposed-convolution kernel (in, out, 4, 4) equal to nearest upsampling by 2 followed
-    by the 3x3 convolution `w` (out, in, 3, 3) with padding 1: each output pixel of phase 0 sees the input rows
-    (i - 1, i) with taps (w0, w1 + w2), of phase 1 the rows (i, i + 1) with (w0 + w1, w2), and the same along
-    the columns. 16 instead of 36 multiply-adds per input pixel and output channel; the same function within
-    float32 rounding (the taps are summed before they multiply). Differentiable in `w`."""
+    """The 4x4 stride-2 transposed-convolution kernel (in, out, 4, 4) equal to nearest upsampling by 2
+    followed by the 3x3 convolution `w` (out, in, 3, 3) with padding 1: each output pixel of phase 0 sees the
+    input rows (i - 1, i) with taps (w0, w1 + w2), of phase 1 the rows (i, i + 1) with (w0 + w1, w2), and the
+    same along the columns. 16 instead of 36 multiply-adds per input pixel and output channel; the same
+    function within float32 rounding (the taps are summed before they multiply). Differentiable in `w`."""
     def taps(t: torch.Tensor, d: int) -> torch.Tensor:
         a, b, c = t.unbind(d)
         return torch.stack([c, b + c, a + b, a], d)
@@ -199,7 +200,8 @@ class UNetBlock(nn.Module):
         self.conv1 = Conv2d(out_channels, out_channels, 3, init_weight=zero)
         self.skip = None
         if out_channels != in_channels or up or down:
-            self.skip = Conv2d(in_channels, out_channels, 1, up=up, down=down, resample_filter=resample_filter)
+            self.skip = Conv2d(in_channels, out_channels, 1, up=up, down=down,
+                               resample_filter=resample_filter)
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps=eps)
             self.qkv = Conv2d(out_channels, out_channels * 3, 1, init_weight=attn)
@@ -234,7 +236,8 @@ class UNetBlock(nn.Module):
 
 
 class SongUNet(nn.Module):
-    """DDPM++ / NCSN++ U-Net of Song et al. 2021 as re-implemented by EDM (Karras et al. 2022), plus CTM's s."""
+    """DDPM++ / NCSN++ U-Net of Song et al. 2021 as re-implemented by EDM (Karras et al. 2022), plus CTM's
+    s."""
 
     def __init__(self,
         img_resolution: int,            # image resolution at input and output
@@ -255,7 +258,8 @@ class SongUNet(nn.Module):
         decoder_type: str = "standard",  # 'standard' (DDPM++) or 'skip' (NCSN++)
         resample_filter=(1, 1),         # FIR taps: [1,1] DDPM++, [1,3,3,1] NCSN++
         use_s: bool = False,            # second noise input s (CTM student)
-        s_label: bool = True,           # conditional: the class embedding joins the s-embedding too (ctm-cifar10)
+        s_label: bool = True,           # conditional: the class embedding joins the s-embedding too
+                                        # (ctm-cifar10)
     ):
         if embedding_type not in ("positional", "fourier"):
             raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
@@ -265,11 +269,12 @@ class SongUNet(nn.Module):
             raise ValueError(f"decoder_type must be 'standard' or 'skip', got {decoder_type!r}")
         super().__init__()
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
-        self.label_dim, self.label_dropout, self.use_s, self.s_label = label_dim, label_dropout, use_s, s_label
+        self.label_dim, self.label_dropout, self.use_s, self.s_label = (label_dim, label_dropout, use_s,
+                                                                        s_label)
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
-        blk = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5), eps=1e-6,
-                   resample_filter=resample_filter, use_s=use_s)
+        blk = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5),
+                   eps=1e-6, resample_filter=resample_filter, use_s=use_s)
 
         # Mapping: noise (and s) embeddings, class and augmentation labels.
         if embedding_type == "positional":
@@ -294,7 +299,8 @@ class SongUNet(nn.Module):
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **blk)
                 if encoder_type == "skip":
-                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, 0, down=True, resample_filter=resample_filter)
+                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, 0, down=True,
+                                                               resample_filter=resample_filter)
                     self.enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, 1)
                 if encoder_type == "residual":
                     self.enc[f"{res}x{res}_aux_residual"] = Conv2d(
@@ -302,7 +308,8 @@ class SongUNet(nn.Module):
                     caux = cout
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **blk)
+                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions,
+                                                                **blk)
         skips = [block.out_channels for name, block in self.enc.items() if "aux" not in name]
 
         # Decoder.
@@ -337,14 +344,16 @@ class SongUNet(nn.Module):
             return nn.functional.one_hot(labels.reshape(-1).long(), self.label_dim).to(like.dtype)
         return labels.reshape(-1, self.label_dim).to(like.dtype)
 
-    def _label_embedding(self, labels: torch.Tensor | None, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def _label_embedding(self, labels: torch.Tensor | None, x: torch.Tensor,
+                         like: torch.Tensor) -> torch.Tensor:
         tmp = self._one_hot(labels, x.shape[0], like)
         if self.training and self.label_dropout:
             tmp = tmp * (torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout).to(tmp.dtype)
         return self.map_label(tmp * math.sqrt(self.label_dim))
 
     def forward(self, x: torch.Tensor, noise_t: torch.Tensor, noise_s: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None,
+                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         # Mapping.
         emb = self._embed(noise_t)
         if self.map_label is not None:

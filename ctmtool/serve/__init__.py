@@ -9,14 +9,14 @@ import time
 from collections.abc import Callable
 
 
-def run_server(app, host: str = "127.0.0.1", port: int = 8000, max_message: int = 8_000_000, log_level: str = "warning",
-               on_start: Callable[[], None] | None = None) -> None:
+def run_server(app, host: str = "127.0.0.1", port: int = 8000, max_message: int = 8_000_000,
+               log_level: str = "warning", on_start: Callable[[], None] | None = None) -> None:
     """Serve `app` with uvicorn until interrupted; WebSocket messages above `max_message` bytes are refused.
     `on_start` runs once the socket listens (inside the event loop, where uvicorn handles SIGINT/SIGTERM)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, ws_max_size=max_message,
-                                           ws="websockets-sansio"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           ws_max_size=max_message, ws="websockets-sansio"))
     if on_start is not None:
         startup = server.startup
 

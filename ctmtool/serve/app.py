@@ -8,13 +8,14 @@ Protocol (JSON text messages). Page -> server:
    "strength", "seed", "nfe", "gamma", "label"}
   {"op": "upload", "id", "data" (base64 file bytes), ...as edit}            an image file to edit / translate
 Server -> page: {"op": "hello", "info"}, {"op": "frame", "target": "gen" | "edit", "id", "pixels" | "points",
-  "model_ms", "server_ms", "phase"}, {"op": "input", "pixels"} (a decoded upload), {"op": "error", "id", "message"}.
+  "model_ms", "server_ms", "phase"}, {"op": "input", "pixels"} (a decoded upload), {"op": "error", "id",
+  "message"}.
 
 The page serves only its user: every HTTP request must name a loopback host (or one of `allowed_hosts`) in its
 Host header, against DNS rebinding, and a WebSocket must come from the page's own origin (or one of
 `allowed_origins`), against cross-site WebSocket hijacking. Messages to the page carry no filesystem paths.
-A page that sends nothing for `idle_timeout` seconds is closed; when every slot is taken, the page idle the longest
-(for at least `EVICT_IDLE_S`) gives its slot to the newcomer, so idle pages cannot lock the user out.
+A page that sends nothing for `idle_timeout` seconds is closed; when every slot is taken, the page idle the
+longest (for at least `EVICT_IDLE_S`) gives its slot to the newcomer, so idle pages cannot lock the user out.
 
 Requests are coalesced per connection (only the newest edit and the newest generate wait), and the walk
 keeps at most four frames unacknowledged, so a slow client never piles work up. Any bad request is answered
@@ -48,7 +49,8 @@ _PATH = re.compile(r"(?:[A-Za-z]:|\.{1,2}|~)?(?:[\\/][^\s\\/'\"():,;]+)+[\\/]([^
 
 
 def no_paths(message: str) -> str:
-    """A message for the page with every filesystem path cut to its last part (the page never learns paths)."""
+    """A message for the page with every filesystem path cut to its last part (the page never learns
+    paths)."""
     return _PATH.sub(lambda m: m.group(1), message)
 
 
@@ -70,7 +72,8 @@ def host_allowed(host_header: str | None, allowed_hosts: tuple[str, ...] | None)
 
 
 def origin_allowed(origin: str | None, host_header: str | None, allowed_origins: tuple[str, ...]) -> bool:
-    """A WebSocket's Origin: none (not a browser), the page's own (http://<Host>), or one allowed explicitly."""
+    """A WebSocket's Origin: none (not a browser), the page's own (http://<Host>), or one allowed
+    explicitly."""
     if origin is None:
         return True
     origin = origin.lower().rstrip("/")
@@ -109,12 +112,15 @@ class Codec:
 
     def params(self, msg: dict) -> dict:
         label_hi = max(self.engine.model.label_dim - 1, 0)
-        return {"seed": _num(msg, "seed", 0, 0, 2**31 - 1, int), "nfe": _num(msg, "nfe", 1, 1, self.engine.info()["max_nfe"], int),
-                "gamma": _num(msg, "gamma", 0.0, 0.0, 1.0), "label": _num(msg, "label", None, 0, label_hi, int)}
+        return {"seed": _num(msg, "seed", 0, 0, 2**31 - 1, int),
+                "nfe": _num(msg, "nfe", 1, 1, self.engine.info()["max_nfe"], int),
+                "gamma": _num(msg, "gamma", 0.0, 0.0, 1.0),
+                "label": _num(msg, "label", None, 0, label_hi, int)}
 
     def out(self, x: torch.Tensor) -> dict:
         if len(self.shape) == 3:
-            img = ((x[0].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+            img = (((x[0].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+                   .permute(1, 2, 0).contiguous())
             return {"pixels": base64.b64encode(img.numpy().tobytes()).decode(), "shape": list(img.shape)}
         return {"points": x[:, :2].float().numpy().round(4).tolist()}
 
@@ -125,7 +131,8 @@ class Codec:
         except (binascii.Error, ValueError, TypeError):
             raise BadRequest("pixels are not valid base64") from None
         if len(raw) != h * w * c:
-            raise BadRequest(f"pixels: got {len(raw)} bytes, expected {h}x{w}x{c} = {h * w * c} for this model")
+            raise BadRequest(f"pixels: got {len(raw)} bytes, expected {h}x{w}x{c} = {h * w * c} for this "
+                             "model")
         a = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(h, w, c).permute(2, 0, 1)
         return (a.float() / 127.5 - 1)[None]
 
@@ -136,7 +143,8 @@ class Codec:
         except (TypeError, ValueError):
             raise BadRequest("points must be a list of [x, y] pairs") from None
         if x.ndim != 2 or x.shape[1] != d or not 1 <= len(x) <= MAX_POINTS:
-            raise BadRequest(f"points: expected 1..{MAX_POINTS} pairs of {d} numbers, got shape {tuple(x.shape)}")
+            raise BadRequest(f"points: expected 1..{MAX_POINTS} pairs of {d} numbers, got shape "
+                             f"{tuple(x.shape)}")
         if not torch.isfinite(x).all() or x.abs().max() > 1e3:
             raise BadRequest("points must be finite and within +-1000")
         return x
@@ -150,27 +158,31 @@ class Codec:
         if not isinstance(b64, str):
             raise BadRequest("upload: no file data")
         if len(b64) * 3 // 4 > self.max_upload:
-            raise BadRequest(f"upload of {_size(len(b64) * 3 // 4)} is over the {_size(self.max_upload)} limit; send a smaller image")
+            raise BadRequest(f"upload of {_size(len(b64) * 3 // 4)} is over the {_size(self.max_upload)} "
+                             "limit; send a smaller image")
         try:
             raw = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("upload: the file data is not valid base64") from None
         try:
-            with Image.open(io.BytesIO(raw)) as im:  # reads the header only: the size is known before decoding
+            # reads the header only: the size is known before decoding
+            with Image.open(io.BytesIO(raw)) as im:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
-                    raise BadRequest(f"upload: a {w}x{h} image is too large to decode (at most 4096x4096 pixels); "
-                                     "send a smaller image")
+                    raise BadRequest(f"upload: a {w}x{h} image is too large to decode (at most 4096x4096 "
+                                     "pixels); send a smaller image")
                 c, mh, mw = self.shape
                 if w != h:
-                    raise BadRequest(f"upload: the image is {w}x{h}; this model works on square {mw}x{mh} images, crop it square")
+                    raise BadRequest(f"upload: the image is {w}x{h}; this model works on square {mw}x{mh} "
+                                     "images, crop it square")
                 im = im.convert("L" if c == 1 else "RGB").resize((mw, mh), Image.Resampling.BOX)
                 a = np.asarray(im, dtype=np.uint8).reshape(mh, mw, c)
         except Image.DecompressionBombError:
-            raise BadRequest("upload: the image declares more pixels than PIL decodes safely (a decompression "
-                             "bomb?); at most 4096x4096 pixels") from None
+            raise BadRequest("upload: the image declares more pixels than PIL decodes safely (a "
+                             "decompression bomb?); at most 4096x4096 pixels") from None
         except (UnidentifiedImageError, OSError):
-            raise BadRequest("upload: the file is not an image PIL can read (use PNG, JPEG or WebP)") from None
+            raise BadRequest("upload: the file is not an image PIL can read (use PNG, JPEG or "
+                             "WebP)") from None
         return (torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 127.5 - 1)[None]
 
 
@@ -204,7 +216,8 @@ class Session:
             self.credits = min(self.credits + 1, WALK_CREDITS)
         elif op == "walk":
             if msg.get("play"):
-                self.walk = {**msg, "params": self.codec.params(msg), "phase": _num(msg, "phase", 0.0, -1e6, 1e6),
+                self.walk = {**msg, "params": self.codec.params(msg),
+                             "phase": _num(msg, "phase", 0.0, -1e6, 1e6),
                              "step": _num(msg, "step", 0.05, -1.0, 1.0)}
                 self.credits = WALK_CREDITS
             else:
@@ -225,7 +238,8 @@ class Session:
         sent_input = []
         if target == "gen":
             n = 1 if len(self.codec.shape) == 3 else GEN_POINTS
-            x, ms = eng.generate(p["seed"], _num(msg, "phase", 0.0, -1e6, 1e6), p["nfe"], p["gamma"], p["label"], n=n)
+            x, ms = eng.generate(p["seed"], _num(msg, "phase", 0.0, -1e6, 1e6), p["nfe"], p["gamma"],
+                                 p["label"], n=n)
         else:
             op = msg["op"]
             if op == "upload":
@@ -241,7 +255,8 @@ class Session:
             else:
                 strength = _num(msg, "strength", 0.5, 1e-3, 1.0)
                 x, ms = eng.edit(x_in, strength, p["seed"], p["nfe"], p["gamma"], p["label"])
-        return [*sent_input, {"op": "frame", "target": target, "id": msg.get("id"), "model_ms": round(ms, 3), **codec.out(x)}]
+        return [*sent_input, {"op": "frame", "target": target, "id": msg.get("id"), "model_ms": round(ms, 3),
+                              **codec.out(x)}]
 
     def _next(self) -> tuple[str, dict] | None:
         for target in ("edit", "gen"):
@@ -276,7 +291,8 @@ class Session:
                     await self.send({"op": "error", "id": msg.get("id"), "message": str(err)})
                     continue
                 except Exception as err:  # a bug must not take the server down: report it on the page
-                    await self.send({"op": "error", "id": msg.get("id"), "message": f"internal error: {type(err).__name__}: {err}"})
+                    await self.send({"op": "error", "id": msg.get("id"),
+                                     "message": f"internal error: {type(err).__name__}: {err}"})
                     continue
                 for f in frames:
                     if f["op"] == "frame":
@@ -290,8 +306,9 @@ def index_html() -> str:
     return resources.files("ctmtool.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000, allowed_hosts: tuple[str, ...] | None = (),
-               allowed_origins: tuple[str, ...] = (), idle_timeout: float = 300.0):
+def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000,
+               allowed_hosts: tuple[str, ...] | None = (), allowed_origins: tuple[str, ...] = (),
+               idle_timeout: float = 300.0):
     """The Starlette app serving `engine`: GET / (the page), GET /info (JSON), WebSocket /ws.
 
     allowed_hosts: Host names accepted besides the loopback ones (None: any, for `serve --expose`);
@@ -312,12 +329,14 @@ def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000, allowe
 
     async def index(request):
         if wrong_host(request.headers):
-            return PlainTextResponse("unknown host: this server answers to its own address only", status_code=421)
+            return PlainTextResponse("unknown host: this server answers to its own address only",
+                                     status_code=421)
         return HTMLResponse(page)
 
     async def info(request):
         if wrong_host(request.headers):
-            return PlainTextResponse("unknown host: this server answers to its own address only", status_code=421)
+            return PlainTextResponse("unknown host: this server answers to its own address only",
+                                     status_code=421)
         return JSONResponse({**hello, "max_upload": max_upload, "max_clients": max_clients})
 
     async def refuse(ws: WebSocket, message: str, code: int) -> None:
@@ -333,8 +352,8 @@ def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000, allowe
         if len(sessions) >= max_clients:
             idle = max(sessions, key=lambda s: time.monotonic() - s.last_heard)
             if time.monotonic() - idle.last_heard < EVICT_IDLE_S:
-                await refuse(ws, f"server busy: {len(sessions)} pages are connected (limit {max_clients}); close one "
-                                 "and reload", 1013)
+                await refuse(ws, f"server busy: {len(sessions)} pages are connected (limit {max_clients}); "
+                                 "close one and reload", 1013)
                 return
             sessions.remove(idle)
             await idle.close("this page was idle and another page needed its slot; reload to reconnect")
@@ -348,7 +367,8 @@ def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000, allowe
                 try:
                     text = await asyncio.wait_for(ws.receive_text(), idle_timeout)
                 except TimeoutError:
-                    await session.close(f"closed after {idle_timeout:g} s without a request; reload to reconnect")
+                    await session.close(f"closed after {idle_timeout:g} s without a request; reload to "
+                                        "reconnect")
                     break
                 session.last_heard = time.monotonic()
                 try:
@@ -359,7 +379,8 @@ def create_app(engine, max_clients: int = 8, max_upload: int = 2_000_000, allowe
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     await session.send({"op": "error", "id": None, "message": "request is not valid JSON"})
                 except UserError as err:
-                    await session.send({"op": "error", "id": msg.get("id") if isinstance(msg, dict) else None, "message": str(err)})
+                    await session.send({"op": "error", "id": msg.get("id") if isinstance(msg, dict) else None,
+                                        "message": str(err)})
         except (WebSocketDisconnect, RuntimeError, KeyError):  # closed socket, or a binary / odd frame
             pass
         finally:

@@ -1,13 +1,13 @@
 """The serving engine: the one place `ctmtool serve` calls the sampling library (so re-wiring it is local).
 
 `Engine` holds a loaded model and answers the page's three requests, each one item at a time:
-- `generate`: gamma-sampling (Kim et al. 2024, Alg. 1) from the noise z(phase) = cos(phase) z_a + sin(phase) z_b
-  (z_a, z_b seeded; a great circle keeps z ~ N(0, I), so every frame of the latent walk is a sample);
+- `generate`: gamma-sampling (Kim et al. 2024, Alg. 1) from the noise z(phase) = cos(phase) z_a + sin(phase)
+  z_b (z_a, z_b seeded; a great circle keeps z ~ N(0, I), so every frame of the latent walk is a sample);
 - `edit`: SDEdit with one (or nfe) jumps (`ctmtool.core.translate.sdedit`) at a strength in (0, 1];
 - `translate`: GCTM translation G(x1, 1, 0) (`ctmtool.core.translate.translate`).
 
-The network runs in eager PyTorch or, when it exports and verifies (`ctmtool.jobs.export`), in ONNX Runtime: the
-`OrtNet` below has the `jump` / `denoise` interface the samplers call, so the samplers stay the library's.
+The network runs in eager PyTorch or, when it exports and verifies (`ctmtool.jobs.export`), in ONNX Runtime:
+the `OrtNet` below has the `jump` / `denoise` interface the samplers call, so the samplers stay the library's.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def _levels(v, batch: int) -> np.ndarray:
 
 
 class OrtNet:
-    """A preconditioned network (jump G(x, t, s) or denoiser D(x, sigma)) running in ONNX Runtime; the rest of the
-    trajectory interface (schedules, renoise, perturb, ...: plain arithmetic) is the PyTorch model's own."""
+    """A preconditioned network (jump G(x, t, s) or denoiser D(x, sigma)) running in ONNX Runtime; the rest of
+    the trajectory interface (schedules, renoise, perturb, ...: plain arithmetic) is the PyTorch model's
+    own."""
 
     def __init__(self, session, like: torch.nn.Module, graph: str):
         self.session, self.graph, self._like = session, graph, like
@@ -55,7 +56,8 @@ class OrtNet:
 
     def jump(self, x: torch.Tensor, t, s, labels=None) -> torch.Tensor:
         b = x.shape[0]
-        return self._run({"x": x.float().contiguous().numpy(), "t": _levels(t, b), "s": _levels(s, b)}, labels)
+        return self._run({"x": x.float().contiguous().numpy(), "t": _levels(t, b), "s": _levels(s, b)},
+                         labels)
 
     def denoise(self, x: torch.Tensor, sigma, labels=None) -> torch.Tensor:
         if self.graph == "jump":
@@ -65,7 +67,8 @@ class OrtNet:
     __call__ = denoise
 
 
-def onnx_net(model, threads: int = 1, tol: float = 1e-4, folder: str | Path | None = None, log=lambda m: None) -> OrtNet:
+def onnx_net(model, threads: int = 1, tol: float = 1e-4, folder: str | Path | None = None,
+             log=lambda m: None) -> OrtNet:
     """Export the model's jump (a teacher: its denoiser) to ONNX, verify it, and open it in ONNX Runtime."""
     from ctmtool.jobs.export import export_graph, model_graphs, ort_session, verify
 
@@ -88,7 +91,8 @@ class Engine:
         if backend not in ("auto", "onnxruntime", "torch"):
             raise UserError(f"unknown backend {backend!r}; use auto, onnxruntime or torch")
         if model.kind == "analytic":
-            raise UserError("the analytic mixture has no network to serve; pass a teacher, CTM or GCTM checkpoint")
+            raise UserError("the analytic mixture has no network to serve; pass a teacher, CTM or GCTM "
+                            "checkpoint")
         self.model, self.fast, self.backend = model, model, "torch"
         if backend != "torch":
             try:
@@ -96,12 +100,14 @@ class Engine:
                 self.fast, self.backend = dataclasses.replace(model, net=net), "onnxruntime"
             except ImportError as err:
                 if backend == "onnxruntime":
-                    raise UserError(f"`backend` onnxruntime needs {err.name}: pip install 'ctmtool[export]'") from None
+                    raise UserError(f"`backend` onnxruntime needs {err.name}: pip install "
+                                    "'ctmtool[export]'") from None
                 log(f"ONNX Runtime not available ({err.name} missing): serving with eager PyTorch")
             except Exception as err:  # an exporter failure or a mismatch: fall back, say why
                 if backend == "onnxruntime":
                     raise
-                log(f"ONNX export not used ({type(err).__name__}: {str(err).splitlines()[0][:200]}); serving with eager PyTorch")
+                log(f"ONNX export not used ({type(err).__name__}: {str(err).splitlines()[0][:200]}); serving "
+                    "with eager PyTorch")
         self.lock = threading.Lock()
 
     # ---- what the page may ask -------------------------------------------------------------------------
@@ -113,9 +119,10 @@ class Engine:
             modes.append("edit")
         if m.is_trajectory and m.net.translates:
             modes.append("translate")
-        return {"kind": m.kind, "data_shape": list(m.data_shape), "is_image": m.is_image, "label_dim": m.label_dim,
-                "generate": gaussian, "gamma": m.is_trajectory, "editor": modes, "max_nfe": MAX_NFE,
-                "backend": self.backend, "preset": m.preset.name, "path": str(m.path or "")}
+        return {"kind": m.kind, "data_shape": list(m.data_shape), "is_image": m.is_image,
+                "label_dim": m.label_dim, "generate": gaussian, "gamma": m.is_trajectory, "editor": modes,
+                "max_nfe": MAX_NFE, "backend": self.backend, "preset": m.preset.name,
+                "path": str(m.path or "")}
 
     def _labels(self, label: int | None, n: int):
         if not self.model.label_dim:
@@ -132,18 +139,21 @@ class Engine:
             return out, (time.perf_counter() - t0) * 1e3
 
     def noise(self, seed: int, phase: float, n: int) -> torch.Tensor:
-        """z(phase) = cos(phase) z_a + sin(phase) z_b, with z_a, z_b ~ N(0, I) from seeds 2 seed and 2 seed + 1."""
+        """z(phase) = cos(phase) z_a + sin(phase) z_b, with z_a, z_b ~ N(0, I) from seeds 2 seed and 2 seed +
+        1."""
         shape = (n, *self.model.data_shape)
         za = torch.randn(shape, generator=torch.Generator().manual_seed(2 * seed))
         zb = torch.randn(shape, generator=torch.Generator().manual_seed(2 * seed + 1))
         return math.cos(phase) * za + math.sin(phase) * zb
 
-    def generate(self, seed: int = 0, phase: float = 0.0, nfe: int = 1, gamma: float = 0.0, label: int | None = None,
-                 n: int = 1) -> tuple[torch.Tensor, float]:
+    def generate(self, seed: int = 0, phase: float = 0.0, nfe: int = 1, gamma: float = 0.0,
+                 label: int | None = None, n: int = 1) -> tuple[torch.Tensor, float]:
         """(samples (n, *shape) in the data range, model milliseconds) from the walk's noise at `phase`."""
         m = self.model
-        plan = (plan_sampling(m, solver="gamma", nfe=nfe, gamma=gamma, noise="edm", batch=n) if m.is_trajectory
-                else plan_sampling(m, solver="heun", steps=nfe, noise="edm", batch=n))  # a teacher: nfe = Heun steps
+        # a teacher: nfe = Heun steps
+        plan = (plan_sampling(m, solver="gamma", nfe=nfe, gamma=gamma, noise="edm", batch=n)
+                if m.is_trajectory
+                else plan_sampling(m, solver="heun", steps=nfe, noise="edm", batch=n))
         z, labels = self.noise(seed, phase, n), self._labels(label, n)
         gen = torch.Generator().manual_seed(seed + 12345)
 
@@ -158,7 +168,8 @@ class Engine:
         from ctmtool.core.editing import sdedit
 
         if "edit" not in self.info()["editor"]:
-            raise UserError(f"a {self.model.kind} model cannot edit (SDEdit needs a CTM, or a GCTM with a Gaussian source)")
+            raise UserError(f"a {self.model.kind} model cannot edit (SDEdit needs a CTM, or a GCTM with a "
+                            "Gaussian source)")
         self._check(x)
         level = editing_level(self.model, strength)
         plan = plan_editing(self.model, level, nfe=nfe, gamma=gamma, batch=len(x))
@@ -166,7 +177,8 @@ class Engine:
         labels = self._labels(label, len(x))
         return self._timed(lambda: sdedit(self.fast, x, level, plan, generator=gen, labels=labels))
 
-    def translate(self, x1: torch.Tensor, nfe: int = 1, label: int | None = None) -> tuple[torch.Tensor, float]:
+    def translate(self, x1: torch.Tensor, nfe: int = 1,
+                  label: int | None = None) -> tuple[torch.Tensor, float]:
         """GCTM translation of x1 (N, *shape) from the source side."""
         from ctmtool.core.translate import translate
 
@@ -177,6 +189,7 @@ class Engine:
 
     def _check(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != tuple(self.model.data_shape):
-            raise UserError(f"input of shape {tuple(x.shape[1:])} does not match the model's {tuple(self.model.data_shape)}")
+            raise UserError(f"input of shape {tuple(x.shape[1:])} does not match the model's "
+                            f"{tuple(self.model.data_shape)}")
         if not torch.isfinite(x).all():
             raise UserError("input has NaN or infinite values")

@@ -1,9 +1,10 @@
-"""The GAN term of CTM (Kim et al. 2024, Eq. 12) under torchrun: each rank runs the discriminator on its own rows.
+"""The GAN term of CTM (Kim et al. 2024, Eq. 12) under torchrun: each rank runs the discriminator on its own
+rows.
 
-The scheme of `distributed.py` carried over to the discriminator: every rank holds the full micro-batch and the
-same random draws, runs D only on its rows [lo, hi) and back-propagates its share sum(own rows) / B; summed
-over ranks (gradients, logs) that is the single-process step with the same global batch. Three things make
-it exact:
+The scheme of `distributed.py` carried over to the discriminator: every rank holds the full micro-batch and
+the same random draws, runs D only on its rows [lo, hi) and back-propagates its share sum(own rows) / B;
+summed over ranks (gradients, logs) that is the single-process step with the same global batch. Three things
+make it exact:
 
 * DiffAugment: every rank augments all B rows with the shared noise generator and keeps its own rows. Each row
   then gets the draw it gets in one process, and the generator advances alike on every rank, so the noise of
@@ -13,7 +14,8 @@ it exact:
 * The hinge losses as per-row shares: mean over heads of (sum over the rank's rows) / (B x logits per row).
 * Batch normalisation (the Projected-GAN heads): statistics of the global micro-batch (`GlobalBatchNorm`,
   sums all-reduced with their gradients), as in one process. The official code (DDP, plain BatchNorm2d,
-  broadcast_buffers=False) normalises with each GPU's own rows instead, so its result depends on the GPU count.
+  broadcast_buffers=False) normalises with each GPU's own rows instead, so its result depends on the GPU
+  count.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from ctmtool.losses.gan import Logits, _heads, d_hinge_loss, g_hinge_loss
 
 
 class _SumOverRanks(torch.autograd.Function):
-    """y = sum over ranks of x; its backward sums the incoming gradients over ranks (every rank's loss uses y)."""
+    """y = sum over ranks of x; its backward sums the incoming gradients over ranks (every rank's loss uses
+    y)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -62,11 +65,13 @@ class GlobalBatchNorm(_BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # half precision: statistics in float32
+        # half precision: statistics in float32
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
         n = torch.tensor(float(xf.numel() // xf.shape[1]), dtype=torch.float64, device=x.device)
         dist.all_reduce(n)  # values per channel over all ranks (kept on the device: no host sync)
         count = n.to(xf.dtype)
-        mean = _sum_over_ranks(xf.sum(dims)) / count  # two passes, as close to one process as round-off allows
+        # two passes, as close to one process as round-off allows
+        mean = _sum_over_ranks(xf.sum(dims)) / count
         d = xf - mean.view(shape)
         var = _sum_over_ranks(d.square().sum(dims)) / count
         y = d * torch.rsqrt(var + self.eps).view(shape)
@@ -86,7 +91,8 @@ def global_batch_norm(module: nn.Module) -> nn.Module:
     parameter and buffer tensors (so optimisers and state dicts see the same names); returns `module`."""
     for name, child in module.named_children():
         if isinstance(child, _BatchNorm) and not isinstance(child, GlobalBatchNorm):
-            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats)
             for key in ("weight", "bias"):
                 setattr(new, key, getattr(child, key))
             for key in ("running_mean", "running_var", "num_batches_tracked"):
@@ -99,7 +105,8 @@ def global_batch_norm(module: nn.Module) -> nn.Module:
 
 
 def g_hinge_share(fake_logits: Logits, n: int) -> torch.Tensor:
-    """This rank's share of `g_hinge_loss` over an n-row batch, from its own rows' logits (sum over ranks: the loss)."""
+    """This rank's share of `g_hinge_loss` over an n-row batch, from its own rows' logits (sum over ranks: the
+    loss)."""
     return -torch.stack([f.sum() / (n * f[0].numel()) for f in _heads(fake_logits)]).mean()
 
 
@@ -108,12 +115,14 @@ def d_hinge_share(real_logits: Logits, fake_logits: Logits, n: int) -> torch.Ten
     real, fake = _heads(real_logits), _heads(fake_logits)
     if len(real) != len(fake):
         raise ValueError(f"{len(real)} real heads but {len(fake)} fake heads")
-    return torch.stack([torch.relu(1 - r).sum() / (n * r[0].numel()) + torch.relu(1 + f).sum() / (n * f[0].numel())
+    return torch.stack([torch.relu(1 - r).sum() / (n * r[0].numel())
+                        + torch.relu(1 + f).sum() / (n * f[0].numel())
                         for r, f in zip(real, fake, strict=True)]).mean()
 
 
 def generator_gan_loss(disc: nn.Module, fake: torch.Tensor, augment: Callable, shard: Shard) -> torch.Tensor:
-    """L_GAN of the generator, -E[D(aug(fake))] (Eq. 12); under torchrun this rank's share, D on its own rows."""
+    """L_GAN of the generator, -E[D(aug(fake))] (Eq. 12); under torchrun this rank's share, D on its own
+    rows."""
     if not shard.active():
         return g_hinge_loss(disc(augment(fake)))
     lo, hi = rows(fake.shape[0])
@@ -122,7 +131,8 @@ def generator_gan_loss(disc: nn.Module, fake: torch.Tensor, augment: Callable, s
 
 def discriminator_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, augment: Callable,
                        shard: Shard) -> torch.Tensor:
-    """Hinge loss of D on independently augmented reals and fakes; under torchrun this rank's share (own rows)."""
+    """Hinge loss of D on independently augmented reals and fakes; under torchrun this rank's share (own
+    rows)."""
     if not shard.active():
         return d_hinge_loss(disc(augment(real)), disc(augment(fake)))
     n = real.shape[0]

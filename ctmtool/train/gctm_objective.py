@@ -65,7 +65,8 @@ class GCTMLoss:
     def __init__(self,
         grid: torch.Tensor,             # GCTM times, decreasing from 1 to 0 (`schedules.gctm_times`)
         max_steps: int,                 # K: most Heun steps from t to u, P(k) ~ k
-        distance: nn.Module,            # d(x, y) -> (B,); PseudoHuber / SquaredL2 get GCTM's weighting exactly
+        distance: nn.Module,            # d(x, y) -> (B,); PseudoHuber / SquaredL2 get GCTM's weighting
+                                        # exactly
         solver: str = "heun",           # heun | euler, on the EMA denoiser
         dsm_times: str = "lognormal",   # lognormal | uniform | beta_3_1: how DSM times are drawn
         p_mean: float = -1.2,           # lognormal: mean of ln sigma, t = sigma / (1 + sigma)
@@ -75,9 +76,11 @@ class GCTMLoss:
         rho: float = 7.0,               # Karras curvature for dsm_times = uniform
         grid_fraction: float = 0.25,    # share of DSM times drawn from the training grid (t = 1 included)
         compare_zero: bool = False,     # compare at time 0 through the EMA net instead of at s
-        time_sampler: str = "ctm",      # official: the reference's (t, u, s) (`gctm.times`); ctm: CTM's, K-capped
+        time_sampler: str = "ctm",      # official: the reference's (t, u, s) (`gctm.times`); ctm: CTM's,
+                                        # K-capped
         beta: tuple[float, float] = (1.2, 2.0),  # official sampler: lambda ~ Beta(a, b)
-        fine_grid: torch.Tensor | None = None,  # DSM times snapped up to this grid (the reference's 1024 steps)
+        fine_grid: torch.Tensor | None = None,  # DSM times snapped up to this grid (the reference's 1024
+                                                # steps)
     ):
         if dsm_times not in ("lognormal", "uniform", "beta_3_1"):
             raise ValueError(f"unknown dsm_times {dsm_times!r}; use lognormal, uniform or beta_3_1")
@@ -92,9 +95,11 @@ class GCTMLoss:
         self.fine_grid = None if fine_grid is None else fine_grid.double().cpu()
 
     def ctm(self, online, target, x0: torch.Tensor, x1: torch.Tensor, labels=None,
-            index_generator: torch.Generator | None = None, dropout_seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-sample CTM term, x_est) for indices t < u <= s drawn as the reference (`gctm.times.official_indices`,
-        per-sample step counts) or as in CTM (`sample_ctm_indices`, one k per batch)."""
+            index_generator: torch.Generator | None = None,
+            dropout_seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample CTM term, x_est) for indices t < u <= s drawn as the reference
+        (`gctm.times.official_indices`, per-sample step counts) or as in CTM (`sample_ctm_indices`, one k per
+        batch)."""
         dev = x0.device
         if self.time_sampler == "official":
             t_i, u_i, s_i = official_indices(x0.shape[0], self.grid, self.beta, index_generator)
@@ -111,8 +116,8 @@ class GCTMLoss:
         if self.compare_zero:
             x_est = target.jump(x_est, s, zero, labels)
         with torch.no_grad():
-            # (k + 1, B) per-sample times; a sample with fewer steps starts with zero-length steps at t (> 0: they
-            # leave x as it is; repeating u instead would divide by u = 0)
+            # (k + 1, B) per-sample times; a sample with fewer steps starts with zero-length steps at t (> 0:
+            # they leave x as it is; repeating u instead would divide by u = 0)
             path = torch.stack([self.grid[torch.maximum(u_i - k + j, t_i)] for j in range(k + 1)])
             x_u = self.solver(target, x_t, path.to(dev), labels).to(x_t.dtype)
             with fixed_dropout(dropout_seed, dev):
@@ -123,7 +128,8 @@ class GCTMLoss:
         return weighted_distance(x_est.float(), x_tgt.float(), w, self.distance), x_est
 
     def sample_dsm_times(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """n DSM times in (0, 1]: `grid_fraction` of them from the grid (t = 0 excluded), the rest by `dsm_times`."""
+        """n DSM times in (0, 1]: `grid_fraction` of them from the grid (t = 0 excluded), the rest by
+        `dsm_times`."""
         where = generator.device if generator is not None else device
         r = torch.rand(n, generator=generator, device=where, dtype=torch.float64)
         if self.dsm_times == "beta_3_1":  # density 3 t^2: the reference's edges2shoes choice
@@ -159,11 +165,13 @@ class GCTMTerms:
 
     def __init__(self,
         loss: GCTMLoss,                 # the CTM term at time s and the DSM term
-        coupling,                       # ctmtool.gctm.couplings.Coupling: pair(x, labels, generator) -> (x0, x1)
+        coupling,                       # ctmtool.gctm.couplings.Coupling: pair(x, labels, generator) -> (x0,
+                                        # x1)
         moments: dict,                  # {var0, var1, cov01} of the coupling, stored in every checkpoint
         flip_pairs: bool = False,       # random horizontal flips applied to x0 and x1 together (paired data)
         spec: str = "",                 # the coupling's spec, recorded in checkpoints
-        double_every: int | None = None,  # curriculum: the grid's steps double every this many optimiser steps
+        double_every: int | None = None,  # curriculum: the grid's steps double every this many optimiser
+                                          # steps
         fine_steps: int = 1024,         # ... up to this many (the reference's disc_steps)
         grid_range: tuple[float, float, float] = (0.002, 80.0, 7.0),  # sigma_min, sigma_max, rho of the grids
         extra_meta: dict | None = None,  # more for checkpoints (the shape of a class source: `class_source`)
@@ -177,8 +185,8 @@ class GCTMTerms:
         self.base_steps = loss.grid.numel() - 1
 
     def new_step(self, cpu_gen, steps: int = 0) -> None:
-        """GCTM draws its times per sample (1202kbs/GCTM); with the curriculum (`double_every`) the training grid
-        of this step has min(fine, base * 2^(steps // double_every)) steps (train_gctm.py 94-95)."""
+        """GCTM draws its times per sample (1202kbs/GCTM); with the curriculum (`double_every`) the training
+        grid of this step has min(fine, base * 2^(steps // double_every)) steps (train_gctm.py 94-95)."""
         if self.double_every is None:
             return
         n = curriculum_steps(self.base_steps, steps, self.double_every, self.fine_steps)
@@ -200,8 +208,8 @@ class GCTMTerms:
         return self.loss.dsm(online, *pair, labels, gen)
 
     def estimate(self, online, target, pair, labels, gen, cpu_gen, dropout_seed):
-        """GCTM training has no GAN term, so no discriminator-only step asks for fakes (`ctmtool.train.run.train`
-        refuses gan.enabled for a preset with [gctm])."""
+        """GCTM training has no GAN term, so no discriminator-only step asks for fakes
+        (`ctmtool.train.run.train` refuses gan.enabled for a preset with [gctm])."""
         raise TypeError("GCTM training has no GAN term: no discriminator step asks for GCTM estimates")
 
     def meta(self) -> dict:
@@ -210,7 +218,8 @@ class GCTMTerms:
 
 
 def gctm_objective(
-    preset: Preset,                     # resolved preset with a [gctm] section; distill = optimiser and duration
+    preset: Preset,                     # resolved preset with a [gctm] section; distill = optimiser and
+                                        # duration
     data_shape: tuple[int, ...],        # shape of one x0 (and x1): (C, H, W) or (D,)
     device: torch.device,
     coupling,                           # ctmtool.gctm.couplings.Coupling
@@ -223,18 +232,21 @@ def gctm_objective(
         raise ValueError(f"preset {preset.name!r} has no [gctm] section")
     c, g, d = preset.ctm, preset.gctm, preset.diffusion
     torch.manual_seed(preset.distill.seed)
-    # noise labels ln(t / (1 - t))/4 with t = 0 -> sigma_min and t = 1 -> sigma_max, as the reference's network
+    # noise labels ln(t / (1 - t))/4 with t = 0 -> sigma_min and t = 1 -> sigma_max, as the reference's
+    # network
     moments = {**moments, "label_range": [d.sigma_min, d.sigma_max]}
     source = coupling.source_state()  # the class Gaussians of a `latent` coupling travel with the model
     extra = {"class_source": list(source["source_means"].shape)} if source else {}
     net = build_precond("gctm", preset, data_shape, {"moments": moments, **extra})
     if source:
         net.set_class_source(**source)
-    distance = make_distance(c, math.prod(data_shape))  # pseudo-Huber c defaults to 0.00054 sqrt(D), as the reference
+    # pseudo-Huber c defaults to 0.00054 sqrt(D), as the reference
+    distance = make_distance(c, math.prod(data_shape))
     fine = gctm_times(g.dsm_grid + 1, d.sigma_min, d.sigma_max, d.rho) if g.dsm_grid else None
-    loss = GCTMLoss(gctm_times(g.grid, d.sigma_min, d.sigma_max, d.rho), g.max_steps, distance.to(device), c.solver,
-                    g.dsm_times, d.p_mean, d.p_std, d.sigma_min, d.sigma_max, d.rho, grid_fraction=g.dsm_grid_fraction,
-                    compare_zero=compare_zero, time_sampler=g.time_sampler, beta=g.t_ctm_beta, fine_grid=fine)
+    loss = GCTMLoss(gctm_times(g.grid, d.sigma_min, d.sigma_max, d.rho), g.max_steps, distance.to(device),
+                    c.solver, g.dsm_times, d.p_mean, d.p_std, d.sigma_min, d.sigma_max, d.rho,
+                    grid_fraction=g.dsm_grid_fraction, compare_zero=compare_zero, time_sampler=g.time_sampler,
+                    beta=g.t_ctm_beta, fine_grid=fine)
     terms = GCTMTerms(loss, coupling, moments, flip_pairs, spec=g.coupling, double_every=g.double_every,
                       fine_steps=g.dsm_grid or 1024, grid_range=(d.sigma_min, d.sigma_max, d.rho),
                       extra_meta=extra)

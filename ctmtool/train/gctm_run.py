@@ -48,8 +48,9 @@ def load_gctm_data(preset: Preset, data_path: str | None = None) -> Dataset:
     if coupling_kind(preset.gctm.coupling) == "paired":
         path = data_path or g.paired_path or preset.data.path
         if path is None:
-            raise UserError(f"preset {preset.name!r} trains on paired images: give the folder as `data` (a path) "
-                            "(A/ and B/ sub-folders, or side-by-side pix2pix files) or set gctm.paired_path")
+            raise UserError(f"preset {preset.name!r} trains on paired images: give the folder as `data` (a "
+                            "path) (A/ and B/ sub-folders, or side-by-side pix2pix files) or set "
+                            "gctm.paired_path")
         return load_paired(path, size=g.paired_size)
     return load_dataset(preset.data, path=data_path)
 
@@ -64,7 +65,8 @@ def make_coupling_for(preset: Preset, data: Dataset | None = None) -> Coupling:
 
 def estimate_moments(preset: Preset, coupling: Coupling, data: Dataset, device: torch.device,
                      n: int = MOMENT_ITEMS) -> dict[str, float]:
-    """{var0, var1, cov01} from n items paired `micro_batch` at a time; preset.gctm.var0/var1/cov01 override."""
+    """{var0, var1, cov01} from n items paired `micro_batch` at a time; preset.gctm.var0/var1/cov01
+    override."""
     gen = torch.Generator(device).manual_seed(preset.distill.seed + 3)
     micro = preset.distill.micro_batch or preset.distill.batch
     m = coupling.moments(data, generator=gen, n=min(n, len(data)), batch=micro, device=device)
@@ -75,12 +77,15 @@ def estimate_moments(preset: Preset, coupling: Coupling, data: Dataset, device: 
     return m
 
 
-def eval_pairs(preset: Preset, coupling: Coupling, data: Dataset, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed set of (x0, x1) pairs for snapshots (the same every call), paired a training batch at a time."""
+def eval_pairs(preset: Preset, coupling: Coupling, data: Dataset, n: int,
+               device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed set of (x0, x1) pairs for snapshots (the same every call), paired a training batch at a
+    time."""
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
     x, y = data.get(idx, device)
     gen, micro = torch.Generator(device).manual_seed(0), preset.distill.micro_batch or preset.distill.batch
-    pairs = [coupling.pair(x[i:i + micro], None if y is None else y[i:i + micro], gen) for i in range(0, len(x), micro)]
+    pairs = [coupling.pair(x[i:i + micro], None if y is None else y[i:i + micro], gen)
+             for i in range(0, len(x), micro)]
     return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
@@ -92,7 +97,8 @@ def _snapshotter(obj, preset: Preset, shape, pairs, run_dir: Path):
         out = translate(model, x1, plan_translation(model))
         cols = [x1, out, x0] if model.is_image else [x1, out]
         pic = side_by_side(cols, model.is_image, reference=None if model.is_image else x0,
-                           titles=[f"step {step}: source x1", "translated G(x1, 1, 0)"], extent=preset_view(preset)[1])
+                           titles=[f"step {step}: source x1", "translated G(x1, 1, 0)"],
+                           extent=preset_view(preset)[1])
         return save_png(pic, run_dir / f"samples-{step:08d}.png")
 
     return snapshot
@@ -104,30 +110,37 @@ def _gmm_evaluator(obj, preset: Preset, shape, pairs):
 
     def evaluate() -> dict:
         model = Model("gctm", obj.sampling_model(), preset, tuple(shape))
-        return {"logp_translations": float(gmm.log_prob(translate(model, x1, plan_translation(model)).cpu()).mean())}
+        return {"logp_translations":
+                float(gmm.log_prob(translate(model, x1, plan_translation(model)).cpu()).mean())}
 
     return evaluate
 
 
 def gctm_parts(preset: Preset, device: torch.device, rep, run_dir: Path, *, data: Dataset | None = None,
-               data_path: str | None = None, teacher: str | None = None, resume: Checkpoint | None = None) -> RunParts:
+               data_path: str | None = None, teacher: str | None = None,
+               resume: Checkpoint | None = None) -> RunParts:
     """A GCTM run (Kim et al. 2024b, Alg. 1) on preset.gctm's coupling with preset.distill's optimiser and
-    duration, for `ctmtool.train.run.train`: moments from the resumed checkpoint or estimated from the data."""
+    duration, for `ctmtool.train.run.train`: moments from the resumed checkpoint or estimated from the
+    data."""
     if preset.gctm is None:
-        raise UserError(f"preset {preset.name!r} has no [gctm] section; GCTM training needs one (see ctmtool/presets/toy-translate.toml)")
+        raise UserError(f"preset {preset.name!r} has no [gctm] section; GCTM training needs one (see "
+                        "ctmtool/presets/toy-translate.toml)")
     if teacher is not None:
-        raise UserError("GCTM training has no teacher (the model's own EMA velocity is integrated); drop `teacher`")
+        raise UserError("GCTM training has no teacher (the model's own EMA velocity is integrated); drop "
+                        "`teacher`")
     data = data if data is not None else load_gctm_data(preset, data_path)
     check_labels(preset, data)
     coupling = make_coupling_for(preset, data)
     shape = item_shape(preset.gctm.coupling, data.shape)
     if resume is not None:
         if resume.kind != GCTMPrecond.checkpoint_kind or "moments" not in resume.meta:
-            raise UserError(f"{resume.path} is not a GCTM checkpoint with stored moments; it cannot be resumed here")
+            raise UserError(f"{resume.path} is not a GCTM checkpoint with stored moments; it cannot be "
+                            "resumed here")
         moments = resume.meta["moments"]
     else:
         moments = estimate_moments(preset, coupling, data, device)
-    rep.log(f"data: {data.name}, {len(data)} items; coupling {preset.gctm.coupling}; x0/x1 shape {shape}; moments "
+    rep.log(f"data: {data.name}, {len(data)} items; coupling {preset.gctm.coupling}; x0/x1 shape {shape}; "
+            "moments "
             + ", ".join(f"{k} {moments[k]:.4g}" for k in ("var0", "var1", "cov01")))
     paired = coupling_kind(preset.gctm.coupling) == "paired"
     obj = gctm_objective(preset, shape, device, coupling, moments, flip_pairs=paired and preset.data.xflip)
@@ -135,7 +148,8 @@ def gctm_parts(preset: Preset, device: torch.device, rep, run_dir: Path, *, data
     pairs = eval_pairs(preset, coupling, data, 64 if len(shape) == 3 else min(4096, 8 * micro), device)
     gmm = preset.data.source == "toy" and preset.data.toy == "gmm" and not paired
     return RunParts(obj, data, preset.distill, _snapshotter(obj, preset, shape, pairs, run_dir),
-                    _gmm_evaluator(obj, preset, shape, pairs) if gmm else None, preset.data.xflip and not paired,
+                    _gmm_evaluator(obj, preset, shape, pairs) if gmm else None,
+                    preset.data.xflip and not paired,
                     f"gctm: {sum(p.numel() for p in obj.net.parameters()) / 1e6:.2f}M parameters, grid of "
                     f"{preset.gctm.grid} times, device {device}")
 
@@ -145,7 +159,8 @@ def gctm_parts(preset: Preset, device: torch.device, rep, run_dir: Path, *, data
 
 
 def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Energy distance 2 E|a - b| - E|a - a'| - E|b - b'| (Szekely & Rizzo), V-statistics, 0 iff equal laws."""
+    """Energy distance 2 E|a - b| - E|a - a'| - E|b - b'| (Szekely & Rizzo), V-statistics, 0 iff equal
+    laws."""
     a, b = a.double().flatten(1), b.double().flatten(1)
     return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
 
@@ -155,7 +170,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
     the squared 1-D W2 (sorted projections)."""
     a, b = a.double().flatten(1), b.double().flatten(1)
     if a.shape != b.shape:
-        raise ValueError(f"sliced Wasserstein needs equal-size samples, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"sliced Wasserstein needs equal-size samples, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
     g = torch.Generator().manual_seed(seed)
     dirs = torch.randn(a.shape[1], projections, generator=g, dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=0, keepdim=True)

@@ -5,9 +5,9 @@ the run), logging (and a heartbeat line every 10 s), periodic checkpoints in a r
 training time), sample grids, quality evaluation, resume and clean stops on SIGINT/SIGTERM. The objective owns
 the maths: it receives the micro-batches of one optimiser step and updates its networks.
 
-The learning-rate schedule's progress is computed once per step from what a checkpoint records (images seen and
-training seconds so far), so a resumed run, time-limited or not, continues the schedule where it stopped. A
-time limit or a signal is also checked between the micro-batches of an accumulated step: the step is then
+The learning-rate schedule's progress is computed once per step from what a checkpoint records (images seen
+and training seconds so far), so a resumed run, time-limited or not, continues the schedule where it stopped.
+A time limit or a signal is also checked between the micro-batches of an accumulated step: the step is then
 abandoned (no update, its random draws undone) so that the saved state is that after the last whole step.
 
 Objective interface:
@@ -102,8 +102,8 @@ class _Position:
             return cls(int(m["step"]), float(m["kimg"]), int(m.get("skipped_steps", 0)),
                        float(m.get("train_seconds", 0.0)), float(m.get("progress", 0.0)))
         except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"checkpoint {ckpt.path} has a damaged training position in its header ({err!r}); "
-                            "resume from an earlier checkpoint") from None
+            raise UserError(f"checkpoint {ckpt.path} has a damaged training position in its header "
+                            f"({err!r}); resume from an earlier checkpoint") from None
 
     def meta(self, batch: int, seconds: float) -> dict:
         return {"step": self.step, "kimg": self.kimg, "batch": batch, "skipped_steps": self.skipped,
@@ -138,8 +138,9 @@ class _Halt(Exception):
 
 
 class _MicroBatches:
-    """The micro-batches of one optimiser step, drawn as the objective iterates; before each one but the first,
-    `between(i)` may raise `_Halt`, so a long accumulated step overruns a time limit by at most one micro-batch."""
+    """The micro-batches of one optimiser step, drawn as the objective iterates; before each one but the
+    first, `between(i)` may raise `_Halt`, so a long accumulated step overruns a time limit by at most one
+    micro-batch."""
 
     def __init__(self, draw: Callable[[], tuple], n: int, between: Callable[[int], None]):
         self.draw, self.n, self.between = draw, n, between
@@ -179,17 +180,20 @@ class _Lines:
             advance(0, status=f"{means}  {ips:.0f} img/s")
         self._say(f"kimg {at.kimg:8.1f}  step {at.step:7d}  {means}  {ips:.0f} img/s")
         if hasattr(self.rep, "stats"):  # stats.jsonl: one object per log point (ctmtool.train.record)
-            self.rep.stats({"step": at.step, "kimg": round(at.kimg, 6), **self.last, "img_per_s": round(ips, 2),
-                            **{f"lr_{k}": v for k, v in (lrs or {}).items()},
+            self.rep.stats({"step": at.step, "kimg": round(at.kimg, 6), **self.last,
+                            "img_per_s": round(ips, 2), **{f"lr_{k}": v for k, v in (lrs or {}).items()},
                             "seconds": round(seconds if seconds is not None else 0.0, 3)})
         self.sums, self.n = {}, 0
 
     def heartbeat(self, at: _Position, ips: float, budget: _Budget, where: str = "") -> None:
         if self.every is None or self.clock() - self.said < self.every:
             return
-        limited = budget.limit is not None and budget.limit < 6e7  # minutes = 1e9 is how the CLI lifts a limit
-        left = f", {max(budget.limit - budget.total(), 0) / 60:.1f} of {budget.limit / 60:g} min left" if limited else ""
-        of = f" of {self.total_kimg:g}" if self.total_kimg < 1e8 else ""  # kimg = 1e9: the CLI lifted the limit
+        # minutes = 1e9 is how the CLI lifts a limit
+        limited = budget.limit is not None and budget.limit < 6e7
+        left = (f", {max(budget.limit - budget.total(), 0) / 60:.1f} of {budget.limit / 60:g} min left"
+                if limited else "")
+        # kimg = 1e9: the CLI lifted the limit
+        of = f" of {self.total_kimg:g}" if self.total_kimg < 1e8 else ""
         self._say(f"kimg {at.kimg:8.1f}{of}  step {at.step:7d}  {ips:.0f} img/s  "
                   f"{budget.total():.0f}s trained{left}" + (f"  ({where})" if where else ""))
 
@@ -201,8 +205,10 @@ class _Lines:
 class _Saver:
     """Periodic checkpoints (by images and by training time), written by rank 0 and rotated."""
 
-    def __init__(self, objective, order: torch.Generator, run_dir: Path, cfg: TrainConfig, budget: _Budget, main: bool):
-        self.objective, self.order, self.run_dir, self.cfg, self.budget, self.main = objective, order, run_dir, cfg, budget, main
+    def __init__(self, objective, order: torch.Generator, run_dir: Path, cfg: TrainConfig, budget: _Budget,
+                 main: bool):
+        (self.objective, self.order, self.run_dir, self.cfg, self.budget,
+         self.main) = objective, order, run_dir, cfg, budget, main
         self.path: Path | None = None  # the last checkpoint written
         self.step = -1  # its step
         self.at_seconds = budget.before  # its training time
@@ -263,8 +269,8 @@ def _drawer(data: Dataset, micro: int, order: torch.Generator, xflip: bool, devi
 
 
 def _abandon(objective, order: torch.Generator, rng: tuple) -> None:
-    """Undo a step stopped part-way: no update was made; its random draws and gradients are undone, so the state
-    is that after the last whole step (and a resume continues as if the step had never begun)."""
+    """Undo a step stopped part-way: no update was made; its random draws and gradients are undone, so the
+    state is that after the last whole step (and a resume continues as if the step had never begun)."""
     objective.set_rng_state(rng[0])
     order.set_state(rng[1])
     for opt in objective.optimizers.values():
@@ -279,8 +285,9 @@ def _restore(objective, order: torch.Generator, resume: Checkpoint, rep) -> _Pos
     except UserError:  # a UserError (a ValueError) inside says what is wrong itself
         raise
     except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"checkpoint {resume.path} cannot be resumed: its training state is damaged or was written "
-                        f"by another setup ({err!r}); resume from an earlier checkpoint or start a new run") from None
+        raise UserError(f"checkpoint {resume.path} cannot be resumed: its training state is damaged or was "
+                        f"written by another setup ({err!r}); resume from an earlier checkpoint or start a "
+                        "new run") from None
     rep.log(f"resumed from {resume.path} at {at.kimg:.1f} kimg (step {at.step}, {at.seconds:.0f}s trained)")
     return at
 
@@ -288,7 +295,8 @@ def _restore(objective, order: torch.Generator, resume: Checkpoint, rep) -> _Pos
 def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
         device: torch.device, xflip: bool = False, resume: Checkpoint | None = None,
         snapshot: Callable[[int], None] | None = None, evaluate: Callable[[], dict] | None = None,
-        max_bad_steps: int = 20, clock: Callable[[], float] = time.monotonic, locked: bool = False) -> FitResult:
+        max_bad_steps: int = 20, clock: Callable[[], float] = time.monotonic,
+        locked: bool = False) -> FitResult:
     """Train `objective` on `data` until cfg.kimg thousand images or cfg.minutes of training time (summed over
     the sessions of a resumed run), whichever comes first. `clock` (seconds) is the loop's only time source.
     `locked`: the caller holds the run directory's `RunLock` (else `fit` takes it for the loop)."""
@@ -324,7 +332,8 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
         return {name: opt.param_groups[0]["lr"] for name, opt in objective.optimizers.items()}
 
     # a bar on a terminal; elsewhere the log lines alone (one line format, see _Lines)
-    bar = rep.progress(cfg.kimg, "train", unit="kimg") if lines.rep_tty else Quiet().progress(cfg.kimg, "train")
+    bar = (rep.progress(cfg.kimg, "train", unit="kimg") if lines.rep_tty
+           else Quiet().progress(cfg.kimg, "train"))
     with RunLock(run_dir) if main and not locked else nullcontext(), StopFlag() as stop, bar as advance:
         if main:
             remove_leftovers(run_dir)
@@ -346,9 +355,9 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
                 at.skipped += 1
                 bad_in_row += 1
                 if bad_in_row >= max_bad_steps:
-                    raise UserError(f"{bad_in_row} non-finite losses in a row at {at.kimg:.1f} kimg: training diverged; "
-                                    f"last good checkpoint: {saver.path or 'none yet'}; lower the learning rate or use "
-                                    "precision='fp32'")
+                    raise UserError(f"{bad_in_row} non-finite losses in a row at {at.kimg:.1f} kimg: "
+                                    f"training diverged; last good checkpoint: {saver.path or 'none yet'}; "
+                                    "lower the learning rate or use precision='fp32'")
                 continue
             at.progress, bad_in_row = progress, 0
             before = at.kimg
@@ -376,5 +385,5 @@ def fit(objective, data: Dataset, cfg: TrainConfig, run_dir: str | Path, rep, *,
     if stopped_by.startswith("signal"):
         signum = stop.signum or int(signal.SIGTERM)  # SIGTERM when another rank was the one signalled
         rep.log(f"stopped by {stopped_by}; saved {saver.path}")
-    return FitResult(saver.path, at.kimg, at.step, budget.session(), ips(), stopped_by, lines.last, at.skipped,
-                     budget.total(), signum)
+    return FitResult(saver.path, at.kimg, at.step, budget.session(), ips(), stopped_by, lines.last,
+                     at.skipped, budget.total(), signum)

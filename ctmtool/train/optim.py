@@ -11,13 +11,15 @@ from torch import nn
 from ctmtool.config import TrainConfig
 
 
-def make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrainConfig, device: torch.device,
+                   lr: float | None = None) -> torch.optim.Optimizer:
     """Adam or RAdam (the CTM paper's choice): fused on CUDA, foreach elsewhere (on the CPU a small network's
     per-tensor loop costs more than the arithmetic: RAdam 0.9 ms instead of 1.5 ms a step for the toy MLP)."""
     kw = dict(lr=lr or cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if cfg.optimizer == "adam":
-        return torch.optim.AdamW(params, **fast, **kw) if cfg.weight_decay else torch.optim.Adam(params, **fast, **kw)
+        return (torch.optim.AdamW(params, **fast, **kw) if cfg.weight_decay
+                else torch.optim.Adam(params, **fast, **kw))
     return torch.optim.RAdam(params, foreach=True, decoupled_weight_decay=bool(cfg.weight_decay), **kw)
 
 

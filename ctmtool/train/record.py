@@ -1,6 +1,7 @@
 """What a run keeps of itself in its directory, as EDM's training does: `stats.jsonl` (one JSON object per log
 point: step, kimg, the losses and loss weights of that stretch, img/s, learning rates, seconds) and `log.txt`
-(every line the run reported, with the time). A new run (`force`) starts both afresh; a resumed one appends."""
+(every line the run reported, with the time). A new run (`force`) starts both afresh; a resumed one
+appends."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ LOG = "log.txt"
 
 
 class RunRecord:
-    """A reporter (`ctmtool.progress.Progress`) that also writes the run's log.txt, and appends stats.jsonl."""
+    """A reporter (`ctmtool.progress.Progress`) that also writes the run's log.txt, and appends
+    stats.jsonl."""
 
     def __init__(self, run_dir: str | Path, rep, fresh: bool):
         self.run_dir, self.rep = Path(run_dir), rep

@@ -30,7 +30,8 @@ def make_run_dir(run_dir: Path) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create `run_dir` {run_dir}: {err.strerror or err}; choose a writable `run_dir`") from None
+        raise UserError(f"cannot create `run_dir` {run_dir}: {err.strerror or err}; choose a writable "
+                        "`run_dir`") from None
     return run_dir
 
 
@@ -38,9 +39,9 @@ class RunLock:
     """The run directory's writer lock: `flock` on `.lock`, which holds the writer's process id for messages.
 
     The kernel owns the lock: it is atomic (one holder, always), released when the holder dies however it dies
-    (kill -9 included), so a stale lock is taken over by simply locking it, and a `.lock` left empty (a full disk
-    when the id was written) refuses nothing. A holder checks, after locking, that the file it locked is still the
-    one at `.lock` (another holder may have removed it on release) and otherwise locks again."""
+    (kill -9 included), so a stale lock is taken over by simply locking it, and a `.lock` left empty (a full
+    disk when the id was written) refuses nothing. A holder checks, after locking, that the file it locked is
+    still the one at `.lock` (another holder may have removed it on release) and otherwise locks again."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
@@ -58,8 +59,8 @@ class RunLock:
             except OSError:
                 os.close(fd)
                 pid = _holder(self.path)
-                raise UserError(f"run directory {self.path.parent} is in use by process {pid}; wait for it to "
-                                "finish, or choose another `run_dir`") from None
+                raise UserError(f"run directory {self.path.parent} is in use by process {pid}; wait for it "
+                                "to finish, or choose another `run_dir`") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

@@ -37,7 +37,8 @@ class RunParts:
     describe: str = ""                  # one line for the log
 
 
-def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool, locked: bool = False) -> Path | None:
+def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool,
+                    locked: bool = False) -> Path | None:
     """Return the checkpoint to resume from (or None); refuse to train over an existing run without a flag.
 
     resume="auto" continues the run when the directory holds checkpoints and starts a new one otherwise. A run
@@ -54,7 +55,8 @@ def prepare_run_dir(run_dir: str | Path, resume: bool | str, force: bool, locked
             return existing[-1] if existing else None
         if resume:
             if not existing:
-                raise UserError(f"`resume`: no checkpoint in {run_dir} to resume from; start a new run without `resume`")
+                raise UserError(f"`resume`: no checkpoint in {run_dir} to resume from; start a new run "
+                                "without `resume`")
             return existing[-1]
         if existing and not force:
             raise UserError(f"run directory {run_dir} already holds checkpoints; `resume` to continue it, "
@@ -79,18 +81,22 @@ def rank_setup(device: torch.device, rep):
 def check_labels(preset: Preset, data: Dataset) -> None:
     """A conditional preset needs labelled data with at most net.label_dim classes."""
     if preset.net.label_dim and data.labels is None:
-        raise UserError(f"preset {preset.name!r} is class-conditional (net.label_dim = {preset.net.label_dim}) "
-                        f"but {data.name} has no labels; use class sub-folders or set net.label_dim = 0")
+        raise UserError(f"preset {preset.name!r} is class-conditional (net.label_dim = "
+                        f"{preset.net.label_dim}) but {data.name} has no labels; use class sub-folders or "
+                        "set net.label_dim = 0")
     if preset.net.label_dim and data.num_classes > preset.net.label_dim:
-        raise UserError(f"{data.name} has {data.num_classes} classes but net.label_dim is {preset.net.label_dim}")
+        raise UserError(f"{data.name} has {data.num_classes} classes but net.label_dim is "
+                        f"{preset.net.label_dim}")
 
 
 def _one_step(objective, preset: Preset, data_shape, n: int, seed: int) -> torch.Tensor:
-    """n samples of the objective's sampling model: NFE 1 for trajectory models, Heun on 18 levels for a teacher."""
+    """n samples of the objective's sampling model: NFE 1 for trajectory models, Heun on 18 levels for a
+    teacher."""
     model = Model(objective.kind, objective.sampling_model(), preset, tuple(data_shape))
     solver = "gamma" if model.is_trajectory else "heun"
     dev = next(objective.sampling_model().parameters()).device
-    plan = SamplingPlan(solver, default_schedule(model, 1) if model.is_trajectory else teacher_schedule(model, 18),
+    plan = SamplingPlan(solver,
+                        default_schedule(model, 1) if model.is_trajectory else teacher_schedule(model, 18),
                         batch=n)  # fixed settings, nothing from the user to check
     return torch.cat([x.cpu() for x, _ in generate(model, n, plan, seed=seed, device=dev)])
 
@@ -107,8 +113,8 @@ def sample_snapshotter(objective, preset: Preset, data_shape, run_dir: Path, n: 
             return save_samples_png(xs, path, len(data_shape) == 3, title=f"step {step}: {count} {what}",
                                     extent=extent)
         except OSError as err:
-            raise UserError(f"could not write sample picture {path}: {err.strerror or err}; check free space and "
-                            "permissions") from None
+            raise UserError(f"could not write sample picture {path}: {err.strerror or err}; check free space "
+                            "and permissions") from None
 
     return snapshot
 
@@ -120,7 +126,8 @@ def gmm_evaluator(objective, preset: Preset, n: int = 65536):
     if not (preset.data.source == "toy" and preset.data.toy == "gmm"):
         return None
     gmm = analytic_model(preset).net
-    truth = functools.cache(lambda: make_scorer("logp", preset)[2]["true_samples_logp"])  # at the first call (~1 s)
+    # at the first call (~1 s)
+    truth = functools.cache(lambda: make_scorer("logp", preset)[2]["true_samples_logp"])
 
     def evaluate() -> dict:
         logp = float(gmm.log_prob(_one_step(objective, preset, gmm.shape, n, seed=0)).mean())

@@ -86,7 +86,8 @@ class ObjectiveBase:
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Every random stream a step draws from (the loop restores it when it abandons a step part-way)."""
-        return {"noise": self.gen.get_state(), "index": self.cpu_gen.get_state(), "torch": torch.get_rng_state()}
+        return {"noise": self.gen.get_state(), "index": self.cpu_gen.get_state(),
+                "torch": torch.get_rng_state()}
 
     def set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
         self.gen.set_state(rng["noise"])
@@ -140,7 +141,8 @@ class TeacherObjective(ObjectiveBase):
     def checkpoint(self, meta: dict) -> Checkpoint:
         groups, extra = self._groups()
         groups.update(net=self.net.state_dict(), ema=self.ema.state_dict())
-        return Checkpoint("teacher", self.preset, self.data_shape, groups, {**meta, **extra, "ema_rate": self.cfg.ema})
+        return Checkpoint("teacher", self.preset, self.data_shape, groups,
+                          {**meta, **extra, "ema_rate": self.cfg.ema})
 
     def restore(self, ckpt: Checkpoint) -> None:
         load_state(self.net, ckpt.state("net"), f"{ckpt.path} [net]")

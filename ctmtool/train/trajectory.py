@@ -8,10 +8,11 @@ What differs between CTM and GCTM is the loss object it is given, with one inter
     ctm(online, target, teacher, pair, labels, gen, cpu_gen, dropout_seed) -> (per-sample loss, x_est)
     dsm(online, pair, labels, gen) -> per-sample loss
     meta() -> dict                                  what checkpoints must record to rebuild the model
-    new_step(cpu_gen, steps)                        draws shared by one step's micro-batches (CTM: k; GCTM: curriculum)
+    new_step(cpu_gen, steps)                        draws shared by one step's micro-batches (CTM: k; GCTM:
+                                                    curriculum)
     estimate(online, target, pair, labels, gen, cpu_gen, dropout_seed) -> x_est   fakes of a GAN D-only step
-`CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.train.gctm_objective.GCTMTerms` (pairs from a
-coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
+`CTMTerms` (here: noise pairs, a teacher solving t -> u) and `ctmtool.train.gctm_objective.GCTMTerms` (pairs
+from a coupling, the model's own EMA as the solver) are the two. The objective owns the networks, the adaptive
 weights, the optional GAN term, the EMAs and the checkpoint groups.
 """
 
@@ -90,7 +91,8 @@ class TrajectoryObjective(ObjectiveBase):
         super().__init__(preset, preset.distill, data_shape, device)
         self.kind, self.terms = kind, terms
         self.net = net.to(device).train()
-        self.target = frozen_copy(self.net).train(preset.ctm.dropout == "official")  # official: target keeps dropout
+        # official: target keeps dropout
+        self.target = frozen_copy(self.net).train(preset.ctm.dropout == "official")
         self.emas = {rate: frozen_copy(self.net) for rate in preset.ctm.eval_emas}
         self._averagers = {"target": Averager(self.target, self.net),
                            **{rate: Averager(ema, self.net) for rate, ema in self.emas.items()}}
@@ -102,7 +104,8 @@ class TrajectoryObjective(ObjectiveBase):
         if self.disc is not None:
             if self.shard.active():  # batch-norm statistics over the whole micro-batch, as in one process
                 global_batch_norm(self.disc)
-            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self._d_cfg(), device, lr=preset.gan.lr)
+            self.optimizers["disc"] = make_optimizer(self.disc.parameters(), self._d_cfg(), device,
+                                                     lr=preset.gan.lr)
         self.alternation = Alternation(preset.gan.g_period)
 
     def sampling_model(self) -> nn.Module:
@@ -129,7 +132,8 @@ class TrajectoryObjective(ObjectiveBase):
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """DiffAugment for image batches (both D inputs and the G term); vector data goes in unchanged."""
 
-        return diff_augment(x, self.preset.gan.augment, self.gen, self.preset.gan.cutout) if x.ndim == 4 else x
+        return (diff_augment(x, self.preset.gan.augment, self.gen, self.preset.gan.cutout) if x.ndim == 4
+                else x)
 
     def _gan_active(self, kimg: float) -> bool:
         return self.disc is not None and self.preset.gan.enabled and kimg >= self.preset.gan.start_kimg
@@ -189,27 +193,30 @@ class TrajectoryObjective(ObjectiveBase):
         return True
 
     def _d_cfg(self):
-        """The distill optimiser settings with the discriminator's betas (the paper: RAdam, betas 0.5, 0.9)."""
+        """The distill optimiser settings with the discriminator's betas (the paper: RAdam, betas 0.5,
+        0.9)."""
         return self.cfg.model_copy(update={"betas": self.preset.gan.betas})
 
     def _d_only_step(self, batches, kimg: float) -> dict:
-        """A discriminator turn of the alternation: fakes are the student's CTM estimates (no G update, no EMA)."""
+        """A discriminator turn of the alternation: fakes are the student's CTM estimates (no G update, no
+        EMA)."""
         fakes = []
         with torch.no_grad():
             for x, y in batches:
                 pair = self.terms.pair(x, y, self.gen, self.cpu_gen)
                 net, target = (self.shard.wrap(m, len(x)) for m in (self.net, self.target))  # own rows only
                 with autocast(self.device, self.cfg.precision):
-                    x_est = self.terms.estimate(net, target, pair, y, self.gen, self.cpu_gen, self._dropout_seed())
+                    x_est = self.terms.estimate(net, target, pair, y, self.gen, self.cpu_gen,
+                                                self._dropout_seed())
                 fakes.append((pair[0], x_est.float()))
         logs: dict = {}
         self._discriminator_step(fakes, logs, kimg)
         return logs
 
     def _discriminator_step(self, fakes: list, logs: dict, kimg: float) -> None:
-        """Hinge loss on augmented reals and the generator's detached fakes (Kim et al. 2024, Eq. 12); reals and
-        fakes get independent augmentation draws. Under torchrun each rank scores its own rows and the gradients
-        are summed over ranks (`distributed_gan`)."""
+        """Hinge loss on augmented reals and the generator's detached fakes (Kim et al. 2024, Eq. 12); reals
+        and fakes get independent augmentation draws. Under torchrun each rank scores its own rows and the
+        gradients are summed over ranks (`distributed_gan`)."""
         d_opt, n = self.optimizers["disc"], len(fakes)
         d_opt.zero_grad(set_to_none=True)
         for real, fake in fakes:
@@ -222,7 +229,8 @@ class TrajectoryObjective(ObjectiveBase):
         self._step_optimizer("disc", self.disc.parameters(), kimg, lr=self.preset.gan.lr)
 
     def checkpoint(self, meta: dict) -> Checkpoint:
-        """net, target, `ema` (the first evaluation rate), `ema_<rate>` for the others, disc, optimisers, RNG."""
+        """net, target, `ema` (the first evaluation rate), `ema_<rate>` for the others, disc, optimisers,
+        RNG."""
         groups, extra = self._groups()
         c = self.preset.ctm
         groups.update(net=self.net.state_dict(), target=self.target.state_dict())
@@ -276,7 +284,8 @@ def ctm_objective(
         dim *= s
     grid = ctm_grid(preset)
     self_jump = c.teacher == "self" and c.self_solver == "jump"
-    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver, self_jump,
-                             c.s_sampler),
-                     DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction, c.dsm_sampler, d.rho))
+    terms = CTMTerms(CTMLoss(grid, c.max_steps, (distance or make_distance(c, dim)).to(device), c.solver,
+                             self_jump, c.s_sampler),
+                     DSMLoss(grid, d.p_mean, d.p_std, d.sigma_data, c.dsm_high_noise_fraction, c.dsm_sampler,
+                             d.rho))
     return TrajectoryObjective(preset, data_shape, device, "ctm", net, terms, teacher, discriminator)

@@ -1,5 +1,6 @@
-"""bench/claims.py --tiny (CPU, seconds-long rows): rows train through the ctmtool CLI, a finished row is skipped
-on a rerun, scores.json and the table are written; the bench's Frechet distance against closed forms."""
+"""bench/claims.py --tiny (CPU, seconds-long rows): rows train through the ctmtool CLI, a finished row is
+skipped on a rerun, scores.json and the table are written; the bench's Frechet distance against closed
+forms."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ SCRIPT = ROOT / "bench" / "claims.py"
 
 def _run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_tiny_trains_scores_and_resumes(tmp_path):
@@ -50,4 +52,5 @@ def test_frechet_matches_closed_forms():
     assert abs(frechet(a, a + [1.0, 2.0, 2.0]) - 9.0) < 1e-6  # a shift c adds |c|^2
     # N(0, I) against N(0, 4 I) in 3 dims: tr(I + 4I - 2 * 2I) = 3
     assert abs(frechet(a, 2 * rng.standard_normal((20000, 3))) - 3.0) < 0.15
-    assert abs(inception_score(np.eye(10)) - 10.0) < 1e-6 and abs(inception_score(np.full((5, 10), 0.1)) - 1.0) < 1e-9
+    assert (abs(inception_score(np.eye(10)) - 10.0) < 1e-6
+            and abs(inception_score(np.full((5, 10), 0.1)) - 1.0) < 1e-9)

@@ -23,11 +23,13 @@ def _shared(rel: str) -> str | None:
 
 def _run(args: list[str], env_extra: dict | None = None, timeout: float = 170) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_tiny_writes_every_stage(tmp_path):
-    args = ["--tiny", "--budget", "150", "--out", str(tmp_path), "--work", str(tmp_path / "work")]  # about 30 s; room for a loaded CI machine
+    # about 30 s; room for a loaded CI machine
+    args = ["--tiny", "--budget", "150", "--out", str(tmp_path), "--work", str(tmp_path / "work")]
     feats, cifar = _shared("data/fd-cifar10/fd_a.pt"), _shared("data/cifar10-jpeg/cifar10-jpeg-q75.tar.gz")
     args += (["--features", feats] if feats else []) + (["--cifar", cifar] if cifar else [])
     r = _run(args)
@@ -43,7 +45,8 @@ def test_tiny_writes_every_stage(tmp_path):
     assert corr["philox words, torch reference on device == CPU"] is True
     table = (tmp_path / "gpu_check.md").read_text()
     assert all(f"| {s} |" in table for s in STAGES)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "work") == ["gpu_check.json", "gpu_check.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()
+                  if p.name != "work") == ["gpu_check.json", "gpu_check.md"]
 
 
 def test_overrun_stage_is_killed_and_reported(tmp_path):
@@ -54,11 +57,13 @@ def test_overrun_stage_is_killed_and_reported(tmp_path):
     rep = json.loads((tmp_path / "gpu_check.json").read_text())
     assert list(rep["stages"]) == ["noise"]
     assert rep["stages"]["noise"]["status"] == "timeout"
-    assert rep["stages"]["noise"]["rows"][0]["what"] == "hang (test hook)"  # what it wrote before it was killed
+    # what it wrote before it was killed
+    assert rep["stages"]["noise"]["rows"][0]["what"] == "hang (test hook)"
 
 
 def test_tiny_peers_stage_without_checkouts_measures_ctmtool_and_says_what_it_skipped(tmp_path):
-    r = _run(["--tiny", "--only", "peers", "--budget", "100", "--out", str(tmp_path), "--work", str(tmp_path / "work")])
+    r = _run(["--tiny", "--only", "peers", "--budget", "100", "--out", str(tmp_path), "--work",
+              str(tmp_path / "work")])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     st = json.loads((tmp_path / "gpu_check.json").read_text())["stages"]["peers"]
     assert st["status"] == "ok", st

@@ -13,7 +13,8 @@ import host_syncs  # noqa: E402
 
 
 def test_ctm_step_has_one_device_sync():
-    tiny = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1", "ctm.max_steps=2"]
+    tiny = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
+            "ctm.max_steps=2"]
     obj, batches = host_syncs.build("cifar10-fast", torch.device("cpu"), 2, tiny)
     r = host_syncs.cpu_report(obj, batches, steps=2)
     assert r["unclassified"] == 0, r["sites"]

@@ -18,7 +18,8 @@ TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8"]
 
 def tiny_checkpoint(path: Path, kind: str = "ctm", preset: str = "toy", overrides: list[str] | None = None,
                     shape: tuple[int, ...] = (2,), seed: int = 0, poison: bool = False) -> Path:
-    """A small untrained checkpoint (weights perturbed so outputs are not trivial); `poison` puts a NaN in it."""
+    """A small untrained checkpoint (weights perturbed so outputs are not trivial); `poison` puts a NaN in
+    it."""
     p = load_preset(preset, [*(EDM_RANGE if preset == "toy" else ()), *TINY, *(overrides or [])])
     torch.manual_seed(seed)
     net = build_precond(kind, p, shape)

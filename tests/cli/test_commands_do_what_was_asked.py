@@ -1,5 +1,6 @@
-"""Issue 16 item 5: one rule for finding a checkpoint (ctmtool.jobs.run_dirs), the user's own examples as written,
-options that do not apply refused, and the [sample] preset section as the defaults of `ctmtool sample`."""
+"""Issue 16 item 5: one rule for finding a checkpoint (ctmtool.jobs.run_dirs), the user's own examples as
+written, options that do not apply refused, and the [sample] preset section as the defaults of `ctmtool
+sample`."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def _run(*args):
 
 
 def _after_main_job(root):
-    """runs/ as the README main job leaves it, plus newer checkpoints of other runs that must not be picked."""
+    """runs/ as the README main job leaves it, plus newer checkpoints of other runs that must not be
+    picked."""
     ctm = tiny_checkpoint(root / "runs/toy/ctm/ckpt-00000010.safetensors")
     old = time.time() - 100
     os.utime(ctm, (old, old))
@@ -36,11 +38,14 @@ def test_user_examples_work_as_written(in_tmp):
     ctm = _after_main_job(in_tmp)
     r = _run("sample", "--nfe", "1", "--gamma", "0", "--device", "cpu")
     assert r.exit_code == 0, r.stderr
-    assert f"using checkpoint runs/toy/ctm/{ctm.name} (newest in runs/toy/ctm, the default run directory)" in r.stderr
+    assert (f"using checkpoint runs/toy/ctm/{ctm.name} (newest in runs/toy/ctm, the default run directory)"
+            in r.stderr)
     assert "nfe" in r.stdout and (in_tmp / "samples.npz").is_file()
-    assert np.load(in_tmp / "samples.npz")["samples"].shape == (load_preset("toy").sample.n, 2)  # its [sample] n
+    # its [sample] n
+    assert np.load(in_tmp / "samples.npz")["samples"].shape == (load_preset("toy").sample.n, 2)
     toy_points(in_tmp / "data/points.npz")
-    r = _run("likelihood", "data/", "--device", "cpu", "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--json")
+    r = _run("likelihood", "data/", "--device", "cpu", "--n", "2", "--rtol", "1e-2", "--atol", "1e-2",
+             "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["model"] == f"runs/toy/ctm/{ctm.name}"
 
@@ -81,7 +86,8 @@ def test_options_that_do_not_apply_to_a_teacher(in_tmp, args, words):
     (["--steps", "4"], ["--steps", "--nfe"]),
     (["--n", "0"], ["--n", "at least 1"]),
     (["--batch", "0"], ["--batch"]),
-    (["--n", str(10**12), "--no-limits"], ["--n", "GiB"]),  # past the limit, the memory estimate still refuses it
+    (["--n", str(10**12), "--no-limits"], ["--n", "GiB"]),  # past the limit, the memory estimate still
+                                                            # refuses it
 ])
 def test_sample_refusals(in_tmp, args, words):
     ctm = tiny_checkpoint(in_tmp / "c.safetensors")
@@ -104,7 +110,8 @@ def test_sample_section_of_the_preset_is_the_default(in_tmp):
     assert (res["nfe"], res["n"], res["seed"], res["gamma"]) == (3, 5, 7, 0.5)
     r = _run("sample", "--ckpt", ctm, "--nfe", "1", "--n", "2", "--out", "-", "--json")
     assert r.exit_code == 0 and len(np.load(io.BytesIO(r.stdout_bytes))["samples"]) == 2  # given options win
-    sig = tiny_checkpoint(in_tmp / "s.safetensors", overrides=["sample.sigmas=[80.0, 1.0, 0.002]", "sample.n=2"])
+    sig = tiny_checkpoint(in_tmp / "s.safetensors",
+                          overrides=["sample.sigmas=[80.0, 1.0, 0.002]", "sample.n=2"])
     r = _run("sample", "--ckpt", sig, "--out", "s2.npz", "--json")
     assert json.loads(r.stdout)["schedule"] == [80.0, 1.0, 0.002]
 
@@ -113,8 +120,10 @@ def test_fid_takes_sampling_defaults_from_the_preset(in_tmp):
     from ctmtool.core.models import load_model
     from ctmtool.jobs.fid_run import sampling_settings
 
-    model = load_model(tiny_checkpoint(in_tmp / "c.safetensors", overrides=["sample.nfe=2", "sample.gamma=0.3"]))
+    model = load_model(tiny_checkpoint(in_tmp / "c.safetensors",
+                                       overrides=["sample.nfe=2", "sample.gamma=0.3"]))
     assert sampling_settings(model) == {"solver": "gamma", "nfe": 2, "gamma": 0.3}
     assert sampling_settings(model, nfe=4)["nfe"] == 4
-    teacher = load_model(tiny_checkpoint(in_tmp / "t.safetensors", kind="teacher", overrides=["sample.steps=5"]))
+    teacher = load_model(tiny_checkpoint(in_tmp / "t.safetensors", kind="teacher",
+                                         overrides=["sample.steps=5"]))
     assert sampling_settings(teacher) == {"solver": "heun", "steps": 5}

@@ -25,7 +25,8 @@ def test_export_teacher_json(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["graphs"][0]["graph"] == "denoiser" and out["graphs"][0]["max_abs_diff_ort"] <= 1e-4
-    assert (tmp_path / "d.onnx").exists() and (tmp_path / "d.json").exists() and not (tmp_path / "d.pt2").exists()
+    assert ((tmp_path / "d.onnx").exists() and (tmp_path / "d.json").exists()
+            and not (tmp_path / "d.pt2").exists())
     again = _run("export", "--ckpt", ck, "--out", tmp_path / "d.onnx")
     assert again.exit_code == 2 and "already exist" in again.output and "--force" in again.output
 

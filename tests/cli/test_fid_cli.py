@@ -59,7 +59,8 @@ def _folder(path: Path, n: int, size: int = 32, seed: int = 1) -> Path:
     for cls in ("a", "b"):
         (path / cls).mkdir(parents=True)
         for i in range(n // 2):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / cls / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (size, size, 3),
+                                         dtype=np.uint8)).save(path / cls / f"{i}.png")
     return path
 
 
@@ -104,14 +105,16 @@ def test_stats_then_fid_against_stats_file_with_kid_and_no_overwrite(env):
 def test_named_reference_in_the_cache(env):
     net = _tiny_net(env / "tiny.pt")
     _npz(env / "real.npz", 30, size=12)
-    r = _run("stats", str(env / "real.npz"), "--name", "toyref", "--features", str(net), "--cache-dir", str(env / "c"))
+    r = _run("stats", str(env / "real.npz"), "--name", "toyref", "--features", str(net), "--cache-dir",
+             str(env / "c"))
     assert r.exit_code == 0, r.stderr
     assert (env / "c" / "stats" / "toyref_tiny.npz").is_file()
     r = _run(str(_npz(env / "s.npz", 20, size=12, seed=4)), "--ref", "toyref", "--features", str(net),
              "--cache-dir", str(env / "c"), "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["ref"] == "toyref"
-    missing = _run(str(env / "s.npz"), "--ref", "otherref", "--features", str(net), "--cache-dir", str(env / "c"))
+    missing = _run(str(env / "s.npz"), "--ref", "otherref", "--features", str(net), "--cache-dir",
+                   str(env / "c"))
     assert missing.exit_code == 2 and "otherref_tiny.npz" in missing.stderr
 
 
@@ -119,23 +122,28 @@ def test_checkpoint_samples_are_generated_in_memory(env, make_checkpoint, tiny_p
     ckpt = make_checkpoint(env / "tiny.safetensors", "ctm", (3, 16, 16), tiny_preset("digits", net="unet"))
     ref, feats = _npz(env / "ref.npz", 24, size=16), _tiny_net(env / "f.pt")
     before = set(env.rglob("*"))
-    r = _run(str(ckpt), "--ref", str(ref), "--features", str(feats), "--n", "6", "--batch", "4", "--seed", "5", "--json")
+    r = _run(str(ckpt), "--ref", str(ref), "--features", str(feats), "--n", "6", "--batch", "4", "--seed",
+             "5", "--json")
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert KEYS <= set(out) and math.isfinite(out["fid"])
-    assert (out["n"], out["seed"], out["source"], out["solver"], out["nfe"]) == (6, 5, "checkpoint", "gamma", 1)
+    assert (out["n"], out["seed"], out["source"], out["solver"],
+            out["nfe"]) == (6, 5, "checkpoint", "gamma", 1)
     assert set(env.rglob("*")) - before == set()  # no sample images written
 
 
 def test_offline_without_inception_fails_with_one_line(env):
-    """A real process: exit code 2 and one `error:` line naming the missing file, where it goes and its URL."""
+    """A real process: exit code 2 and one `error:` line naming the missing file, where it goes and its
+    URL."""
     a, b = _npz(env / "a.npz", 4), _npz(env / "b.npz", 4, seed=1)
-    proc = subprocess.run([sys.executable, "-m", "ctmtool", "fid", str(a), "--ref", str(b), "--device", "cpu"],
+    proc = subprocess.run([sys.executable, "-m", "ctmtool", "fid", str(a), "--ref", str(b), "--device",
+                           "cpu"],
                           capture_output=True, text=True, env={**os.environ}, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr
-    assert "inception-2015-12-05.pt" in errors[0] and str(env / "cache" / "inception-2015-12-05.pt") in errors[0]
+    assert ("inception-2015-12-05.pt" in errors[0]
+            and str(env / "cache" / "inception-2015-12-05.pt") in errors[0])
     assert str(env / "cleanfid") in errors[0] and "https://" in errors[0]
 
 
@@ -147,7 +155,8 @@ def test_cache_dir_option_is_where_inception_is_expected(env):
 @pytest.mark.parametrize("args, message", [
     (["stats"], "give DATA (images, - for stdin, or a checkpoint) or --ckpt"),
     (["stats", "x.npz"], "exactly one of -o"),
-    (["stats", "x.npz", "-o", "o.npz", "--ref", "r"], "No such option: --ref"),  # a real sub-command: its own options
+    # a real sub-command: its own options
+    (["stats", "x.npz", "-o", "o.npz", "--ref", "r"], "No such option: --ref"),
     (["a.npz", "b.npz"], "unexpected extra argument"),
     (["a.npz", "-o", "o.npz"], "No such option: -o"),
     (["missing.npz", "--ref", "r"], "does not exist"),

@@ -42,8 +42,9 @@ def _options(cmd):
 
 def test_every_command_is_listed():
     names = {" ".join(path) for path, _ in ALL}
-    assert names == {"presets", "import", "distill", "likelihood", "export", "serve", "teacher", "teacher import",
-                     "sample", "sample sweep", "fid", "fid stats", "translate", "translate edit", "metrics"}
+    assert names == {"presets", "import", "distill", "likelihood", "export", "serve", "teacher",
+                     "teacher import", "sample", "sample sweep", "fid", "fid stats", "translate",
+                     "translate edit", "metrics"}
 
 
 @pytest.mark.parametrize("path, cmd", ALL, ids=[" ".join(p) for p, _ in ALL])
@@ -53,13 +54,15 @@ def test_same_idea_same_names(path, cmd):
         assert not names & FORBIDDEN, (path, names)
         for idea, spelled in IDEAS.items():
             if names & spelled:
-                assert names == spelled, f"{' '.join(path)}: {idea} is {sorted(names)}, elsewhere {sorted(spelled)}"
+                assert names == spelled, (f"{' '.join(path)}: {idea} is {sorted(names)}, elsewhere "
+                                          f"{sorted(spelled)}")
 
 
 @pytest.mark.parametrize("path, cmd", ALL, ids=[" ".join(p) for p, _ in ALL])
 def test_model_readers_take_ckpt_and_the_same_ema(path, cmd):
     opts = {o.opts[0]: o for o in _options(cmd)}
-    if "--ema" in opts and path not in (("import",), ("teacher", "import")):  # import (and its alias teacher import)
+    # import (and its alias teacher import)
+    if "--ema" in opts and path not in (("import",), ("teacher", "import")):
         # reads a foreign file given as its argument
         assert "--ckpt" in opts, path
         assert opts["--ema"].metavar == "ema|net|target|ema_RATE", path
@@ -91,7 +94,8 @@ def test_cli_choices_are_the_library_choices():
 
 
 def test_docs_cli_md_is_current():
-    assert DOC.read_text() == render(), "docs/cli.md is out of date: python -m ctmtool.cli.reference > docs/cli.md"
+    assert DOC.read_text() == render(), ("docs/cli.md is out of date: python -m ctmtool.cli.reference > "
+                                         "docs/cli.md")
     for path, cmd in ALL:
         section = DOC.read_text().split(f"## `ctmtool {' '.join(path)}`\n")[1].split("\n## ")[0]
         for opt in _options(cmd):
@@ -117,7 +121,8 @@ for args in runs:
     except SystemExit as e:
         assert e.code in (0, None), (args, e.code)
 print(json.dumps({"runs": len(runs), "torch": "torch" in sys.modules,
-                  "heavy": sorted(m for m in ("torch", "numpy.linalg", "scipy", "PIL.Image", "safetensors", "pydantic")
+                  "heavy": sorted(m for m in ("torch", "numpy.linalg", "scipy", "PIL.Image", "safetensors",
+                                              "pydantic")
                                   if m in sys.modules)}))
 """
 

@@ -1,5 +1,5 @@
-"""Issue 29: hostile inputs, racing runs, full disks and signals, through the command line, one test per class.
-Each test failed before the issue's fixes (a traceback, an exit-0 failure, a hang or lost data)."""
+"""Issue 29: hostile inputs, racing runs, full disks and signals, through the command line, one test per
+class. Each test failed before the issue's fixes (a traceback, an exit-0 failure, a hang or lost data)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _rewrite(src: Path, dest: Path, drop_checksum: bool = False, **changes) -> P
     return dest
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 1. Validation at the edge, by type
 
 
@@ -88,7 +88,7 @@ def test_settings_and_options_are_refused_by_type_before_any_work(tmp_path, monk
     _refused(["likelihood", "complex.npz", "--ckpt", ctm, "--device", "cpu"], "complex")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 2. Checkpoints prove themselves
 
 
@@ -146,7 +146,8 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
 
     monkeypatch.setattr(checkpoint, "save_file", full)
-    with pytest.raises(checkpoint.UserError, match="could not write checkpoint .* previous checkpoint is untouched"):
+    with pytest.raises(checkpoint.UserError,
+                       match="could not write checkpoint .* previous checkpoint is untouched"):
         save_checkpoint(first, ckpt)
     assert first.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
 
@@ -158,8 +159,8 @@ def tiny_tmpfs(tmp_path):
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip() or 'not root'}); the monkeypatched "
-                    "full-disk tests cover the same paths")
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip() or 'not root'}); the "
+                    "monkeypatched full-disk tests cover the same paths")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
@@ -182,13 +183,14 @@ def test_a_really_full_disk(tiny_tmpfs):
     with pytest.raises(UserError, match="could not write checkpoint"):
         save_checkpoint(tiny_tmpfs / "ckpt-2.safetensors", load_checkpoint(ck))
     assert ck.read_bytes() == before
-    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["ckpt-1.safetensors", "filler"]  # no temporary left
+    # no temporary left
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["ckpt-1.safetensors", "filler"]
     with RunLock(tiny_tmpfs):  # the lock holds though its process id cannot be written
         pass
     assert not (tiny_tmpfs / ".lock").exists()  # and no empty lock is left to refuse the folder later
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 3. Bounded work
 
 
@@ -244,7 +246,7 @@ def test_hostile_pickles_are_refused_quickly_without_rendering_them(tmp_path, mo
     _refused(["teacher", "import", "many.pkl", "-o", "m.safetensors"], "at most 1000 operations")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 4. Runs that cannot race; outputs that never share a path
 
 
@@ -253,13 +255,14 @@ SETS = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512", "
 
 
 def test_a_second_run_into_a_live_run_directory_is_refused_before_it_touches_anything(tmp_path):
-    """Two runs started seconds apart into one folder both exited 0 and the first run's checkpoints were rotated away
-    (the lock was released between inspecting the folder and training)."""
+    """Two runs started seconds apart into one folder both exited 0 and the first run's checkpoints were
+    rotated away (the lock was released between inspecting the folder and training)."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ctmtool", "teacher", "--preset", "toy", *[a for s in SETS for a in ("--set", s)],
-           "--run-dir", str(run), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "ctmtool", "teacher", "--preset", "toy",
+           *[a for s in SETS for a in ("--set", s)], "--run-dir", str(run), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([*cmd, "--kimg", "100000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen([*cmd, "--kimg", "100000"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
         while not list(run.glob("ckpt-*.safetensors")) and time.time() < deadline and first.poll() is None:
@@ -267,10 +270,12 @@ def test_a_second_run_into_a_live_run_directory_is_refused_before_it_touches_any
         held = sorted(run.glob("ckpt-*.safetensors"))
         assert held, first.stderr.read().decode() if first.poll() is not None else "no checkpoint in 120 s"
         for extra in (["--force"], ["--resume"], ["--auto-resume"]):
-            r = subprocess.run([*cmd, "--kimg", "0.32", *extra], env=env, capture_output=True, text=True, timeout=120)
+            r = subprocess.run([*cmd, "--kimg", "0.32", *extra], env=env, capture_output=True, text=True,
+                               timeout=120)
             assert r.returncode == 2 and "is in use by process" in r.stderr, (extra, r.stderr)
             assert r.stderr.strip().splitlines()[-1].startswith("error: ")
-        assert first.poll() is None and list(run.glob("ckpt-*.safetensors"))  # still running, still checkpointing
+        # still running, still checkpointing
+        assert first.poll() is None and list(run.glob("ckpt-*.safetensors"))
     finally:
         first.send_signal(signal.SIGTERM)
         _, err = first.communicate(timeout=60)
@@ -306,7 +311,7 @@ def test_one_commands_outputs_are_all_written_or_none(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors", "g.safetensors", "p.npz"]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 6. Signals end every command with 130 / 143 and one line
 
 
@@ -337,7 +342,8 @@ def test_signals_end_long_commands_with_their_exit_code(tmp_path, sig):
     cases = [
         (["likelihood", "p.npz", "--ckpt", ctm, "--solver", "rk4", "--steps", "3000000", "--device", "cpu",
           "--no-limits"], "likelihood of"),
-        (["sample", "--ckpt", ctm, "--nfe", "300000", "--n", "64", "--out", "-", "--device", "cpu", "--no-limits"],
+        (["sample", "--ckpt", ctm, "--nfe", "300000", "--n", "64", "--out", "-", "--device", "cpu",
+          "--no-limits"],
          "using checkpoint"),
         (["serve", "--ckpt", ctm, "--port", str(_free_port()), "--backend", "torch"], "serving"),
     ]
@@ -345,7 +351,8 @@ def test_signals_end_long_commands_with_their_exit_code(tmp_path, sig):
         r = _signalled(args, sig, ready, tmp_path)
         assert r.returncode == 128 + sig, (args[0], r.returncode, r.stderr[-2000:])
         last = r.stderr.strip().splitlines()[-1]
-        assert last == f"error: interrupted by {sig.name}" and "Traceback" not in r.stderr, (args[0], r.stderr[-2000:])
+        assert last == f"error: interrupted by {sig.name}" and "Traceback" not in r.stderr, \
+            (args[0], r.stderr[-2000:])
 
 
 def _free_port() -> int:

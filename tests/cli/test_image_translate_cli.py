@@ -19,8 +19,9 @@ from ctmtool.gctm.source_data import load_source
 from tests.cli.conftest import one_error_line
 
 TINY = ["net.unet.model_channels=16", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
-        "net.unet.attn_resolutions=[]", "net.unet.dropout=0.0", "data.resolution=8", "gctm.source.resolution=8",
-        "distill.batch=16", "gctm.grid=4", "gctm.max_steps=2", "distill.compile=false"]
+        "net.unet.attn_resolutions=[]", "net.unet.dropout=0.0", "data.resolution=8",
+        "gctm.source.resolution=8", "distill.batch=16", "gctm.grid=4", "gctm.max_steps=2",
+        "distill.compile=false"]
 
 
 def _folder(path, n, lo, hi, size=8, seed=0):
@@ -46,8 +47,8 @@ def _sets(*pairs):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("i2i")
     a, b = _folder(root / "A", 24, 0, 80), _folder(root / "B", 24, 170, 256, seed=1)
-    r = _run("distill", "--preset", "image-translate", "--data", b, "--run-dir", root / "run", "--kimg", "0.048",
-             "--device", "cpu", "--json", *_sets(*TINY, f"gctm.source.path={a}"))
+    r = _run("distill", "--preset", "image-translate", "--data", b, "--run-dir", root / "run", "--kimg",
+             "0.048", "--device", "cpu", "--json", *_sets(*TINY, f"gctm.source.path={a}"))
     assert r.exit_code == 0, r.stderr
     return root, json.loads(r.stdout)
 
@@ -69,7 +70,8 @@ def test_trains_on_two_folders_and_translates_a_folder(trained):
 @pytest.mark.parametrize("kind", ["dataset", "dataset-ot"])
 def test_dataset_couplings_draw_sources_from_the_other_folder(tmp_path, kind):
     a, b = _folder(tmp_path / "A", 20, 0, 40), _folder(tmp_path / "B", 20, 215, 256, seed=1)
-    p = load_preset("image-translate", [*TINY, f"gctm.source.path={a}", f"data.path={b}", f'gctm.coupling="{kind}"'])
+    p = load_preset("image-translate",
+                    [*TINY, f"gctm.source.path={a}", f"data.path={b}", f'gctm.coupling="{kind}"'])
     from ctmtool.data import load_dataset
 
     target = load_dataset(p.data)
@@ -78,8 +80,10 @@ def test_dataset_couplings_draw_sources_from_the_other_folder(tmp_path, kind):
     g = torch.Generator().manual_seed(0)
     y0, x1 = c.pair(x0, None, g)
     assert torch.equal(y0, x0) and x1.shape == x0.shape
-    assert float(x1.max()) <= -0.68 and float(x0.min()) >= 0.68  # dark sources (<= 40), bright targets (>= 215)
-    if kind == "dataset-ot":  # OT pairing permutes the drawn sources: the same multiset as an independent draw
+    # dark sources (<= 40), bright targets (>= 215)
+    assert float(x1.max()) <= -0.68 and float(x0.min()) >= 0.68
+    # OT pairing permutes the drawn sources: the same multiset as an independent draw
+    if kind == "dataset-ot":
         g2 = torch.Generator().manual_seed(0)
         drawn = make_coupling("dataset", source=load_source(p, target)).pair(x0, None, g2)[1]
         assert torch.equal(drawn.flatten(1).sum(1).sort().values, x1.flatten(1).sum(1).sort().values)
@@ -101,8 +105,8 @@ def test_source_is_resized_and_greyscale_made_rgb(tmp_path):
 
 def test_missing_source_table_is_one_error_line(tmp_path):
     b = _folder(tmp_path / "B", 4, 0, 256)
-    r = _run("distill", "--preset", "toy-translate", "--data", b, "--run-dir", tmp_path / "run", "--device", "cpu",
-             *_sets("data.source=folder", 'gctm.coupling="dataset"', "net.kind=unet", *TINY[:5]))
+    r = _run("distill", "--preset", "toy-translate", "--data", b, "--run-dir", tmp_path / "run", "--device",
+             "cpu", *_sets("data.source=folder", 'gctm.coupling="dataset"', "net.kind=unet", *TINY[:5]))
     assert "[gctm.source]" in one_error_line(r)
 
 
@@ -129,7 +133,8 @@ def test_translate_passes_class_labels_to_a_conditional_gctm(tmp_path, make_chec
     model, _ = open_model(str(ckpt), None, "ema", torch.device("cpu"))
     x = torch.from_numpy(np.load(tmp_path / "one.npz")["inputs"]).permute(0, 3, 1, 2).float() / 127.5 - 1
     want = translate(model, x, plan_translation(model), labels=torch.full((4,), 2))
-    assert np.abs(one.astype(int) - ((want + 1) * 127.5).round().clamp(0, 255).permute(0, 2, 3, 1).numpy()).max() <= 1
+    assert np.abs(one.astype(int)
+                  - ((want + 1) * 127.5).round().clamp(0, 255).permute(0, 2, 3, 1).numpy()).max() <= 1
     assert not np.array_equal(one, from_folders)
     assert "outside the model's 3 classes" in one_error_line(
         _run("translate", src, "--ckpt", ckpt, "-o", tmp_path / "bad", "--class", "5", "--device", "cpu"))

@@ -1,4 +1,5 @@
-"""The imagenet64 preset: the paper's settings, and `ctmtool distill` naming the missing teacher or data file."""
+"""The imagenet64 preset: the paper's settings, and `ctmtool distill` naming the missing teacher or data
+file."""
 
 from __future__ import annotations
 
@@ -48,4 +49,5 @@ def test_distill_without_data_names_the_files_and_the_folder(tmp_path):
              "--run-dir", str(tmp_path / "run"), "--device", "cpu", env=env)
     assert r.exit_code == 2, r.stderr
     msg = r.stderr
-    assert str(tmp_path / "data" / "imagenet64") in msg and "train_data_batch_*.npz" in msg and "map_clsloc.txt" in msg
+    assert (str(tmp_path / "data" / "imagenet64") in msg and "train_data_batch_*.npz" in msg
+            and "map_clsloc.txt" in msg)

@@ -1,12 +1,13 @@
-"""`ctmtool import` of every official format from the command line, then `ctmtool sample` / `translate` from the result.
+"""`ctmtool import` of every official format from the command line, then `ctmtool sample` / `translate` from
+the result.
 
 Each file is written in its published format with small random weights: OpenAI's ADM teacher
 (`edm_imagenet64_ema.pt`: a `UNetModel` state dict), Sony's CTM (`ema_0.999_*.pt`: the same with
 `time_embed_s`), ctm-cifar10 (`EDMPrecond_CTM` state dict), GCTM (`train_gctm.py`'s dict), and NVIDIA's EDM
 pickles (a SongUNet, and the ImageNet ADM `edm-imagenet-64x64-cond-adm.pkl` layout: `EDMPrecond` around a
 `DhariwalUNet`, built here from NVlabs/edm training/networks.py 134-187, 372-433 with the stand-ins of
-tests/importers/test_edm_pickle.py; nothing in the pickle runs). bench/xcheck_edm_adm.py and bench/xcheck_adm.py
-compare the same conversions with the official code.
+tests/importers/test_edm_pickle.py; nothing in the pickle runs). bench/xcheck_edm_adm.py and
+bench/xcheck_adm.py compare the same conversions with the official code.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ def _adm_state(use_s: bool) -> dict:
 
 
 class DhariwalBlock(edm_t.Persistent):
-    """EDM's UNetBlock as DhariwalUNet builds it: adaptive scale, eps 1e-5, 64 channels per head, skip_scale 1."""
+    """EDM's UNetBlock as DhariwalUNet builds it: adaptive scale, eps 1e-5, 64 channels per head, skip_scale
+    1."""
 
     def __init__(self, gen, in_channels, out_channels, emb_channels, up=False, down=False, attention=False):
-        super().__init__(gen, in_channels=in_channels, out_channels=out_channels, emb_channels=emb_channels, up=up,
-                         down=down, attention=attention, channels_per_head=64, dropout=0.1)
+        super().__init__(gen, in_channels=in_channels, out_channels=out_channels, emb_channels=emb_channels,
+                         up=up, down=down, attention=attention, channels_per_head=64, dropout=0.1)
         self.in_channels, self.out_channels, self.up, self.down = in_channels, out_channels, up, down
         self.num_heads = out_channels // 64 if attention else 0
         self.norm0 = edm_t.GroupNorm(gen, in_channels)
@@ -77,8 +79,9 @@ class DhariwalBlock(edm_t.Persistent):
 
 
 class DhariwalUNet(edm_t.Persistent):
-    def __init__(self, gen, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0, model_channels=192,
-                 channel_mult=(1, 2, 3, 4), num_blocks=3, attn_resolutions=(32, 16, 8), record=None, **_):
+    def __init__(self, gen, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0,
+                 model_channels=192, channel_mult=(1, 2, 3, 4), num_blocks=3, attn_resolutions=(32, 16, 8),
+                 record=None, **_):
         super().__init__(gen, **record)
         emb = 4 * model_channels
         self.map_noise = edm_t.PositionalEmbedding(gen, model_channels)
@@ -96,7 +99,8 @@ class DhariwalUNet(edm_t.Persistent):
                 self.enc[f"{res}x{res}_down"] = DhariwalBlock(gen, cout, cout, emb, down=True)
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = DhariwalBlock(gen, cin, cout, emb, attention=res in attn_resolutions)
+                self.enc[f"{res}x{res}_block{idx}"] = DhariwalBlock(gen, cin, cout, emb,
+                                                                    attention=res in attn_resolutions)
         skips = [b.out_channels for b in self.enc.values()]
         self.dec = torch.nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -108,7 +112,8 @@ class DhariwalUNet(edm_t.Persistent):
                 self.dec[f"{res}x{res}_up"] = DhariwalBlock(gen, cout, cout, emb, up=True)
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = DhariwalBlock(gen, cin, cout, emb, attention=res in attn_resolutions)
+                self.dec[f"{res}x{res}_block{idx}"] = DhariwalBlock(gen, cin, cout, emb,
+                                                                    attention=res in attn_resolutions)
         self.out_norm = edm_t.GroupNorm(gen, cout)
         self.out_conv = edm_t.Conv2d(gen, cout, out_channels, 3)
 
@@ -132,7 +137,8 @@ def _block(b, x, emb):
     x = _conv(b.conv1, F.silu(torch.addcmul(shift, _gn(b.norm1, x), scale + 1)))
     x = x + (_conv(b.skip, orig) if b.skip is not None else orig)
     if b.num_heads:
-        q, k, v = _conv(b.qkv, _gn(b.norm2, x)).reshape(x.shape[0] * b.num_heads, x.shape[1] // b.num_heads, 3,
+        q, k, v = _conv(b.qkv, _gn(b.norm2, x)).reshape(x.shape[0] * b.num_heads, x.shape[1] // b.num_heads,
+                                                        3,
                                                           -1).unbind(2)
         w = torch.einsum("ncq,nck->nqk", q, k / math.sqrt(q.shape[1])).softmax(dim=2)
         x = _conv(b.proj, torch.einsum("nqk,nck->ncq", w, v).reshape(*x.shape)) + x
@@ -140,14 +146,16 @@ def _block(b, x, emb):
 
 
 def dhariwal_denoise(pre, x, sigma, onehot):
-    """EDMPrecond.forward (networks.py 654-668) around DhariwalUNet.forward (435-470), from the stand-in's tensors."""
+    """EDMPrecond.forward (networks.py 654-668) around DhariwalUNet.forward (435-470), from the stand-in's
+    tensors."""
     m, s = pre.model, sigma.reshape(-1, 1, 1, 1)
     c_skip, c_out, c_in = 0.25 / (s**2 + 0.25), s * 0.5 / (s**2 + 0.25).sqrt(), 1 / (0.25 + s**2).sqrt()
     half = m.map_noise.num_channels // 2
     freqs = (1 / 10000) ** (torch.arange(half, dtype=torch.float32) / half)
     emb = torch.outer(sigma.log() / 4, freqs)
     emb = torch.cat([emb.cos(), emb.sin()], dim=1)
-    emb = F.linear(F.silu(F.linear(emb, m.map_layer0.weight, m.map_layer0.bias)), m.map_layer1.weight, m.map_layer1.bias)
+    emb = F.linear(F.silu(F.linear(emb, m.map_layer0.weight, m.map_layer0.bias)), m.map_layer1.weight,
+                   m.map_layer1.bias)
     emb = F.silu(emb + F.linear(onehot, m.map_label.weight))
     h, skips = c_in * x, []
     for blk in m.enc.values():
@@ -165,9 +173,9 @@ def _edm_adm_pickle(tmp_path: Path, sentinel: Path) -> tuple[Path, object]:
     saved = edm_t.DhariwalUNet
     edm_t.DhariwalUNet = DhariwalUNet  # the precond factory looks the network class up in test_edm_pickle
     try:
-        pre = cls(torch.Generator().manual_seed(0), img_resolution=16, img_channels=3, label_dim=5, use_fp16=False,
-                  model_type="DhariwalUNet", model_channels=128, channel_mult=[1, 1], num_blocks=1,
-                  attn_resolutions=[8], augment_dim=9, dropout=0.1).eval()
+        pre = cls(torch.Generator().manual_seed(0), img_resolution=16, img_channels=3, label_dim=5,
+                  use_fp16=False, model_type="DhariwalUNet", model_channels=128, channel_mult=[1, 1],
+                  num_blocks=1, attn_resolutions=[8], augment_dim=9, dropout=0.1).eval()
     finally:
         edm_t.DhariwalUNet = saved
     path = tmp_path / "edm-imagenet-16x16-cond-adm.pkl"
@@ -213,7 +221,8 @@ def test_import_then_sample_from_the_command_line(tmp_path, fmt, kind):
     info = _ok(_cli("import", f, "--out", out, *extra, "--json"))
     assert info["kind"] == kind and out.is_file() and info["data_shape"] == [3, 16, 16]
     steps = ["--steps", 2] if kind == "teacher" else ["--nfe", 1]
-    res = _ok(_cli("sample", "--ckpt", out, "--n", 2, *steps, "--out", tmp_path / "s.npz", "--device", "cpu", "--json"))
+    res = _ok(_cli("sample", "--ckpt", out, "--n", 2, *steps, "--out", tmp_path / "s.npz", "--device", "cpu",
+                   "--json"))
     x = np.load(tmp_path / "s.npz")["samples"]
     assert res["n"] == 2 and x.shape[0] == 2 and np.isfinite(x).all()
     assert not (tmp_path / "code-was-run").exists()
@@ -238,8 +247,8 @@ def test_edm_imagenet_adm_pickle_denoises_as_edm(tmp_path):
 
 
 def test_gctm_import_with_source_noise_then_translate(tmp_path):
-    """A GCTM file imports with its X1_eps_std; `translate` then computes G(x1 + eps_std * eps, 1, 0) with the eps
-    of item i's seed, as the official evaluation on Sampler.sample_X1 does."""
+    """A GCTM file imports with its X1_eps_std; `translate` then computes G(x1 + eps_std * eps, 1, 0) with the
+    eps of item i's seed, as the official evaluation on Sampler.sample_X1 does."""
     from ctmtool.core.noise import ImageNoise
 
     p = imp_t._preset()
@@ -247,8 +256,8 @@ def test_gctm_import_with_source_noise_then_translate(tmp_path):
     rng = torch.Generator().manual_seed(1)
     net = imp_t._gctm_official(src.state_dict(), rng)
     f = tmp_path / "idx_250_best.pt"
-    torch.save({"X0_eval": torch.zeros(1), "X1_eval": torch.zeros(1), "net": net, "net_ema": net, "opt_CTM": {},
-                "avgmeter": {}, "best_FID": 30.0}, f)
+    torch.save({"X0_eval": torch.zeros(1), "X1_eval": torch.zeros(1), "net": net, "net_ema": net,
+                "opt_CTM": {}, "avgmeter": {}, "best_FID": 30.0}, f)
     out = tmp_path / "g.safetensors"
     r = _cli("import", f, "--out", out, "--var0", 0.23, "--var1", 0.01, "--cov01", 0.0, "--x1-eps-std", 0.05)
     assert r.exit_code == 0, r.stderr
@@ -256,7 +265,8 @@ def test_gctm_import_with_source_noise_then_translate(tmp_path):
     assert m.preset.gctm.source_noise == 0.05 and math.isclose(m.meta["moments"]["var1"], 0.01 + 0.05**2)
     u8 = torch.randint(0, 256, (3, 16, 16, 3), generator=rng, dtype=torch.uint8)
     np.savez(tmp_path / "x1.npz", samples=u8.numpy())  # images: uint8 NHWC
-    _ok(_cli("translate", tmp_path / "x1.npz", "--ckpt", out, "--out", tmp_path / "y.npz", "--seed", 7, "--json"))
+    _ok(_cli("translate", tmp_path / "x1.npz", "--ckpt", out, "--out", tmp_path / "y.npz", "--seed", 7,
+             "--json"))
     y = torch.from_numpy(np.load(tmp_path / "y.npz")["samples"]).int()
     x1 = u8.permute(0, 3, 1, 2).float() / 127.5 - 1
     eps = ImageNoise([7, 8, 9], (3, 16, 16), "cpu")()

@@ -65,7 +65,8 @@ def _one_error_line(res) -> str:
 
 def test_points_json_and_csv(app, points, tmp_path):
     out = tmp_path / "items.csv"
-    res = _run(app, str(points), "--preset", "toy", "--analytic", "--json", "--per-item", str(out), "--batch", "5")
+    res = _run(app, str(points), "--preset", "toy", "--analytic", "--json", "--per-item", str(out), "--batch",
+               "5")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert KEYS <= set(r)
@@ -83,8 +84,8 @@ def test_points_json_and_csv(app, points, tmp_path):
 
 def test_elbo_is_labelled_a_bound_and_jsonl(app, points, tmp_path):
     out = tmp_path / "items.jsonl"
-    res = _run(app, str(points), "-p", "toy", "--analytic", "--method", "elbo", "--elbo-samples", "16", "--n", "4",
-               "--json", "--per-item", str(out))
+    res = _run(app, str(points), "-p", "toy", "--analytic", "--method", "elbo", "--elbo-samples", "16", "--n",
+               "4", "--json", "--per-item", str(out))
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["method"] == "elbo" and r["bound"] == "upper bound on NLL" and r["n"] == 4
@@ -94,8 +95,8 @@ def test_elbo_is_labelled_a_bound_and_jsonl(app, points, tmp_path):
 
 def test_images_from_a_checkpoint_with_hutchinson(app, images, tmp_path, make_checkpoint):
     ckpt = make_checkpoint(tmp_path / "teacher.safetensors", "teacher", (1, 8, 8))
-    res = _run(app, str(images), "--ckpt", str(ckpt), "--probes", "2", "--probe-dist", "gaussian", "--rtol", "1e-2", "--atol", "1e-2",
-               "--dequant-draws", "2", "--json")
+    res = _run(app, str(images), "--ckpt", str(ckpt), "--probes", "2", "--probe-dist", "gaussian", "--rtol",
+               "1e-2", "--atol", "1e-2", "--dequant-draws", "2", "--json")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["divergence"] == "hutchinson" and r["probes"] == 2 and r["dim"] == 64 and r["n"] == 5
@@ -109,7 +110,8 @@ def test_newest_checkpoint_of_run_dir_is_announced(app, points, tmp_path, make_c
     old = make_checkpoint(run / "a.safetensors", "teacher")
     new = make_checkpoint(run / "b.safetensors", "teacher")
     os.utime(old, (time.time() - 100, time.time() - 100))
-    res = _run(app, str(points), "--run-dir", str(run), "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--json")
+    res = _run(app, str(points), "--run-dir", str(run), "--n", "2", "--rtol", "1e-2", "--atol", "1e-2",
+               "--json")
     assert res.exit_code == 0, res.output
     assert f"using checkpoint {new}" in res.stderr.replace("\n", "")
     assert json.loads(res.stdout)["model"] == str(new)
@@ -117,7 +119,8 @@ def test_newest_checkpoint_of_run_dir_is_announced(app, points, tmp_path, make_c
 
 def test_bad_inputs_give_one_line_errors(app, points, images, tmp_path, make_checkpoint):
     assert "missing DATA" in _one_error_line(_run(app, "--preset", "toy", "--analytic"))
-    assert "does not exist" in _one_error_line(_run(app, str(tmp_path / "nope.npz"), "-p", "toy", "--analytic"))
+    assert "does not exist" in _one_error_line(_run(app, str(tmp_path / "nope.npz"), "-p", "toy",
+                                                    "--analytic"))
     gctm = make_checkpoint(tmp_path / "gctm.safetensors", "gctm")
     assert "GCTM" in _one_error_line(_run(app, str(points), "--ckpt", str(gctm)))
     for opt, val in (("--method", "exact"), ("--divergence", "trace"), ("--probe-dist", "uniform"),
@@ -132,13 +135,14 @@ def test_bad_inputs_give_one_line_errors(app, points, images, tmp_path, make_che
 
 
 def test_ctm_paper_protocol_from_the_command_line(app, images, tmp_path, make_checkpoint):
-    """--protocol ctm-paper: the CTM paper's estimate (sony/ctm eval_bpd.py) of the same images, seeded; the exact
-    protocol's figure is a different quantity (docs/likelihood.md)."""
+    """--protocol ctm-paper: the CTM paper's estimate (sony/ctm eval_bpd.py) of the same images, seeded; the
+    exact protocol's figure is a different quantity (docs/likelihood.md)."""
     from ctmtool.core.likelihood_paper import ctm_paper_bpd
     from ctmtool.core.models import load_model
 
     ckpt = make_checkpoint(tmp_path / "ctm.safetensors", "ctm", (1, 8, 8))
-    res = _run(app, str(images), "--ckpt", str(ckpt), "--protocol", "ctm-paper", "--seed", "3", "--batch", "5", "--json")
+    res = _run(app, str(images), "--ckpt", str(ckpt), "--protocol", "ctm-paper", "--seed", "3", "--batch",
+               "5", "--json")
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["protocol"] == "ctm-paper" and r["n"] == 5 and r["dim"] == 64 and r["nfe"] > 0

@@ -75,9 +75,10 @@ def _run(*args: str):
 
 
 def test_all_metrics_equal_the_library_functions_on_the_same_features(env):
-    net, fake, real = _net(env / "heads.pt"), _npz(env / "fake.npz", 40, lo=60), _npz(env / "real.npz", 50, seed=1)
-    r = _run(str(fake), "--ref", str(real), "--features", str(net), "--json", "--batch", "16", "--is-split-size", "20",
-             "--kid-subset-size", "30", "--kid-subsets", "5")
+    net, fake, real = (_net(env / "heads.pt"), _npz(env / "fake.npz", 40, lo=60),
+                       _npz(env / "real.npz", 50, seed=1))
+    r = _run(str(fake), "--ref", str(real), "--features", str(net), "--json", "--batch", "16",
+             "--is-split-size", "20", "--kid-subset-size", "30", "--kid-subsets", "5")
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["metrics"] == ["fid", "kid", "is", "pr", "sfid"] and (out["n"], out["n_ref"]) == (40, 50)
@@ -87,7 +88,8 @@ def test_all_metrics_equal_the_library_functions_on_the_same_features(env):
     xr = torch.from_numpy(np.load(real)["samples"]).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
         pf, pr_ = m(xf).double().numpy(), m(xr).double().numpy()
-        sf, sr = m.spatial(xf)[:, :7].flatten(1).double().numpy(), m.spatial(xr)[:, :7].flatten(1).double().numpy()
+        sf, sr = (m.spatial(xf)[:, :7].flatten(1).double().numpy(),
+                  m.spatial(xr)[:, :7].flatten(1).double().numpy())
         lg = m.classify(xf).double().numpy()
 
     def fd(a, b):
@@ -142,7 +144,8 @@ def test_usage_errors(env, args, message):
 
 def test_offline_inception_names_its_weight_file(env):
     a = _npz(env / "a.npz", 4)
-    proc = subprocess.run([sys.executable, "-m", "ctmtool", "metrics", str(a), "--ref", str(a), "--device", "cpu"],
+    proc = subprocess.run([sys.executable, "-m", "ctmtool", "metrics", str(a), "--ref", str(a), "--device",
+                           "cpu"],
                           capture_output=True, text=True, env={**os.environ}, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]

@@ -17,7 +17,8 @@ from ctmtool import __version__
 from ctmtool.cli.app import app
 
 ENV = {"COLUMNS": "200"}
-ANALYTIC = ["sample", "--analytic", "--preset", "toy", "--solver", "heun", "--steps", "4", "--n", "16", "--device", "cpu"]
+ANALYTIC = ["sample", "--analytic", "--preset", "toy", "--solver", "heun", "--steps", "4", "--n", "16",
+            "--device", "cpu"]
 
 COMMANDS = {
     (): ["presets", "teacher", "distill", "sample", "likelihood", "fid", "translate"],
@@ -27,8 +28,9 @@ COMMANDS = {
     ("teacher", "import"): ["--out", "--force", "--json"],
     ("distill",): ["--preset", "--teacher", "--data", "--run-dir", "--kimg", "--minutes", "--resume", "--set",
                    "--device", "--force", "--json"],
-    ("sample",): ["--ckpt", "--run-dir", "--nfe", "--gamma", "--sigmas", "--solver", "--steps", "--n", "--batch",
-                  "--seed", "--class", "--ema", "--analytic", "--preset", "--out", "--device", "--force", "--json"],
+    ("sample",): ["--ckpt", "--run-dir", "--nfe", "--gamma", "--sigmas", "--solver", "--steps", "--n",
+                  "--batch", "--seed", "--class", "--ema", "--analytic", "--preset", "--out", "--device",
+                  "--force", "--json"],
     ("likelihood",): ["--ckpt", "--analytic", "--preset", "--json"],
     ("fid",): ["--json"],
     ("translate",): ["--ckpt", "--out", "--nfe", "--gamma", "--degrade", "--json"],
@@ -84,7 +86,8 @@ def test_no_args_shows_help_and_version():
 
 
 def test_module_entry_point():
-    r = subprocess.run([sys.executable, "-m", "ctmtool", "--version"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "ctmtool", "--version"], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == f"ctmtool {__version__}"
 
 
@@ -213,8 +216,10 @@ def test_sample_gamma_out_of_range(ctm_ckpt, gamma):
 
 
 def test_sample_gamma_for_a_teacher_is_refused_as_inapplicable():
-    """A teacher is solved by Heun: any --gamma (even an out-of-range one) is refused as not applying to it."""
-    assert "--gamma applies to gamma-sampling" in _single_error_line(_run(*ANALYTIC, "--gamma", "2", "--out", "-"))
+    """A teacher is solved by Heun: any --gamma (even an out-of-range one) is refused as not applying to
+    it."""
+    assert "--gamma applies to gamma-sampling" in _single_error_line(_run(*ANALYTIC, "--gamma", "2", "--out",
+                                                                          "-"))
 
 
 def test_sample_gamma_out_of_range_ctm(ctm_ckpt):

@@ -1,6 +1,6 @@
-"""The GCTM paper's presets (ffhq64-sr2/-deblur/-inpaint, cifar10-gctm) through the CLI, shrunk to tiny networks
-and images the test makes: they train a few steps with the paper's fixed moments and their operators, and a
-missing data folder is one error line saying what to download and where it goes."""
+"""The GCTM paper's presets (ffhq64-sr2/-deblur/-inpaint, cifar10-gctm) through the CLI, shrunk to tiny
+networks and images the test makes: they train a few steps with the paper's fixed moments and their operators,
+and a missing data folder is one error line saying what to download and where it goes."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def _faces(folder, n=8):
 @pytest.mark.parametrize("preset", ["ffhq64-sr2", "ffhq64-deblur", "ffhq64-inpaint", "cifar10-gctm"])
 def test_paper_presets_train_a_few_steps_with_their_settings(tmp_path, preset):
     data = _faces(tmp_path / "faces")
-    r = CliRunner().invoke(app, ["distill", "--preset", preset, "--data", str(data), "--run-dir", str(tmp_path / "run"),
-                                 "--kimg", "0.016", "--device", "cpu", "--json", *_sets(TINY)])
+    r = CliRunner().invoke(app, ["distill", "--preset", preset, "--data", str(data), "--run-dir",
+                                 str(tmp_path / "run"), "--kimg", "0.016", "--device", "cpu", "--json",
+                                 *_sets(TINY)])
     assert r.exit_code == 0, r.stderr
     ckpt = load_checkpoint(next((tmp_path / "run").rglob("*.safetensors")))
     p = load_preset(preset)
@@ -49,7 +50,8 @@ def test_paper_presets_train_a_few_steps_with_their_settings(tmp_path, preset):
 
 def test_paper_settings_as_the_official_configs():
     p = load_preset("ffhq64-inpaint")
-    assert (p.distill.batch, p.distill.lr, p.net.unet.model_channels, p.net.unet.num_blocks, p.gctm.dsm_times) == \
+    assert (p.distill.batch, p.distill.lr, p.net.unet.model_channels, p.net.unet.num_blocks,
+            p.gctm.dsm_times) == \
         (64, 1e-4, 128, 4, "beta_3_1")
     assert tuple(p.gctm.t_ctm_beta) == (1.0, 1.0) and p.gctm.time_sampler == "official"
     c = load_preset("cifar10-gctm").gctm
@@ -57,7 +59,8 @@ def test_paper_settings_as_the_official_configs():
 
 
 def test_missing_ffhq_folder_says_what_to_download(tmp_path):
-    r = CliRunner().invoke(app, ["distill", "--preset", "ffhq64-sr2", "--data", str(tmp_path / "FFHQ64" / "train"),
+    r = CliRunner().invoke(app,
+                           ["distill", "--preset", "ffhq64-sr2", "--data", str(tmp_path / "FFHQ64" / "train"),
                                  "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
     line = one_error_line(r)
     assert "does not exist" in line and "ffhq-dataset" in line and "64x64" in line

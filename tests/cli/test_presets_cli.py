@@ -60,10 +60,12 @@ def test_show_toy_toml_round_trips():
 
 
 def test_show_with_overrides():
-    r = _run("toy", "--set", "teacher.batch=64", "--set", "data.gmm.std=0.1", "--set", "gan.enabled=true", "--json")
+    r = _run("toy", "--set", "teacher.batch=64", "--set", "data.gmm.std=0.1", "--set", "gan.enabled=true",
+             "--json")
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
-    assert data["teacher"]["batch"] == 64 and data["data"]["gmm"]["std"] == 0.1 and data["gan"]["enabled"] is True
+    assert (data["teacher"]["batch"] == 64 and data["data"]["gmm"]["std"] == 0.1
+            and data["gan"]["enabled"] is True)
 
 
 def test_bad_override_is_one_error_line():

@@ -11,11 +11,13 @@ from typer.testing import CliRunner
 from ctmtool.cli.app import app
 
 TINY = ["--set", "net.mlp.hidden=16", "--set", "net.mlp.depth=1", "--set", "net.mlp.emb=8",
-        "--set", "teacher.batch=100", "--set", "teacher.log_every_kimg=0.2", "--set", "teacher.ckpt_every_kimg=1000"]
+        "--set", "teacher.batch=100", "--set", "teacher.log_every_kimg=0.2", "--set",
+        "teacher.ckpt_every_kimg=1000"]
 
 
 def _teacher(run, *extra):
-    return CliRunner().invoke(app, [*extra, "teacher", "--preset", "toy", "--kimg", "0.5", "--run-dir", str(run),
+    return CliRunner().invoke(app,
+                              [*extra, "teacher", "--preset", "toy", "--kimg", "0.5", "--run-dir", str(run),
                                     "--device", "cpu", *TINY])
 
 
@@ -67,4 +69,5 @@ def test_verbose_shows_the_whole_system_error(monkeypatch):
     loud = CliRunner().invoke(app, ["-v", "presets"])
     assert quiet.exit_code == loud.exit_code == 1
     assert "Traceback" not in quiet.stderr and quiet.stderr.count("\n") == 1
-    assert "Traceback" in loud.stderr and loud.stderr.strip().splitlines()[-1].startswith("error: No space left")
+    assert ("Traceback" in loud.stderr
+            and loud.stderr.strip().splitlines()[-1].startswith("error: No space left"))

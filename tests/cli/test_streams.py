@@ -37,8 +37,8 @@ def files(tmp_path_factory):
     tiny_checkpoint(d / "ctm.safetensors")
     write_checkpoint(d / "img.safetensors", "ctm", IMG, scale=0.1)
     preset = tiny_preset("toy-translate", 'gctm.coupling="corrupt:sr2"')
-    write_checkpoint(d / "gctm.safetensors", "gctm", IMG, preset, {"moments": {"var0": 0.3, "var1": 0.3, "cov01": 0.2}},
-                     scale=0.1)
+    write_checkpoint(d / "gctm.safetensors", "gctm", IMG, preset,
+                     {"moments": {"var0": 0.3, "var1": 0.3, "cov01": 0.2}}, scale=0.1)
 
     class Feat(torch.nn.Module):
         def forward(self, x):
@@ -57,12 +57,14 @@ def test_sample_into_likelihood(files):
     out = json.loads(r.stdout)  # stdout: only the likelihood's JSON
     assert out["n"] == 8 and np.isfinite(out["nll_nats"]) and out["data"] == "-"
     summaries = [json.loads(ln) for ln in r.stderr.decode().splitlines() if ln.startswith("{")]
-    assert len(summaries) == 1 and summaries[0]["out"] == "-" and summaries[0]["n"] == 32  # sample's, on stderr
+    # sample's, on stderr
+    assert len(summaries) == 1 and summaries[0]["out"] == "-" and summaries[0]["n"] == 32
 
 
 def test_sample_into_fid_and_stats(files):
     r = sh(f"{CT} fid stats real.npz -o ref.npz --features feat.pt --force --json >/dev/null\n"
-           f"{CT} sample --ckpt img.safetensors --nfe 1 -n 64 --out - | {CT} fid - --ref ref.npz --features feat.pt --json",
+           f"{CT} sample --ckpt img.safetensors --nfe 1 -n 64 --out - | {CT} fid - --ref ref.npz --features "
+           "feat.pt --json",
            files)
     assert r.returncode == 0, r.stderr.decode()
     out = json.loads(r.stdout)
@@ -88,7 +90,8 @@ def test_translate_and_edit_read_and_write_streams(files):
 
 def test_npy_bytes_are_read_as_samples(files):
     r = sh(f"{sys.executable} -c \"import numpy as np, sys; np.save(sys.stdout.buffer, "
-           f"np.load('real.npz')['samples'][:4])\" | {CT} translate - --ckpt gctm.safetensors --out t.npz --force --json",
+           f"np.load('real.npz')['samples'][:4])\" | {CT} translate - --ckpt gctm.safetensors --out t.npz "
+           "--force --json",
            files)
     assert r.returncode == 0, r.stderr.decode()
     assert json.loads(r.stdout)["n"] == 4 and np.load(files / "t.npz")["samples"].shape == (4, 8, 8, 1)

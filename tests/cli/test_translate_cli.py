@@ -1,4 +1,5 @@
-"""`ctmtool translate` and `ctmtool translate edit`: a tiny GCTM trained end to end, then used from the CLI."""
+"""`ctmtool translate` and `ctmtool translate edit`: a tiny GCTM trained end to end, then used from the
+CLI."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def image_gctm(tmp_path, make_checkpoint, tiny_preset):
     def build(coupling: str):
         preset = tiny_preset("toy-translate", f'gctm.coupling="{coupling}"')
         meta = {"moments": {"var0": 0.3, "var1": 0.3, "cov01": 0.2}}
-        return make_checkpoint(tmp_path / f"gctm-{coupling.replace(':', '_')}.safetensors", "gctm", IMG, preset,
-                               meta, scale=0.1)
+        return make_checkpoint(tmp_path / f"gctm-{coupling.replace(':', '_')}.safetensors", "gctm", IMG,
+                               preset, meta, scale=0.1)
 
     return build
 
@@ -88,8 +89,8 @@ def test_train_gctm_writes_a_gctm_checkpoint_with_moments(trained):
 
 def test_translate_points_json_grid_and_determinism(trained, tmp_path):
     res, points = trained
-    r = _run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "a.npz", "--grid", tmp_path / "g.png",
-             "--device", "cpu", "--json")
+    r = _run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "a.npz", "--grid",
+             tmp_path / "g.png", "--device", "cpu", "--json")
     assert r.exit_code == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["n"] == 300 and info["nfe"] == 1 and info["coupling"] == "toy-ot:moons" and info["grid"]
@@ -97,14 +98,16 @@ def test_translate_points_json_grid_and_determinism(trained, tmp_path):
         a, inputs = z["samples"], z["inputs"]
     assert a.shape == (300, 2) and np.isfinite(a).all()
     assert np.allclose(inputs, np.load(points)["samples"])
-    r = _run("translate", points, "--ckpt", res.checkpoint.parent, "--out", tmp_path / "b.npz", "--batch", "7",
-             "--device", "cpu")
+    r = _run("translate", points, "--ckpt", res.checkpoint.parent, "--out", tmp_path / "b.npz", "--batch",
+             "7", "--device", "cpu")
     assert r.exit_code == 0, r.stderr
     assert np.allclose(np.load(tmp_path / "b.npz")["samples"], a, atol=1e-5)  # BLAS blocking differs by batch
-    r = _run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "c.npz", "--nfe", "2", "--device", "cpu")
+    r = _run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "c.npz", "--nfe", "2",
+             "--device", "cpu")
     assert r.exit_code == 0, r.stderr
     assert np.load(tmp_path / "c.npz")["samples"].shape == (300, 2)
-    assert _run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "s.png", "--device", "cpu").exit_code == 0
+    assert _run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "s.png", "--device",
+                "cpu").exit_code == 0
     assert Image.open(tmp_path / "s.png").size[0] > 100
 
 
@@ -115,23 +118,26 @@ def test_translate_errors(trained, tmp_path, ctm_ckpt):
     msg = _error(_run("translate", points, "--ckpt", ctm_ckpt((2,)), "--out", tmp_path / "o.npz"))
     assert "GCTM" in msg and "translate edit" in msg
     (tmp_path / "taken.npz").write_bytes(b"x")
-    assert "--force" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "taken.npz"))
+    assert "--force" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out",
+                                    tmp_path / "taken.npz"))
     assert _run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "taken.npz", "--force",
                 "--device", "cpu").exit_code == 0
-    assert "folder of PNGs" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "dir"))
-    assert "corrupt" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "d.npz",
-                                    "--degrade"))
+    assert "folder of PNGs" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out",
+                                           tmp_path / "dir"))
+    assert "corrupt" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out",
+                                    tmp_path / "d.npz", "--degrade"))
     assert "gamma" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out", tmp_path / "e.npz",
                                   "--nfe", "2", "--gamma", "0.5", "--device", "cpu"))
     assert "No such option: --strokes" in _error(_run("translate", points, "--ckpt", res.checkpoint, "--out",
-                                                      tmp_path / "f.npz", "--strokes", points))  # edit's option
+                                                      # edit's option
+                                                      tmp_path / "f.npz", "--strokes", points))
 
 
 def test_translate_images_with_degrade_named_outputs_and_grid(tmp_path, image_gctm):
     ckpt = image_gctm("corrupt:sr2")
     src = _images(tmp_path / "in")
-    r = _run("translate", src, "--ckpt", ckpt, "--out", tmp_path / "out", "--degrade", "--grid", tmp_path / "g.png",
-             "--device", "cpu", "--json")
+    r = _run("translate", src, "--ckpt", ckpt, "--out", tmp_path / "out", "--degrade", "--grid",
+             tmp_path / "g.png", "--device", "cpu", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["files"] == 3
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0.png", "img1.png", "img2.png"]
@@ -158,11 +164,12 @@ def test_translate_splits_side_by_side_pairs(tmp_path, image_gctm):
 def test_edit_with_a_ctm_plain_and_with_strokes(tmp_path, ctm_ckpt):
     ckpt = ctm_ckpt()
     src = _images(tmp_path / "in", n=2)
-    r = _run("translate", "edit", src / "img0.png", "--ckpt", ckpt, "--strength", "0.3", "--out", tmp_path / "e.png",
-             "--device", "cpu", "--json")
+    r = _run("translate", "edit", src / "img0.png", "--ckpt", ckpt, "--strength", "0.3", "--out",
+             tmp_path / "e.png", "--device", "cpu", "--json")
     assert r.exit_code == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info["kind"] == "ctm" and info["level_unit"] == "sigma" and info["level"] == pytest.approx(0.3 / 0.7, abs=1e-6)
+    assert (info["kind"] == "ctm" and info["level_unit"] == "sigma"
+            and info["level"] == pytest.approx(0.3 / 0.7, abs=1e-6))
     assert Image.open(tmp_path / "e.png").size == (8, 8)
     strokes = np.asarray(Image.open(src / "img0.png")).copy()
     strokes[2:5, 2:5] = 255
@@ -170,9 +177,9 @@ def test_edit_with_a_ctm_plain_and_with_strokes(tmp_path, ctm_ckpt):
     mask = np.zeros((8, 8), np.uint8)
     mask[1:6, 1:6] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    r = _run("translate", "edit", src / "img0.png", "--ckpt", ckpt, "--strokes", tmp_path / "strokes.png", "--mask",
-             tmp_path / "mask.png", "--keep-unmasked", "--out", tmp_path / "s.npz", "--grid", tmp_path / "sg.png",
-             "--device", "cpu")
+    r = _run("translate", "edit", src / "img0.png", "--ckpt", ckpt, "--strokes", tmp_path / "strokes.png",
+             "--mask", tmp_path / "mask.png", "--keep-unmasked", "--out", tmp_path / "s.npz", "--grid",
+             tmp_path / "sg.png", "--device", "cpu")
     assert r.exit_code == 0, r.stderr
     out = np.load(tmp_path / "s.npz")["samples"][0, ..., 0]
     original = np.asarray(Image.open(src / "img0.png"))
@@ -182,7 +189,8 @@ def test_edit_with_a_ctm_plain_and_with_strokes(tmp_path, ctm_ckpt):
 def test_edit_errors(trained, tmp_path, ctm_ckpt, image_gctm):
     res, points = trained
     src = _images(tmp_path / "in", n=1)
-    assert "SDEdit" in _error(_run("translate", "edit", points, "--ckpt", res.checkpoint, "--out", tmp_path / "o.npz"))
+    assert "SDEdit" in _error(_run("translate", "edit", points, "--ckpt", res.checkpoint, "--out",
+                                   tmp_path / "o.npz"))
     assert "Missing argument 'IMAGE'" in _error(_run("translate", "edit", "--ckpt", res.checkpoint, "--out",
                                                      tmp_path / "o.npz"))
     ctm = ctm_ckpt()

@@ -1,5 +1,6 @@
 """`ctmtool translate --metrics`: PSNR/SSIM/LPIPS of the outputs against references, checked against
-scikit-image on the written files; SSIM itself against scikit-image and the closed form of identical images."""
+scikit-image on the written files; SSIM itself against scikit-image and the closed form of identical
+images."""
 
 from __future__ import annotations
 
@@ -44,22 +45,25 @@ def _u8(folder, names):
 
 def test_degrade_metrics_against_the_clean_inputs_match_scikit_image(tmp_path, gctm):
     src = _images(tmp_path / "in")
-    r = _run("translate", src, "--ckpt", gctm, "-o", tmp_path / "out", "--degrade", "--metrics", "psnr,ssim", "--json")
+    r = _run("translate", src, "--ckpt", gctm, "-o", tmp_path / "out", "--degrade", "--metrics", "psnr,ssim",
+             "--json")
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     names = [f"img{i}" for i in range(4)]
     y, clean = _u8(tmp_path / "out", names), _u8(src, names)
     want = np.mean([peak_signal_noise_ratio(c, o, data_range=255) for c, o in zip(clean, y, strict=True)])
     assert out["psnr"] == pytest.approx(want, rel=1e-9) and "clean inputs" in out["metrics_ref"]
-    ssim_u8 = np.mean([structural_similarity(c / 255, o / 255, gaussian_weights=True, sigma=1.5, data_range=1.0,
-                                             use_sample_covariance=False, channel_axis=2) for c, o in zip(clean, y, strict=True)])
+    ssim_u8 = np.mean([structural_similarity(c / 255, o / 255, gaussian_weights=True, sigma=1.5,
+                                             data_range=1.0, use_sample_covariance=False, channel_axis=2)
+                       for c, o in zip(clean, y, strict=True)])
     assert out["ssim"] == pytest.approx(ssim_u8, abs=5e-3)  # ours on float outputs, these on the saved uint8
 
 
 def test_ref_folder_is_matched_by_file_name(tmp_path, gctm):
     src = _images(tmp_path / "in", names=["b", "a"], seed=1)
     ref = _images(tmp_path / "ref", names=["a", "c", "b"], seed=2)
-    r = _run("translate", src, "--ckpt", gctm, "-o", tmp_path / "out", "--metrics", "psnr", "--ref", ref, "--json")
+    r = _run("translate", src, "--ckpt", gctm, "-o", tmp_path / "out", "--metrics", "psnr", "--ref", ref,
+             "--json")
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     y, refs = _u8(tmp_path / "out", ["a", "b"]), _u8(ref, ["a", "b"])

@@ -29,7 +29,8 @@ def test_top_level_list_is_not_cut():
     commands = text.split("Commands:")[1]
     assert "..." not in commands
     entries = re.findall(r"^  (\S+)\s+(.*(?:\n {4,}\S.*)*)", commands, flags=re.M)
-    assert {name for name, _ in entries} == {"presets", "teacher", "distill", "sample", "likelihood", "fid", "metrics",
+    assert {name for name, _ in entries} == {"presets", "teacher", "distill", "sample", "likelihood", "fid",
+                                             "metrics",
                                               "translate", "import", "export", "serve"}
     for name, desc in entries:
         desc = " ".join(desc.split())
@@ -50,10 +51,12 @@ def test_second_forms_have_their_own_help():
     assert not re.search(r"^\s+(-r, )?--(kid|ref)\b", stats, flags=re.M)  # options of the other form
     edit = _help("translate", "edit")
     assert "Usage: ctmtool translate edit [OPTIONS] IMAGE" in edit
-    assert "--strength" in edit and "--strokes" in edit and not re.search(r"^\s+--degrade\b", edit, flags=re.M)
+    assert ("--strength" in edit and "--strokes" in edit
+            and not re.search(r"^\s+--degrade\b", edit, flags=re.M))
     assert "--kid" in _help("fid") and "--degrade" in _help("translate")
     # real sub-commands: listed in the group's help, and the root lists the groups
-    assert re.search(r"^  stats\s", _help("fid"), flags=re.M) and re.search(r"^  edit\s", _help("translate"), flags=re.M)
+    assert (re.search(r"^  stats\s", _help("fid"), flags=re.M)
+            and re.search(r"^  edit\s", _help("translate"), flags=re.M))
 
 
 @pytest.mark.parametrize("cmd", READS_A_CHECKPOINT, ids=" ".join)

@@ -26,7 +26,8 @@ def _mix(std=STDS) -> GaussianMixture:
 def _scipy_logpdf(x: np.ndarray, sigma: float, var: np.ndarray) -> np.ndarray:
     """log sum_k w_k N(x; mu_k, diag(var_k + sigma^2)) with scipy, var of shape (K, D)."""
     w = WEIGHTS / WEIGHTS.sum()
-    dens = sum(w[k] * stats.multivariate_normal(MEANS[k], np.diag(var[k] + sigma**2)).pdf(x) for k in range(len(w)))
+    dens = sum(w[k] * stats.multivariate_normal(MEANS[k], np.diag(var[k] + sigma**2)).pdf(x)
+               for k in range(len(w)))
     return np.log(dens)
 
 
@@ -187,7 +188,8 @@ def test_exact_trajectory_per_sample_levels():
 
 def test_exact_trajectory_semigroup_mixture():
     """G(G(x, t, u), u, s) = G(x, t, s) on the 8-Gaussian ring (no closed form)."""
-    gm = GaussianMixture(torch.tensor([[0.7 * math.cos(a), 0.7 * math.sin(a)] for a in np.arange(8) * math.pi / 4]),
+    gm = GaussianMixture(torch.tensor([[0.7 * math.cos(a), 0.7 * math.sin(a)]
+                                       for a in np.arange(8) * math.pi / 4]),
                          torch.ones(8), 0.05)
     tr = ExactTrajectory(gm, steps=128)
     x = 80.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(2))

@@ -21,7 +21,8 @@ MOMENTS = {"moments": {"var0": 0.25, "var1": 0.5, "cov01": 0.1}}
 def gctm_model(make_model, tiny_preset):
     """A GCTM with random weights on 1x8x8 images for a coupling."""
     def build(coupling="independent"):
-        return make_model("gctm", IMG, tiny_preset("toy-translate", f'gctm.coupling="{coupling}"'), MOMENTS, scale=0.2)
+        return make_model("gctm", IMG, tiny_preset("toy-translate", f'gctm.coupling="{coupling}"'), MOMENTS,
+                          scale=0.2)
 
     return build
 
@@ -99,7 +100,8 @@ def test_stroke_edit_composites_and_keeps_the_unmasked_part(gctm_model, ctm_mode
     assert mask.shape == (2, 1, 8, 8) and int(mask.sum()) == 2 * 9
     assert torch.equal(E.composite(image, strokes), strokes)
     plan = plan_editing(m, 2.0)
-    out = E.stroke_edit(m, image, strokes, None, 2.0, plan, noise=ImageNoise(range(2), IMG), keep_unmasked=True)
+    out = E.stroke_edit(m, image, strokes, None, 2.0, plan, noise=ImageNoise(range(2), IMG),
+                        keep_unmasked=True)
     assert torch.equal(out * (1 - mask), image * (1 - mask))
     free = E.stroke_edit(m, image, strokes, None, 2.0, plan, noise=ImageNoise(range(2), IMG))
     assert not torch.equal(free * (1 - mask), image * (1 - mask))

@@ -1,4 +1,5 @@
-"""The traced, frozen Heun program against `solvers.heun` (the eager path): the same solve to float32 rounding."""
+"""The traced, frozen Heun program against `solvers.heun` (the eager path): the same solve to float32
+rounding."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def _check(model, x, sigmas, labels=None):
 @pytest.mark.parametrize("batch", [1, 5])
 def test_digits_teacher_heun_program(tmp_path, batch):
     model = load_model(random_checkpoint(tmp_path / "t.safetensors", "digits", "teacher"))
-    sigmas = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0), torch.zeros(1, dtype=torch.float64)])
-    x = torch.randn(batch, *model.data_shape, generator=torch.Generator().manual_seed(batch)) * model.sigma_max
+    sigmas = torch.cat([karras_sigmas(18, model.sigma_min, model.sigma_max, 7.0),
+                        torch.zeros(1, dtype=torch.float64)])
+    x = torch.randn(batch, *model.data_shape,
+                    generator=torch.Generator().manual_seed(batch)) * model.sigma_max
     _check(model, x, sigmas)
 
 
@@ -41,7 +44,8 @@ def test_conditional_unet_teacher_without_a_final_zero(tmp_path):
     over = ["net.unet.model_channels=16", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
             "net.unet.attn_resolutions=[16]", "net.label_dim=10"]
     model = load_model(random_checkpoint(tmp_path / "c.safetensors", "cifar10", "teacher", overrides=over))
-    sigmas = karras_sigmas(4, 0.5, model.sigma_max, 7.0)  # stops at 0.5: the last step keeps Heun's correction
+    # stops at 0.5: the last step keeps Heun's correction
+    sigmas = karras_sigmas(4, 0.5, model.sigma_max, 7.0)
     x = torch.randn(2, *model.data_shape, generator=torch.Generator().manual_seed(0)) * model.sigma_max
     _check(model, x, sigmas, labels=torch.tensor([3, 7]))
 
@@ -56,18 +60,22 @@ def test_choice_cpu_batch_program_and_its_reasons(tmp_path):
     from ctmtool.core.fastpath import choose_sampling, cpu_batch
     from ctmtool.jobs.plan import plan_explicit
 
-    assert cpu_batch((3, 32, 32), 1024) == 16 and cpu_batch((1, 8, 8), 256) == 256 and cpu_batch((3, 64, 64), 256) == 4
+    assert (cpu_batch((3, 32, 32), 1024) == 16 and cpu_batch((1, 8, 8), 256) == 256
+            and cpu_batch((3, 64, 64), 256) == 4)
     assert cpu_batch((3, 512, 512), 8) == 1
-    model = load_model(random_checkpoint(tmp_path / "c.safetensors", "cifar10-fast", "ctm", overrides=TINY_UNET))
+    model = load_model(random_checkpoint(tmp_path / "c.safetensors", "cifar10-fast", "ctm",
+                                         overrides=TINY_UNET))
     plan = plan_explicit(model, nfe=1, batch=1024)
     c = choose_sampling(model, "cpu", 10_000, plan, batch_given=False)
     assert (c.batch, c.program) == (16, True) and "traced" in c.describe() and "batch 16" in c.describe()
-    assert choose_sampling(model, "cpu", 10_000, plan, batch_given=True).batch == 1024  # a given batch is kept
+    # a given batch is kept
+    assert choose_sampling(model, "cpu", 10_000, plan, batch_given=True).batch == 1024
     assert not choose_sampling(model, "cpu", 40, plan, batch_given=False).program  # fewer than 4 batches
     noisy = plan_explicit(model, nfe=2, gamma=0.5, batch=1024)
     assert not choose_sampling(model, "cpu", 10_000, noisy, batch_given=False).program  # noise between jumps
     one = plan_explicit(model, nfe=1, gamma=0.5, batch=1024)
-    assert choose_sampling(model, "cpu", 10_000, one, batch_given=False).program  # one jump: gamma draws nothing
+    # one jump: gamma draws nothing
+    assert choose_sampling(model, "cpu", 10_000, one, batch_given=False).program
     off = choose_sampling(model, "cpu", 10_000, plan, batch_given=False, fast=False)
     assert (off.batch, off.program) == (1024, False) and "off" in off.reason
     cuda = choose_sampling(model, "cuda", 10_000, plan, batch_given=False)
@@ -105,26 +113,27 @@ def test_sample_command_prints_its_path_and_eager_gives_the_same_images(tmp_path
     runs = {}
     for flag in ("--fast", "--eager"):
         out = tmp_path / f"s{flag}.npz"
-        r = CliRunner().invoke(app, ["sample", "--ckpt", str(ckpt), "--n", "64", "--device", "cpu", "--out", str(out),
-                                     flag], env={"COLUMNS": "200"})
+        r = CliRunner().invoke(app, ["sample", "--ckpt", str(ckpt), "--n", "64", "--device", "cpu", "--out",
+                                     str(out), flag], env={"COLUMNS": "200"})
         assert r.exit_code == 0, r.stderr
         runs[flag] = (r.stderr, np.load(out)["samples"])
     assert "sampling path: traced TorchScript program, batch 16" in runs["--fast"][0]
     assert "sampling path: eager PyTorch, batch 1024 (fast path off)" in runs["--eager"][0]
     a, b = runs["--fast"][1], runs["--eager"][1]
     assert a.shape == b.shape == (64, 32, 32, 3)
-    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 images: float32 rounding moves at most one level
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8: float32 rounding moves at most one level
 
 
 def test_program_first_batch_is_the_eager_solve_and_the_cache_is_reused(tmp_path, monkeypatch):
-    """The first full batch comes out of the tracing run itself (bit for bit the eager solve); a second job with
-    the same network and plan loads the saved program instead of tracing (tracing is made to fail), and gives the
-    first job's program outputs bit for bit; other weights get another cache file."""
+    """The first full batch comes out of the tracing run itself (bit for bit the eager solve); a second job
+    with the same network and plan loads the saved program instead of tracing (tracing is made to fail), and
+    gives the first job's program outputs bit for bit; other weights get another cache file."""
     from ctmtool.core import fastpath
     from ctmtool.core.sampling import generate
     from ctmtool.jobs.plan import plan_explicit
 
-    model = load_model(random_checkpoint(tmp_path / "m.safetensors", "cifar10-fast", "ctm", overrides=TINY_UNET))
+    ckpt = random_checkpoint(tmp_path / "m.safetensors", "cifar10-fast", "ctm", overrides=TINY_UNET)
+    model = load_model(ckpt)
     plan = plan_explicit(model, nfe=1, batch=4)
     cache = tmp_path / "cache"
     lines = []

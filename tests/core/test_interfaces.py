@@ -19,7 +19,8 @@ MOMENTS = {"var0": 0.25, "var1": 1.0, "cov01": 0.0}
 @pytest.mark.parametrize("kind", ["ctm", "gctm"])
 def test_trajectory_models_have_the_whole_interface(kind):
     _, net = build_model(kind, meta={"moments": MOMENTS} if kind == "gctm" else None)
-    assert isinstance(net, Trajectory)  # runtime_checkable: every method and attribute of the Protocol is there
+    # runtime_checkable: every method and attribute of the Protocol is there
+    assert isinstance(net, Trajectory)
 
 
 def test_a_denoiser_is_not_a_trajectory_model():
@@ -30,7 +31,8 @@ def test_a_denoiser_is_not_a_trajectory_model():
 def test_both_training_terms_have_every_method_the_objective_calls():
     p = tiny_preset("toy", "ctm.teacher=self")
     ctm = ctm_objective(p, (2,), torch.device("cpu"), teacher=None)
-    gctm = gctm_objective(tiny_preset("toy-translate"), (2,), torch.device("cpu"), IndependentCoupling(), MOMENTS)
+    gctm = gctm_objective(tiny_preset("toy-translate"), (2,), torch.device("cpu"), IndependentCoupling(),
+                          MOMENTS)
     for obj in (ctm, gctm):
         assert isinstance(obj.terms, TrainingTerms), type(obj.terms).__name__
     with pytest.raises(TypeError, match="no GAN term"):

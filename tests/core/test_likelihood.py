@@ -1,4 +1,5 @@
-"""Likelihoods against closed forms: the Gaussian-mixture oracle, Hutchinson's unbiasedness, the image units, the ELBO."""
+"""Likelihoods against closed forms: the Gaussian-mixture oracle, Hutchinson's unbiasedness, the image units,
+the ELBO."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_ode_reference_tolerance_and_fixed_step(toy):
     model, gmm, x, truth = toy
     ref = ode_log_prob(gmm.denoise, x[:50], model.sigma_min, model.sigma_max)  # rtol = atol = 1e-3
     assert (ref.log_prob - truth[:50]).abs().mean() < 0.05
-    rk4 = ode_log_prob(gmm.denoise, x[:50], model.sigma_min, model.sigma_max, options=ODEOptions(method="rk4", steps=60))
+    rk4 = ode_log_prob(gmm.denoise, x[:50], model.sigma_min, model.sigma_max,
+                       options=ODEOptions(method="rk4", steps=60))
     assert rk4.nfe == 4 * 60
     assert (rk4.log_prob - truth[:50]).abs().mean() < 0.01
 
@@ -135,7 +137,8 @@ def test_image_path_matches_closed_forms():
     gmm = _pixel_gaussian()
     v = _quantise(gmm.sample(24, torch.Generator().manual_seed(5)).double())
     ds = Dataset(v, name="gauss8")
-    # the Jacobian of a diagonal Gaussian's denoiser is diagonal, so one Rademacher probe gives its trace exactly
+    # the Jacobian of a diagonal Gaussian's denoiser is diagonal, so one Rademacher probe gives its trace
+    # exactly
     opts = ODEOptions(divergence="hutchinson", probes=1, rtol=1e-5, atol=1e-5)
     ode = make_estimator(gmm.denoise, gmm.sigma_min, gmm.sigma_max, "ode", opts)
     kw = dict(batch=12, seed=3, dtype=torch.float64)
@@ -254,7 +257,8 @@ def test_evaluate_points_reports_per_item_and_summary(toy):
     assert ticks == [16, 14] and len(ev.names) == 30 and not ev.is_image
     s = ev.summary()
     assert s["n"] == 30 and s["dim"] == 2
-    assert s["nll_nats"] == pytest.approx(float(-gmm.log_prob(x[:30].float().double(), 0.002).mean()), abs=0.01)
+    assert s["nll_nats"] == pytest.approx(float(-gmm.log_prob(x[:30].float().double(), 0.002).mean()),
+                                          abs=0.01)
     assert s["bits_per_dim"] == pytest.approx(s["nll_nats"] / (2 * math.log(2)))
     lo, hi = s["ci95"]["nll_nats"]
     assert lo < s["nll_nats"] < hi
@@ -266,17 +270,21 @@ def test_probe_passes_split_without_changing_the_result(toy):
     one = ode_log_prob(gmm.denoise, x[:10], model.sigma_min, model.sigma_max, options=opts,
                        generator=torch.Generator().manual_seed(3))
     split = ode_log_prob(gmm.denoise, x[:10], model.sigma_min, model.sigma_max,
-                         options=ODEOptions(**{**opts.__dict__, "max_rows": 25}), generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(one.log_prob, split.log_prob, atol=1e-9) and torch.allclose(one.stderr, split.stderr, atol=1e-9)
+                         options=ODEOptions(**{**opts.__dict__, "max_rows": 25}),
+                         generator=torch.Generator().manual_seed(3))
+    assert (torch.allclose(one.log_prob, split.log_prob, atol=1e-9)
+            and torch.allclose(one.stderr, split.stderr, atol=1e-9))
 
 
 def test_time_variables_agree_and_karras_time_takes_fewer_steps(toy):
     """The same ODE in sigma^(1/7) (the default) and in ln sigma: both at the exact log-density, the Karras
-    variable with fewer evaluations at the same tolerance (the dynamics are spread as the sampling schedule)."""
+    variable with fewer evaluations at the same tolerance (the dynamics are spread as the sampling
+    schedule)."""
     model, gmm, x, truth = toy
     opts = dict(rtol=1e-4, atol=1e-4)
     karras = ode_log_prob(gmm.denoise, x[:50], model.sigma_min, model.sigma_max, options=ODEOptions(**opts))
-    log = ode_log_prob(gmm.denoise, x[:50], model.sigma_min, model.sigma_max, options=ODEOptions(time="log", **opts))
+    log = ode_log_prob(gmm.denoise, x[:50], model.sigma_min, model.sigma_max,
+                       options=ODEOptions(time="log", **opts))
     for est in (karras, log):
         assert (est.log_prob - truth[:50]).abs().mean() < 0.01
     assert (karras.log_prob - log.log_prob).abs().max() < 0.02
@@ -284,7 +292,8 @@ def test_time_variables_agree_and_karras_time_takes_fewer_steps(toy):
 
 
 def test_ode_float32_levels_match_float64_levels():
-    """A float32 network gets float32 levels (no float64 promotion): within float32 rounding of the float64 solve."""
+    """A float32 network gets float32 levels (no float64 promotion): within float32 rounding of the float64
+    solve."""
     torch.manual_seed(0)
     net32 = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.SiLU(), torch.nn.Linear(16, 2))
     net64 = copy.deepcopy(net32).double()

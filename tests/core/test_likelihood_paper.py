@@ -3,8 +3,8 @@
 For data N(0, v I) the denoiser is D(x, sigma) = x v / (v + sigma^2), the PF-ODE maps the perturbed density
 N(0, (v + sigma0^2) I) at sigma0 to N(0, (v + smax^2) I) exactly and the Jacobian is a multiple of I (so one
 Rademacher probe gives the exact divergence): log p(x0) = log N(x0; 0, v + sigma0^2). With the residual of the
-same draws, the protocol's bits/dim are known in closed form up to the ODE tolerance. bench/xcheck_likelihood_paper.py
-compares with eval_bpd.py itself.
+same draws, the protocol's bits/dim are known in closed form up to the ODE tolerance.
+bench/xcheck_likelihood_paper.py compares with eval_bpd.py itself.
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def test_model_from_checkpoint_round_trip(tmp_path, toy_preset, kind, net, unet_
     meta = {"moments": {"var0": 0.2, "var1": 0.9, "cov01": 0.1}} if kind == "gctm" else {"kimg": 1.0}
     src = _perturb(build_precond(kind, preset, shape, meta)).eval()
     other = _perturb(build_precond(kind, preset, shape, meta), seed=5).eval()
-    ck = Checkpoint(kind, preset, shape, groups={"ema": src.state_dict(), "net": other.state_dict()}, meta=meta)
+    ck = Checkpoint(kind, preset, shape, groups={"ema": src.state_dict(), "net": other.state_dict()},
+                    meta=meta)
     path = save_checkpoint(tmp_path / f"{kind}.safetensors", ck)
     m = load_model(path)
     assert m.kind == kind and m.data_shape == shape and m.path == path and m.meta == meta
@@ -130,7 +131,8 @@ def test_checkpoint_for_another_network_is_refused(tmp_path, toy_preset):
     path = save_checkpoint(tmp_path / "t.safetensors", ck)
     loaded = load_checkpoint(path)
 
-    loaded.preset = override_preset(toy_preset, [f"net.mlp.hidden={2 * toy_preset.net.mlp.hidden}"])  # a preset that does not fit the weights
+    # a preset that does not fit the weights
+    loaded.preset = override_preset(toy_preset, [f"net.mlp.hidden={2 * toy_preset.net.mlp.hidden}"])
     with pytest.raises(UserError, match="does not fit"):
         model_from_checkpoint(loaded)
 
@@ -213,7 +215,8 @@ def test_default_student_has_edm_coefficients_at_the_ends(precond, unet_preset):
 
 
 def test_edm_student_of_a_vp_teacher_feeds_ln_t_over_4_for_t_and_s(unet_preset):
-    """The network sees c_in(t) x, ln(t)/4 and ln(s)/4 (ctm-cifar10 networks.py 870-875), not VP's 999 t_vp."""
+    """The network sees c_in(t) x, ln(t)/4 and ln(s)/4 (ctm-cifar10 networks.py 870-875), not VP's 999
+    t_vp."""
     seen = {}
 
     class Probe(torch.nn.Module):

@@ -42,7 +42,8 @@ def test_philox_cuda_equals_cpu():
     for backend in backends:
         gpu = PhiloxNoise(seeds, (3, 32, 32), "cuda", backend=backend)
         assert (gpu().cpu() - ref).abs().max() < 1e-5
-    assert torch.equal(PhiloxNoise(seeds, (1,), "cuda").integers(10).cpu(), PhiloxNoise(seeds, (1,)).integers(10))
+    assert torch.equal(PhiloxNoise(seeds, (1,), "cuda").integers(10).cpu(),
+                       PhiloxNoise(seeds, (1,)).integers(10))
 
 
 def test_edm_kind_is_image_noise():
@@ -58,8 +59,8 @@ def test_unknown_kind_is_a_value_error_of_the_maths():
 
 
 def test_generate_draws_from_the_chosen_stream():
-    """generate(noise=...) picks the stream: the default equals EDM's per-seed latents (ImageNoise), philox differs
-    from it and is itself independent of the batching."""
+    """generate(noise=...) picks the stream: the default equals EDM's per-seed latents (ImageNoise), philox
+    differs from it and is itself independent of the batching."""
     from ctmtool.config import load_preset
     from ctmtool.core.models import Model, build_precond
     from tests.conftest import plan_and_generate as generate

@@ -79,7 +79,8 @@ def test_edm_denoise_composition():
     assert torch.allclose(x_in.double(), c_in * xd, rtol=1e-6)
     assert torch.allclose(noise.double(), sigma.double().log() / 4, rtol=1e-6)
     assert noise_s is None
-    want = sd**2 / (s**2 + sd**2) * xd + s * sd / torch.sqrt(s**2 + sd**2) * F_of(c_in * xd, sigma.double().log() / 4)
+    want = (sd**2 / (s**2 + sd**2) * xd
+            + s * sd / torch.sqrt(s**2 + sd**2) * F_of(c_in * xd, sigma.double().log() / 4))
     assert torch.allclose(d.double(), want, rtol=1e-5, atol=1e-6)
     # a scalar sigma is the same as a per-sample one
     assert torch.equal(m.denoise(x, 0.3), m.denoise(x, torch.full((8,), 0.3)))
@@ -130,7 +131,8 @@ def test_vp_denoise_composition():
     x_in, noise, _ = net.calls[-1]
     assert torch.allclose(x_in, x / math.sqrt(sigma**2 + 1), rtol=1e-6)
     assert noise.tolist() == pytest.approx([999 * t] * 8, rel=1e-6)
-    want = x.double() - sigma * F_of(x.double() / math.sqrt(sigma**2 + 1), torch.full((8,), 999 * t, dtype=torch.float64))
+    want = x.double() - sigma * F_of(x.double() / math.sqrt(sigma**2 + 1),
+                                     torch.full((8,), 999 * t, dtype=torch.float64))
     assert torch.allclose(d.double(), want, atol=1e-5)
 
 
@@ -168,11 +170,14 @@ def test_ctm_g_composition():
 
 
 def _ctm_g_by_hand(x, t, s, sd=0.5):
-    """g(x, t, s) = c_skip(t) x + c_out(t) F(c_in(t) x, ln(t)/4, ln(s)/4) with EDM's Table 1 coefficients, float64."""
-    t, s = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]), torch.as_tensor(s, dtype=torch.float64).expand(x.shape[0])
+    """g(x, t, s) = c_skip(t) x + c_out(t) F(c_in(t) x, ln(t)/4, ln(s)/4) with EDM's Table 1 coefficients,
+    float64."""
+    t, s = (torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]),
+            torch.as_tensor(s, dtype=torch.float64).expand(x.shape[0]))
     tt, xd = t.reshape(-1, 1), x.double()
     c_in = 1 / torch.sqrt(tt**2 + sd**2)
-    return sd**2 / (tt**2 + sd**2) * xd + tt * sd / torch.sqrt(tt**2 + sd**2) * F_of(c_in * xd, t.log() / 4, s.log() / 4)
+    return (sd**2 / (tt**2 + sd**2) * xd
+            + tt * sd / torch.sqrt(tt**2 + sd**2) * F_of(c_in * xd, t.log() / 4, s.log() / 4))
 
 
 def test_ctm_jump_euler_form():
@@ -212,7 +217,8 @@ def test_ctm_jump_is_continuous_as_s_approaches_t():
     m = CTMPrecond(Probe())
     x = _x() * 2
     for t in (0.05, 1.0, 80.0):
-        gaps = [float((m.jump(x, t, t * (1 - eps)).double() - x.double()).abs().max()) for eps in (1e-2, 1e-3)]
+        gaps = [float((m.jump(x, t, t * (1 - eps)).double() - x.double()).abs().max())
+                for eps in (1e-2, 1e-3)]
         assert 0 < gaps[1] < gaps[0] / 5 and gaps[1] < 0.02  # shrinks like eps
 
 
@@ -226,22 +232,29 @@ def test_ctm_boundary_at_sigma_min():
 
 def test_ctm_scheme_coefficients_by_hand():
     """A student on a VP/VE teacher uses that teacher's Table 1 coefficients (so that g(x,t,t) is the teacher
-    at init), worked out by hand at sigma = 0.002, 1, 2 and 80 (sigma_data 0.5; VP beta_d 19.9, beta_min 0.1)."""
+    at init), worked out by hand at sigma = 0.002, 1, 2 and 80 (sigma_data 0.5; VP beta_d 19.9, beta_min
+    0.1)."""
     sig = torch.tensor([0.002, 1.0, 2.0, 80.0], dtype=torch.float64)
     edm = CTMPrecond(Probe(), scheme="edm").coefficients(sig)
-    # c_skip = 0.25 / (sigma^2 + 0.25), c_out = 0.5 sigma / sqrt(sigma^2 + 0.25), c_in = 1 / sqrt(.), ln(sigma)/4
-    assert edm[0].tolist() == pytest.approx([0.25 / 0.250004, 0.25 / 1.25, 0.25 / 4.25, 0.25 / 6400.25], rel=1e-12)
-    assert edm[1].tolist() == pytest.approx([0.001 / 0.250004**0.5, 0.5 / 1.25**0.5, 1 / 4.25**0.5, 40 / 6400.25**0.5],
+    # c_skip = 0.25 / (sigma^2 + 0.25), c_out = 0.5 sigma / sqrt(sigma^2 + 0.25), c_in = 1 / sqrt(.),
+    # ln(sigma)/4
+    assert edm[0].tolist() == pytest.approx([0.25 / 0.250004, 0.25 / 1.25, 0.25 / 4.25, 0.25 / 6400.25],
+                                            rel=1e-12)
+    assert edm[1].tolist() == pytest.approx([0.001 / 0.250004**0.5, 0.5 / 1.25**0.5, 1 / 4.25**0.5,
+                                             40 / 6400.25**0.5],
                                             rel=1e-12)
     assert edm[1][-1].item() == pytest.approx(0.49999023466, rel=1e-10)
-    assert edm[2].tolist() == pytest.approx([0.250004**-0.5, 1.25**-0.5, 4.25**-0.5, 6400.25**-0.5], rel=1e-12)
-    assert edm[3].tolist() == pytest.approx([math.log(0.002) / 4, 0.0, math.log(2) / 4, 1.0955066586684703], rel=1e-12)
+    assert edm[2].tolist() == pytest.approx([0.250004**-0.5, 1.25**-0.5, 4.25**-0.5, 6400.25**-0.5],
+                                            rel=1e-12)
+    assert edm[3].tolist() == pytest.approx([math.log(0.002) / 4, 0.0, math.log(2) / 4, 1.0955066586684703],
+                                            rel=1e-12)
     ve = CTMPrecond(Probe(), scheme="ve").coefficients(sig)
     assert ve[0].tolist() == [1.0] * 4 and ve[2].tolist() == [1.0] * 4 and ve[1].tolist() == sig.tolist()
     assert ve[3].tolist() == pytest.approx([math.log(0.001), math.log(0.5), 0.0, math.log(40)], rel=1e-12)
     vp = CTMPrecond(Probe(), scheme="vp").coefficients(sig)
     assert vp[0].tolist() == [1.0] * 4 and vp[1].tolist() == (-sig).tolist()
-    assert vp[2].tolist() == pytest.approx([1 / math.sqrt(1.000004), 0.5**0.5, 0.2**0.5, 6401**-0.5], rel=1e-12)
+    assert vp[2].tolist() == pytest.approx([1 / math.sqrt(1.000004), 0.5**0.5, 0.2**0.5, 6401**-0.5],
+                                           rel=1e-12)
     # c_noise = 999 t(sigma), t(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(1 + sigma^2)) - beta_min) / beta_d
     assert vp[3].tolist() == pytest.approx([0.03980213341495378, 258.7013021703638, 999 * 0.3971909927722238,
                                             932.5776320974633], rel=1e-9)
@@ -264,7 +277,8 @@ def test_gctm_independent_coupling_closed_form(sd):
         assert c_in[i].item() == pytest.approx(1 / math.sqrt(var_t), rel=1e-12)
         assert c_skip[i].item() == pytest.approx(cov / var_t, rel=1e-12, abs=1e-15)
         # Var(x0 - c_skip x_t) = sd^2 - cov^2 / var_t  (floored at 1e-12 inside the model at t = 0)
-        assert c_out[i].item() == pytest.approx(math.sqrt(max(sd**2 - cov**2 / var_t, 1e-12)), rel=1e-9, abs=1e-6)
+        assert c_out[i].item() == pytest.approx(math.sqrt(max(sd**2 - cov**2 / var_t, 1e-12)), rel=1e-9,
+                                                abs=1e-6)
         tc = min(max(t, 1e-4), 1 - 1e-4)
         assert c_noise[i].item() == pytest.approx(math.log(tc / (1 - tc)) / 4, rel=1e-12, abs=1e-15)
     # boundary: at t = 0 the model returns x (c_skip 1, c_out ~ 0); at t = 1 it knows nothing of x1 (c_skip 0)
@@ -272,7 +286,8 @@ def test_gctm_independent_coupling_closed_form(sd):
     assert c_skip[-1].item() == pytest.approx(0.0, abs=1e-15) and c_out[-1].item() == pytest.approx(sd)
 
 
-@pytest.mark.parametrize("var0,var1,cov01", [(0.25, 1.0, 0.0), (0.25, 1.0, 0.3), (0.4, 0.6, -0.2), (1.0, 0.5, 0.6)])
+@pytest.mark.parametrize("var0,var1,cov01",
+                         [(0.25, 1.0, 0.0), (0.25, 1.0, 0.3), (0.4, 0.6, -0.2), (1.0, 0.5, 0.6)])
 def test_gctm_coefficients_are_the_gaussian_posterior(var0, var1, cov01):
     """For jointly Gaussian (x0, x1) the posterior mean E[x0 | x_t] is linear, = c_skip x_t, and the
     residual std is c_out: check both by least squares on samples of the coupling."""
@@ -317,7 +332,8 @@ def test_gctm_optimal_g_for_gaussian_data():
 
 
 def _gctm_g_by_hand(x, t, s, var0=0.25, var1=1.0, cov01=0.0, t_min=1e-4):
-    """g(x, t, s) with the coupling's posterior coefficients (Kim et al. 2024b) and labels ln(t/(1-t))/4, float64."""
+    """g(x, t, s) with the coupling's posterior coefficients (Kim et al. 2024b) and labels ln(t/(1-t))/4,
+    float64."""
     t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
     s = torch.as_tensor(s, dtype=torch.float64).expand(x.shape[0])
     tt, xd = t.reshape(-1, 1), x.double()
@@ -341,7 +357,8 @@ def test_gctm_jump():
         s = 0.4 * t
         want = 0.4 * x.double() + 0.6 * _gctm_g_by_hand(x, t, s, 0.3, 0.8, 0.2)
         assert torch.allclose(m.jump(x, t, s).double(), want, atol=1e-5)
-        assert torch.allclose(m.jump(x, t, 0.0).double(), _gctm_g_by_hand(x, t, 0.0, 0.3, 0.8, 0.2), atol=1e-5)
+        assert torch.allclose(m.jump(x, t, 0.0).double(), _gctm_g_by_hand(x, t, 0.0, 0.3, 0.8, 0.2),
+                              atol=1e-5)
     # at t = 0 there is nothing left to transport
     assert torch.allclose(m.jump(x, 0.0, 0.0), x, atol=1e-4)
     assert torch.isfinite(m.jump(x, torch.tensor([1.0] * 8), torch.tensor([0.0] * 8))).all()
@@ -351,8 +368,8 @@ def test_gctm_jump():
 def test_gctm_coefficients_at_the_ends(var0, var1, cov01):
     """t = 0: x_t is x0 itself (c_skip 1, c_out 0); t = 1: x_t = x1 and E[x0 | x1] = cov/var1 x1 with residual
     variance var0 - cov^2/var1 (0 and sqrt(var0) for the independent coupling)."""
-    c_skip, c_out, c_in, _ = GCTMPrecond(Probe(), var0, var1, cov01).coefficients(torch.tensor([0.0, 1.0],
-                                                                                                dtype=torch.float64))
+    c_skip, c_out, c_in, _ = GCTMPrecond(Probe(), var0, var1, cov01).coefficients(
+        torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert c_skip[0].item() == pytest.approx(1.0, rel=1e-12) and c_out[0].item() <= 1e-6
     assert c_in[0].item() == pytest.approx(var0**-0.5) and c_in[1].item() == pytest.approx(var1**-0.5)
     assert c_skip[1].item() == pytest.approx(cov01 / var1, abs=1e-12)
@@ -371,8 +388,9 @@ def _linear_coefficients(fn):
 
 @pytest.mark.parametrize("s,t", [(0.002, 80.0), (0.5, 2.0), (1.0, 1.0), (10.0, 10.5)])
 def test_ctm_renoise_keeps_the_marginal(s, t):
-    """x_s = x0 + s n re-noised to t must be distributed as x0 + t n: x keeps coefficient 1 and the added noise
-    has variance t^2 - s^2 (Kim et al. 2024, Alg. 1); checked exactly and on Gaussian data by sampling."""
+    """x_s = x0 + s n re-noised to t must be distributed as x0 + t n: x keeps coefficient 1 and the added
+    noise has variance t^2 - s^2 (Kim et al. 2024, Alg. 1); checked exactly and on Gaussian data by
+    sampling."""
     m = CTMPrecond(Probe())
     a, b = _linear_coefficients(lambda x, z: m.renoise(x, s, t, z))
     assert a == 1.0 and b**2 == pytest.approx(t**2 - s**2, rel=1e-12, abs=1e-15)
@@ -423,10 +441,12 @@ def test_default_schedules_end_points_and_middle():
     ctm = CTMPrecond(Probe())
     assert ctm.default_schedule(1).tolist() == [80.0, 0.002]
     two = ctm.default_schedule(2).tolist()
-    assert two[0] == 80.0 and two[2] == pytest.approx(0.002) and two[1] == pytest.approx(2.515218976147159, rel=1e-9)
+    assert (two[0] == 80.0 and two[2] == pytest.approx(0.002)
+            and two[1] == pytest.approx(2.515218976147159, rel=1e-9))
     gctm = GCTMPrecond(Probe())
     assert gctm.default_schedule(1).tolist() == [1.0, 0.0]
-    assert gctm.default_schedule(2).tolist() == pytest.approx([1.0, 2.515218976147159 / 3.515218976147159, 0.0])
+    assert gctm.default_schedule(2).tolist() == pytest.approx([1.0, 2.515218976147159 / 3.515218976147159,
+                                                               0.0])
     for m in (ctm, gctm):
         grid = m.default_schedule(5)
         assert len(grid) == 6 and grid.dtype == torch.float64 and (grid[1:] < grid[:-1]).all()

@@ -95,13 +95,15 @@ def test_intermediate_gamma_levels(gamma):
 
 
 def test_gamma_sample_refusals():
-    """Programming errors only (a user's gamma is refused by `jobs/plan.plan_sampling`, test_generate_refusals)."""
+    """Programming errors only (a user's gamma is refused by `jobs/plan.plan_sampling`,
+    test_generate_refusals)."""
     with pytest.raises(ValueError, match="gamma"):
         gamma_sample(Recorder(), torch.zeros(1, 2), SIG, noise=Ones((1, 2)), gamma=1.5)
     with pytest.raises(ValueError, match="gamma"):
         gamma_sample(Recorder(), torch.zeros(1, 2), SIG, noise=Ones((1, 2)), gamma=-0.1)
     # without `noise`, the re-noising draws come from `generator` (k-diffusion style), reproducibly
-    a, b = (gamma_sample(Recorder(), torch.zeros(1, 2), SIG, gamma=0.5, generator=torch.Generator().manual_seed(0))
+    a, b = (gamma_sample(Recorder(), torch.zeros(1, 2), SIG, gamma=0.5,
+                         generator=torch.Generator().manual_seed(0))
             for _ in range(2))
     assert torch.equal(a, b)
     # one step never needs noise
@@ -241,7 +243,8 @@ def test_schedules_for_models(toy_preset):
     t = teacher_schedule(analytic_model(toy_preset), 18)
     assert len(t) == 19 and t[-1].item() == 0.0 and t[0].item() == pytest.approx(80.0)
     assert teacher_schedule(analytic_model(toy_preset), 1).tolist() == [80.0, 0.0]
-    assert plan_explicit(ctm, solver="gamma", sigmas=[80.0, 1.0, 0.002]).schedule.tolist() == [80.0, 1.0, 0.002]
+    assert plan_explicit(ctm, solver="gamma",
+                         sigmas=[80.0, 1.0, 0.002]).schedule.tolist() == [80.0, 1.0, 0.002]
     gctm = Model("gctm", build_precond("gctm", toy_preset, (2,)), toy_preset, (2,))
     g = default_schedule(gctm, 2)
     assert g[0].item() == 1.0 and g[-1].item() == 0.0

@@ -1,4 +1,5 @@
-"""Property-based checks of schedule inputs: any valid schedule is accepted as given, any invalid one is refused."""
+"""Property-based checks of schedule inputs: any valid schedule is accepted as given, any invalid one is
+refused."""
 
 import pytest
 import torch
@@ -34,7 +35,8 @@ def test_anything_else_is_refused_with_a_value_error(values):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(levels, min_size=1, max_size=6))
 def test_cli_schedules_that_do_not_decrease_are_user_errors(values):
-    net = type("N", (), {"sigma_min": 0.002, "sigma_max": 80.0, "gaussian_source": True, "has_density": True})()
+    net = type("N", (),
+               {"sigma_min": 0.002, "sigma_max": 80.0, "gaussian_source": True, "has_density": True})()
     model = type("M", (), {"kind": "ctm", "is_trajectory": True, "net": net})()
     s = list(values) + [values[-1]]  # a repeated level never decreases
     with pytest.raises(UserError, match="`sigmas`"):

@@ -1,4 +1,5 @@
-"""Noise grids (Karras et al. 2022, Eq. 5; the CTM reference code's default schedules) and CTM's (t, u, s) index sampling (Kim et al. 2024)."""
+"""Noise grids (Karras et al. 2022, Eq. 5; the CTM reference code's default schedules) and CTM's (t, u, s)
+index sampling (Kim et al. 2024)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_karras_formula(n):
 
 def test_karras_other_range():
     s = karras_sigmas(10, sigma_min=0.01, sigma_max=5.0, rho=3.0)
-    assert [v.item() for v in s] == pytest.approx([_karras(i, 10, 0.01, 5.0, 3.0) for i in range(10)], rel=1e-13)
+    assert [v.item() for v in s] == pytest.approx([_karras(i, 10, 0.01, 5.0, 3.0) for i in range(10)],
+                                                  rel=1e-13)
     # rho = 1 is a uniform grid
     u = karras_sigmas(5, sigma_min=1.0, sigma_max=5.0, rho=1.0)
     assert u.tolist() == pytest.approx([5.0, 4.0, 3.0, 2.0, 1.0], rel=1e-14)

@@ -104,7 +104,8 @@ def test_solver_nfe():
 @pytest.mark.parametrize("solver", [heun, euler])
 def test_per_sample_schedules(solver):
     """A (steps + 1, B) schedule gives each sample what running it alone gives."""
-    gm = GaussianMixture(torch.tensor([[0.7, 0.0], [-0.7, 0.0], [0.0, 0.7]]), torch.tensor([1.0, 2.0, 1.0]), 0.1)
+    gm = GaussianMixture(torch.tensor([[0.7, 0.0], [-0.7, 0.0], [0.0, 0.7]]), torch.tensor([1.0, 2.0, 1.0]),
+                         0.1)
     starts = torch.tensor([80.0, 10.0, 2.0, 0.5])
     ends = torch.tensor([0.002, 1.0, 0.0, 0.3], dtype=torch.float64)
     cols = []

@@ -66,7 +66,8 @@ def test_source_noise_is_added_only_with_a_noise_source(gctm_model):
 
 
 def test_translate_refusals(gctm_model, make_model):
-    """The jobs layer's plan refuses what cannot be done; the maths raises ValueError for programming errors."""
+    """The jobs layer's plan refuses what cannot be done; the maths raises ValueError for programming
+    errors."""
     with pytest.raises(UserError, match="GCTM"):
         plan(make_model("ctm", (2,)))
     with pytest.raises(UserError, match="gamma"):

@@ -43,7 +43,8 @@ def test_projections_equal_the_official_orthogonal_matrix_replacements():
     official = torch.einsum("bdhw,cd->bchw", a * mask + b * (1 - mask), q)  # their replacement(x0, x1)
     ours = project("colorize", x0) + x1 - project("colorize", x1)
     assert torch.allclose(ours, official, atol=1e-12)
-    # super-resolution: the first basis vector of each 4x4 patch is uniform, so the kept coefficient is the mean
+    # super-resolution: the first basis vector of each 4x4 patch is uniform, so the kept coefficient is the
+    # mean
     p = 4
     qs = _official_q(np.ones(p * p))
     flat = x0.reshape(2, 3, 4, p, 4, p).permute(0, 1, 2, 4, 3, 5).reshape(2, 3, 16, p * p)
@@ -68,7 +69,8 @@ def test_restore_equals_the_transcribed_official_colourisation_loop(make_model, 
     model = make_model("ctm", IMG, tiny_preset("digits", net="unet"), scale=0.05)
     y = _images().float()
     ours = restore(model, y, "colorize", _plan(model, 80.0, 3), _noise(0))
-    # the official loop (gamma = 1, CM-like), with the official Q replacement, levels and noise of the same order
+    # the official loop (gamma = 1, CM-like), with the official Q replacement, levels and noise of the same
+    # order
     q = _official_q(np.asarray([0.2989, 0.5870, 0.1140])).float()
     mask = torch.zeros(3, 16, 16)
     mask[0] = 1
@@ -101,12 +103,14 @@ def test_inpainting_keeps_the_known_pixels(make_model, tiny_preset, kind):
     for gamma in (1.0, 0.5):
         plan = _plan(model, model.net.strength_level(1.0), 3, gamma)
         x = restore(model, y, "inpaint", plan, _noise(1), hole=hole)
-        assert torch.equal(x * (1 - hole), y * (1 - hole))  # known pixels exactly; the hole filled by the model
+        # known pixels exactly; the hole filled by the model
+        assert torch.equal(x * (1 - hole), y * (1 - hole))
         assert not torch.equal(x * hole, observed("inpaint", y, hole) * hole)
 
 
 def test_cli_restore_writes_outputs_and_keeps_patch_means(tmp_path, make_checkpoint, tiny_preset):
-    ckpt = make_checkpoint(tmp_path / "ctm.safetensors", "ctm", IMG, tiny_preset("digits", net="unet"), scale=0.05)
+    ckpt = make_checkpoint(tmp_path / "ctm.safetensors", "ctm", IMG, tiny_preset("digits", net="unet"),
+                           scale=0.05)
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(0)
@@ -114,7 +118,8 @@ def test_cli_restore_writes_outputs_and_keeps_patch_means(tmp_path, make_checkpo
         Image.fromarray(rng.integers(60, 200, (16, 16, 3), dtype=np.uint8)).save(src / f"im{i}.png")
 
     def run(*args):
-        return CliRunner().invoke(app, ["translate", "edit", str(src), "--ckpt", str(ckpt), "--device", "cpu", *args])
+        return CliRunner().invoke(app, ["translate", "edit", str(src), "--ckpt", str(ckpt), "--device", "cpu",
+                                        *args])
 
     r = run("--restore", "superres", "--factor", "4", "--nfe", "2", "-o", str(tmp_path / "sr"), "--json",
             "--grid", str(tmp_path / "g.png"))
@@ -128,5 +133,5 @@ def test_cli_restore_writes_outputs_and_keeps_patch_means(tmp_path, make_checkpo
     # a fixed choice, refused by the command line before any work (issue 24)
     assert "'deblur' is not one of 'inpaint', 'colorize', 'superres'" in one_error_line(
         run("--restore", "deblur", "-o", str(tmp_path / "y")))
-    assert "--mask marks the hole" in one_error_line(run("--restore", "colorize", "--mask", str(src / "im0.png"),
-                                                         "-o", str(tmp_path / "z")))
+    assert "--mask marks the hole" in one_error_line(run("--restore", "colorize", "--mask",
+                                                         str(src / "im0.png"), "-o", str(tmp_path / "z")))

@@ -32,7 +32,8 @@ def test_cutout_exact():
 
 
 def test_random_translation_on_constant_image():
-    """Each output is the constant on an (H-|dy|) x (W-|dx|) window at a border, |d| <= 1/8 of the size, zeros elsewhere."""
+    """Each output is the constant on an (H-|dy|) x (W-|dx|) window at a border, |d| <= 1/8 of the size, zeros
+    elsewhere."""
     x = torch.ones(64, 1, 16, 16)
     out = random_translation(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
@@ -51,7 +52,8 @@ def test_random_translation_on_constant_image():
 
 
 def test_random_cutout_on_constant_image():
-    """Each output has a zero rectangle of at most half the size per side (whole inside, clipped at a border)."""
+    """Each output has a zero rectangle of at most half the size per side (whole inside, clipped at a
+    border)."""
     x = torch.ones(64, 1, 8, 8)
     out = random_cutout(x, torch.Generator().manual_seed(0))
     full = 0
@@ -67,7 +69,8 @@ def test_random_cutout_on_constant_image():
 
 
 def test_color_ranges():
-    """Brightness shifts by U[-0.5, 0.5]: on a grey constant image (saturation/contrast act on zero deviations)."""
+    """Brightness shifts by U[-0.5, 0.5]: on a grey constant image (saturation/contrast act on zero
+    deviations)."""
     x = torch.full((256, 3, 4, 4), 0.2)
     out = color(x, torch.Generator().manual_seed(0))
     shift = out[:, 0, 0, 0] - 0.2
@@ -76,7 +79,8 @@ def test_color_ranges():
 
 
 def test_color_preserves_channel_mean_direction():
-    """Saturation scales deviations from the channel mean by U[0, 2], contrast by U[0.5, 1.5]: product in [0, 3]."""
+    """Saturation scales deviations from the channel mean by U[0, 2], contrast by U[0.5, 1.5]: product in [0,
+    3]."""
     x = torch.zeros(128, 3, 1, 1)
     x[:, 0] = 1.0
     x[:, 1] = -1.0

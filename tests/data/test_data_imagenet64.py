@@ -1,4 +1,5 @@
-"""ImageNet 64x64 source: official npz batches (memory-mapped, labels remapped), class folders, shards, errors."""
+"""ImageNet 64x64 source: official npz batches (memory-mapped, labels remapped), class folders, shards,
+errors."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ WNIDS = ["n03000000", "n01000000", "n04000000", "n02000000"]  # devkit order: la
 
 
 def _write_batches(root, sizes=(5, 3), compressed=(False, True), seed=0):
-    """train_data_batch_<k>.npz with data (N, 12288) uint8 CHW-flattened and 1-based labels; returns (images, labels)."""
+    """train_data_batch_<k>.npz with data (N, 12288) uint8 CHW-flattened and 1-based labels; returns (images,
+    labels)."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for k, (n, comp) in enumerate(zip(sizes, compressed, strict=True), 1):
         chw = rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)
         lab = rng.integers(1, len(WNIDS) + 1, n)
-        (np.savez_compressed if comp else np.savez)(root / f"train_data_batch_{k}.npz", data=chw.reshape(n, -1),
-                                                    labels=lab, mean=np.zeros(12288))
+        (np.savez_compressed if comp else np.savez)(root / f"train_data_batch_{k}.npz",
+                                                    data=chw.reshape(n, -1), labels=lab, mean=np.zeros(12288))
         images.append(chw)
         labels.append(lab)
     (root / "map_clsloc.txt").write_text("".join(f"{w} {i} name_{i}\n" for i, w in enumerate(WNIDS, 1)))
@@ -60,7 +62,8 @@ def test_load_dataset_and_shards(tmp_path):
 
 def test_missing_or_bad_files(tmp_path, monkeypatch):
     monkeypatch.setenv("CTMTOOL_DATA", str(tmp_path / "cache"))
-    with pytest.raises(UserError, match=r"no ImageNet 64x64 data at .*cache/imagenet64.*train_data_batch_\*\.npz"):
+    with pytest.raises(UserError,
+                       match=r"no ImageNet 64x64 data at .*cache/imagenet64.*train_data_batch_\*\.npz"):
         load_imagenet64()
     _write_batches(tmp_path)
     (tmp_path / "map_clsloc.txt").unlink()
@@ -101,7 +104,8 @@ def test_class_folders_decoded_on_demand_and_resized_like_adm(tmp_path):
 
 
 def test_adm_resize_box_halves_then_bicubic_then_centre_crops():
-    im = Image.fromarray(np.random.default_rng(2).integers(0, 256, (140, 300, 3), dtype=np.uint8))  # W 300, H 140
+    # W 300, H 140
+    im = Image.fromarray(np.random.default_rng(2).integers(0, 256, (140, 300, 3), dtype=np.uint8))
     half = im.resize((150, 70), resample=Image.BOX)  # 140 >= 2 * 64: halve once; 70 < 128 stops
     scaled = np.asarray(half.resize((round(150 * 64 / 70), 64), resample=Image.BICUBIC))
     left = (scaled.shape[1] - 64) // 2

@@ -16,7 +16,8 @@ from ctmtool.data import images
 from ctmtool.data.images import load_image_folder, load_image_zip, load_images, load_npz
 from ctmtool.errors import UserError
 
-CIFAR_JPEG = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg" / "cifar10-jpeg-q75.tar.gz"
+CIFAR_JPEG = (Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg"
+              / "cifar10-jpeg-q75.tar.gz")
 
 
 def rand_image(seed: int, size=(6, 5), channels=3) -> np.ndarray:
@@ -171,7 +172,8 @@ def test_npz_layouts(tmp_path):
     pts = np.random.default_rng(1).normal(size=(10, 2))
     np.savez(tmp_path / "d.npz", samples=pts)
     p = load_npz(tmp_path / "d.npz")
-    assert p.values.dtype == torch.float32 and not p.is_image and torch.allclose(p.values.double(), torch.from_numpy(pts))
+    assert (p.values.dtype == torch.float32 and not p.is_image
+            and torch.allclose(p.values.double(), torch.from_numpy(pts)))
 
 
 def test_npz_errors(tmp_path):

@@ -17,7 +17,8 @@ from ctmtool.errors import UserError
 def test_toy_preset():
     cfg = load_preset("toy").data
     ds = load_dataset(cfg)
-    assert ds.values.shape == (cfg.n, 2) and torch.equal(ds.values, toy_points("gmm", cfg.n, cfg.seed, cfg.gmm).values)
+    assert (ds.values.shape == (cfg.n, 2)
+            and torch.equal(ds.values, toy_points("gmm", cfg.n, cfg.seed, cfg.gmm).values))
     moons = load_dataset(DataConfig(source="toy", toy="moons", n=100, seed=4))
     assert torch.equal(moons.values, toy_points("moons", 100, 4).values)
     with pytest.raises(UserError, match="holds points .*remove data.resolution"):
@@ -29,8 +30,10 @@ def test_digits_and_shape_checks():
     assert ds.values.shape == (1437, 1, 8, 8)  # the train split: indices not divisible by 5
     test = load_dataset(DataConfig(source="digits", split="test"))
     assert test.values.shape == (360, 1, 8, 8)
-    assert torch.equal(torch.cat([ds.values, test.values]).sort(0).values, load_digits().values.sort(0).values)
-    with pytest.raises(UserError, match=r"digits .* has 8x8 images but data.resolution = 32; .*data.resolution = 8"):
+    assert torch.equal(torch.cat([ds.values, test.values]).sort(0).values,
+                       load_digits().values.sort(0).values)
+    with pytest.raises(UserError,
+                       match=r"digits .* has 8x8 images but data.resolution = 32; .*data.resolution = 8"):
         load_dataset(DataConfig(source="digits", resolution=32))
     with pytest.raises(UserError, match="has 1-channel images but data.channels = 3; .*data.channels = 1"):
         load_dataset(DataConfig(source="digits", channels=3))
@@ -40,7 +43,8 @@ def test_folder_zip_and_npz(tmp_path):
     rng = np.random.default_rng(0)
     for k in range(3):
         (tmp_path / "pics" / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(tmp_path / "pics" / f"c{k % 2}" / f"{k}.png")
+        Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(tmp_path / "pics" / f"c{k % 2}"
+                                                                              / f"{k}.png")
     cfg = DataConfig(source="folder", path=str(tmp_path / "pics"), resolution=4, channels=3)
     ds = load_dataset(cfg)
     assert ds.values.shape == (3, 3, 4, 4) and ds.labels.tolist() == [0, 0, 1]
@@ -67,5 +71,6 @@ def test_cifar10_source(cifar_archive, tmp_path, monkeypatch):
     monkeypatch.setenv("CTMTOOL_DATA", str(path.parent))
     assert len(load_dataset(DataConfig(source="cifar10"))) == 100
     monkeypatch.setenv("CTMTOOL_DATA", str(tmp_path / "empty"))
-    with pytest.raises(UserError, match="CIFAR-10 archive is missing: expected .*empty/cifar-10-python.tar.gz"):
+    with pytest.raises(UserError,
+                       match="CIFAR-10 archive is missing: expected .*empty/cifar-10-python.tar.gz"):
         load_dataset(DataConfig(source="cifar10"))

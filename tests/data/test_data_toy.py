@@ -24,11 +24,12 @@ def test_gmm_is_the_configured_mixture():
     x = ds.values.double()
     # mixture of 8 equal components on a ring of radius 0.7: mean 0, per-dim variance 0.7^2 / 2 + 0.05^2
     assert x.mean(0).abs().max() < 0.015
-    assert torch.allclose(x.std(0), torch.full((2,), math.sqrt(0.245 + 0.0025), dtype=torch.float64), atol=0.01)
+    assert torch.allclose(x.std(0), torch.full((2,), math.sqrt(0.245 + 0.0025), dtype=torch.float64),
+                          atol=0.01)
     means = torch.tensor(RING.means, dtype=torch.float64)
     dist, comp = torch.cdist(x, means).min(1)
-    assert torch.allclose(torch.bincount(comp, minlength=8).double() / 20000, torch.full((8,), 1 / 8, dtype=torch.float64),
-                          atol=0.015)
+    assert torch.allclose(torch.bincount(comp, minlength=8).double() / 20000,
+                          torch.full((8,), 1 / 8, dtype=torch.float64), atol=0.015)
     # distance to the own mean is the norm of a 2-D N(0, 0.05^2) vector: Rayleigh, mean 0.05 sqrt(pi/2)
     assert abs(dist.mean() - 0.05 * math.sqrt(math.pi / 2)) < 0.002
 

@@ -47,7 +47,7 @@ def test_batch_moments_refuse_mismatched_batches():
         C.batch_moments(torch.zeros(4, 2), torch.zeros(5, 2))
 
 
-# ---------------------------------------------------------------------------------------------- independent / ot
+# ------------------------------------------------------------------------------------------- independent / ot
 
 
 def test_independent_coupling_gives_standard_gaussian_source():
@@ -253,7 +253,8 @@ def test_toy_gmm_source_needs_its_config():
 
 @pytest.mark.parametrize(("spec", "cls"), [("independent", C.IndependentCoupling), ("ot", C.OTCoupling),
                                            ("paired", C.PairedCoupling), ("paired:right", C.PairedCoupling),
-                                           ("corrupt:sr4", C.CorruptCoupling), ("corrupt:blur:2.0", C.CorruptCoupling),
+                                           ("corrupt:sr4", C.CorruptCoupling),
+                                           ("corrupt:blur:2.0", C.CorruptCoupling),
                                            ("toy:moons", C.DistributionCoupling),
                                            ("toy-ot:swissroll", C.DistributionCoupling)])
 def test_make_coupling_builds_each_kind(spec, cls):
@@ -264,7 +265,8 @@ def test_make_coupling_builds_each_kind(spec, cls):
         assert cp.reg == 0.02
 
 
-@pytest.mark.parametrize("spec", ["", "gaussian", "ot:3", "independent:x", "paired:top", "corrupt", "corrupt:",
+@pytest.mark.parametrize("spec",
+                         ["", "gaussian", "ot:3", "independent:x", "paired:top", "corrupt", "corrupt:",
                                   "corrupt:webp", "toy", "toy:spiral", "toy-ot:"])
 def test_make_coupling_refuses_bad_specs(spec):
     with pytest.raises(UserError) as err:

@@ -1,4 +1,5 @@
-"""Degradations against known truths: constant and checker images, scipy's Gaussian filter, exact fractions."""
+"""Degradations against known truths: constant and checker images, scipy's Gaussian filter, exact
+fractions."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_blur_keeps_the_mean_exactly(sigma):
 @pytest.mark.parametrize("sigma", [0.8, 1.5])
 def test_blur_matches_scipy_gaussian_filter(sigma):
     x = images(b=1, c=2, h=13, w=11)
-    want = np.stack([ndimage.gaussian_filter(x[0, c].double().numpy(), sigma, mode="reflect") for c in range(2)])
+    want = np.stack([ndimage.gaussian_filter(x[0, c].double().numpy(), sigma, mode="reflect")
+                     for c in range(2)])
     torch.testing.assert_close(D.blur(x, sigma)[0].double(), torch.from_numpy(want), atol=1e-6, rtol=0)
 
 
@@ -130,7 +132,8 @@ def test_random_pixel_mask_has_the_exact_fraction(fraction):
     m = D.random_pixel_mask(x, fraction, gen())
     assert (m.sum((1, 2, 3)) == round(fraction * 100)).all()
     y = D.inpaint_random(torch.ones(4, 3, 10, 10), fraction, generator=gen())
-    assert (y == 0).float().mean() == pytest.approx(round(fraction * 100) / 100)  # all channels masked together
+    # all channels masked together
+    assert (y == 0).float().mean() == pytest.approx(round(fraction * 100) / 100)
 
 
 def test_random_pixel_mask_is_a_function_of_the_generator():
@@ -192,8 +195,10 @@ def test_sobel_magnitude_reads_half_the_step():
 # ---------------------------------------------------------------------------------------------- parser
 
 
-@pytest.mark.parametrize("spec", ["sr4", "sr2", "sr4:bicubic", "blur", "blur:2.0", "inpaint", "inpaint:0.3:noise",
-                                  "inpaint_anywhere:0.2", "inpaint_random:0.7", "noise:0.2", "colorize", "edges",
+@pytest.mark.parametrize("spec",
+                         ["sr4", "sr2", "sr4:bicubic", "blur", "blur:2.0", "inpaint", "inpaint:0.3:noise",
+                                  "inpaint_anywhere:0.2", "inpaint_random:0.7", "noise:0.2", "colorize",
+                          "edges",
                                   "edges:0.3"])
 def test_make_degradation_parses_and_keeps_the_shape(spec):
     deg = D.make_degradation(spec)

@@ -17,7 +17,8 @@ from ctmtool.gctm.degrade import SpecError, make_degradation
 
 
 def _images(n=2, c=3, size=32, seed=0):
-    return torch.rand(n, c, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1
+    return torch.rand(n, c, size, size, generator=torch.Generator().manual_seed(seed),
+                      dtype=torch.float64) * 2 - 1
 
 
 @pytest.mark.parametrize("factor", [2, 4])
@@ -26,7 +27,8 @@ def test_bicubic_down_matches_pil_and_torch_inside_the_image(factor):
     ours = op.bicubic_down(x, factor, truncate=False)[0, 0].numpy()
     pil = np.asarray(Image.fromarray(x[0, 0].numpy().astype(np.float32), mode="F").resize(
         (32 // factor,) * 2, Image.Resampling.BICUBIC), dtype=np.float64)
-    tor = F.interpolate(x, scale_factor=1 / factor, mode="bicubic", antialias=True, align_corners=False)[0, 0].numpy()
+    tor = F.interpolate(x, scale_factor=1 / factor, mode="bicubic", antialias=True,
+                        align_corners=False)[0, 0].numpy()
     inner = slice(2, 32 // factor - 2)  # away from the borders, where PIL renormalises and DDRM reflects
     assert np.abs(ours[inner, inner] - pil[inner, inner]).max() < 1e-5
     assert np.abs(ours[inner, inner] - tor[inner, inner]).max() < 1e-5
@@ -37,7 +39,8 @@ def test_bicubic_down_matches_pil_and_torch_inside_the_image(factor):
 
 def test_bicubic_down_keeps_constants_everywhere():
     x = torch.full((1, 3, 16, 16), 0.3, dtype=torch.float64)
-    assert torch.allclose(op.bicubic_down(x, 4, truncate=False), torch.full((1, 3, 4, 4), 0.3, dtype=torch.float64))
+    assert torch.allclose(op.bicubic_down(x, 4, truncate=False),
+                          torch.full((1, 3, 4, 4), 0.3, dtype=torch.float64))
 
 
 def test_blur_matrix_is_a_zero_padded_convolution_with_the_four_leading_taps():
@@ -63,7 +66,8 @@ def test_truncated_singulars_are_the_originals_with_small_ones_zeroed():
 
 
 def test_official_blur_layout_against_its_defining_formula():
-    """y = U_2d diag(s[k mod N]) V_2d^T vec(x) with pixel-major vectors, written out with Kronecker products."""
+    """y = U_2d diag(s[k mod N]) V_2d^T vec(x) with pixel-major vectors, written out with Kronecker
+    products."""
     n = 6
     x = _images(1, 3, n, seed=1)
     h = op.blur_matrix(op.gauss_kernel5(), n)
@@ -114,7 +118,8 @@ def test_masks_cover_the_asked_fractions_and_follow_the_generator():
     ("sr4x-bicubic", "sr_bicubic", (4,)), ("sr2x-pool", "sr", (2, "nearest")), ("jpeg-5", "jpeg", (5,)),
     ("blur-gauss", "ddrm_blur", ("gauss", 0.8, True)), ("blur_uni", "ddrm_blur", ("uni", 0.8, False)),
     ("inpaint-random", "inpaint_random_range", (0.8, 0.92, "noise")),
-    ("freeform:0.3:0.4", "inpaint_freeform", (0.3, 0.4, "white")), ("inpaint-center", "inpaint_box", (0.25, False, "noise")),
+    ("freeform:0.3:0.4", "inpaint_freeform", (0.3, 0.4, "white")),
+    ("inpaint-center", "inpaint_box", (0.25, False, "noise")),
 ])
 def test_official_and_ctmtool_spec_names(spec, fn, args):
     d = make_degradation(spec)

@@ -1,5 +1,5 @@
-"""GCTM's training times as the reference draws them (ctmtool.gctm.times); bench/xcheck_gctm_times.py compares the
-distributions with the official sampler itself."""
+"""GCTM's training times as the reference draws them (ctmtool.gctm.times); bench/xcheck_gctm_times.py compares
+the distributions with the official sampler itself."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def test_curriculum_doubles_the_training_grid():
     assert curriculum_steps(4, 10**6, None, 1024) == 4
     p = load_preset("toy-translate", ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "gctm.grid=3",
                                       "gctm.max_steps=2", "distill.batch=32", "gctm.double_every=2"])
-    obj = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(), {"var0": 0.2, "var1": 1.0, "cov01": 0.0})
+    obj = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(),
+                         {"var0": 0.2, "var1": 1.0, "cov01": 0.0})
     sizes = []
     for _ in range(5):
         obj.step([(torch.randn(32, 2), None)], 0.0)

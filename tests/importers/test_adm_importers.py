@@ -1,4 +1,5 @@
-"""OpenAI ADM teacher and Sony CTM imports: layout inference, round-trip outputs, refusals (hostile files included)."""
+"""OpenAI ADM teacher and Sony CTM imports: layout inference, round-trip outputs, refusals (hostile files
+included)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from ctmtool.errors import UserError
 from ctmtool.importers import convert_file, import_file, openai_adm, sony_ctm
 from ctmtool.nets.adm import ADMUNet
 
-LAYOUT = dict(model_channels=32, channel_mult=(1, 2, 3), num_res_blocks=2, attn_resolutions=(8,), head_channels=16)
+LAYOUT = dict(model_channels=32, channel_mult=(1, 2, 3), num_res_blocks=2, attn_resolutions=(8,),
+              head_channels=16)
 
 
 def _official_state(use_s: bool, seed: int = 0, label_dim: int = 7, **kw) -> dict[str, torch.Tensor]:
-    """A state dict in the official naming (ADMUNet's names are the official ones) with every tensor random."""
+    """A state dict in the official naming (ADMUNet's names are the official ones) with every tensor
+    random."""
     torch.manual_seed(seed)
     net = ADMUNet(32, 3, 3, label_dim=label_dim, use_s=use_s, **{**LAYOUT, **kw})
     g = torch.Generator().manual_seed(seed + 1)
@@ -26,11 +29,13 @@ def _official_state(use_s: bool, seed: int = 0, label_dim: int = 7, **kw) -> dic
 
 
 def _edm_by_hand(sd: dict, x, sigma, y, s=None, **kw):
-    """c_skip x + c_out F(c_in x, 250 ln sigma [, 250 ln s], y), EDM coefficients, sigma_data 0.5, from the raw net."""
+    """c_skip x + c_out F(c_in x, 250 ln sigma [, 250 ln s], y), EDM coefficients, sigma_data 0.5, from the
+    raw net."""
     net = ADMUNet(32, 3, 3, label_dim=7, use_s=s is not None, **{**LAYOUT, **kw}).eval()
     net.load_state_dict(sd)
     sd2 = 0.25
-    c_skip, c_out, c_in = sd2 / (sigma**2 + sd2), sigma * 0.5 / math.sqrt(sigma**2 + sd2), 1 / math.sqrt(sigma**2 + sd2)
+    c_skip, c_out, c_in = (sd2 / (sigma**2 + sd2), sigma * 0.5 / math.sqrt(sigma**2 + sd2),
+                           1 / math.sqrt(sigma**2 + sd2))
     t = torch.full((x.shape[0],), math.log(sigma) / 4)
     s_lab = None if s is None else torch.full((x.shape[0],), math.log(s) / 4)
     with torch.no_grad():
@@ -57,7 +62,8 @@ def test_openai_teacher_round_trip(tmp_path):
 
 
 def test_sony_ctm_round_trip(tmp_path):
-    sd = {f"module.{k}": v for k, v in _official_state(use_s=True, seed=3).items()}  # a DDP prefix is stripped
+    # a DDP prefix is stripped
+    sd = {f"module.{k}": v for k, v in _official_state(use_s=True, seed=3).items()}
     torch.save(sd, tmp_path / "ema_0.999_000001.pt")
     import_file(tmp_path / "ema_0.999_000001.pt", tmp_path / "c.safetensors", resolution=32, head_channels=16)
     ckpt = load_checkpoint(tmp_path / "c.safetensors")
@@ -80,7 +86,8 @@ def test_layout_inference_other_variants(tmp_path):
     torch.save(sd, tmp_path / "v.pt")
     res, _ = convert_file(tmp_path / "v.pt", resolution=32, head_channels=16)
     a = res.preset.net.adm
-    assert (a.channel_mult, a.num_res_blocks, a.attn_resolutions, a.resblock_updown) == ([1, 2, 2], 1, [32, 8], False)
+    assert (a.channel_mult, a.num_res_blocks, a.attn_resolutions,
+            a.resblock_updown) == ([1, 2, 2], 1, [32, 8], False)
     import_file(tmp_path / "v.pt", tmp_path / "v.safetensors", resolution=32, head_channels=16)  # strict load
 
 

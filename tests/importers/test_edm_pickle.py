@@ -36,11 +36,12 @@ from ctmtool.importers.edm_pickle import SafeUnpickler, import_edm_pickle, read_
 
 # the constructor arguments EDM's train.py records for DDPM++ and NCSN++ (made tiny); channel_mult_emb and
 # label_dropout are left to SongUNet's defaults and so are not recorded, as in the published pickles
-DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
-              channel_mult_noise=1, resample_filter=[1, 1], model_channels=16, channel_mult=[1, 2], num_blocks=1,
-              attn_resolutions=[8], dropout=0.13, augment_dim=9, use_fp16=False)
-NCSNPP = dict(DDPMPP, embedding_type="fourier", encoder_type="residual", decoder_type="skip", channel_mult_noise=2,
-              resample_filter=[1, 3, 3, 1])
+DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
+              decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1], model_channels=16,
+              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.13, augment_dim=9,
+              use_fp16=False)
+NCSNPP = dict(DDPMPP, embedding_type="fourier", encoder_type="residual", decoder_type="skip",
+              channel_mult_noise=2, resample_filter=[1, 3, 3, 1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,9 +53,11 @@ def _sentinel_code(path) -> str:
 
 
 class Persistent(nn.Module):
-    """A class under `@persistence.persistent_class`: records its kwargs and pickles as EDM's decorator does."""
+    """A class under `@persistence.persistent_class`: records its kwargs and pickles as EDM's decorator
+    does."""
 
-    module_src = "raise SystemExit('EDM module source was executed')\n"  # replaced per pickle (see `edm_dumps`)
+    # replaced per pickle (see `edm_dumps`)
+    module_src = "raise SystemExit('EDM module source was executed')\n"
 
     def __init__(self, gen: torch.Generator, **kwargs):
         super().__init__()
@@ -83,14 +86,16 @@ class Linear(Persistent):
 class Conv2d(Persistent):
     def __init__(self, gen, in_channels, out_channels, kernel, bias=True, up=False, down=False,
                  resample_filter=(1, 1), fused_resample=False, **init):
-        super().__init__(gen, in_channels=in_channels, out_channels=out_channels, kernel=kernel, bias=bias, up=up,
-                         down=down, resample_filter=list(resample_filter), fused_resample=fused_resample, **init)
+        super().__init__(gen, in_channels=in_channels, out_channels=out_channels, kernel=kernel, bias=bias,
+                         up=up, down=down, resample_filter=list(resample_filter),
+                         fused_resample=fused_resample, **init)
         self.in_channels, self.out_channels, self.up, self.down = in_channels, out_channels, up, down
         self.fused_resample = fused_resample
         self.weight = self.rand(out_channels, in_channels, kernel, kernel) if kernel else None
         self.bias = self.rand(out_channels) if kernel and bias else None
         f = torch.as_tensor(resample_filter, dtype=torch.float32)
-        self.register_buffer("resample_filter", (torch.outer(f, f) / f.sum() ** 2)[None, None] if up or down else None)
+        self.register_buffer("resample_filter",
+                             (torch.outer(f, f) / f.sum() ** 2)[None, None] if up or down else None)
 
 
 class GroupNorm(Persistent):
@@ -103,22 +108,24 @@ class GroupNorm(Persistent):
 class UNetBlock(Persistent):
     def __init__(self, gen, in_channels, out_channels, emb_channels, up=False, down=False, attention=False,
                  resample_filter=(1, 1), dropout=0.0):
-        super().__init__(gen, in_channels=in_channels, out_channels=out_channels, emb_channels=emb_channels, up=up,
-                         down=down, attention=attention, num_heads=1, dropout=dropout, skip_scale=np.sqrt(0.5),
-                         eps=1e-6, resample_filter=list(resample_filter), resample_proj=True, adaptive_scale=False,
-                         init=dict(init_mode="xavier_uniform"),
+        super().__init__(gen, in_channels=in_channels, out_channels=out_channels, emb_channels=emb_channels,
+                         up=up, down=down, attention=attention, num_heads=1, dropout=dropout,
+                         skip_scale=np.sqrt(0.5), eps=1e-6, resample_filter=list(resample_filter),
+                         resample_proj=True, adaptive_scale=False, init=dict(init_mode="xavier_uniform"),
                          init_attn=dict(init_mode="xavier_uniform", init_weight=np.sqrt(0.2)))
         self.in_channels, self.out_channels, self.emb_channels = in_channels, out_channels, emb_channels
         self.num_heads, self.dropout, self.adaptive_scale = (1 if attention else 0), dropout, False
         self.skip_scale = np.sqrt(0.5)  # a NumPy scalar, as in EDM
         self.norm0 = GroupNorm(gen, in_channels, eps=1e-6)
-        self.conv0 = Conv2d(gen, in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter)
+        self.conv0 = Conv2d(gen, in_channels, out_channels, 3, up=up, down=down,
+                            resample_filter=resample_filter)
         self.affine = Linear(gen, emb_channels, out_channels)
         self.norm1 = GroupNorm(gen, out_channels, eps=1e-6)
         self.conv1 = Conv2d(gen, out_channels, out_channels, 3)
         self.skip = None
         if out_channels != in_channels or up or down:
-            self.skip = Conv2d(gen, in_channels, out_channels, 1, up=up, down=down, resample_filter=resample_filter)
+            self.skip = Conv2d(gen, in_channels, out_channels, 1, up=up, down=down,
+                               resample_filter=resample_filter)
         if attention:
             self.norm2 = GroupNorm(gen, out_channels, eps=1e-6)
             self.qkv = Conv2d(gen, out_channels, out_channels * 3, 1)
@@ -140,10 +147,11 @@ class FourierEmbedding(Persistent):
 class SongUNet(Persistent):
     """The layout of EDM's SongUNet.__init__ (mapping, encoder and decoder dicts) for the given arguments."""
 
-    def __init__(self, gen, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0, model_channels=128,
-                 channel_mult=(1, 2, 2, 2), channel_mult_emb=4, num_blocks=4, attn_resolutions=(16,), dropout=0.10,
-                 label_dropout=0, embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
-                 decoder_type="standard", resample_filter=(1, 1), record=None):
+    def __init__(self, gen, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0,
+                 model_channels=128, channel_mult=(1, 2, 2, 2), channel_mult_emb=4, num_blocks=4,
+                 attn_resolutions=(16,), dropout=0.10, label_dropout=0, embedding_type="positional",
+                 channel_mult_noise=1, encoder_type="standard", decoder_type="standard",
+                 resample_filter=(1, 1), record=None):
         super().__init__(gen, **record)
         self.label_dropout = label_dropout
         emb, noise = model_channels * channel_mult_emb, model_channels * channel_mult_noise
@@ -163,12 +171,14 @@ class SongUNet(Persistent):
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(gen, cout, cout, down=True, **blk)
                 if encoder_type == "residual":
-                    self.enc[f"{res}x{res}_aux_residual"] = Conv2d(gen, caux, cout, 3, down=True, fused_resample=True,
+                    self.enc[f"{res}x{res}_aux_residual"] = Conv2d(gen, caux, cout, 3, down=True,
+                                                                   fused_resample=True,
                                                                    resample_filter=resample_filter)
                     caux = cout
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(gen, cin, cout, attention=res in attn_resolutions, **blk)
+                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(gen, cin, cout,
+                                                                attention=res in attn_resolutions, **blk)
         skips = [b.out_channels for name, b in self.enc.items() if "aux" not in name]
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -203,8 +213,8 @@ def _precond(cls_name: str, attrs: dict):
     def __init__(self, gen, img_resolution, img_channels, label_dim=0, use_fp16=False, model_type="SongUNet",
                  **kwargs):
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in attrs}
-        Persistent.__init__(self, gen, img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim,
-                            use_fp16=use_fp16, model_type=model_type, **own, **kwargs)
+        Persistent.__init__(self, gen, img_resolution=img_resolution, img_channels=img_channels,
+                            label_dim=label_dim, use_fp16=use_fp16, model_type=model_type, **own, **kwargs)
         self.img_resolution, self.img_channels, self.label_dim, self.use_fp16 = (img_resolution, img_channels,
                                                                                  label_dim, use_fp16)
         for k, v in {**attrs, **own}.items():
@@ -232,12 +242,14 @@ class Plain:
 
     def __reduce__(self):
         state = {k: v for k, v in self.__dict__.items() if k != "_name"}
-        meta = dict(type="class", version=6, module_src=Persistent.module_src, class_name=self._name, state=state)
+        meta = dict(type="class", version=6, module_src=Persistent.module_src, class_name=self._name,
+                    state=state)
         return (sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (meta,), None)
 
 
 def build(cls, seed: int = 0, res: int = 16, label_dim: int = 0, **network_kwargs):
-    """What EDM's train.py does: construct_class_by_name(**network_kwargs, **interface_kwargs), seeded weights."""
+    """What EDM's train.py does: construct_class_by_name(**network_kwargs, **interface_kwargs), seeded
+    weights."""
     return cls(torch.Generator().manual_seed(seed), img_resolution=res, img_channels=3, label_dim=label_dim,
                **network_kwargs).eval()
 
@@ -267,11 +279,12 @@ def edm_dumps(sentinel, **entries) -> bytes:
 
 
 def edm_snapshot(tmp_path, name: str, ema, sentinel) -> tuple:
-    """A network-snapshot pickle with EDM's four entries; returns (path, the tensors the importer must deliver)."""
+    """A network-snapshot pickle with EDM's four entries; returns (path, the tensors the importer must
+    deliver)."""
     loss = Plain("VPLoss", beta_d=19.9, beta_min=0.1, epsilon_t=1e-5)
     aug = Plain("AugmentPipe", p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=0.0)
-    dataset = dict(class_name="training.dataset.ImageFolderDataset", path="cifar10-32x32.zip", use_labels=False,
-                   xflip=False, cache=True, resolution=32, max_size=50000)
+    dataset = dict(class_name="training.dataset.ImageFolderDataset", path="cifar10-32x32.zip",
+                   use_labels=False, xflip=False, cache=True, resolution=32, max_size=50000)
     path = tmp_path / name
     path.write_bytes(edm_dumps(sentinel, ema=ema, loss_fn=loss, augment_pipe=aug, dataset_kwargs=dataset))
     return path, {f"net.{k}": v.detach().clone() for k, v in ema.model.state_dict().items()}
@@ -308,12 +321,15 @@ def test_vp_ddpmpp_every_tensor_arrives_unchanged(tmp_path, sentinel):
     for k, v in tensors.items():
         assert state[k].dtype == v.dtype and torch.equal(state[k], v), k
     # a few of EDM's names and shapes for this configuration, worked out from training/networks.py by hand
-    shapes = {"net.map_layer0.weight": (64, 16), "net.map_layer1.bias": (64,), "net.map_augment.weight": (16, 9),
-              "net.enc.16x16_conv.weight": (16, 3, 3, 3), "net.enc.8x8_down.conv0.resample_filter": (1, 1, 2, 2),
-              "net.enc.8x8_block0.qkv.weight": (96, 32, 1, 1), "net.enc.8x8_block0.skip.weight": (32, 16, 1, 1),
-              "net.dec.8x8_in0.proj.weight": (32, 32, 1, 1), "net.dec.8x8_block0.conv0.weight": (32, 64, 3, 3),
-              "net.dec.16x16_up.skip.resample_filter": (1, 1, 2, 2), "net.dec.16x16_block0.norm0.weight": (48,),
-              "net.dec.8x8_block1.norm0.weight": (48,), "net.dec.16x16_block1.conv0.weight": (16, 32, 3, 3),
+    shapes = {"net.map_layer0.weight": (64, 16), "net.map_layer1.bias": (64,),
+              "net.map_augment.weight": (16, 9), "net.enc.16x16_conv.weight": (16, 3, 3, 3),
+              "net.enc.8x8_down.conv0.resample_filter": (1, 1, 2, 2),
+              "net.enc.8x8_block0.qkv.weight": (96, 32, 1, 1),
+              "net.enc.8x8_block0.skip.weight": (32, 16, 1, 1), "net.dec.8x8_in0.proj.weight": (32, 32, 1, 1),
+              "net.dec.8x8_block0.conv0.weight": (32, 64, 3, 3),
+              "net.dec.16x16_up.skip.resample_filter": (1, 1, 2, 2),
+              "net.dec.16x16_block0.norm0.weight": (48,), "net.dec.8x8_block1.norm0.weight": (48,),
+              "net.dec.16x16_block1.conv0.weight": (16, 32, 3, 3),
               "net.dec.16x16_aux_conv.weight": (3, 16, 3, 3)}
     for k, shape in shapes.items():
         assert tuple(state[k].shape) == shape, k
@@ -321,14 +337,16 @@ def test_vp_ddpmpp_every_tensor_arrives_unchanged(tmp_path, sentinel):
     assert torch.equal(state["net.enc.8x8_down.conv0.resample_filter"], torch.full((1, 1, 2, 2), 0.25))
 
     p = ckpt.preset
-    assert p.net.kind == "unet" and p.net.label_dim == 0 and ckpt.data_shape == (3, 16, 16) and ckpt.kind == "teacher"
+    assert (p.net.kind == "unet" and p.net.label_dim == 0 and ckpt.data_shape == (3, 16, 16)
+            and ckpt.kind == "teacher")
     u = p.net.unet
     assert (u.model_channels, u.channel_mult, u.num_blocks, u.attn_resolutions) == (16, [1, 2], 1, [8])
     assert (u.dropout, u.augment_dim, u.embedding_type, u.resample_filter) == (0.13, 9, "positional", [1, 1])
     assert (u.channel_mult_emb, u.channel_mult_noise, u.encoder_type) == (4, 1, "standard")  # EDM's defaults
     assert p.diffusion.precond == "vp" and (p.diffusion.sigma_min, p.diffusion.sigma_max) == (0.002, 80.0)
     assert ckpt.meta["source"] == "edm-pickle" and ckpt.meta["class"] == "VPPrecond"
-    assert ckpt.meta["network"] == "SongUNet" and ckpt.meta["file"] == path.name and ckpt.meta["use_fp16"] is False
+    assert (ckpt.meta["network"] == "SongUNet" and ckpt.meta["file"] == path.name
+            and ckpt.meta["use_fp16"] is False)
     assert ckpt.meta["vp"] == VP_ATTRS
     assert ckpt.meta["precond_sigma_range"][1] == pytest.approx(math.sqrt(math.expm1(0.5 * 19.9 + 0.1)))
 
@@ -352,7 +370,8 @@ def test_ve_ncsnpp_every_tensor_arrives_unchanged(tmp_path, sentinel):
     # NCSN++'s own pieces: Fourier frequencies, the residual encoder path, the skip decoder's resampler
     assert state["net.map_noise.freqs"].shape == (16,) and state["net.map_layer0.weight"].shape == (64, 32)
     assert state["net.enc.8x8_aux_residual.weight"].shape == (16, 3, 3, 3)
-    assert set(k for k in state if k.startswith("net.dec.16x16_aux_up.")) == {"net.dec.16x16_aux_up.resample_filter"}
+    assert set(k for k in state
+               if k.startswith("net.dec.16x16_aux_up.")) == {"net.dec.16x16_aux_up.resample_filter"}
     torch.testing.assert_close(state["net.dec.16x16_aux_up.resample_filter"][0, 0],
                                torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
     u = ckpt.preset.net.unet
@@ -426,7 +445,8 @@ def test_code_in_the_pickle_is_refused_without_running(tmp_path, sentinel, evil,
 
 
 def test_real_persistence_module_installed_is_still_not_called(tmp_path, sentinel, monkeypatch):
-    """Even with a `torch_utils.persistence` importable (EDM installed), the importer uses its own stand-in."""
+    """Even with a `torch_utils.persistence` importable (EDM installed), the importer uses its own
+    stand-in."""
     path, _ = edm_snapshot(tmp_path, "snap.pkl", build(VPPrecond, **DDPMPP), sentinel)
     mod = types.ModuleType("torch_utils.persistence")
     mod._reconstruct_persistent_obj = lambda meta: open(sentinel, "w").write("called")
@@ -519,10 +539,12 @@ def test_stand_in_pickle_has_edms_layout(tmp_path, sentinel):
     data = edm_dumps(sentinel, ema=build(VPPrecond, **DDPMPP))
     ema = Recording(io.BytesIO(data)).load()["ema"]
     assert ("torch_utils.persistence", "_reconstruct_persistent_obj") in seen
-    assert ("torch.nn.modules.container", "ModuleDict") in seen and ("torch._utils", "_rebuild_tensor_v2") in seen
+    assert (("torch.nn.modules.container", "ModuleDict") in seen
+            and ("torch._utils", "_rebuild_tensor_v2") in seen)
     modules = {m for m, _ in seen}
     assert modules <= {"torch_utils.persistence", "torch._utils", "torch.storage", "torch", "collections",
-                       "torch.nn.modules.container", "numpy", "numpy.core.multiarray", "numpy._core.multiarray",
-                       "_codecs"}, modules
-    assert set(ema.meta) == {"type", "version", "module_src", "class_name", "state"} and ema.meta["version"] == 6
+                       "torch.nn.modules.container", "numpy", "numpy.core.multiarray",
+                       "numpy._core.multiarray", "_codecs"}, modules
+    assert (set(ema.meta) == {"type", "version", "module_src", "class_name", "state"}
+            and ema.meta["version"] == 6)
     assert {"_parameters", "_buffers", "_modules", "_init_args", "_init_kwargs"} <= set(ema.meta["state"])

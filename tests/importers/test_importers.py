@@ -1,4 +1,5 @@
-"""`ctmtool import`: files built in each published format (random weights) convert exactly; hostile files are refused."""
+"""`ctmtool import`: files built in each published format (random weights) convert exactly; hostile files are
+refused."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def _official_ctm_names(state: dict) -> dict:
                                                              encoder_type="residual", decoder_type="skip",
                                                              resample_filter=[1, 3, 3, 1]))])
 def test_ctm_cifar10_checkpoint_round_trip(tmp_path, label_dim, kw):
-    """An EDMPrecond_CTM state dict (model. prefix, map_layer*_s, shared storage) becomes the same CTM exactly."""
+    """An EDMPrecond_CTM state dict (model. prefix, map_layer*_s, shared storage) becomes the same CTM
+    exactly."""
     p = _preset(label_dim, **kw)
     src = _perturbed(build_precond("ctm", p, (3, 16, 16)))
     f = tmp_path / "ema_0.999_000100.pt"
@@ -121,12 +123,13 @@ def test_gctm_checkpoint_round_trip_and_options(tmp_path):
             assert torch.equal(m.net.jump(x, t, s), src.jump(x, t, s)), (t, s)
     # the label at the ends is ln(smax)/4 and ln(smin)/4, as the official network's
     noise = m.net.coefficients(torch.tensor([1.0, 0.0, 0.5]))[3]
-    assert torch.allclose(noise, torch.tensor([float(np.log(80.0)) / 4, float(np.log(0.002)) / 4, 0.0]), atol=1e-6)
+    assert torch.allclose(noise, torch.tensor([float(np.log(80.0)) / 4, float(np.log(0.002)) / 4, 0.0]),
+                          atol=1e-6)
 
 
 def test_edm_pickle_through_the_registry(tmp_path):
-    """An EDM network-snapshot pickle in NVIDIA's format (the stand-ins of tests/importers/test_edm_pickle.py) goes
-    through `ctmtool import`'s registry: detected, converted, every tensor unchanged, nothing run."""
+    """An EDM network-snapshot pickle in NVIDIA's format (the stand-ins of tests/importers/test_edm_pickle.py)
+    goes through `ctmtool import`'s registry: detected, converted, every tensor unchanged, nothing run."""
     sentinel = tmp_path / "code-was-run"
     ema = edm_t.build(edm_t.VPPrecond, **edm_t.DDPMPP)
     f, tensors = edm_t.edm_snapshot(tmp_path, "edm-tiny-16x16-uncond-vp.pkl", ema, sentinel)

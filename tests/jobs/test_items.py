@@ -1,5 +1,5 @@
-"""ctmtool.jobs.items: sampler settings from the preset's [sample], inapplicable options refused, results that do not
-depend on the batch size, and outputs checked finite."""
+"""ctmtool.jobs.items: sampler settings from the preset's [sample], inapplicable options refused, results that
+do not depend on the batch size, and outputs checked finite."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from tests.conftest import EDM_RANGE
 
 @pytest.fixture
 def ctm(tmp_path):
-    return load_model(tiny_checkpoint(tmp_path / "c.safetensors", overrides=["sample.nfe=2", "sample.gamma=0.5"]))
+    return load_model(tiny_checkpoint(tmp_path / "c.safetensors",
+                                      overrides=["sample.nfe=2", "sample.gamma=0.5"]))
 
 
 def test_defaults_come_from_the_preset(ctm, toy_preset):
@@ -27,10 +28,11 @@ def test_defaults_come_from_the_preset(ctm, toy_preset):
     assert plan_sampling(ctm, nfe=3, gamma=0.0).nfe == 3
     teacher = analytic_model(toy_preset)
     assert plan_sampling(teacher).solver == "heun"  # [sample] solver gamma does not apply to a denoiser
-    for kwargs, words in (({"nfe": 1}, "`nfe`"), ({"gamma": 0.3}, "`gamma`"), ({"class_label": 0}, "unconditional"),
-                          ({"sigmas": [80.0, 1.0, 0.0]}, None)):
+    for kwargs, words in (({"nfe": 1}, "`nfe`"), ({"gamma": 0.3}, "`gamma`"),
+                          ({"class_label": 0}, "unconditional"), ({"sigmas": [80.0, 1.0, 0.0]}, None)):
         if words is None:
-            assert list(plan_sampling(teacher, **kwargs).sigmas) == [80.0, 1.0, 0.0]  # a final 0 for an ODE solver
+            # a final 0 for an ODE solver
+            assert list(plan_sampling(teacher, **kwargs).sigmas) == [80.0, 1.0, 0.0]
         else:
             with pytest.raises(UserError, match=words):
                 plan_sampling(teacher, **kwargs)

@@ -17,9 +17,11 @@ def test_formats(tmp_path, capsysbinary):
     img = torch.rand(3, 3, 4, 4) * 2 - 1
     assert write_items(img, tmp_path / "s.npz", True, labels=torch.arange(3))["format"] == "npz"
     z = np.load(tmp_path / "s.npz")
-    assert z["samples"].shape == (3, 4, 4, 3) and z["samples"].dtype == np.uint8 and list(z["labels"]) == [0, 1, 2]
+    assert (z["samples"].shape == (3, 4, 4, 3) and z["samples"].dtype == np.uint8
+            and list(z["labels"]) == [0, 1, 2])
     info = write_items(img, tmp_path / "pngs", True, names=["a", "b", "c"])
-    assert info["files"] == 3 and sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert (info["files"] == 3
+            and sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["a.png", "b.png", "c.png"])
     with Image.open(tmp_path / "pngs" / "a.png") as im:
         assert np.array_equal(np.asarray(im), z["samples"][0])  # the same pixels in both formats
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no stage folder left

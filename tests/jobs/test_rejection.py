@@ -39,14 +39,16 @@ def test_keep_best_per_class_then_overall():
 
 
 def test_cli_keeps_the_best_of_the_same_draws(tmp_path, make_checkpoint, tiny_preset):
-    ckpt = make_checkpoint(tmp_path / "c.safetensors", "ctm", (3, 8, 8), tiny_preset("digits", net="unet"), scale=0.3)
+    ckpt = make_checkpoint(tmp_path / "c.safetensors", "ctm", (3, 8, 8), tiny_preset("digits", net="unet"),
+                           scale=0.3)
     clf = tmp_path / "clf.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.script(_Bright()), str(clf))
 
     def run(*args):
-        return CliRunner().invoke(app, ["sample", "--ckpt", str(ckpt), "--device", "cpu", "--seed", "3", "--json",
+        return CliRunner().invoke(app,
+                                  ["sample", "--ckpt", str(ckpt), "--device", "cpu", "--seed", "3", "--json",
                                         *args])
 
     r = run("--n", "6", "--reject-with", str(clf), "--rejection-ratio", "1", "-o", str(tmp_path / "kept.npz"))

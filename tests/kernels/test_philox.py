@@ -48,7 +48,8 @@ def test_normals_are_standard_and_seeds_differ():
     assert abs(float(z.std()) - 1) < 0.01
     assert abs(float((z.abs() > 1.959964).float().mean()) - 0.05) < 0.003
     assert not torch.equal(z[0], z[1])
-    assert not torch.equal(philox_normal(torch.tensor([3]), (8,), draw=0), philox_normal(torch.tensor([3]), (8,), draw=1))
+    assert not torch.equal(philox_normal(torch.tensor([3]), (8,), draw=0),
+                           philox_normal(torch.tensor([3]), (8,), draw=1))
 
 
 def test_integers_in_range_and_roughly_uniform():
@@ -63,7 +64,8 @@ def test_bits_match_a_direct_call_per_element():
     w = philox_bits(seeds, 9, draw=2, tag=0)
     for b, s in enumerate([7, 2**40 + 3]):
         for j in range(3):
-            out = philox4x32(tuple(torch.tensor(v) for v in (j, 2, 0, 0)), (torch.tensor(s & 0xFFFFFFFF), torch.tensor(s >> 32)))
+            out = philox4x32(tuple(torch.tensor(v) for v in (j, 2, 0, 0)),
+                             (torch.tensor(s & 0xFFFFFFFF), torch.tensor(s >> 32)))
             assert [int(x) for x in w[b, 4 * j: 4 * j + 4]] == [int(x) for x in out]
 
 
@@ -74,8 +76,10 @@ from ctmtool.kernels.philox_triton import philox_bits_triton, philox_normal_trit
 seeds = torch.tensor([0, 1, 2**40 + 7, -5, 123456789])
 for numel in (1, 6, 67):
     for draw in (0, 3):
-        assert torch.equal(philox_bits(seeds, numel, draw), philox_bits_triton(seeds, numel, draw)), (numel, draw)
-        err = (philox_normal(seeds, (numel,), draw) - philox_normal_triton(seeds, (numel,), draw)).abs().max().item()
+        assert torch.equal(philox_bits(seeds, numel, draw),
+                           philox_bits_triton(seeds, numel, draw)), (numel, draw)
+        err = (philox_normal(seeds, (numel,), draw)
+               - philox_normal_triton(seeds, (numel,), draw)).abs().max().item()
         assert err < 1e-5, (numel, draw, err)
 print("ok")
 """
@@ -84,8 +88,10 @@ print("ok")
 def test_triton_kernel_matches_reference_under_interpreter():
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep
+           + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 
@@ -100,7 +106,7 @@ def test_triton_kernel_compiles_for_sm90_without_a_gpu():
     from ctmtool.kernels.philox_triton import _philox_kernel
 
     for bits, out in ((False, "*fp32"), (True, "*i64")):
-        sig = {"seeds_ptr": "*i64", "out_ptr": out, "numel": "i32", "nblk": "i32", "total": "i32", "draw": "i32",
-               "tag": "i32", "BLOCK": "constexpr", "BITS": "constexpr"}
+        sig = {"seeds_ptr": "*i64", "out_ptr": out, "numel": "i32", "nblk": "i32", "total": "i32",
+               "draw": "i32", "tag": "i32", "BLOCK": "constexpr", "BITS": "constexpr"}
         src = ASTSource(fn=_philox_kernel, signature=sig, constexprs={"BLOCK": 256, "BITS": bits})
         assert triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]

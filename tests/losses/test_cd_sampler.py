@@ -1,4 +1,5 @@
-"""ctm.s_sampler = "sigma_min": consistency distillation (CD) as the CTM objective with s fixed at sigma_min."""
+"""ctm.s_sampler = "sigma_min": consistency distillation (CD) as the CTM objective with s fixed at
+sigma_min."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class Recorder:
 
 def _draws(s_sampler: str) -> tuple[Recorder, Recorder]:
     grid = karras_sigmas(8)
-    loss = CTMLoss(grid, max_steps=3, distance=lambda a, b: (a - b).flatten(1).pow(2).sum(1), s_sampler=s_sampler)
+    loss = CTMLoss(grid, max_steps=3, distance=lambda a, b: (a - b).flatten(1).pow(2).sum(1),
+                   s_sampler=s_sampler)
     loss.solver = lambda model, x, path, labels=None: x  # no teacher solve needed to see the draws
     online, target = Recorder(), Recorder()
     x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
@@ -41,7 +43,8 @@ def test_cd_fixes_s_at_sigma_min_and_keeps_the_other_draws():
     (t_ctm, s_ctm), (u_ctm, _) = ctm_online.calls
     assert torch.allclose(s_cd, torch.full_like(s_cd, smin)) and torch.allclose(s2_cd, s_cd)
     assert torch.equal(t_cd, t_ctm) and torch.equal(u_cd, u_ctm)  # the same t, u stream as CTM
-    assert float((s_ctm > smin * 1.0001).float().mean()) > 0.3  # CTM's s does vary: the setting changes something
+    # CTM's s does vary: the setting changes something
+    assert float((s_ctm > smin * 1.0001).float().mean()) > 0.3
 
 
 def test_s_sampler_is_a_preset_setting():

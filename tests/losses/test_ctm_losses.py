@@ -1,4 +1,5 @@
-"""The CTM objective's terms on tiny shapes: gradients go where the paper says, optima are where they should be."""
+"""The CTM objective's terms on tiny shapes: gradients go where the paper says, optima are where they should
+be."""
 
 import torch
 
@@ -31,7 +32,8 @@ def test_ctm_loss_gradient_reaches_online_but_not_target_or_teacher():
     loss_fn = CTMLoss(karras_sigmas(6), max_steps=3, distance=squared_l2)
     x0 = gmm.sample(32, torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(2)
-    loss, x_est = loss_fn(online, target, teacher_net, x0, generator=g, index_generator=torch.Generator().manual_seed(3))
+    loss, x_est = loss_fn(online, target, teacher_net, x0, generator=g,
+                          index_generator=torch.Generator().manual_seed(3))
     assert loss.shape == (32,) and x_est.requires_grad
     loss.mean().backward()
     assert all(q.grad is None for q in target.parameters())
@@ -47,7 +49,8 @@ def test_ctm_loss_is_zero_for_the_exact_trajectory_map():
     _, _, _, gmm = _nets()
     exact = ExactTrajectory(gmm, steps=64)
     grid = karras_sigmas(5)
-    # teacher = the same fine solver, so Solver(x_t, t -> u) followed by G(u -> s) equals G(t -> s) up to solver error
+    # teacher = the same fine solver, so Solver(x_t, t -> u) followed by G(u -> s) equals G(t -> s) up to
+    # solver error
     loss_fn = CTMLoss(grid, max_steps=1, distance=squared_l2)
     loss_fn.solver = lambda model, x, path, labels=None: exact.jump(x, path[0], path[-1])
     x0 = gmm.sample(64, torch.Generator().manual_seed(1))
@@ -70,7 +73,8 @@ def test_dsm_loss_optimum_is_the_posterior_mean():
 
     x0 = gmm.sample(20000, torch.Generator().manual_seed(1))
     dsm = DSMLoss(karras_sigmas(18))
-    losses = [float(dsm(Shifted(e), x0, generator=torch.Generator().manual_seed(7)).mean()) for e in (0.0, 0.05, -0.05)]
+    losses = [float(dsm(Shifted(e), x0, generator=torch.Generator().manual_seed(7)).mean())
+              for e in (0.0, 0.05, -0.05)]
     assert losses[0] < losses[1] and losses[0] < losses[2]
 
 
@@ -107,7 +111,8 @@ def test_has_dropout_and_unseeded_block_leaves_the_rng_alone():
 
 
 def test_halflognormal_sigmas_match_the_official_sampler():
-    """ctm-cifar10 resample.py HalfLogNormalHalfUniformSampler: b//2 log-normal, then Karras at u ~ U[0, 0.7]."""
+    """ctm-cifar10 resample.py HalfLogNormalHalfUniformSampler: b//2 log-normal, then Karras at u ~ U[0,
+    0.7]."""
     import math
 
     from ctmtool.losses.ctm import halflognormal_sigmas
@@ -123,9 +128,10 @@ def test_halflognormal_sigmas_match_the_official_sampler():
     low_end = (80 ** (1 / 7) + 0.7 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert abs(low_end - 0.318) < 1e-3  # the range the issue quotes
     assert hi.max() <= 80.0 and hi.min() >= low_end - 1e-6 and float(hi.min()) < 0.33
-    assert abs(float(big[:10000].log().mean()) + 1.2) < 0.05 and abs(float(big[:10000].log().std()) - 1.2) < 0.05
-    assert math.isclose(float((hi.float() ** (1 / 7)).mean()), 80 ** (1 / 7) + 0.35 * (0.002 ** (1 / 7) - 80 ** (1 / 7)),
-                        rel_tol=0.01)
+    assert (abs(float(big[:10000].log().mean()) + 1.2) < 0.05
+            and abs(float(big[:10000].log().std()) - 1.2) < 0.05)
+    assert math.isclose(float((hi.float() ** (1 / 7)).mean()),
+                        80 ** (1 / 7) + 0.35 * (0.002 ** (1 / 7) - 80 ** (1 / 7)), rel_tol=0.01)
 
 
 def test_has_dropout_sees_songunet_functional_dropout():

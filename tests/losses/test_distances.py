@@ -1,4 +1,5 @@
-"""Distances d(x, y): pseudo-Huber closed form and limits, squared L2, LPIPS loading and properties, make_distance."""
+"""Distances d(x, y): pseudo-Huber closed form and limits, squared L2, LPIPS loading and properties,
+make_distance."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def _random_lpips_weights() -> dict[str, torch.Tensor]:
     sd = {}
     for k, convs in _CONVS.items():
         for i, (cin, cout) in convs.items():
-            sd[f"net.slice{k}.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * math.sqrt(2 / (9 * cin))
+            sd[f"net.slice{k}.{i}.weight"] = (torch.randn(cout, cin, 3, 3, generator=g)
+                                              * math.sqrt(2 / (9 * cin)))
             sd[f"net.slice{k}.{i}.bias"] = 0.01 * torch.randn(cout, generator=g)
     for k, c in enumerate(_LIN):
         w = torch.rand(1, c, 1, 1, generator=g)
@@ -261,7 +263,8 @@ def test_make_distance(lpips_file):
     torch.testing.assert_close(ph(x, y), pseudo_huber(x, y, default_huber_c(3072)))
     lp = make_distance(CTMConfig(distance="lpips", lpips_weights=str(lpips_file)), dim=3072)
     assert isinstance(lp, LPIPS) and lp.resize == 224  # the CTM reference upsamples to 224
-    assert isinstance(make_distance(CTMConfig(distance="feature"), dim=3, feature_net=nn.Flatten()), FeatureDistance)
+    assert isinstance(make_distance(CTMConfig(distance="feature"), dim=3, feature_net=nn.Flatten()),
+                      FeatureDistance)
 
 
 def test_make_distance_errors(tmp_path):

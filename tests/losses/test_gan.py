@@ -1,4 +1,5 @@
-"""Hinge losses on known values; the adaptive weight against closed-form gradient norms, its clamps and edge cases."""
+"""Hinge losses on known values; the adaptive weight against closed-form gradient norms, its clamps and edge
+cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The paper's LPIPS (piq, average pooling, 224): offline errors, and the value against a hand-written formula."""
+"""The paper's LPIPS (piq, average pooling, 224): offline errors, and the value against a hand-written
+formula."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ TAPS = (3, 8, 15, 22, 29)  # relu1_2 .. relu5_3 in VGG16 `features`
 
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
-    """Random weights in the two files' formats: torchvision's VGG16 state dict and piq's list of 5 tensors."""
+    """Random weights in the two files' formats: torchvision's VGG16 state dict and piq's list of 5
+    tensors."""
     from torchvision.models.vgg import cfgs, make_layers
 
     d = tmp_path_factory.mktemp("hub")
-    torch.manual_seed(0)  # the `features.*` tensors of torchvision's VGG16 (the classifier is not read; left out)
+    # the `features.*` tensors of torchvision's VGG16 (the classifier is not read; left out)
+    torch.manual_seed(0)
     torch.save({f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}, d / VGG16_FILE)
     g = torch.Generator().manual_seed(1)
     torch.save([torch.rand(1, c, 1, 1, generator=g) for c in CHANNELS], d / LPIPS_FILE)
@@ -52,7 +55,8 @@ def _by_hand(x, y, vgg_file, lin_file, size):
     from torchvision.models.vgg import cfgs, make_layers
 
     features = make_layers(cfgs["D"])
-    features.load_state_dict({k[len("features."):]: v for k, v in torch.load(vgg_file, weights_only=True).items()})
+    features.load_state_dict({k[len("features."):]: v
+                              for k, v in torch.load(vgg_file, weights_only=True).items()})
     layers = [nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) else m for m in features]
     w = torch.load(lin_file, weights_only=True)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -67,7 +71,8 @@ def _by_hand(x, y, vgg_file, lin_file, size):
                 out.append(z / (z.square().sum(1, keepdim=True).sqrt() + 1e-10))
         return out
 
-    return sum(((a - b).square() * wk).mean(dim=(2, 3)).sum(1) for a, b, wk in zip(feats(x), feats(y), w, strict=True))
+    return sum(((a - b).square() * wk).mean(dim=(2, 3)).sum(1)
+               for a, b, wk in zip(feats(x), feats(y), w, strict=True))
 
 
 def test_value_matches_the_formula_with_average_pooling(weights_dir):
@@ -108,6 +113,7 @@ def test_inputs_reach_the_network_at_224(weights_dir):
 def test_cifar10_preset_uses_it_and_make_distance_builds_it(weights_dir, tmp_path):
     p = load_preset("cifar10")
     assert p.ctm.distance == "lpips_piq"
-    assert isinstance(make_distance(p.ctm.model_copy(update={"lpips_weights": str(weights_dir)}), 3072), PaperLPIPS)
+    assert isinstance(make_distance(p.ctm.model_copy(update={"lpips_weights": str(weights_dir)}), 3072),
+                      PaperLPIPS)
     with pytest.raises(UserError, match="missing"):
         make_distance(p.ctm.model_copy(update={"lpips_weights": str(tmp_path)}), 3072)

@@ -1,4 +1,5 @@
-"""Feature networks: TorchScript files, the clean-fid Inception pipeline, and finding/downloading its weights."""
+"""Feature networks: TorchScript files, the clean-fid Inception pipeline, and finding/downloading its
+weights."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ class _Tiny(torch.nn.Module):
 
 
 class _FakeInception(torch.nn.Module):
-    """Shaped like clean-fid's TorchScript Inception: `layers` maps normalised 299x299 RGB to 2048 features."""
+    """Shaped like clean-fid's TorchScript Inception: `layers` maps normalised 299x299 RGB to 2048
+    features."""
 
     def __init__(self):
         super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(192, 2048))
+        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten(),
+                                          torch.nn.Linear(192, 2048))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -46,7 +49,8 @@ def _save(module: torch.nn.Module, path: Path) -> Path:
 
 
 def _images(n: int, size: int = 16, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture
@@ -163,7 +167,8 @@ def test_inception_file_without_layers_is_refused(no_inception):
 
 
 class _Mixed(torch.nn.Module):
-    """An Inception block: a 1x1 `conv` branch and another, concatenated (as mixed_6 with its `conv` branch)."""
+    """An Inception block: a 1x1 `conv` branch and another, concatenated (as mixed_6 with its `conv`
+    branch)."""
 
     def __init__(self, cin: int):
         super().__init__()
@@ -175,7 +180,8 @@ class _Mixed(torch.nn.Module):
 
 
 class _LayeredInception(torch.nn.Module):
-    """The layout the IS / sFID heads read: `layers` with a `mixed_6` child, an `output` layer of 1008 logits."""
+    """The layout the IS / sFID heads read: `layers` with a `mixed_6` child, an `output` layer of 1008
+    logits."""
 
     def __init__(self):
         super().__init__()

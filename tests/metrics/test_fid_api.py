@@ -1,4 +1,5 @@
-"""The evaluation API: statistics of images and of a model's samples, saving/loading, references, FID dicts."""
+"""The evaluation API: statistics of images and of a model's samples, saving/loading, references, FID
+dicts."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def test_fid_from_stats_fields_note_and_kid(extractor):
     c = M.compute_stats([_images(200, seed=3, shift=60)], extractor, keep_features=True)
     near = M.fid_from_stats(a, b, kid_score=True, kid_subset_size=100, seed=0)
     far = M.fid_from_stats(c, b, kid_score=True, kid_subset_size=100, seed=0)
-    assert {"fid", "n", "features", "features_sha256", "mode", "n_ref", "seed", "kid", "kid_std", "note"} <= set(near)
+    assert {"fid", "n", "features", "features_sha256", "mode", "n_ref", "seed", "kid", "kid_std",
+            "note"} <= set(near)
     assert near["n"] == 200 and near["n_ref"] == 200 and near["features_sha256"] == extractor.short_sha
     assert 0 <= near["fid"] < far["fid"] and near["kid"] < far["kid"]
     assert "biased upward" in near["note"]

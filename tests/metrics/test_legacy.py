@@ -15,8 +15,8 @@ from ctmtool.metrics.legacy import KNOWN_REFS
 
 
 class _FakeInception(nn.Module):
-    """Shaped like the TF-FID TorchScript file: `layers` (299x299 input in [-1, 1]) and forward(x, return_features)
-    that resizes uint8-valued images itself (here bilinearly)."""
+    """Shaped like the TF-FID TorchScript file: `layers` (299x299 input in [-1, 1]) and forward(x,
+    return_features) that resizes uint8-valued images itself (here bilinearly)."""
 
     def __init__(self):
         super().__init__()
@@ -37,12 +37,14 @@ def cache(tmp_path, monkeypatch):
 
 
 def _images(n=6, size=32, seed=0):
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
 
 
 def test_legacy_mode_feeds_the_network_unresized_uint8_values(cache):
     ex = make_extractor("inception-legacy", cache=cache)
-    assert isinstance(ex, LegacyInceptionFeatures) and ex.mode == "legacy_tensorflow" and ex.name == "inception"
+    assert (isinstance(ex, LegacyInceptionFeatures) and ex.mode == "legacy_tensorflow"
+            and ex.name == "inception")
     x = _images()
     with torch.no_grad():
         want = ex.net(x.float(), return_features=True)
@@ -66,7 +68,8 @@ def test_edm_reference_npz(cache, tmp_path):
     ref = reference_stats(str(ref_path), ex)
     assert ref.mode == "legacy_tensorflow" and np.array_equal(ref.mu, feats.mean(0))
     stats = compute_stats(dataset_batches(_dataset(), 4), ex)
-    check_compatible(stats, ref)  # the samples' legacy statistics may be compared with it (sqrtm of 2048 dims is slow)
+    # the samples' legacy statistics may be compared with it (sqrtm of 2048 dims is slow)
+    check_compatible(stats, ref)
     bad = tmp_path / "bad.npz"
     np.savez(bad, mu=np.zeros(3), sigma=np.eye(3))
     with pytest.raises(UserError, match="not 2048-dim"):

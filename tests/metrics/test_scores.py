@@ -29,8 +29,8 @@ def _adm_is(probs: np.ndarray, split_size: int) -> float:
 
 def test_inception_score_matches_adm():
     lg = _logits(650)  # 6 full splits and a short one, as ADM's loop makes them
-    assert inception_score(lg.numpy(), split_size=100)[0] == pytest.approx(_adm_is(torch.softmax(lg, 1).numpy(), 100),
-                                                                          rel=1e-10)
+    assert inception_score(lg.numpy(), split_size=100)[0] == \
+        pytest.approx(_adm_is(torch.softmax(lg, 1).numpy(), 100), rel=1e-10)
 
 
 def test_inception_score_matches_torchmetrics_on_one_split():
@@ -60,7 +60,8 @@ def test_inception_score_seed_shuffles_class_sorted_rows():
     k, per = 5, 40  # rows sorted by class, as a folder per class reads: every split of 40 is one class
     sorted_logits = np.repeat(np.eye(k) * 30, per, axis=0)
     assert inception_score(sorted_logits, per)[0] == pytest.approx(1.0, abs=1e-9)
-    assert inception_score(sorted_logits, per, seed=0)[0] > 0.8 * k  # splits of mixed classes after the shuffle
+    # splits of mixed classes after the shuffle
+    assert inception_score(sorted_logits, per, seed=0)[0] > 0.8 * k
     assert inception_score(sorted_logits, len(sorted_logits), seed=0)[0] == pytest.approx(k, rel=1e-9)
 
 

@@ -1,4 +1,5 @@
-"""ADM U-Net (nets/adm.py): shapes, official parameter names, attention and embedding formulas, CTM's s-branch."""
+"""ADM U-Net (nets/adm.py): shapes, official parameter names, attention and embedding formulas, CTM's
+s-branch."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def _randomise(net: torch.nn.Module, seed: int = 1, scale: float = 0.2) -> None:
 
 def _preset(**adm) -> Preset:
     return Preset(net=NetConfig(kind="adm", label_dim=5, adm=ADMConfig(**{**dict(
-        model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], head_channels=16), **adm})),
+        model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], head_channels=16),
+                                                                          **adm})),
         data={"source": "folder", "resolution": 16, "channels": 3})
 
 
@@ -47,21 +49,26 @@ def test_output_shape_and_finite(kw):
 def test_official_parameter_names_and_shapes():
     sd = _net(label_dim=5, use_s=True).state_dict()
     expect = {
-        "time_embed.0.weight": (128, 32), "time_embed.2.weight": (128, 128), "time_embed_s.0.weight": (128, 32),
-        "label_emb.weight": (5, 128), "input_blocks.0.0.weight": (32, 3, 3, 3),
-        "input_blocks.1.0.in_layers.2.weight": (32, 32, 3, 3), "input_blocks.1.0.emb_layers.1.weight": (64, 128),
-        "input_blocks.1.0.emb_layers_s.1.weight": (64, 128), "input_blocks.1.0.out_layers.3.weight": (32, 32, 3, 3),
-        "input_blocks.2.0.in_layers.0.weight": (32,),  # the down-sampling ResBlock
-        "input_blocks.3.0.skip_connection.weight": (64, 32, 1, 1), "input_blocks.3.1.qkv.weight": (192, 64, 1, 1),
-        "input_blocks.3.1.proj_out.weight": (64, 64, 1, 1), "middle_block.1.norm.weight": (64,),
-        "middle_block.2.emb_layers.1.weight": (128, 128), "output_blocks.0.0.in_layers.0.weight": (128,),
+        "time_embed.0.weight": (128, 32), "time_embed.2.weight": (128, 128),
+        "time_embed_s.0.weight": (128, 32), "label_emb.weight": (5, 128),
+        "input_blocks.0.0.weight": (32, 3, 3, 3), "input_blocks.1.0.in_layers.2.weight": (32, 32, 3, 3),
+        "input_blocks.1.0.emb_layers.1.weight": (64, 128),
+        "input_blocks.1.0.emb_layers_s.1.weight": (64, 128),
+        # the down-sampling ResBlock
+        "input_blocks.1.0.out_layers.3.weight": (32, 32, 3, 3), "input_blocks.2.0.in_layers.0.weight": (32,),
+        "input_blocks.3.0.skip_connection.weight": (64, 32, 1, 1),
+        "input_blocks.3.1.qkv.weight": (192, 64, 1, 1), "input_blocks.3.1.proj_out.weight": (64, 64, 1, 1),
+        "middle_block.1.norm.weight": (64,), "middle_block.2.emb_layers.1.weight": (128, 128),
+        "output_blocks.0.0.in_layers.0.weight": (128,),
         "output_blocks.1.2.in_layers.2.weight": (64, 64, 3, 3),  # the up-sampling ResBlock after attention
-        "output_blocks.3.0.skip_connection.weight": (32, 64, 1, 1), "out.0.weight": (32,), "out.2.weight": (3, 32, 3, 3),
+        "output_blocks.3.0.skip_connection.weight": (32, 64, 1, 1), "out.0.weight": (32,),
+        "out.2.weight": (3, 32, 3, 3),
     }
     for name, shape in expect.items():
         assert tuple(sd[name].shape) == shape, name
     tops = {k.split(".")[0] for k in sd}
-    assert tops == {"time_embed", "time_embed_s", "label_emb", "input_blocks", "middle_block", "output_blocks", "out"}
+    assert tops == {"time_embed", "time_embed_s", "label_emb", "input_blocks", "middle_block",
+                    "output_blocks", "out"}
 
 
 def test_attention_is_softmax_attention_with_three_major_split():
@@ -91,11 +98,13 @@ def test_one_hot_labels_equal_integer_labels():
     net = _net(label_dim=5)
     _randomise(net)
     x, c, y = torch.randn(2, 3, 16, 16), torch.randn(2), torch.tensor([1, 3])
-    torch.testing.assert_close(net(x, c, labels=y), net(x, c, labels=torch.nn.functional.one_hot(y, 5).float()))
+    torch.testing.assert_close(net(x, c, labels=y),
+                               net(x, c, labels=torch.nn.functional.one_hot(y, 5).float()))
 
 
 def test_student_from_teacher_equals_teacher_at_init_for_any_s():
-    """Zero-initialised emb_layers_s: g(x, t, s) = D_teacher(x, t) for every s at init, and s = t in particular."""
+    """Zero-initialised emb_layers_s: g(x, t, s) = D_teacher(x, t) for every s at init, and s = t in
+    particular."""
     preset = _preset()
     torch.manual_seed(0)
     teacher = build_precond("teacher", preset, (3, 16, 16)).eval()

@@ -110,7 +110,8 @@ def test_to_moves_backbone(scripted_backbone):
 
 def test_single_map_backbone_pools():
     d = Discriminator(3, 16, backbone=Single(), channels=8)
-    assert [tuple(o.shape) for o in d(torch.randn(2, 3, 16, 16))] == [(2, 1, 8, 8), (2, 1, 4, 4), (2, 1, 2, 2)]
+    assert [tuple(o.shape) for o in d(torch.randn(2, 3, 16, 16))] == [(2, 1, 8, 8), (2, 1, 4, 4),
+                                                                      (2, 1, 2, 2)]
     d2 = Discriminator(3, 16, backbone=Single(), channels=8, num_scales=1)
     assert len(d2(torch.randn(2, 3, 16, 16))) == 1
 

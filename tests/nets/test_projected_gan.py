@@ -1,4 +1,5 @@
-"""The Projected-GAN discriminator (random weights of timm's networks): shapes, frozen parts, offline errors."""
+"""The Projected-GAN discriminator (random weights of timm's networks): shapes, frozen parts, offline
+errors."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ timm = pytest.importorskip("timm")
 
 @pytest.fixture(scope="module")
 def disc():
-    """The real EfficientNet-lite0 and, to keep the CPU test fast, DeiT-tiny in place of DeiT-base (same code path)."""
+    """The real EfficientNet-lite0 and, to keep the CPU test fast, DeiT-tiny in place of DeiT-base (same code
+    path)."""
     torch.manual_seed(0)
     return ProjectedDiscriminator({
-        "deit_base_distilled_patch16_224": timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False),
+        "deit_base_distilled_patch16_224": timm.create_model("deit_tiny_distilled_patch16_224",
+                                                             pretrained=False),
         "tf_efficientnet_lite0": timm.create_model("tf_efficientnet_lite0", pretrained=False)})
 
 
@@ -34,7 +37,8 @@ def test_logits_per_feature_network_and_map_sizes(disc):
     # four heads per network, each a 4x4 logit map: 112 -> 56 -> 28 -> 14 -> 7 -> 4 for the first head
     assert [tuple(l.shape) for l in logits] == [(2, 64), (2, 64)]
     for name in disc.names:  # after CCM (64..512 channels) and CSM (x2 upsampling, halving channels)
-        assert [tuple(s) for s in seen[name]] == [(64, 112, 112), (64, 56, 56), (128, 28, 28), (256, 14, 14)], name
+        assert ([tuple(s) for s in seen[name]]
+                == [(64, 112, 112), (64, 56, 56), (128, 28, 28), (256, 14, 14)]), name
 
 
 def test_labels_are_ignored_and_features_frozen(disc):
@@ -49,7 +53,8 @@ def test_labels_are_ignored_and_features_frozen(disc):
     assert trainable and all(n.startswith("heads.") for n in trainable)
     # the pretrained networks are not in the state dict; the random projections and the heads are
     keys = list(disc.state_dict())
-    assert any(".ccm." in k for k in keys) and any(".csm." in k for k in keys) and any(".post." in k for k in keys)
+    assert (any(".ccm." in k for k in keys) and any(".csm." in k for k in keys)
+            and any(".post." in k for k in keys))
     assert not any("blocks" in k or "patch_embed" in k or "conv_stem" in k for k in keys)
     loss = sum(l.mean() for l in disc(x))
     loss.backward()
@@ -79,7 +84,8 @@ def test_weights_are_read_from_a_folder(tmp_path):
     from ctmtool.nets.projected_gan import _read, create_backbone
 
     src = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "tf_efficientnet_lite0.safetensors"))
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()},
+              str(tmp_path / "tf_efficientnet_lite0.safetensors"))
     path = weight_file("tf_efficientnet_lite0", tmp_path)
     model = create_backbone("tf_efficientnet_lite0", _read(path))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in src.state_dict().items())

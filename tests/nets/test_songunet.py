@@ -1,4 +1,5 @@
-"""SongUNet: EDM's DDPM++/NCSN++ architecture (names, shapes, counts), resampling, attention, CTM's s input."""
+"""SongUNet: EDM's DDPM++/NCSN++ architecture (names, shapes, counts), resampling, attention, CTM's s
+input."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def test_edm_parameter_names_and_shapes():
     sd = _net(label_dim=10, augment_dim=9).state_dict()
     c, e = 16, 64
     expected = {
-        "map_layer0.weight": (e, c), "map_layer1.bias": (e,), "map_label.weight": (c, 10), "map_label.bias": (c,),
-        "map_augment.weight": (c, 9),
+        "map_layer0.weight": (e, c), "map_layer1.bias": (e,), "map_label.weight": (c, 10),
+        "map_label.bias": (c,), "map_augment.weight": (c, 9),
         "enc.16x16_conv.weight": (c, 3, 3, 3),
         "enc.16x16_block0.norm0.weight": (c,), "enc.16x16_block0.conv0.weight": (c, c, 3, 3),
         "enc.16x16_block0.affine.weight": (c, e), "enc.16x16_block0.conv1.bias": (c,),
@@ -81,7 +82,8 @@ def test_ncsnpp_names():
     assert "dec.8x8_aux_up.resample_filter" not in sd
     assert sd["dec.8x8_aux_conv.weight"].shape == (3, 32, 3, 3)
     f = sd["enc.8x8_down.conv0.resample_filter"][0, 0]
-    torch.testing.assert_close(f, torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
+    torch.testing.assert_close(f,
+                               torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
 
 
 def test_cifar10_ddpmpp_parameter_count():
@@ -101,7 +103,8 @@ def test_init_modes():
     qkv_bound = math.sqrt(0.2) * math.sqrt(6 / (32 + 96))
     assert blk.qkv.weight.abs().max() <= qkv_bound and blk.qkv.weight.abs().max() > 0.5 * qkv_bound
     assert all(not b.any() for n, b in net.named_parameters() if n.endswith("bias") and "norm" not in n)
-    assert blk.norm1.num_groups == 8 and blk.norm1.eps == 1e-6 and net.enc["16x16_block0"].norm0.num_groups == 4
+    assert (blk.norm1.num_groups == 8 and blk.norm1.eps == 1e-6
+            and net.enc["16x16_block0"].norm0.num_groups == 4)
 
 
 def test_resample_filter_11_is_nearest_up_and_avg_pool_down():
@@ -244,8 +247,8 @@ def test_class_label_joins_the_s_embedding():
 
     torch.manual_seed(0)
     for s_label in (True, False):
-        net = SongUNet(8, 3, 3, label_dim=4, model_channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[],
-                       use_s=True, s_label=s_label).eval()
+        net = SongUNet(8, 3, 3, label_dim=4, model_channels=16, channel_mult=[1], num_blocks=1,
+                       attn_resolutions=[], use_s=True, s_label=s_label).eval()
         seen = []
         net.map_s_layer0.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0].clone()))
         labels = torch.tensor([1, 3])

@@ -1,4 +1,5 @@
-"""The box filter's resampling as pooling / nearest upsampling: the FIR convolutions' results within float32 rounding."""
+"""The box filter's resampling as pooling / nearest upsampling: the FIR convolutions' results within float32
+rounding."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import torch
 
 from ctmtool.nets.songunet import Conv2d, SongUNet, upsample_nearest2x
 
-# the FIR path and the pooling path sum the same four products x * 1/4 in another order: at most a few ulps apart
+# the FIR path and the pooling path sum the same four products x * 1/4 in another order: at most a few ulps
+# apart
 DOWN_RTOL = 4 * torch.finfo(torch.float32).eps
 
 
 def _fir(conv: Conv2d) -> Conv2d:
     """The same layer forced onto the FIR convolution path."""
-    twin = Conv2d(conv.in_channels, conv.out_channels, conv.weight.shape[-1] if conv.weight is not None else 0,
-                  up=conv.up, down=conv.down, fused_resample=conv.fused_resample)
+    twin = Conv2d(conv.in_channels, conv.out_channels,
+                  conv.weight.shape[-1] if conv.weight is not None else 0, up=conv.up, down=conv.down,
+                  fused_resample=conv.fused_resample)
     twin.load_state_dict(conv.state_dict())
     twin.box = False
     return twin
@@ -47,7 +50,8 @@ def test_other_filters_keep_the_fir_path():
 
 def test_whole_ddpmpp_network_within_float32_rounding():
     torch.manual_seed(0)
-    net = SongUNet(16, 3, 3, model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8]).eval()
+    net = SongUNet(16, 3, 3, model_channels=16, channel_mult=[1, 2], num_blocks=1,
+                   attn_resolutions=[8]).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in net.parameters():
@@ -80,9 +84,10 @@ def test_nearest_upsampling_is_interpolate_bit_for_bit_with_its_gradient(shape):
 
 
 def test_upsampling_3x3_convolution_as_one_transposed_convolution():
-    """On the CPU, nearest upsampling + 3x3 convolution runs as one stride-2 transposed convolution with the taps
-    summed (16 instead of 36 multiply-adds per input pixel): output and the gradients of input, weight and bias
-    within float32 rounding of upsample-then-convolve (stated tolerance: 1e-5 of each tensor's largest value)."""
+    """On the CPU, nearest upsampling + 3x3 convolution runs as one stride-2 transposed convolution with the
+    taps summed (16 instead of 36 multiply-adds per input pixel): output and the gradients of input, weight
+    and bias within float32 rounding of upsample-then-convolve (stated tolerance: 1e-5 of each tensor's
+    largest value)."""
     torch.manual_seed(0)
     conv = Conv2d(16, 8, 3, up=True)
     with torch.no_grad():
@@ -91,9 +96,10 @@ def test_upsampling_3x3_convolution_as_one_transposed_convolution():
     x = torch.randn(3, 16, 7, 9, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
     a = conv(x)
-    w, b = conv.weight.detach().clone().requires_grad_(True), conv.bias.detach().clone().requires_grad_(True)
-    ref = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x2, scale_factor=2, mode="nearest"), w, b,
-                                     padding=1)
+    w = conv.weight.detach().clone().requires_grad_(True)
+    b = conv.bias.detach().clone().requires_grad_(True)
+    up = torch.nn.functional.interpolate(x2, scale_factor=2, mode="nearest")
+    ref = torch.nn.functional.conv2d(up, w, b, padding=1)
     assert a.shape == ref.shape == (3, 8, 14, 18)
     g = torch.randn_like(ref)
     a.backward(g)

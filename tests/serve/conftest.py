@@ -9,10 +9,12 @@ SMALL_MLP = ["net.mlp.hidden=64", "net.mlp.depth=2", "net.mlp.emb=32"]
 
 @pytest.fixture(scope="session")
 def digits_ckpt(tmp_path_factory):
-    """A digits-shaped (1x8x8) CTM with random weights (a small MLP: the page's behaviour, not its quality)."""
+    """A digits-shaped (1x8x8) CTM with random weights (a small MLP: the page's behaviour, not its
+    quality)."""
     from ctmtool.jobs.export import random_checkpoint
 
-    return random_checkpoint(tmp_path_factory.mktemp("ck") / "digits.safetensors", "digits", "ctm", overrides=SMALL_MLP)
+    return random_checkpoint(tmp_path_factory.mktemp("ck") / "digits.safetensors", "digits", "ctm",
+                             overrides=SMALL_MLP)
 
 
 @pytest.fixture(scope="session")

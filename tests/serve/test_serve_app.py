@@ -1,4 +1,5 @@
-"""ctmtool.serve.app over a real socket: frames, every kind of bad request answered, busy server, closed sockets."""
+"""ctmtool.serve.app over a real socket: frames, every kind of bad request answered, busy server, closed
+sockets."""
 
 from __future__ import annotations
 

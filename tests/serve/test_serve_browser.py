@@ -17,9 +17,11 @@ from ctmtool.serve.harness import (
     wait_idle,
 )
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'ctmtool[serve]')")
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright is not installed (pip install 'ctmtool[serve]')")
 BROWSER = find_browser()
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium on PATH (apt-get install chromium, or set CTMTOOL_CHROMIUM)")
+pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium on PATH (apt-get install chromium, or "
+                                                        "set CTMTOOL_CHROMIUM)")
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +62,14 @@ def test_the_walk_plays(page):
 
 
 def test_a_bad_upload_shows_its_error(page):
-    page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}])
+    page.set_input_files("#upload",
+                         files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}])
     page.wait_for_selector("#error", state="visible", timeout=10000)
     assert "not an image" in page.inner_text("#error")
 
 
 def test_an_oversized_upload_shows_the_limit(page):
-    page.set_input_files("#upload", files=[{"name": "big.png", "mimeType": "image/png", "buffer": b"\x89PNG" + bytes(30_000)}])
+    page.set_input_files("#upload", files=[{"name": "big.png", "mimeType": "image/png",
+                                            "buffer": b"\x89PNG" + bytes(30_000)}])
     page.wait_for_function("document.getElementById('error').textContent.includes('limit')", timeout=10000)
     assert "is over the 20 kB limit" in page.inner_text("#error")

@@ -1,4 +1,5 @@
-"""ctmtool.serve.engine: the page's requests computed by the library's samplers, in PyTorch and ONNX Runtime."""
+"""ctmtool.serve.engine: the page's requests computed by the library's samplers, in PyTorch and ONNX
+Runtime."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_edit_is_the_library_sdedit(digits_engine):
     x = torch.rand((1, *m.data_shape)) * 2 - 1
     out, _ = digits_engine.edit(x, 0.4, seed=5, nfe=2, gamma=0.5)
     level = strength_to_level(m, 0.4)
-    ref = sdedit(m, x, level, plan_editing(m, level, nfe=2, gamma=0.5), generator=torch.Generator().manual_seed(5))
+    ref = sdedit(m, x, level, plan_editing(m, level, nfe=2, gamma=0.5),
+                 generator=torch.Generator().manual_seed(5))
     assert torch.allclose(out, ref, atol=1e-6)
 
 
@@ -83,7 +85,8 @@ def test_class_choice_of_a_conditional_model(tmp_path):
     from ctmtool.jobs.export import random_checkpoint
 
     over = ["net.label_dim=10", "net.mlp.hidden=32", "net.mlp.depth=1", "net.mlp.emb=16"]
-    eng = Engine(load_model(random_checkpoint(tmp_path / "c.safetensors", "digits", "ctm", overrides=over)), backend="torch")
+    eng = Engine(load_model(random_checkpoint(tmp_path / "c.safetensors", "digits", "ctm", overrides=over)),
+                 backend="torch")
     assert eng.info()["label_dim"] == 10
     m = eng.model
     x4, _ = eng.generate(1, 0.0, label=4)

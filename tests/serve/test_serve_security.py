@@ -1,6 +1,7 @@
-"""Issue 29: the served page serves only its user. Host and Origin are checked (DNS rebinding, cross-site WebSocket
-hijacking), the page learns no filesystem path, idle pages give their slots back, oversized images get a clear
-message, and a non-loopback --host needs --expose. The browser test runs a page from another origin in Chromium."""
+"""Issue 29: the served page serves only its user. Host and Origin are checked (DNS rebinding, cross-site
+WebSocket hijacking), the page learns no filesystem path, idle pages give their slots back, oversized images
+get a clear message, and a non-loopback --host needs --expose. The browser test runs a page from another
+origin in Chromium."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def _get(server, path: str, host: str | None = None) -> tuple[int, bytes]:
 
 
 def _ws(server, **headers):
-    return ws_client.connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=10, additional_headers=headers or None,
-                             legacy=True)
+    return ws_client.connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=10,
+                             additional_headers=headers or None, legacy=True)
 
 
 def test_host_and_origin_are_checked(server):
@@ -118,11 +119,12 @@ def test_a_non_loopback_host_needs_expose(tmp_path):
     for host in ("0.0.0.0", "", "192.168.1.20", "::"):
         line = one_error_line(CliRunner().invoke(app, ["serve", "--ckpt", str(ck), "--host", host]))
         assert "--expose" in line, line
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.8.0.1")
+    assert (is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+            and is_loopback("127.8.0.1"))
     assert not is_loopback("0.0.0.0") and not is_loopback("")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # In a browser: a page from another origin cannot open the WebSocket (cross-site WebSocket hijacking)
 
 BROWSER = find_browser()
@@ -157,7 +159,8 @@ def other_site(server):
     site.shutdown()
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no Chromium on PATH (apt-get install chromium, or set CTMTOOL_CHROMIUM)")
+@pytest.mark.skipif(BROWSER is None,
+                    reason="no Chromium on PATH (apt-get install chromium, or set CTMTOOL_CHROMIUM)")
 def test_a_page_from_another_origin_cannot_open_the_websocket(server, other_site):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as pw:
@@ -169,8 +172,10 @@ def test_a_page_from_another_origin_cannot_open_the_websocket(server, other_site
             assert page.evaluate("window.result") == "refused"
             page.goto(server.url)  # the control: the server's own page does open it
             page.wait_for_function("document.querySelector('#gen') !== null", timeout=20000)
-            page.evaluate("""() => { window.own = "pending"; const s = new WebSocket(location.href.replace('http', 'ws') + 'ws');
-                                     s.onmessage = (e) => { window.own = JSON.parse(e.data).op; s.close(); }; }""")
+            page.evaluate("""() => { window.own = "pending";
+                                     const s = new WebSocket(location.href.replace('http', 'ws') + 'ws');
+                                     s.onmessage = (e) => { window.own = JSON.parse(e.data).op; s.close(); };
+                                   }""")
             page.wait_for_function("window.own !== 'pending'", timeout=20000)
             assert page.evaluate("window.own") == "hello"
         finally:

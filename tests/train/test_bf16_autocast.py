@@ -1,9 +1,10 @@
 """The training steps under bf16 autocast, as CUDA runs them (`precision = "bf16"`), checked on the CPU.
 
 `ctmtool.device.autocast` is a no-op on the CPU, so CI never ran the dtypes the GPU's first minutes run: here
-it is replaced by CPU bf16 autocast, and a teacher step and CTM steps (CTM + DSM with the adaptive weight, then
-the GAN phase) must run, stay finite, keep float32 parameters, gradients, EMAs and optimiser state, actually
-compute in bf16, and give losses near the float32 steps' (bf16 keeps 8 bits of mantissa: about 1% here).
+it is replaced by CPU bf16 autocast, and a teacher step and CTM steps (CTM + DSM with the adaptive weight,
+then the GAN phase) must run, stay finite, keep float32 parameters, gradients, EMAs and optimiser state,
+actually compute in bf16, and give losses near the float32 steps' (bf16 keeps 8 bits of mantissa: about 1%
+here).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from ctmtool.train import trajectory
 from ctmtool.train.teacher_objective import TeacherObjective
 from ctmtool.train.trajectory import ctm_objective
 
-TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1,2]", "net.unet.num_blocks=1",
-             "net.unet.attn_resolutions=[4]", "net.unet.dropout=0.0", "ctm.grid=6", "ctm.max_steps=3",
-             "ctm.eval_emas=[0.9]", "ctm.dsm_weight=adaptive"]
+TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1,2]",
+             "net.unet.num_blocks=1", "net.unet.attn_resolutions=[4]", "net.unet.dropout=0.0", "ctm.grid=6",
+             "ctm.max_steps=3", "ctm.eval_emas=[0.9]", "ctm.dsm_weight=adaptive"]
 CPU = torch.device("cpu")
 
 
@@ -57,7 +58,8 @@ def _all_float32(obj) -> None:
             for p in group["params"]:
                 assert p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32), name
                 for v in opt.state[p].values():
-                    assert not torch.is_tensor(v) or v.dtype in (torch.float32, torch.int64) or v.ndim == 0, name
+                    assert (not torch.is_tensor(v) or v.dtype in (torch.float32, torch.int64)
+                            or v.ndim == 0), name
 
 
 def _finite(logs: dict) -> None:
@@ -86,7 +88,8 @@ def test_ctm_steps_under_bf16(bf16_on_cpu, gan):
     shape = (1, 8, 8)
     out = {}
     for precision in ("fp32", "bf16"):
-        p = load_preset("digits", TINY_UNET + [f"distill.precision={precision}", f"gan.enabled={str(gan).lower()}",
+        p = load_preset("digits",
+                        TINY_UNET + [f"distill.precision={precision}", f"gan.enabled={str(gan).lower()}",
                                                "gan.g_period=1"])
         torch.manual_seed(0)
         teacher = build_precond("teacher", p, shape).eval().requires_grad_(False)

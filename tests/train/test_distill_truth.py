@@ -21,10 +21,11 @@ from ctmtool.train.loop import fit
 from ctmtool.train.trajectory import ctm_objective
 
 OVERRIDES = ["data.gmm.means=[[0.5, 0.5], [-0.5, -0.5]]", "data.gmm.weights=[1, 1]", "data.gmm.std=0.2",
-             "net.mlp.hidden=64", "net.mlp.depth=2", "net.mlp.emb=32", "net.mlp.noise_scale=100", "data.n=4096",
-             "distill.batch=128", "distill.kimg=102.4", "distill.minutes=1e9", "distill.lr=3e-3",
-             "ctm.grid=8", "ctm.max_steps=4", "distill.ckpt_every_kimg=1000", "distill.log_every_kimg=1000",
-             "diffusion.sigma_max=80"]  # its own problem on EDM's range (the toy preset's is 0.002..2)
+             "net.mlp.hidden=64", "net.mlp.depth=2", "net.mlp.emb=32", "net.mlp.noise_scale=100",
+             "data.n=4096", "distill.batch=128", "distill.kimg=102.4", "distill.minutes=1e9",
+             "distill.lr=3e-3", "ctm.grid=8", "ctm.max_steps=4", "distill.ckpt_every_kimg=1000",
+             "distill.log_every_kimg=1000", "diffusion.sigma_max=80"]  # its own problem on EDM's range (the
+                                                                       # toy preset's is 0.002..2)
 
 
 class OneStepDenoiserJump:

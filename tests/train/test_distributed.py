@@ -1,4 +1,5 @@
-"""Data-parallel training and sampling on 2 gloo ranks equal the single-process run with the same global batch."""
+"""Data-parallel training and sampling on 2 gloo ranks equal the single-process run with the same global
+batch."""
 
 import os
 import socket
@@ -20,7 +21,8 @@ from ctmtool.train.trajectory import ctm_objective
 
 TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
 TEACHER = TINY + ["teacher.batch=32", "teacher.micro_batch=16", "teacher.kimg=0.096", "teacher.lr_decay=none"]
-CTM = TINY + ["distill.batch=16", "distill.micro_batch=8", "distill.kimg=0.048", "ctm.grid=6", "ctm.max_steps=3", "ctm.dsm_weight=adaptive"]
+CTM = TINY + ["distill.batch=16", "distill.micro_batch=8", "distill.kimg=0.048", "ctm.grid=6",
+              "ctm.max_steps=3", "ctm.dsm_weight=adaptive"]
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
 
@@ -55,7 +57,8 @@ def _worker(r: int, world: int, port: int, out: str):
     xs = _sample(t_obj)
     if r == 0:
         torch.save({"teacher": t_obj.net.state_dict(), "ctm": c_obj.net.state_dict(), "samples": xs,
-                    "steps": (t_res.steps, c_res.steps), "loss": t_res.last["loss"]}, os.path.join(out, "rank0.pt"))
+                    "steps": (t_res.steps, c_res.steps), "loss": t_res.last["loss"]},
+                   os.path.join(out, "rank0.pt"))
     ddp.teardown()
 
 

@@ -1,4 +1,5 @@
-"""The GAN phase on 2 gloo ranks equals one process with the same global batch (`ctmtool.train.distributed_gan`)."""
+"""The GAN phase on 2 gloo ranks equals one process with the same global batch
+(`ctmtool.train.distributed_gan`)."""
 
 import os
 import socket
@@ -19,7 +20,8 @@ from ctmtool.train.distributed_gan import GlobalBatchNorm, d_hinge_share, g_hing
 from ctmtool.train.loop import fit
 from ctmtool.train.trajectory import ctm_objective
 
-# 8x8 digits, a tiny U-Net; 4 steps of 2 micro-batches of 4: G, D, G, D (the paper's g_period 2), adaptive weights,
+# 8x8 digits, a tiny U-Net; 4 steps of 2 micro-batches of 4: G, D, G, D (the paper's g_period 2), adaptive
+# weights,
 # the paper's DiffAugment (colour, translation, cutout 0.2)
 GAN = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
        "net.unet.attn_resolutions=[]", "distill.batch=8", "distill.micro_batch=4", "distill.kimg=0.032",
@@ -30,8 +32,9 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 
 
 class BatchNormDisc(nn.Module):
-    """Two Projected-GAN heads on the raw 8x8 images: `SingleDisc` (spectral norm, batch norm, LeakyReLU) at 8x8 and
-    at 4x4 (average-pooled): the batch-coupled layer and the per-forward power iteration of the paper's heads."""
+    """Two Projected-GAN heads on the raw 8x8 images: `SingleDisc` (spectral norm, batch norm, LeakyReLU) at
+    8x8 and at 4x4 (average-pooled): the batch-coupled layer and the per-forward power iteration of the
+    paper's heads."""
 
     def __init__(self):
         super().__init__()
@@ -43,7 +46,8 @@ class BatchNormDisc(nn.Module):
 
 
 def _train(run_dir):
-    """The GAN-phase run in this process (distributed if a group is up): objective, result, the k of every CTM call."""
+    """The GAN-phase run in this process (distributed if a group is up): objective, result, the k of every CTM
+    call."""
     preset = load_preset("digits", GAN)
     data = load_dataset(preset.data)
     torch.manual_seed(0)
@@ -66,7 +70,8 @@ def _train(run_dir):
 
 
 def _state(obj) -> dict:
-    """Every trained tensor: network, target, EMA, discriminator (with its batch-norm and power-iteration buffers)."""
+    """Every trained tensor: network, target, EMA, discriminator (with its batch-norm and power-iteration
+    buffers)."""
     return {f"{name}.{k}": v for name, m in (("net", obj.net), ("target", obj.target), ("ema", obj.emas[0.9]),
                                              ("disc", obj.disc)) for k, v in m.state_dict().items()}
 
@@ -94,7 +99,8 @@ def test_gan_phase_on_two_gloo_ranks_equals_one_process(tmp_path):
     got = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in range(2)]
     obj, res, ks = _train(tmp_path / "one")
     assert (obj.steps, obj.d_steps) == got[0]["steps"] == got[1]["steps"] == (2, 2)  # G, D, G, D
-    # k: one draw per optimiser step, shared by its two micro-batches (G: the CTM loss; D: the estimate), every rank
+    # k: one draw per optimiser step, shared by its two micro-batches (G: the CTM loss; D: the estimate),
+    # every rank
     assert len(ks) == 8 and all(ks[i] == ks[i + 1] for i in range(0, 8, 2)) and len(set(ks)) > 1
     assert got[0]["ks"] == got[1]["ks"] == ks
     one = _state(obj)
@@ -112,7 +118,8 @@ def test_gan_phase_on_two_gloo_ranks_equals_one_process(tmp_path):
 
 
 def _bn_case():
-    """A 5-row batch (rows 0-1 on rank 0, 2-4 on rank 1), output weights and a batch norm with random affine."""
+    """A 5-row batch (rows 0-1 on rank 0, 2-4 on rank 1), output weights and a batch norm with random
+    affine."""
     g = torch.Generator().manual_seed(9)
     x, w = torch.randn(5, 3, 4, 4, generator=g), torch.randn(5, 3, 4, 4, generator=g)
     bn = nn.BatchNorm2d(3)
@@ -140,7 +147,8 @@ def _bn_worker(r: int, world: int, port: int, out: str):
 
 
 def test_global_batch_norm_on_uneven_ranks_equals_batch_norm_of_the_whole_batch(tmp_path):
-    """Outputs, input gradients, summed parameter gradients and running statistics of 2 + 3 rows on 2 gloo ranks."""
+    """Outputs, input gradients, summed parameter gradients and running statistics of 2 + 3 rows on 2 gloo
+    ranks."""
     torch.multiprocessing.spawn(_bn_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     got = [torch.load(tmp_path / f"bn{r}.pt") for r in range(2)]
     x, w, bn = _bn_case()
@@ -178,7 +186,8 @@ def test_global_batch_norm_keeps_tensors_and_is_plain_batch_norm_in_one_process(
     before = {k: v for k, v in disc.named_parameters()}
     global_batch_norm(disc)
     assert sum(isinstance(m, GlobalBatchNorm) for m in disc.modules()) == 1
-    assert all(p is before[k] for k, p in disc.named_parameters())  # an optimiser built before still sees them
+    # an optimiser built before still sees them
+    assert all(p is before[k] for k, p in disc.named_parameters())
     x = torch.randn(6, 1, 8, 8)
     for a, b in zip(disc(x), ref(x), strict=True):
         torch.testing.assert_close(a, b)

@@ -1,4 +1,5 @@
-"""The GAN phase of CTM distillation: discriminator and generator alternate, and phase 2 resumes a CTM+DSM run."""
+"""The GAN phase of CTM distillation: discriminator and generator alternate, and phase 2 resumes a CTM+DSM
+run."""
 
 import torch
 
@@ -11,14 +12,16 @@ from ctmtool.nets.discriminator import Discriminator
 from ctmtool.train.loop import fit
 from ctmtool.train.trajectory import ctm_objective
 
-TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
-             "net.unet.attn_resolutions=[]", "distill.batch=8", "ctm.grid=4", "ctm.max_steps=2",
-             "ctm.eval_emas=[0.9]", "distill.ckpt_every_kimg=1000", "distill.log_every_kimg=1000"]
+TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1]",
+             "net.unet.num_blocks=1", "net.unet.attn_resolutions=[]", "distill.batch=8", "ctm.grid=4",
+             "ctm.max_steps=2", "ctm.eval_emas=[0.9]", "distill.ckpt_every_kimg=1000",
+             "distill.log_every_kimg=1000"]
 
 
 def _objective(preset, data, teacher):
     disc = Discriminator(1, 8, channels=8) if preset.gan.enabled else None
-    return ctm_objective(preset, data.shape, torch.device("cpu"), teacher, teacher.state_dict(), discriminator=disc)
+    return ctm_objective(preset, data.shape, torch.device("cpu"), teacher, teacher.state_dict(),
+                         discriminator=disc)
 
 
 def test_gan_phase_updates_both_networks_and_resumes_from_a_ctm_run(tmp_path):
@@ -45,7 +48,8 @@ def test_gan_term_on_vector_data_trains_a_vector_discriminator(tmp_path):
 
     preset = load_preset("toy", ["data.n=256", "net.mlp.hidden=16", "net.mlp.depth=1", "distill.batch=32",
                                  "distill.kimg=0.128", "ctm.grid=6", "ctm.max_steps=3", "ctm.eval_emas=[0.9]",
-                                 "distill.ckpt_every_kimg=1000", "distill.log_every_kimg=1000", "gan.enabled=true"])
+                                 "distill.ckpt_every_kimg=1000", "distill.log_every_kimg=1000",
+                                 "gan.enabled=true"])
     res = train(preset, "distill", tmp_path / "run", torch.device("cpu"), Reporter(quiet=True))
     assert res.steps == 4 and {"gan", "disc"} <= set(res.last)
     ckpt = load_checkpoint(res.checkpoint)

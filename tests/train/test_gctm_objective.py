@@ -1,4 +1,5 @@
-"""The GCTM objective: time grid, weighted distance, gradient flow, the DSM optimum, moments in checkpoints."""
+"""The GCTM objective: time grid, weighted distance, gradient flow, the DSM optimum, moments in
+checkpoints."""
 
 from __future__ import annotations
 
@@ -84,11 +85,13 @@ def test_ctm_term_gradient_reaches_the_estimate_only():
     log_online, log_target = CallLog(online), CallLog(target)
     loss = GCTMLoss(gctm_grid(6), 3, PseudoHuber(0.01))
     x0, x1 = torch.randn(32, 2), torch.randn(32, 2)
-    per_sample, x_est = loss.ctm(log_online, log_target, x0, x1, index_generator=torch.Generator().manual_seed(0))
+    per_sample, x_est = loss.ctm(log_online, log_target, x0, x1,
+                                 index_generator=torch.Generator().manual_seed(0))
     assert per_sample.shape == (32,) and x_est.requires_grad
     assert log_online.calls[0] == ("jump", True)  # the estimate G_theta(x_t, t, s)
     assert all(not grad for _, grad in log_online.calls[1:])  # the target jump G_sg(theta)(x_u, u, s)
-    assert log_target.calls and all(kind == "denoise" and not grad for kind, grad in log_target.calls)  # Heun on the EMA
+    # Heun on the EMA
+    assert log_target.calls and all(kind == "denoise" and not grad for kind, grad in log_target.calls)
     per_sample.mean().backward()
     grads = [p.grad for p in online.parameters()]
     assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
@@ -126,7 +129,8 @@ def test_dsm_term_is_minimised_by_the_posterior_mean():
     model = GCTMPrecond(LinearF(), var0=v0, var1=v1, cov01=0.0)
     loss = GCTMLoss(gctm_grid(18), 17, SquaredL2(), dsm_times="uniform")
     g = torch.Generator().manual_seed(0)
-    x0, x1 = math.sqrt(v0) * torch.randn(n, dim, generator=g), math.sqrt(v1) * torch.randn(n, dim, generator=g)
+    x0, x1 = (math.sqrt(v0) * torch.randn(n, dim, generator=g),
+              math.sqrt(v1) * torch.randn(n, dim, generator=g))
 
     def dsm(a: float, b: float) -> torch.Tensor:
         with torch.no_grad():
@@ -163,7 +167,8 @@ def test_objective_step_and_moments_round_trip(tmp_path):
     assert set(logs) == {"loss", "ctm", "dsm", "w_dsm"} and all(torch.isfinite(v) for v in logs.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, obj.net.parameters(), strict=True))
     ckpt = obj.checkpoint({"step": 1, "kimg": 0.064})
-    # the labels as the reference's network: t = 0 -> sigma_min, t = 1 -> sigma_max (ln(sigma_max)/4, not ln(9999)/4)
+    # the labels as the reference's network: t = 0 -> sigma_min, t = 1 -> sigma_max (ln(sigma_max)/4, not
+    # ln(9999)/4)
     want = {**moments, "label_range": [p.diffusion.sigma_min, p.diffusion.sigma_max]}
     assert ckpt.kind == "gctm" and ckpt.meta["moments"] == want
     path = save_checkpoint(tmp_path / "g.safetensors", ckpt)
@@ -172,7 +177,8 @@ def test_objective_step_and_moments_round_trip(tmp_path):
     assert (model.net.var0, model.net.var1, model.net.cov01) == (0.21, 0.34, -0.05)
     xt, t = torch.randn(8, 2), torch.full((8,), 0.7)
     with torch.no_grad():
-        assert torch.allclose(model.net.jump(xt, t, t * 0), obj.sampling_model().jump(xt, t, t * 0), atol=1e-6)
+        assert torch.allclose(model.net.jump(xt, t, t * 0), obj.sampling_model().jump(xt, t, t * 0),
+                              atol=1e-6)
     obj2 = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(), model.meta["moments"])
     from ctmtool.checkpoint import load_checkpoint
 
@@ -183,7 +189,8 @@ def test_objective_step_and_moments_round_trip(tmp_path):
 
 def test_non_finite_loss_is_reported_not_applied():
     p = _gctm_preset(**{"gctm.coupling": '"toy:moons"'})
-    obj = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(), {"var0": 0.25, "var1": 1.0, "cov01": 0.0})
+    obj = gctm_objective(p, (2,), torch.device("cpu"), IndependentCoupling(),
+                         {"var0": 0.25, "var1": 1.0, "cov01": 0.0})
     before = [q.clone() for q in obj.net.parameters()]
     out = obj.step([(torch.full((8, 2), float("nan")), None)], 0.0)
     assert out == {"finite": False}

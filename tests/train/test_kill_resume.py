@@ -47,7 +47,8 @@ def _await_checkpoint(proc: subprocess.Popen, run_dir, seconds: float = 60) -> N
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     subprocess.run(_cmd(tmp_path / "a"), env=_env(), check=True, capture_output=True, timeout=120)
-    proc = subprocess.Popen(_cmd(tmp_path / "b"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cmd(tmp_path / "b"), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     _await_checkpoint(proc, tmp_path / "b")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -82,7 +83,8 @@ def test_full_disk_keeps_the_old_checkpoint_and_says_so_in_one_line(tmp_path, mo
     assert load_checkpoint(old[-1]).meta["step"] == 10
 
 
-# A time-limited run: the loop's clock is the run's own work (1 s per optimiser step), so "minutes" are exact and
+# A time-limited run: the loop's clock is the run's own work (1 s per optimiser step), so "minutes" are exact
+# and
 # the killed and resumed run must end bit-identical to the uninterrupted one, cosine schedule included.
 TIMED = """
 import sys
@@ -99,7 +101,8 @@ from ctmtool.train.teacher_objective import TeacherObjective
 
 torch.set_num_threads(1)
 run_dir, resume = Path(sys.argv[1]), len(sys.argv) > 2
-preset = load_preset("toy", SETS + ["teacher.kimg=1000", "teacher.minutes=3.3333333333", "teacher.lr_decay=cosine"])
+preset = load_preset("toy", SETS + ["teacher.kimg=1000", "teacher.minutes=3.3333333333",
+                                    "teacher.lr_decay=cosine"])
 data = load_dataset(preset.data)
 obj = TeacherObjective(preset, data.shape, torch.device("cpu"))
 ckpt = load_checkpoint(sorted(run_dir.glob("ckpt-*.safetensors"))[-1]) if resume else None
@@ -113,9 +116,11 @@ def test_sigkill_then_resume_equals_uninterrupted_for_a_time_limited_run(tmp_pat
     script = tmp_path / "timed.py"
     script.write_text(f"SETS = {SETS!r}\n" + TIMED)
     run = [sys.executable, str(script)]
-    out = subprocess.run(run + [str(tmp_path / "a")], env=_env(), check=True, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(run + [str(tmp_path / "a")], env=_env(), check=True, capture_output=True, text=True,
+                         timeout=120)
     assert out.stdout.split() == ["200", "minutes", "200.0"]  # 200 steps of 1 s in 3.33 minutes
-    proc = subprocess.Popen(run + [str(tmp_path / "b")], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(run + [str(tmp_path / "b")], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     _await_checkpoint(proc, tmp_path / "b")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -126,7 +131,8 @@ def test_sigkill_then_resume_equals_uninterrupted_for_a_time_limited_run(tmp_pat
                          text=True, timeout=120)
     assert out.stdout.split() == ["200", "minutes", "200.0"]  # the time budget continued where it stopped
     a, b = (load_checkpoint(sorted((tmp_path / r).glob("ckpt-*.safetensors"))[-1]) for r in ("a", "b"))
-    assert a.meta["step"] == b.meta["step"] == 200 and a.meta["train_seconds"] == b.meta["train_seconds"] == 200.0
+    assert (a.meta["step"] == b.meta["step"] == 200
+            and a.meta["train_seconds"] == b.meta["train_seconds"] == 200.0)
     assert a.meta["optim_net"] == b.meta["optim_net"]  # the same learning rate at the end
     for group in ("net", "ema", "optim_net"):
         for name, t in a.groups[group].items():
@@ -158,6 +164,7 @@ def test_full_disk_at_the_sample_picture_is_one_line_and_keeps_the_checkpoint(tm
     with pytest.raises(UserError) as err:
         train(load_preset("toy", SETS + ["teacher.kimg=0.32"]), "teacher", tmp_path, torch.device("cpu"),
               Reporter(quiet=True))
-    assert "\n" not in str(err.value) and "No space left on device" in str(err.value) and "samples-" in str(err.value)
+    assert ("\n" not in str(err.value) and "No space left on device" in str(err.value)
+            and "samples-" in str(err.value))
     assert load_checkpoint(tmp_path / "ckpt-00000010.safetensors").meta["step"] == 10
     assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*.png"))

@@ -19,15 +19,16 @@ TINY = ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=512"]
 
 
 def _teacher_preset(**kw):
-    over = TINY + ["teacher.batch=32", "teacher.lr_decay=none", "teacher.ckpt_every_kimg=0.064", "teacher.minutes=1e9",
-                   "teacher.keep_checkpoints=2", "teacher.log_every_kimg=1"]
+    over = TINY + ["teacher.batch=32", "teacher.lr_decay=none", "teacher.ckpt_every_kimg=0.064",
+                   "teacher.minutes=1e9", "teacher.keep_checkpoints=2", "teacher.log_every_kimg=1"]
     return load_preset("toy", over + [f"teacher.{k}={v}" for k, v in kw.items()])
 
 
 def _fit(preset, run_dir, resume=None, obj=None):
     data = load_dataset(preset.data)
     obj = obj or TeacherObjective(preset, data.shape, torch.device("cpu"))
-    return obj, fit(obj, data, preset.teacher, run_dir, Reporter(quiet=True), device=torch.device("cpu"), resume=resume)
+    return (obj, fit(obj, data, preset.teacher, run_dir, Reporter(quiet=True), device=torch.device("cpu"),
+                     resume=resume))
 
 
 def test_resumed_run_ends_with_identical_weights(tmp_path):
@@ -70,7 +71,8 @@ def test_non_finite_losses_are_skipped_then_stop_with_a_clear_error(tmp_path):
 
     obj.step = lambda batches, kimg: {"finite": False}
     with pytest.raises(UserError, match="non-finite losses in a row"):
-        fit(obj, data, preset.teacher, tmp_path / "bad", Reporter(quiet=True), device=torch.device("cpu"), max_bad_steps=3)
+        fit(obj, data, preset.teacher, tmp_path / "bad", Reporter(quiet=True), device=torch.device("cpu"),
+            max_bad_steps=3)
 
 
 def test_run_directory_is_locked_against_a_second_writer(tmp_path):
@@ -99,7 +101,8 @@ class _Recorder:
 
 
 def _weights(obj):
-    return {**{f"net.{k}": v for k, v in obj.net.state_dict().items()}, **{f"ema.{k}": v for k, v in obj.ema.state_dict().items()}}
+    return {**{f"net.{k}": v for k, v in obj.net.state_dict().items()},
+            **{f"ema.{k}": v for k, v in obj.ema.state_dict().items()}}
 
 
 def _same(a, b):
@@ -115,7 +118,8 @@ def test_a_line_at_least_every_10_seconds_when_not_a_terminal(tmp_path, capsys):
     rep = _Recorder(clock)
     fit(obj, data, preset.teacher, tmp_path / "a", rep, device=torch.device("cpu"), clock=clock)
     times = [0.0] + [t for t, _ in rep.lines]
-    assert len(rep.lines) >= 8 and max(b - a for a, b in zip(times, times[1:], strict=False)) <= 10 + 3  # late by a step at most
+    # late by a step at most
+    assert len(rep.lines) >= 8 and max(b - a for a, b in zip(times, times[1:], strict=False)) <= 10 + 3
     assert any("s trained" in m for _, m in rep.lines)
 
     tty = _Recorder(clock, tty=True)  # a terminal has its live bar: no heartbeat lines
@@ -125,7 +129,8 @@ def test_a_line_at_least_every_10_seconds_when_not_a_terminal(tmp_path, capsys):
 
     capsys.readouterr()  # the command line's reporter prints them on stderr as plain lines
     obj = TeacherObjective(preset, data.shape, torch.device("cpu"))
-    fit(obj, data, preset.teacher, tmp_path / "c", Reporter(), device=torch.device("cpu"), clock=lambda: 3.0 * obj.steps)
+    fit(obj, data, preset.teacher, tmp_path / "c", Reporter(), device=torch.device("cpu"),
+        clock=lambda: 3.0 * obj.steps)
     err = capsys.readouterr().err
     assert err.count("s trained") >= 7 and "min left" not in err  # no time limit: none shown
 
@@ -173,11 +178,12 @@ def test_time_limited_run_stopped_by_a_signal_resumes_its_schedule_exactly(tmp_p
     import os
     import signal
 
-    preset = _teacher_preset(kimg=1000, minutes=0.5, lr_decay="cosine", lr_rampup_kimg=0.05)  # 30 steps of 1 s
+    # 30 steps of 1 s
+    preset = _teacher_preset(kimg=1000, minutes=0.5, lr_decay="cosine", lr_rampup_kimg=0.05)
     data = load_dataset(preset.data)
     straight = TeacherObjective(preset, data.shape, torch.device("cpu"))
-    res_a = fit(straight, data, preset.teacher, tmp_path / "a", Reporter(quiet=True), device=torch.device("cpu"),
-                clock=lambda: float(straight.steps))
+    res_a = fit(straight, data, preset.teacher, tmp_path / "a", Reporter(quiet=True),
+                device=torch.device("cpu"), clock=lambda: float(straight.steps))
     assert res_a.stopped_by == "minutes" and res_a.steps == 30
 
     first = TeacherObjective(preset, data.shape, torch.device("cpu"))
@@ -197,14 +203,15 @@ def test_time_limited_run_stopped_by_a_signal_resumes_its_schedule_exactly(tmp_p
     assert ckpt.meta["train_seconds"] == 12.0 and ckpt.meta["progress"] == pytest.approx(11 / 30)
     lr_at_stop = ckpt.meta["optim_net"]
     second = TeacherObjective(preset, data.shape, torch.device("cpu"))
-    res_c = fit(second, data, preset.teacher, tmp_path / "b", Reporter(quiet=True), device=torch.device("cpu"),
-                resume=ckpt, clock=lambda: float(second.steps))
+    res_c = fit(second, data, preset.teacher, tmp_path / "b", Reporter(quiet=True),
+                device=torch.device("cpu"), resume=ckpt, clock=lambda: float(second.steps))
     assert res_c.stopped_by == "minutes" and res_c.steps == 30 and res_c.total_seconds == 30.0
     assert _same(straight, second)  # same learning rates step by step: the cosine schedule did not restart
     # the learning rate of step 12 (its progress 11/30 read at the step's start) is the cosine schedule's
     lr_at_stop = json.loads(lr_at_stop)["param_groups"][0]["lr"]
     assert lr_at_stop == pytest.approx(preset.teacher.lr * 0.5 * (1 + math.cos(math.pi * 11 / 30)), rel=1e-12)
-    assert _lr(second) == _lr(straight) == pytest.approx(preset.teacher.lr * 0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    assert _lr(second) == _lr(straight) == pytest.approx(preset.teacher.lr * 0.5
+                                                         * (1 + math.cos(math.pi * 29 / 30)))
 
 
 def _lr(obj):

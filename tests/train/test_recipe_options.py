@@ -7,9 +7,9 @@ from ctmtool.config import load_preset
 from ctmtool.core.models import build_precond
 from ctmtool.train.trajectory import ctm_objective
 
-TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1]", "net.unet.num_blocks=1",
-             "net.unet.attn_resolutions=[]", "net.unet.dropout=0.13", "distill.batch=8", "ctm.grid=4",
-             "ctm.max_steps=2", "ctm.eval_emas=[0.9]"]
+TINY_UNET = ["net.kind=unet", "net.unet.model_channels=8", "net.unet.channel_mult=[1]",
+             "net.unet.num_blocks=1", "net.unet.attn_resolutions=[]", "net.unet.dropout=0.13",
+             "distill.batch=8", "ctm.grid=4", "ctm.max_steps=2", "ctm.eval_emas=[0.9]"]
 
 
 def _objective(*sets):
@@ -38,11 +38,12 @@ def test_halflognormal_dsm_sampler_is_wired():
 
 
 def test_adaptive_dsm_weight_is_computed_per_micro_batch(monkeypatch):
-    """As ctm-cifar10 (karras_diffusion.py 384-392 inside train_util.py 1043's micro-batch loop): one lambda_DSM per
-    micro-batch, from that micro-batch's mean losses; the step logs their mean."""
+    """As ctm-cifar10 (karras_diffusion.py 384-392 inside train_util.py 1043's micro-batch loop): one
+    lambda_DSM per micro-batch, from that micro-batch's mean losses; the step logs their mean."""
     import ctmtool.train.trajectory as traj
 
-    obj = _objective("distill.batch=8", "distill.micro_batch=4", "ctm.dsm_weight=adaptive", "net.unet.dropout=0")
+    obj = _objective("distill.batch=8", "distill.micro_batch=4", "ctm.dsm_weight=adaptive",
+                     "net.unet.dropout=0")
     calls = []
     real = traj.adaptive_weight
 

@@ -1,5 +1,5 @@
-"""The run directory: a live run is never touched by another process, leftovers of a killed writer are removed,
-and a run directory that is a file or cannot be written is a one-line error."""
+"""The run directory: a live run is never touched by another process, leftovers of a killed writer are
+removed, and a run directory that is a file or cannot be written is a one-line error."""
 
 import errno
 import multiprocessing
@@ -35,10 +35,11 @@ def _run_dir(tmp_path):
 
 @pytest.fixture
 def held(tmp_path):
-    """A run directory with two checkpoints whose lock another live process holds: (folder, its process id)."""
+    """A run directory with two checkpoints whose lock another live process holds: (folder, its process
+    id)."""
     d = _run_dir(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(d)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(d)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     yield d, proc.pid
     proc.kill()
@@ -108,8 +109,8 @@ def test_read_only_run_dir_really(tmp_path):
 
 
 def _take_once(run_dir, marker, out):
-    """Take the lock (retrying while it is held), prove no one else holds it, then die as kill -9 would: the lock
-    file stays behind with a dead process id, for the next taker to take over."""
+    """Take the lock (retrying while it is held), prove no one else holds it, then die as kill -9 would: the
+    lock file stays behind with a dead process id, for the next taker to take over."""
     while True:
         try:
             RunLock(run_dir).__enter__()
@@ -140,7 +141,8 @@ def test_stale_locks_are_taken_over_by_one_process_at_a_time(tmp_path):
             p.start()
         left = {p.sentinel: p for p in procs}
         t0 = time.monotonic()
-        while left and time.monotonic() - t0 < 60:  # reap each at once: a zombie's process id still looks alive
+        # reap each at once: a zombie's process id still looks alive
+        while left and time.monotonic() - t0 < 60:
             for s in multiprocessing.connection.wait(list(left), timeout=1):
                 left.pop(s).join()
         assert not left and all(p.exitcode == 0 for p in procs)
@@ -170,13 +172,16 @@ def test_the_lock_holds_when_the_process_id_cannot_be_written(tmp_path, monkeypa
         pass
 
 
-TRY = ("import sys; from pathlib import Path; from ctmtool.errors import UserError; from ctmtool.train.rundir import RunLock\n"
-       "try:\n    RunLock(Path(sys.argv[1])).__enter__(); print('took')\nexcept UserError:\n    print('refused')")
+TRY = ("import sys; from pathlib import Path; from ctmtool.errors import UserError; from "
+       "ctmtool.train.rundir import RunLock\n"
+       "try:\n    RunLock(Path(sys.argv[1])).__enter__(); print('took')\nexcept UserError:\n    "
+       "print('refused')")
 
 
 def test_the_lock_is_held_from_inspecting_the_folder_to_the_end_of_the_run(tmp_path, monkeypatch):
-    """Two runs started seconds apart both ran: the lock was let go between inspecting the folder and training, so
-    the second passed its checks while the first built its data and networks, then rotated the first's checkpoints."""
+    """Two runs started seconds apart both ran: the lock was let go between inspecting the folder and
+    training, so the second passed its checks while the first built its data and networks, then rotated the
+    first's checkpoints."""
     import torch
 
     import ctmtool.train.run as run
@@ -191,7 +196,8 @@ def test_the_lock_is_held_from_inspecting_the_folder_to_the_end_of_the_run(tmp_p
         return build(*args, **kwargs)
 
     monkeypatch.setattr(run, "_teacher_parts", parts)
-    p = load_preset("toy", ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=64", "teacher.batch=32",
+    p = load_preset("toy",
+                    ["net.mlp.hidden=16", "net.mlp.depth=1", "net.mlp.emb=8", "data.n=64", "teacher.batch=32",
                             "teacher.kimg=0.064"])
     run.train(p, "teacher", tmp_path / "run", torch.device("cpu"))
     assert tries == ["refused"]

@@ -66,8 +66,8 @@ def test_check_labels(tiny_preset):
 def test_gmm_evaluator_scores_samples_under_the_true_mixture(tiny_preset):
     """The evaluation is the mean log-density, under the preset's mixture, of 65,536 points the objective's
     sampling model generates: for the exact mixture denoiser (Heun, 18 steps) it comes within 0.2 nats of true
-    samples' (the discretisation gap; measured 0.96 against 1.06-1.09), and its gap to true samples'; for a denoiser that ignores the data
-    (it always answers the mixture mean, 0) it is far below."""
+    samples' (the discretisation gap; measured 0.96 against 1.06-1.09), and its gap to true samples'; for a
+    denoiser that ignores the data (it always answers the mixture mean, 0) it is far below."""
     preset = tiny_preset("toy")
     gmm: GaussianMixture = analytic_model(preset).net
     truth = float(gmm.log_prob(gmm.sample(4096, torch.Generator().manual_seed(1))).mean())

@@ -48,8 +48,8 @@ def test_ctm_objective_trains_and_checkpoints_all_emas(tmp_path, preset):
 
 
 def test_one_step_moves_the_emas_by_their_rates(preset):
-    """target <- mu x target + (1 - mu) x net with mu = ctm.target_ema (no warm-up); an evaluation EMA with rate
-    r after step 1 uses min(r, 2/11) (TensorFlow's warm-up): checked parameter by parameter."""
+    """target <- mu x target + (1 - mu) x net with mu = ctm.target_ema (no warm-up); an evaluation EMA with
+    rate r after step 1 uses min(r, 2/11) (TensorFlow's warm-up): checked parameter by parameter."""
     obj = _objective(preset)
     target0, ema0 = _params(obj.target), {r: _params(m) for r, m in obj.emas.items()}
     logs = obj.step(_batch(0), 0.0)
@@ -65,8 +65,9 @@ def test_one_step_moves_the_emas_by_their_rates(preset):
 
 
 def test_restore_then_step_equals_stepping_through(preset):
-    """Two steps in one go, or one step, a checkpoint, a fresh objective restored from it and one more step: the
-    same weights, target and EMAs bit for bit (optimiser state and every random stream are in the checkpoint)."""
+    """Two steps in one go, or one step, a checkpoint, a fresh objective restored from it and one more step:
+    the same weights, target and EMAs bit for bit (optimiser state and every random stream are in the
+    checkpoint)."""
     through = _objective(preset)
     for k in range(2):
         through.step(_batch(k), 0.032 * k)
@@ -128,8 +129,9 @@ def test_self_learn_target_is_the_targets_own_jump(preset, tiny_preset):
 
 
 def test_k_is_drawn_once_per_optimiser_step(preset, monkeypatch):
-    """The teacher steps k: one draw per optimiser step, the step's first index draw, shared by its micro-batches
-    (as ctm-cifar10 cm/train_util.py forward_backward); drawn per micro-batch, 10 steps of 3 would differ."""
+    """The teacher steps k: one draw per optimiser step, the step's first index draw, shared by its
+    micro-batches (as ctm-cifar10 cm/train_util.py forward_backward); drawn per micro-batch, 10 steps of 3
+    would differ."""
     import ctmtool.losses.ctm as ctm_losses
     from ctmtool.core.schedules import sample_teacher_steps
 
