@@ -27,8 +27,9 @@ median over --reps; ratio < 1: ctmtool is faster):
               the NFE of each and the mean |difference| of the estimates.
   sample      one-step generation of 256 cifar10-fast images (random weights), end to end through
               `ctmtool.core.sampling.generate`: the old default (eager, the preset's batch of 1,024) against
-              the path `ctmtool.core.fastpath.fast_plan` picks for `ctmtool sample` (its tracing inside the
-              time); ratio fast / default.
+              the path `ctmtool.core.fastpath.fast_plan` picks for `ctmtool sample`, twice: with an empty
+              program cache (tracing inside the time) and with the program that run saved (loaded from the
+              cache); ratios fast / default.
 Measures only; the load average is printed before and after.
 """
 
@@ -47,18 +48,26 @@ from pathlib import Path
 
 import torch
 
+CLOCK = "wall"  # --clock cpu: the process's CPU time (time.process_time) instead of wall-clock time
+
+
+def _now() -> float:
+    return time.process_time() if CLOCK == "cpu" else time.perf_counter()
+
 
 def interleaved(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, the calls interleaved round-robin."""
+    """Median seconds per call of each function, the calls interleaved round-robin (wall-clock, or the
+    process's CPU time with --clock cpu: on a loaded machine the time spent waiting for a core is left
+    out)."""
     for f in fns.values():
         for _ in range(warmup):
             f()
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = _now()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(_now() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -297,7 +306,9 @@ def row_likelihood(kd, reps: int, folder: Path) -> None:
 
 
 def row_sample(reps: int, folder: Path, n: int) -> None:
-    from ctmtool.core.fastpath import fast_plan
+    import shutil
+
+    from ctmtool.core.fastpath import PROGRAM_CACHE_ENV, fast_plan
     from ctmtool.core.models import load_model
     from ctmtool.core.sampling import generate
     from ctmtool.jobs.export import random_checkpoint
@@ -305,18 +316,42 @@ def row_sample(reps: int, folder: Path, n: int) -> None:
 
     model = load_model(random_checkpoint(folder / "c10f-ctm.safetensors", "cifar10-fast", "ctm"))
     plan = plan_explicit(model, nfe=1, batch=model.preset.sample.batch)  # the old default: the preset's batch
-    choice = []
+    choice, outs, warm = [], {}, folder / "warm-cache"
+    old_env = os.environ.get(PROGRAM_CACHE_ENV)
 
     def default():
         return torch.cat([x for x, _ in generate(model, n, plan, seed=0)])
 
-    def fast():  # end to end: the choice and the program's tracing are inside the time
+    def fast(cache: Path):  # end to end: the choice, the program's tracing or loading are inside the time
+        os.environ[PROGRAM_CACHE_ENV] = str(cache)
         chosen, program = fast_plan(model, plan, "cpu", n, False, True, choice.append)
         return torch.cat([x for x, _ in generate(model, n, chosen, seed=0, program=program)])
 
-    d = float((default() - fast()).abs().max())
-    print(f"# sample: {choice[-1]}", flush=True)
-    med = interleaved({"default (eager, preset batch)": default, "fast path (auto)": fast}, reps, warmup=0)
+    def cold():  # a fresh, empty cache: the program is traced (on the first batch) and saved
+        cache = Path(tempfile.mkdtemp(dir=folder))
+        out = fast(cache)
+        if not warm.exists():  # untimed: the warm side reads what this run saved
+            shutil.copytree(cache, warm)
+        return out
+
+    sides = {"default (eager, preset batch)": default, "fast path, tracing inside": cold,
+             "fast path, program cached": lambda: fast(warm)}
+    times = {k: [] for k in sides}
+    try:
+        for _ in range(reps):  # no warm-up: each job is tens of seconds
+            for k, f in sides.items():
+                t0 = _now()
+                outs[k] = f()
+                times[k].append(_now() - t0)
+    finally:
+        if old_env is None:
+            os.environ.pop(PROGRAM_CACHE_ENV, None)
+        else:
+            os.environ[PROGRAM_CACHE_ENV] = old_env
+    base = outs["default (eager, preset batch)"]
+    d = max(float((o - base).abs().max()) for o in outs.values())
+    print(f"# sample: {choice[0]}; {choice[1]}; then {choice[-1]}", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
     report(f"sample {n}", med, "default (eager, preset batch)", f"max|diff| {d:.1e}")
 
 
@@ -329,6 +364,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="distill: images per step")
     ap.add_argument("--k", type=int, default=4, help="distill: teacher Heun steps per CTM target")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall-clock time, or the process's CPU time (robust to other processes' load)")
     ap.add_argument("--sample-n", type=int, default=256, help="sample: images per job")
     ap.add_argument("--sample-reps", type=int, default=3,
                     help="sample: repeats (each job takes tens of seconds)")
@@ -338,8 +375,8 @@ def main() -> None:
                     help="heun, likelihood: a trained digits teacher checkpoint (default: random "
                     "weights; the likelihood's NFE depends on the weights, the time per NFE does not)")
     a = ap.parse_args()
-    global PROFILE_TOP, DIGITS_TEACHER
-    PROFILE_TOP, DIGITS_TEACHER = a.profile, a.digits_teacher
+    global PROFILE_TOP, DIGITS_TEACHER, CLOCK
+    PROFILE_TOP, DIGITS_TEACHER, CLOCK = a.profile, a.digits_teacher, a.clock
     torch.set_num_threads(a.threads)
     rows = a.only.split(",")
     kd = load_kdiffusion(a.kdiffusion) if {"heun", "likelihood"} & set(rows) else None
@@ -349,6 +386,7 @@ def main() -> None:
     official = load_official(a.official) if "distill" in rows else None
     load0 = os.getloadavg()
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, "
+          f"{CLOCK} clock, "
           f"load {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

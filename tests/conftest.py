@@ -90,6 +90,22 @@ def load_tiny_model(kind: str = "ctm", shape: Sequence[int] = (2,), preset=None,
     return Model(kind, net.eval().requires_grad_(False), preset, tuple(shape))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def program_cache(tmp_path_factory):
+    """Traced sampling programs go to a folder of this test session, never to the user's cache
+    (`ctmtool.core.fastpath.program_cache_dir`; CLI subprocesses inherit the variable)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("program-cache")
+    old = os.environ.get("CTMTOOL_PROGRAM_CACHE")
+    os.environ["CTMTOOL_PROGRAM_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("CTMTOOL_PROGRAM_CACHE", None)
+    else:
+        os.environ["CTMTOOL_PROGRAM_CACHE"] = old
+
+
 @pytest.fixture
 def toy_preset():
     """presets/toy.toml, fully resolved (8-component 2-D Gaussian mixture)."""

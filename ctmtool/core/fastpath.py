@@ -12,10 +12,14 @@ matrix library may sum in another order), see tests/test_fastpath.py.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -117,33 +121,113 @@ def choose_sampling(model, device, n: int, plan, batch_given: bool, fast: bool =
 
 
 class _Solve(nn.Module):
-    def __init__(self, model, plan, with_labels: bool):
+    def __init__(self, model, plan, with_labels: bool, sink: list | None = None):
         super().__init__()
         self.model, self.net, self.plan, self.with_labels = model, model.net, plan, with_labels
+        self.sink = sink  # receives the output of the call that is traced: the first batch's samples
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         from ctmtool.core.sampling import sample_from
 
-        return sample_from(self.model, z, self.plan, None, labels if self.with_labels else None)
+        x = sample_from(self.model, z, self.plan, None, labels if self.with_labels else None)
+        if self.sink is not None:
+            self.sink.append(x.detach().clone())
+        return x
 
 
-def sampling_program(model, plan) -> Callable[..., torch.Tensor]:
+PROGRAM_CACHE_ENV = "CTMTOOL_PROGRAM_CACHE"  # a folder for traced programs; "off" keeps none
+
+
+def program_cache_dir() -> Path | None:
+    """Where traced sampling programs are kept between runs: $CTMTOOL_PROGRAM_CACHE, else
+    $XDG_CACHE_HOME/ctmtool/programs (~/.cache/ctmtool/programs); None when the variable is "off"."""
+    value = os.environ.get(PROGRAM_CACHE_ENV, "")
+    if value.lower() == "off":
+        return None
+    if value:
+        return Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctmtool" / "programs"
+
+
+@functools.cache
+def _source_digest() -> str:
+    """The code a traced solve is made of (this package's maths and networks, as first read in this process)
+    and the torch that traced it."""
+    h = hashlib.sha256(torch.__version__.encode())
+    root = Path(__file__).resolve().parent.parent
+    for f in sorted([*root.glob("core/*.py"), *root.glob("nets/*.py"), *root.glob("kernels/*.py")]):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def program_key(model, plan, conditional: bool) -> str:
+    """Digest of everything a traced program depends on: the network's tensors (names, dtypes, shapes, bytes),
+    the model's kind and data shape, the sampling plan (batch included), and `_source_digest`."""
+    h = hashlib.sha256(_source_digest().encode())
+    fields = (model.kind, tuple(model.data_shape), conditional, plan.solver, plan.gamma, plan.noise,
+              plan.class_label, plan.batch, plan.sigmas, type(model.net).__name__)
+    h.update(repr(fields).encode() + model.preset.model_dump_json().encode())
+    h.update(plan.schedule.detach().cpu().double().contiguous().numpy().tobytes())
+    for name, t in model.net.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def sampling_program(model, plan, cache: Path | None = None,
+                     log: Callable[[str], None] | None = None) -> Callable[..., torch.Tensor]:
     """The sampler's solve of one full batch of `plan.batch` items, (z, labels) -> x, traced and frozen
     (TorchScript): the same operations without Python's per-operation dispatch, within float32 rounding of the
-    eager solve. Only for plans that draw no noise between jumps (`choose_sampling`)."""
+    eager solve. Only for plans that draw no noise between jumps (`choose_sampling`).
+
+    The program is made on its first call, from that call's own inputs: tracing runs the eager solve once,
+    and its output is returned as that batch's samples (no batch is computed only to trace). With a `cache`
+    folder, a program traced before for the same network, plan and code (`program_key`) is loaded instead,
+    and a new one is saved there (written to a temporary name, then renamed)."""
     conditional = bool(model.label_dim)
-    solve = _Solve(model, plan, conditional).eval()
-    z = torch.randn(plan.batch, *model.data_shape, generator=torch.Generator().manual_seed(0))
-    args = (z, torch.zeros(plan.batch, dtype=torch.long)) if conditional else (z,)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # torch.jit is deprecated in favour of torch.compile, still here
-        warnings.simplefilter("ignore", FutureWarning)
-        prog = torch.jit.freeze(torch.jit.trace(solve, args, check_trace=False))
+    path = cache / f"sample-{program_key(model, plan, conditional)}.pt" if cache is not None else None
+    if log is not None and path is not None:
+        how = "loaded from" if path.is_file() else "traced on the first batch into"
+        log(f"sampling program: {how} {path}")
+    state: dict = {}
+
+    def build(x: torch.Tensor, labels: torch.Tensor | None):
+        if path is not None and path.is_file():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    state["prog"] = torch.jit.load(str(path), map_location="cpu")
+                return None
+            except (RuntimeError, OSError, ValueError):  # a damaged or foreign file: trace a new one
+                pass
+        sink: list = []
+        solve = _Solve(model, plan, conditional, sink).eval()
+        args = (x, labels) if conditional else (x,)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated (torch.compile)
+            prog = torch.jit.freeze(torch.jit.trace(solve, args, check_trace=False))
+        state["prog"] = prog
+        if path is not None:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    torch.jit.save(prog, str(tmp))
+                os.replace(tmp, path)
+            except (OSError, RuntimeError):  # a read-only or full cache folder costs the next run its tracing
+                tmp.unlink(missing_ok=True)
+        return sink[0]
 
     def run(x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return prog(x, labels) if conditional else prog(x)
+            if "prog" not in state:
+                first = build(x, labels)
+                if first is not None:
+                    return first
+            return state["prog"](x, labels) if conditional else state["prog"](x)
 
     return run
 
@@ -158,4 +242,4 @@ def fast_plan(model, plan, device, n: int, batch_given: bool, fast: bool = True,
     if log is not None:
         log(choice.describe())
     plan = dataclasses.replace(plan, batch=choice.batch)
-    return plan, (sampling_program(model, plan) if choice.program else None)
+    return plan, (sampling_program(model, plan, program_cache_dir(), log) if choice.program else None)

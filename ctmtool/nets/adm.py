@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ctmtool.nets.songunet import upsample_nearest2x
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """[cos(t f_i), sin(t f_i)] with f_i = max_period^(-i/half) (guided-diffusion `timestep_embedding`)."""
@@ -74,7 +76,7 @@ class Resample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = upsample_nearest2x(x)  # interpolate(mode="nearest"), bit for bit, faster on the CPU
             return self.conv(x) if hasattr(self, "conv") else x
         return self.op(x) if hasattr(self, "op") else F.avg_pool2d(x, 2)
 

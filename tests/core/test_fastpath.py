@@ -121,5 +121,53 @@ def test_sample_command_prints_its_path_and_eager_gives_the_same_images(tmp_path
     assert "sampling path: eager PyTorch, batch 1024 (fast path off)" in runs["--eager"][0]
     a, b = runs["--fast"][1], runs["--eager"][1]
     assert a.shape == b.shape == (64, 32, 32, 3)
-    # uint8 images: float32 rounding moves at most one level
-    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8: float32 rounding moves at most one level
+
+
+def test_program_first_batch_is_the_eager_solve_and_the_cache_is_reused(tmp_path, monkeypatch):
+    """The first full batch comes out of the tracing run itself (bit for bit the eager solve); a second job
+    with the same network and plan loads the saved program instead of tracing (tracing is made to fail), and
+    gives the first job's program outputs bit for bit; other weights get another cache file."""
+    from ctmtool.core import fastpath
+    from ctmtool.core.sampling import generate
+    from ctmtool.jobs.plan import plan_explicit
+
+    ckpt = random_checkpoint(tmp_path / "m.safetensors", "cifar10-fast", "ctm", overrides=TINY_UNET)
+    model = load_model(ckpt)
+    plan = plan_explicit(model, nfe=1, batch=4)
+    cache = tmp_path / "cache"
+    lines = []
+    first = [x for x, _ in generate(model, 12, plan, seed=3, program=fastpath.sampling_program(
+        model, plan, cache, lines.append))]
+    eager = [x for x, _ in generate(model, 12, plan, seed=3)]
+    assert torch.equal(first[0], eager[0])  # the tracing run's own output
+    assert float((first[1] - eager[1]).abs().max()) <= RTOL * float(eager[1].abs().max())
+    saved = list(cache.glob("sample-*.pt"))
+    assert len(saved) == 1 and "traced on the first batch into" in lines[0]
+
+    def no_trace(*a, **k):
+        raise AssertionError("traced again")
+
+    monkeypatch.setattr(torch.jit, "trace", no_trace)
+    again = [x for x, _ in generate(model, 12, plan, seed=3, program=fastpath.sampling_program(
+        model, plan, cache, lines.append))]
+    assert "loaded from" in lines[1]
+    assert torch.equal(again[1], first[1]) and torch.equal(again[2], first[2])
+    assert float((again[0] - eager[0]).abs().max()) <= RTOL * float(eager[0].abs().max())
+    with torch.no_grad():
+        next(iter(model.net.parameters())).add_(0.01)
+    assert fastpath.program_key(model, plan, False) not in saved[0].name
+    assert fastpath.program_key(model, plan, False) != fastpath.program_key(
+        model, plan_explicit(model, nfe=2, batch=4), False)
+
+
+def test_program_cache_folder_from_the_environment(monkeypatch, tmp_path):
+    from ctmtool.core.fastpath import program_cache_dir
+
+    monkeypatch.setenv("CTMTOOL_PROGRAM_CACHE", str(tmp_path))
+    assert program_cache_dir() == tmp_path
+    monkeypatch.setenv("CTMTOOL_PROGRAM_CACHE", "off")
+    assert program_cache_dir() is None
+    monkeypatch.delenv("CTMTOOL_PROGRAM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert program_cache_dir() == tmp_path / "xdg" / "ctmtool" / "programs"
