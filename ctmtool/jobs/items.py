@@ -166,7 +166,7 @@ def class_labels(model, n: int, class_label: int | None,
         if class_label is not None and getattr(model.net, "source_classes", 0):
             raise UserError(f"`class` {class_label}: the classes of {model.path or 'the model'} (coupling "
                             "'latent') are its source's Gaussians, not a network input; move images between "
-                            "them with `translate edit --to-class`")
+                            "them with `ctmtool translate edit --to-class`")
         if class_label is not None:
             raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; "
                             "drop `class`")
