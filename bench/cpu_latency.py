@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import peers  # bench/peers.py, beside this script
 import torch
 
 from ctmtool.core.models import load_model
@@ -31,17 +31,8 @@ from ctmtool.jobs.export import export_graph, model_graphs, ort_session, random_
 
 
 def time_backends(fns: dict, reps: int, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds per call for each backend, the calls interleaved round-robin."""
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median milliseconds per call for each backend, interleaved round-robin (`peers.interleaved`)."""
+    return {k: s * 1e3 for k, s in peers.interleaved(fns, reps, warmup).items()}
 
 
 def bench_preset(preset: str, batches: list[int], threads: list[int], reps: int, compile_: bool,
