@@ -171,17 +171,24 @@ def class_labels(model, n: int, class_label: int | None,
             raise UserError(f"`class` {class_label}: {model.path or 'the model'} is not class-conditional; "
                             "drop `class`")
         return None
+    missing = (f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give "
+               "`class` K, or inputs in class sub-folders")
+    return _labels_in_range(n, model.label_dim, class_label, data_labels, "class", missing)
+
+
+def _labels_in_range(n: int, k: int, class_label: int | None, data_labels: torch.Tensor | None, option: str,
+                     missing: str) -> torch.Tensor:
+    """`class_label` for n items, else `data_labels`, each checked against k classes; `missing`: the error
+    when there are neither."""
     if class_label is not None:
-        if not 0 <= class_label < model.label_dim:
-            raise UserError(f"`class` {class_label} is outside the model's {model.label_dim} classes "
-                            f"(0..{model.label_dim - 1})")
+        if not 0 <= class_label < k:
+            raise UserError(f"`{option}` {class_label} is outside the model's {k} classes (0..{k - 1})")
         return torch.full((n,), class_label, dtype=torch.long)
     if data_labels is None:
-        raise UserError(f"{model.path or 'the model'} is class-conditional ({model.label_dim} classes): give "
-                        "`class` K, or inputs in class sub-folders")
-    if int(data_labels.max()) >= model.label_dim:
-        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model "
-                        f"{model.label_dim}; give `class` K")
+        raise UserError(missing)
+    if int(data_labels.max()) >= k:
+        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {k}; "
+                        f"give `{option}` K")
     return data_labels.long()
 
 
@@ -194,17 +201,9 @@ def source_class_labels(model, n: int, class_label: int | None, data_labels: tor
     numbered = bool(class_names) and all(c.isdigit() for c in class_names)
     if class_label is None and data_labels is not None and numbered:
         data_labels = torch.tensor([int(c) for c in class_names], dtype=torch.long)[data_labels.long()]
-    if class_label is not None:
-        if not 0 <= class_label < k:
-            raise UserError(f"`{option}` {class_label} is outside the model's {k} classes (0..{k - 1})")
-        return torch.full((n,), class_label, dtype=torch.long)
-    if data_labels is None:
-        raise UserError(f"the inputs carry no classes: give `{option}` K (the class they show), or inputs in "
-                        "class sub-folders (0/, 1/, ...)")
-    if int(data_labels.max()) >= k:
-        raise UserError(f"the inputs have {int(data_labels.max()) + 1} classes but the model {k}; "
-                        f"give `{option}` K")
-    return data_labels.long()
+    missing = (f"the inputs carry no classes: give `{option}` K (the class they show), or inputs in class "
+               "sub-folders (0/, 1/, ...)")
+    return _labels_in_range(n, k, class_label, data_labels, option, missing)
 
 
 def manipulate_items(model, x: torch.Tensor, from_labels: torch.Tensor, to_labels: torch.Tensor,
